@@ -1,0 +1,23 @@
+//! One file per subcommand.
+
+pub mod doctor;
+
+/// An error caused by how the command was called (bad flag values, impossible combinations): exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Return a usage error (exit code 2) from a subcommand.
+#[allow(unused_macros)]
+macro_rules! usage {
+    ($($arg:tt)*) => { return Err(anyhow::Error::new($crate::cmd::UsageError(format!($($arg)*)))) };
+}
+#[allow(unused_imports)]
+pub(crate) use usage;

@@ -1,0 +1,26 @@
+//! sd-core: the layer every other sd-rs crate stands on.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`device`] | `cpu|cuda[:N]|mps|auto` and `f32|f16|bf16|auto` choices, CPU feature detection |
+//! | [`rng`] | [`rng::TorchGenerator`]: seeded noise bit-identical to `torch.randn(..., generator=torch.Generator("cpu"))` |
+//! | [`weights`] | memory-mapped safetensors → tensors through a [`weights::VarBuilder`] that reports every problem at once |
+//! | [`image_io`] | images ↔ NCHW tensors, loading PNG/JPEG/WebP, resizing, atomic PNG writing with text chunks |
+//! | [`model_dir`] | finding diffusers model folders on disk or in the offline Hugging Face cache |
+//! | [`atomic`] | write-to-temp-then-rename, so no reader ever sees half a file |
+//! | [`hash`] | file hashes (A1111 "Model hash") |
+//!
+//! Nothing here knows about Stable Diffusion networks or samplers: those live in `sd-models` and
+//! `sd-schedulers`, which depend on this crate and never the other way round.
+
+pub mod atomic;
+pub mod device;
+pub mod hash;
+pub mod image_io;
+pub mod model_dir;
+pub mod rng;
+pub mod weights;
+
+pub use device::{ComputeDevice, DTypeChoice};
+pub use rng::TorchGenerator;
+pub use weights::VarBuilder;

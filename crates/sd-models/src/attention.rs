@@ -1,0 +1,1 @@
+//! Scaled-dot-product attention shared by every network (filled by the models work).

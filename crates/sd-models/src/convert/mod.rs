@@ -1,0 +1,1 @@
+//! Single-file checkpoint conversion (in progress).

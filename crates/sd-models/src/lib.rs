@@ -1,0 +1,20 @@
+//! sd-models: the networks of Stable Diffusion, built from diffusers/transformers `config.json` files and loaded
+//! from their state dicts without renaming.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`nn`] | Linear, Conv2d, GroupNorm, LayerNorm, Embedding, activations — loaded through `sd_core::VarBuilder` |
+//! | [`attention`] | scaled-dot-product attention shared by CLIP, the UNet transformer blocks and the VAE mid-block |
+//! | [`clip`] | CLIP BPE tokenizer, CLIPTextModel / CLIPTextModelWithProjection, CLIP vision tower |
+//! | [`unet`] | UNet2DConditionModel (SD1.x, SD2.x, SDXL, inpainting, LCM) from its config |
+//! | [`vae`] | AutoencoderKL (encode/decode, tiling) and AutoencoderTiny (TAESD) |
+//! | [`safety`] | StableDiffusionSafetyChecker |
+//! | [`convert`] | single-file (LDM) checkpoints → diffusers state dicts, and the safe pickle reader |
+
+pub mod attention;
+pub mod clip;
+pub mod convert;
+pub mod nn;
+pub mod safety;
+pub mod unet;
+pub mod vae;

@@ -1,0 +1,1 @@
+//! StableDiffusionSafetyChecker (in progress).

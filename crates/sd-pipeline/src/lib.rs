@@ -1,0 +1,1 @@
+//! sd-pipeline: txt2img, img2img and inpainting (in progress).

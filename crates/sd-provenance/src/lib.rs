@@ -1,0 +1,1 @@
+//! sd-provenance: disclosure of AI-generated images (in progress).

@@ -1,0 +1,78 @@
+//! `cargo xtask <task>`: the project's own automation, runnable on a fresh Debian machine.
+//!
+//! | task | what |
+//! |---|---|
+//! | `setup` | LibTorch 2.13.0 from PyPI wheels into `.libtorch/`, the CLIP vocabulary and sample images into `.sd-data/` |
+//! | `test` | setup, then every test, doctest and bench (in test mode) of the workspace |
+//! | `demo` | setup, release build, then the main job |
+//! | `fixtures` | regenerate the committed PyTorch reference fixtures (Python venv under `target/pyenv`) |
+//!
+//! This crate uses only std and anyhow, because it must build before LibTorch exists.
+
+mod fixtures;
+mod setup;
+mod util;
+
+use anyhow::{bail, Result};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        print_help();
+        bail!("no task given");
+    };
+    let rest = &args[1..];
+    match task.as_str() {
+        "setup" => setup::run(),
+        "test" => test(rest),
+        "demo" => demo(rest),
+        "fixtures" => fixtures::run(rest),
+        "help" | "--help" | "-h" => {
+            print_help();
+            Ok(())
+        }
+        other => {
+            print_help();
+            bail!("unknown task `{other}`")
+        }
+    }
+}
+
+fn print_help() {
+    eprintln!(
+        "usage: cargo xtask <task>\n\n\
+         tasks:\n  \
+         setup      install LibTorch 2.13.0 (from PyPI wheels) and data files into this checkout\n  \
+         test       setup, then run every test of the workspace\n  \
+         demo       setup, build in release mode and run the main job\n  \
+         fixtures   regenerate reference fixtures with PyTorch/diffusers (needs network access to PyPI)"
+    );
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    let root = util::root();
+    let mut args = vec!["test", "--workspace", "--all-targets"];
+    args.extend(extra.iter().map(|s| s.as_str()));
+    util::cargo(&root, &args)?;
+    // Doctests are not part of --all-targets.
+    util::cargo(&root, &["test", "--workspace", "--doc"])?;
+    Ok(())
+}
+
+fn demo(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    let root = util::root();
+    util::cargo(&root, &["build", "--release", "-p", "sd-cli"])?;
+    let sd = root.join("target/release/sd");
+    let mut args: Vec<String> = vec!["doctor".into()];
+    args.extend(extra.iter().cloned());
+    util::run_cmd(&root, sd.to_str().unwrap_or("sd"), &args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+}

@@ -1,0 +1,165 @@
+//! `cargo xtask setup`: everything a fresh Debian machine needs that cargo does not fetch itself.
+//!
+//! LibTorch 2.13.0 (what tch 0.26 links against) is taken from the PyPI wheel `torch==2.13.0`, which carries the
+//! same shared libraries as the LibTorch archive. Only the CPU libraries and headers are unpacked; the wheel's
+//! CPU library names two small CUDA runtime libraries as dependencies, so those come from their own wheels
+//! (they are never used on CPU). Everything lands in `.libtorch/`, which `.cargo/config.toml` points torch-sys at.
+//! A user who sets LIBTORCH or LIBTORCH_USE_PYTORCH themselves (e.g. for a CUDA build) is left alone.
+//!
+//! Data files go to `.sd-data/`: the real CLIP BPE vocabulary from the PyPI package `open-clip-torch`.
+
+use crate::util::{have, is_root, root, run_cmd};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub const TORCH_VERSION: &str = "2.13.0";
+const WHEELS: &[&str] = &["torch==2.13.0", "nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
+const TORCH_LIBS: &[&str] = &["libtorch_cpu.so", "libtorch.so", "libc10.so", "libgomp.so.1"];
+const CUDA_STUBS: &[&str] = &["libcudart.so.13", "libcupti.so.13"];
+const OPEN_CLIP: &str = "open-clip-torch==3.3.0";
+pub const BPE_FILE: &str = "bpe_simple_vocab_16e6.txt.gz";
+
+pub fn run() -> Result<()> {
+    let root = root();
+    libtorch(&root)?;
+    data(&root)?;
+    Ok(())
+}
+
+fn libtorch(root: &Path) -> Result<()> {
+    let ours = root.join(".libtorch");
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        eprintln!("setup: LIBTORCH_USE_PYTORCH is set, using the Python torch installation");
+        return Ok(());
+    }
+    if let Ok(user) = std::env::var("LIBTORCH") {
+        let user = PathBuf::from(user);
+        if user != ours && fs::canonicalize(&user).ok() != fs::canonicalize(&ours).ok() {
+            eprintln!("setup: LIBTORCH={} set by you, not installing one", user.display());
+            return Ok(());
+        }
+    }
+    let version_file = ours.join("build-version");
+    if fs::read_to_string(&version_file).is_ok_and(|v| v.trim() == TORCH_VERSION) && ours.join("lib/libtorch_cpu.so").exists() {
+        return Ok(());
+    }
+    if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
+        bail!(
+            "automatic LibTorch set-up supports x86_64 Linux only; on this machine install LibTorch {TORCH_VERSION} \
+             yourself and set LIBTORCH to its folder (or LIBTORCH_USE_PYTORCH=1 with torch=={TORCH_VERSION} in Python)"
+        );
+    }
+    ensure_tools(&["python3", "unzip"])?;
+    eprintln!("setup: installing LibTorch {TORCH_VERSION} from PyPI wheels into {}", ours.display());
+    let wheels = root.join("target/wheels");
+    fs::create_dir_all(&wheels)?;
+    pip_download(root, &wheels, WHEELS, true)?;
+    let staging = root.join(".libtorch.partial");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(staging.join("lib"))?;
+    let unpack = root.join("target/wheels/unpacked");
+    let _ = fs::remove_dir_all(&unpack);
+    fs::create_dir_all(&unpack)?;
+    let torch_whl = find_wheel(&wheels, "torch-2.13.0-")?;
+    let mut patterns = vec!["torch/include/*".to_string()];
+    patterns.extend(TORCH_LIBS.iter().map(|l| format!("torch/lib/{l}")));
+    let mut args = vec!["-q", "-o", torch_whl.to_str().context("path")?];
+    args.extend(patterns.iter().map(|s| s.as_str()));
+    args.extend(["-d", unpack.to_str().context("path")?]);
+    run_cmd(root, "unzip", &args)?;
+    for prefix in ["nvidia_cuda_runtime-", "nvidia_cuda_cupti-"] {
+        let whl = find_wheel(&wheels, prefix)?;
+        run_cmd(root, "unzip", &["-q", "-o", whl.to_str().context("path")?, "nvidia/cu13/lib/*", "-d", unpack.to_str().context("path")?])?;
+    }
+    fs::rename(unpack.join("torch/include"), staging.join("include"))?;
+    for lib in TORCH_LIBS {
+        fs::rename(unpack.join("torch/lib").join(lib), staging.join("lib").join(lib))?;
+    }
+    for lib in CUDA_STUBS {
+        fs::rename(unpack.join("nvidia/cu13/lib").join(lib), staging.join("lib").join(lib))?;
+    }
+    fs::write(staging.join("build-version"), format!("{TORCH_VERSION}\n"))?;
+    let _ = fs::remove_dir_all(&unpack);
+    let _ = fs::remove_dir_all(&ours);
+    fs::rename(&staging, &ours)?;
+    eprintln!("setup: LibTorch {TORCH_VERSION} ready in {}", ours.display());
+    Ok(())
+}
+
+fn data(root: &Path) -> Result<()> {
+    let dir = root.join(".sd-data");
+    let bpe = dir.join(BPE_FILE);
+    if bpe.exists() {
+        return Ok(());
+    }
+    ensure_tools(&["python3", "unzip"])?;
+    fs::create_dir_all(&dir)?;
+    let wheels = root.join("target/wheels");
+    fs::create_dir_all(&wheels)?;
+    pip_download(root, &wheels, &[OPEN_CLIP], false)?;
+    let whl = find_wheel(&wheels, "open_clip_torch-3.3.0-")?;
+    let out = std::process::Command::new("unzip")
+        .args(["-p", whl.to_str().context("path")?, &format!("open_clip/{BPE_FILE}")])
+        .output()
+        .context("cannot run unzip")?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!("{} does not contain open_clip/{BPE_FILE}", whl.display());
+    }
+    let tmp = dir.join(format!(".{BPE_FILE}.partial"));
+    fs::write(&tmp, &out.stdout)?;
+    fs::rename(&tmp, &bpe)?;
+    eprintln!("setup: CLIP vocabulary ready in {}", bpe.display());
+    Ok(())
+}
+
+fn pip_download(root: &Path, dest: &Path, specs: &[&str], linux_wheels: bool) -> Result<()> {
+    let mut args: Vec<&str> = vec!["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d"];
+    args.push(dest.to_str().context("path")?);
+    if linux_wheels {
+        // Pin the platform so any local Python version fetches the same wheels.
+        args.extend([
+            "--python-version", "3.11", "--implementation", "cp",
+            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_25_x86_64",
+            "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+        ]);
+    }
+    args.extend(specs);
+    run_cmd(root, "python3", &args).context(
+        "pip could not download the wheels (is PyPI reachable? on Debian: apt-get install python3-pip)",
+    )
+}
+
+fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with(prefix) && name.ends_with(".whl") {
+            return Ok(p);
+        }
+    }
+    bail!("no wheel starting with {prefix} in {}", dir.display())
+}
+
+/// Make sure `tools` exist; on Debian as root, install the missing ones with apt-get.
+fn ensure_tools(tools: &[&str]) -> Result<()> {
+    let mut missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    let pip_ok = have("python3")
+        && std::process::Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !pip_ok {
+        missing.push("python3-pip");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|t| if *t == "python3" { "python3" } else { *t }).collect();
+    if is_root() && have("apt-get") {
+        eprintln!("setup: installing {} with apt-get", packages.join(" "));
+        run_cmd(Path::new("/"), "apt-get", &["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(packages.iter().copied());
+        run_cmd(Path::new("/"), "apt-get", &args)?;
+        return Ok(());
+    }
+    bail!("missing tools: {} (on Debian: sudo apt-get install {})", missing.join(", "), packages.join(" "))
+}
