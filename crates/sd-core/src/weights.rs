@@ -420,7 +420,10 @@ impl VarBuilder {
                     if kind_of(entry.dtype).is_none() {
                         self.problem(Problem::Unsupported {
                             name: full.clone(),
-                            detail: format!("dtype {:?} is not supported", entry.dtype),
+                            detail: format!(
+                                "dtype {:?} is not supported (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
+                                entry.dtype
+                            ),
                         });
                         inner.used.lock().expect("poisoned").insert(full);
                         return Ok(placeholder());
