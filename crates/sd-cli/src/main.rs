@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "sd", version, about = "Stable Diffusion in Rust on LibTorch", propagate_version = true)]
+#[command(
+    name = "sd",
+    version,
+    about = "Stable Diffusion in Rust on LibTorch",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,6 +23,8 @@ struct Cli {
 enum Command {
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
+    /// Show generation parameters, AI labels and watermark verdicts of PNG/JPEG images
+    Inspect(cmd::inspect::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +38,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
