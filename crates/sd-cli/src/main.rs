@@ -8,12 +8,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "sd",
-    version,
-    about = "Stable Diffusion in Rust on LibTorch",
-    propagate_version = true
-)]
+#[command(name = "sd", version, about = "Stable Diffusion in Rust on LibTorch", propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
