@@ -101,3 +101,13 @@ pub fn noise_index(idx: &StepIndex, timesteps: &[f64], timestep: f64) -> Result<
         (None, _) => index_for_timestep(timesteps, timestep),
     }
 }
+
+/// Σ cᵢ·xᵢ.
+pub fn lin(terms: &[(f64, &Tensor)]) -> Result<Tensor> {
+    let mut acc = terms[0].1.f_mul_scalar(terms[0].0)?;
+    for (c, x) in &terms[1..] {
+        acc = acc.f_add(&x.f_mul_scalar(*c)?)?;
+    }
+    Ok(acc)
+}
+

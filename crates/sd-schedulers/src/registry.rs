@@ -65,6 +65,36 @@ fn classes() -> Vec<Class> {
             defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"dpmsolver++","solver_type":"midpoint","lower_order_final":true,"euler_at_final":false,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_lu_lambdas":false,"use_flow_sigmas":false,"flow_shift":1.0,"final_sigmas_type":"zero","lambda_min_clipped":null,"variance_type":null,"timestep_spacing":"linspace","steps_offset":0,"rescale_betas_zero_snr":false,"use_dynamic_shifting":false,"time_shift_type":"exponential"}"#,
             make: |n, c| boxed(samplers::dpm_multistep::DpmMultistep::new(n, c)),
         },
+        Class {
+            name: "HeunDiscreteScheduler",
+            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"prediction_type":"epsilon","use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"clip_sample":false,"clip_sample_range":1.0,"timestep_spacing":"linspace","steps_offset":0}"#,
+            make: |n, c| boxed(samplers::heun::Heun::new(n, c)),
+        },
+        Class {
+            name: "LMSDiscreteScheduler",
+            defaults: r#"{"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"prediction_type":"epsilon","timestep_spacing":"linspace","steps_offset":0}"#,
+            make: |n, c| boxed(samplers::lms::Lms::new(n, c)),
+        },
+        Class {
+            name: "KDPM2DiscreteScheduler",
+            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"prediction_type":"epsilon","timestep_spacing":"linspace","steps_offset":0}"#,
+            make: |n, c| boxed(samplers::kdpm2::Kdpm2::new(n, c, false)),
+        },
+        Class {
+            name: "KDPM2AncestralDiscreteScheduler",
+            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"prediction_type":"epsilon","timestep_spacing":"linspace","steps_offset":0}"#,
+            make: |n, c| boxed(samplers::kdpm2::Kdpm2::new(n, c, true)),
+        },
+        Class {
+            name: "DDPMScheduler",
+            defaults: r#"{"variance_type":"fixed_small","clip_sample":true,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"clip_sample_range":1.0,"sample_max_value":1.0,"timestep_spacing":"leading","steps_offset":0,"rescale_betas_zero_snr":false}"#,
+            make: |n, c| boxed(samplers::ddpm::Ddpm::new(n, c)),
+        },
+        Class {
+            name: "PNDMScheduler",
+            defaults: r#"{"skip_prk_steps":false,"set_alpha_to_one":false,"prediction_type":"epsilon","timestep_spacing":"leading","steps_offset":0}"#,
+            make: |n, c| boxed(samplers::pndm::Pndm::new(n, c)),
+        },
     ]
 }
 
@@ -76,6 +106,13 @@ fn specs() -> Vec<Spec> {
         Spec { name: "dpmpp-2m", a1111: &["DPM++ 2M"], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver++","solver_order":2}"#, description: "DPM-Solver++ second-order multistep" },
         Spec { name: "dpmpp-2m-sde", a1111: &["DPM++ 2M SDE"], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"sde-dpmsolver++","solver_order":2}"#, description: "DPM-Solver++ 2M, stochastic (SDE) variant" },
         Spec { name: "dpmpp-3m-sde", a1111: &["DPM++ 3M SDE"], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"sde-dpmsolver++","solver_order":3}"#, description: "DPM-Solver++ third-order multistep, SDE variant" },
+        Spec { name: "heun", a1111: &["Heun"], class: "HeunDiscreteScheduler", overrides: "{}", description: "Heun (second order, two model calls per step)" },
+        Spec { name: "lms", a1111: &["LMS"], class: "LMSDiscreteScheduler", overrides: "{}", description: "Linear multistep, order 4" },
+        Spec { name: "dpm2", a1111: &["DPM2"], class: "KDPM2DiscreteScheduler", overrides: "{}", description: "DPM-Solver-2 (k-diffusion, two model calls per step)" },
+        Spec { name: "dpm2-a", a1111: &["DPM2 a"], class: "KDPM2AncestralDiscreteScheduler", overrides: "{}", description: "DPM-Solver-2 ancestral" },
+        Spec { name: "ddpm", a1111: &["DDPM"], class: "DDPMScheduler", overrides: "{}", description: "DDPM ancestral sampling (needs many steps)" },
+        Spec { name: "plms", a1111: &["PLMS"], class: "PNDMScheduler", overrides: r#"{"skip_prk_steps":true}"#, description: "Pseudo linear multistep (PNDM without Runge-Kutta warm-up)" },
+        Spec { name: "pndm", a1111: &[], class: "PNDMScheduler", overrides: "{}", description: "PNDM as the model config says (Runge-Kutta warm-up unless skip_prk_steps)" },
         Spec { name: "dpm-2m", a1111: &[], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver","solver_order":2,"final_sigmas_type":"sigma_min"}"#, description: "DPM-Solver (noise prediction) second-order multistep" },
     ]
 }

@@ -1,7 +1,7 @@
 //! DPM-Solver / DPM-Solver++ multistep (Lu et al., arXiv 2206.00927 and 2211.01095), including the SDE variants
 //! (DPM++ 2M SDE) — diffusers `DPMSolverMultistepScheduler`. SDE variants draw one `randn` per step, before the update.
 
-use crate::common::{f32, step_noise, threshold_sample, StepIndex};
+use crate::common::{f32, lin, step_noise, threshold_sample, StepIndex};
 use crate::dpm_sched::{self, alpha_sigma, lambda, DpmSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::{Prediction, Scheduler, SchedulerConfig};
@@ -174,15 +174,6 @@ fn need(noise: Option<&Tensor>) -> Result<&Tensor> {
 
 fn opt(t: &Option<Tensor>) -> Result<&Tensor> {
     t.as_ref().ok_or_else(|| anyhow::anyhow!("internal: multistep history is missing an earlier model output"))
-}
-
-/// Σ cᵢ·xᵢ.
-pub fn lin(terms: &[(f64, &Tensor)]) -> Result<Tensor> {
-    let mut acc = terms[0].1.f_mul_scalar(terms[0].0)?;
-    for (c, x) in &terms[1..] {
-        acc = acc.f_add(&x.f_mul_scalar(*c)?)?;
-    }
-    Ok(acc)
 }
 
 /// `convert_model_output` of the DPM-Solver family: x0 for data-prediction solvers, ε for noise-prediction ones.

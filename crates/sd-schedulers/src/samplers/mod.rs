@@ -4,3 +4,8 @@ pub mod ddim;
 pub mod dpm_multistep;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod ddpm;
+pub mod heun;
+pub mod kdpm2;
+pub mod lms;
+pub mod pndm;
