@@ -37,8 +37,11 @@ impl Embedding {
 pub struct EmbeddingSet {
     pub items: Vec<Embedding>,
     /// Per encoder: first token id of a name → (name token ids, embedding index), longest name first.
-    lookups: Vec<HashMap<u32, Vec<(Vec<u32>, usize)>>>,
+    lookups: Vec<NameLookup>,
 }
+
+/// First token id of a name → (name token ids, embedding index), longest name first.
+type NameLookup = HashMap<u32, Vec<(Vec<u32>, usize)>>;
 
 /// The tensors of one embedding file, before they are matched to a model's encoders.
 #[derive(Debug)]
@@ -189,9 +192,9 @@ pub fn chunk_replacements(
         .map(|fix| {
             let emb = set.items.get(fix.embedding).ok_or_else(|| anyhow!("internal: unknown embedding {}", fix.embedding))?;
             let vectors = emb.vectors.get(encoder).ok_or_else(|| anyhow!("embedding `{}` has no vectors for encoder {encoder}", emb.name))?;
-            // A1111 skips the start token (offset + 1) and never writes over the last slot.
+            // A1111 skips the start token (offset + 1) and cuts vectors that would run past the sequence.
             let position = fix.offset + 1;
-            let n = (vectors.size()[0]).min((seq_len - position - 1) as i64);
+            let n = (vectors.size()[0]).min(seq_len.saturating_sub(position) as i64);
             Ok((position, vectors.narrow(0, 0, n).to_device(device).to_kind(kind)))
         })
         .collect()
