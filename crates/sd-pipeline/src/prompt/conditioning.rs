@@ -106,9 +106,8 @@ fn encode_with(enc: &TextEncoders, index: usize, chunks: &[PromptChunk], s: &Pro
     let mut pooled = None;
     for chunk in chunks {
         let tokens: Vec<i64> = pad_after_end(&chunk.tokens, special.eos, special.pad).into_iter().map(i64::from).collect();
-        let ids = Tensor::from_slice(&tokens).reshape([1, -1]).to_device(encoder.device());
-        let replacements =
-            super::embeddings::chunk_replacements(&enc.embeddings, &chunk.fixes, index, tokens.len(), encoder.device(), encoder.kind())?;
+        let ids = Tensor::from_slice(&tokens).reshape([1, -1]);
+        let replacements = super::embeddings::chunk_replacements(&enc.embeddings, &chunk.fixes, index, tokens.len())?;
         let out = encoder.encode(&ids, &replacements).with_context(|| format!("running text encoder {}", index + 1))?;
         let z = select_layer(encoder, &out, s)?;
         let z = if all_ones(&chunk.multipliers) { z } else { apply_emphasis(&z, &chunk.multipliers, s.emphasis)? };

@@ -178,15 +178,8 @@ impl EmbeddingFinder for Finder<'_> {
     }
 }
 
-/// The `(position in the 77, vectors)` replacements of one chunk for encoder `encoder`, on `device`/`kind`.
-pub fn chunk_replacements(
-    set: &EmbeddingSet,
-    fixes: &[super::chunks::ChunkFix],
-    encoder: usize,
-    seq_len: usize,
-    device: tch::Device,
-    kind: Kind,
-) -> Result<Vec<(usize, Tensor)>> {
+/// The `(position in the 77, vectors)` replacements of one chunk for encoder `encoder`.
+pub fn chunk_replacements(set: &EmbeddingSet, fixes: &[super::chunks::ChunkFix], encoder: usize, seq_len: usize) -> Result<Vec<(usize, Tensor)>> {
     fixes
         .iter()
         .map(|fix| {
@@ -195,7 +188,7 @@ pub fn chunk_replacements(
             // A1111 skips the start token (offset + 1) and cuts vectors that would run past the sequence.
             let position = fix.offset + 1;
             let n = (vectors.size()[0]).min(seq_len.saturating_sub(position) as i64);
-            Ok((position, vectors.narrow(0, 0, n).to_device(device).to_kind(kind)))
+            Ok((position, vectors.narrow(0, 0, n)))
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 
 use super::embeddings::EmbeddingSet;
 use anyhow::Result;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// What one pass of a text model gives back for a `[1, 77]` chunk.
 pub struct EncoderOutput {
@@ -30,15 +30,13 @@ pub trait TextEncoder {
     /// The text's token ids without start/end tokens, padding or truncation.
     fn tokenize(&self, text: &str) -> Result<Vec<u32>>;
     fn special_ids(&self) -> SpecialIds;
-    /// Run the model on `ids` (`[1, 77]`, i64, on [`TextEncoder::device`]). Each `(position, vectors)` replaces the
-    /// token embeddings from `position` on by the rows of `vectors` (`[n, hidden]`) before position embeddings are
-    /// added: how textual-inversion embeddings enter the model.
+    /// Run the model on `ids` (`[1, 77]`, i64, any device). Each `(position, vectors)` replaces the token
+    /// embeddings from `position` on by the rows of `vectors` (`[n, hidden]`, any device/dtype) before position
+    /// embeddings are added: how textual-inversion embeddings enter the model.
     fn encode(&self, ids: &Tensor, replacements: &[(usize, Tensor)]) -> Result<EncoderOutput>;
     fn final_layer_norm(&self, x: &Tensor) -> Result<Tensor>;
     /// Width of the token embeddings (768 for CLIP ViT-L, 1024 OpenCLIP ViT-H, 1280 OpenCLIP ViT-bigG).
     fn hidden_size(&self) -> i64;
-    fn device(&self) -> Device;
-    fn kind(&self) -> Kind;
 }
 
 /// The prompt encoders of a model, plus the textual-inversion embeddings usable in its prompts.
