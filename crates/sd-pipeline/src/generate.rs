@@ -49,11 +49,12 @@ impl StableDiffusion {
             bail!("{} is an inpainting model (9-channel UNet): give --init-image and --mask", self.name);
         }
         let device = self.opts.device;
-        let mut sched = sd_schedulers::build(&req.sampler, &self.scheduler_config, req.schedule.as_deref())
+        let extra = match req.eta {
+            Some(eta) => serde_json::json!({ "eta": eta }),
+            None => serde_json::json!({}),
+        };
+        let mut sched = sd_schedulers::build_with(&req.sampler, &self.scheduler_config, req.schedule.as_deref(), &extra)
             .with_context(|| format!("sampler `{}`", req.sampler))?;
-        if let Some(eta) = req.eta {
-            sched.set_eta(eta)?;
-        }
 
         // 1. Prompts.
         on_event(Event::Phase("encode"));
@@ -98,7 +99,7 @@ impl StableDiffusion {
             Mode::Txt2Img => gen.randn(&shape, dtype, device) * sched.init_noise_sigma(),
             Mode::Img2Img { init, .. } => {
                 let image = prepare_init(init, req.width, req.height, vae_kind, device);
-                let z = tch::no_grad(|| self.vae.encode(&image))?.sample(&mut gen)? * scaling;
+                let z = tch::no_grad(|| self.vae.encode(&image))?.sample(&mut gen) * scaling;
                 let z = z.to_kind(dtype).repeat([b, 1, 1, 1]);
                 let noise = gen.randn(&shape, dtype, device);
                 sched.add_noise(&z, &noise, timesteps[0])?
@@ -108,7 +109,7 @@ impl StableDiffusion {
                 let strength_max = *strength == 1.0;
                 let nine = self.info.inpainting;
                 let image_latents = if !nine || !strength_max {
-                    let z = tch::no_grad(|| self.vae.encode(&image))?.sample(&mut gen)? * scaling;
+                    let z = tch::no_grad(|| self.vae.encode(&image))?.sample(&mut gen) * scaling;
                     Some(z.to_kind(dtype).repeat([b, 1, 1, 1]))
                 } else {
                     None
@@ -122,7 +123,7 @@ impl StableDiffusion {
                 let mask_lat = mask.upsample_nearest2d([h, w], None::<f64>, None::<f64>).to_kind(dtype).repeat([b, 1, 1, 1]);
                 // diffusers encodes the masked image even for 4-channel UNets, which never use it: the draw
                 // from the generator still happens, and later sampler noise depends on it.
-                let z = tch::no_grad(|| self.vae.encode(&masked))?.sample(&mut gen)? * scaling;
+                let z = tch::no_grad(|| self.vae.encode(&masked))?.sample(&mut gen) * scaling;
                 let masked_lat = nine.then(|| z.to_kind(dtype).repeat([b, 1, 1, 1]));
                 inpaint = Some(InpaintState { mask: mask_lat, masked_latents: masked_lat, image_latents, noise });
                 latents

@@ -118,8 +118,9 @@ pub fn save_outputs(
             WatermarkOutcome::Disabled
         };
         if let Some(text) = &opts.visible_label {
-            let text = if text.is_empty() { sd_provenance::visible_label::DEFAULT_TEXT } else { text.as_str() };
-            sd_provenance::visible_label::draw(&mut rgb, text)?;
+            use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
+            let text = if text.is_empty() { DEFAULT_TEXT } else { text.as_str() };
+            draw_label(&mut rgb, text, Corner::BottomRight)?;
         }
         let info = generation_info(sd, req, model_hash.clone(), i, &outcome);
         let chunks: Vec<TextChunk> = label_chunks(&info)
@@ -133,7 +134,7 @@ pub fn save_outputs(
             path: Some(path),
             seed: generated.seed,
             index_in_batch: i,
-            watermark: outcome.to_string(),
+            watermark: sd_provenance::metadata::watermark_record(Some(&outcome)),
             safety_checked: verdicts.is_some(),
             flagged,
         });
@@ -142,7 +143,13 @@ pub fn save_outputs(
 }
 
 fn generation_info(sd: &StableDiffusion, req: &GenerationRequest, model_hash: Option<String>, index: usize, wm: &WatermarkOutcome) -> GenerationInfo {
-    let mut info = GenerationInfo::new(&req.prompt, &req.negative_prompt);
+    let mut info = GenerationInfo {
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        tool_name: "sd-rs".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
     info.steps = req.steps as u32;
     info.sampler = req.sampler.clone();
     info.schedule = req.schedule.clone();
