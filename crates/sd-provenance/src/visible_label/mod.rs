@@ -5,6 +5,7 @@
 //! "AI生成 / AI-generated"); any other character is an error naming it — no silent tofu. Draw the label before
 //! the invisible watermark so the mark covers the final pixels.
 
+#[rustfmt::skip]
 pub mod glyphs;
 
 use anyhow::{bail, Result};
