@@ -10,3 +10,4 @@ pub mod kdpm2;
 pub mod lms;
 pub mod pndm;
 pub mod unipc;
+pub mod lcm;
