@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
+    /// Convert a single-file checkpoint (.safetensors/.ckpt) into a diffusers folder
+    Convert(cmd::convert::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod convert;
 pub mod doctor;
 
 /// An error caused by how the command was called (bad flag values, impossible combinations): exit code 2.
