@@ -19,7 +19,7 @@ enum Command {
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
     /// Convert a single-file checkpoint (.safetensors/.ckpt) into a diffusers folder
-    Convert(cmd::convert::Args),
+    Convert(Box<cmd::convert::Args>),
 }
 
 fn main() -> ExitCode {
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor(args) => cmd::doctor::run(args),
-        Command::Convert(args) => cmd::convert::run(args),
+        Command::Convert(args) => cmd::convert::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
