@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
+    /// Show the CLIP token ids and tokens of a prompt, and how much of the 75-token window it uses
+    Tokenize(cmd::tokenize::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

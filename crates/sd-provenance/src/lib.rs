@@ -1,1 +1,4 @@
-//! sd-provenance: disclosure of AI-generated images (in progress).
+//! sd-provenance: disclosure of AI-generated images — invisible watermark, A1111 parameters, XMP / AIGC labels,
+//! a visible label, and an inspector that reads all of them back. Pure Rust (no LibTorch).
+
+pub mod watermark;
