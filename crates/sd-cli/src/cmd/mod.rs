@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod convert;
 pub mod doctor;
 pub mod generate;
 pub mod tokenize;
