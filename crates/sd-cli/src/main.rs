@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate images: txt2img, img2img (--init-image) and inpainting (--mask)
+    Generate(Box<cmd::generate::Args>),
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
     /// Convert a single-file checkpoint (.safetensors/.ckpt) into a diffusers folder
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Generate(args) => cmd::generate::run(*args),
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Convert(args) => cmd::convert::run(*args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
