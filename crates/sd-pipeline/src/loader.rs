@@ -11,7 +11,8 @@ use sd_core::model_dir::ModelDir;
 use sd_models::clip::{ClipTextModel, ClipTokenizer};
 use sd_models::safety::SafetyChecker;
 use sd_models::unet::UNet2DConditionModel;
-use sd_models::vae::{AutoencoderKL, AutoencoderTiny};
+use sd_models::attention::AttentionMode;
+use sd_models::vae::{AutoencoderKL, AutoencoderTiny, TilingConfig};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
@@ -30,6 +31,11 @@ pub struct LoadOptions {
     pub prediction_type: Option<String>,
     /// Load `safety_checker/` when the folder has one.
     pub load_safety_checker: bool,
+    /// How the UNet evaluates attention (`Auto`: per shape, see `AttentionMode::resolve`).
+    pub attention: AttentionMode,
+    /// Trade speed for memory: VAE decode/encode in tiles (attention on the CPU is already the fused kernel,
+    /// which never holds the whole score matrix).
+    pub low_memory: bool,
 }
 
 impl LoadOptions {
@@ -42,6 +48,8 @@ impl LoadOptions {
             family: None,
             prediction_type: None,
             load_safety_checker: true,
+            attention: AttentionMode::Auto,
+            low_memory: false,
         }
     }
 }
@@ -81,14 +89,19 @@ impl StableDiffusion {
             pairs.push(load_text_pair(&root, "tokenizer_2", "text_encoder_2", dtype, device)?);
         }
         let text = TextEncoders::new(pairs)?;
-        let unet = UNet2DConditionModel::load(&dir.component_dir("unet")?, dtype, device)
+        let mut unet = UNet2DConditionModel::load(&dir.component_dir("unet")?, dtype, device)
             .with_context(|| format!("loading the UNet of {}", root.display()))?;
+        unet.set_attention_mode(opts.attention);
         let vae_dir = dir.component_dir("vae")?;
         let vae_kind = opts.vae_dtype.unwrap_or(dtype);
         let mut vae = AutoencoderKL::load(&vae_dir, vae_kind, device)
             .with_context(|| format!("loading the VAE of {}", root.display()))?;
         if opts.vae_dtype.is_none() && dtype == Kind::Half && vae.config().force_upcast {
             vae = AutoencoderKL::load(&vae_dir, Kind::Float, device)?;
+        }
+        if opts.low_memory {
+            let tiling = TilingConfig::for_config(vae.config());
+            vae.set_tiling(Some(tiling));
         }
         let taesd = match &opts.taesd {
             Some(p) => Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?),

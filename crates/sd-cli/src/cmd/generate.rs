@@ -111,6 +111,15 @@ pub struct Args {
     /// A file of terms (one per line) that make sd refuse a prompt
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Attention backend: auto (per shape), sdpa, matmul[:N] or sliced[:N] (N = queries per chunk)
+    #[arg(long, default_value = "auto")]
+    pub attention: String,
+    /// Intra-op threads (default: the number of physical cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use less memory at some cost in speed: tiled VAE decode/encode
+    #[arg(long)]
+    pub low_memory: bool,
     /// No progress bars
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -143,6 +152,13 @@ pub fn run(args: Args) -> Result<()> {
     if args.strength.is_some() && args.init_image.is_none() {
         usage!("--strength only applies with --init-image");
     }
+    let attention: sd_models::attention::AttentionMode =
+        args.attention.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
+    match args.threads {
+        Some(0) => usage!("--threads must be at least 1"),
+        Some(n) => tch::set_num_threads(n as i32),
+        None => tch::set_num_threads(sd_core::device::physical_cores() as i32),
+    }
     if let Some(policy) = &args.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
     }
@@ -171,6 +187,8 @@ pub fn run(args: Args) -> Result<()> {
     opts.family = family;
     opts.prediction_type = prediction;
     opts.load_safety_checker = safety != Some(SafetyMode::Off);
+    opts.attention = attention;
+    opts.low_memory = args.low_memory;
     let sd = StableDiffusion::load(&args.model, opts)?;
     let load_s = t_load.elapsed().as_secs_f64();
     if let Some(s) = spinner {
