@@ -76,7 +76,12 @@ fn main() -> Result<()> {
     })?;
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
-    let median = if sorted.is_empty() { f64::NAN } else { sorted[sorted.len() / 2] };
+    let n = sorted.len();
+    let median = match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
     let min = sorted.first().copied().unwrap_or(f64::NAN);
     let r4 = |v: f64| (v * 1e4).round() / 1e4;
     println!(

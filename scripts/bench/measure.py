@@ -27,7 +27,10 @@ def main():
     if not cmd:
         sys.exit("measure.py: no command after --")
     start = time.perf_counter()
-    rc = subprocess.call(cmd)
+    try:
+        rc = subprocess.call(cmd)
+    except OSError as e:
+        sys.exit(f"measure.py: cannot run {cmd[0]}: {e}")
     wall = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open("/proc/loadavg") as f:
