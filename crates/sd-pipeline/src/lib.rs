@@ -15,6 +15,7 @@ pub mod generate;
 pub mod hash_cache;
 pub mod init_image;
 pub mod loader;
+pub mod memory;
 pub mod output;
 pub mod prompt;
 pub mod request;
