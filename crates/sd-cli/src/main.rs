@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
+    /// List the samplers (A1111 names, diffusers classes, schedules)
+    Samplers(cmd::samplers::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Samplers(args) => cmd::samplers::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -166,12 +166,29 @@ pub fn parse_sampler(name: &str) -> Result<Parsed> {
         }
     }
     let all = all_names();
-    let best = all.iter().map(|c| (levenshtein(&n, &norm(c)), c)).min_by_key(|(d, _)| *d);
+    let mut candidates = all.clone();
+    for s in &specs {
+        for a in s.a1111 {
+            candidates.extend(["Karras", "Exponential"].iter().map(|x| format!("{a} {x}")));
+        }
+    }
+    let raw = name.trim().to_lowercase();
+    let best = candidates
+        .iter()
+        .map(|c| ((levenshtein(&n, &norm(c)), levenshtein(&raw, &c.to_lowercase())), c))
+        .min_by_key(|(d, _)| *d);
     let hint = match best {
-        Some((d, c)) if d <= 4.max(n.len() / 3) => format!(" — did you mean {c:?}?"),
+        Some(((d, _), c)) if d <= 4.max(n.len() / 3) => format!("; did you mean {c:?}?"),
         _ => String::new(),
     };
-    bail!("unknown sampler {name:?}{hint} Valid names: {}, or \"default\" (optionally with a schedule suffix such as \" Karras\")", all.join(", "))
+    let valid: Vec<String> = specs
+        .iter()
+        .map(|s| if s.a1111.is_empty() { s.name.to_string() } else { format!("{} ({})", s.name, s.a1111.join(", ")) })
+        .collect();
+    bail!(
+        "unknown sampler {name:?}{hint} Valid names: {}, or \"default\"; A1111 names take a schedule suffix such as \" Karras\"",
+        valid.join(", ")
+    )
 }
 
 fn all_names() -> Vec<String> {
@@ -295,6 +312,9 @@ fn apply_schedule(cfg: &mut Map<String, Value>, schedule: Option<&str>, sampler:
     Ok(None)
 }
 
+/// Classes whose diffusers `set_timesteps` takes custom sigmas or timesteps (what AYS needs).
+const AYS_CLASSES: [&str; 4] = ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "HeunDiscreteScheduler", "DDPMScheduler"];
+
 /// Every sampler, for `sd samplers`.
 pub fn list() -> Vec<SamplerInfo> {
     let classes = classes();
@@ -310,7 +330,9 @@ pub fn list() -> Vec<SamplerInfo> {
                     schedules.push(n);
                 }
             }
-            schedules.extend(["ays", "ays-sdxl"]);
+            if class.is_some_and(|c| AYS_CLASSES.contains(&c.name)) {
+                schedules.extend(["ays", "ays-sdxl"]);
+            }
             SamplerInfo { name: s.name, a1111: s.a1111.to_vec(), diffusers_class: s.class, schedules, description: s.description }
         })
         .collect()

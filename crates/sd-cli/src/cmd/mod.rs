@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod doctor;
+pub mod samplers;
 
 /// An error caused by how the command was called (bad flag values, impossible combinations): exit code 2.
 #[derive(Debug)]
