@@ -110,6 +110,11 @@ fn classes() -> Vec<Class> {
             defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear","original_inference_steps":50,"clip_sample":false,"clip_sample_range":1.0,"set_alpha_to_one":true,"steps_offset":0,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"timestep_spacing":"leading","timestep_scaling":10.0,"rescale_betas_zero_snr":false}"#,
             make: |n, c| boxed(samplers::lcm::Lcm::new(n, c, true)),
         },
+        Class {
+            name: "EDMEulerScheduler",
+            defaults: r#"{"sigma_min":0.002,"sigma_max":80.0,"sigma_data":0.5,"sigma_schedule":"karras","num_train_timesteps":1000,"prediction_type":"epsilon","rho":7.0,"final_sigmas_type":"zero"}"#,
+            make: |n, c| boxed(samplers::edm_euler::EdmEuler::new(n, c)),
+        },
     ]
 }
 
@@ -131,6 +136,7 @@ fn specs() -> Vec<Spec> {
         Spec { name: "unipc", a1111: &["UniPC"], class: "UniPCMultistepScheduler", overrides: "{}", description: "UniPC predictor-corrector (bh2)" },
         Spec { name: "lcm", a1111: &["LCM"], class: "LCMScheduler", overrides: "{}", description: "Latent consistency sampling (LCM-distilled models / LCM-LoRA, 2-8 steps)" },
         Spec { name: "tcd", a1111: &["TCD"], class: "TCDScheduler", overrides: "{}", description: "Trajectory consistency sampling (TCD models; gamma via eta, pipeline default 0)" },
+        Spec { name: "edm-euler", a1111: &["EDM Euler"], class: "EDMEulerScheduler", overrides: "{}", description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets" },
         Spec { name: "dpm-2m", a1111: &[], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver","solver_order":2,"final_sigmas_type":"sigma_min"}"#, description: "DPM-Solver (noise prediction) second-order multistep" },
     ]
 }

@@ -11,3 +11,4 @@ pub mod lms;
 pub mod pndm;
 pub mod unipc;
 pub mod lcm;
+pub mod edm_euler;
