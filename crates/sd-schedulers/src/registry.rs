@@ -115,6 +115,11 @@ fn classes() -> Vec<Class> {
             defaults: r#"{"sigma_min":0.002,"sigma_max":80.0,"sigma_data":0.5,"sigma_schedule":"karras","num_train_timesteps":1000,"prediction_type":"epsilon","rho":7.0,"final_sigmas_type":"zero"}"#,
             make: |n, c| boxed(samplers::edm_euler::EdmEuler::new(n, c)),
         },
+        Class {
+            name: "DEISMultistepScheduler",
+            defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"deis","solver_type":"logrho","lower_order_final":true,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"timestep_spacing":"linspace","steps_offset":0,"use_dynamic_shifting":false,"time_shift_type":"exponential"}"#,
+            make: |n, c| boxed(samplers::deis::Deis::new(n, c)),
+        },
     ]
 }
 
@@ -137,6 +142,10 @@ fn specs() -> Vec<Spec> {
         Spec { name: "lcm", a1111: &["LCM"], class: "LCMScheduler", overrides: "{}", description: "Latent consistency sampling (LCM-distilled models / LCM-LoRA, 2-8 steps)" },
         Spec { name: "tcd", a1111: &["TCD"], class: "TCDScheduler", overrides: "{}", description: "Trajectory consistency sampling (TCD models; gamma via eta, pipeline default 0)" },
         Spec { name: "edm-euler", a1111: &["EDM Euler"], class: "EDMEulerScheduler", overrides: "{}", description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets" },
+        Spec { name: "deis", a1111: &["DEIS"], class: "DEISMultistepScheduler", overrides: "{}", description: "DEIS multistep (log-rho), second order" },
+        // Known names whose classes are not implemented yet: `build` says so instead of "unknown sampler".
+        Spec { name: "dpmpp-2s-a", a1111: &["DPM++ 2S a"], class: "DPMSolverSinglestepScheduler", overrides: "{}", description: "DPM-Solver++ singlestep (not implemented)" },
+        Spec { name: "dpmpp-sde", a1111: &["DPM++ SDE"], class: "DPMSolverSDEScheduler", overrides: "{}", description: "DPM-Solver++ SDE with a Brownian tree (not implemented)" },
         Spec { name: "dpm-2m", a1111: &[], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver","solver_order":2,"final_sigmas_type":"sigma_min"}"#, description: "DPM-Solver (noise prediction) second-order multistep" },
     ]
 }

@@ -54,6 +54,14 @@ fn unknown_names_list_valid_ones_and_suggest() {
 }
 
 #[test]
+fn known_but_unimplemented_samplers_say_so() {
+    for name in ["DPM++ 2S a Karras", "DPM++ SDE"] {
+        let e = err(build(name, &sd1(), None));
+        assert!(e.contains("not implemented"), "{name}: {e}");
+    }
+}
+
+#[test]
 fn from_config_keeps_shared_keys_and_takes_class_defaults() {
     let s = build("Euler", &sd1(), None).unwrap();
     let c = s.config();

@@ -12,3 +12,4 @@ pub mod pndm;
 pub mod unipc;
 pub mod lcm;
 pub mod edm_euler;
+pub mod deis;
