@@ -6,7 +6,8 @@
 //! (they are never used on CPU). Everything lands in `.libtorch/`, which `.cargo/config.toml` points torch-sys at.
 //! A user who sets LIBTORCH or LIBTORCH_USE_PYTORCH themselves (e.g. for a CUDA build) is left alone.
 //!
-//! Data files go to `.sd-data/`: the real CLIP BPE vocabulary from the PyPI package `open-clip-torch`.
+//! Data files go to `.sd-data/`: the real CLIP BPE vocabulary from the PyPI package `open-clip-torch`, and
+//! scikit-image's public-domain astronaut photo (NASA) from its wheel, used by the TAESD round-trip test.
 
 use crate::util::{have, is_root, root, run_cmd};
 use anyhow::{bail, Context, Result};
@@ -19,11 +20,14 @@ const TORCH_LIBS: &[&str] = &["libtorch_cpu.so", "libtorch.so", "libc10.so", "li
 const CUDA_STUBS: &[&str] = &["libcudart.so.13", "libcupti.so.13"];
 const OPEN_CLIP: &str = "open-clip-torch==3.3.0";
 pub const BPE_FILE: &str = "bpe_simple_vocab_16e6.txt.gz";
+const SKIMAGE: &str = "scikit-image==0.25.2";
+pub const PHOTO_FILE: &str = "astronaut.png";
 
 pub fn run() -> Result<()> {
     let root = root();
     libtorch(&root)?;
     data(&root)?;
+    photo(&root)?;
     Ok(())
 }
 
@@ -110,6 +114,32 @@ fn data(root: &Path) -> Result<()> {
     fs::write(&tmp, &out.stdout)?;
     fs::rename(&tmp, &bpe)?;
     eprintln!("setup: CLIP vocabulary ready in {}", bpe.display());
+    Ok(())
+}
+
+fn photo(root: &Path) -> Result<()> {
+    let dir = root.join(".sd-data");
+    let dest = dir.join(PHOTO_FILE);
+    if dest.exists() {
+        return Ok(());
+    }
+    ensure_tools(&["python3", "unzip"])?;
+    fs::create_dir_all(&dir)?;
+    let wheels = root.join("target/wheels");
+    fs::create_dir_all(&wheels)?;
+    pip_download(root, &wheels, &[SKIMAGE], true)?;
+    let whl = find_wheel(&wheels, "scikit_image-0.25.2-")?;
+    let out = std::process::Command::new("unzip")
+        .args(["-p", whl.to_str().context("path")?, &format!("skimage/data/{PHOTO_FILE}")])
+        .output()
+        .context("cannot run unzip")?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!("{} does not contain skimage/data/{PHOTO_FILE}", whl.display());
+    }
+    let tmp = dir.join(format!(".{PHOTO_FILE}.partial"));
+    fs::write(&tmp, &out.stdout)?;
+    fs::rename(&tmp, &dest)?;
+    eprintln!("setup: test photo ready in {}", dest.display());
     Ok(())
 }
 

@@ -1,1 +1,137 @@
-//! Scaled-dot-product attention shared by every network (filled by the models work).
+//! Multi-head scaled-dot-product attention shared by every network, and the diffusers `Attention` module
+//! (`to_q`, `to_k`, `to_v`, `to_out.0`) built on it.
+//!
+//! One entry point, [`attention`], takes queries/keys/values already split into heads and an [`AttentionMode`]
+//! that decides how the softmax(q·kᵀ/√d)·v product is evaluated. All modes compute the same function; they differ
+//! only in peak memory and speed. Every op used is differentiable (training backpropagates through it).
+
+use crate::nn::Linear;
+use anyhow::{bail, Context, Result};
+use sd_core::weights::VarBuilder;
+use tch::{Kind, Tensor};
+
+/// How [`attention`] evaluates the attention product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionMode {
+    /// LibTorch's fused `scaled_dot_product_attention` (flash / memory-efficient kernels where available).
+    #[default]
+    Sdpa,
+    /// Explicit softmax(q·kᵀ)·v over chunks of `size` rows of the batch×heads dimension, so only
+    /// `size × queries × keys` scores exist at once (diffusers' "attention slicing").
+    SliceHeads(i64),
+    /// Explicit softmax(q·kᵀ)·v over chunks of `size` queries: the score matrix is `size × keys` per head.
+    SliceQueries(i64),
+}
+
+/// softmax(q·kᵀ·scale)·v for q `[B, H, Lq, D]`, k and v `[B, H, Lk, D]` (v may have another last dimension);
+/// returns `[B, H, Lq, Dv]`. `scale` defaults to 1/√D. With `upcast`, the computation runs in f32 and the result is
+/// cast back (diffusers' `upcast_attention`, needed by SD2.1 in f16).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>, upcast: bool, mode: AttentionMode) -> Result<Tensor> {
+    let (qs, ks) = (q.size(), k.size());
+    if qs.len() != 4 || ks.len() != 4 || v.dim() != 4 {
+        bail!("attention expects [batch, heads, tokens, head_dim] tensors, got q {qs:?}, k {ks:?}, v {:?}", v.size());
+    }
+    let kind = q.kind();
+    let compute = if upcast && kind != Kind::Float && kind != Kind::Double { Some(Kind::Float) } else { None };
+    let (q, k, v) = match compute {
+        Some(c) => (q.to_kind(c), k.to_kind(c), v.to_kind(c)),
+        None => (q.shallow_clone(), k.shallow_clone(), v.shallow_clone()),
+    };
+    let scale = scale.unwrap_or(1.0 / (qs[3] as f64).sqrt());
+    let out = match mode {
+        AttentionMode::Sdpa => Tensor::f_scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, scale, false)
+            .context("scaled_dot_product_attention failed")?,
+        AttentionMode::SliceHeads(size) => {
+            let (b, h) = (qs[0], qs[1]);
+            let flat = |t: &Tensor| t.flatten(0, 1);
+            let (qf, kf, vf) = (flat(&q), flat(&k), flat(&v));
+            let size = size.max(1);
+            let mut parts = Vec::new();
+            let mut start = 0;
+            while start < b * h {
+                let len = size.min(b * h - start);
+                parts.push(math(&qf.narrow(0, start, len), &kf.narrow(0, start, len), &vf.narrow(0, start, len), scale)?);
+                start += len;
+            }
+            let out = Tensor::f_cat(&parts, 0)?;
+            let rest = out.size();
+            out.f_reshape([b, h, rest[1], rest[2]])?
+        }
+        AttentionMode::SliceQueries(size) => {
+            let lq = qs[2];
+            let size = size.max(1);
+            let mut parts = Vec::new();
+            let mut start = 0;
+            while start < lq {
+                let len = size.min(lq - start);
+                parts.push(math(&q.narrow(2, start, len), &k, &v, scale)?);
+                start += len;
+            }
+            Tensor::f_cat(&parts, 2)?
+        }
+    };
+    Ok(match compute {
+        Some(_) => out.to_kind(kind),
+        None => out,
+    })
+}
+
+/// The textbook product, softmax taken in the input dtype (as diffusers' classic `AttnProcessor` does).
+fn math(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = q.f_matmul(&k.transpose(-1, -2))? * scale;
+    Ok(scores.f_softmax(-1, scores.kind())?.f_matmul(v)?)
+}
+
+/// diffusers `Attention` as used by transformer blocks: bias-free q/k/v projections, an output projection with bias,
+/// `heads` heads of `dim_head` each. Keys/values come from `context` (cross-attention) or the input (self-attention).
+#[derive(Debug)]
+pub struct Attention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub heads: i64,
+    pub dim_head: i64,
+    pub upcast: bool,
+}
+
+impl Attention {
+    /// `context_dim`: width of the key/value source (`None` = self-attention, same width as the query).
+    pub fn new(
+        vb: &VarBuilder,
+        query_dim: i64,
+        context_dim: Option<i64>,
+        heads: i64,
+        dim_head: i64,
+        qkv_bias: bool,
+        upcast: bool,
+    ) -> Result<Self> {
+        let inner = heads * dim_head;
+        let kv_dim = context_dim.unwrap_or(query_dim);
+        Ok(Self {
+            to_q: Linear::new(&(vb / "to_q"), query_dim, inner, qkv_bias)?,
+            to_k: Linear::new(&(vb / "to_k"), kv_dim, inner, qkv_bias)?,
+            to_v: Linear::new(&(vb / "to_v"), kv_dim, inner, qkv_bias)?,
+            to_out: Linear::new(&(vb / "to_out" / 0), inner, query_dim, true)?,
+            heads,
+            dim_head,
+            upcast,
+        })
+    }
+
+    /// `x` `[B, L, query_dim]`, `context` `[B, S, context_dim]` (or `None` for self-attention) → `[B, L, query_dim]`.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, mode: AttentionMode) -> Result<Tensor> {
+        let ctx = context.unwrap_or(x);
+        let (b, l) = (x.size()[0], x.size()[1]);
+        let split = |t: Tensor| -> Result<Tensor> {
+            let n = t.size()[1];
+            Ok(t.f_reshape([b, n, self.heads, self.dim_head])?.transpose(1, 2))
+        };
+        let q = split(self.to_q.forward(x))?;
+        let k = split(self.to_k.forward(ctx))?;
+        let v = split(self.to_v.forward(ctx))?;
+        let out = attention(&q, &k, &v, None, self.upcast, mode)?;
+        let out = out.transpose(1, 2).f_reshape([b, l, self.heads * self.dim_head])?;
+        Ok(self.to_out.forward(&out))
+    }
+}

@@ -1,1 +1,20 @@
-//! sd-pipeline: txt2img, img2img and inpainting (in progress).
+//! sd-pipeline: the Stable Diffusion algorithm as users run it, between the networks (`sd-models`), the samplers
+//! (`sd-schedulers`) and the command line (`sd-cli`). Other programs embed sd-rs through this crate.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`family`] | which model family a folder holds (SD1.x, SD2.x, SDXL, Turbo, inpainting) and its defaults |
+//! | [`loader`] | [`loader::StableDiffusion`]: every component of a model folder, loaded per device/dtype |
+//! | [`prompt`] | prompt text → conditioning tensors (A1111 syntax, chunking, clip skip, SDXL pooled embeds) |
+//! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
+//! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
+//! | [`output`] | file names, PNG writing with parameters and disclosure labels |
+
+pub mod family;
+pub mod generate;
+pub mod hash_cache;
+pub mod init_image;
+pub mod loader;
+pub mod output;
+pub mod prompt;
+pub mod request;

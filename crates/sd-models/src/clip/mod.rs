@@ -1,1 +1,16 @@
-//! (in progress)
+//! CLIP as Stable Diffusion uses it: the BPE tokenizer, the text encoders (CLIPTextModel for SD1/SD2,
+//! CLIPTextModelWithProjection for SDXL's second encoder) and the vision tower of the safety checker.
+
+pub mod config;
+pub mod encoder;
+pub mod image_processor;
+pub mod text_model;
+pub mod tokenizer;
+pub mod vision_model;
+pub mod vocab;
+
+pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use text_model::{ClipTextModel, ClipTextOutput};
+pub use image_processor::ClipImageProcessor;
+pub use tokenizer::{ClipTokenizer, PadToken};
+pub use vision_model::{ClipVisionModel, ClipVisionOutput};

@@ -1,1 +1,237 @@
-//! (in progress)
+//! `UNet2DConditionModel`, built entirely from its diffusers `config.json`: SD1.x, SD2.x (linear projections,
+//! per-block heads, upcast attention), SDXL (text_time added conditioning, deep transformer stacks, attention-free
+//! first level), inpainting (9 input channels) and LCM (`time_cond_proj_dim`) are all the same code.
+//! Reference: diffusers 0.42.1 `models/unets/unet_2d_condition.py`.
+
+mod blocks;
+pub mod config;
+pub mod embeddings;
+pub mod resnet;
+pub mod transformer;
+
+pub use crate::attention::AttentionMode;
+pub use config::{PerBlock, UNetConfig};
+
+use crate::nn::{Activation, Conv2d, GroupNorm};
+use anyhow::{bail, Context, Result};
+use blocks::{BlockOpts, DownBlock, MidBlock, UpBlock};
+use embeddings::{timestep_embedding, TimestepEmbedding};
+use resnet::ResnetOpts;
+use sd_core::weights::VarBuilder;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// SDXL's extra conditioning (`added_cond_kwargs`): pooled text embeddings `[B, pooled]` and the six size/crop
+/// numbers `[B, 6]` (original size, crop top-left, target size).
+#[derive(Debug)]
+pub struct AddedCond {
+    pub text_embeds: Tensor,
+    pub time_ids: Tensor,
+}
+
+/// `add_time_proj` + `add_embedding` of `addition_embed_type = "text_time"`.
+#[derive(Debug)]
+struct TextTimeEmbedding {
+    time_dim: i64,
+    in_dim: i64,
+    embedding: TimestepEmbedding,
+}
+
+#[derive(Debug)]
+pub struct UNet2DConditionModel {
+    config: UNetConfig,
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    add_embedding: Option<TextTimeEmbedding>,
+    time_embed_act: Option<Activation>,
+    down_blocks: Vec<DownBlock>,
+    mid_block: Option<MidBlock>,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    act: Activation,
+    mode: AttentionMode,
+    /// Key/value widths of every transformer (must all equal the text states' width).
+    cross_dims: Vec<i64>,
+}
+
+fn activation(field: &str, name: &str) -> Result<Activation> {
+    Activation::parse(name).with_context(|| format!("unsupported UNet config: `{field}` = {name:?}"))
+}
+
+impl UNet2DConditionModel {
+    /// Load a diffusers `unet/` folder (config.json + diffusion_pytorch_model.safetensors or its shards/variants).
+    /// Missing, mis-shaped or unused tensors are all reported in one error.
+    pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
+        let weights = sd_core::model_dir::find_weights(dir, None)?;
+        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?;
+        let model = Self::from_varbuilder(&vb, &cfg)?;
+        vb.finish("UNet2DConditionModel", &[])?;
+        Ok(model)
+    }
+
+    /// Build from any weight source (files, in-memory tensors, or `VarBuilder::from_init` for training).
+    /// The caller is responsible for `vb.finish(..)`.
+    pub fn from_varbuilder(vb: &VarBuilder, cfg: &UNetConfig) -> Result<Self> {
+        let r = cfg.resolve()?;
+        let act = activation("act_fn", &cfg.act_fn)?;
+        let c0 = cfg.block_out_channels[0];
+        let conv_in = Conv2d::new(&(vb / "conv_in"), cfg.in_channels, c0, cfg.conv_in_kernel, 1, (cfg.conv_in_kernel - 1) / 2, true)?;
+        let post_act = cfg.timestep_post_act.as_deref().map(|a| activation("timestep_post_act", a)).transpose()?;
+        let time_embedding =
+            TimestepEmbedding::new(&(vb / "time_embedding"), c0, r.time_embed_dim, act, post_act, cfg.time_cond_proj_dim)?;
+        let add_embedding = match (cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
+            (Some(time_dim), Some(in_dim)) if cfg.addition_embed_type.is_some() => Some(TextTimeEmbedding {
+                time_dim,
+                in_dim,
+                embedding: TimestepEmbedding::new(&(vb / "add_embedding"), in_dim, r.time_embed_dim, Activation::Silu, None, None)?,
+            }),
+            _ => None,
+        };
+        let time_embed_act = cfg.time_embedding_act_fn.as_deref().map(|a| activation("time_embedding_act_fn", a)).transpose()?;
+        let opts = BlockOpts {
+            resnet: ResnetOpts {
+                temb: r.time_embed_dim,
+                groups: r.groups,
+                eps: cfg.norm_eps,
+                act,
+                scale_shift: r.scale_shift,
+                output_scale_factor: 1.0,
+            },
+            linear_projection: cfg.use_linear_projection,
+            upcast_attention: cfg.upcast_attention,
+            downsample_padding: cfg.downsample_padding,
+        };
+        let n = r.down.len();
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut in_ch = c0;
+        for (i, spec) in r.down.iter().enumerate() {
+            down_blocks.push(DownBlock::new(&(vb / "down_blocks" / i), in_ch, spec, i + 1 < n, &opts)?);
+            in_ch = spec.channels;
+        }
+        let deepest = &r.down[n - 1];
+        let mid_block = if r.mid {
+            Some(MidBlock::new(&(vb / "mid_block"), deepest, &opts, cfg.mid_block_scale_factor)?)
+        } else {
+            None
+        };
+        let mut cross_dims: Vec<i64> = r.down.iter().chain(&r.up).filter(|b| b.attention).map(|b| b.cross_attention_dim).collect();
+        if r.mid {
+            cross_dims.push(deepest.cross_attention_dim);
+        }
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut prev = deepest.channels;
+        for (i, spec) in r.up.iter().enumerate() {
+            let mirror = n - 1 - i;
+            let skip_in = if mirror == 0 { c0 } else { r.down[mirror - 1].channels };
+            up_blocks.push(UpBlock::new(&(vb / "up_blocks" / i), prev, skip_in, spec, i + 1 < n, &opts)?);
+            prev = spec.channels;
+        }
+        Ok(Self {
+            config: cfg.clone(),
+            conv_in,
+            time_embedding,
+            add_embedding,
+            time_embed_act,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNorm::new(&(vb / "conv_norm_out"), r.groups, c0, cfg.norm_eps)?,
+            conv_out: Conv2d::new(&(vb / "conv_out"), c0, cfg.out_channels, cfg.conv_out_kernel, 1, (cfg.conv_out_kernel - 1) / 2, true)?,
+            act,
+            mode: AttentionMode::default(),
+            cross_dims,
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// Choose how attention is evaluated from now on (all modes give the same result; see [`AttentionMode`]).
+    pub fn set_attention_mode(&mut self, mode: AttentionMode) {
+        self.mode = mode;
+    }
+
+    pub fn attention_mode(&self) -> AttentionMode {
+        self.mode
+    }
+
+    /// Predict noise (or v / x0, per the model's training) for `sample` `[B, in_channels, H, W]` at `timestep`
+    /// (a scalar, `[1]` or `[B]`, fractional allowed) given text states `[B, tokens, cross_attention_dim]`.
+    /// `added` is required by SDXL-style (`text_time`) models; `timestep_cond` `[B, time_cond_proj_dim]` is LCM's
+    /// guidance embedding. Inputs are cast to the model's dtype; the output is in the model's dtype.
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
+        timestep_cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let size = sample.size();
+        if size.len() != 4 || size[1] != cfg.in_channels {
+            bail!("UNet sample must be [batch, {}, height, width], got {size:?}", cfg.in_channels);
+        }
+        let batch = size[0];
+        let kind = self.conv_in.weight.kind();
+        let ctx_size = encoder_hidden_states.size();
+        if ctx_size.len() != 3 || ctx_size[0] != batch || !self.cross_dims.iter().all(|&d| d == ctx_size[2]) {
+            bail!(
+                "encoder_hidden_states must be [batch {batch}, tokens, {}] for this UNet (cross_attention_dim), got {ctx_size:?}",
+                self.cross_dims.first().copied().unwrap_or(0)
+            );
+        }
+        if let (Some(c), Some(d)) = (timestep_cond, cfg.time_cond_proj_dim) {
+            if c.size() != [batch, d] {
+                bail!("timestep_cond must be [{batch}, {d}] (time_cond_proj_dim), got {:?}", c.size());
+            }
+        }
+        let sample = sample.to_kind(kind);
+        let timesteps = match timestep.numel() {
+            1 => timestep.reshape([1]).expand([batch], false),
+            n if n as i64 == batch && timestep.dim() == 1 => timestep.shallow_clone(),
+            _ => bail!("timestep must be a scalar or have one value per batch item ({batch}), got shape {:?}", timestep.size()),
+        };
+        let sample = if cfg.center_input_sample { sample * 2.0 - 1.0 } else { sample.shallow_clone() };
+
+        let c0 = cfg.block_out_channels[0];
+        let t_emb = timestep_embedding(&timesteps.to_device(sample.device()), c0, cfg.flip_sin_to_cos, cfg.freq_shift)?.to_kind(kind);
+        let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
+        if let Some(add) = &self.add_embedding {
+            let Some(a) = added else {
+                bail!("this UNet (addition_embed_type = \"text_time\", e.g. SDXL) needs added conditioning: text_embeds and time_ids");
+            };
+            let (te, ti) = (a.text_embeds.size(), a.time_ids.size());
+            let expected = add.in_dim - 6 * add.time_dim;
+            if te != [batch, expected] || ti != [batch, 6] {
+                bail!("SDXL added conditioning must be text_embeds [{batch}, {expected}] and time_ids [{batch}, 6], got {te:?} and {ti:?}");
+            }
+            let time_ids = a.time_ids.to_device(sample.device()).f_flatten(0, -1)?;
+            let time_embeds = timestep_embedding(&time_ids, add.time_dim, cfg.flip_sin_to_cos, cfg.freq_shift)?
+                .f_reshape([a.text_embeds.size()[0], -1])?;
+            let add_embeds = Tensor::f_cat(&[a.text_embeds.to_kind(Kind::Float), time_embeds], -1)?.to_kind(emb.kind());
+            emb = emb + add.embedding.forward(&add_embeds, None)?;
+        }
+        if let Some(a) = self.time_embed_act {
+            emb = a.forward(&emb);
+        }
+
+        let ctx = &encoder_hidden_states.to_kind(kind);
+        let mut h = self.conv_in.forward(&sample);
+        let mut skips = vec![h.shallow_clone()];
+        for block in &self.down_blocks {
+            h = block.forward(&h, &emb, ctx, self.mode, &mut skips)?;
+        }
+        if let Some(mid) = &self.mid_block {
+            h = mid.forward(&h, &emb, ctx, self.mode)?;
+        }
+        for block in &self.up_blocks {
+            h = block.forward(&h, &emb, ctx, self.mode, &mut skips)?;
+        }
+        let h = self.act.forward(&self.conv_norm_out.forward(&h));
+        Ok(self.conv_out.forward(&h))
+    }
+}
