@@ -23,11 +23,13 @@ pub struct Deis {
     lower_order_nums: usize,
 }
 
-fn ind2(t: f64, b: f64, c: f64) -> f64 {
+// diffusers evaluates these log-ρ integrals on float32 tensors, and the differences of nearly equal values below
+// amplify that rounding; they are evaluated in f32 here too so that third-order DEIS stays step-exact.
+fn ind2(t: f32, b: f32, c: f32) -> f32 {
     t * (-c.ln() + t.ln() - 1.0) / (b.ln() - c.ln())
 }
 
-fn ind3(t: f64, b: f64, c: f64, d: f64) -> f64 {
+fn ind3(t: f32, b: f32, c: f32, d: f32) -> f32 {
     let (lt, lc, ld) = (t.ln(), c.ln(), d.ln());
     let num = t * (lc * (ld - lt + 1.0) - ld * lt + ld + lt * lt - 2.0 * lt + 2.0);
     num / ((b.ln() - lc) * (b.ln() - ld))
@@ -57,9 +59,11 @@ impl Deis {
         self.outputs[n - 1 - back].as_ref().ok_or_else(|| anyhow::anyhow!("internal: DEIS history is missing an output"))
     }
 
-    fn rho(sigma: f64) -> f64 {
-        let (a, s) = alpha_sigma(sigma);
-        s / a
+    /// ρ = σ_t / α_t in float32, as diffusers computes it.
+    fn rho(sigma: f64) -> f32 {
+        let s = sigma as f32;
+        let a = 1.0 / (s * s + 1.0).sqrt();
+        (s * a) / a
     }
 }
 
@@ -109,14 +113,14 @@ impl Scheduler for Deis {
             lin(&[(a_t / a0, &sample), (-(sg_t * (h.exp() - 1.0)), self.m(0)?)])?
         } else if order == 2 || self.lower_order_nums < 2 || lower_second {
             let (rt, r0, r1) = (Self::rho(s[i + 1]), Self::rho(s[i]), Self::rho(s[i - 1]));
-            let c1 = ind2(rt, r0, r1) - ind2(r0, r0, r1);
-            let c2 = ind2(rt, r1, r0) - ind2(r0, r1, r0);
+            let c1 = (ind2(rt, r0, r1) - ind2(r0, r0, r1)) as f64;
+            let c2 = (ind2(rt, r1, r0) - ind2(r0, r1, r0)) as f64;
             lin(&[(a_t / a0, &sample), (a_t * c1, self.m(0)?), (a_t * c2, self.m(1)?)])?
         } else {
             let (rt, r0, r1, r2) = (Self::rho(s[i + 1]), Self::rho(s[i]), Self::rho(s[i - 1]), Self::rho(s[i - 2]));
-            let c1 = ind3(rt, r0, r1, r2) - ind3(r0, r0, r1, r2);
-            let c2 = ind3(rt, r1, r2, r0) - ind3(r0, r1, r2, r0);
-            let c3 = ind3(rt, r2, r0, r1) - ind3(r0, r2, r0, r1);
+            let c1 = (ind3(rt, r0, r1, r2) - ind3(r0, r0, r1, r2)) as f64;
+            let c2 = (ind3(rt, r1, r2, r0) - ind3(r0, r1, r2, r0)) as f64;
+            let c3 = (ind3(rt, r2, r0, r1) - ind3(r0, r2, r0, r1)) as f64;
             lin(&[(a_t / a0, &sample), (a_t * c1, self.m(0)?), (a_t * c2, self.m(1)?), (a_t * c3, self.m(2)?)])?
         };
         if self.lower_order_nums < order {
