@@ -140,26 +140,22 @@ impl EmbeddingSet {
     }
 }
 
-/// Pick, for each encoder, the tensor of the file whose width matches the encoder's.
+/// The file's vectors for each encoder, or why it does not fit: like A1111, a one-tensor embedding fits a model
+/// with one text encoder of the same width, and a `clip_l` + `clip_g` file fits SDXL's pair.
 fn match_encoders(file: &EmbeddingFile, encoders: &[Box<dyn TextEncoder>]) -> std::result::Result<Vec<Tensor>, String> {
     let widths: Vec<i64> = encoders.iter().map(|e| e.hidden_size()).collect();
     let candidates: Vec<&Tensor> = match file {
         EmbeddingFile::Single(t) => vec![t],
         EmbeddingFile::Sdxl { clip_l, clip_g } => vec![clip_l, clip_g],
     };
-    let mut out = Vec::new();
-    for (i, w) in widths.iter().enumerate() {
-        // Two-encoder files map by order (clip_l → first encoder); single tensors by width.
-        let pick = if candidates.len() == encoders.len() { Some(candidates[i]) } else { candidates.iter().copied().find(|t| t.size()[1] == *w) };
-        match pick {
-            Some(t) if t.size()[1] == *w => out.push(t.shallow_clone()),
-            _ => {
-                let have: Vec<i64> = candidates.iter().map(|t| t.size()[1]).collect();
-                return Err(format!("vectors of width {have:?} do not fit this model's text encoders (width {widths:?})"));
-            }
-        }
+    let have: Vec<i64> = candidates.iter().map(|t| t.size()[1]).collect();
+    if have != widths {
+        let kind = if candidates.len() == 2 { "an SDXL (clip_l + clip_g) embedding" } else { "a single-encoder embedding" };
+        return Err(format!(
+            "{kind} with vectors of width {have:?}; this model's text encoders take {widths:?} (made for another model family)"
+        ));
     }
-    Ok(out)
+    Ok(candidates.into_iter().map(|t| t.shallow_clone()).collect())
 }
 
 pub struct Finder<'a> {
