@@ -2,7 +2,8 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`pickle`] | pickle reader that never executes code (allow-listed globals, modelled not called) |
+//! | [`pickle`] | pickle reader that never executes code |
+//! | [`allow`] | the globals a pickle may name (tensor rebuild, OrderedDict, storages, numpy scalars), modelled not called |
 //! | [`ckpt`] | the torch zip container (`archive/data.pkl` + `archive/data/<key>` storages) |
 //! | [`source`] | [`TensorSource`]: safetensors (mmap) or ckpt, one tensor at a time; format sniffing |
 //! | [`ldm`] | UNet and VAE name mapping |
@@ -13,6 +14,7 @@
 //!
 //! Reference: diffusers 0.42.1 `loaders/single_file_utils.py`.
 
+pub mod allow;
 pub mod ckpt;
 pub mod clip;
 pub mod family;
