@@ -18,6 +18,10 @@ struct Cli {
 enum Command {
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
+    /// Show the CLIP token ids and tokens of a prompt, and how much of the 75-token window it uses
+    Tokenize(cmd::tokenize::Args),
+    /// Show generation parameters, AI labels and watermark verdicts of PNG/JPEG images
+    Inspect(cmd::inspect::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +35,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

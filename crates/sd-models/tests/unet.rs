@@ -178,4 +178,11 @@ fn from_init_builds_and_runs_a_fresh_model() {
     // SDXL without its added conditioning is a clear error.
     let err = unet.forward(&x, &Tensor::from(10.0f32), &ctx, None, None).expect_err("needs added cond").to_string();
     assert!(err.contains("text_embeds"), "{err}");
+    // Wrong widths are errors, not LibTorch panics.
+    let bad_ctx = Tensor::randn([1, 5, 16], (Kind::Float, Device::Cpu));
+    let err = unet.forward(&x, &Tensor::from(10.0f32), &bad_ctx, Some(&added), None).expect_err("bad ctx").to_string();
+    assert!(err.contains("encoder_hidden_states") && err.contains("32"), "{err}");
+    let bad_added = AddedCond { text_embeds: Tensor::randn([1, 20], (Kind::Float, Device::Cpu)), time_ids: Tensor::ones([1, 6], (Kind::Float, Device::Cpu)) };
+    let err = unet.forward(&x, &Tensor::from(10.0f32), &ctx, Some(&bad_added), None).expect_err("bad added").to_string();
+    assert!(err.contains("text_embeds [1, 16]"), "{err}");
 }

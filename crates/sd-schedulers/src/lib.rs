@@ -1,1 +1,83 @@
-//! sd-schedulers: every Stable Diffusion sampler behind one trait, step-exact with diffusers (in progress).
+//! sd-schedulers: every Stable Diffusion sampler behind one trait, step-exact with diffusers 0.42.1.
+//!
+//! Each sampler mirrors one diffusers scheduler class (`samplers/*.rs`); the shared schedule math lives in
+//! `schedule.rs` (betas, spacing) and `sigmas.rs` (Karras / exponential / beta / AYS). `build` turns an A1111 or short
+//! sampler name plus a model's saved `scheduler_config.json` into a ready sampler the way diffusers' `from_config` does.
+
+pub mod common;
+pub mod config;
+pub mod custom;
+pub mod dpm_sched;
+pub mod ksched;
+pub mod registry;
+pub mod samplers;
+pub mod schedule;
+pub mod sigmas;
+pub mod training;
+
+pub use config::{Prediction, SchedulerConfig};
+pub use registry::{build, build_with, list, parse_sampler, SamplerInfo};
+pub use training::{add_noise_batch, get_velocity};
+
+use anyhow::{bail, ensure, Result};
+use sd_core::TorchGenerator;
+use tch::{Device, Tensor};
+
+/// One denoising sampler. The pipeline calls `set_timesteps`, then for each `t` in `timesteps()`:
+/// `scale_model_input` → model → `step`. State (step index, multistep history) lives inside the sampler.
+pub trait Scheduler: Send {
+    /// Registry name, e.g. "euler-a".
+    fn name(&self) -> &str;
+    fn set_timesteps(&mut self, num_inference_steps: usize, device: Device) -> Result<()>;
+    /// The loop the pipeline runs, as diffusers' `scheduler.timesteps` (2nd-order samplers repeat entries).
+    fn timesteps(&self) -> &[f64];
+    fn init_noise_sigma(&self) -> f64;
+    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor>;
+    /// One denoising step; returns the previous (less noisy) sample.
+    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor>;
+    /// Forward diffusion q(x_t | x_0) at one of this sampler's timesteps.
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor>;
+    fn order(&self) -> usize;
+    /// Start index for img2img (diffusers' `set_begin_index`).
+    fn set_begin_index(&mut self, begin_index: usize);
+    fn config(&self) -> &SchedulerConfig;
+
+    /// The sigma schedule (with the final sigma) for sigma-based samplers; empty for the others.
+    fn sigmas(&self) -> &[f64] {
+        &[]
+    }
+    /// diffusers' `set_timesteps(timesteps=[...])`, where the class supports it.
+    fn set_custom_timesteps(&mut self, _timesteps: &[f64], _device: Device) -> Result<()> {
+        bail!("sampler {} does not accept a custom timestep list", self.name())
+    }
+    /// diffusers' `set_timesteps(sigmas=[...])` (including the final sigma), where the class supports it.
+    fn set_custom_sigmas(&mut self, _sigmas: &[f64], _device: Device) -> Result<()> {
+        bail!("sampler {} does not accept a custom sigma list", self.name())
+    }
+    /// Whether custom timesteps are accepted.
+    fn accepts_custom_timesteps(&self) -> bool {
+        false
+    }
+    /// Whether custom sigmas are accepted (AYS uses sigmas when possible, timesteps otherwise).
+    fn accepts_custom_sigmas(&self) -> bool {
+        false
+    }
+}
+
+/// img2img start, as diffusers' `StableDiffusionImg2ImgPipeline.get_timesteps`: sets `num_steps` timesteps, skips the
+/// first `(1 - strength)` part, sets the begin index and returns it. The pipeline then runs
+/// `timesteps()[start..]` and noises the init latents with `add_noise(.., timesteps()[start])`.
+pub fn img2img_timesteps(sched: &mut dyn Scheduler, num_steps: usize, strength: f64) -> Result<usize> {
+    ensure!(strength > 0.0 && strength <= 1.0, "strength must be in (0, 1], got {strength}");
+    sched.set_timesteps(num_steps, Device::Cpu)?;
+    let init_timestep = ((num_steps as f64 * strength) as usize).min(num_steps);
+    ensure!(
+        init_timestep > 0,
+        "strength {strength} with {num_steps} steps leaves no denoising step; raise the strength or the step count"
+    );
+    let t_start = num_steps - init_timestep;
+    let start = t_start * sched.order();
+    ensure!(start < sched.timesteps().len(), "img2img start index {start} is past the end of the schedule");
+    sched.set_begin_index(start);
+    Ok(start)
+}

@@ -1,6 +1,8 @@
 //! One file per subcommand.
 
 pub mod doctor;
+pub mod tokenize;
+pub mod inspect;
 
 /// An error caused by how the command was called (bad flag values, impossible combinations): exit code 2.
 #[derive(Debug)]

@@ -33,6 +33,7 @@ pub struct AddedCond {
 #[derive(Debug)]
 struct TextTimeEmbedding {
     time_dim: i64,
+    in_dim: i64,
     embedding: TimestepEmbedding,
 }
 
@@ -50,6 +51,8 @@ pub struct UNet2DConditionModel {
     conv_out: Conv2d,
     act: Activation,
     mode: AttentionMode,
+    /// Key/value widths of every transformer (must all equal the text states' width).
+    cross_dims: Vec<i64>,
 }
 
 fn activation(field: &str, name: &str) -> Result<Activation> {
@@ -81,6 +84,7 @@ impl UNet2DConditionModel {
         let add_embedding = match (cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
             (Some(time_dim), Some(in_dim)) if cfg.addition_embed_type.is_some() => Some(TextTimeEmbedding {
                 time_dim,
+                in_dim,
                 embedding: TimestepEmbedding::new(&(vb / "add_embedding"), in_dim, r.time_embed_dim, Activation::Silu, None, None)?,
             }),
             _ => None,
@@ -112,6 +116,10 @@ impl UNet2DConditionModel {
         } else {
             None
         };
+        let mut cross_dims: Vec<i64> = r.down.iter().chain(&r.up).filter(|b| b.attention).map(|b| b.cross_attention_dim).collect();
+        if r.mid {
+            cross_dims.push(deepest.cross_attention_dim);
+        }
         let mut up_blocks = Vec::with_capacity(n);
         let mut prev = deepest.channels;
         for (i, spec) in r.up.iter().enumerate() {
@@ -133,6 +141,7 @@ impl UNet2DConditionModel {
             conv_out: Conv2d::new(&(vb / "conv_out"), c0, cfg.out_channels, cfg.conv_out_kernel, 1, (cfg.conv_out_kernel - 1) / 2, true)?,
             act,
             mode: AttentionMode::default(),
+            cross_dims,
         })
     }
 
@@ -152,7 +161,7 @@ impl UNet2DConditionModel {
     /// Predict noise (or v / x0, per the model's training) for `sample` `[B, in_channels, H, W]` at `timestep`
     /// (a scalar, `[1]` or `[B]`, fractional allowed) given text states `[B, tokens, cross_attention_dim]`.
     /// `added` is required by SDXL-style (`text_time`) models; `timestep_cond` `[B, time_cond_proj_dim]` is LCM's
-    /// guidance embedding.
+    /// guidance embedding. Inputs are cast to the model's dtype; the output is in the model's dtype.
     pub fn forward(
         &self,
         sample: &Tensor,
@@ -167,7 +176,20 @@ impl UNet2DConditionModel {
             bail!("UNet sample must be [batch, {}, height, width], got {size:?}", cfg.in_channels);
         }
         let batch = size[0];
-        let kind = sample.kind();
+        let kind = self.conv_in.weight.kind();
+        let ctx_size = encoder_hidden_states.size();
+        if ctx_size.len() != 3 || ctx_size[0] != batch || !self.cross_dims.iter().all(|&d| d == ctx_size[2]) {
+            bail!(
+                "encoder_hidden_states must be [batch {batch}, tokens, {}] for this UNet (cross_attention_dim), got {ctx_size:?}",
+                self.cross_dims.first().copied().unwrap_or(0)
+            );
+        }
+        if let (Some(c), Some(d)) = (timestep_cond, cfg.time_cond_proj_dim) {
+            if c.size() != [batch, d] {
+                bail!("timestep_cond must be [{batch}, {d}] (time_cond_proj_dim), got {:?}", c.size());
+            }
+        }
+        let sample = sample.to_kind(kind);
         let timesteps = match timestep.numel() {
             1 => timestep.reshape([1]).expand([batch], false),
             n if n as i64 == batch && timestep.dim() == 1 => timestep.shallow_clone(),
@@ -182,17 +204,22 @@ impl UNet2DConditionModel {
             let Some(a) = added else {
                 bail!("this UNet (addition_embed_type = \"text_time\", e.g. SDXL) needs added conditioning: text_embeds and time_ids");
             };
-            let time_ids = a.time_ids.f_flatten(0, -1)?;
+            let (te, ti) = (a.text_embeds.size(), a.time_ids.size());
+            let expected = add.in_dim - 6 * add.time_dim;
+            if te != [batch, expected] || ti != [batch, 6] {
+                bail!("SDXL added conditioning must be text_embeds [{batch}, {expected}] and time_ids [{batch}, 6], got {te:?} and {ti:?}");
+            }
+            let time_ids = a.time_ids.to_device(sample.device()).f_flatten(0, -1)?;
             let time_embeds = timestep_embedding(&time_ids, add.time_dim, cfg.flip_sin_to_cos, cfg.freq_shift)?
                 .f_reshape([a.text_embeds.size()[0], -1])?;
             let add_embeds = Tensor::f_cat(&[a.text_embeds.to_kind(Kind::Float), time_embeds], -1)?.to_kind(emb.kind());
-            emb = emb + add.embedding.forward(&add_embeds, None).context("SDXL added conditioning (text_embeds/time_ids) has the wrong size")?;
+            emb = emb + add.embedding.forward(&add_embeds, None)?;
         }
         if let Some(a) = self.time_embed_act {
             emb = a.forward(&emb);
         }
 
-        let ctx = encoder_hidden_states;
+        let ctx = &encoder_hidden_states.to_kind(kind);
         let mut h = self.conv_in.forward(&sample);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.down_blocks {

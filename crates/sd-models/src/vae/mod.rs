@@ -15,5 +15,5 @@ mod tiny;
 
 pub use autoencoder_kl::{AutoencoderKL, DiagonalGaussian};
 pub use config::VaeConfig;
-pub use tiling::TilingConfig;
+pub use tiling::{tiled_decode, tiled_encode, TilingConfig};
 pub use tiny::{AutoencoderTiny, TinyConfig};

@@ -31,7 +31,10 @@ pub struct TinyConfig {
     pub latent_shift: f64,
     pub force_upcast: bool,
     pub scaling_factor: f64,
-    pub shift_factor: f64,
+    pub shift_factor: Option<f64>,
+    /// diffusers' class name, checked so a KL VAE folder is not mistaken for a tiny one.
+    #[serde(rename = "_class_name")]
+    pub class_name: Option<String>,
 }
 
 impl Default for TinyConfig {
@@ -51,13 +54,17 @@ impl Default for TinyConfig {
             latent_shift: 0.5,
             force_upcast: false,
             scaling_factor: 1.0,
-            shift_factor: 0.0,
+            shift_factor: Some(0.0),
+            class_name: None,
         }
     }
 }
 
 impl TinyConfig {
     fn validate(&self) -> Result<()> {
+        if let Some(c) = self.class_name.as_deref().filter(|c| *c != "AutoencoderTiny") {
+            bail!("`_class_name` is `{c}`, not AutoencoderTiny (a full VAE folder? load it as AutoencoderKL)");
+        }
         if self.encoder_block_out_channels.is_empty() || self.encoder_block_out_channels.len() != self.num_encoder_blocks.len() {
             bail!("`encoder_block_out_channels` and `num_encoder_blocks` must be non-empty and of equal length");
         }

@@ -1,0 +1,145 @@
+//! PyTorch zip checkpoints (`torch.save` since 1.6, the `.ckpt`/`.pt`/`.bin` files of model sites):
+//! `<archive>/data.pkl` describes the object, `<archive>/data/<key>` holds each storage's raw bytes.
+//! The pickle is read by [`super::pickle`], which never runs code; tensors are views (offset, size, stride) into
+//! storages, so shared storages and non-contiguous views are rebuilt exactly as torch would.
+
+use super::pickle::{self, TensorRef, Value};
+use super::source::TensorSource;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tch::{Kind, Tensor};
+
+/// An opened torch zip checkpoint: the tensor table is parsed, storages are read on demand.
+pub struct CkptFile {
+    path: PathBuf,
+    prefix: String,
+    zip: Mutex<zip::ZipArchive<File>>,
+    tensors: BTreeMap<String, TensorRef>,
+    global_step: Option<i64>,
+    /// Non-tensor entries found inside the state dict (reported, never used).
+    pub non_tensors: Vec<String>,
+    /// The most recently read storage, so views sharing one are read once.
+    cache: Mutex<Option<(String, Tensor)>>,
+}
+
+impl CkptFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut zip = zip::ZipArchive::new(file).map_err(|e| {
+            anyhow!("{} is not a readable zip checkpoint ({e}); truncated download or corrupt file?", path.display())
+        })?;
+        let pkl = zip
+            .file_names()
+            .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1 || *n == "data.pkl")
+            .map(String::from)
+            .ok_or_else(|| anyhow!("{} is a zip file but not a PyTorch checkpoint (no data.pkl)", path.display()))?;
+        let prefix = pkl.trim_end_matches("data.pkl").to_string();
+        if let Ok(mut f) = zip.by_name(&format!("{prefix}byteorder")) {
+            let mut s = String::new();
+            f.read_to_string(&mut s).ok();
+            if s.trim() != "little" {
+                bail!("{} stores tensors in `{}` byte order; only little-endian checkpoints are supported", path.display(), s.trim());
+            }
+        }
+        let mut data = Vec::new();
+        zip.by_name(&pkl)
+            .and_then(|mut f| f.read_to_end(&mut data).map_err(Into::into))
+            .with_context(|| format!("cannot read {pkl} in {}", path.display()))?;
+        let root = pickle::load(&data).with_context(|| format!("cannot read {}", path.display()))?;
+        let (dict, global_step) = unwrap_state_dict(root).with_context(|| format!("in {}", path.display()))?;
+        let mut tensors = BTreeMap::new();
+        let mut non_tensors = Vec::new();
+        for (k, v) in dict {
+            let Value::Str(name) = k else { bail!("{}: state dict key {k:?} is not a string", path.display()) };
+            match v {
+                Value::Tensor(t) => {
+                    tensors.insert(name, t);
+                }
+                _ => non_tensors.push(name),
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), prefix, zip: Mutex::new(zip), tensors, global_step, non_tensors, cache: Mutex::new(None) })
+    }
+
+    fn storage(&self, r: &TensorRef) -> Result<Tensor> {
+        let mut cache = self.cache.lock().map_err(|_| anyhow!("storage cache poisoned"))?;
+        if let Some((key, t)) = cache.as_ref() {
+            if *key == r.storage.key {
+                return Ok(t.shallow_clone());
+            }
+        }
+        let name = format!("{}data/{}", self.prefix, r.storage.key);
+        let mut zip = self.zip.lock().map_err(|_| anyhow!("zip reader poisoned"))?;
+        let mut f = zip
+            .by_name(&name)
+            .map_err(|e| anyhow!("{}: storage `{name}` is missing ({e}); truncated checkpoint?", self.path.display()))?;
+        let need = r.storage.numel as usize * r.storage.kind.elt_size_in_bytes();
+        if (f.size() as usize) < need {
+            bail!("{}: storage `{name}` holds {} bytes, {need} expected (truncated checkpoint?)", self.path.display(), f.size());
+        }
+        let mut bytes = vec![0u8; need];
+        f.read_exact(&mut bytes).with_context(|| format!("{}: cannot read storage `{name}`", self.path.display()))?;
+        let t = Tensor::f_from_data_size(&bytes, &[r.storage.numel], r.storage.kind)?;
+        *cache = Some((r.storage.key.clone(), t.shallow_clone()));
+        Ok(t)
+    }
+}
+
+/// Follow `state_dict` keys down (as diffusers does) and pick up `global_step` on the way.
+fn unwrap_state_dict(mut v: Value) -> Result<(Vec<(Value, Value)>, Option<i64>)> {
+    let mut step = None;
+    loop {
+        let Value::Dict(d) = v else { bail!("the checkpoint holds a {v:?}-like value, not a dict of tensors") };
+        if step.is_none() {
+            step = d.iter().find(|(k, _)| k.as_str() == Some("global_step")).and_then(|(_, v)| v.as_int());
+        }
+        match d.iter().position(|(k, _)| k.as_str() == Some("state_dict")) {
+            Some(i) => v = d.into_iter().nth(i).map(|(_, v)| v).unwrap_or(Value::None),
+            None => return Ok((d, step)),
+        }
+    }
+}
+
+impl TensorSource for CkptFile {
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.tensors.get(name).map(|t| t.size.clone())
+    }
+    fn kind(&self, name: &str) -> Option<Kind> {
+        self.tensors.get(name).map(|t| t.storage.kind)
+    }
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let r = self.tensors.get(name).ok_or_else(|| anyhow!("no tensor `{name}` in {}", self.path.display()))?;
+        let numel: i64 = r.size.iter().product();
+        if numel > 0 {
+            let last = r.offset + r.size.iter().zip(&r.stride).map(|(s, st)| (s - 1) * st).sum::<i64>();
+            if last >= r.storage.numel {
+                bail!(
+                    "{}: tensor `{name}` (size {:?}, stride {:?}, offset {}) reaches past its storage of {} elements",
+                    self.path.display(),
+                    r.size,
+                    r.stride,
+                    r.offset,
+                    r.storage.numel
+                );
+            }
+        }
+        let storage = self.storage(r)?;
+        let view = storage
+            .f_as_strided(&r.size, &r.stride, Some(r.offset))
+            .with_context(|| format!("{}: cannot rebuild tensor `{name}`", self.path.display()))?;
+        Ok(view.f_contiguous()?)
+    }
+    fn global_step(&self) -> Option<i64> {
+        self.global_step
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}

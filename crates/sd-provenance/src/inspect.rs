@@ -1,0 +1,285 @@
+//! `sd inspect`: everything an image says about how it was made — A1111 / ComfyUI parameters, the XMP digital
+//! source type, the GB 45438 `AIGC` label, whether a C2PA manifest is present (presence only: nothing here
+//! validates signatures), and the invisible-watermark verdict for each known payload.
+
+use crate::jpeg_meta;
+use crate::metadata::{infotext, xmp, AigcLabel, Infotext};
+use crate::png_chunks::{self, PngText};
+use crate::watermark::{self, Detection, Payload};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::Path;
+
+/// Images larger than this are refused before any pixel is decoded.
+pub const MAX_PIXELS: u64 = 256 * 1024 * 1024 / 4;
+pub const MAX_SIDE: u32 = 65_535;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub path: String,
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    /// A1111-style parameters (PNG `parameters` chunk or JPEG EXIF UserComment), parsed.
+    pub parameters: Option<Infotext>,
+    pub parameters_raw: Option<String>,
+    /// ComfyUI stores its graph as JSON in PNG chunks `prompt` (API form) and `workflow` (UI form).
+    pub comfyui_prompt: Option<String>,
+    pub comfyui_workflow: Option<String>,
+    /// Other text chunks / comments, keyword → text.
+    pub other_text: Vec<PngText>,
+    pub xmp_present: bool,
+    pub digital_source_type: Option<String>,
+    pub creator_tool: Option<String>,
+    pub watermark_record: Option<String>,
+    pub aigc: Option<AigcLabel>,
+    /// Where the AIGC label was found ("PNG chunk AIGC", "XMP TC260:AIGC").
+    pub aigc_source: Option<String>,
+    /// A C2PA manifest store chunk/segment exists. Its signature is NOT validated.
+    pub c2pa_manifest_present: bool,
+    /// None when the image is under 256×256 pixels (too small to carry the mark).
+    pub watermark: Option<Vec<Detection>>,
+    pub watermark_note: Option<String>,
+}
+
+fn check_size(w: u32, h: u32) -> Result<()> {
+    if w == 0 || h == 0 {
+        bail!("image has zero size ({w}x{h})");
+    }
+    if w > MAX_SIDE || h > MAX_SIDE || (w as u64) * (h as u64) > MAX_PIXELS {
+        bail!("image is {w}x{h}, larger than inspect accepts ({MAX_SIDE} per side, {MAX_PIXELS} pixels)");
+    }
+    Ok(())
+}
+
+fn apply_xmp(r: &mut Report, packet: &str) {
+    r.xmp_present = true;
+    r.digital_source_type = xmp::property(packet, "DigitalSourceType");
+    r.creator_tool = xmp::property(packet, "CreatorTool");
+    r.watermark_record = r
+        .watermark_record
+        .take()
+        .or_else(|| xmp::property(packet, "Watermark"));
+    if r.aigc.is_none() {
+        if let Some(label) = xmp::property(packet, "AIGC").and_then(|t| AigcLabel::parse(&t)) {
+            r.aigc = Some(label);
+            r.aigc_source = Some("XMP TC260:AIGC".into());
+        }
+    }
+}
+
+fn set_parameters(r: &mut Report, raw: String) {
+    let parsed = infotext::parse(&raw);
+    if r.watermark_record.is_none() {
+        r.watermark_record = parsed.get("Watermark").map(str::to_string);
+    }
+    r.parameters = Some(parsed);
+    r.parameters_raw = Some(raw);
+}
+
+fn read_png_meta(bytes: &[u8], r: &mut Report) -> Result<()> {
+    let chunks = png_chunks::read_chunks(bytes)?;
+    let (w, h) = png_chunks::dimensions(&chunks)?;
+    r.format = "png".into();
+    (r.width, r.height) = (w, h);
+    let mut packet = None;
+    for c in &chunks {
+        if &c.kind == b"caBX" {
+            r.c2pa_manifest_present = true;
+        }
+        let Some(t) = png_chunks::decode_text(c)? else {
+            continue;
+        };
+        match t.keyword.as_str() {
+            "parameters" => set_parameters(r, t.text),
+            "prompt" => r.comfyui_prompt = Some(t.text),
+            "workflow" => r.comfyui_workflow = Some(t.text),
+            xmp::KEYWORD => packet = Some(t.text),
+            "AIGC" => match AigcLabel::parse(&t.text) {
+                Some(label) => {
+                    r.aigc = Some(label);
+                    r.aigc_source = Some("PNG chunk AIGC".into());
+                }
+                None => r.other_text.push(t),
+            },
+            _ => r.other_text.push(t),
+        }
+    }
+    if let Some(p) = packet {
+        apply_xmp(r, &p);
+    }
+    Ok(())
+}
+
+fn read_jpeg_meta(bytes: &[u8], r: &mut Report) -> Result<()> {
+    let m = jpeg_meta::read(bytes)?;
+    r.format = "jpeg".into();
+    (r.width, r.height) = (m.width, m.height);
+    r.c2pa_manifest_present = m.has_app11_jumbf;
+    if let Some(uc) = m.user_comment {
+        set_parameters(r, uc);
+    }
+    for (k, v) in [
+        ("ImageDescription", m.image_description),
+        ("Software", m.software),
+    ] {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            r.other_text.push(PngText {
+                keyword: k.into(),
+                text: v,
+                chunk: "EXIF".into(),
+            });
+        }
+    }
+    for c in m.comments {
+        r.other_text.push(PngText {
+            keyword: "comment".into(),
+            text: c,
+            chunk: "COM".into(),
+        });
+    }
+    if let Some(p) = m.xmp {
+        apply_xmp(r, &p);
+    }
+    Ok(())
+}
+
+/// Inspects image bytes (`name` is only used in messages and the report).
+pub fn inspect_bytes(name: &str, bytes: &[u8]) -> Result<Report> {
+    let mut r = Report {
+        path: name.to_string(),
+        ..Default::default()
+    };
+    if png_chunks::is_png(bytes) {
+        read_png_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read PNG"))?;
+    } else if jpeg_meta::is_jpeg(bytes) {
+        read_jpeg_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read JPEG"))?;
+    } else {
+        bail!("{name}: not a PNG or JPEG image");
+    }
+    check_size(r.width, r.height).with_context(|| format!("{name}: refusing to decode"))?;
+    let img = image::load_from_memory(bytes)
+        .with_context(|| format!("{name}: cannot decode the pixels"))?
+        .to_rgb8();
+    let payloads = [Payload::SdV1, Payload::Sdxl];
+    let found: Option<Vec<Detection>> = payloads
+        .iter()
+        .map(|p| watermark::detect(&img, p))
+        .collect();
+    if found.is_none() {
+        r.watermark_note = Some(format!(
+            "image is {}x{}, under 256x256 pixels: no watermark can be read",
+            r.width, r.height
+        ));
+    } else if r.format == "jpeg" {
+        r.watermark_note =
+            Some("JPEG compression usually erases this watermark; a miss proves nothing".into());
+    }
+    r.watermark = found;
+    Ok(r)
+}
+
+pub fn inspect_file(path: &Path) -> Result<Report> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    inspect_bytes(&path.display().to_string(), &bytes)
+}
+
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!(
+            "{}… ({} characters)",
+            s.chars().take(max).collect::<String>(),
+            s.chars().count()
+        )
+    }
+}
+
+/// Human-readable report.
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let mut line = |s: String| {
+        o.push_str(&s);
+        o.push('\n');
+    };
+    line(format!(
+        "{} ({}, {}x{})",
+        r.path,
+        r.format.to_uppercase(),
+        r.width,
+        r.height
+    ));
+    match &r.parameters {
+        Some(p) => {
+            line("  generation parameters (A1111 format):".into());
+            line(format!("    prompt: {}", p.prompt));
+            line(format!("    negative prompt: {}", p.negative_prompt));
+            for (k, v) in &p.params {
+                line(format!("    {k}: {v}"));
+            }
+        }
+        None => line("  generation parameters: none found".into()),
+    }
+    if let Some(p) = &r.comfyui_prompt {
+        line(format!("  ComfyUI prompt graph: {}", short(p, 200)));
+    }
+    if let Some(w) = &r.comfyui_workflow {
+        line(format!("  ComfyUI workflow: {}", short(w, 200)));
+    }
+    for t in &r.other_text {
+        line(format!(
+            "  {} {}: {}",
+            t.chunk,
+            t.keyword,
+            short(&t.text, 200)
+        ));
+    }
+    line("  labels:".into());
+    line(format!(
+        "    XMP: {}",
+        if r.xmp_present { "present" } else { "absent" }
+    ));
+    line(format!(
+        "    digital source type: {}",
+        r.digital_source_type.as_deref().unwrap_or("none")
+    ));
+    if let Some(t) = &r.creator_tool {
+        line(format!("    creator tool: {t}"));
+    }
+    match &r.aigc {
+        Some(a) => line(format!(
+            "    AIGC label ({}): {}",
+            r.aigc_source.as_deref().unwrap_or("?"),
+            a.to_json()
+        )),
+        None => line("    AIGC label: none".into()),
+    }
+    line(format!(
+        "    C2PA manifest: {}",
+        if r.c2pa_manifest_present {
+            "present (not validated by sd inspect)"
+        } else {
+            "absent"
+        }
+    ));
+    if let Some(w) = &r.watermark_record {
+        line(format!("    watermark recorded in metadata: {w}"));
+    }
+    line("  invisible watermark (dwtDct):".into());
+    if let Some(ds) = &r.watermark {
+        for d in ds {
+            line(format!(
+                "    {}: {}/{} bits match — {}",
+                d.payload,
+                d.matched_bits,
+                d.total_bits,
+                d.confidence.word()
+            ));
+        }
+    }
+    if let Some(n) = &r.watermark_note {
+        line(format!("    note: {n}"));
+    }
+    o
+}

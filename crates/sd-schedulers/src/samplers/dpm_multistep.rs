@@ -1,0 +1,283 @@
+//! DPM-Solver / DPM-Solver++ multistep (Lu et al., arXiv 2206.00927 and 2211.01095), including the SDE variants
+//! (DPM++ 2M SDE) — diffusers `DPMSolverMultistepScheduler`. SDE variants draw one `randn` per step, before the update.
+
+use crate::common::{f32, lin, step_noise, threshold_sample, StepIndex};
+use crate::dpm_sched::{self, alpha_sigma, lambda, DpmSchedule};
+use crate::schedule::{check_steps, TrainSchedule};
+use crate::{Prediction, Scheduler, SchedulerConfig};
+use anyhow::{bail, ensure, Result};
+use sd_core::TorchGenerator;
+use tch::{Device, Tensor};
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Algo {
+    DpmSolver,
+    DpmSolverPP,
+    SdeDpmSolver,
+    SdeDpmSolverPP,
+}
+
+pub struct DpmMultistep {
+    name: String,
+    cfg: SchedulerConfig,
+    pred: Prediction,
+    algo: Algo,
+    heun: bool,
+    train: TrainSchedule,
+    sched: DpmSchedule,
+    idx: StepIndex,
+    outputs: Vec<Option<Tensor>>,
+    lower_order_nums: usize,
+}
+
+/// Parse `algorithm_type` / `solver_type` the way the DPM-Solver classes normalise them.
+pub fn parse_algo(cfg: &mut SchedulerConfig) -> Result<(Algo, bool)> {
+    let algo = match cfg.algorithm_type.as_str() {
+        "dpmsolver" => Algo::DpmSolver,
+        "dpmsolver++" | "deis" => Algo::DpmSolverPP,
+        "sde-dpmsolver" => Algo::SdeDpmSolver,
+        "sde-dpmsolver++" => Algo::SdeDpmSolverPP,
+        other => bail!(
+            "scheduler config field `algorithm_type` is {other:?}; expected dpmsolver, dpmsolver++, sde-dpmsolver or sde-dpmsolver++"
+        ),
+    };
+    let heun = match cfg.solver_type.as_str() {
+        "midpoint" | "logrho" | "bh1" | "bh2" => false,
+        "heun" => true,
+        other => bail!("scheduler config field `solver_type` is {other:?}; expected \"midpoint\" or \"heun\""),
+    };
+    if matches!(algo, Algo::DpmSolver | Algo::SdeDpmSolver) && cfg.final_sigmas_type == "zero" {
+        bail!("algorithm_type {} needs final_sigmas_type \"sigma_min\" (diffusers refuses \"zero\")", cfg.algorithm_type);
+    }
+    ensure!((1..=3).contains(&cfg.solver_order), "solver_order must be 1, 2 or 3 (got {})", cfg.solver_order);
+    if cfg.variance_type.as_deref().is_some_and(|v| v.starts_with("learned")) {
+        bail!("variance_type {:?} (learned variance models) is not supported", cfg.variance_type);
+    }
+    Ok((algo, heun))
+}
+
+impl DpmMultistep {
+    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+        let mut cfg = cfg;
+        cfg.check_sigma_flags()?;
+        let pred = cfg.prediction()?;
+        let (algo, heun) = parse_algo(&mut cfg)?;
+        let train = TrainSchedule::new(&cfg)?;
+        let outputs = (0..cfg.solver_order).map(|_| None).collect();
+        Ok(Self { name: name.into(), cfg, pred, algo, heun, train, sched: DpmSchedule::default(), idx: StepIndex::default(), outputs, lower_order_nums: 0 })
+    }
+
+    fn reset(&mut self, s: DpmSchedule) {
+        self.sched = s;
+        self.outputs = (0..self.cfg.solver_order).map(|_| None).collect();
+        self.lower_order_nums = 0;
+        self.idx.reset();
+    }
+
+    /// x0 (DPM-Solver++) or ε (DPM-Solver) from the raw model output.
+    fn convert(&self, out: &Tensor, sample: &Tensor, i: usize) -> Result<Tensor> {
+        convert_model_output(&self.cfg, self.pred, matches!(self.algo, Algo::DpmSolverPP | Algo::SdeDpmSolverPP), out, sample, self.sched.sigmas[i])
+    }
+
+    fn first_order(&self, m0: &Tensor, sample: &Tensor, noise: Option<&Tensor>, i: usize) -> Result<Tensor> {
+        let (s_t, s_s) = (self.sched.sigmas[i + 1], self.sched.sigmas[i]);
+        let ((a_t, sg_t), (a_s, sg_s)) = (alpha_sigma(s_t), alpha_sigma(s_s));
+        let h = lambda(s_t) - lambda(s_s);
+        Ok(match self.algo {
+            Algo::DpmSolverPP => lin(&[(sg_t / sg_s, sample), (-(a_t * ((-h).exp() - 1.0)), m0)])?,
+            Algo::DpmSolver => lin(&[(a_t / a_s, sample), (-(sg_t * (h.exp() - 1.0)), m0)])?,
+            Algo::SdeDpmSolverPP => lin(&[
+                (sg_t / sg_s * (-h).exp(), sample),
+                (a_t * (1.0 - (-2.0 * h).exp()), m0),
+                (sg_t * (1.0 - (-2.0 * h).exp()).sqrt(), need(noise)?),
+            ])?,
+            Algo::SdeDpmSolver => lin(&[
+                (a_t / a_s, sample),
+                (-2.0 * (sg_t * (h.exp() - 1.0)), m0),
+                (sg_t * ((2.0 * h).exp() - 1.0).sqrt(), need(noise)?),
+            ])?,
+        })
+    }
+
+    fn second_order(&self, sample: &Tensor, noise: Option<&Tensor>, i: usize) -> Result<Tensor> {
+        let n = self.outputs.len();
+        let (m0, m1) = (opt(&self.outputs[n - 1])?, opt(&self.outputs[n - 2])?);
+        let (s_t, s0, s1) = (self.sched.sigmas[i + 1], self.sched.sigmas[i], self.sched.sigmas[i - 1]);
+        let ((a_t, sg_t), (a0, sg0)) = (alpha_sigma(s_t), alpha_sigma(s0));
+        let (l_t, l0, l1) = (lambda(s_t), lambda(s0), lambda(s1));
+        let (h, h0) = (l_t - l0, l0 - l1);
+        let r0 = h0 / h;
+        let d1 = m0.f_sub(m1)?.f_mul_scalar(1.0 / r0)?;
+        let (em, ep) = ((-h).exp(), h.exp());
+        Ok(match (self.algo, self.heun) {
+            (Algo::DpmSolverPP, false) => lin(&[(sg_t / sg0, sample), (-(a_t * (em - 1.0)), m0), (-0.5 * (a_t * (em - 1.0)), &d1)])?,
+            (Algo::DpmSolverPP, true) => lin(&[(sg_t / sg0, sample), (-(a_t * (em - 1.0)), m0), (a_t * ((em - 1.0) / h + 1.0), &d1)])?,
+            (Algo::DpmSolver, false) => lin(&[(a_t / a0, sample), (-(sg_t * (ep - 1.0)), m0), (-0.5 * (sg_t * (ep - 1.0)), &d1)])?,
+            (Algo::DpmSolver, true) => lin(&[(a_t / a0, sample), (-(sg_t * (ep - 1.0)), m0), (-(sg_t * ((ep - 1.0) / h - 1.0)), &d1)])?,
+            (Algo::SdeDpmSolverPP, heun) => {
+                let e2 = (-2.0 * h).exp();
+                let c1 = if heun { a_t * ((1.0 - e2) / (-2.0 * h) + 1.0) } else { 0.5 * (a_t * (1.0 - e2)) };
+                lin(&[(sg_t / sg0 * em, sample), (a_t * (1.0 - e2), m0), (c1, &d1), (sg_t * (1.0 - e2).sqrt(), need(noise)?)])?
+            }
+            (Algo::SdeDpmSolver, heun) => {
+                let c1 = if heun { -2.0 * (sg_t * ((ep - 1.0) / h - 1.0)) } else { -(sg_t * (ep - 1.0)) };
+                lin(&[(a_t / a0, sample), (-2.0 * (sg_t * (ep - 1.0)), m0), (c1, &d1), (sg_t * ((2.0 * h).exp() - 1.0).sqrt(), need(noise)?)])?
+            }
+        })
+    }
+
+    fn third_order(&self, sample: &Tensor, noise: Option<&Tensor>, i: usize) -> Result<Tensor> {
+        let n = self.outputs.len();
+        let (m0, m1, m2) = (opt(&self.outputs[n - 1])?, opt(&self.outputs[n - 2])?, opt(&self.outputs[n - 3])?);
+        let s = &self.sched.sigmas;
+        let ((a_t, sg_t), (a0, sg0)) = (alpha_sigma(s[i + 1]), alpha_sigma(s[i]));
+        let (l_t, l0, l1, l2) = (lambda(s[i + 1]), lambda(s[i]), lambda(s[i - 1]), lambda(s[i - 2]));
+        let (h, h0, h1) = (l_t - l0, l0 - l1, l1 - l2);
+        let (r0, r1) = (h0 / h, h1 / h);
+        let d1_0 = m0.f_sub(m1)?.f_mul_scalar(1.0 / r0)?;
+        let d1_1 = m1.f_sub(m2)?.f_mul_scalar(1.0 / r1)?;
+        let diff = d1_0.f_sub(&d1_1)?;
+        let d1 = d1_0.f_add(&diff.f_mul_scalar(r0 / (r0 + r1))?)?;
+        let d2 = diff.f_mul_scalar(1.0 / (r0 + r1))?;
+        let (em, ep) = ((-h).exp(), h.exp());
+        Ok(match self.algo {
+            Algo::DpmSolverPP => lin(&[
+                (sg_t / sg0, sample),
+                (-(a_t * (em - 1.0)), m0),
+                (a_t * ((em - 1.0) / h + 1.0), &d1),
+                (-(a_t * ((em - 1.0 + h) / (h * h) - 0.5)), &d2),
+            ])?,
+            Algo::DpmSolver => lin(&[
+                (a_t / a0, sample),
+                (-(sg_t * (ep - 1.0)), m0),
+                (-(sg_t * ((ep - 1.0) / h - 1.0)), &d1),
+                (-(sg_t * ((ep - 1.0 - h) / (h * h) - 0.5)), &d2),
+            ])?,
+            Algo::SdeDpmSolverPP => {
+                let e2 = (-2.0 * h).exp();
+                lin(&[
+                    (sg_t / sg0 * em, sample),
+                    (a_t * (1.0 - e2), m0),
+                    (a_t * ((1.0 - e2) / (-2.0 * h) + 1.0), &d1),
+                    (a_t * ((1.0 - e2 - 2.0 * h) / (2.0 * h).powi(2) - 0.5), &d2),
+                    (sg_t * (1.0 - e2).sqrt(), need(noise)?),
+                ])?
+            }
+            Algo::SdeDpmSolver => bail!("third-order sde-dpmsolver is not defined (diffusers returns nothing for it)"),
+        })
+    }
+}
+
+fn need(noise: Option<&Tensor>) -> Result<&Tensor> {
+    noise.ok_or_else(|| anyhow::anyhow!("internal: SDE update without noise"))
+}
+
+fn opt(t: &Option<Tensor>) -> Result<&Tensor> {
+    t.as_ref().ok_or_else(|| anyhow::anyhow!("internal: multistep history is missing an earlier model output"))
+}
+
+/// `convert_model_output` of the DPM-Solver family: x0 for data-prediction solvers, ε for noise-prediction ones.
+pub fn convert_model_output(cfg: &SchedulerConfig, pred: Prediction, data_pred: bool, out: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
+    let (a, s) = alpha_sigma(sigma);
+    if data_pred {
+        let x0 = match pred {
+            Prediction::Epsilon => sample.f_sub(&out.f_mul_scalar(s)?)?.f_div_scalar(a)?,
+            Prediction::Sample => out.shallow_clone(),
+            Prediction::VPrediction => lin(&[(a, sample), (-s, out)])?,
+        };
+        if cfg.thresholding {
+            return threshold_sample(&x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value);
+        }
+        Ok(x0)
+    } else {
+        let eps = match pred {
+            Prediction::Epsilon => out.shallow_clone(),
+            Prediction::Sample => sample.f_sub(&out.f_mul_scalar(a)?)?.f_div_scalar(s)?,
+            Prediction::VPrediction => lin(&[(a, out), (s, sample)])?,
+        };
+        if cfg.thresholding {
+            let x0 = sample.f_sub(&eps.f_mul_scalar(s)?)?.f_div_scalar(a)?;
+            let x0 = threshold_sample(&x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)?;
+            return Ok(sample.f_sub(&x0.f_mul_scalar(a)?)?.f_div_scalar(s)?);
+        }
+        Ok(eps)
+    }
+}
+
+impl Scheduler for DpmMultistep {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
+        check_steps(&self.cfg, n)?;
+        let s = dpm_sched::spaced(&self.cfg, &self.train, n)?;
+        self.reset(s);
+        Ok(())
+    }
+    fn timesteps(&self) -> &[f64] {
+        &self.sched.timesteps
+    }
+    fn sigmas(&self) -> &[f64] {
+        &self.sched.sigmas
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    fn scale_model_input(&mut self, sample: &Tensor, _timestep: f64) -> Result<Tensor> {
+        Ok(sample.shallow_clone())
+    }
+    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+        ensure!(!self.sched.timesteps.is_empty(), "call set_timesteps before step");
+        let i = self.idx.get(&self.sched.timesteps, timestep)?;
+        let len = self.sched.timesteps.len();
+        ensure!(i < len, "step called after the last timestep");
+        let c = &self.cfg;
+        let lower_final = i == len - 1 && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
+        let lower_second = i + 2 == len && c.lower_order_final && len < 15;
+        let out = f32(model_output)?;
+        let sample = f32(sample)?;
+        let m = self.convert(&out, &sample, i)?;
+        self.outputs.rotate_left(1);
+        let last = self.outputs.len() - 1;
+        self.outputs[last] = Some(m.shallow_clone());
+        let noise = match self.algo {
+            Algo::SdeDpmSolver | Algo::SdeDpmSolverPP => Some(step_noise(model_output, gen)),
+            _ => None,
+        };
+        let order = self.cfg.solver_order;
+        let prev = if order == 1 || self.lower_order_nums < 1 || lower_final {
+            self.first_order(&m, &sample, noise.as_ref(), i)?
+        } else if order == 2 || self.lower_order_nums < 2 || lower_second {
+            self.second_order(&sample, noise.as_ref(), i)?
+        } else {
+            self.third_order(&sample, noise.as_ref(), i)?
+        };
+        if self.lower_order_nums < order {
+            self.lower_order_nums += 1;
+        }
+        self.idx.advance();
+        Ok(prev.f_to_kind(model_output.kind())?)
+    }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        let i = crate::common::noise_index(&self.idx, &self.sched.timesteps, timestep)?;
+        let (a, s) = alpha_sigma(self.sched.sigmas[i]);
+        lin(&[(a, original), (s, noise)])
+    }
+    fn order(&self) -> usize {
+        1
+    }
+    fn set_begin_index(&mut self, begin_index: usize) {
+        self.idx.begin = Some(begin_index);
+    }
+    fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+    fn accepts_custom_timesteps(&self) -> bool {
+        true
+    }
+    fn set_custom_timesteps(&mut self, timesteps: &[f64], _device: Device) -> Result<()> {
+        let s = dpm_sched::custom(&self.cfg, &self.train, timesteps)?;
+        self.reset(s);
+        Ok(())
+    }
+}
