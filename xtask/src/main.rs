@@ -6,6 +6,7 @@
 //! | `test` | setup, then every test, doctest and bench (in test mode) of the workspace |
 //! | `demo` | setup, release build, then the main job |
 //! | `fixtures` | regenerate the committed PyTorch reference fixtures (Python venv under `target/pyenv`) |
+//! | `convert-weights` | release-build `sd` and run `sd convert ARGS…` (single-file checkpoint → diffusers folder) |
 //!
 //! This crate uses only std and anyhow, because it must build before LibTorch exists.
 
@@ -34,6 +35,7 @@ fn run() -> Result<()> {
         "test" => test(rest),
         "demo" => demo(rest),
         "fixtures" => fixtures::run(rest),
+        "convert-weights" => convert_weights(rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -52,7 +54,8 @@ fn print_help() {
          setup      install LibTorch 2.13.0 (from PyPI wheels) and data files into this checkout\n  \
          test       setup, then run every test of the workspace\n  \
          demo       setup, build in release mode and run the main job\n  \
-         fixtures   regenerate reference fixtures with PyTorch/diffusers (needs network access to PyPI)"
+         fixtures   regenerate reference fixtures with PyTorch/diffusers (needs network access to PyPI)\n  \
+         convert-weights ARGS  build `sd` (release) and run `sd convert ARGS` (see `sd convert --help`)"
     );
 }
 
@@ -75,4 +78,16 @@ fn demo(extra: &[String]) -> Result<()> {
     let mut args: Vec<String> = vec!["doctor".into()];
     args.extend(extra.iter().cloned());
     util::run_cmd(&root, sd.to_str().unwrap_or("sd"), &args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+}
+
+/// `cargo xtask convert-weights ARGS…` is `sd convert ARGS…` with a release build of `sd`.
+fn convert_weights(extra: &[String]) -> Result<()> {
+    let root = util::root();
+    util::cargo(&root, &["build", "--release", "-p", "sd-cli"])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let sd = target.join("release").join("sd");
+    let mut args: Vec<&str> = vec!["convert"];
+    args.extend(extra.iter().map(|s| s.as_str()));
+    let cwd = std::env::current_dir().unwrap_or(root);
+    util::run_cmd(&cwd, sd.to_str().unwrap_or("sd"), &args)
 }

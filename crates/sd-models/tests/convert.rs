@@ -235,7 +235,7 @@ fn written_folder_loads_back_under_the_same_names() {
     let entries: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").map(|e| e.expect("e").file_name()).collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     // refuses to overwrite without the flag
-    let err = convert::writer::write_folder(&plan, &[src.as_ref()], &out, &wopts, |_, _, _| {}).err().expect("exists");
+    let err = convert::writer::write_folder(&plan, &[src.as_ref()], &out, &wopts, |_, _, _| {}).expect_err("exists");
     assert!(format!("{err:#}").contains("--overwrite"));
 }
 

@@ -125,6 +125,6 @@ fn tensor_views_outside_their_storage_are_refused() {
     let path = zip_ckpt(dir.path(), "oob.ckpt", &p, &[("0", vec![0u8; 8])]);
     let src = convert::open(&path).expect("the table itself is well-formed");
     assert_eq!(src.shape("w"), Some(vec![4]));
-    let err = format!("{:#}", src.load("w").err().expect("out-of-bounds view must fail"));
+    let err = format!("{:#}", src.load("w").expect_err("out-of-bounds view must fail"));
     assert!(err.contains("past its storage"), "{err}");
 }

@@ -95,6 +95,21 @@ fn classes() -> Vec<Class> {
             defaults: r#"{"skip_prk_steps":false,"set_alpha_to_one":false,"prediction_type":"epsilon","timestep_spacing":"leading","steps_offset":0}"#,
             make: |n, c| boxed(samplers::pndm::Pndm::new(n, c)),
         },
+        Class {
+            name: "UniPCMultistepScheduler",
+            defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"predict_x0":true,"solver_type":"bh2","lower_order_final":true,"disable_corrector":[],"solver_p":null,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"timestep_spacing":"linspace","steps_offset":0,"final_sigmas_type":"zero","rescale_betas_zero_snr":false,"use_dynamic_shifting":false,"time_shift_type":"exponential","sigma_min":null,"sigma_max":null,"shift_terminal":null}"#,
+            make: |n, c| boxed(samplers::unipc::UniPc::new(n, c)),
+        },
+        Class {
+            name: "LCMScheduler",
+            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear","original_inference_steps":50,"clip_sample":false,"clip_sample_range":1.0,"set_alpha_to_one":true,"steps_offset":0,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"timestep_spacing":"leading","timestep_scaling":10.0,"rescale_betas_zero_snr":false}"#,
+            make: |n, c| boxed(samplers::lcm::Lcm::new(n, c, false)),
+        },
+        Class {
+            name: "TCDScheduler",
+            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear","original_inference_steps":50,"clip_sample":false,"clip_sample_range":1.0,"set_alpha_to_one":true,"steps_offset":0,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"timestep_spacing":"leading","timestep_scaling":10.0,"rescale_betas_zero_snr":false}"#,
+            make: |n, c| boxed(samplers::lcm::Lcm::new(n, c, true)),
+        },
     ]
 }
 
@@ -113,6 +128,9 @@ fn specs() -> Vec<Spec> {
         Spec { name: "ddpm", a1111: &["DDPM"], class: "DDPMScheduler", overrides: "{}", description: "DDPM ancestral sampling (needs many steps)" },
         Spec { name: "plms", a1111: &["PLMS"], class: "PNDMScheduler", overrides: r#"{"skip_prk_steps":true}"#, description: "Pseudo linear multistep (PNDM without Runge-Kutta warm-up)" },
         Spec { name: "pndm", a1111: &[], class: "PNDMScheduler", overrides: "{}", description: "PNDM as the model config says (Runge-Kutta warm-up unless skip_prk_steps)" },
+        Spec { name: "unipc", a1111: &["UniPC"], class: "UniPCMultistepScheduler", overrides: "{}", description: "UniPC predictor-corrector (bh2)" },
+        Spec { name: "lcm", a1111: &["LCM"], class: "LCMScheduler", overrides: "{}", description: "Latent consistency sampling (LCM-distilled models / LCM-LoRA, 2-8 steps)" },
+        Spec { name: "tcd", a1111: &["TCD"], class: "TCDScheduler", overrides: "{}", description: "Trajectory consistency sampling (TCD models; gamma via eta, pipeline default 0)" },
         Spec { name: "dpm-2m", a1111: &[], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver","solver_order":2,"final_sigmas_type":"sigma_min"}"#, description: "DPM-Solver (noise prediction) second-order multistep" },
     ]
 }

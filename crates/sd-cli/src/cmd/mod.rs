@@ -1,6 +1,8 @@
 //! One file per subcommand.
 
+pub mod convert;
 pub mod doctor;
+pub mod generate;
 pub mod tokenize;
 pub mod inspect;
 

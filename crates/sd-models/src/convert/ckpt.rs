@@ -90,7 +90,9 @@ impl CkptFile {
 }
 
 /// Follow `state_dict` keys down (as diffusers does) and pick up `global_step` on the way.
-fn unwrap_state_dict(mut v: Value) -> Result<(Vec<(Value, Value)>, Option<i64>)> {
+type Entries = Vec<(Value, Value)>;
+
+fn unwrap_state_dict(mut v: Value) -> Result<(Entries, Option<i64>)> {
     let mut step = None;
     loop {
         let Value::Dict(d) = v else { bail!("the checkpoint holds a {v:?}-like value, not a dict of tensors") };

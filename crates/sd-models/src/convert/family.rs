@@ -37,12 +37,13 @@ impl Family {
     }
 }
 
-/// Keys that are known and carry nothing a diffusers pipeline uses. Patterns: exact, `prefix*`, `*suffix`.
+/// Keys that are known and carry nothing a diffusers pipeline uses (DDPM schedule buffers are recomputed from the
+/// scheduler config). Patterns: exact, `prefix*`, `*suffix`.
 pub const IGNORED_KEYS: &[(&str, &str)] = &[
     ("model_ema.decay", "EMA bookkeeping"),
     ("model_ema.num_updates", "EMA bookkeeping"),
     ("*embeddings.position_ids", "CLIP position-id buffer (0..76), rebuilt by transformers"),
-    ("betas", "DDPM schedule buffer (the scheduler config recomputes it)"),
+    ("betas", "DDPM schedule buffer"),
     ("alphas_cumprod", "DDPM schedule buffer"),
     ("alphas_cumprod_prev", "DDPM schedule buffer"),
     ("sqrt_alphas_cumprod", "DDPM schedule buffer"),

@@ -428,7 +428,7 @@ fn count(v: &Value) -> usize {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if items.len() & 1 == 1 {
         bail!("corrupt pickle: odd number of dict items");
     }
     let mut out = Vec::with_capacity(items.len() / 2);

@@ -9,3 +9,5 @@ pub mod heun;
 pub mod kdpm2;
 pub mod lms;
 pub mod pndm;
+pub mod unipc;
+pub mod lcm;

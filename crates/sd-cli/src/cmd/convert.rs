@@ -1,0 +1,173 @@
+//! `sd convert`: a single-file checkpoint from a model site (`.safetensors` or `.ckpt`, LDM layout) → a diffusers
+//! folder that `sd generate --model DIR` and Python diffusers' `from_pretrained` both load. Pickled `.ckpt` files
+//! are read without executing anything (see `sd_models::convert::pickle`).
+
+use crate::cmd::usage;
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use sd_models::convert::{self, writer::WriteOptions, ConvertOptions, Family, Only, Prediction};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::Kind;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Checkpoint to convert (.safetensors, or a PyTorch zip .ckpt/.pt)
+    pub input: PathBuf,
+    /// Destination folder (written atomically: it appears only when complete)
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Store float weights as f16, bf16 or f32 [default: keep the checkpoint's dtype]
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Model family: auto, sd1, sd2, sdxl, sdxl-refiner
+    #[arg(long, default_value = "auto")]
+    pub family: String,
+    /// Prediction type for the scheduler: auto (SD2 → v unless it is SD2-base), epsilon, v
+    #[arg(long, default_value = "auto")]
+    pub prediction: String,
+    /// Use the EMA copy of the UNet weights (`model_ema.*`)
+    #[arg(long)]
+    pub ema: bool,
+    /// Convert only one part: unet, vae or text
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Take the VAE from this file instead (a VAE-only .safetensors/.ckpt)
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// A diffusers folder whose unet/vae/text_encoder configs (and tokenizers) describe this checkpoint
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// Replace the output folder if it exists
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Drop tensors that fit no mapping rule instead of failing (they are listed)
+    #[arg(long)]
+    pub allow_unknown_keys: bool,
+    /// CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) for the tokenizer files [default: .sd-data/]
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+}
+
+fn parse(args: &Args) -> Result<(ConvertOptions, Option<Kind>)> {
+    let family = match args.family.as_str() {
+        "auto" => None,
+        f => match Family::parse(f) {
+            Some(f) => Some(f),
+            None => usage!("--family must be auto, sd1, sd2, sdxl or sdxl-refiner (got `{f}`)"),
+        },
+    };
+    let prediction = match args.prediction.as_str() {
+        "auto" => Prediction::Auto,
+        "epsilon" | "eps" => Prediction::Epsilon,
+        "v" | "v_prediction" | "v-prediction" => Prediction::V,
+        p => usage!("--prediction must be auto, epsilon or v (got `{p}`)"),
+    };
+    let only = match args.only.as_deref() {
+        None => None,
+        Some("unet") => Some(Only::Unet),
+        Some("vae") => Some(Only::Vae),
+        Some("text") => Some(Only::Text),
+        Some(o) => usage!("--only must be unet, vae or text (got `{o}`)"),
+    };
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("f16" | "fp16" | "float16") => Some(Kind::Half),
+        Some("bf16" | "bfloat16") => Some(Kind::BFloat16),
+        Some("f32" | "fp32" | "float32") => Some(Kind::Float),
+        Some(d) => usage!("--dtype must be f16, bf16 or f32 (got `{d}`)"),
+    };
+    if let Some(d) = &args.config_dir {
+        if !d.is_dir() {
+            usage!("--config-dir {} is not a folder", d.display());
+        }
+    }
+    let opts = ConvertOptions {
+        family,
+        prediction,
+        ema: args.ema,
+        only,
+        config_dir: args.config_dir.clone(),
+        allow_unknown: args.allow_unknown_keys,
+    };
+    Ok((opts, dtype))
+}
+
+/// `.sd-data/bpe_simple_vocab_16e6.txt.gz` in the current folder or above it, or above the executable.
+fn find_vocab() -> Option<PathBuf> {
+    let rel = Path::new(".sd-data").join("bpe_simple_vocab_16e6.txt.gz");
+    let mut starts = Vec::new();
+    if let Ok(d) = std::env::current_dir() {
+        starts.push(d);
+    }
+    if let Ok(e) = std::env::current_exe() {
+        starts.push(e);
+    }
+    for s in starts {
+        for dir in s.ancestors() {
+            let p = dir.join(&rel);
+            if p.exists() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (opts, dtype) = parse(&args)?;
+    if args.output.exists() && !args.overwrite {
+        usage!("{} already exists (pass --overwrite to replace it)", args.output.display());
+    }
+    let src = convert::open(&args.input)?;
+    let vae = match &args.vae {
+        Some(p) => Some(convert::open(p).with_context(|| format!("--vae {}", p.display()))?),
+        None => None,
+    };
+    let plan = convert::plan_checkpoint(src.as_ref(), vae.as_deref(), &opts)?;
+    eprintln!(
+        "{}: {}{}, {} prediction, {} tensors → {}",
+        args.input.display(),
+        plan.family.name(),
+        if plan.inpainting { " (inpainting)" } else { "" },
+        plan.prediction_type,
+        plan.items.len(),
+        plan.components().iter().map(|c| c.folder()).collect::<Vec<_>>().join(", ")
+    );
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, r) in &plan.ignored {
+        *reasons.entry(r).or_default() += 1;
+    }
+    for (r, n) in reasons {
+        eprintln!("  left out {n} tensor(s): {r}");
+    }
+    if !plan.unknown.is_empty() {
+        eprintln!("  dropped {} unrecognised tensor(s) (--allow-unknown-keys):", plan.unknown.len());
+        for k in plan.unknown.iter().take(20) {
+            eprintln!("    {k}");
+        }
+    }
+    let wopts = WriteOptions {
+        dtype,
+        overwrite: args.overwrite,
+        config_dir: args.config_dir.clone(),
+        vocab: args.vocab.clone().or_else(find_vocab),
+        pipeline: opts.only.is_none(),
+    };
+    let pb = indicatif::ProgressBar::new(plan.items.len() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}") {
+        pb.set_style(style);
+    }
+    let mut sources: Vec<&dyn convert::TensorSource> = vec![src.as_ref()];
+    if let Some(v) = &vae {
+        sources.push(v.as_ref());
+    }
+    let result = convert::writer::write_folder(&plan, &sources, &args.output, &wopts, |done, _, item| {
+        pb.set_position(done as u64);
+        pb.set_message(item.component.folder());
+    });
+    pb.finish_and_clear();
+    result?;
+    println!("{}", args.output.display());
+    Ok(())
+}
