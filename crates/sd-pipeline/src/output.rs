@@ -111,17 +111,18 @@ pub fn save_outputs(
             continue;
         }
         let mut rgb = tensor_to_rgb(image, Range::Unit)?;
+        // Label first, watermark last: drawing over a marked image would erase the mark under the label.
+        if let Some(text) = &opts.visible_label {
+            use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
+            let text = if text.is_empty() { DEFAULT_TEXT } else { text.as_str() };
+            draw_label(&mut rgb, text, Corner::BottomRight)?;
+        }
         let outcome = if opts.watermark {
             let payload = if sd.info.family == Family::Sdxl { Payload::Sdxl } else { Payload::SdV1 };
             watermark::embed(&mut rgb, &payload)?
         } else {
             WatermarkOutcome::Disabled
         };
-        if let Some(text) = &opts.visible_label {
-            use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
-            let text = if text.is_empty() { DEFAULT_TEXT } else { text.as_str() };
-            draw_label(&mut rgb, text, Corner::BottomRight)?;
-        }
         let info = generation_info(sd, req, generated, model_hash.clone(), i, &outcome);
         let chunks: Vec<TextChunk> = label_chunks(&info)
             .into_iter()
