@@ -1,1 +1,303 @@
-//! (in progress)
+//! The generation loop, in diffusers' order so that the same seed gives the same image:
+//! encode prompts → prepare latents (initial noise, or an encoded image noised to `strength`) →
+//! loop { UNet on [uncond, cond], guidance, sampler step, (legacy inpaint: re-impose the known region) } →
+//! decode → post-process to [0, 1].
+//!
+//! Every random draw comes from one [`TorchGenerator`] seeded once: VAE posterior samples (img2img/inpaint),
+//! then the initial noise, then the samplers' per-step noise — the order of `diffusers`' pipelines.
+
+use crate::init_image::{prepare_init, prepare_mask, Prepared};
+use crate::loader::StableDiffusion;
+use crate::prompt::{encode_prompt_pair, Conditioning, PromptSettings};
+use crate::request::{GenerationRequest, Mode};
+use anyhow::{bail, Context, Result};
+use sd_core::TorchGenerator;
+use sd_models::unet::AddedCond;
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+
+/// Progress reported while generating (the CLI draws bars from these).
+#[derive(Clone, Copy, Debug)]
+pub enum Event {
+    Phase(&'static str),
+    Step { index: usize, total: usize },
+}
+
+/// Seconds spent per phase.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Timings {
+    pub encode_s: f64,
+    pub denoise_s: f64,
+    pub decode_s: f64,
+}
+
+/// The images of one request, `[3, H, W]` float in [0, 1] on the CPU, before 8-bit quantisation.
+pub struct Generated {
+    pub images: Vec<Tensor>,
+    pub seed: u64,
+    pub timings: Timings,
+    /// Number of UNet evaluations (steps × passes), for reporting.
+    pub unet_calls: usize,
+    /// The sampler actually used, by its A1111 name ("Euler a", "DPM++ 2M"), for the parameters chunk.
+    pub sampler_label: String,
+    /// A1111 "Schedule type" ("Karras", "Exponential", ...), `None` for the sampler's own default.
+    pub schedule_label: Option<String>,
+}
+
+impl StableDiffusion {
+    /// Run one request (one batch of `batch_size` images from one seed).
+    pub fn generate(&self, req: &GenerationRequest, on_event: &mut dyn FnMut(Event)) -> Result<Generated> {
+        let scale = self.vae_scale_factor();
+        req.validate(scale)?;
+        if self.info.inpainting && !matches!(req.mode, Mode::Inpaint { .. }) {
+            bail!("{} is an inpainting model (9-channel UNet): give --init-image and --mask", self.name);
+        }
+        let device = self.opts.device;
+        let extra = match req.eta {
+            Some(eta) => serde_json::json!({ "eta": eta }),
+            None => serde_json::json!({}),
+        };
+        let mut sched = sd_schedulers::build_with(&req.sampler, &self.scheduler_config, req.schedule.as_deref(), &extra)
+            .with_context(|| format!("sampler `{}`", req.sampler))?;
+        let (sampler_label, schedule_label) = labels(sched.as_ref(), req.schedule.as_deref());
+
+        // 1. Prompts.
+        on_event(Event::Phase("encode"));
+        let t0 = Instant::now();
+        let settings = PromptSettings { clip_skip: req.clip_skip, emphasis: Default::default(), style: self.encoder_style() };
+        let (cond, uncond) = tch::no_grad(|| encode_prompt_pair(&self.text, &req.prompt, &req.negative_prompt, &settings))?;
+        let cfg = req.cfg_scale > 1.0;
+        let b = req.batch_size;
+        let hidden = batch_condition(&cond, &uncond, b, cfg, |c| &c.hidden);
+        let dtype = hidden.kind();
+        let encode_s = t0.elapsed().as_secs_f64();
+
+        // 2. Timesteps (img2img/inpaint start part-way, as diffusers' get_timesteps).
+        sched.set_timesteps(req.steps, device)?;
+        let all: Vec<f64> = sched.timesteps().to_vec();
+        let timesteps: Vec<f64> = match req.mode.strength() {
+            None => all,
+            Some(strength) => {
+                let init = ((req.steps as f64 * strength) as usize).min(req.steps);
+                let t_start = req.steps - init;
+                let begin = t_start * sched.order();
+                if begin >= all.len() {
+                    bail!(
+                        "--strength {strength} with --steps {} leaves no denoising step; raise --strength or --steps",
+                        req.steps
+                    );
+                }
+                sched.set_begin_index(begin);
+                all[begin..].to_vec()
+            }
+        };
+
+        // 3. Latents.
+        let mut gen = TorchGenerator::new(req.seed);
+        let (h, w) = (req.height / scale, req.width / scale);
+        let latent_channels = self.vae.config().latent_channels;
+        let shape = [b, latent_channels, h, w];
+        let scaling = self.vae.config().scaling_factor;
+        let vae_kind = self.vae_kind();
+        let mut inpaint: Option<InpaintState> = None;
+        let mut latents = match &req.mode {
+            Mode::Txt2Img => gen.randn(&shape, dtype, device) * sched.init_noise_sigma(),
+            Mode::Img2Img { init, .. } => {
+                let image = prepare_init(init, req.width, req.height, vae_kind, device);
+                let z = tch::no_grad(|| self.vae.encode(&image))?.sample(&mut gen) * scaling;
+                let z = z.to_kind(dtype).repeat([b, 1, 1, 1]);
+                let noise = gen.randn(&shape, dtype, device);
+                sched.add_noise(&z, &noise, timesteps[0])?
+            }
+            Mode::Inpaint { init, mask, strength } => {
+                let Prepared { image, mask, masked } = prepare_mask(init, mask, req.width, req.height, vae_kind, device);
+                let strength_max = *strength == 1.0;
+                let nine = self.info.inpainting;
+                let image_latents = if !nine || !strength_max {
+                    let z = tch::no_grad(|| self.vae.encode(&image))?.sample(&mut gen) * scaling;
+                    Some(z.to_kind(dtype).repeat([b, 1, 1, 1]))
+                } else {
+                    None
+                };
+                let noise = gen.randn(&shape, dtype, device);
+                let latents = match (&image_latents, strength_max) {
+                    (_, true) => &noise * sched.init_noise_sigma(),
+                    (Some(z), false) => sched.add_noise(z, &noise, timesteps[0])?,
+                    (None, false) => unreachable_latents()?,
+                };
+                let mask_lat = mask.upsample_nearest2d([h, w], None::<f64>, None::<f64>).to_kind(dtype).repeat([b, 1, 1, 1]);
+                // diffusers encodes the masked image even for 4-channel UNets, which never use it: the draw
+                // from the generator still happens, and later sampler noise depends on it.
+                let z = tch::no_grad(|| self.vae.encode(&masked))?.sample(&mut gen) * scaling;
+                let masked_lat = nine.then(|| z.to_kind(dtype).repeat([b, 1, 1, 1]));
+                inpaint = Some(InpaintState { mask: mask_lat, masked_latents: masked_lat, image_latents, noise });
+                latents
+            }
+        };
+
+        // 4. Extra conditioning: SDXL pooled text + size ids, LCM guidance embedding.
+        let added = match (&cond.pooled, &uncond.pooled) {
+            (Some(_), _) => {
+                let text_embeds = batch_condition(&cond, &uncond, b, cfg, |c| c.pooled.as_ref().expect("pooled checked"));
+                let (oh, ow) = req.original_size.unwrap_or((req.height, req.width));
+                let (ct, cl) = req.crop_top_left;
+                let ids = Tensor::from_slice(&[oh as f32, ow as f32, ct as f32, cl as f32, req.height as f32, req.width as f32])
+                    .to_kind(dtype)
+                    .to_device(device)
+                    .unsqueeze(0)
+                    .repeat([text_embeds.size()[0], 1]);
+                Some(AddedCond { text_embeds, time_ids: ids })
+            }
+            _ => None,
+        };
+        let timestep_cond = self.unet.config().time_cond_proj_dim.map(|dim| {
+            guidance_scale_embedding(req.cfg_scale - 1.0, dim, b).to_kind(dtype).to_device(device)
+        });
+
+        // 5. Denoising loop.
+        let t1 = Instant::now();
+        let total = timesteps.len();
+        let mut unet_calls = 0;
+        for (i, &t) in timesteps.iter().enumerate() {
+            let noise_pred = tch::no_grad(|| -> Result<Tensor> {
+                let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
+                let mut input = sched.scale_model_input(&input, t)?;
+                if let Some(st) = &inpaint {
+                    if let Some(masked) = &st.masked_latents {
+                        let (m, z) = if cfg {
+                            (Tensor::cat(&[&st.mask, &st.mask], 0), Tensor::cat(&[masked, masked], 0))
+                        } else {
+                            (st.mask.shallow_clone(), masked.shallow_clone())
+                        };
+                        input = Tensor::cat(&[input, m, z], 1);
+                    }
+                }
+                let t_tensor = Tensor::from(t as f32).to_device(device);
+                let out = self.unet.forward(&input, &t_tensor, &hidden, added.as_ref(), timestep_cond.as_ref())?;
+                Ok(if cfg {
+                    let parts = out.chunk(2, 0);
+                    let (u, c) = (&parts[0], &parts[1]);
+                    let guided = u + (c - u) * req.cfg_scale;
+                    if req.guidance_rescale > 0.0 { rescale_noise_cfg(&guided, c, req.guidance_rescale) } else { guided }
+                } else {
+                    out
+                })
+            })?;
+            unet_calls += 1;
+            latents = tch::no_grad(|| sched.step(&noise_pred, t, &latents, &mut gen))?;
+            if let Some(st) = &inpaint {
+                if st.masked_latents.is_none() {
+                    let known = st.image_latents.as_ref().map(|z| z.shallow_clone()).unwrap_or_else(|| latents.zeros_like());
+                    let known = match timesteps.get(i + 1) {
+                        Some(&next) => sched.add_noise(&known, &st.noise, next)?,
+                        None => known,
+                    };
+                    latents = (1.0 - &st.mask) * known + &st.mask * &latents;
+                }
+            }
+            on_event(Event::Step { index: i + 1, total });
+        }
+        let denoise_s = t1.elapsed().as_secs_f64();
+
+        // 6. Decode.
+        on_event(Event::Phase("decode"));
+        let t2 = Instant::now();
+        let images = tch::no_grad(|| self.decode(&latents))?;
+        let decode_s = t2.elapsed().as_secs_f64();
+        let images = (0..b).map(|i| images.get(i)).collect();
+        let timings = Timings { encode_s, denoise_s, decode_s };
+        Ok(Generated { images, seed: req.seed, timings, unet_calls, sampler_label, schedule_label })
+    }
+
+    fn vae_kind(&self) -> Kind {
+        self.vae.kind()
+    }
+
+    /// UNet latents → images in [0, 1], `[B, 3, H, W]` f32 on the CPU.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let image = match &self.taesd {
+            Some(taesd) => taesd.decode(&latents.to_kind(self.vae_kind()))?.to_kind(Kind::Float).clamp(0.0, 1.0),
+            None => {
+                let cfg = self.vae.config();
+                let z = latents.to_kind(Kind::Float) / cfg.scaling_factor;
+                let z = match cfg.shift_factor {
+                    Some(s) => z + s,
+                    None => z,
+                };
+                let x = self.vae.decode(&z.to_kind(self.vae_kind()))?;
+                (x.to_kind(Kind::Float) / 2.0 + 0.5).clamp(0.0, 1.0)
+            }
+        };
+        Ok(image.to_device(tch::Device::Cpu))
+    }
+}
+
+/// A1111's names for the sampler and schedule a built scheduler really uses.
+fn labels(sched: &dyn sd_schedulers::Scheduler, schedule: Option<&str>) -> (String, Option<String>) {
+    let sampler = sd_schedulers::list()
+        .into_iter()
+        .find(|i| i.name == sched.name())
+        .and_then(|i| i.a1111.first().map(|s| s.to_string()))
+        .unwrap_or_else(|| sched.name().to_string());
+    let cfg = sched.config();
+    let schedule = match schedule.map(|s| s.to_ascii_lowercase()) {
+        Some(s) if s.starts_with("ays") => Some("Align Your Steps"),
+        Some(s) if s == "sgm-uniform" || s == "sgm_uniform" => Some("SGM Uniform"),
+        _ if cfg.use_karras_sigmas => Some("Karras"),
+        _ if cfg.use_exponential_sigmas => Some("Exponential"),
+        _ if cfg.use_beta_sigmas => Some("Beta"),
+        _ => None,
+    };
+    (sampler, schedule.map(String::from))
+}
+
+struct InpaintState {
+    mask: Tensor,
+    masked_latents: Option<Tensor>,
+    image_latents: Option<Tensor>,
+    noise: Tensor,
+}
+
+fn unreachable_latents() -> Result<Tensor> {
+    bail!("internal: inpainting with strength < 1 needs image latents")
+}
+
+/// Repeat conditioning for the batch and put the unconditional half first, as diffusers does.
+fn batch_condition(cond: &Conditioning, uncond: &Conditioning, b: i64, cfg: bool, pick: impl Fn(&Conditioning) -> &Tensor) -> Tensor {
+    let rep = |t: &Tensor| {
+        let mut dims = vec![b];
+        dims.extend(std::iter::repeat(1).take(t.dim() - 1));
+        t.repeat(dims.as_slice())
+    };
+    let c = rep(pick(cond));
+    if cfg {
+        Tensor::cat(&[rep(pick(uncond)), c], 0)
+    } else {
+        c
+    }
+}
+
+/// Guidance rescale (arXiv 2305.08891 §3.4): match the guided prediction's std to the text prediction's.
+fn rescale_noise_cfg(guided: &Tensor, text: &Tensor, phi: f64) -> Tensor {
+    let dims: Vec<i64> = (1..guided.dim() as i64).collect();
+    let std_text = text.std_dim(dims.as_slice(), true, true);
+    let std_cfg = guided.std_dim(dims.as_slice(), true, true);
+    let rescaled = guided * (std_text / std_cfg);
+    rescaled * phi + guided * (1.0 - phi)
+}
+
+/// LCM's guidance-scale embedding (sinusoidal in w·1000), as diffusers' `get_guidance_scale_embedding`.
+fn guidance_scale_embedding(w: f64, dim: i64, batch: i64) -> Tensor {
+    let w = Tensor::from_slice(&vec![(w * 1000.0) as f32; batch as usize]);
+    let half = dim / 2;
+    let step = (10000f64).ln() / (half - 1) as f64;
+    let freqs = (Tensor::arange(half, (Kind::Float, tch::Device::Cpu)) * -step).exp();
+    let args = w.unsqueeze(1) * freqs.unsqueeze(0);
+    let emb = Tensor::cat(&[args.sin(), args.cos()], 1);
+    if dim % 2 == 1 { emb.constant_pad_nd([0, 1]) } else { emb }
+}
+
+#[allow(dead_code)]
+fn elapsed(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

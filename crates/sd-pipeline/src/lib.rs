@@ -12,6 +12,8 @@
 
 pub mod family;
 pub mod generate;
+pub mod hash_cache;
+pub mod init_image;
 pub mod loader;
 pub mod output;
 pub mod prompt;

@@ -1,1 +1,136 @@
-//! (in progress)
+//! [`StableDiffusion`]: every component of a diffusers model folder, loaded onto its device and dtype.
+//!
+//! Text encoders and UNet use the compute dtype; the VAE may get its own (`--vae-dtype`), because SD1/SDXL
+//! VAEs overflow in f16 (diffusers' `force_upcast`). Components are loaded from memory-mapped safetensors,
+//! converted tensor by tensor, so the model exists once in memory.
+
+use crate::family::{Family, ModelInfo};
+use crate::prompt::{EncoderStyle, TextEncoders};
+use anyhow::{Context, Result};
+use sd_core::model_dir::ModelDir;
+use sd_models::clip::{ClipTextModel, ClipTokenizer};
+use sd_models::safety::SafetyChecker;
+use sd_models::unet::UNet2DConditionModel;
+use sd_models::vae::{AutoencoderKL, AutoencoderTiny};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: Kind,
+    /// VAE dtype; `None` = the compute dtype, except f16 with `force_upcast`, which decodes in f32.
+    pub vae_dtype: Option<Kind>,
+    /// Decode with TAESD from this folder instead of the full VAE.
+    pub taesd: Option<PathBuf>,
+    /// Override the detected family.
+    pub family: Option<Family>,
+    /// Override the scheduler's prediction type (`epsilon`, `v_prediction`, `sample`).
+    pub prediction_type: Option<String>,
+    /// Load `safety_checker/` when the folder has one.
+    pub load_safety_checker: bool,
+}
+
+impl LoadOptions {
+    pub fn cpu(dtype: Kind) -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype,
+            vae_dtype: None,
+            taesd: None,
+            family: None,
+            prediction_type: None,
+            load_safety_checker: true,
+        }
+    }
+}
+
+/// A loaded pipeline.
+pub struct StableDiffusion {
+    pub dir: ModelDir,
+    pub info: ModelInfo,
+    pub text: TextEncoders,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub taesd: Option<AutoencoderTiny>,
+    pub safety: Option<SafetyChecker>,
+    /// The model's saved `scheduler_config.json` (samplers are built from it, as diffusers' `from_config`).
+    pub scheduler_config: serde_json::Value,
+    pub force_zeros_for_empty_prompt: bool,
+    pub opts: LoadOptions,
+    /// Display name for metadata (folder name).
+    pub name: String,
+}
+
+impl StableDiffusion {
+    /// Load a diffusers folder or an HF-cache repo id.
+    pub fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
+        let dir = ModelDir::open(spec)?;
+        let mut info = ModelInfo::detect(&dir)?;
+        if let Some(f) = opts.family {
+            info.family = f;
+        }
+        if let Some(p) = &opts.prediction_type {
+            info.prediction_type = p.clone();
+        }
+        let root = dir.root.clone();
+        let (device, dtype) = (opts.device, opts.dtype);
+        let mut pairs = vec![load_text_pair(&root, "tokenizer", "text_encoder", dtype, device)?];
+        if info.family == Family::Sdxl {
+            pairs.push(load_text_pair(&root, "tokenizer_2", "text_encoder_2", dtype, device)?);
+        }
+        let text = TextEncoders::new(pairs)?;
+        let unet = UNet2DConditionModel::load(&dir.component_dir("unet")?, dtype, device)
+            .with_context(|| format!("loading the UNet of {}", root.display()))?;
+        let vae_dir = dir.component_dir("vae")?;
+        let vae_kind = opts.vae_dtype.unwrap_or(dtype);
+        let mut vae = AutoencoderKL::load(&vae_dir, vae_kind, device)
+            .with_context(|| format!("loading the VAE of {}", root.display()))?;
+        if opts.vae_dtype.is_none() && dtype == Kind::Half && vae.config().force_upcast {
+            vae = AutoencoderKL::load(&vae_dir, Kind::Float, device)?;
+        }
+        let taesd = match &opts.taesd {
+            Some(p) => Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?),
+            None => None,
+        };
+        let safety = if opts.load_safety_checker { SafetyChecker::load(&root, dtype, device)? } else { None };
+        let mut scheduler_config = dir.component_config("scheduler")?;
+        if let (Some(p), Some(obj)) = (&opts.prediction_type, scheduler_config.as_object_mut()) {
+            obj.insert("prediction_type".into(), serde_json::Value::String(p.clone()));
+        }
+        let force_zeros_for_empty_prompt =
+            dir.index.get("force_zeros_for_empty_prompt").and_then(|v| v.as_bool()).unwrap_or(info.family == Family::Sdxl);
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
+        Ok(Self { dir, info, text, unet, vae, taesd, safety, scheduler_config, force_zeros_for_empty_prompt, opts, name })
+    }
+
+    /// The prompt-encoding style this model needs.
+    pub fn encoder_style(&self) -> EncoderStyle {
+        match self.info.family {
+            Family::Sd1 => EncoderStyle::Sd1,
+            Family::Sd2 => EncoderStyle::Sd2,
+            Family::Sdxl => EncoderStyle::Sdxl { force_zeros_for_empty_prompt: self.force_zeros_for_empty_prompt },
+        }
+    }
+
+    /// Spatial factor between pixels and latents.
+    pub fn vae_scale_factor(&self) -> i64 {
+        self.vae.scale_factor()
+    }
+}
+
+fn load_text_pair(root: &Path, tok: &str, enc: &str, kind: Kind, device: Device) -> Result<(ClipTokenizer, ClipTextModel)> {
+    let tok_dir = root.join(tok);
+    let tokenizer = if tok_dir.is_dir() {
+        ClipTokenizer::from_dir(&tok_dir)?
+    } else {
+        anyhow::bail!("{} is missing the `{tok}/` folder", root.display())
+    };
+    let enc_dir = root.join(enc);
+    if !enc_dir.is_dir() {
+        anyhow::bail!("{} is missing the `{enc}/` folder", root.display());
+    }
+    let model = ClipTextModel::load(&enc_dir, kind, device).with_context(|| format!("loading {enc} of {}", root.display()))?;
+    Ok((tokenizer, model))
+}

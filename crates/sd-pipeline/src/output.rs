@@ -1,1 +1,239 @@
-//! (in progress)
+//! Writing results: file names from a pattern, the safety decision, the invisible watermark, the optional
+//! visible label, and PNG text chunks (A1111 `parameters`, XMP with IPTC DigitalSourceType, the GB 45438
+//! AIGC label) — all on by default, every choice recorded in the file itself.
+
+use crate::family::Family;
+use crate::generate::Generated;
+use crate::loader::StableDiffusion;
+use crate::request::{GenerationRequest, Mode};
+use anyhow::{bail, Context, Result};
+use sd_core::atomic::Overwrite;
+use sd_core::image_io::{save_png, tensor_to_rgb, Range, TextChunk};
+use sd_provenance::metadata::{label_chunks, GenerationInfo};
+use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// What to do with images the safety checker flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SafetyMode {
+    /// Do not save flagged images (default when the model ships a checker).
+    Block,
+    /// Save them and say so.
+    Warn,
+    /// Do not run the checker.
+    Off,
+}
+
+impl FromStr for SafetyMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "block" => Self::Block,
+            "warn" => Self::Warn,
+            "off" => Self::Off,
+            other => bail!("--safety {other}: expected block, warn or off"),
+        })
+    }
+}
+
+/// How results are written.
+#[derive(Clone, Debug)]
+pub struct OutputOptions {
+    pub pattern: String,
+    pub overwrite: bool,
+    pub watermark: bool,
+    /// `Some("")` = the default label text.
+    pub visible_label: Option<String>,
+    pub safety: SafetyMode,
+}
+
+/// One result, for messages and `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SavedImage {
+    /// `None` when the safety checker blocked the image.
+    pub path: Option<PathBuf>,
+    pub seed: u64,
+    pub index_in_batch: usize,
+    pub watermark: String,
+    pub safety_checked: bool,
+    pub flagged: bool,
+}
+
+impl SavedImage {
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(p) if self.flagged => format!("wrote {} (flagged by the safety checker; saved because --safety warn)", p.display()),
+            Some(p) => format!("wrote {} (watermark: {})", p.display(), self.watermark),
+            None => "image blocked by the safety checker: not saved (use --safety warn to keep it)".into(),
+        }
+    }
+}
+
+/// Refuse a prompt that contains a term from the user's policy file (one term per line, `#` comments).
+pub fn check_policy(file: &Path, prompt: &str) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read policy file {}", file.display()))?;
+    let lower = prompt.to_lowercase();
+    for term in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if lower.contains(&term.to_lowercase()) {
+            bail!("prompt refused by policy {}: it contains `{term}`", file.display());
+        }
+    }
+    Ok(())
+}
+
+/// Save every image of `generated`; `counter` numbers images across batches for `{n}`.
+pub fn save_outputs(
+    sd: &StableDiffusion,
+    req: &GenerationRequest,
+    generated: &Generated,
+    opts: &OutputOptions,
+    counter: &mut usize,
+) -> Result<Vec<SavedImage>> {
+    let verdicts = match (&sd.safety, opts.safety) {
+        (Some(checker), SafetyMode::Block | SafetyMode::Warn) => {
+            let batch = tch::Tensor::stack(&generated.images, 0);
+            Some(checker.check(&batch)?)
+        }
+        _ => None,
+    };
+    let model_hash = sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None)
+        .ok()
+        .and_then(|p| crate::hash_cache::short_hash(&p));
+    let mut saved = Vec::new();
+    for (i, image) in generated.images.iter().enumerate() {
+        let flagged = verdicts.as_ref().is_some_and(|v| v.get(i).is_some_and(|v| v.flagged));
+        let n = *counter;
+        *counter += 1;
+        if flagged && opts.safety == SafetyMode::Block {
+            saved.push(SavedImage { path: None, seed: generated.seed, index_in_batch: i, watermark: "none".into(), safety_checked: true, flagged });
+            continue;
+        }
+        let mut rgb = tensor_to_rgb(image, Range::Unit)?;
+        let outcome = if opts.watermark {
+            let payload = if sd.info.family == Family::Sdxl { Payload::Sdxl } else { Payload::SdV1 };
+            watermark::embed(&mut rgb, &payload)?
+        } else {
+            WatermarkOutcome::Disabled
+        };
+        if let Some(text) = &opts.visible_label {
+            use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
+            let text = if text.is_empty() { DEFAULT_TEXT } else { text.as_str() };
+            draw_label(&mut rgb, text, Corner::BottomRight)?;
+        }
+        let info = generation_info(sd, req, generated, model_hash.clone(), i, &outcome);
+        let chunks: Vec<TextChunk> = label_chunks(&info)
+            .into_iter()
+            .map(|c| TextChunk { keyword: c.keyword, text: c.text, force_itxt: c.force_itxt })
+            .collect();
+        let path = render_path(&opts.pattern, generated.seed, n, &sd.name);
+        let overwrite = if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse };
+        save_png(&path, &rgb, &chunks, overwrite)?;
+        saved.push(SavedImage {
+            path: Some(path),
+            seed: generated.seed,
+            index_in_batch: i,
+            watermark: sd_provenance::metadata::watermark_record(Some(&outcome)),
+            safety_checked: verdicts.is_some(),
+            flagged,
+        });
+    }
+    Ok(saved)
+}
+
+fn generation_info(
+    sd: &StableDiffusion,
+    req: &GenerationRequest,
+    generated: &Generated,
+    model_hash: Option<String>,
+    index: usize,
+    wm: &WatermarkOutcome,
+) -> GenerationInfo {
+    let mut info = GenerationInfo {
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        tool_name: "sd-rs".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
+    info.steps = req.steps as u32;
+    info.sampler = generated.sampler_label.clone();
+    info.schedule = generated.schedule_label.clone();
+    info.cfg_scale = req.cfg_scale;
+    info.seed = req.seed;
+    info.width = req.width as u32;
+    info.height = req.height as u32;
+    info.model_name = Some(sd.name.clone());
+    info.model_hash = model_hash;
+    info.clip_skip = (req.clip_skip > 1).then_some(req.clip_skip as u32);
+    info.denoising_strength = req.mode.strength();
+    info.mode = match req.mode {
+        Mode::Txt2Img => sd_provenance::metadata::Mode::Txt2Img,
+        Mode::Img2Img { .. } => sd_provenance::metadata::Mode::Img2Img,
+        Mode::Inpaint { .. } => sd_provenance::metadata::Mode::Inpaint,
+    };
+    info.watermark = Some(wm.clone());
+    if req.batch_size > 1 {
+        info.extra.push(("Batch size".into(), req.batch_size.to_string()));
+        info.extra.push(("Batch pos".into(), index.to_string()));
+    }
+    if req.guidance_rescale > 0.0 {
+        info.extra.push(("Guidance rescale".into(), req.guidance_rescale.to_string()));
+    }
+    info
+}
+
+/// Expand `{date}`, `{time}`, `{seed}`, `{n}`, `{model}` in an output pattern.
+pub fn render_path(pattern: &str, seed: u64, n: usize, model: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    let model: String = model.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    PathBuf::from(
+        pattern
+            .replace("{date}", &format!("{y:04}{m:02}{d:02}"))
+            .replace("{time}", &format!("{:02}{:02}{:02}", t / 3600, (t / 60) % 60, t % 60))
+            .replace("{seed}", &seed.to_string())
+            .replace("{n}", &format!("{n:03}"))
+            .replace("{model}", &model),
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Peak resident memory of this process in MB (VmHWM), for `--json` reports.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
+    }
+
+    #[test]
+    fn pattern_expands() {
+        let p = render_path("out/{seed}-{n}-{model}.png", 42, 3, "my model");
+        assert_eq!(p, PathBuf::from("out/42-003-my_model.png"));
+    }
+}

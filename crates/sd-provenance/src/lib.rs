@@ -5,4 +5,5 @@ pub mod inspect;
 pub mod jpeg_meta;
 pub mod metadata;
 pub mod png_chunks;
+pub mod visible_label;
 pub mod watermark;

@@ -52,9 +52,28 @@ fn last_timestep(cfg: &SchedulerConfig, train: &TrainSchedule) -> usize {
     }
 }
 
+/// Where the classes of this family differ in `set_timesteps`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flavor {
+    /// Honour `lambda_min_clipped` (DPM-Solver classes).
+    pub lambda_clip: bool,
+    /// Karras/exponential/beta ends come from config `sigma_min`/`sigma_max` when set (UniPC).
+    pub cfg_minmax: bool,
+    /// With a re-spaced schedule, final_sigmas_type "sigma_min" means its last sigma (UniPC, DEIS).
+    pub final_from_respaced: bool,
+    /// Karras timesteps are rounded even for squaredcos_cap_v2 (UniPC, DEIS).
+    pub always_round_karras: bool,
+}
+
+pub const DPM: Flavor = Flavor { lambda_clip: true, cfg_minmax: false, final_from_respaced: false, always_round_karras: false };
+
 /// `set_timesteps(num_inference_steps)` of DPMSolverMultistepScheduler (and the others listed above).
 pub fn spaced(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize) -> Result<DpmSchedule> {
-    let last = last_timestep(cfg, train);
+    spaced_as(cfg, train, n, DPM)
+}
+
+pub fn spaced_as(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize, fl: Flavor) -> Result<DpmSchedule> {
+    let last = if fl.lambda_clip { last_timestep(cfg, train) } else { cfg.num_train_timesteps };
     let timesteps: Vec<f64> = match cfg.timestep_spacing.as_str() {
         "linspace" => {
             let mut v: Vec<f64> = np_linspace(0.0, last as f64 - 1.0, n + 1).into_iter().map(np_round).rev().collect();
@@ -74,8 +93,11 @@ pub fn spaced(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize) -> Result<
         other => bail!(spacing_error(other)),
     };
     let full_desc: Vec<f64> = train.sigmas.iter().rev().cloned().collect();
-    let (timesteps, mut sigmas) = if let Some(s) = respace(&no_minmax(cfg), &full_desc, n) {
-        let round = cfg.use_karras_sigmas && cfg.beta_schedule != "squaredcos_cap_v2";
+    let minmax_cfg = if fl.cfg_minmax { cfg.clone() } else { no_minmax(cfg) };
+    let mut respaced = false;
+    let (timesteps, mut sigmas) = if let Some(s) = respace(&minmax_cfg, &full_desc, n) {
+        respaced = true;
+        let round = cfg.use_karras_sigmas && (fl.always_round_karras || cfg.beta_schedule != "squaredcos_cap_v2");
         let t = s
             .iter()
             .map(|&x| {
@@ -92,7 +114,12 @@ pub fn spaced(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize) -> Result<
         let s = timesteps.iter().map(|&t| interp_index(t, &train.sigmas)).collect();
         (timesteps, s)
     };
-    sigmas.push(final_sigma(cfg, train)?);
+    let last_sigma = if respaced && fl.final_from_respaced && cfg.final_sigmas_type == "sigma_min" {
+        sigmas[sigmas.len() - 1]
+    } else {
+        final_sigma(cfg, train)?
+    };
+    sigmas.push(last_sigma);
     Ok(DpmSchedule { timesteps, sigmas: sigmas.into_iter().map(|x| x as f32 as f64).collect() })
 }
 

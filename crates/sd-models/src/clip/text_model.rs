@@ -91,11 +91,29 @@ impl ClipTextModel {
 
     /// `ids`: batch × tokens integer ids (tokens ≤ `max_position_embeddings`).
     pub fn forward(&self, ids: &Tensor) -> Result<ClipTextOutput> {
+        self.forward_with_replacements(ids, &[])
+    }
+
+    /// [`Self::forward`] with some token embeddings replaced before the position embeddings are added: each
+    /// `(position, vectors)` overwrites rows `position..position + n` of every sequence with the `n` rows of
+    /// `vectors` (`n × hidden`). This is how textual-inversion embeddings enter the model (sd-pipeline `prompt`);
+    /// pooling still follows `ids`.
+    pub fn forward_with_replacements(&self, ids: &Tensor, replacements: &[(usize, Tensor)]) -> Result<ClipTextOutput> {
         let ids = self.check_ids(ids)?;
         let (batch, len) = (ids.size()[0], ids.size()[1]);
         let device = self.token_embedding.weight.device();
         let positions = Tensor::arange(len, (Kind::Int64, device));
-        let x = self.token_embedding.forward(&ids) + self.position_embedding.forward(&positions).unsqueeze(0);
+        let tokens = self.token_embedding.forward(&ids);
+        for (position, vectors) in replacements {
+            let n = vectors.size().first().copied().unwrap_or(0);
+            let (pos, hidden) = (*position as i64, self.config.hidden_size);
+            if vectors.dim() != 2 || vectors.size()[1] != hidden || pos + n > len {
+                bail!("embedding vectors of shape {:?} at position {pos} do not fit {len} tokens of width {hidden}", vectors.size());
+            }
+            let v = vectors.to_device(device).to_kind(tokens.kind()).unsqueeze(0).expand([batch, n, hidden], false);
+            tokens.narrow(1, pos, n).copy_(&v);
+        }
+        let x = tokens + self.position_embedding.forward(&positions).unsqueeze(0);
         let hidden_states = self.encoder.forward_all(&x, true);
         let last = hidden_states.last().map(|h| self.final_layer_norm.forward(h)).context("encoder has no output")?;
         // transformers: legacy configs (eos_token_id == 2) pool at argmax(ids), newer ones at the first eos id.

@@ -12,6 +12,7 @@ mod config;
 mod resnet;
 mod tiling;
 mod tiny;
+mod tiny_config;
 
 pub use autoencoder_kl::{AutoencoderKL, DiagonalGaussian};
 pub use config::VaeConfig;

@@ -6,81 +6,12 @@
 //! original `nn.Sequential` files (`N.conv.0.weight`), whose decoder counts its leading `Clamp` module as layer 0,
 //! so original decoder index N is diffusers' N - 1. Both are built by the same code with an index offset.
 
+pub use super::tiny_config::TinyConfig;
 use crate::nn::{Activation, Conv2d};
 use anyhow::{anyhow, bail, Context, Result};
 use sd_core::weights::VarBuilder;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
-
-/// diffusers `AutoencoderTiny` configuration (defaults = the published TAESD architecture).
-#[derive(Deserialize, Clone, Debug)]
-#[serde(default)]
-pub struct TinyConfig {
-    pub in_channels: i64,
-    pub out_channels: i64,
-    pub encoder_block_out_channels: Vec<i64>,
-    pub decoder_block_out_channels: Vec<i64>,
-    pub act_fn: String,
-    pub upsample_fn: String,
-    pub latent_channels: i64,
-    pub upsampling_scaling_factor: i64,
-    pub num_encoder_blocks: Vec<i64>,
-    pub num_decoder_blocks: Vec<i64>,
-    pub latent_magnitude: f64,
-    pub latent_shift: f64,
-    pub force_upcast: bool,
-    pub scaling_factor: f64,
-    pub shift_factor: Option<f64>,
-    /// diffusers' class name, checked so a KL VAE folder is not mistaken for a tiny one.
-    #[serde(rename = "_class_name")]
-    pub class_name: Option<String>,
-}
-
-impl Default for TinyConfig {
-    fn default() -> Self {
-        Self {
-            in_channels: 3,
-            out_channels: 3,
-            encoder_block_out_channels: vec![64; 4],
-            decoder_block_out_channels: vec![64; 4],
-            act_fn: "relu".into(),
-            upsample_fn: "nearest".into(),
-            latent_channels: 4,
-            upsampling_scaling_factor: 2,
-            num_encoder_blocks: vec![1, 3, 3, 3],
-            num_decoder_blocks: vec![3, 3, 3, 1],
-            latent_magnitude: 3.0,
-            latent_shift: 0.5,
-            force_upcast: false,
-            scaling_factor: 1.0,
-            shift_factor: Some(0.0),
-            class_name: None,
-        }
-    }
-}
-
-impl TinyConfig {
-    fn validate(&self) -> Result<()> {
-        if let Some(c) = self.class_name.as_deref().filter(|c| *c != "AutoencoderTiny") {
-            bail!("`_class_name` is `{c}`, not AutoencoderTiny (a full VAE folder? load it as AutoencoderKL)");
-        }
-        if self.encoder_block_out_channels.is_empty() || self.encoder_block_out_channels.len() != self.num_encoder_blocks.len() {
-            bail!("`encoder_block_out_channels` and `num_encoder_blocks` must be non-empty and of equal length");
-        }
-        if self.decoder_block_out_channels.is_empty() || self.decoder_block_out_channels.len() != self.num_decoder_blocks.len() {
-            bail!("`decoder_block_out_channels` and `num_decoder_blocks` must be non-empty and of equal length");
-        }
-        if self.upsample_fn != "nearest" {
-            bail!("`upsample_fn` `{}` is not supported (only nearest)", self.upsample_fn);
-        }
-        if self.upsampling_scaling_factor <= 0 {
-            bail!("`upsampling_scaling_factor` must be positive");
-        }
-        Activation::parse(&self.act_fn).context("in `act_fn`")?;
-        Ok(())
-    }
-}
 
 /// conv → act → conv → act → conv, plus a skip, then ReLU (`AutoencoderTinyBlock` / taesd `Block`).
 #[derive(Debug)]
@@ -321,7 +252,7 @@ impl AutoencoderTiny {
 
     fn check(&self, x: &Tensor, channels: i64, what: &str, field: &str) -> Result<Tensor> {
         let size = x.size();
-        if size.len() != 4 || size[1] != channels || size.iter().any(|&d| d == 0) {
+        if size.len() != 4 || size[1] != channels || size.contains(&0) {
             bail!("TAESD {what} must be [batch, {channels} (`{field}`), height, width], got shape {size:?}");
         }
         if !x.is_floating_point() {

@@ -1,14 +1,15 @@
 //! Textual-inversion embeddings used by name in prompts (A1111 `modules/textual_inversion/textual_inversion.py`,
 //! diffusers `load_textual_inversion`).
 //!
-//! Accepted files (safetensors): A1111/kohya files with one tensor (`emb_params`, or any single key, as A1111's
-//! "diffuser concept" branch), diffusers `learned_embeds.safetensors` (`{token: vector(s)}`), and SDXL files with
-//! `clip_l` + `clip_g`. An embedding is used as `name` = its file name without extension, like A1111. Its name is
+//! Accepted files: safetensors with one tensor (A1111/kohya `emb_params`, or any single key, as A1111's "diffuser
+//! concept" branch; diffusers `learned_embeds.safetensors` `{token: vector(s)}`) or with `clip_l` + `clip_g`
+//! (SDXL); and the same as pickled `.pt`/`.bin` files plus A1111's `string_to_param` layout, read without running
+//! code ([`super::embedding_pt`]). An embedding is used as `name` = its file name without extension, like A1111. Its name is
 //! matched on token ids, longest name first; the matched tokens are replaced by as many placeholder slots as the
 //! embedding has vectors, and the vectors replace the token embeddings there.
 //!
-//! Not supported: pickled `.pt`/`.bin` files (they need the safe pickle reader) and embeddings stored inside PNG/WebP
-//! images. A folder given explicitly must load completely: a file that cannot be read is an error naming it, while
+//! Not supported: embeddings stored inside PNG/WebP images, and old files whose `string_to_param` is a pickled
+//! `ParameterDict` module (refused by the safe reader with a message). A folder given explicitly must load completely: a file that cannot be read is an error naming it, while
 //! an embedding made for another model family (wrong width) is skipped and reported, as A1111 skips it.
 
 use super::chunks::{EmbeddingFinder, EmbeddingMatch};
@@ -54,10 +55,7 @@ pub enum EmbeddingFile {
 pub fn read_embedding_file(path: &Path) -> Result<EmbeddingFile> {
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     if ext != "safetensors" {
-        bail!(
-            "{}: only .safetensors embeddings are supported (pickled .{ext} files need conversion, e.g. with diffusers or the safetensors tools)",
-            path.display()
-        );
+        return super::embedding_pt::read_pickled_embedding(path);
     }
     let files = SafeTensorsFiles::open(&[path.to_path_buf()])?;
     let names: Vec<String> = files.names().map(str::to_string).collect();
@@ -89,7 +87,7 @@ pub fn read_embedding_file(path: &Path) -> Result<EmbeddingFile> {
 }
 
 impl EmbeddingSet {
-    /// Load every `.safetensors` (and reject every `.pt`/`.bin`) in `dir` for these encoders. Returns the set and
+    /// Load every `.safetensors`, `.pt` and `.bin` file in `dir` for these encoders. Returns the set and
     /// a note per skipped embedding (made for another model family).
     pub fn load_dir(dir: &Path, encoders: &[Box<dyn TextEncoder>]) -> Result<(Self, Vec<String>)> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -140,26 +138,22 @@ impl EmbeddingSet {
     }
 }
 
-/// Pick, for each encoder, the tensor of the file whose width matches the encoder's.
+/// The file's vectors for each encoder, or why it does not fit: like A1111, a one-tensor embedding fits a model
+/// with one text encoder of the same width, and a `clip_l` + `clip_g` file fits SDXL's pair.
 fn match_encoders(file: &EmbeddingFile, encoders: &[Box<dyn TextEncoder>]) -> std::result::Result<Vec<Tensor>, String> {
     let widths: Vec<i64> = encoders.iter().map(|e| e.hidden_size()).collect();
     let candidates: Vec<&Tensor> = match file {
         EmbeddingFile::Single(t) => vec![t],
         EmbeddingFile::Sdxl { clip_l, clip_g } => vec![clip_l, clip_g],
     };
-    let mut out = Vec::new();
-    for (i, w) in widths.iter().enumerate() {
-        // Two-encoder files map by order (clip_l → first encoder); single tensors by width.
-        let pick = if candidates.len() == encoders.len() { Some(candidates[i]) } else { candidates.iter().copied().find(|t| t.size()[1] == *w) };
-        match pick {
-            Some(t) if t.size()[1] == *w => out.push(t.shallow_clone()),
-            _ => {
-                let have: Vec<i64> = candidates.iter().map(|t| t.size()[1]).collect();
-                return Err(format!("vectors of width {have:?} do not fit this model's text encoders (width {widths:?})"));
-            }
-        }
+    let have: Vec<i64> = candidates.iter().map(|t| t.size()[1]).collect();
+    if have != widths {
+        let kind = if candidates.len() == 2 { "an SDXL (clip_l + clip_g) embedding" } else { "a single-encoder embedding" };
+        return Err(format!(
+            "{kind} with vectors of width {have:?}; this model's text encoders take {widths:?} (made for another model family)"
+        ));
     }
-    Ok(out)
+    Ok(candidates.into_iter().map(|t| t.shallow_clone()).collect())
 }
 
 pub struct Finder<'a> {

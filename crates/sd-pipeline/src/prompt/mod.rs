@@ -5,18 +5,24 @@
 //! | [`parser`] | `(word:1.3)` / `[word]` / escapes / `BREAK` → (text, weight) runs |
 //! | [`chunks`] | runs → 77-token chunks (75 + start/end), comma back-tracking, embedding slots |
 //! | [`emphasis`] | weights applied to the encoder output (original with mean restoration, no-norm, ignore, none) |
-//! | [`encoder`] | the [`TextEncoder`] trait over a tokenizer + CLIP text model pair, and [`TextEncoders`] |
-//! | [`embeddings`] | textual-inversion embedding files |
+//! | [`encoder`] | the [`TextEncoder`] trait over a tokenizer + text model pair, and [`TextEncoders`] |
+//! | [`clip_encoder`] | [`TextEncoder`] for sd-models' CLIP tokenizer + text model |
+//! | [`embeddings`] | textual-inversion embedding files (safetensors), [`embedding_pt`] for pickled ones |
+//! | [`lora`] | LoRA files (kohya/A1111, diffusers/PEFT) merged into component weights |
 //! | [`conditioning`] | [`encode_prompt_pair`]: clip skip, SDXL dual encoders and pooled output, prompt/negative padding |
 
 pub mod chunks;
+pub mod clip_encoder;
 pub mod conditioning;
+pub mod embedding_pt;
 pub mod embeddings;
 pub mod emphasis;
+pub mod lora;
 pub mod encoder;
 pub mod parser;
 
 pub use conditioning::{encode_prompt, encode_prompt_pair, Conditioning, EncoderStyle, PromptSettings};
 pub use emphasis::Emphasis;
+pub use clip_encoder::ClipPair;
 pub use encoder::{EncoderOutput, SpecialIds, TextEncoder, TextEncoders};
 pub use parser::parse_prompt_attention;

@@ -9,3 +9,7 @@ pub mod heun;
 pub mod kdpm2;
 pub mod lms;
 pub mod pndm;
+pub mod unipc;
+pub mod lcm;
+pub mod edm_euler;
+pub mod deis;

@@ -1,0 +1,278 @@
+//! `sd generate`: txt2img, and img2img / inpainting when `--init-image` / `--mask` are given.
+
+use super::usage;
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use sd_core::device::{ComputeDevice, DTypeChoice};
+use sd_pipeline::family::Family;
+use sd_pipeline::generate::Event;
+use sd_pipeline::loader::{LoadOptions, StableDiffusion};
+use sd_pipeline::output::{OutputOptions, SafetyMode};
+use sd_pipeline::request::{GenerationRequest, Mode};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sd generate --model ./stable-diffusion-v1-5 \"a lighthouse at dawn, oil painting\" --steps 25 --seed 42
+  sd generate --model ./sdxl-base \"a red fox\" --sampler \"DPM++ 2M Karras\" --width 1024 --height 1024
+  sd generate --model ./sd15 \"a castle\" --init-image sketch.png --strength 0.6
+  sd generate --model ./sd15-inpainting \"a cat\" --init-image photo.png --mask mask.png
+  sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0")]
+pub struct Args {
+    /// The prompt (A1111 syntax: (word:1.2), [word], BREAK)
+    pub prompt: String,
+    /// Model: a diffusers folder, or an org/name repo id present in the Hugging Face cache
+    #[arg(long, short = 'm', env = "SD_MODEL")]
+    pub model: String,
+    /// What the image should not contain
+    #[arg(long, short = 'n', default_value = "")]
+    pub negative_prompt: String,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Classifier-free guidance; ≤ 1 disables the unconditional pass (Turbo/LCM)
+    #[arg(long, default_value_t = 7.0)]
+    pub cfg_scale: f64,
+    /// Guidance rescale φ in [0, 1] (arXiv 2305.08891)
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
+    /// Sampler: A1111 name ("Euler a", "DPM++ 2M Karras") or short form (euler-a, dpmpp-2m); see `sd samplers`
+    #[arg(long, default_value = "default")]
+    pub sampler: String,
+    /// Sigma schedule: karras, exponential, beta, ays, sgm-uniform, normal
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// DDIM eta
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Seed; random when omitted (always printed)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Width in pixels (multiple of 8); default: the model's native size
+    #[arg(long, short = 'W')]
+    pub width: Option<i64>,
+    /// Height in pixels (multiple of 8); default: the model's native size
+    #[arg(long, short = 'H')]
+    pub height: Option<i64>,
+    /// Images generated together from one seed
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: i64,
+    /// Batches run one after the other, seed + 1 each
+    #[arg(long, default_value_t = 1)]
+    pub batch_count: u64,
+    /// Clip skip, A1111 numbering (1 = last layer, 2 = penultimate)
+    #[arg(long, default_value_t = 1)]
+    pub clip_skip: usize,
+    /// Start from this image (img2img); with --mask, inpaint
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// Inpainting mask, same size as --init-image; white = repaint
+    #[arg(long, requires = "init_image")]
+    pub mask: Option<PathBuf>,
+    /// How much of the init image to repaint, (0, 1]
+    #[arg(long)]
+    pub strength: Option<f64>,
+    /// cpu, cuda, cuda:N, mps or auto
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16, f16 or auto (bf16 on CPUs with native bf16)
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// VAE dtype (default: the compute dtype; f32 for f16 models whose VAE needs upcasting)
+    #[arg(long)]
+    pub vae_dtype: Option<String>,
+    /// Allow f16 on the CPU (very slow)
+    #[arg(long)]
+    pub force_f16: bool,
+    /// Decode with TAESD weights from this folder (fast previews)
+    #[arg(long)]
+    pub taesd: Option<PathBuf>,
+    /// Override the detected family: sd1, sd2, sdxl
+    #[arg(long)]
+    pub family: Option<String>,
+    /// Override the prediction type: epsilon, v (v_prediction), sample
+    #[arg(long)]
+    pub prediction: Option<String>,
+    /// Output path pattern: {date}, {time}, {seed}, {n} (index within the run), {model}
+    #[arg(long, short = 'o', default_value = "outputs/{date}-{seed}-{n}.png")]
+    pub output: String,
+    /// Replace existing files
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Do not embed the invisible watermark (recorded in the metadata)
+    #[arg(long)]
+    pub no_watermark: bool,
+    /// Draw a visible "AI生成 / AI-generated" label (or TEXT) in a corner
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub visible_label: Option<String>,
+    /// Safety checker: block (default when the model ships one), warn or off
+    #[arg(long)]
+    pub safety: Option<String>,
+    /// A file of terms (one per line) that make sd refuse a prompt
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// No progress bars
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Print a machine-readable summary on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device_choice: ComputeDevice = args.device.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
+    let dtype_choice: DTypeChoice = args.dtype.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
+    let family = match &args.family {
+        Some(f) if f != "auto" => Some(f.parse::<Family>().map_err(|e| super::UsageError(e.to_string()))?),
+        _ => None,
+    };
+    let prediction = match args.prediction.as_deref() {
+        None | Some("auto") => None,
+        Some("epsilon") | Some("eps") => Some("epsilon".to_string()),
+        Some("v") | Some("v_prediction") | Some("v-prediction") => Some("v_prediction".to_string()),
+        Some("sample") => Some("sample".to_string()),
+        Some(other) => usage!("--prediction {other}: expected epsilon, v or sample"),
+    };
+    let safety: Option<SafetyMode> = match &args.safety {
+        Some(s) => Some(s.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?),
+        None => None,
+    };
+    if args.mask.is_some() && args.init_image.is_none() {
+        usage!("--mask needs --init-image");
+    }
+    if args.strength.is_some() && args.init_image.is_none() {
+        usage!("--strength only applies with --init-image");
+    }
+    if let Some(policy) = &args.policy {
+        sd_pipeline::output::check_policy(policy, &args.prompt)?;
+    }
+    let device = device_choice.resolve()?;
+    let dtype = dtype_choice.resolve(device, args.force_f16).map_err(|e| super::UsageError(e.to_string()))?;
+    let vae_dtype = match &args.vae_dtype {
+        Some(v) => Some(v.parse::<DTypeChoice>().map_err(|e| super::UsageError(e.to_string()))?.resolve(device, args.force_f16)?),
+        None => None,
+    };
+    let mode = match (&args.init_image, &args.mask) {
+        (None, _) => Mode::Txt2Img,
+        (Some(img), None) => Mode::Img2Img { init: sd_core::image_io::load_rgb(img)?, strength: args.strength.unwrap_or(0.75) },
+        (Some(img), Some(mask)) => Mode::Inpaint {
+            init: sd_core::image_io::load_rgb(img)?,
+            mask: sd_core::image_io::load_luma(mask)?,
+            strength: args.strength.unwrap_or(1.0),
+        },
+    };
+
+    let t_load = Instant::now();
+    let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.model)));
+    let mut opts = LoadOptions::cpu(dtype);
+    opts.device = device;
+    opts.vae_dtype = vae_dtype;
+    opts.taesd = args.taesd.clone();
+    opts.family = family;
+    opts.prediction_type = prediction;
+    opts.load_safety_checker = safety != Some(SafetyMode::Off);
+    let sd = StableDiffusion::load(&args.model, opts)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+
+    let (init_w, init_h) = match &mode {
+        Mode::Txt2Img => (None, None),
+        Mode::Img2Img { init, .. } | Mode::Inpaint { init, .. } => {
+            let s = sd.vae_scale_factor().max(8) as u32;
+            (Some((init.width() / s * s) as i64), Some((init.height() / s * s) as i64))
+        }
+    };
+    let width = args.width.or(init_w).unwrap_or(sd.info.default_size);
+    let height = args.height.or(init_h).unwrap_or(sd.info.default_size);
+    let base_seed = args.seed.unwrap_or_else(random_seed);
+    let out_opts = OutputOptions {
+        pattern: args.output.clone(),
+        overwrite: args.overwrite,
+        watermark: !args.no_watermark,
+        visible_label: args.visible_label.clone(),
+        safety: safety.unwrap_or(SafetyMode::Block),
+    };
+    let mut summary = Vec::new();
+    let mut index = 0usize;
+    for batch in 0..args.batch_count {
+        let mut req = GenerationRequest::txt2img(&args.prompt, width, height);
+        req.negative_prompt = args.negative_prompt.clone();
+        req.steps = args.steps;
+        req.cfg_scale = args.cfg_scale;
+        req.guidance_rescale = args.guidance_rescale;
+        req.sampler = args.sampler.clone();
+        req.schedule = args.schedule.clone();
+        req.eta = args.eta;
+        req.seed = base_seed.wrapping_add(batch);
+        req.batch_size = args.batch_size;
+        req.clip_skip = args.clip_skip;
+        req.mode = mode.clone();
+        req.validate(sd.vae_scale_factor()).map_err(|e| super::UsageError(format!("{e:#}")))?;
+        if !args.json {
+            eprintln!("seed {}", req.seed);
+        }
+        let bar = (!args.quiet && !args.json).then(|| step_bar(req.steps));
+        let mut on_event = |e: Event| {
+            if let Some(bar) = &bar {
+                match e {
+                    Event::Phase(p) => bar.set_message(p),
+                    Event::Step { index, total } => {
+                        bar.set_length(total as u64);
+                        bar.set_position(index as u64);
+                        bar.set_message("denoise");
+                    }
+                }
+            }
+        };
+        let generated = sd.generate(&req, &mut on_event)?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let saved = sd_pipeline::output::save_outputs(&sd, &req, &generated, &out_opts, &mut index)?;
+        for s in &saved {
+            if !args.json {
+                eprintln!("{}", s.describe());
+            }
+        }
+        summary.push(serde_json::json!({
+            "seed": generated.seed,
+            "timings": generated.timings,
+            "images": saved,
+        }));
+    }
+    if args.json {
+        let v = serde_json::json!({
+            "model": sd.name,
+            "family": sd.info.family.to_string(),
+            "load_s": load_s,
+            "batches": summary,
+            "peak_rss_mb": sd_pipeline::output::peak_rss_mb(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish() % (1u64 << 32)
+}
+
+fn step_bar(steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn phase_spinner(msg: &str) -> ProgressBar {
+    let s = ProgressBar::new_spinner();
+    s.set_message(msg.to_string());
+    s.enable_steady_tick(std::time::Duration::from_millis(120));
+    s
+}

@@ -1,0 +1,128 @@
+//! Bad input through the real `sd` binary: each case must give a clear message, the documented exit code
+//! (2 = how the command was called, 1 = runtime problem), no panic/backtrace, and no partial output file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sd"))
+}
+
+fn model() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/sd1").to_string()
+}
+
+fn init_png() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/pipeline/init.png").to_string()
+}
+
+/// Run, returning (exit code, stderr); asserts nothing panicked.
+fn run(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().expect("run sd");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "panic leaked to the user:\n{stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
+}
+
+fn generate(out: &Path) -> Command {
+    let mut c = sd();
+    c.args(["generate", "--model", &model(), "--steps", "2", "--dtype", "f32", "--device", "cpu", "-q", "--seed", "1"]);
+    c.arg("--output").arg(out.join("{seed}.png"));
+    c
+}
+
+#[test]
+fn width_not_multiple_of_8_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(generate(dir.path()).args(["a cat", "--width", "500", "--height", "64"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--width 500") && err.contains("multiple of 8"), "{err}");
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[test]
+fn strength_zero_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(generate(dir.path()).args(["a cat", "--init-image", &init_png(), "--strength", "0"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--strength"), "{err}");
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[test]
+fn unknown_sampler_lists_valid_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(generate(dir.path()).args(["a cat", "--sampler", "eulr-a", "--width", "64", "--height", "64"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("eulr-a") && err.to_lowercase().contains("did you mean"), "{err}");
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[test]
+fn missing_model_pieces_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("model");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(Path::new(&model()).join("model_index.json"), broken.join("model_index.json")).unwrap();
+    let out = dir.path().join("out");
+    let mut c = sd();
+    c.args(["generate", "a cat", "--model"]).arg(&broken).args(["-q", "--device", "cpu", "--output"]).arg(out.join("x.png"));
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("missing") && err.contains("text_encoder") || err.contains("unet"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn unreadable_image_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let (code, err) = run(generate(&out).args(["a cat"]).arg("--init-image").arg(&bad));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bad.png"), "{err}");
+    assert!(files_in(&out).is_empty());
+}
+
+#[test]
+fn mask_of_the_wrong_size_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("mask.png");
+    image::GrayImage::new(32, 32).save(&mask).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let (code, err) = run(generate(&out).args(["a cat", "--init-image", &init_png()]).arg("--mask").arg(&mask));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--mask is 32x32") && err.contains("64x64"), "{err}");
+    assert!(files_in(&out).is_empty());
+}
+
+#[test]
+fn existing_output_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("1.png");
+    std::fs::write(&target, b"precious").unwrap();
+    let (code, err) = run(generate(dir.path()).args(["a cat", "--width", "64", "--height", "64"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already exists") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    assert_eq!(files_in(dir.path()).len(), 1, "a temp file was left behind");
+}
+
+#[test]
+fn generates_a_png_with_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(generate(dir.path()).args(["a cat", "--width", "64", "--height", "64"]));
+    assert_eq!(code, 0, "{err}");
+    let png = dir.path().join("1.png");
+    let bytes = std::fs::read(&png).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("parameters") && text.contains("Seed: 1") && text.contains("Negative prompt:"), "no A1111 parameters chunk");
+    assert!(text.contains("trainedAlgorithmicMedia"), "no IPTC digital source type");
+}
