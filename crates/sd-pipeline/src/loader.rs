@@ -100,7 +100,16 @@ impl StableDiffusion {
             vae = AutoencoderKL::load(&vae_dir, Kind::Float, device)?;
         }
         let taesd = match &opts.taesd {
-            Some(p) => Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?),
+            Some(p) => {
+                // TAESD always maps 8x8 pixels to one latent; another VAE scale would decode to the wrong size.
+                if vae.scale_factor() != 8 {
+                    anyhow::bail!(
+                        "--taesd decodes latents at 1/8 scale, but this model's VAE works at 1/{}: use its own VAE",
+                        vae.scale_factor()
+                    );
+                }
+                Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?)
+            }
             None => None,
         };
         let safety = if opts.load_safety_checker { SafetyChecker::load(&root, dtype, device)? } else { None };
