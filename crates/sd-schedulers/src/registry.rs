@@ -120,6 +120,11 @@ fn classes() -> Vec<Class> {
             defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"deis","solver_type":"logrho","lower_order_final":true,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"timestep_spacing":"linspace","steps_offset":0,"use_dynamic_shifting":false,"time_shift_type":"exponential"}"#,
             make: |n, c| boxed(samplers::deis::Deis::new(n, c)),
         },
+        Class {
+            name: "DPMSolverSinglestepScheduler",
+            defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"dpmsolver++","solver_type":"midpoint","lower_order_final":false,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"final_sigmas_type":"zero","lambda_min_clipped":null,"variance_type":null,"use_dynamic_shifting":false,"time_shift_type":"exponential"}"#,
+            make: |n, c| boxed(samplers::dpm_singlestep::DpmSinglestep::new(n, c)),
+        },
     ]
 }
 
@@ -144,7 +149,8 @@ fn specs() -> Vec<Spec> {
         Spec { name: "edm-euler", a1111: &["EDM Euler"], class: "EDMEulerScheduler", overrides: "{}", description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets" },
         Spec { name: "deis", a1111: &["DEIS"], class: "DEISMultistepScheduler", overrides: "{}", description: "DEIS multistep (log-rho), second order" },
         // Known names whose classes are not implemented yet: `build` says so instead of "unknown sampler".
-        Spec { name: "dpmpp-2s-a", a1111: &["DPM++ 2S a"], class: "DPMSolverSinglestepScheduler", overrides: "{}", description: "DPM-Solver++ singlestep (not implemented)" },
+        Spec { name: "dpmpp-2s", a1111: &[], class: "DPMSolverSinglestepScheduler", overrides: r#"{"algorithm_type":"dpmsolver++","solver_order":2}"#, description: "DPM-Solver++ singlestep, second order (diffusers' closest to A1111 DPM++ 2S a, without the ancestral noise)" },
+        Spec { name: "dpmpp-2s-a", a1111: &["DPM++ 2S a"], class: "DPMSolverSinglestepAncestral", overrides: "{}", description: "DPM++ 2S ancestral (no diffusers class; not implemented)" },
         Spec { name: "dpmpp-sde", a1111: &["DPM++ SDE"], class: "DPMSolverSDEScheduler", overrides: "{}", description: "DPM-Solver++ SDE with a Brownian tree (not implemented)" },
         Spec { name: "dpm-2m", a1111: &[], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver","solver_order":2,"final_sigmas_type":"sigma_min"}"#, description: "DPM-Solver (noise prediction) second-order multistep" },
     ]
