@@ -215,7 +215,8 @@ fn apply_schedule(cfg: &mut Map<String, Value>, schedule: Option<&str>, sampler:
         "beta" => set_flag(cfg, Some("use_beta_sigmas"))?,
         "sgm-uniform" => {
             set_flag(cfg, None)?;
-            if !cfg.contains_key("timestep_spacing") {
+            let class = cfg.get("_class_name").and_then(Value::as_str).unwrap_or_default();
+            if !cfg.contains_key("timestep_spacing") || SPACING_IGNORED.contains(&class) {
                 bail!("sampler {sampler} has no timestep_spacing option, so sgm-uniform is not available");
             }
             cfg.insert("timestep_spacing".into(), json!("trailing"));
@@ -233,6 +234,9 @@ fn apply_schedule(cfg: &mut Map<String, Value>, schedule: Option<&str>, sampler:
     Ok(None)
 }
 
+/// Classes that carry `timestep_spacing` in their config but never read it (consistency-model timesteps).
+const SPACING_IGNORED: [&str; 2] = ["LCMScheduler", "TCDScheduler"];
+
 /// Classes whose diffusers `set_timesteps` takes custom sigmas or timesteps (what AYS needs).
 const AYS_CLASSES: [&str; 4] = ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "HeunDiscreteScheduler", "DDPMScheduler"];
 
@@ -247,7 +251,7 @@ pub fn list() -> Vec<SamplerInfo> {
             let has = |k: &str| class.is_some_and(|c| c.defaults.contains(&format!("\"{k}\"")));
             let mut schedules = vec!["normal"];
             for (k, n) in [("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"), ("use_beta_sigmas", "beta"), ("timestep_spacing", "sgm-uniform")] {
-                if has(k) {
+                if has(k) && !(n == "sgm-uniform" && SPACING_IGNORED.contains(&s.class)) {
                     schedules.push(n);
                 }
             }
