@@ -297,4 +297,34 @@ mod tests {
         assert_eq!(round6(14.614641189575195), 14.614641);
         assert_eq!(round6(1.0000005000000001), 1.000001);
     }
+
+    /// Split points are canonical (halfway, seeded by position), so increments add up across queries and trees.
+    #[test]
+    fn increments_add_up_and_are_reproducible() {
+        let shape = [1i64, 4, 3, 3];
+        let mut t = BrownianTree::new(0.03, 14.6, &shape, 7).unwrap();
+        let ab = t.query(0.5, 2.25).unwrap();
+        let bc = t.query(2.25, 9.0).unwrap();
+        let mut fresh = BrownianTree::new(0.03, 14.6, &shape, 7).unwrap();
+        let ac = fresh.query(0.5, 9.0).unwrap();
+        let diff = (&ab + &bc - &ac).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "W(a,b) + W(b,c) - W(a,c) = {diff}");
+        let again = BrownianTree::new(0.03, 14.6, &shape, 7).unwrap().query(0.5, 2.25).unwrap();
+        assert_eq!(again.abs().sum(Kind::Double).double_value(&[]), ab.abs().sum(Kind::Double).double_value(&[]));
+        let other = BrownianTree::new(0.03, 14.6, &shape, 8).unwrap().query(0.5, 2.25).unwrap();
+        assert!((&other - &ab).abs().max().double_value(&[]) > 1e-3, "a different seed gives different noise");
+    }
+
+    #[test]
+    #[ignore = "timing only"]
+    fn timing_sd_latent() {
+        let shape = [1i64, 4, 128, 128];
+        let s = std::time::Instant::now();
+        let mut n = BrownianNoise::new(0.0292, 14.6146, &shape, 1).unwrap();
+        let sig: Vec<f32> = (0..=40).map(|i| 14.6146 * (0.0292f32 / 14.6146).powf(i as f32 / 40.0)).collect();
+        for w in sig.windows(2) {
+            let _ = n.sample(w[0], w[1]).unwrap();
+        }
+        eprintln!("40 queries on 1x4x128x128: {:?}, {} nodes", s.elapsed(), n.tree.nodes.len());
+    }
 }
