@@ -13,7 +13,7 @@
 
 use anyhow::{ensure, Context, Result};
 use sd_core::TorchGenerator;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use tch::{Device, Kind, Tensor};
 
 const INIT_A: u32 = 0x43b0_d7e5;
@@ -23,8 +23,6 @@ const MULT_B: u32 = 0x58f3_8ded;
 const MIX_MULT_L: u32 = 0xca01_f9dd;
 const MIX_MULT_R: u32 = 0x4973_f715;
 const POOL_SIZE: usize = 24;
-/// torchsde's least-recently-used cache size (it only saves work; values do not depend on it).
-const CACHE_SIZE: usize = 45;
 
 /// An integer as numpy's `_int_to_uint32_array`: little-endian 32-bit words, `[0]` for zero.
 fn words(mut n: u128) -> Vec<u32> {
@@ -113,8 +111,11 @@ pub struct BrownianTree {
     entropy: u64,
     /// Unrounded interval ends (the root increment's variance uses them).
     root_w: Tensor,
+    /// Increments known from the previous query (the nodes it visited and their siblings). Consecutive sampler
+    /// queries share an end point, so their paths overlap; values never depend on what is cached.
     cache: HashMap<usize, Tensor>,
-    order: VecDeque<usize>,
+    /// Number of `randn` draws so far (for tests and timing).
+    pub draws: usize,
 }
 
 fn randn(shape: &[i64], seed: u32) -> Result<Tensor> {
@@ -137,7 +138,7 @@ impl BrownianTree {
             w_seed: 0,
             children: None,
         };
-        Ok(Self { nodes: vec![root], shape: shape.to_vec(), entropy, root_w, cache: HashMap::new(), order: VecDeque::new() })
+        Ok(Self { nodes: vec![root], shape: shape.to_vec(), entropy, root_w, cache: HashMap::new(), draws: 0 })
     }
 
     fn split_exact(&mut self, id: usize, midway: f64) -> Result<()> {
@@ -215,29 +216,75 @@ impl BrownianTree {
         Ok(())
     }
 
-    /// The increment W over one tree interval (the Brownian bridge down from the root).
-    fn increment(&mut self, id: usize) -> Result<Tensor> {
-        if let Some(w) = self.cache.get(&id) {
-            return Ok(w.shallow_clone());
-        }
-        let Some(p) = self.nodes[id].parent else { return Ok(self.root_w.shallow_clone()) };
-        let w = self.increment(p)?;
-        let par = &self.nodes[p];
-        let mid = par.midway.context("internal: parent without midway")?;
-        let h_rec = 1.0 / (par.end - par.start);
-        let (ld, rd) = (mid - par.start, par.end - mid);
-        let noise = randn(&self.shape, par.w_seed)?;
+    /// The increments of the children of `id` (whose increment is `w`): the Brownian bridge `W·l/h + sqrt(l·r/h)·z`
+    /// for the left one and the rest for the right one, in torchsde's float32 op order.
+    fn children_increments(&mut self, id: usize, w: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.draws += 1;
+        let n = &self.nodes[id];
+        let mid = n.midway.context("internal: split node without midway")?;
+        let h_rec = 1.0 / (n.end - n.start);
+        let (ld, rd) = (mid - n.start, n.end - mid);
+        let noise = randn(&self.shape, n.w_seed)?;
         let mean = w.f_mul_scalar(ld)?.f_mul_scalar(h_rec)?;
         let left = mean.f_add(&noise.f_mul_scalar((ld * rd * h_rec).sqrt())?)?;
-        let out = if self.nodes[id].is_left { left } else { w.f_sub(&left)? };
-        if self.order.len() >= CACHE_SIZE {
-            if let Some(old) = self.order.pop_front() {
-                self.cache.remove(&old);
+        let right = w.f_sub(&left)?;
+        Ok((left, right))
+    }
+
+    /// Σ W over `leaves` (disjoint, left to right), walking down from the root once: every node on the way costs at
+    /// most one draw, none if the previous query already knew its children. (torchsde draws per node with a
+    /// 45-entry cache, which a query of ~40 intervals on ~20-deep paths overflows; the values are the same.)
+    fn sum_increments(&mut self, leaves: &[usize]) -> Result<Tensor> {
+        let leaf_set: HashSet<usize> = leaves.iter().copied().collect();
+        let mut needed = HashSet::new();
+        for &l in leaves {
+            let mut cur = Some(l);
+            while let Some(c) = cur {
+                if !needed.insert(c) {
+                    break;
+                }
+                cur = self.nodes[c].parent;
             }
         }
-        self.order.push_back(id);
-        self.cache.insert(id, out.shallow_clone());
-        Ok(out)
+        let old = std::mem::take(&mut self.cache);
+        let mut acc: Option<Tensor> = None;
+        let mut stack = vec![(0usize, self.root_w.shallow_clone())];
+        while let Some((id, w)) = stack.pop() {
+            self.cache.insert(id, w.shallow_clone());
+            if leaf_set.contains(&id) {
+                acc = Some(match acc {
+                    None => w,
+                    Some(a) => a.f_add(&w)?,
+                });
+                continue;
+            }
+            let (l, r) = self.nodes[id].children.context("internal: Brownian tree path through a leaf")?;
+            let (nl, nr) = (needed.contains(&l), needed.contains(&r));
+            let (cl, cr) = (old.get(&l).map(Tensor::shallow_clone), old.get(&r).map(Tensor::shallow_clone));
+            let (wl, wr) = match (cl, cr) {
+                (Some(a), Some(b)) => (Some(a), Some(b)),
+                (Some(a), None) if !nr => (Some(a), None),
+                (None, Some(b)) if !nl => (None, Some(b)),
+                _ => {
+                    let (a, b) = self.children_increments(id, &w)?;
+                    (Some(a), Some(b))
+                }
+            };
+            // both children are kept: the next query (which shares an end point) usually needs the sibling
+            for (c, wc) in [(l, &wl), (r, &wr)] {
+                if let Some(t) = wc {
+                    self.cache.insert(c, t.shallow_clone());
+                }
+            }
+            // right pushed first so the left subtree (earlier in time) is summed first, as torchsde does
+            if let (true, Some(t)) = (nr, wr) {
+                stack.push((r, t));
+            }
+            if let (true, Some(t)) = (nl, wl) {
+                stack.push((l, t));
+            }
+        }
+        acc.context("internal: empty Brownian tree query")
     }
 
     /// `BrownianInterval(ta, tb)`: W(tb) − W(ta), query times clamped to the tree's (rounded) ends.
@@ -251,11 +298,7 @@ impl BrownianTree {
         }
         let mut ids = vec![];
         self.locate(round6(ta), round6(tb), &mut ids)?;
-        let mut w = self.increment(ids[0])?;
-        for &id in &ids[1..] {
-            w = w.f_add(&self.increment(id)?)?;
-        }
-        Ok(w)
+        self.sum_increments(&ids)
     }
 }
 
@@ -315,16 +358,27 @@ mod tests {
         assert!((&other - &ab).abs().max().double_value(&[]) > 1e-3, "a different seed gives different noise");
     }
 
+    /// `BT_SHAPE=1,4,128,128 cargo test --release -p sd-schedulers --lib timing -- --ignored --nocapture`
     #[test]
     #[ignore = "timing only"]
     fn timing_sd_latent() {
-        let shape = [1i64, 4, 128, 128];
+        let shape: Vec<i64> = std::env::var("BT_SHAPE")
+            .map(|v| v.split(',').map(|x| x.parse().unwrap()).collect())
+            .unwrap_or(vec![1, 4, 128, 128]);
         let s = std::time::Instant::now();
         let mut n = BrownianNoise::new(0.0292, 14.6146, &shape, 1).unwrap();
         let sig: Vec<f32> = (0..=40).map(|i| 14.6146 * (0.0292f32 / 14.6146).powf(i as f32 / 40.0)).collect();
+        // the SDE sampler's pattern: to the midpoint, then the full step
         for w in sig.windows(2) {
+            let _ = n.sample(w[0], (w[0] * w[1]).sqrt()).unwrap();
             let _ = n.sample(w[0], w[1]).unwrap();
         }
-        eprintln!("40 queries on 1x4x128x128: {:?}, {} nodes", s.elapsed(), n.tree.nodes.len());
+        let (nodes, draws) = (n.tree.nodes.len(), n.tree.draws);
+        eprintln!("80 queries on {shape:?}: {:?}, {nodes} nodes, {draws} draws", s.elapsed());
+        let s = std::time::Instant::now();
+        for i in 0..20 {
+            let _ = randn(&shape, i).unwrap();
+        }
+        eprintln!("one randn of {shape:?}: {:?}", s.elapsed() / 20);
     }
 }
