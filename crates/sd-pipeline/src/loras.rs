@@ -89,7 +89,7 @@ pub fn resolve_lora(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
     }
     let found = lora_files(dir);
     let list = if found.is_empty() { "none".to_string() } else { found.join(", ") };
-    bail!("unknown LoRA `{name}` in <lora:{name}>: {} holds {list}", dir.display())
+    bail!("unknown LoRA `{name}` in <lora:{name}>: LoRA files found in {}: {list}", dir.display())
 }
 
 /// Parse `FILE:WEIGHT` (weight optional = 1.0; the last `:` splits, so Windows-style paths still work).
