@@ -10,6 +10,7 @@
 //! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
+//! | [`single_file`] | `.safetensors`/`.ckpt` checkpoints loaded through the `sd convert` mapping (cached) |
 
 pub mod family;
 pub mod generate;
@@ -20,3 +21,4 @@ pub mod loras;
 pub mod output;
 pub mod prompt;
 pub mod request;
+pub mod single_file;

@@ -36,6 +36,8 @@ pub struct LoadOptions {
     /// LoRA files and multipliers merged into the UNet and text encoders at load (empty: weights are
     /// memory-mapped as stored).
     pub loras: Vec<(PathBuf, f64)>,
+    /// Component configs for single-file checkpoints of unusual architectures (`--config-dir`).
+    pub config_dir: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -49,6 +51,7 @@ impl LoadOptions {
             prediction_type: None,
             load_safety_checker: true,
             loras: Vec::new(),
+            config_dir: None,
         }
     }
 }
@@ -66,16 +69,22 @@ pub struct StableDiffusion {
     pub scheduler_config: serde_json::Value,
     pub force_zeros_for_empty_prompt: bool,
     pub opts: LoadOptions,
-    /// Display name for metadata (folder name).
+    /// Display name for metadata (folder or checkpoint name).
     pub name: String,
     /// LoRAs merged into the weights, in `opts.loras` order.
     pub loras: Vec<MergedLora>,
+    /// The checkpoint file when the model came from one (its hash is A1111's "Model hash").
+    pub source_file: Option<PathBuf>,
 }
 
 impl StableDiffusion {
     /// Load a diffusers folder or an HF-cache repo id.
     pub fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
-        let dir = ModelDir::open(spec)?;
+        let source_file = crate::single_file::is_single_file(spec).then(|| PathBuf::from(spec));
+        let dir = match &source_file {
+            Some(file) => ModelDir::open_folder(&crate::single_file::converted_folder(file, opts.config_dir.as_deref())?)?,
+            None => ModelDir::open(spec)?,
+        };
         let mut info = ModelInfo::detect(&dir)?;
         if let Some(f) = opts.family {
             info.family = f;
@@ -111,7 +120,16 @@ impl StableDiffusion {
             vae = AutoencoderKL::load(&vae_dir, Kind::Float, device)?;
         }
         let taesd = match &opts.taesd {
-            Some(p) => Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?),
+            Some(p) => {
+                // TAESD always maps 8x8 pixels to one latent; another VAE scale would decode to the wrong size.
+                if vae.scale_factor() != 8 {
+                    anyhow::bail!(
+                        "--taesd decodes latents at 1/8 scale, but this model's VAE works at 1/{}: use its own VAE",
+                        vae.scale_factor()
+                    );
+                }
+                Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?)
+            }
             None => None,
         };
         let safety = if opts.load_safety_checker { SafetyChecker::load(&root, dtype, device)? } else { None };
@@ -121,8 +139,9 @@ impl StableDiffusion {
         }
         let force_zeros_for_empty_prompt =
             dir.index.get("force_zeros_for_empty_prompt").and_then(|v| v.as_bool()).unwrap_or(info.family == Family::Sdxl);
-        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
-        Ok(Self { dir, info, text, unet, vae, taesd, safety, scheduler_config, force_zeros_for_empty_prompt, opts, name, loras })
+        let named = source_file.as_ref().and_then(|f| f.file_stem()).or(root.file_name());
+        let name = named.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
+        Ok(Self { dir, info, text, unet, vae, taesd, safety, scheduler_config, force_zeros_for_empty_prompt, opts, name, source_file, loras })
     }
 
     /// The prompt-encoding style this model needs.

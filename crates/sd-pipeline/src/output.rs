@@ -98,9 +98,9 @@ pub fn save_outputs(
         }
         _ => None,
     };
-    let model_hash = sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None)
-        .ok()
-        .and_then(|p| crate::hash_cache::short_hash(&p));
+    // A1111 hashes the checkpoint file; a diffusers folder has none, so its UNet weights stand in.
+    let hashed = sd.source_file.clone().or_else(|| sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None).ok());
+    let model_hash = hashed.and_then(|p| crate::hash_cache::short_hash(&p));
     let mut saved = Vec::new();
     for (i, image) in generated.images.iter().enumerate() {
         let flagged = verdicts.as_ref().is_some_and(|v| v.get(i).is_some_and(|v| v.flagged));

@@ -22,9 +22,13 @@ use std::time::Instant;
 pub struct Args {
     /// The prompt (A1111 syntax: (word:1.2), [word], BREAK, embedding names, <lora:name:weight>)
     pub prompt: String,
-    /// Model: a diffusers folder, or an org/name repo id present in the Hugging Face cache
+    /// Model: a diffusers folder, a single-file .safetensors/.ckpt checkpoint (converted once, cached), or an
+    /// org/name repo id present in the Hugging Face cache
     #[arg(long, short = 'm', env = "SD_MODEL")]
     pub model: String,
+    /// Component configs for a single-file checkpoint whose architecture is not standard SD1/SD2/SDXL
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
     /// What the image should not contain
     #[arg(long, short = 'n', default_value = "")]
     pub negative_prompt: String,
@@ -192,6 +196,7 @@ pub fn run(args: Args) -> Result<()> {
     opts.prediction_type = prediction;
     opts.load_safety_checker = safety != Some(SafetyMode::Off);
     opts.loras = loras;
+    opts.config_dir = args.config_dir.clone();
     let mut sd = StableDiffusion::load(&args.model, opts)?;
     if let Some(dir) = &args.embeddings_dir {
         for note in sd.text.load_embeddings(dir)? {

@@ -9,7 +9,8 @@
 //! | [`ldm`] | UNet and VAE name mapping |
 //! | [`clip`] | CLIP-L and OpenCLIP-H/bigG text encoder mapping |
 //! | [`plan`] | the per-tensor conversion plan and its executor |
-//! | [`family`] | model family detection, component configs, ignore table |
+//! | [`family`] | model family detection, ignore table, text-encoder planning |
+//! | [`configs`] | component configs: `--config-dir` or canonical JSON patched from shapes |
 //! | [`writer`] | streaming safetensors writer and the diffusers folder writer |
 //!
 //! Reference: diffusers 0.42.1 `loaders/single_file_utils.py`.
@@ -17,6 +18,7 @@
 pub mod allow;
 pub mod ckpt;
 pub mod clip;
+pub mod configs;
 pub mod family;
 pub mod ldm;
 pub mod pickle;
