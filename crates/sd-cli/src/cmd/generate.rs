@@ -18,7 +18,8 @@ use std::time::Instant;
   sd generate --model ./sdxl-base \"a red fox\" --sampler \"DPM++ 2M Karras\" --width 1024 --height 1024
   sd generate --model ./sd15 \"a castle\" --init-image sketch.png --strength 0.6
   sd generate --model ./sd15-inpainting \"a cat\" --init-image photo.png --mask mask.png
-  sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0")]
+  sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0
+  sd generate --model ./sd15 \"a knight, my-style <lora:ink:0.7>\" --lora-dir ./loras --embeddings-dir ./embeddings")]
 pub struct Args {
     /// The prompt (A1111 syntax: (word:1.2), [word], BREAK, embedding names, <lora:name:weight>)
     pub prompt: String,
