@@ -290,6 +290,7 @@ pub fn run(args: Args) -> Result<()> {
             "model": sd.name,
             "family": sd.info.family.to_string(),
             "load_s": load_s,
+            "loras": sd.loras.iter().map(|l| serde_json::json!({ "path": l.path, "weight": l.weight, "ignored_keys": l.ignored })).collect::<Vec<_>>(),
             "batches": summary,
             "peak_rss_mb": sd_pipeline::output::peak_rss_mb(),
         });
