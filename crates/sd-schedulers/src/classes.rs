@@ -18,6 +18,9 @@ fn boxed<S: Scheduler + 'static>(r: Result<S>) -> Result<Box<dyn Scheduler>> {
     Ok(Box::new(r?))
 }
 
+/// The "class" of DPM++ 2S a, which diffusers lacks (shown by `sd samplers`).
+pub const K2SA: &str = "k-diffusion sample_dpmpp_2s_ancestral";
+
 pub const COMMON: &str = r#""num_train_timesteps":1000,"beta_start":0.0001,"beta_end":0.02,"beta_schedule":"linear","trained_betas":null"#;
 
 pub fn classes() -> Vec<Class> {
@@ -102,6 +105,16 @@ pub fn classes() -> Vec<Class> {
             defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"dpmsolver++","solver_type":"midpoint","lower_order_final":false,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"final_sigmas_type":"zero","lambda_min_clipped":null,"variance_type":null,"use_dynamic_shifting":false,"time_shift_type":"exponential"}"#,
             make: |n, c| boxed(samplers::dpm_singlestep::DpmSinglestep::new(n, c)),
         },
+        Class {
+            name: "DPMSolverSDEScheduler",
+            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"prediction_type":"epsilon","use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"noise_sampler_seed":null,"timestep_spacing":"linspace","steps_offset":0}"#,
+            make: |n, c| boxed(samplers::dpm_sde::DpmSde::new(n, c)),
+        },
+        // no diffusers class: k-diffusion's sampler over EulerDiscreteScheduler's sigma options
+        Class {
+            name: K2SA,
+            defaults: r#"{"prediction_type":"epsilon","use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"timestep_spacing":"linspace","steps_offset":0,"rescale_betas_zero_snr":false}"#,
+            make: |n, c| boxed(samplers::dpmpp_2s_ancestral::Dpmpp2sAncestral::new(n, c)),
+        },
     ]
 }
-

@@ -48,10 +48,9 @@ fn specs() -> Vec<Spec> {
         Spec { name: "tcd", a1111: &["TCD"], class: "TCDScheduler", overrides: "{}", description: "Trajectory consistency sampling (TCD models; gamma via eta, pipeline default 0)" },
         Spec { name: "edm-euler", a1111: &["EDM Euler"], class: "EDMEulerScheduler", overrides: "{}", description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets" },
         Spec { name: "deis", a1111: &["DEIS"], class: "DEISMultistepScheduler", overrides: "{}", description: "DEIS multistep (log-rho), second order" },
-        // Known names whose classes are not implemented yet: `build` says so instead of "unknown sampler".
         Spec { name: "dpmpp-2s", a1111: &[], class: "DPMSolverSinglestepScheduler", overrides: r#"{"algorithm_type":"dpmsolver++","solver_order":2}"#, description: "DPM-Solver++ singlestep, second order (diffusers' closest to A1111 DPM++ 2S a, without the ancestral noise)" },
-        Spec { name: "dpmpp-2s-a", a1111: &["DPM++ 2S a"], class: "DPMSolverSinglestepAncestral", overrides: "{}", description: "DPM++ 2S ancestral (no diffusers class; not implemented)" },
-        Spec { name: "dpmpp-sde", a1111: &["DPM++ SDE"], class: "DPMSolverSDEScheduler", overrides: "{}", description: "DPM-Solver++ SDE with a Brownian tree (not implemented)" },
+        Spec { name: "dpmpp-2s-a", a1111: &["DPM++ 2S a"], class: crate::classes::K2SA, overrides: "{}", description: "DPM++ 2S ancestral (k-diffusion; two model calls per step, fresh noise every step)" },
+        Spec { name: "dpmpp-sde", a1111: &["DPM++ SDE"], class: "DPMSolverSDEScheduler", overrides: "{}", description: "DPM-Solver++ SDE (two model calls per step, Brownian-tree noise seeded once per run)" },
         Spec { name: "dpm-2m", a1111: &[], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver","solver_order":2,"final_sigmas_type":"sigma_min"}"#, description: "DPM-Solver (noise prediction) second-order multistep" },
     ]
 }

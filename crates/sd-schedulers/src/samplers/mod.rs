@@ -14,3 +14,5 @@ pub mod lcm;
 pub mod edm_euler;
 pub mod deis;
 pub mod dpm_singlestep;
+pub mod dpm_sde;
+pub mod dpmpp_2s_ancestral;
