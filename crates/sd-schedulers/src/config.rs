@@ -51,6 +51,8 @@ pub struct SchedulerConfig {
     pub sigma_schedule: String,
     pub rho: f64,
     pub eta: f64,
+    /// `DPMSolverSDEScheduler`'s Brownian-tree seed; `None` draws it from the sampling generator.
+    pub noise_sampler_seed: Option<u64>,
 }
 
 impl Default for SchedulerConfig {
@@ -96,6 +98,7 @@ impl Default for SchedulerConfig {
             sigma_schedule: "karras".into(),
             rho: 7.0,
             eta: 0.0,
+            noise_sampler_seed: None,
         }
     }
 }

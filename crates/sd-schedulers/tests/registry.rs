@@ -54,11 +54,23 @@ fn unknown_names_list_valid_ones_and_suggest() {
 }
 
 #[test]
-fn known_but_unimplemented_samplers_say_so() {
-    for name in ["DPM++ 2S a Karras", "DPM++ SDE"] {
-        let e = err(build(name, &sd1(), None));
-        assert!(e.contains("not implemented"), "{name}: {e}");
+fn sde_and_2s_ancestral_resolve_from_a1111_names() {
+    for (name, want, karras) in [
+        ("DPM++ SDE", "dpmpp-sde", false),
+        ("DPM++ SDE Karras", "dpmpp-sde", true),
+        ("dpmpp-sde", "dpmpp-sde", false),
+        ("DPM++ 2S a", "dpmpp-2s-a", false),
+        ("DPM++ 2S a Karras", "dpmpp-2s-a", true),
+        ("dpmpp_2s_a", "dpmpp-2s-a", false),
+    ] {
+        let s = build(name, &sd1(), None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(s.name(), want, "{name}");
+        assert_eq!(s.config().use_karras_sigmas, karras, "{name}");
+        assert_eq!(s.order(), 2, "{name}");
     }
+    assert_eq!(build("DPM++ SDE", &sd1(), None).unwrap().config().class_name, "DPMSolverSDEScheduler");
+    let names: Vec<&str> = sd_schedulers::list().iter().map(|i| i.name).collect();
+    assert!(names.contains(&"dpmpp-sde") && names.contains(&"dpmpp-2s-a"), "{names:?}");
 }
 
 #[test]

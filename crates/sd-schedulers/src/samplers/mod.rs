@@ -13,3 +13,6 @@ pub mod unipc;
 pub mod lcm;
 pub mod edm_euler;
 pub mod deis;
+pub mod dpm_singlestep;
+pub mod dpm_sde;
+pub mod dpmpp_2s_ancestral;

@@ -1,6 +1,8 @@
 //! Replays the reference sampler loops recorded by `scripts/fixtures/gen_10_schedulers.py` (diffusers 0.42.1 with a
 //! deterministic stand-in model) through `sd_schedulers::build_with` and compares every step.
 
+#![allow(dead_code)] // each test binary uses part of this module
+
 use sd_core::TorchGenerator;
 use sd_schedulers::{build_with, img2img_timesteps};
 use serde_json::Value;
@@ -11,10 +13,9 @@ pub fn fixture_dir() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/schedulers").to_string()
 }
 
-fn load(family: &str) -> (Value, HashMap<String, Tensor>) {
-    let dir = fixture_dir();
+fn load(dir: &str, family: &str) -> (Value, HashMap<String, Tensor>) {
     let j = std::fs::read_to_string(format!("{dir}/{family}.json"))
-        .unwrap_or_else(|e| panic!("missing fixture {dir}/{family}.json ({e}); run scripts/fixtures/gen_10_schedulers.py"));
+        .unwrap_or_else(|e| panic!("missing fixture {dir}/{family}.json ({e}); run the scripts/fixtures/gen_1*_schedulers*.py that writes it"));
     let t = Tensor::read_safetensors(format!("{dir}/{family}.safetensors")).expect("fixture safetensors");
     (serde_json::from_str(&j).expect("fixture json"), t.into_iter().collect())
 }
@@ -26,7 +27,12 @@ fn max_abs(t: &Tensor) -> f64 {
 /// Run every case of `family`; `tol` is relative: max |rust - diffusers| ≤ tol · max(1, max |diffusers|) per step.
 /// Returns the number of cases checked.
 pub fn run_family(family: &str, samplers: &[&str], tol: f64) -> usize {
-    let (meta, tensors) = load(family);
+    run_family_in(&fixture_dir(), family, samplers, tol)
+}
+
+/// `run_family` for fixtures under another directory (e.g. `fixtures/schedulers_sde`).
+pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> usize {
+    let (meta, tensors) = load(dir, family);
     let shape: Vec<i64> = meta["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     let col = |k: &str| {
         let v: Vec<f32> = meta[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
@@ -34,6 +40,7 @@ pub fn run_family(family: &str, samplers: &[&str], tol: f64) -> usize {
     };
     let (a, b) = (col("a"), col("b"));
     let mut checked = 0;
+    let mut worst = 0f64;
     for cs in meta["cases"].as_array().unwrap() {
         let sampler = cs["sampler"].as_str().unwrap();
         if !samplers.contains(&sampler) {
@@ -74,10 +81,11 @@ pub fn run_family(family: &str, samplers: &[&str], tol: f64) -> usize {
         }
         let ins = cs["init_noise_sigma"].as_f64().unwrap();
         assert!((s.init_noise_sigma() - ins).abs() <= 1e-5 * ins.max(1.0), "{what}: init_noise_sigma {} vs {ins}", s.init_noise_sigma());
-        let check = |i: usize, x: &Tensor| {
+        let mut check = |i: usize, x: &Tensor| {
             let r = states.get(i as i64);
             let err = max_abs(&(x - &r));
             let scale = max_abs(&r).max(1.0);
+            worst = worst.max(err / scale);
             assert!(err <= tol * scale, "{what}: state {i} differs: max abs err {err:e} (scale {scale}, tol {tol:e})");
         };
         check(0, &latents);
@@ -91,5 +99,6 @@ pub fn run_family(family: &str, samplers: &[&str], tol: f64) -> usize {
         checked += 1;
     }
     assert!(checked > 0, "no fixture cases for {samplers:?} in {family}");
+    eprintln!("{family} {samplers:?}: {checked} cases, worst relative error {worst:e}");
     checked
 }

@@ -1,0 +1,207 @@
+//! DPM-Solver++ SDE (A1111 "DPM++ SDE") — diffusers `DPMSolverSDEScheduler`: a second-order stochastic step in
+//! log-sigma time whose noise comes from a Brownian tree (see `brownian.rs`), so the noise of a step is the
+//! Brownian increment between its two sigmas rather than a fresh draw.
+//!
+//! The tree's seed is the config's `noise_sampler_seed`. diffusers draws it, when unset, from torch's *global*
+//! generator (`torch.randint(0, 2**63 - 1, [])`), which the pipeline's generator never touches; here it is drawn the
+//! same way but from the sampling generator, once, at the first `step` after `set_timesteps` (so a seeded run is
+//! reproducible; it equals diffusers with `noise_sampler_seed` set to that draw). The scalar sigma arithmetic is
+//! done in float32 with LibTorch's own log/exp, as diffusers does on 0-d float32 tensors, because the Brownian
+//! query times depend on those exact values.
+
+use crate::brownian::BrownianNoise;
+use crate::common::{f32, noise_index, StepIndex};
+use crate::ksched;
+use crate::schedule::{check_steps, np_linspace, spaced_timesteps_int, TrainSchedule};
+use crate::samplers::heun::interleave_tail;
+use crate::sigmas::{interp_index, sigma_to_t};
+use crate::{Prediction, Scheduler, SchedulerConfig};
+use anyhow::{ensure, Context, Result};
+use sd_core::TorchGenerator;
+use tch::{Device, Tensor};
+
+/// torch float32 scalar ops (0-d tensors), so results match diffusers to the bit.
+pub(crate) fn t_log(x: f32) -> f32 {
+    Tensor::from(x).log().double_value(&[]) as f32
+}
+pub(crate) fn t_exp(x: f32) -> f32 {
+    Tensor::from(x).exp().double_value(&[]) as f32
+}
+pub(crate) fn t_expm1(x: f32) -> f32 {
+    Tensor::from(x).expm1().double_value(&[]) as f32
+}
+/// k-diffusion's `t_fn` (−log σ) and `sigma_fn` (exp(−t)).
+pub(crate) fn t_fn(sigma: f32) -> f32 {
+    -t_log(sigma)
+}
+pub(crate) fn sigma_fn(t: f32) -> f32 {
+    t_exp(-t)
+}
+
+/// x0 from the model output at `sigma`, in diffusers' float32 op order.
+pub(crate) fn denoised32(pred: Prediction, sample: &Tensor, out: &Tensor, sigma: f32) -> Result<Tensor> {
+    Ok(match pred {
+        Prediction::VPrediction => {
+            let s2 = sigma * sigma + 1.0;
+            out.f_mul_scalar((-sigma / s2.sqrt()) as f64)?.f_add(&sample.f_div_scalar(s2 as f64)?)?
+        }
+        _ => sample.f_sub(&out.f_mul_scalar(sigma as f64)?)?,
+    })
+}
+
+pub struct DpmSde {
+    name: String,
+    cfg: SchedulerConfig,
+    pred: Prediction,
+    train: TrainSchedule,
+    timesteps: Vec<f64>,
+    /// float32 sigmas laid out as diffusers' (`[s0, s1, s1, …, s_last, s_last, 0]`).
+    sigmas: Vec<f64>,
+    idx: StepIndex,
+    /// The sample at the start of the pending second-order step and the midpoint sigma.
+    pending: Option<(Tensor, f32)>,
+    noise: Option<BrownianNoise>,
+}
+
+impl DpmSde {
+    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+        cfg.check_sigma_flags()?;
+        let pred = cfg.prediction()?;
+        ensure!(
+            pred != Prediction::Sample,
+            "DPM++ SDE (DPMSolverSDEScheduler) does not support prediction_type \"sample\" (diffusers neither)"
+        );
+        let train = TrainSchedule::new(&cfg)?;
+        Ok(Self {
+            name: name.into(),
+            cfg,
+            pred,
+            train,
+            timesteps: vec![],
+            sigmas: vec![],
+            idx: StepIndex::default(),
+            pending: None,
+            noise: None,
+        })
+    }
+}
+
+impl Scheduler for DpmSde {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
+        check_steps(&self.cfg, n)?;
+        // this class spaces "linspace" timesteps in float64 (not float32 like Euler)
+        let mut ts = match self.cfg.timestep_spacing.as_str() {
+            "linspace" => np_linspace(0.0, (self.cfg.num_train_timesteps - 1) as f64, n).into_iter().rev().collect(),
+            _ => spaced_timesteps_int(&self.cfg, n)?,
+        };
+        let mut sig: Vec<f64> = ts.iter().map(|&t| interp_index(t, &self.train.sigmas)).collect();
+        if let Some(s) = ksched::respace(&self.cfg, &sig, n) {
+            ts = s.iter().map(|&x| sigma_to_t(x, &self.train.log_sigmas)).collect();
+            sig = s;
+        }
+        // second-order timesteps: the log-sigma midpoints of consecutive (float64) sigmas
+        let mids: Vec<f64> = sig
+            .windows(2)
+            .map(|w| {
+                let (a, b) = (-w[0].ln(), -w[1].ln());
+                sigma_to_t((-(a + (b - a) * 0.5)).exp(), &self.train.log_sigmas)
+            })
+            .collect();
+        let mut timesteps = vec![ts[0]];
+        for (m, t) in mids.iter().zip(&ts[1..]) {
+            timesteps.push(*m);
+            timesteps.push(*t);
+        }
+        sig.push(0.0);
+        let sig32: Vec<f64> = sig.iter().map(|&s| s as f32 as f64).collect();
+        let mut laid = interleave_tail(&sig32[..sig32.len() - 1]);
+        laid.push(0.0);
+        self.timesteps = timesteps;
+        self.sigmas = laid;
+        self.idx.reset();
+        self.pending = None;
+        self.noise = None;
+        Ok(())
+    }
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+    fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        ksched::init_noise_sigma(&self.cfg, &self.sigmas)
+    }
+    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
+        let i = self.idx.get(&self.timesteps, timestep)?;
+        let s = match &self.pending {
+            None => self.sigmas[i] as f32,
+            Some((_, mid)) => *mid,
+        };
+        Ok(sample.f_div_scalar((s * s + 1.0).sqrt() as f64)?)
+    }
+    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+        let i = self.idx.get(&self.timesteps, timestep)?;
+        ensure!(i + 1 < self.sigmas.len(), "step called after the last timestep");
+        let out = f32(model_output)?;
+        let sample = f32(sample)?;
+        if self.noise.is_none() {
+            let pos: Vec<f32> = self.sigmas.iter().filter(|s| **s > 0.0).map(|s| *s as f32).collect();
+            let lo = pos.iter().cloned().fold(f32::INFINITY, f32::min);
+            let hi = self.sigmas.iter().map(|s| *s as f32).fold(f32::NEG_INFINITY, f32::max);
+            // torch.randint(0, 2**63 - 1, []): one 64-bit draw modulo the range
+            let seed = self.cfg.noise_sampler_seed.unwrap_or_else(|| gen.next_u64() % ((1u64 << 63) - 1));
+            self.noise = Some(BrownianNoise::new(lo, hi, &sample.size(), seed)?);
+        }
+        let first = self.pending.is_none();
+        let (sigma, sigma_next) =
+            if first { (self.sigmas[i] as f32, self.sigmas[i + 1] as f32) } else { (self.sigmas[i - 1] as f32, self.sigmas[i] as f32) };
+        let t = t_fn(sigma);
+        let prev = if sigma_next == 0.0 {
+            let x0 = denoised32(self.pred, &sample, &out, sigma)?;
+            let d = sample.f_sub(&x0)?.f_div_scalar(sigma as f64)?;
+            sample.f_add(&d.f_mul_scalar(-sigma as f64)?)?
+        } else {
+            let t_next = t_fn(sigma_next);
+            let t_prop = t + (t_next - t) * 0.5;
+            let x0 = denoised32(self.pred, &sample, &out, if first { sigma } else { sigma_fn(t_prop) })?;
+            let (t_to, base) = match self.pending.take() {
+                None => (t_prop, sample),
+                Some((s, _)) => (t_next, s),
+            };
+            let (s_from, s_to) = (sigma_fn(t), sigma_fn(t_to));
+            let (f2, t2) = (s_from * s_from, s_to * s_to);
+            let up_raw = (t2 * (f2 - t2) / f2).sqrt();
+            let up = if up_raw < s_to { up_raw } else { s_to };
+            let down = (t2 - up * up).sqrt();
+            let t_anc = t_fn(down);
+            let c1 = sigma_fn(t_anc) / sigma_fn(t);
+            let c2 = t_expm1(t - t_anc);
+            let prev = base.f_mul_scalar(c1 as f64)?.f_sub(&x0.f_mul_scalar(c2 as f64)?)?;
+            let noise = self.noise.as_mut().context("internal: no noise sampler")?.sample(s_from, s_to)?;
+            let prev = prev.f_add(&noise.to_device(prev.device()).f_mul_scalar(up as f64)?)?;
+            if first {
+                self.pending = Some((base, s_to));
+            }
+            prev
+        };
+        self.idx.advance();
+        Ok(prev.f_to_kind(model_output.kind())?)
+    }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        let i = noise_index(&self.idx, &self.timesteps, timestep)?;
+        Ok(original.f_add(&noise.f_mul_scalar(self.sigmas[i])?)?)
+    }
+    fn order(&self) -> usize {
+        2
+    }
+    fn set_begin_index(&mut self, begin_index: usize) {
+        self.idx.begin = Some(begin_index);
+    }
+    fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+}
