@@ -7,6 +7,8 @@
 //!
 //! usage: cargo xtask compare [--quick] [--sizes 256,512] [--dtypes f32,bf16] [--steps 20] [--repeats 3]
 //!        [--unet-repeats 3] [--model DIR] [--skip-unet] [--skip-txt2img] [--no-build]
+//!
+//! `SD_BENCH_PYTHON=/path/to/python` uses an existing Python environment instead of the fixtures virtualenv.
 
 use crate::fixtures::ensure_venv;
 use crate::util::{cargo, root};
@@ -65,6 +67,15 @@ fn parse(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
+/// The Python with the reference stack: `$SD_BENCH_PYTHON` when set (an existing environment, e.g. offline),
+/// else the fixtures virtualenv (created or updated from `scripts/fixtures/requirements.txt`).
+pub fn bench_python(root: &Path) -> Result<PathBuf> {
+    match std::env::var_os("SD_BENCH_PYTHON") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => ensure_venv(root),
+    }
+}
+
 /// The release binaries' folder (honours CARGO_TARGET_DIR like cargo does).
 pub fn release_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("release")
@@ -86,7 +97,7 @@ pub fn ensure_random_model(root: &Path, py: &Path, family: &str) -> Result<PathB
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let root = root();
-    let py = ensure_venv(&root)?;
+    let py = bench_python(&root)?;
     let model = match &o.model {
         Some(m) => m.clone(),
         None => ensure_random_model(&root, &py, "sd15")?,

@@ -4,8 +4,7 @@
 //! and prints the max abs errors (f32, tolerance 1e-3). The committed tiny-model fixtures are checked by the
 //! ordinary tests; this catches what only appears at full size (head counts, depths, shapes).
 
-use crate::compare::{ensure_random_model, release_dir};
-use crate::fixtures::ensure_venv;
+use crate::compare::{bench_python, ensure_random_model, release_dir};
 use crate::util::{cargo, root, run_cmd};
 use anyhow::{bail, Context, Result};
 
@@ -26,7 +25,7 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("parity: only `cargo xtask parity --full` exists (the tiny-model parity runs in `cargo test`)");
     }
     let root = root();
-    let py = ensure_venv(&root)?;
+    let py = bench_python(&root)?;
     cargo(&root, &["build", "--release", "-p", "sd-benches", "--example", "parity_full"])?;
     let bin = release_dir(&root).join("examples/parity_full");
     for family in families {
