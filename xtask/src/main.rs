@@ -6,11 +6,15 @@
 //! | `test` | setup, then every test, doctest and bench (in test mode) of the workspace |
 //! | `demo` | setup, release build, then the main job |
 //! | `fixtures` | regenerate the committed PyTorch reference fixtures (Python venv under `target/pyenv`) |
+//! | `compare` | sd-rs vs diffusers speed and peak memory on a full-size random-weight SD1.5 (`--quick`: 256 px) |
+//! | `parity --full` | full-size random-weight SD1.5 (`--sdxl`: and SDXL) against diffusers, f32, max abs error ≤ 1e-3 |
 //! | `convert-weights` | release-build `sd` and run `sd convert ARGS…` (single-file checkpoint → diffusers folder) |
 //!
 //! This crate uses only std and anyhow, because it must build before LibTorch exists.
 
+mod compare;
 mod fixtures;
+mod parity;
 mod setup;
 mod util;
 
@@ -36,6 +40,8 @@ fn run() -> Result<()> {
         "demo" => demo(rest),
         "fixtures" => fixtures::run(rest),
         "convert-weights" => convert_weights(rest),
+        "compare" => compare::run(rest),
+        "parity" => parity::run(rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -55,6 +61,8 @@ fn print_help() {
          test       setup, then run every test of the workspace\n  \
          demo       setup, build in release mode and run the main job\n  \
          fixtures   regenerate reference fixtures with PyTorch/diffusers (needs network access to PyPI)\n  \
+         compare [--quick]  time sd-rs against diffusers (UNet step, whole txt2img; wall time, peak RSS)\n  \
+         parity --full [--sdxl]  full-size random-weight models against diffusers (slow; not in CI)\n  \
          convert-weights ARGS  build `sd` (release) and run `sd convert ARGS` (see `sd convert --help`)"
     );
 }

@@ -21,6 +21,53 @@ pub enum AttentionMode {
     SliceHeads(i64),
     /// Explicit softmax(q·kᵀ)·v over chunks of `size` queries: the score matrix is `size × keys` per head.
     SliceQueries(i64),
+    /// Batched matrix products (`baddbmm` for the scaled scores, `bmm` with the values) over chunks of `size`
+    /// queries, every head at once; `0` sizes the chunk so one chunk's scores take at most [`MATMUL_CHUNK_BYTES`].
+    Matmul(i64),
+    /// Pick per call from the tensor shapes and dtype with [`AttentionMode::resolve`].
+    Auto,
+}
+
+/// Score memory one [`AttentionMode::Matmul`] chunk may use when its size is `0` (automatic).
+pub const MATMUL_CHUNK_BYTES: i64 = 64 << 20;
+
+impl AttentionMode {
+    /// The concrete mode used for q `[B, H, Lq, D]` against `lk` keys in `kind` (identity for every mode but `Auto`).
+    ///
+    /// Measured on a Zen 5 CPU (avx512_bf16, LibTorch 2.13, batch 2 × 8 heads, SD1.5 shapes: Lq ∈ {4096, 1024, 256},
+    /// D ∈ {40, 80, 160}, Lk ∈ {Lq, 77}): the fused SDPA kernel (flash attention on the CPU) was faster than the
+    /// matmul path at every shape, 1.1–5× in bf16 and 1–3× in f32, and never materialises the score matrix, so it is
+    /// also the low-memory choice. Padding D = 40 to 48/64 for the kernel did not pay either. `Auto` therefore
+    /// resolves to SDPA; the matmul path stays available (`--attention matmul`) for backends whose SDPA falls back
+    /// to the unfused math kernel. `scripts/bench/attention.py` re-measures the table.
+    pub fn resolve(self, _q: &[i64], _lk: i64, _kind: Kind) -> AttentionMode {
+        match self {
+            AttentionMode::Auto => AttentionMode::Sdpa,
+            other => other,
+        }
+    }
+}
+
+impl std::str::FromStr for AttentionMode {
+    type Err = anyhow::Error;
+
+    /// `sdpa`, `matmul[:N]`, `sliced[:N]` (query chunks of N, default 1024) or `auto`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, n) = match s.split_once(':') {
+            Some((a, b)) => match b.parse::<i64>() {
+                Ok(v) if v > 0 => (a, Some(v)),
+                _ => bail!("attention mode {s:?}: the chunk size after ':' must be a positive integer"),
+            },
+            None => (s, None),
+        };
+        Ok(match name {
+            "sdpa" if n.is_none() => AttentionMode::Sdpa,
+            "auto" if n.is_none() => AttentionMode::Auto,
+            "matmul" => AttentionMode::Matmul(n.unwrap_or(0)),
+            "sliced" => AttentionMode::SliceQueries(n.unwrap_or(1024)),
+            _ => bail!("unknown attention mode {s:?}: expected sdpa, matmul[:N], sliced[:N] or auto"),
+        })
+    }
 }
 
 /// softmax(q·kᵀ·scale)·v for q `[B, H, Lq, D]`, k and v `[B, H, Lk, D]` (v may have another last dimension);
@@ -38,7 +85,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>, upcast:
         None => (q.shallow_clone(), k.shallow_clone(), v.shallow_clone()),
     };
     let scale = scale.unwrap_or(1.0 / (qs[3] as f64).sqrt());
-    let out = match mode {
+    let out = match mode.resolve(&qs, ks[2], q.kind()) {
+        AttentionMode::Auto => bail!("internal: AttentionMode::Auto did not resolve"),
+        AttentionMode::Matmul(size) => matmul_chunks(&q, &k, &v, scale, size)?,
         AttentionMode::Sdpa => Tensor::f_scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, scale, false)
             .context("scaled_dot_product_attention failed")?,
         AttentionMode::SliceHeads(size) => {
@@ -80,6 +129,29 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>, upcast:
 fn math(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let scores = q.f_matmul(&k.transpose(-1, -2))? * scale;
     Ok(scores.f_softmax(-1, scores.kind())?.f_matmul(v)?)
+}
+
+/// Every head at once as batched products over chunks of queries: scores `[B·H, chunk, Lk]` from one `baddbmm`
+/// (scale folded into alpha), softmax in place, then one `bmm` with the values written into the output slice.
+fn matmul_chunks(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, size: i64) -> Result<Tensor> {
+    let (qs, dv) = (q.size(), v.size()[3]);
+    let (bh, lq, lk) = (qs[0] * qs[1], qs[2], k.size()[2]);
+    let elem = q.kind().elt_size_in_bytes() as i64;
+    let chunk = if size > 0 { size } else { (MATMUL_CHUNK_BYTES / (bh * lk * elem).max(1)).max(1) }.min(lq);
+    let qf = q.f_reshape([bh, lq, qs[3]])?;
+    let kt = k.f_reshape([bh, lk, qs[3]])?.transpose(1, 2);
+    let vf = v.f_reshape([bh, lk, dv])?;
+    let empty = Tensor::f_empty([1, 1, 1], (q.kind(), q.device()))?;
+    let mut parts = Vec::with_capacity((lq / chunk + 1) as usize);
+    let mut start = 0;
+    while start < lq {
+        let len = chunk.min(lq - start);
+        let scores = empty.f_baddbmm(&qf.narrow(1, start, len), &kt, 0.0, scale)?;
+        parts.push(scores.f_softmax(-1, q.kind())?.f_bmm(&vf)?);
+        start += len;
+    }
+    let out = if parts.len() == 1 { parts.remove(0) } else { Tensor::f_cat(&parts, 1)? };
+    Ok(out.f_reshape([qs[0], qs[1], lq, dv])?)
 }
 
 /// diffusers `Attention` as used by transformer blocks: bias-free q/k/v projections, an output projection with bias,

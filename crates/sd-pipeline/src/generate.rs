@@ -269,7 +269,15 @@ impl StableDiffusion {
                     Some(s) => z + s,
                     None => z,
                 };
-                let x = self.vae.decode(&z.to_kind(self.vae_kind()))?;
+                let z = z.to_kind(self.vae_kind());
+                let (scale, size) = (self.vae.scale_factor(), z.size());
+                let (h, w) = (size[2] * scale, size[3] * scale);
+                let x = if self.vae.tiling().is_none() && crate::memory::vae_decode_needs_tiling(cfg, size[0], h, w, self.vae_kind()) {
+                    let tiling = sd_models::vae::TilingConfig::for_config(cfg);
+                    sd_models::vae::tiled_decode(&z, &tiling, scale, |tile| self.vae.decode(tile))?
+                } else {
+                    self.vae.decode(&z)?
+                };
                 (x.to_kind(Kind::Float) / 2.0 + 0.5).clamp(0.0, 1.0)
             }
         };

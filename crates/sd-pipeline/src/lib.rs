@@ -17,6 +17,7 @@ pub mod generate;
 pub mod hash_cache;
 pub mod init_image;
 pub mod loader;
+pub mod memory;
 pub mod loras;
 pub mod output;
 pub mod prompt;

@@ -13,8 +13,9 @@ use anyhow::{Context, Result};
 use sd_core::model_dir::{find_weights, ModelDir};
 use sd_models::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use sd_models::safety::SafetyChecker;
+use sd_models::attention::AttentionMode;
 use sd_models::unet::{UNet2DConditionModel, UNetConfig};
-use sd_models::vae::{AutoencoderKL, AutoencoderTiny};
+use sd_models::vae::{AutoencoderKL, AutoencoderTiny, TilingConfig};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
@@ -33,6 +34,11 @@ pub struct LoadOptions {
     pub prediction_type: Option<String>,
     /// Load `safety_checker/` when the folder has one.
     pub load_safety_checker: bool,
+    /// How the UNet evaluates attention (`Auto`: per shape, see `AttentionMode::resolve`).
+    pub attention: AttentionMode,
+    /// Trade speed for memory: VAE decode/encode in tiles (attention on the CPU is already the fused kernel,
+    /// which never holds the whole score matrix).
+    pub low_memory: bool,
     /// LoRA files and multipliers merged into the UNet and text encoders at load (empty: weights are
     /// memory-mapped as stored).
     pub loras: Vec<(PathBuf, f64)>,
@@ -50,6 +56,8 @@ impl LoadOptions {
             family: None,
             prediction_type: None,
             load_safety_checker: true,
+            attention: AttentionMode::Auto,
+            low_memory: false,
             loras: Vec::new(),
             config_dir: None,
         }
@@ -103,11 +111,12 @@ impl StableDiffusion {
         }
         let text = TextEncoders::new(pairs)?;
         let unet_dir = dir.component_dir("unet")?;
-        let unet = match merger.as_mut() {
+        let mut unet = match merger.as_mut() {
             None => UNet2DConditionModel::load(&unet_dir, dtype, device),
             Some(m) => load_unet_merged(&unet_dir, m, dtype, device),
         }
         .with_context(|| format!("loading the UNet of {}", root.display()))?;
+        unet.set_attention_mode(opts.attention);
         let loras = match merger {
             Some(m) => m.finish(&present)?,
             None => Vec::new(),
@@ -118,6 +127,10 @@ impl StableDiffusion {
             .with_context(|| format!("loading the VAE of {}", root.display()))?;
         if opts.vae_dtype.is_none() && dtype == Kind::Half && vae.config().force_upcast {
             vae = AutoencoderKL::load(&vae_dir, Kind::Float, device)?;
+        }
+        if opts.low_memory {
+            let tiling = TilingConfig::for_config(vae.config());
+            vae.set_tiling(Some(tiling));
         }
         let taesd = match &opts.taesd {
             Some(p) => {

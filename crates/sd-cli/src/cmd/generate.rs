@@ -128,6 +128,15 @@ pub struct Args {
     /// A file of terms (one per line) that make sd refuse a prompt
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Attention backend: auto (per shape), sdpa, matmul[:N] or sliced[:N] (N = queries per chunk)
+    #[arg(long, default_value = "auto")]
+    pub attention: String,
+    /// Intra-op threads (default: the number of physical cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use less memory at some cost in speed: tiled VAE decode/encode
+    #[arg(long)]
+    pub low_memory: bool,
     /// No progress bars
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -159,6 +168,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     if args.strength.is_some() && args.init_image.is_none() {
         usage!("--strength only applies with --init-image");
+    }
+    let attention: sd_models::attention::AttentionMode =
+        args.attention.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
+    match args.threads {
+        Some(0) => usage!("--threads must be at least 1"),
+        Some(n) => tch::set_num_threads(n as i32),
+        None => tch::set_num_threads(sd_core::device::physical_cores() as i32),
     }
     let emphasis: sd_pipeline::prompt::Emphasis =
         args.emphasis.parse().map_err(|e: anyhow::Error| super::UsageError(format!("--emphasis: {e}")))?;
@@ -196,6 +212,8 @@ pub fn run(args: Args) -> Result<()> {
     opts.family = family;
     opts.prediction_type = prediction;
     opts.load_safety_checker = safety != Some(SafetyMode::Off);
+    opts.attention = attention;
+    opts.low_memory = args.low_memory;
     opts.loras = loras;
     opts.config_dir = args.config_dir.clone();
     let mut sd = StableDiffusion::load(&args.model, opts)?;

@@ -1,0 +1,98 @@
+//! One classifier-free-guidance UNet step (batch 2) of sd-rs, median of N: our side of the per-step comparison in
+//! `cargo xtask compare` (the reference side is `scripts/bench/unet_step.py`, same inputs and output format).
+//!
+//! usage: cargo run --release -p sd-benches --example unet_step -- --model DIR [--size 512] [--dtype f32|bf16]
+//!        [--repeats 5] [--warmup 1] [--attention auto|sdpa|matmul|sliced] [--threads N]
+//!
+//! Prints one `UNET_STEP {json}` line on stdout.
+
+use anyhow::{bail, Context, Result};
+use sd_models::attention::AttentionMode;
+use sd_models::unet::UNet2DConditionModel;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+struct Args {
+    model: PathBuf,
+    size: i64,
+    dtype: String,
+    repeats: usize,
+    warmup: usize,
+    attention: String,
+    threads: Option<i32>,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args { model: PathBuf::new(), size: 512, dtype: "bf16".into(), repeats: 5, warmup: 1, attention: "auto".into(), threads: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = PathBuf::from(value()?),
+            "--size" => a.size = value()?.parse().context("--size")?,
+            "--dtype" => a.dtype = value()?,
+            "--repeats" => a.repeats = value()?.parse().context("--repeats")?,
+            "--warmup" => a.warmup = value()?.parse().context("--warmup")?,
+            "--attention" => a.attention = value()?,
+            "--threads" => a.threads = Some(value()?.parse().context("--threads")?),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if a.model.as_os_str().is_empty() {
+        bail!("--model DIR is required (a diffusers pipeline folder or its unet/ folder)");
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let a = parse()?;
+    tch::set_num_threads(a.threads.unwrap_or(sd_core::device::physical_cores() as i32));
+    let kind = match a.dtype.as_str() {
+        "f32" => Kind::Float,
+        "bf16" => Kind::BFloat16,
+        other => bail!("--dtype {other}: expected f32 or bf16"),
+    };
+    let dir = if a.model.join("unet").is_dir() { a.model.join("unet") } else { a.model.clone() };
+    let mut unet = UNet2DConditionModel::load(&dir, kind, Device::Cpu)?;
+    unet.set_attention_mode(a.attention.parse::<AttentionMode>()?);
+    let cfg = unet.config().clone();
+    tch::manual_seed(0);
+    let lat = a.size / 8;
+    let x = Tensor::randn([2, cfg.in_channels, lat, lat], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let ctx_dim = cfg.cross_attention_dim.expand(1, "cross_attention_dim").map(|v| v[0]).unwrap_or(768);
+    let ctx = Tensor::randn([2, 77, ctx_dim], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let t = Tensor::from(500.0f32);
+    let mut times = Vec::new();
+    tch::no_grad(|| -> Result<()> {
+        for i in 0..a.warmup + a.repeats {
+            let start = Instant::now();
+            let _ = unet.forward(&x, &t, &ctx, None, None)?;
+            if i >= a.warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    })?;
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let n = sorted.len();
+    let median = match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    let min = sorted.first().copied().unwrap_or(f64::NAN);
+    let r4 = |v: f64| (v * 1e4).round() / 1e4;
+    println!(
+        "UNET_STEP {{\"impl\": \"sd-rs\", \"size\": {}, \"dtype\": \"{}\", \"attention\": \"{}\", \"median_s\": {}, \"min_s\": {}, \"times\": {:?}, \"threads\": {}}}",
+        a.size,
+        a.dtype,
+        a.attention,
+        r4(median),
+        r4(min),
+        times.iter().map(|&v| r4(v)).collect::<Vec<_>>(),
+        tch::get_num_threads()
+    );
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The attention backends selectable with `--attention` compute the same function as the reference softmax(q·kᵀ/√d)·v.
+
+use sd_models::attention::{attention, AttentionMode};
+use tch::{Device, Kind, Tensor};
+
+/// The textbook formula in f64 (the reference every mode is compared with).
+fn reference(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let (q, k, v) = (q.to_kind(Kind::Double), k.to_kind(Kind::Double), v.to_kind(Kind::Double));
+    let d = q.size()[3] as f64;
+    (q.matmul(&k.transpose(-1, -2)) / d.sqrt()).softmax(-1, Kind::Double).matmul(&v)
+}
+
+fn max_err(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+}
+
+fn inputs(kind: Kind, lq: i64, lk: i64, d: i64) -> (Tensor, Tensor, Tensor) {
+    tch::manual_seed(7);
+    let opts = (Kind::Float, Device::Cpu);
+    let q = Tensor::randn([2, 3, lq, d], opts).to_kind(kind);
+    let k = Tensor::randn([2, 3, lk, d], opts).to_kind(kind);
+    let v = Tensor::randn([2, 3, lk, d], opts).to_kind(kind);
+    (q, k, v)
+}
+
+const MODES: [AttentionMode; 6] = [
+    AttentionMode::Sdpa,
+    AttentionMode::Auto,
+    AttentionMode::Matmul(0),
+    AttentionMode::Matmul(7),
+    AttentionMode::SliceQueries(5),
+    AttentionMode::SliceHeads(2),
+];
+
+/// f32: every mode within 1e-5 of the f64 formula (self- and cross-attention shapes, a ragged last chunk).
+#[test]
+fn f32_modes_match_reference() {
+    for (lq, lk, d) in [(64, 64, 40), (50, 77, 16)] {
+        let (q, k, v) = inputs(Kind::Float, lq, lk, d);
+        let want = reference(&q, &k, &v);
+        for mode in MODES {
+            let got = attention(&q, &k, &v, None, false, mode).expect("attention");
+            assert_eq!(got.size(), [2, 3, lq, d], "{mode:?}");
+            let err = max_err(&got, &want);
+            assert!(err <= 1e-5, "{mode:?} lq={lq} lk={lk} d={d}: max abs error {err} > 1e-5");
+        }
+    }
+}
+
+/// bf16: unit-variance inputs, compared with the f64 formula on the same (bf16-rounded) inputs. bf16 keeps 8
+/// significant bits (relative step 2⁻⁸ ≈ 0.0039) and the scores, probabilities and output are each rounded, so
+/// the stated tolerance is 3e-2 absolute on outputs of magnitude ≲ 3; the matmul path must also stay within
+/// 2× the fused kernel's own error + 1e-2.
+#[test]
+fn bf16_modes_match_reference() {
+    let (q, k, v) = inputs(Kind::BFloat16, 256, 256, 40);
+    let want = reference(&q, &k, &v);
+    let sdpa = max_err(&attention(&q, &k, &v, None, false, AttentionMode::Sdpa).expect("sdpa"), &want);
+    for mode in MODES {
+        let got = attention(&q, &k, &v, None, false, mode).expect("attention");
+        assert_eq!(got.kind(), Kind::BFloat16);
+        let err = max_err(&got, &want);
+        assert!(err <= 3e-2, "{mode:?}: bf16 max abs error {err} > 3e-2");
+        assert!(err <= 2.0 * sdpa + 1e-2, "{mode:?}: bf16 error {err} much worse than SDPA's {sdpa}");
+    }
+}
+
+#[test]
+fn modes_parse_from_cli_names() {
+    let parse = |s: &str| s.parse::<AttentionMode>();
+    assert_eq!(parse("sdpa").expect("sdpa"), AttentionMode::Sdpa);
+    assert_eq!(parse("auto").expect("auto"), AttentionMode::Auto);
+    assert_eq!(parse("matmul").expect("matmul"), AttentionMode::Matmul(0));
+    assert_eq!(parse("matmul:512").expect("matmul:512"), AttentionMode::Matmul(512));
+    assert_eq!(parse("sliced").expect("sliced"), AttentionMode::SliceQueries(1024));
+    assert_eq!(parse("sliced:64").expect("sliced:64"), AttentionMode::SliceQueries(64));
+    for bad in ["flash", "matmul:0", "matmul:x", "sdpa:4", ""] {
+        let err = parse(bad).expect_err(bad).to_string();
+        assert!(err.contains("attention mode"), "{bad}: {err}");
+    }
+}
+
+/// Auto resolves to a concrete mode for every SD1.5 attention shape (never to itself).
+#[test]
+fn auto_resolves_to_a_concrete_mode() {
+    for (lq, d) in [(4096, 40), (1024, 80), (256, 160), (64, 160)] {
+        for lk in [lq, 77] {
+            for kind in [Kind::Float, Kind::BFloat16] {
+                assert_ne!(AttentionMode::Auto.resolve(&[2, 8, lq, d], lk, kind), AttentionMode::Auto);
+            }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+"""Time diffusers' StableDiffusionPipeline (or the XL one) on a model folder: the reference side of `cargo xtask compare`.
+
+usage: python diffusers_txt2img.py --model DIR [--steps 20] [--size 512] [--dtype f32|bf16] [--seed 0]
+                                   [--sampler euler|euler-a|ddim|dpmpp-2m|default] [--out FILE.png] [--threads N]
+
+Run it under measure.py for whole-process wall time and peak RSS; this script prints its own phase timings
+(import, load, generate) as one `TIMINGS {json}` line on stderr.
+"""
+import argparse
+import json
+import sys
+import time
+
+T0 = time.perf_counter()
+import torch  # noqa: E402
+from diffusers import (  # noqa: E402
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
+
+SAMPLERS = {"euler": EulerDiscreteScheduler, "euler-a": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler,
+            "dpmpp-2m": DPMSolverMultistepScheduler}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="bf16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampler", default="euler", choices=["default", *SAMPLERS])
+    ap.add_argument("--prompt", default="a lighthouse at dawn, oil painting")
+    ap.add_argument("--cfg", type=float, default=7.0)
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
+    ap.add_argument("--out", help="save the image here")
+    a = ap.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    t_import = time.perf_counter() - T0
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    t = time.perf_counter()
+    pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=dtype)
+    if a.sampler != "default":
+        pipe.scheduler = SAMPLERS[a.sampler].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    t_load = time.perf_counter() - t
+    t = time.perf_counter()
+    with torch.inference_mode():
+        image = pipe(a.prompt, num_inference_steps=a.steps, height=a.size, width=a.size, guidance_scale=a.cfg,
+                     generator=torch.Generator().manual_seed(a.seed)).images[0]
+    t_gen = time.perf_counter() - t
+    if a.out:
+        image.save(a.out)
+    print("TIMINGS " + json.dumps({"import_s": round(t_import, 3), "load_s": round(t_load, 3), "generate_s": round(t_gen, 3),
+                                   "threads": torch.get_num_threads()}), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+//! `cargo xtask compare`: sd-rs against diffusers on a full-size random-weight SD1.5 folder, same CPU, runs
+//! alternated (ours, theirs, ours, …) so background load hits both sides alike.
+//!
+//! Measured: one CFG UNet step (median of several, `benches/examples/unet_step.rs` vs `scripts/bench/unet_step.py`),
+//! then whole-process txt2img (`sd generate` vs `scripts/bench/diffusers_txt2img.py`) under `scripts/bench/measure.py`
+//! (wall seconds, peak RSS). Prints a markdown table with medians, ratios (ours / theirs) and the load average.
+//!
+//! usage: cargo xtask compare [--quick] [--sizes 256,512] [--dtypes f32,bf16] [--steps 20] [--repeats 3]
+//!        [--unet-repeats 3] [--model DIR] [--skip-unet] [--skip-txt2img] [--no-build]
+//!
+//! `SD_BENCH_PYTHON=/path/to/python` uses an existing Python environment instead of the fixtures virtualenv.
+
+use crate::fixtures::ensure_venv;
+use crate::util::{cargo, root};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Opts {
+    sizes: Vec<u32>,
+    dtypes: Vec<String>,
+    steps: u32,
+    repeats: usize,
+    unet_repeats: usize,
+    model: Option<PathBuf>,
+    unet: bool,
+    txt2img: bool,
+    build: bool,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        sizes: vec![256, 512],
+        dtypes: vec!["f32".into(), "bf16".into()],
+        steps: 20,
+        repeats: 3,
+        unet_repeats: 3,
+        model: None,
+        unet: true,
+        txt2img: true,
+        build: true,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--quick" => {
+                o.sizes = vec![256];
+                o.repeats = 1;
+                o.unet_repeats = 2;
+            }
+            "--sizes" => o.sizes = value()?.split(',').map(|s| s.trim().parse().context("--sizes")).collect::<Result<_>>()?,
+            "--dtypes" => o.dtypes = value()?.split(',').map(|s| s.trim().to_string()).collect(),
+            "--steps" => o.steps = value()?.parse().context("--steps")?,
+            "--repeats" => o.repeats = value()?.parse().context("--repeats")?,
+            "--unet-repeats" => o.unet_repeats = value()?.parse().context("--unet-repeats")?,
+            "--model" => o.model = Some(PathBuf::from(value()?)),
+            "--skip-unet" => o.unet = false,
+            "--skip-txt2img" => o.txt2img = false,
+            "--no-build" => o.build = false,
+            other => bail!("compare: unknown argument {other}"),
+        }
+    }
+    if o.dtypes.iter().any(|d| d != "f32" && d != "bf16") {
+        bail!("compare: --dtypes takes f32 and/or bf16");
+    }
+    Ok(o)
+}
+
+/// The Python with the reference stack: `$SD_BENCH_PYTHON` when set (an existing environment, e.g. offline),
+/// else the fixtures virtualenv (created or updated from `scripts/fixtures/requirements.txt`).
+pub fn bench_python(root: &Path) -> Result<PathBuf> {
+    match std::env::var_os("SD_BENCH_PYTHON") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => ensure_venv(root),
+    }
+}
+
+/// The release binaries' folder (honours CARGO_TARGET_DIR like cargo does).
+pub fn release_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("release")
+}
+
+/// `target/bench/random-sd15`, created with `scripts/bench/random_model.py` when missing.
+pub fn ensure_random_model(root: &Path, py: &Path, family: &str) -> Result<PathBuf> {
+    let dir = root.join("target/bench").join(format!("random-{family}"));
+    if !dir.join("model_index.json").exists() {
+        let script = root.join("scripts/bench/random_model.py");
+        let status = Command::new(py).arg(&script).args(["--family", family, "--out"]).arg(&dir).status()?;
+        if !status.success() {
+            bail!("{} failed ({status})", script.display());
+        }
+    }
+    Ok(dir)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let root = root();
+    let py = bench_python(&root)?;
+    let model = match &o.model {
+        Some(m) => m.clone(),
+        None => ensure_random_model(&root, &py, "sd15")?,
+    };
+    if o.build {
+        cargo(&root, &["build", "--release", "-p", "sd-cli"])?;
+        cargo(&root, &["build", "--release", "-p", "sd-benches", "--example", "unet_step"])?;
+    }
+    let rel = release_dir(&root);
+    let (sd, step_bin) = (rel.join("sd"), rel.join("examples/unet_step"));
+    let out_dir = root.join("target/bench/out");
+    std::fs::create_dir_all(&out_dir)?;
+    let m = model.to_string_lossy().into_owned();
+    let measure = root.join("scripts/bench/measure.py").to_string_lossy().into_owned();
+    let load_start = loadavg();
+    let mut rows = Vec::new();
+    for dtype in &o.dtypes {
+        for &size in &o.sizes {
+            if o.unet {
+                let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+                for _ in 0..o.unet_repeats.max(1) {
+                    let common = ["--model", &m, "--size", &size.to_string(), "--dtype", dtype, "--repeats", "3"].map(String::from);
+                    ours.push(unet_step(Command::new(&step_bin).args(&common))?);
+                    let script = root.join("scripts/bench/unet_step.py");
+                    theirs.push(unet_step(Command::new(&py).arg(script).args(&common))?);
+                }
+                rows.push(Row::new(format!("UNet step (batch 2) {size} px"), dtype, &ours, &theirs, None));
+            }
+            if o.txt2img {
+                let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+                let (mut rss_o, mut rss_t) = (Vec::new(), Vec::new());
+                for r in 0..o.repeats.max(1) {
+                    let png = out_dir.join(format!("sd-{dtype}-{size}-{r}.png")).to_string_lossy().into_owned();
+                    let steps = o.steps.to_string();
+                    let s = size.to_string();
+                    let sd_args: Vec<String> = [
+                        "generate", "--model", &m, "a lighthouse at dawn, oil painting", "--steps", &steps, "-W", &s, "-H", &s,
+                        "--dtype", dtype, "--seed", "0", "--sampler", "euler", "--no-watermark", "--safety", "off", "-o", &png,
+                        "--overwrite", "-q",
+                    ]
+                    .map(String::from)
+                    .to_vec();
+                    let (w, rss) = measured(&py, &measure, &sd.to_string_lossy(), &sd_args)?;
+                    ours.push(w);
+                    rss_o.push(rss);
+                    let png = out_dir.join(format!("diffusers-{dtype}-{size}-{r}.png")).to_string_lossy().into_owned();
+                    let script = root.join("scripts/bench/diffusers_txt2img.py").to_string_lossy().into_owned();
+                    let py_args: Vec<String> = [
+                        script.as_str(), "--model", &m, "--steps", &steps, "--size", &s, "--dtype", dtype, "--seed", "0",
+                        "--sampler", "euler", "--out", &png,
+                    ]
+                    .map(String::from)
+                    .to_vec();
+                    let (w, rss) = measured(&py, &measure, &py.to_string_lossy(), &py_args)?;
+                    theirs.push(w);
+                    rss_t.push(rss);
+                }
+                let label = format!("txt2img {} steps {size} px (whole process)", o.steps);
+                rows.push(Row::new(label, dtype, &ours, &theirs, Some((median(&rss_o), median(&rss_t)))));
+            }
+        }
+    }
+    print_table(&rows, &load_start, &loadavg(), &model);
+    Ok(())
+}
+
+struct Row {
+    what: String,
+    dtype: String,
+    ours: f64,
+    theirs: f64,
+    n: usize,
+    rss: Option<(f64, f64)>,
+}
+
+impl Row {
+    fn new(what: String, dtype: &str, ours: &[f64], theirs: &[f64], rss: Option<(f64, f64)>) -> Self {
+        Row { what, dtype: dtype.to_string(), ours: median(ours), theirs: median(theirs), n: ours.len(), rss }
+    }
+}
+
+fn print_table(rows: &[Row], load_start: &str, load_end: &str, model: &Path) {
+    println!("\nmodel: {} | load average at start: {load_start} | at end: {load_end}\n", model.display());
+    println!("| measurement | dtype | runs | sd-rs (s) | diffusers (s) | time ratio | sd-rs peak RSS (MB) | diffusers peak RSS (MB) | RSS ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let (ro, rt, rr) = match r.rss {
+            Some((a, b)) => (format!("{a:.0}"), format!("{b:.0}"), format!("{:.2}", a / b)),
+            None => ("–".into(), "–".into(), "–".into()),
+        };
+        println!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.2} | {ro} | {rt} | {rr} |",
+            r.what, r.dtype, r.n, r.ours, r.theirs, r.ours / r.theirs
+        );
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        f64::NAN
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    }
+}
+
+/// Run a unet-step program and read `median_s` from its `UNET_STEP {json}` line.
+fn unet_step(cmd: &mut Command) -> Result<f64> {
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}):\n{}{}", out.status, text, String::from_utf8_lossy(&out.stderr));
+    }
+    let line = text.lines().find(|l| l.starts_with("UNET_STEP ")).with_context(|| format!("{cmd:?} printed no UNET_STEP line"))?;
+    eprintln!("{line}");
+    json_number(line, "median_s")
+}
+
+/// `measure.py -- PROGRAM ARGS`: (wall seconds, peak RSS MB) from its `MEASURE {json}` line on stderr.
+fn measured(py: &Path, measure: &str, program: &str, args: &[String]) -> Result<(f64, f64)> {
+    let out = Command::new(py).arg(measure).arg("--").arg(program).args(args).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("`{program} {}` failed ({}):\n{err}", args.join(" "), out.status);
+    }
+    let line = err.lines().find(|l| l.starts_with("MEASURE ")).context("measure.py printed no MEASURE line")?;
+    if let Some(t) = err.lines().find(|l| l.starts_with("TIMINGS ")) {
+        eprintln!("{t}");
+    }
+    eprintln!("{line}");
+    Ok((json_number(line, "wall_s")?, json_number(line, "peak_rss_mb")?))
+}
+
+/// The number after `"key":` in a flat JSON line (xtask stays dependency-free).
+fn json_number(line: &str, key: &str) -> Result<f64> {
+    let pat = format!("\"{key}\":");
+    let at = line.find(&pat).with_context(|| format!("no {key} in {line}"))? + pat.len();
+    let rest = line[at..].trim_start();
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().parse().with_context(|| format!("{key} in {line}"))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
