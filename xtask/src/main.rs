@@ -71,13 +71,27 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 fn demo(extra: &[String]) -> Result<()> {
+    if !extra.is_empty() {
+        bail!("`cargo xtask demo` takes no arguments; run `target/release/sd generate --help` for your own settings");
+    }
     setup::run()?;
     let root = util::root();
     util::cargo(&root, &["build", "--release", "-p", "sd-cli"])?;
     let sd = root.join("target/release/sd");
-    let mut args: Vec<String> = vec!["doctor".into()];
-    args.extend(extra.iter().cloned());
-    util::run_cmd(&root, sd.to_str().unwrap_or("sd"), &args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    let sd = sd.to_str().unwrap_or("sd");
+    util::run_cmd(&root, sd, &["doctor"])?;
+    // The main job: text-to-image end to end, then read the result back as any user could.
+    // The bundled fixture model has random weights (real SD weights cannot be shipped), so the picture is
+    // noise-like; pass --model to use your own weights (see README).
+    let model = root.join("fixtures/models/sd1");
+    let model = model.to_str().unwrap_or("fixtures/models/sd1");
+    let out = "outputs/demo-{seed}.png";
+    let args = vec![
+        "generate", "a red circle on a blue background", "--model", model, "--steps", "20", "--seed", "42",
+        "--width", "256", "--height", "256", "--sampler", "Euler a", "--output", out, "--overwrite",
+    ];
+    util::run_cmd(&root, sd, &args)?;
+    util::run_cmd(&root, sd, &["inspect", "outputs/demo-42.png"])
 }
 
 /// `cargo xtask convert-weights ARGS…` is `sd convert ARGS…` with a release build of `sd`.

@@ -25,6 +25,8 @@ pub const PHOTO_FILE: &str = "astronaut.png";
 
 pub fn run() -> Result<()> {
     let root = root();
+    // torch-sys compiles a small C++ shim against LibTorch's headers, and some crates build C code.
+    ensure_tools(&["g++"])?;
     libtorch(&root)?;
     data(&root)?;
     photo(&root)?;
@@ -182,7 +184,7 @@ fn ensure_tools(tools: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let packages: Vec<&str> = missing.iter().map(|t| if *t == "python3" { "python3" } else { *t }).collect();
+    let packages = missing.clone();
     if is_root() && have("apt-get") {
         eprintln!("setup: installing {} with apt-get", packages.join(" "));
         run_cmd(Path::new("/"), "apt-get", &["update", "-q"])?;

@@ -20,6 +20,8 @@ enum Command {
     Generate(Box<cmd::generate::Args>),
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
+    /// List the samplers (A1111 names, diffusers classes, schedules)
+    Samplers(cmd::samplers::Args),
     /// Convert a single-file checkpoint (.safetensors/.ckpt) into a diffusers folder
     Convert(Box<cmd::convert::Args>),
     /// Show the CLIP token ids and tokens of a prompt, and how much of the 75-token window it uses
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(*args),
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Samplers(args) => cmd::samplers::run(args),
         Command::Convert(args) => cmd::convert::run(*args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),

@@ -126,3 +126,14 @@ fn generates_a_png_with_parameters() {
     assert!(text.contains("parameters") && text.contains("Seed: 1") && text.contains("Negative prompt:"), "no A1111 parameters chunk");
     assert!(text.contains("trainedAlgorithmicMedia"), "no IPTC digital source type");
 }
+
+#[test]
+fn policy_file_refuses_a_listed_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.txt");
+    std::fs::write(&policy, "# artists I do not imitate\nGreg Example\n").unwrap();
+    let (code, err) = run(generate(dir.path()).args(["portrait in the style of greg example", "--policy"]).arg(&policy));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refused") && err.contains("Greg Example"), "{err}");
+    assert_eq!(files_in(dir.path()).len(), 1, "only the policy file should exist");
+}

@@ -22,5 +22,5 @@ pub mod rng;
 pub mod weights;
 
 pub use device::{ComputeDevice, DTypeChoice};
-pub use rng::TorchGenerator;
+pub use rng::{NormalKernel, TorchGenerator};
 pub use weights::VarBuilder;

@@ -118,3 +118,17 @@ fn non_float_kinds_are_refused() {
     assert!(err.contains("Int64"), "{err}");
     assert!(g.try_randn(&[2, -1], Kind::Float, Device::Cpu).is_err());
 }
+
+#[test]
+fn kernel_follows_aten_cpu_capability_like_torch() {
+    // The only test in this binary that reads the environment (the others name their kernel).
+    std::env::set_var("ATEN_CPU_CAPABILITY", "default");
+    assert_eq!(NormalKernel::from_env(), NormalKernel::Default);
+    assert_eq!(TorchGenerator::new(1).kernel(), NormalKernel::Default);
+    for other in ["avx2", "AVX512", ""] {
+        std::env::set_var("ATEN_CPU_CAPABILITY", other);
+        assert_eq!(NormalKernel::from_env(), NormalKernel::Avx2, "{other}");
+    }
+    std::env::remove_var("ATEN_CPU_CAPABILITY");
+    assert_eq!(TorchGenerator::new(1).kernel(), NormalKernel::Avx2);
+}

@@ -38,6 +38,10 @@ pub struct Generated {
     pub timings: Timings,
     /// Number of UNet evaluations (steps × passes), for reporting.
     pub unet_calls: usize,
+    /// The sampler actually used, by its A1111 name ("Euler a", "DPM++ 2M"), for the parameters chunk.
+    pub sampler_label: String,
+    /// A1111 "Schedule type" ("Karras", "Exponential", ...), `None` for the sampler's own default.
+    pub schedule_label: Option<String>,
 }
 
 impl StableDiffusion {
@@ -55,6 +59,7 @@ impl StableDiffusion {
         };
         let mut sched = sd_schedulers::build_with(&req.sampler, &self.scheduler_config, req.schedule.as_deref(), &extra)
             .with_context(|| format!("sampler `{}`", req.sampler))?;
+        let (sampler_label, schedule_label) = labels(sched.as_ref(), req.schedule.as_deref());
 
         // 1. Prompts.
         on_event(Event::Phase("encode"));
@@ -200,7 +205,8 @@ impl StableDiffusion {
         let images = tch::no_grad(|| self.decode(&latents))?;
         let decode_s = t2.elapsed().as_secs_f64();
         let images = (0..b).map(|i| images.get(i)).collect();
-        Ok(Generated { images, seed: req.seed, timings: Timings { encode_s, denoise_s, decode_s }, unet_calls })
+        let timings = Timings { encode_s, denoise_s, decode_s };
+        Ok(Generated { images, seed: req.seed, timings, unet_calls, sampler_label, schedule_label })
     }
 
     fn vae_kind(&self) -> Kind {
@@ -224,6 +230,25 @@ impl StableDiffusion {
         };
         Ok(image.to_device(tch::Device::Cpu))
     }
+}
+
+/// A1111's names for the sampler and schedule a built scheduler really uses.
+fn labels(sched: &dyn sd_schedulers::Scheduler, schedule: Option<&str>) -> (String, Option<String>) {
+    let sampler = sd_schedulers::list()
+        .into_iter()
+        .find(|i| i.name == sched.name())
+        .and_then(|i| i.a1111.first().map(|s| s.to_string()))
+        .unwrap_or_else(|| sched.name().to_string());
+    let cfg = sched.config();
+    let schedule = match schedule.map(|s| s.to_ascii_lowercase()) {
+        Some(s) if s.starts_with("ays") => Some("Align Your Steps"),
+        Some(s) if s == "sgm-uniform" || s == "sgm_uniform" => Some("SGM Uniform"),
+        _ if cfg.use_karras_sigmas => Some("Karras"),
+        _ if cfg.use_exponential_sigmas => Some("Exponential"),
+        _ if cfg.use_beta_sigmas => Some("Beta"),
+        _ => None,
+    };
+    (sampler, schedule.map(String::from))
 }
 
 struct InpaintState {

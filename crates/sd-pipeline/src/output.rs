@@ -111,18 +111,19 @@ pub fn save_outputs(
             continue;
         }
         let mut rgb = tensor_to_rgb(image, Range::Unit)?;
+        // Label first, watermark last: drawing over a marked image would erase the mark under the label.
+        if let Some(text) = &opts.visible_label {
+            use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
+            let text = if text.is_empty() { DEFAULT_TEXT } else { text.as_str() };
+            draw_label(&mut rgb, text, Corner::BottomRight)?;
+        }
         let outcome = if opts.watermark {
             let payload = if sd.info.family == Family::Sdxl { Payload::Sdxl } else { Payload::SdV1 };
             watermark::embed(&mut rgb, &payload)?
         } else {
             WatermarkOutcome::Disabled
         };
-        if let Some(text) = &opts.visible_label {
-            use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
-            let text = if text.is_empty() { DEFAULT_TEXT } else { text.as_str() };
-            draw_label(&mut rgb, text, Corner::BottomRight)?;
-        }
-        let info = generation_info(sd, req, model_hash.clone(), i, &outcome);
+        let info = generation_info(sd, req, generated, model_hash.clone(), i, &outcome);
         let chunks: Vec<TextChunk> = label_chunks(&info)
             .into_iter()
             .map(|c| TextChunk { keyword: c.keyword, text: c.text, force_itxt: c.force_itxt })
@@ -142,7 +143,14 @@ pub fn save_outputs(
     Ok(saved)
 }
 
-fn generation_info(sd: &StableDiffusion, req: &GenerationRequest, model_hash: Option<String>, index: usize, wm: &WatermarkOutcome) -> GenerationInfo {
+fn generation_info(
+    sd: &StableDiffusion,
+    req: &GenerationRequest,
+    generated: &Generated,
+    model_hash: Option<String>,
+    index: usize,
+    wm: &WatermarkOutcome,
+) -> GenerationInfo {
     let mut info = GenerationInfo {
         prompt: req.prompt.clone(),
         negative_prompt: req.negative_prompt.clone(),
@@ -151,8 +159,8 @@ fn generation_info(sd: &StableDiffusion, req: &GenerationRequest, model_hash: Op
         ..Default::default()
     };
     info.steps = req.steps as u32;
-    info.sampler = req.sampler.clone();
-    info.schedule = req.schedule.clone();
+    info.sampler = generated.sampler_label.clone();
+    info.schedule = generated.schedule_label.clone();
     info.cfg_scale = req.cfg_scale;
     info.seed = req.seed;
     info.width = req.width as u32;

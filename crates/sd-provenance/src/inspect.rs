@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::path::Path;
 
 /// Images larger than this are refused before any pixel is decoded.
-pub const MAX_PIXELS: u64 = 256 * 1024 * 1024 / 4;
+pub const MAX_PIXELS: u64 = 32 * 1024 * 1024;
 pub const MAX_SIDE: u32 = 65_535;
 
 #[derive(Clone, Debug, Default, Serialize)]

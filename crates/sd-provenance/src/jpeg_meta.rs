@@ -50,12 +50,10 @@ pub fn read(bytes: &[u8]) -> Result<JpegMeta> {
         }
         let seg = &bytes[pos + 4..pos + 2 + len];
         match marker {
-            0xc0..=0xcf if marker != 0xc4 && marker != 0xc8 && marker != 0xcc => {
-                if seg.len() >= 5 {
-                    m.height = u16::from_be_bytes([seg[1], seg[2]]) as u32;
-                    m.width = u16::from_be_bytes([seg[3], seg[4]]) as u32;
-                    saw_frame = true;
-                }
+            0xc0..=0xcf if marker != 0xc4 && marker != 0xc8 && marker != 0xcc && seg.len() >= 5 => {
+                m.height = u16::from_be_bytes([seg[1], seg[2]]) as u32;
+                m.width = u16::from_be_bytes([seg[3], seg[4]]) as u32;
+                saw_frame = true;
             }
             0xe1 if seg.starts_with(b"Exif\0\0") => read_exif(&seg[6..], &mut m),
             0xe1 if seg.starts_with(b"http://ns.adobe.com/xap/1.0/\0") => {

@@ -110,6 +110,16 @@ fn classes() -> Vec<Class> {
             defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear","original_inference_steps":50,"clip_sample":false,"clip_sample_range":1.0,"set_alpha_to_one":true,"steps_offset":0,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"timestep_spacing":"leading","timestep_scaling":10.0,"rescale_betas_zero_snr":false}"#,
             make: |n, c| boxed(samplers::lcm::Lcm::new(n, c, true)),
         },
+        Class {
+            name: "EDMEulerScheduler",
+            defaults: r#"{"sigma_min":0.002,"sigma_max":80.0,"sigma_data":0.5,"sigma_schedule":"karras","num_train_timesteps":1000,"prediction_type":"epsilon","rho":7.0,"final_sigmas_type":"zero"}"#,
+            make: |n, c| boxed(samplers::edm_euler::EdmEuler::new(n, c)),
+        },
+        Class {
+            name: "DEISMultistepScheduler",
+            defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"deis","solver_type":"logrho","lower_order_final":true,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"timestep_spacing":"linspace","steps_offset":0,"use_dynamic_shifting":false,"time_shift_type":"exponential"}"#,
+            make: |n, c| boxed(samplers::deis::Deis::new(n, c)),
+        },
     ]
 }
 
@@ -131,6 +141,11 @@ fn specs() -> Vec<Spec> {
         Spec { name: "unipc", a1111: &["UniPC"], class: "UniPCMultistepScheduler", overrides: "{}", description: "UniPC predictor-corrector (bh2)" },
         Spec { name: "lcm", a1111: &["LCM"], class: "LCMScheduler", overrides: "{}", description: "Latent consistency sampling (LCM-distilled models / LCM-LoRA, 2-8 steps)" },
         Spec { name: "tcd", a1111: &["TCD"], class: "TCDScheduler", overrides: "{}", description: "Trajectory consistency sampling (TCD models; gamma via eta, pipeline default 0)" },
+        Spec { name: "edm-euler", a1111: &["EDM Euler"], class: "EDMEulerScheduler", overrides: "{}", description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets" },
+        Spec { name: "deis", a1111: &["DEIS"], class: "DEISMultistepScheduler", overrides: "{}", description: "DEIS multistep (log-rho), second order" },
+        // Known names whose classes are not implemented yet: `build` says so instead of "unknown sampler".
+        Spec { name: "dpmpp-2s-a", a1111: &["DPM++ 2S a"], class: "DPMSolverSinglestepScheduler", overrides: "{}", description: "DPM-Solver++ singlestep (not implemented)" },
+        Spec { name: "dpmpp-sde", a1111: &["DPM++ SDE"], class: "DPMSolverSDEScheduler", overrides: "{}", description: "DPM-Solver++ SDE with a Brownian tree (not implemented)" },
         Spec { name: "dpm-2m", a1111: &[], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver","solver_order":2,"final_sigmas_type":"sigma_min"}"#, description: "DPM-Solver (noise prediction) second-order multistep" },
     ]
 }
@@ -166,12 +181,29 @@ pub fn parse_sampler(name: &str) -> Result<Parsed> {
         }
     }
     let all = all_names();
-    let best = all.iter().map(|c| (levenshtein(&n, &norm(c)), c)).min_by_key(|(d, _)| *d);
+    let mut candidates = all.clone();
+    for s in &specs {
+        for a in s.a1111 {
+            candidates.extend(["Karras", "Exponential"].iter().map(|x| format!("{a} {x}")));
+        }
+    }
+    let raw = name.trim().to_lowercase();
+    let best = candidates
+        .iter()
+        .map(|c| ((levenshtein(&n, &norm(c)), levenshtein(&raw, &c.to_lowercase())), c))
+        .min_by_key(|(d, _)| *d);
     let hint = match best {
-        Some((d, c)) if d <= 4.max(n.len() / 3) => format!(" — did you mean {c:?}?"),
+        Some(((d, _), c)) if d <= 4.max(n.len() / 3) => format!("; did you mean {c:?}?"),
         _ => String::new(),
     };
-    bail!("unknown sampler {name:?}{hint} Valid names: {}, or \"default\" (optionally with a schedule suffix such as \" Karras\")", all.join(", "))
+    let valid: Vec<String> = specs
+        .iter()
+        .map(|s| if s.a1111.is_empty() { s.name.to_string() } else { format!("{} ({})", s.name, s.a1111.join(", ")) })
+        .collect();
+    bail!(
+        "unknown sampler {name:?}{hint} Valid names: {}, or \"default\"; A1111 names take a schedule suffix such as \" Karras\"",
+        valid.join(", ")
+    )
 }
 
 fn all_names() -> Vec<String> {
@@ -295,6 +327,9 @@ fn apply_schedule(cfg: &mut Map<String, Value>, schedule: Option<&str>, sampler:
     Ok(None)
 }
 
+/// Classes whose diffusers `set_timesteps` takes custom sigmas or timesteps (what AYS needs).
+const AYS_CLASSES: [&str; 4] = ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "HeunDiscreteScheduler", "DDPMScheduler"];
+
 /// Every sampler, for `sd samplers`.
 pub fn list() -> Vec<SamplerInfo> {
     let classes = classes();
@@ -310,7 +345,9 @@ pub fn list() -> Vec<SamplerInfo> {
                     schedules.push(n);
                 }
             }
-            schedules.extend(["ays", "ays-sdxl"]);
+            if class.is_some_and(|c| AYS_CLASSES.contains(&c.name)) {
+                schedules.extend(["ays", "ays-sdxl"]);
+            }
             SamplerInfo { name: s.name, a1111: s.a1111.to_vec(), diffusers_class: s.class, schedules, description: s.description }
         })
         .collect()

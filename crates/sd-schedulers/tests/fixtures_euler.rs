@@ -11,3 +11,8 @@ fn euler_matches_diffusers() {
 fn euler_ancestral_matches_diffusers() {
     common::run_family("euler", &["euler-a"], 1e-5);
 }
+
+#[test]
+fn edm_euler_matches_diffusers() {
+    common::run_family("euler", &["edm-euler"], 1e-5);
+}

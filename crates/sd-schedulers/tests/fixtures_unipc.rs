@@ -6,3 +6,9 @@ mod common;
 fn unipc_matches_diffusers() {
     common::run_family("unipc", &["unipc"], 1e-5);
 }
+
+/// DEIS (diffusers DEISMultistepScheduler), stored with the UniPC cases. Tolerance 1e-5 relative per step.
+#[test]
+fn deis_matches_diffusers() {
+    common::run_family("unipc", &["deis"], 1e-5);
+}

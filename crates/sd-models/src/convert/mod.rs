@@ -2,19 +2,23 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`pickle`] | pickle reader that never executes code (allow-listed globals, modelled not called) |
+//! | [`pickle`] | pickle reader that never executes code |
+//! | [`allow`] | the globals a pickle may name (tensor rebuild, OrderedDict, storages, numpy scalars), modelled not called |
 //! | [`ckpt`] | the torch zip container (`archive/data.pkl` + `archive/data/<key>` storages) |
 //! | [`source`] | [`TensorSource`]: safetensors (mmap) or ckpt, one tensor at a time; format sniffing |
 //! | [`ldm`] | UNet and VAE name mapping |
 //! | [`clip`] | CLIP-L and OpenCLIP-H/bigG text encoder mapping |
 //! | [`plan`] | the per-tensor conversion plan and its executor |
-//! | [`family`] | model family detection, component configs, ignore table |
+//! | [`family`] | model family detection, ignore table, text-encoder planning |
+//! | [`configs`] | component configs: `--config-dir` or canonical JSON patched from shapes |
 //! | [`writer`] | streaming safetensors writer and the diffusers folder writer |
 //!
 //! Reference: diffusers 0.42.1 `loaders/single_file_utils.py`.
 
+pub mod allow;
 pub mod ckpt;
 pub mod clip;
+pub mod configs;
 pub mod family;
 pub mod ldm;
 pub mod pickle;

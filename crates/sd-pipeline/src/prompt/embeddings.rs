@@ -1,14 +1,15 @@
 //! Textual-inversion embeddings used by name in prompts (A1111 `modules/textual_inversion/textual_inversion.py`,
 //! diffusers `load_textual_inversion`).
 //!
-//! Accepted files (safetensors): A1111/kohya files with one tensor (`emb_params`, or any single key, as A1111's
-//! "diffuser concept" branch), diffusers `learned_embeds.safetensors` (`{token: vector(s)}`), and SDXL files with
-//! `clip_l` + `clip_g`. An embedding is used as `name` = its file name without extension, like A1111. Its name is
+//! Accepted files: safetensors with one tensor (A1111/kohya `emb_params`, or any single key, as A1111's "diffuser
+//! concept" branch; diffusers `learned_embeds.safetensors` `{token: vector(s)}`) or with `clip_l` + `clip_g`
+//! (SDXL); and the same as pickled `.pt`/`.bin` files plus A1111's `string_to_param` layout, read without running
+//! code ([`super::embedding_pt`]). An embedding is used as `name` = its file name without extension, like A1111. Its name is
 //! matched on token ids, longest name first; the matched tokens are replaced by as many placeholder slots as the
 //! embedding has vectors, and the vectors replace the token embeddings there.
 //!
-//! Not supported: pickled `.pt`/`.bin` files (they need the safe pickle reader) and embeddings stored inside PNG/WebP
-//! images. A folder given explicitly must load completely: a file that cannot be read is an error naming it, while
+//! Not supported: embeddings stored inside PNG/WebP images, and old files whose `string_to_param` is a pickled
+//! `ParameterDict` module (refused by the safe reader with a message). A folder given explicitly must load completely: a file that cannot be read is an error naming it, while
 //! an embedding made for another model family (wrong width) is skipped and reported, as A1111 skips it.
 
 use super::chunks::{EmbeddingFinder, EmbeddingMatch};
@@ -54,10 +55,7 @@ pub enum EmbeddingFile {
 pub fn read_embedding_file(path: &Path) -> Result<EmbeddingFile> {
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     if ext != "safetensors" {
-        bail!(
-            "{}: only .safetensors embeddings are supported (pickled .{ext} files need conversion, e.g. with diffusers or the safetensors tools)",
-            path.display()
-        );
+        return super::embedding_pt::read_pickled_embedding(path);
     }
     let files = SafeTensorsFiles::open(&[path.to_path_buf()])?;
     let names: Vec<String> = files.names().map(str::to_string).collect();
@@ -89,7 +87,7 @@ pub fn read_embedding_file(path: &Path) -> Result<EmbeddingFile> {
 }
 
 impl EmbeddingSet {
-    /// Load every `.safetensors` (and reject every `.pt`/`.bin`) in `dir` for these encoders. Returns the set and
+    /// Load every `.safetensors`, `.pt` and `.bin` file in `dir` for these encoders. Returns the set and
     /// a note per skipped embedding (made for another model family).
     pub fn load_dir(dir: &Path, encoders: &[Box<dyn TextEncoder>]) -> Result<(Self, Vec<String>)> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)

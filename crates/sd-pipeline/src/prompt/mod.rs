@@ -7,14 +7,17 @@
 //! | [`emphasis`] | weights applied to the encoder output (original with mean restoration, no-norm, ignore, none) |
 //! | [`encoder`] | the [`TextEncoder`] trait over a tokenizer + text model pair, and [`TextEncoders`] |
 //! | [`clip_encoder`] | [`TextEncoder`] for sd-models' CLIP tokenizer + text model |
-//! | [`embeddings`] | textual-inversion embedding files |
+//! | [`embeddings`] | textual-inversion embedding files (safetensors), [`embedding_pt`] for pickled ones |
+//! | [`lora`] | LoRA files (kohya/A1111, diffusers/PEFT) merged into component weights |
 //! | [`conditioning`] | [`encode_prompt_pair`]: clip skip, SDXL dual encoders and pooled output, prompt/negative padding |
 
 pub mod chunks;
 pub mod clip_encoder;
 pub mod conditioning;
+pub mod embedding_pt;
 pub mod embeddings;
 pub mod emphasis;
+pub mod lora;
 pub mod encoder;
 pub mod parser;
 

@@ -5,6 +5,7 @@
 //!  * a PNG text chunk with keyword `AIGC` holding the JSON object, and
 //!  * the same JSON as the text of element `TC260:AIGC` (namespace `http://www.tc260.org.cn/ns/AIGC/1.0/`) in
 //!    the XMP packet.
+//!
 //! `Label` "1" = content generated/synthesised by AI. `ContentProducer` is the producing tool (or the operator's
 //! name/code when the pipeline sets one); `ProduceID` is unique per image. The propagator fields stay empty: they
 //! belong to whoever later distributes the image.

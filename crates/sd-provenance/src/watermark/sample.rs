@@ -25,7 +25,7 @@ pub trait Sample:
 
 impl Sample for f64 {
     const ZERO: Self = 0.0;
-    const HAAR: Self = 0.7071067811865476;
+    const HAAR: Self = std::f64::consts::FRAC_1_SQRT_2;
     fn from_f64(v: f64) -> Self {
         v
     }
@@ -39,7 +39,7 @@ impl Sample for f64 {
 
 impl Sample for f32 {
     const ZERO: Self = 0.0;
-    const HAAR: Self = 0.707_106_77;
+    const HAAR: Self = std::f32::consts::FRAC_1_SQRT_2;
     fn from_f64(v: f64) -> Self {
         v as f32
     }

@@ -11,3 +11,5 @@ pub mod lms;
 pub mod pndm;
 pub mod unipc;
 pub mod lcm;
+pub mod edm_euler;
+pub mod deis;

@@ -1,0 +1,109 @@
+//! Euler in the EDM parameterisation (Karras et al. 2022, arXiv 2206.00364, Table 1 preconditioning) — diffusers
+//! `EDMEulerScheduler`, for EDM-trained models (e.g. Playground v2.5). Timesteps are c_noise = ¼·ln σ, not
+//! discrete training steps, so it does not suit ordinary SD 1.x/2.x/XL UNets.
+
+use crate::common::{f32, lin2, noise_index, StepIndex};
+use crate::schedule::np_linspace;
+use crate::{Prediction, Scheduler, SchedulerConfig};
+use anyhow::{bail, ensure, Result};
+use sd_core::TorchGenerator;
+use tch::{Device, Kind, Tensor};
+
+pub struct EdmEuler {
+    name: String,
+    cfg: SchedulerConfig,
+    pred: Prediction,
+    sigma_min: f64,
+    sigma_max: f64,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    idx: StepIndex,
+}
+
+impl EdmEuler {
+    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+        let pred = cfg.prediction()?;
+        ensure!(pred != Prediction::Sample, "EDM Euler supports prediction_type epsilon or v_prediction, not \"sample\"");
+        ensure!(
+            matches!(cfg.sigma_schedule.as_str(), "karras" | "exponential"),
+            "EDM Euler `sigma_schedule` is {:?}; expected \"karras\" or \"exponential\"",
+            cfg.sigma_schedule
+        );
+        let (sigma_min, sigma_max) = (cfg.sigma_min.unwrap_or(0.002), cfg.sigma_max.unwrap_or(80.0));
+        ensure!(sigma_min > 0.0 && sigma_max > sigma_min, "EDM Euler needs 0 < sigma_min < sigma_max");
+        Ok(Self { name: name.into(), cfg, pred, sigma_min, sigma_max, timesteps: vec![], sigmas: vec![], idx: StepIndex::default() })
+    }
+}
+
+impl Scheduler for EdmEuler {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
+        ensure!(n > 0, "number of inference steps must be at least 1 (got 0)");
+        let sig: Vec<f64> = match self.cfg.sigma_schedule.as_str() {
+            "karras" => {
+                let rho = self.cfg.rho;
+                let (lo, hi) = (self.sigma_min.powf(1.0 / rho), self.sigma_max.powf(1.0 / rho));
+                np_linspace(0.0, 1.0, n).into_iter().map(|r| ((hi + r * (lo - hi)).powf(rho) as f32) as f64).collect()
+            }
+            "exponential" => {
+                let v = Tensor::f_linspace(self.sigma_min.ln(), self.sigma_max.ln(), n as i64, (Kind::Float, Device::Cpu))?.f_exp()?.f_flip([0])?;
+                Vec::<f64>::try_from(v.f_to_kind(Kind::Double)?)?
+            }
+            other => bail!("unknown sigma_schedule {other:?}"),
+        };
+        self.timesteps = sig.iter().map(|s| (0.25 * (*s as f32).ln()) as f64).collect();
+        let last = match self.cfg.final_sigmas_type.as_str() {
+            "zero" => 0.0,
+            "sigma_min" => sig[sig.len() - 1],
+            other => bail!("scheduler config field `final_sigmas_type` is {other:?}; expected \"zero\" or \"sigma_min\""),
+        };
+        self.sigmas = sig;
+        self.sigmas.push(last);
+        self.idx.reset();
+        Ok(())
+    }
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+    fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        (self.sigma_max * self.sigma_max + 1.0).sqrt()
+    }
+    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
+        let i = self.idx.get(&self.timesteps, timestep)?;
+        let s = self.sigmas[i];
+        let sd = self.cfg.sigma_data;
+        Ok(sample.f_mul_scalar(1.0 / (s * s + sd * sd).sqrt())?)
+    }
+    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
+        let i = self.idx.get(&self.timesteps, timestep)?;
+        ensure!(i + 1 < self.sigmas.len(), "step called after the last timestep");
+        let sample = f32(sample)?;
+        let (s, next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let sd = self.cfg.sigma_data;
+        let c_skip = sd * sd / (s * s + sd * sd);
+        let c_out = s * sd / (s * s + sd * sd).sqrt() * if self.pred == Prediction::VPrediction { -1.0 } else { 1.0 };
+        let x0 = lin2(c_skip, &sample, c_out, &f32(model_output)?)?;
+        let d = sample.f_sub(&x0)?.f_div_scalar(s)?;
+        let prev = sample.f_add(&d.f_mul_scalar(next - s)?)?;
+        self.idx.advance();
+        Ok(prev.f_to_kind(model_output.kind())?)
+    }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        let i = noise_index(&self.idx, &self.timesteps, timestep)?;
+        Ok(original.f_add(&noise.f_mul_scalar(self.sigmas[i])?)?)
+    }
+    fn order(&self) -> usize {
+        1
+    }
+    fn set_begin_index(&mut self, begin_index: usize) {
+        self.idx.begin = Some(begin_index);
+    }
+    fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+}
