@@ -11,6 +11,7 @@
 //! | [`trainer`] | [`trainer::Trainer`]: models, seeded batches, one optimizer step |
 //! | [`checkpoint`] | diffusers folders out, `training_state.*` for `--resume` |
 //! | [`run`] | the loop: steps, loss log, checkpoints, preview samples |
+//! | [`shapes`] | `procedural:shapes` demo dataset and the shape/colour/position adherence checker |
 
 pub mod checkpoint;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod loss;
 pub mod lr;
 pub mod optim;
 pub mod run;
+pub mod shapes;
 pub mod trainer;
 
 pub use config::TrainConfig;

@@ -28,7 +28,7 @@ pub struct Args {
     /// Train a freshly initialised UNet from this config.json instead of fine-tuning the model's UNet
     #[arg(long)]
     pub unet_config: Option<PathBuf>,
-    /// Dataset folder (image + .txt caption pairs, or metadata.jsonl)
+    /// Dataset folder (image + .txt caption pairs, or metadata.jsonl), or procedural:shapes[:N] (demo data)
     #[arg(long)]
     pub dataset: PathBuf,
     /// Output folder
@@ -145,7 +145,12 @@ pub fn run(args: Args) -> Result<()> {
         usage!("{e}");
     }
 
-    let dataset = Dataset::open(&args.dataset, args.resolution, crop)?;
+    let spec = args.dataset.to_string_lossy().into_owned();
+    let dataset = if spec.starts_with("procedural:") {
+        sd_train::shapes::dataset(&spec, args.resolution.unwrap_or(32), args.seed)?
+    } else {
+        Dataset::open(&args.dataset, args.resolution, crop)?
+    };
     eprintln!("dataset: {} images of {}×{} from {}", dataset.len(), dataset.width, dataset.height, args.dataset.display());
     let mut trainer = Trainer::new(cfg, dataset).context("setting up training")?;
     let first = trainer.step;
