@@ -39,6 +39,16 @@ pub struct TrainedComponent<'a> {
 /// Write a diffusers folder at `dest`: the trained components, every other component of `base` linked or copied.
 pub fn write_pipeline(base: &Path, dest: &Path, trained: Vec<TrainedComponent<'_>>) -> Result<()> {
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    if let (Ok(a), Ok(b)) = (base.canonicalize(), dest.canonicalize()) {
+        if a == b {
+            bail!("the output folder {} is the base model itself; choose another --output", dest.display());
+        }
+    }
+    let index_path = base.join("model_index.json");
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?,
+    )
+    .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
     let trained_names: Vec<&str> = trained.iter().map(|c| c.name).collect();
     for entry in std::fs::read_dir(base).with_context(|| format!("cannot list {}", base.display()))? {
         let entry = entry?;
@@ -47,7 +57,8 @@ pub fn write_pipeline(base: &Path, dest: &Path, trained: Vec<TrainedComponent<'_
         if trained_names.contains(&name.as_str()) || name.starts_with('.') || name.starts_with("training_state") {
             continue;
         }
-        if src.is_dir() {
+        // Only the pipeline's components: not the checkpoints, samples or logs of a base that is itself a run.
+        if src.is_dir() && index.get(&name).is_some() {
             link_or_copy_dir(&src, &dest.join(&name))?;
         } else if name == "model_index.json" || name.ends_with(".md") {
             link_or_copy(&src, &dest.join(&name))?;

@@ -1,5 +1,6 @@
 //! Exponential moving average of the UNet weights (diffusers `training_utils.EMAModel` without warmup):
-//! after optimizer step `n` (1-based), `decay_n = min(decay, (1 + k) / (10 + k))` with `k = n - 1`, and
+//! after optimizer step `n` (1-based), `decay_n = min(decay, (1 + k) / (10 + k))` with `k = n - 1` (and 0 for the
+//! first step, which therefore copies the weights), and
 //! `ema ← ema − (1 − decay_n)(ema − θ)`. The short ramp keeps early, still-random weights from dominating.
 
 use anyhow::{bail, Result};
@@ -24,6 +25,9 @@ impl Ema {
     /// The decay used after optimizer step `step` (1-based).
     pub fn decay_at(&self, step: u64) -> f64 {
         let k = step.saturating_sub(1) as f64;
+        if k == 0.0 {
+            return 0.0;
+        }
         ((1.0 + k) / (10.0 + k)).min(self.decay)
     }
 

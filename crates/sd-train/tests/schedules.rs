@@ -23,10 +23,15 @@ fn warmup_then_constant_or_cosine() {
 fn ema_decay_ramp_and_update() {
     let w = tch::Tensor::from_slice(&[1.0f32, 2.0]);
     let mut ema = Ema::new(vec![("w".into(), w.copy())], 0.9999).expect("ema");
-    assert!((ema.decay_at(1) - 0.1).abs() < 1e-12);
+    assert_eq!(ema.decay_at(1), 0.0, "diffusers' first EMA step copies the weights");
+    assert!((ema.decay_at(2) - 2.0 / 11.0).abs() < 1e-12);
     assert!((ema.decay_at(11) - 11.0 / 20.0).abs() < 1e-12);
     assert_eq!(ema.decay_at(1_000_000), 0.9999);
     ema.update(&[("w".into(), tch::Tensor::from_slice(&[3.0f32, 2.0]))], 1).expect("update");
     let got = Vec::<f32>::try_from(&ema.weights()[0].1).expect("vec");
-    assert!((got[0] - (1.0 * 0.1 + 3.0 * 0.9)).abs() < 1e-6 && got[1] == 2.0, "{got:?}");
+    assert_eq!(got, [3.0, 2.0], "first step copies");
+    ema.update(&[("w".into(), tch::Tensor::from_slice(&[5.0f32, 2.0]))], 2).expect("update");
+    let got = Vec::<f32>::try_from(&ema.weights()[0].1).expect("vec");
+    let d = 2.0 / 11.0;
+    assert!((got[0] as f64 - (3.0 * d + 5.0 * (1.0 - d))).abs() < 1e-6 && got[1] == 2.0, "{got:?}");
 }
