@@ -3,6 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | [`config::TrainConfig`]: every setting of a run |
+//! | [`demo`] | the `sd-tiny-shapes` demo: base-folder scaffold and VAE training |
 //! | [`dataset`] | image + caption folders / `metadata.jsonl`, resizing and cropping, epoch shuffling |
 //! | [`loss`] | forward diffusion (`add_noise`), ε / v / x₀ targets, MSE with optional Min-SNR-γ weighting |
 //! | [`optim`] | AdamW identical to `torch.optim.AdamW`, `clip_grad_norm_` |
@@ -16,6 +17,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
+pub mod demo;
 pub mod ema;
 pub mod loss;
 pub mod lr;
