@@ -13,6 +13,7 @@ use crate::request::{GenerationRequest, Mode};
 use anyhow::{bail, Context, Result};
 use sd_core::TorchGenerator;
 use sd_models::unet::AddedCond;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
@@ -42,6 +43,8 @@ pub struct Generated {
     pub sampler_label: String,
     /// A1111 "Schedule type" ("Karras", "Exponential", ...), `None` for the sampler's own default.
     pub schedule_label: Option<String>,
+    /// Textual-inversion embeddings the prompts used (name, file), prompt's first, for A1111's `TI hashes`.
+    pub embeddings_used: Vec<(String, PathBuf)>,
 }
 
 impl StableDiffusion {
@@ -64,8 +67,10 @@ impl StableDiffusion {
         // 1. Prompts.
         on_event(Event::Phase("encode"));
         let t0 = Instant::now();
-        let settings = PromptSettings { clip_skip: req.clip_skip, emphasis: Default::default(), style: self.encoder_style() };
-        let (cond, uncond) = tch::no_grad(|| encode_prompt_pair(&self.text, &req.prompt, &req.negative_prompt, &settings))?;
+        let settings = PromptSettings { clip_skip: req.clip_skip, emphasis: req.emphasis, style: self.encoder_style() };
+        let prompt = self.prompt_without_lora_tags(&req.prompt)?;
+        let embeddings_used = self.embeddings_used(&[&prompt, &req.negative_prompt], req.emphasis)?;
+        let (cond, uncond) = tch::no_grad(|| encode_prompt_pair(&self.text, &prompt, &req.negative_prompt, &settings))?;
         let cfg = req.cfg_scale > 1.0;
         let b = req.batch_size;
         let hidden = batch_condition(&cond, &uncond, b, cfg, |c| &c.hidden);
@@ -206,7 +211,47 @@ impl StableDiffusion {
         let decode_s = t2.elapsed().as_secs_f64();
         let images = (0..b).map(|i| images.get(i)).collect();
         let timings = Timings { encode_s, denoise_s, decode_s };
-        Ok(Generated { images, seed: req.seed, timings, unet_calls, sampler_label, schedule_label })
+        Ok(Generated { images, seed: req.seed, timings, unet_calls, sampler_label, schedule_label, embeddings_used })
+    }
+
+    /// The prompt text to encode: `<lora:…>` tags removed, each checked against the LoRAs merged at load (a
+    /// LoRA changes the weights, so it must be chosen when loading: see [`crate::loras`]).
+    pub fn prompt_without_lora_tags(&self, prompt: &str) -> Result<String> {
+        let (text, tags) = crate::loras::strip_lora_tags(prompt)?;
+        for tag in &tags {
+            let loaded = self.loras.iter().find(|l| l.name == tag.name);
+            match loaded {
+                Some(l) if (l.weight - tag.weight).abs() <= 1e-9 => {}
+                Some(l) => bail!(
+                    "the prompt asks for <lora:{}:{}> but the model was loaded with that LoRA at weight {}",
+                    tag.name, tag.weight, l.weight
+                ),
+                None => bail!(
+                    "the prompt asks for <lora:{}> but that LoRA was not merged when the model was loaded (LoadOptions.loras)",
+                    tag.name
+                ),
+            }
+        }
+        Ok(text)
+    }
+
+    /// Embeddings named in `lines` (first use order, each once), as the first text encoder's chunking finds them.
+    fn embeddings_used(&self, lines: &[&str], emphasis: crate::prompt::Emphasis) -> Result<Vec<(String, PathBuf)>> {
+        let set = self.text.embeddings();
+        let mut used: Vec<usize> = Vec::new();
+        if set.items.is_empty() {
+            return Ok(Vec::new());
+        }
+        for line in lines {
+            for chunk in crate::prompt::conditioning::chunks_for(&self.text, 0, line, emphasis)? {
+                for fix in chunk.fixes {
+                    if !used.contains(&fix.embedding) {
+                        used.push(fix.embedding);
+                    }
+                }
+            }
+        }
+        Ok(used.into_iter().filter_map(|i| set.items.get(i)).map(|e| (e.name.clone(), e.path.clone())).collect())
     }
 
     fn vae_kind(&self) -> Kind {

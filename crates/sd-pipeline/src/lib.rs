@@ -5,16 +5,20 @@
 //! |---|---|
 //! | [`family`] | which model family a folder holds (SD1.x, SD2.x, SDXL, Turbo, inpainting) and its defaults |
 //! | [`loader`] | [`loader::StableDiffusion`]: every component of a model folder, loaded per device/dtype |
+//! | [`loras`] | `<lora:name:weight>` tags, LoRA files merged at load, A1111 `Lora hashes` |
 //! | [`prompt`] | prompt text → conditioning tensors (A1111 syntax, chunking, clip skip, SDXL pooled embeds) |
 //! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
+//! | [`single_file`] | `.safetensors`/`.ckpt` checkpoints loaded through the `sd convert` mapping (cached) |
 
 pub mod family;
 pub mod generate;
 pub mod hash_cache;
 pub mod init_image;
 pub mod loader;
+pub mod loras;
 pub mod output;
 pub mod prompt;
 pub mod request;
+pub mod single_file;

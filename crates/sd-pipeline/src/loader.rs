@@ -2,15 +2,18 @@
 //!
 //! Text encoders and UNet use the compute dtype; the VAE may get its own (`--vae-dtype`), because SD1/SDXL
 //! VAEs overflow in f16 (diffusers' `force_upcast`). Components are loaded from memory-mapped safetensors,
-//! converted tensor by tensor, so the model exists once in memory.
+//! converted tensor by tensor, so the model exists once in memory. With LoRAs, the UNet and text encoders are
+//! read into memory in f32 instead, merged (`W += m · scale · up @ down`, see [`crate::loras`]) and then built.
 
 use crate::family::{Family, ModelInfo};
+use crate::loras::{LoraMerger, MergedLora};
+use crate::prompt::lora::LoraTarget;
 use crate::prompt::{EncoderStyle, TextEncoders};
 use anyhow::{Context, Result};
-use sd_core::model_dir::ModelDir;
-use sd_models::clip::{ClipTextModel, ClipTokenizer};
+use sd_core::model_dir::{find_weights, ModelDir};
+use sd_models::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use sd_models::safety::SafetyChecker;
-use sd_models::unet::UNet2DConditionModel;
+use sd_models::unet::{UNet2DConditionModel, UNetConfig};
 use sd_models::vae::{AutoencoderKL, AutoencoderTiny};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -30,6 +33,11 @@ pub struct LoadOptions {
     pub prediction_type: Option<String>,
     /// Load `safety_checker/` when the folder has one.
     pub load_safety_checker: bool,
+    /// LoRA files and multipliers merged into the UNet and text encoders at load (empty: weights are
+    /// memory-mapped as stored).
+    pub loras: Vec<(PathBuf, f64)>,
+    /// Component configs for single-file checkpoints of unusual architectures (`--config-dir`).
+    pub config_dir: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -42,6 +50,8 @@ impl LoadOptions {
             family: None,
             prediction_type: None,
             load_safety_checker: true,
+            loras: Vec::new(),
+            config_dir: None,
         }
     }
 }
@@ -59,14 +69,22 @@ pub struct StableDiffusion {
     pub scheduler_config: serde_json::Value,
     pub force_zeros_for_empty_prompt: bool,
     pub opts: LoadOptions,
-    /// Display name for metadata (folder name).
+    /// Display name for metadata (folder or checkpoint name).
     pub name: String,
+    /// LoRAs merged into the weights, in `opts.loras` order.
+    pub loras: Vec<MergedLora>,
+    /// The checkpoint file when the model came from one (its hash is A1111's "Model hash").
+    pub source_file: Option<PathBuf>,
 }
 
 impl StableDiffusion {
     /// Load a diffusers folder or an HF-cache repo id.
     pub fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
-        let dir = ModelDir::open(spec)?;
+        let source_file = crate::single_file::is_single_file(spec).then(|| PathBuf::from(spec));
+        let dir = match &source_file {
+            Some(file) => ModelDir::open_folder(&crate::single_file::converted_folder(file, opts.config_dir.as_deref())?)?,
+            None => ModelDir::open(spec)?,
+        };
         let mut info = ModelInfo::detect(&dir)?;
         if let Some(f) = opts.family {
             info.family = f;
@@ -76,13 +94,24 @@ impl StableDiffusion {
         }
         let root = dir.root.clone();
         let (device, dtype) = (opts.device, opts.dtype);
-        let mut pairs = vec![load_text_pair(&root, "tokenizer", "text_encoder", dtype, device)?];
+        let mut merger = if opts.loras.is_empty() { None } else { Some(LoraMerger::open(&opts.loras)?) };
+        let mut present = vec![LoraTarget::TextEncoder, LoraTarget::Unet];
+        let mut pairs = vec![load_text_pair(&root, "tokenizer", "text_encoder", LoraTarget::TextEncoder, merger.as_mut(), dtype, device)?];
         if info.family == Family::Sdxl {
-            pairs.push(load_text_pair(&root, "tokenizer_2", "text_encoder_2", dtype, device)?);
+            present.push(LoraTarget::TextEncoder2);
+            pairs.push(load_text_pair(&root, "tokenizer_2", "text_encoder_2", LoraTarget::TextEncoder2, merger.as_mut(), dtype, device)?);
         }
         let text = TextEncoders::new(pairs)?;
-        let unet = UNet2DConditionModel::load(&dir.component_dir("unet")?, dtype, device)
-            .with_context(|| format!("loading the UNet of {}", root.display()))?;
+        let unet_dir = dir.component_dir("unet")?;
+        let unet = match merger.as_mut() {
+            None => UNet2DConditionModel::load(&unet_dir, dtype, device),
+            Some(m) => load_unet_merged(&unet_dir, m, dtype, device),
+        }
+        .with_context(|| format!("loading the UNet of {}", root.display()))?;
+        let loras = match merger {
+            Some(m) => m.finish(&present)?,
+            None => Vec::new(),
+        };
         let vae_dir = dir.component_dir("vae")?;
         let vae_kind = opts.vae_dtype.unwrap_or(dtype);
         let mut vae = AutoencoderKL::load(&vae_dir, vae_kind, device)
@@ -91,7 +120,16 @@ impl StableDiffusion {
             vae = AutoencoderKL::load(&vae_dir, Kind::Float, device)?;
         }
         let taesd = match &opts.taesd {
-            Some(p) => Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?),
+            Some(p) => {
+                // TAESD always maps 8x8 pixels to one latent; another VAE scale would decode to the wrong size.
+                if vae.scale_factor() != 8 {
+                    anyhow::bail!(
+                        "--taesd decodes latents at 1/8 scale, but this model's VAE works at 1/{}: use its own VAE",
+                        vae.scale_factor()
+                    );
+                }
+                Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?)
+            }
             None => None,
         };
         let safety = if opts.load_safety_checker { SafetyChecker::load(&root, dtype, device)? } else { None };
@@ -101,8 +139,9 @@ impl StableDiffusion {
         }
         let force_zeros_for_empty_prompt =
             dir.index.get("force_zeros_for_empty_prompt").and_then(|v| v.as_bool()).unwrap_or(info.family == Family::Sdxl);
-        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
-        Ok(Self { dir, info, text, unet, vae, taesd, safety, scheduler_config, force_zeros_for_empty_prompt, opts, name })
+        let named = source_file.as_ref().and_then(|f| f.file_stem()).or(root.file_name());
+        let name = named.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
+        Ok(Self { dir, info, text, unet, vae, taesd, safety, scheduler_config, force_zeros_for_empty_prompt, opts, name, source_file, loras })
     }
 
     /// The prompt-encoding style this model needs.
@@ -120,7 +159,32 @@ impl StableDiffusion {
     }
 }
 
-fn load_text_pair(root: &Path, tok: &str, enc: &str, kind: Kind, device: Device) -> Result<(ClipTokenizer, ClipTextModel)> {
+fn load_unet_merged(dir: &Path, merger: &mut LoraMerger, kind: Kind, device: Device) -> Result<UNet2DConditionModel> {
+    let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
+    let vb = merger.component(&find_weights(dir, None)?, LoraTarget::Unet, kind, device)?;
+    let model = UNet2DConditionModel::from_varbuilder(&vb, &cfg)?;
+    vb.finish("UNet2DConditionModel", &[])?;
+    Ok(model)
+}
+
+fn load_clip_merged(dir: &Path, target: LoraTarget, merger: &mut LoraMerger, kind: Kind, device: Device) -> Result<ClipTextModel> {
+    let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
+    let vb = merger.component(&find_weights(dir, None)?, target, kind, device)?;
+    let with_projection = cfg.declares_projection() || vb.contains("text_projection.weight");
+    let model = ClipTextModel::from_varbuilder(&vb, &cfg, with_projection)?;
+    vb.finish("CLIP text encoder", &[])?;
+    Ok(model)
+}
+
+fn load_text_pair(
+    root: &Path,
+    tok: &str,
+    enc: &str,
+    target: LoraTarget,
+    merger: Option<&mut LoraMerger>,
+    kind: Kind,
+    device: Device,
+) -> Result<(ClipTokenizer, ClipTextModel)> {
     let tok_dir = root.join(tok);
     let tokenizer = if tok_dir.is_dir() {
         ClipTokenizer::from_dir(&tok_dir)?
@@ -131,6 +195,10 @@ fn load_text_pair(root: &Path, tok: &str, enc: &str, kind: Kind, device: Device)
     if !enc_dir.is_dir() {
         anyhow::bail!("{} is missing the `{enc}/` folder", root.display());
     }
-    let model = ClipTextModel::load(&enc_dir, kind, device).with_context(|| format!("loading {enc} of {}", root.display()))?;
+    let model = match merger {
+        None => ClipTextModel::load(&enc_dir, kind, device),
+        Some(m) => load_clip_merged(&enc_dir, target, m, kind, device),
+    }
+    .with_context(|| format!("loading {enc} of {}", root.display()))?;
     Ok((tokenizer, model))
 }

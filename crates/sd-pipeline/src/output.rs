@@ -98,9 +98,9 @@ pub fn save_outputs(
         }
         _ => None,
     };
-    let model_hash = sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None)
-        .ok()
-        .and_then(|p| crate::hash_cache::short_hash(&p));
+    // A1111 hashes the checkpoint file; a diffusers folder has none, so its UNet weights stand in.
+    let hashed = sd.source_file.clone().or_else(|| sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None).ok());
+    let model_hash = hashed.and_then(|p| crate::hash_cache::short_hash(&p));
     let mut saved = Vec::new();
     for (i, image) in generated.images.iter().enumerate() {
         let flagged = verdicts.as_ref().is_some_and(|v| v.get(i).is_some_and(|v| v.flagged));
@@ -182,7 +182,49 @@ fn generation_info(
     if req.guidance_rescale > 0.0 {
         info.extra.push(("Guidance rescale".into(), req.guidance_rescale.to_string()));
     }
+    info.extra.extend(prompt_params(sd, req, generated));
     info
+}
+
+/// A1111's prompt-related pairs: `TI hashes` and `Emphasis` (as `modules/sd_hijack_clip.py` writes them: the
+/// emphasis mode only when it is not "Original" and a prompt contains `(` or `[`), and `Lora hashes`
+/// (`extensions-builtin/Lora/extra_networks_lora.py`). Names lose `:` and `,`, as A1111 does; a file that
+/// cannot be hashed is left out rather than failing a finished generation.
+pub fn prompt_params(sd: &StableDiffusion, req: &GenerationRequest, generated: &Generated) -> Vec<(String, String)> {
+    let clean = |n: &str| n.replace([':', ','], "");
+    let mut out = Vec::new();
+    let ti: Vec<String> = generated
+        .embeddings_used
+        .iter()
+        .filter_map(|(name, path)| crate::loras::file_short_hash(path).ok().map(|h| format!("{}: {h}", clean(name))))
+        .collect();
+    if !ti.is_empty() {
+        out.push(("TI hashes".to_string(), ti.join(", ")));
+    }
+    let bracketed = [&req.prompt, &req.negative_prompt].iter().any(|p| p.contains('(') || p.contains('['));
+    if req.emphasis != crate::prompt::Emphasis::Original && bracketed {
+        out.push(("Emphasis".to_string(), a1111_emphasis_name(req.emphasis).to_string()));
+    }
+    let lora: Vec<String> = sd
+        .loras
+        .iter()
+        .filter_map(|l| crate::loras::lora_short_hash(&l.path).ok().map(|h| format!("{}: {h}", clean(&l.name))))
+        .collect();
+    if !lora.is_empty() {
+        out.push(("Lora hashes".to_string(), lora.join(", ")));
+    }
+    out
+}
+
+/// The names of A1111's `modules/sd_emphasis.py` options.
+pub fn a1111_emphasis_name(e: crate::prompt::Emphasis) -> &'static str {
+    use crate::prompt::Emphasis;
+    match e {
+        Emphasis::Original => "Original",
+        Emphasis::NoNorm => "No norm",
+        Emphasis::Ignore => "Ignore",
+        Emphasis::None => "None",
+    }
 }
 
 /// Expand `{date}`, `{time}`, `{seed}`, `{n}`, `{model}` in an output pattern.

@@ -1,5 +1,6 @@
 //! One generation request, validated before any model work starts (so bad flags fail in milliseconds).
 
+use crate::prompt::Emphasis;
 use anyhow::{bail, Result};
 use image::{GrayImage, RgbImage};
 
@@ -53,6 +54,8 @@ pub struct GenerationRequest {
     pub batch_size: i64,
     /// A1111 numbering: 1 = last layer.
     pub clip_skip: usize,
+    /// How `(word:1.3)` weights act (A1111's "Emphasis mode").
+    pub emphasis: Emphasis,
     pub mode: Mode,
     /// SDXL micro-conditioning; `None` = the target size, as diffusers defaults.
     pub original_size: Option<(i64, i64)>,
@@ -76,6 +79,7 @@ impl GenerationRequest {
             height,
             batch_size: 1,
             clip_skip: 1,
+            emphasis: Emphasis::Original,
             mode: Mode::Txt2Img,
             original_size: None,
             crop_top_left: (0, 0),

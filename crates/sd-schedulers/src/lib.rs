@@ -4,6 +4,7 @@
 //! `schedule.rs` (betas, spacing) and `sigmas.rs` (Karras / exponential / beta / AYS). `build` turns an A1111 or short
 //! sampler name plus a model's saved `scheduler_config.json` into a ready sampler the way diffusers' `from_config` does.
 
+pub mod classes;
 pub mod common;
 pub mod config;
 pub mod custom;

@@ -3,7 +3,7 @@
 //! values, all others take the new class's defaults.
 
 use crate::custom::{Ays, AysModel};
-use crate::samplers;
+use crate::classes::{classes, Class, COMMON};
 use crate::{Scheduler, SchedulerConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -19,15 +19,6 @@ pub struct SamplerInfo {
     pub description: &'static str,
 }
 
-type Ctor = fn(&str, SchedulerConfig) -> Result<Box<dyn Scheduler>>;
-
-struct Class {
-    name: &'static str,
-    /// The class's `__init__` arguments with their defaults (diffusers 0.42.1).
-    defaults: &'static str,
-    make: Ctor,
-}
-
 struct Spec {
     name: &'static str,
     a1111: &'static [&'static str],
@@ -35,92 +26,6 @@ struct Spec {
     /// Config values that define this sampler on top of the class (e.g. the SDE algorithm).
     overrides: &'static str,
     description: &'static str,
-}
-
-fn boxed<S: Scheduler + 'static>(r: Result<S>) -> Result<Box<dyn Scheduler>> {
-    Ok(Box::new(r?))
-}
-
-const COMMON: &str = r#""num_train_timesteps":1000,"beta_start":0.0001,"beta_end":0.02,"beta_schedule":"linear","trained_betas":null"#;
-
-fn classes() -> Vec<Class> {
-    vec![
-        Class {
-            name: "EulerDiscreteScheduler",
-            defaults: r#"{"prediction_type":"epsilon","interpolation_type":"linear","use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"sigma_min":null,"sigma_max":null,"timestep_spacing":"linspace","timestep_type":"discrete","steps_offset":0,"rescale_betas_zero_snr":false,"final_sigmas_type":"zero"}"#,
-            make: |n, c| boxed(samplers::euler::Euler::new(n, c)),
-        },
-        Class {
-            name: "EulerAncestralDiscreteScheduler",
-            defaults: r#"{"prediction_type":"epsilon","timestep_spacing":"linspace","steps_offset":0,"rescale_betas_zero_snr":false}"#,
-            make: |n, c| boxed(samplers::euler_ancestral::EulerAncestral::new(n, c)),
-        },
-        Class {
-            name: "DDIMScheduler",
-            defaults: r#"{"clip_sample":true,"set_alpha_to_one":true,"steps_offset":0,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"clip_sample_range":1.0,"sample_max_value":1.0,"timestep_spacing":"leading","rescale_betas_zero_snr":false}"#,
-            make: |n, c| boxed(samplers::ddim::Ddim::new(n, c)),
-        },
-        Class {
-            name: "DPMSolverMultistepScheduler",
-            defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"dpmsolver++","solver_type":"midpoint","lower_order_final":true,"euler_at_final":false,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_lu_lambdas":false,"use_flow_sigmas":false,"flow_shift":1.0,"final_sigmas_type":"zero","lambda_min_clipped":null,"variance_type":null,"timestep_spacing":"linspace","steps_offset":0,"rescale_betas_zero_snr":false,"use_dynamic_shifting":false,"time_shift_type":"exponential"}"#,
-            make: |n, c| boxed(samplers::dpm_multistep::DpmMultistep::new(n, c)),
-        },
-        Class {
-            name: "HeunDiscreteScheduler",
-            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"prediction_type":"epsilon","use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"clip_sample":false,"clip_sample_range":1.0,"timestep_spacing":"linspace","steps_offset":0}"#,
-            make: |n, c| boxed(samplers::heun::Heun::new(n, c)),
-        },
-        Class {
-            name: "LMSDiscreteScheduler",
-            defaults: r#"{"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"prediction_type":"epsilon","timestep_spacing":"linspace","steps_offset":0}"#,
-            make: |n, c| boxed(samplers::lms::Lms::new(n, c)),
-        },
-        Class {
-            name: "KDPM2DiscreteScheduler",
-            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"prediction_type":"epsilon","timestep_spacing":"linspace","steps_offset":0}"#,
-            make: |n, c| boxed(samplers::kdpm2::Kdpm2::new(n, c, false)),
-        },
-        Class {
-            name: "KDPM2AncestralDiscreteScheduler",
-            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"prediction_type":"epsilon","timestep_spacing":"linspace","steps_offset":0}"#,
-            make: |n, c| boxed(samplers::kdpm2::Kdpm2::new(n, c, true)),
-        },
-        Class {
-            name: "DDPMScheduler",
-            defaults: r#"{"variance_type":"fixed_small","clip_sample":true,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"clip_sample_range":1.0,"sample_max_value":1.0,"timestep_spacing":"leading","steps_offset":0,"rescale_betas_zero_snr":false}"#,
-            make: |n, c| boxed(samplers::ddpm::Ddpm::new(n, c)),
-        },
-        Class {
-            name: "PNDMScheduler",
-            defaults: r#"{"skip_prk_steps":false,"set_alpha_to_one":false,"prediction_type":"epsilon","timestep_spacing":"leading","steps_offset":0}"#,
-            make: |n, c| boxed(samplers::pndm::Pndm::new(n, c)),
-        },
-        Class {
-            name: "UniPCMultistepScheduler",
-            defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"predict_x0":true,"solver_type":"bh2","lower_order_final":true,"disable_corrector":[],"solver_p":null,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"timestep_spacing":"linspace","steps_offset":0,"final_sigmas_type":"zero","rescale_betas_zero_snr":false,"use_dynamic_shifting":false,"time_shift_type":"exponential","sigma_min":null,"sigma_max":null,"shift_terminal":null}"#,
-            make: |n, c| boxed(samplers::unipc::UniPc::new(n, c)),
-        },
-        Class {
-            name: "LCMScheduler",
-            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear","original_inference_steps":50,"clip_sample":false,"clip_sample_range":1.0,"set_alpha_to_one":true,"steps_offset":0,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"timestep_spacing":"leading","timestep_scaling":10.0,"rescale_betas_zero_snr":false}"#,
-            make: |n, c| boxed(samplers::lcm::Lcm::new(n, c, false)),
-        },
-        Class {
-            name: "TCDScheduler",
-            defaults: r#"{"beta_start":0.00085,"beta_end":0.012,"beta_schedule":"scaled_linear","original_inference_steps":50,"clip_sample":false,"clip_sample_range":1.0,"set_alpha_to_one":true,"steps_offset":0,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"timestep_spacing":"leading","timestep_scaling":10.0,"rescale_betas_zero_snr":false}"#,
-            make: |n, c| boxed(samplers::lcm::Lcm::new(n, c, true)),
-        },
-        Class {
-            name: "EDMEulerScheduler",
-            defaults: r#"{"sigma_min":0.002,"sigma_max":80.0,"sigma_data":0.5,"sigma_schedule":"karras","num_train_timesteps":1000,"prediction_type":"epsilon","rho":7.0,"final_sigmas_type":"zero"}"#,
-            make: |n, c| boxed(samplers::edm_euler::EdmEuler::new(n, c)),
-        },
-        Class {
-            name: "DEISMultistepScheduler",
-            defaults: r#"{"solver_order":2,"prediction_type":"epsilon","thresholding":false,"dynamic_thresholding_ratio":0.995,"sample_max_value":1.0,"algorithm_type":"deis","solver_type":"logrho","lower_order_final":true,"use_karras_sigmas":false,"use_exponential_sigmas":false,"use_beta_sigmas":false,"use_flow_sigmas":false,"flow_shift":1.0,"timestep_spacing":"linspace","steps_offset":0,"use_dynamic_shifting":false,"time_shift_type":"exponential"}"#,
-            make: |n, c| boxed(samplers::deis::Deis::new(n, c)),
-        },
-    ]
 }
 
 fn specs() -> Vec<Spec> {
@@ -144,7 +49,8 @@ fn specs() -> Vec<Spec> {
         Spec { name: "edm-euler", a1111: &["EDM Euler"], class: "EDMEulerScheduler", overrides: "{}", description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets" },
         Spec { name: "deis", a1111: &["DEIS"], class: "DEISMultistepScheduler", overrides: "{}", description: "DEIS multistep (log-rho), second order" },
         // Known names whose classes are not implemented yet: `build` says so instead of "unknown sampler".
-        Spec { name: "dpmpp-2s-a", a1111: &["DPM++ 2S a"], class: "DPMSolverSinglestepScheduler", overrides: "{}", description: "DPM-Solver++ singlestep (not implemented)" },
+        Spec { name: "dpmpp-2s", a1111: &[], class: "DPMSolverSinglestepScheduler", overrides: r#"{"algorithm_type":"dpmsolver++","solver_order":2}"#, description: "DPM-Solver++ singlestep, second order (diffusers' closest to A1111 DPM++ 2S a, without the ancestral noise)" },
+        Spec { name: "dpmpp-2s-a", a1111: &["DPM++ 2S a"], class: "DPMSolverSinglestepAncestral", overrides: "{}", description: "DPM++ 2S ancestral (no diffusers class; not implemented)" },
         Spec { name: "dpmpp-sde", a1111: &["DPM++ SDE"], class: "DPMSolverSDEScheduler", overrides: "{}", description: "DPM-Solver++ SDE with a Brownian tree (not implemented)" },
         Spec { name: "dpm-2m", a1111: &[], class: "DPMSolverMultistepScheduler", overrides: r#"{"algorithm_type":"dpmsolver","solver_order":2,"final_sigmas_type":"sigma_min"}"#, description: "DPM-Solver (noise prediction) second-order multistep" },
     ]
@@ -309,7 +215,8 @@ fn apply_schedule(cfg: &mut Map<String, Value>, schedule: Option<&str>, sampler:
         "beta" => set_flag(cfg, Some("use_beta_sigmas"))?,
         "sgm-uniform" => {
             set_flag(cfg, None)?;
-            if !cfg.contains_key("timestep_spacing") {
+            let class = cfg.get("_class_name").and_then(Value::as_str).unwrap_or_default();
+            if !cfg.contains_key("timestep_spacing") || SPACING_IGNORED.contains(&class) {
                 bail!("sampler {sampler} has no timestep_spacing option, so sgm-uniform is not available");
             }
             cfg.insert("timestep_spacing".into(), json!("trailing"));
@@ -327,6 +234,9 @@ fn apply_schedule(cfg: &mut Map<String, Value>, schedule: Option<&str>, sampler:
     Ok(None)
 }
 
+/// Classes that carry `timestep_spacing` in their config but never read it (consistency-model timesteps).
+const SPACING_IGNORED: [&str; 2] = ["LCMScheduler", "TCDScheduler"];
+
 /// Classes whose diffusers `set_timesteps` takes custom sigmas or timesteps (what AYS needs).
 const AYS_CLASSES: [&str; 4] = ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "HeunDiscreteScheduler", "DDPMScheduler"];
 
@@ -341,7 +251,7 @@ pub fn list() -> Vec<SamplerInfo> {
             let has = |k: &str| class.is_some_and(|c| c.defaults.contains(&format!("\"{k}\"")));
             let mut schedules = vec!["normal"];
             for (k, n) in [("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"), ("use_beta_sigmas", "beta"), ("timestep_spacing", "sgm-uniform")] {
-                if has(k) {
+                if has(k) && !(n == "sgm-uniform" && SPACING_IGNORED.contains(&s.class)) {
                     schedules.push(n);
                 }
             }

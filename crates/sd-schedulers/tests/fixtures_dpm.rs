@@ -16,3 +16,9 @@ fn dpmpp_sde_matches_diffusers() {
 fn dpm_2m_matches_diffusers() {
     common::run_family("dpm", &["dpm-2m"], 1e-5);
 }
+
+/// DPMSolverSinglestepScheduler (orders 1–3, midpoint/heun, ++/noise/SDE). Tolerance 1e-5 relative per step.
+#[test]
+fn dpm_singlestep_matches_diffusers() {
+    common::run_family("dpm", &["dpmpp-2s"], 1e-5);
+}

@@ -18,13 +18,18 @@ use std::time::Instant;
   sd generate --model ./sdxl-base \"a red fox\" --sampler \"DPM++ 2M Karras\" --width 1024 --height 1024
   sd generate --model ./sd15 \"a castle\" --init-image sketch.png --strength 0.6
   sd generate --model ./sd15-inpainting \"a cat\" --init-image photo.png --mask mask.png
-  sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0")]
+  sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0
+  sd generate --model ./sd15 \"a knight, my-style <lora:ink:0.7>\" --lora-dir ./loras --embeddings-dir ./embeddings")]
 pub struct Args {
-    /// The prompt (A1111 syntax: (word:1.2), [word], BREAK)
+    /// The prompt (A1111 syntax: (word:1.2), [word], BREAK, embedding names, <lora:name:weight>)
     pub prompt: String,
-    /// Model: a diffusers folder, or an org/name repo id present in the Hugging Face cache
+    /// Model: a diffusers folder, a single-file .safetensors/.ckpt checkpoint (converted once, cached), or an
+    /// org/name repo id present in the Hugging Face cache
     #[arg(long, short = 'm', env = "SD_MODEL")]
     pub model: String,
+    /// Component configs for a single-file checkpoint whose architecture is not standard SD1/SD2/SDXL
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
     /// What the image should not contain
     #[arg(long, short = 'n', default_value = "")]
     pub negative_prompt: String,
@@ -63,6 +68,18 @@ pub struct Args {
     /// Clip skip, A1111 numbering (1 = last layer, 2 = penultimate)
     #[arg(long, default_value_t = 1)]
     pub clip_skip: usize,
+    /// How (word:1.2) weights act: original (A1111 default), no-norm, ignore (syntax parsed, weights unused), none
+    #[arg(long, default_value = "original")]
+    pub emphasis: String,
+    /// Folder of textual-inversion embeddings (.safetensors/.pt/.bin), used by file name in prompts
+    #[arg(long)]
+    pub embeddings_dir: Option<PathBuf>,
+    /// Merge a LoRA file into the model: FILE or FILE:WEIGHT (repeatable)
+    #[arg(long, value_name = "FILE:WEIGHT")]
+    pub lora: Vec<String>,
+    /// Folder where <lora:name:weight> prompt tags find name.safetensors
+    #[arg(long)]
+    pub lora_dir: Option<PathBuf>,
     /// Start from this image (img2img); with --mask, inpaint
     #[arg(long)]
     pub init_image: Option<PathBuf>,
@@ -143,6 +160,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.strength.is_some() && args.init_image.is_none() {
         usage!("--strength only applies with --init-image");
     }
+    let emphasis: sd_pipeline::prompt::Emphasis =
+        args.emphasis.parse().map_err(|e: anyhow::Error| super::UsageError(format!("--emphasis: {e}")))?;
+    let loras = collect_loras(&args)?;
+    if let Some(dir) = &args.embeddings_dir {
+        if !dir.is_dir() {
+            anyhow::bail!("--embeddings-dir {}: no such folder", dir.display());
+        }
+    }
     if let Some(policy) = &args.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
     }
@@ -171,10 +196,27 @@ pub fn run(args: Args) -> Result<()> {
     opts.family = family;
     opts.prediction_type = prediction;
     opts.load_safety_checker = safety != Some(SafetyMode::Off);
-    let sd = StableDiffusion::load(&args.model, opts)?;
+    opts.loras = loras;
+    opts.config_dir = args.config_dir.clone();
+    let mut sd = StableDiffusion::load(&args.model, opts)?;
+    if let Some(dir) = &args.embeddings_dir {
+        for note in sd.text.load_embeddings(dir)? {
+            eprintln!("embedding skipped: {note}");
+        }
+    }
     let load_s = t_load.elapsed().as_secs_f64();
     if let Some(s) = spinner {
         s.finish_and_clear();
+    }
+    for l in &sd.loras {
+        if !l.ignored.is_empty() {
+            eprintln!(
+                "warning: LoRA {}: {} key(s) matched nothing in this model and were ignored: {}",
+                l.path.display(),
+                l.ignored.len(),
+                l.ignored.join(", ")
+            );
+        }
     }
 
     let (init_w, init_h) = match &mode {
@@ -208,6 +250,7 @@ pub fn run(args: Args) -> Result<()> {
         req.seed = base_seed.wrapping_add(batch);
         req.batch_size = args.batch_size;
         req.clip_skip = args.clip_skip;
+        req.emphasis = emphasis;
         req.mode = mode.clone();
         req.validate(sd.vae_scale_factor()).map_err(|e| super::UsageError(format!("{e:#}")))?;
         if !args.json {
@@ -247,12 +290,37 @@ pub fn run(args: Args) -> Result<()> {
             "model": sd.name,
             "family": sd.info.family.to_string(),
             "load_s": load_s,
+            "loras": sd.loras.iter().map(|l| serde_json::json!({ "path": l.path, "weight": l.weight, "ignored_keys": l.ignored })).collect::<Vec<_>>(),
             "batches": summary,
             "peak_rss_mb": sd_pipeline::output::peak_rss_mb(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
+}
+
+/// `--lora FILE:WEIGHT` flags, then the prompt's `<lora:name:weight>` tags looked up in `--lora-dir`.
+fn collect_loras(args: &Args) -> Result<Vec<(PathBuf, f64)>> {
+    let mut out: Vec<(PathBuf, f64)> = Vec::new();
+    for arg in &args.lora {
+        let (path, weight) = sd_pipeline::loras::parse_lora_arg(arg).map_err(|e| super::UsageError(format!("{e:#}")))?;
+        if !path.is_file() {
+            anyhow::bail!("--lora {arg}: {} is not a file", path.display());
+        }
+        out.push((path, weight));
+    }
+    let (_, tags) = sd_pipeline::loras::strip_lora_tags(&args.prompt)?;
+    for tag in tags {
+        let path = sd_pipeline::loras::resolve_lora(&tag.name, args.lora_dir.as_deref())?;
+        out.push((path, tag.weight));
+    }
+    for (i, (p, _)) in out.iter().enumerate() {
+        let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        if out[..i].iter().any(|(q, _)| canon(q) == canon(p)) {
+            anyhow::bail!("LoRA {} is given twice (--lora and/or <lora:…> tags); give it once", p.display());
+        }
+    }
+    Ok(out)
 }
 
 fn random_seed() -> u64 {

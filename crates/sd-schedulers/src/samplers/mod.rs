@@ -13,3 +13,4 @@ pub mod unipc;
 pub mod lcm;
 pub mod edm_euler;
 pub mod deis;
+pub mod dpm_singlestep;
