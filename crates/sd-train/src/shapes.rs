@@ -120,33 +120,44 @@ fn nearest_colour(c: [f32; 3]) -> usize {
     (0..COLOURS.len()).min_by(|&a, &b| d(COLOURS[a].1).total_cmp(&d(COLOURS[b].1))).unwrap_or(0)
 }
 
-/// Read shape, colour and position: the background is the palette colour nearest the border pixels; foreground
-/// pixels are those nearer another palette colour; the colour is their majority vote, the position their bounding
-/// box's quadrant (or centre), and the shape the fill ratio of their bounding box (square ≈ 1, circle ≈ π/4,
-/// triangle ≈ 1/2). `None` when no foreground is found.
+/// Read shape, colour and position: the background colour is the per-channel median of the border pixels;
+/// foreground pixels are those farther than a fixed distance from it (robust to the soft, textured backgrounds a
+/// small model generates); the colour is the majority palette colour among them (the background's own palette
+/// colour excluded), the position their bounding box's quadrant (or centre), and the shape the fill ratio of that
+/// box (square ≈ 1, circle ≈ π/4, triangle ≈ 1/2). `None` when no foreground is found.
 pub fn read(img: &RgbImage) -> Option<Reading> {
     let (w, h) = img.dimensions();
     let px = |x: u32, y: u32| {
         let p = img.get_pixel(x, y).0;
         [p[0] as f32, p[1] as f32, p[2] as f32]
     };
-    let mut border = [0u32; 6];
+    let mut border: Vec<[f32; 3]> = Vec::new();
     for x in 0..w {
-        border[nearest_colour(px(x, 0))] += 1;
-        border[nearest_colour(px(x, h - 1))] += 1;
+        border.push(px(x, 0));
+        border.push(px(x, h - 1));
     }
-    for y in 0..h {
-        border[nearest_colour(px(0, y))] += 1;
-        border[nearest_colour(px(w - 1, y))] += 1;
+    for y in 1..h.saturating_sub(1) {
+        border.push(px(0, y));
+        border.push(px(w - 1, y));
     }
-    let bg = (0..6).max_by_key(|&i| border[i])?;
+    let mut bg = [0f32; 3];
+    for (k, slot) in bg.iter_mut().enumerate() {
+        let mut ch: Vec<f32> = border.iter().map(|p| p[k]).collect();
+        ch.sort_by(f32::total_cmp);
+        *slot = ch[ch.len() / 2];
+    }
+    let bg_palette = nearest_colour(bg);
     let (mut votes, mut n) = ([0u32; 6], 0u32);
     let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
     for y in 0..h {
         for x in 0..w {
-            let c = nearest_colour(px(x, y));
-            if c != bg {
-                votes[c] += 1;
+            let p = px(x, y);
+            let d2: f32 = (0..3).map(|k| (p[k] - bg[k]).powi(2)).sum();
+            if d2 > 80.0 * 80.0 {
+                let c = nearest_colour(p);
+                if c != bg_palette {
+                    votes[c] += 1;
+                }
                 n += 1;
                 (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
             }
