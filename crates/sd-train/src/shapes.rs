@@ -97,10 +97,12 @@ pub fn dataset(spec: &str, size: u32, seed: u64) -> Result<Dataset> {
     if n == 0 {
         bail!("`{spec}` asks for an empty dataset");
     }
+    let mut train: Vec<u64> = scene_order()[50..].to_vec();
+    train.sort_unstable();
     let mut gen = TorchGenerator::new(seed);
     let examples = (0..n)
         .map(|i| {
-            let scene = Scene::nth(training_scene(i));
+            let scene = Scene::nth(training_scene(i, &train));
             Example { source: format!("procedural:shapes #{i}"), caption: scene.caption(), image: scene.render(size, Some(&mut gen)) }
         })
         .collect();
@@ -184,21 +186,25 @@ pub fn read(img: &RgbImage) -> Option<Reading> {
     Some(Reading { shape, colour, position })
 }
 
-/// Scenes `n` with `n % 9 == 4` never appear in training: 50 held-out combinations of shape, colour, background
-/// and position (each attribute is seen in training, the combination is not).
-fn is_held_out(n: u64) -> bool {
-    n % 9 == 4
+/// The 450 scene indices in a fixed pseudo-random order; the first 50 are held out of training, so every
+/// attribute (shape, colour, background, position) appears among them in roughly its overall proportion, while
+/// each held-out combination is never trained on.
+fn scene_order() -> Vec<u64> {
+    let mut order: Vec<u64> = (0..450).collect();
+    let mut gen = TorchGenerator::new(0x5EED_5BA9);
+    for i in (1..order.len()).rev() {
+        let j = (gen.next_u32() as usize) % (i + 1);
+        order.swap(i, j);
+    }
+    order
 }
 
 /// The 50 held-out evaluation scenes.
 pub fn held_out_scenes() -> Vec<Scene> {
-    (0..450).filter(|&n| is_held_out(n)).map(Scene::nth).collect()
+    scene_order()[..50].iter().map(|&n| Scene::nth(n)).collect()
 }
 
-/// Scene index of training example `i`: the 400 non-held-out scenes, cycled.
-fn training_scene(i: u64) -> u64 {
-    let k = i % 400;
-    // 8 training scenes in every block of 9.
-    let (block, r) = (k / 8, k % 8);
-    block * 9 + if r >= 4 { r + 1 } else { r }
+/// Scene index of training example `i`: the 400 other scenes in index order, cycled.
+fn training_scene(i: u64, train: &[u64]) -> u64 {
+    train[(i % train.len() as u64) as usize]
 }
