@@ -9,6 +9,7 @@
 //! | `compare` | sd-rs vs diffusers speed and peak memory on a full-size random-weight SD1.5 (`--quick`: 256 px) |
 //! | `parity --full` | full-size random-weight SD1.5 (`--sdxl`: and SDXL) against diffusers, f32, max abs error ≤ 1e-3 |
 //! | `convert-weights` | release-build `sd` and run `sd convert ARGS…` (single-file checkpoint → diffusers folder) |
+//! | `train-demo` | train the `sd-tiny-shapes` demo model into `models/sd-tiny-shapes/` and score its prompt adherence |
 //!
 //! This crate uses only std and anyhow, because it must build before LibTorch exists.
 
@@ -42,6 +43,7 @@ fn run() -> Result<()> {
         "convert-weights" => convert_weights(rest),
         "compare" => compare::run(rest),
         "parity" => parity::run(rest),
+        "train-demo" => train_demo(rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -63,7 +65,8 @@ fn print_help() {
          fixtures   regenerate reference fixtures with PyTorch/diffusers (needs network access to PyPI)\n  \
          compare [--quick]  time sd-rs against diffusers (UNet step, whole txt2img; wall time, peak RSS)\n  \
          parity --full [--sdxl]  full-size random-weight models against diffusers (slow; not in CI)\n  \
-         convert-weights ARGS  build `sd` (release) and run `sd convert ARGS` (see `sd convert --help`)"
+         convert-weights ARGS  build `sd` (release) and run `sd convert ARGS` (see `sd convert --help`)\n  \
+         train-demo [VAE_STEPS UNET_STEPS]  train models/sd-tiny-shapes on procedural shapes, then score it"
     );
 }
 
@@ -112,4 +115,17 @@ fn convert_weights(extra: &[String]) -> Result<()> {
     args.extend(extra.iter().map(|s| s.as_str()));
     let cwd = std::env::current_dir().unwrap_or(root);
     util::run_cmd(&cwd, sd.to_str().unwrap_or("sd"), &args)
+}
+
+/// `cargo xtask train-demo [VAE_STEPS UNET_STEPS]`: scaffold, VAE, UNet (sd-train's `train_demo` example), then the
+/// held-out prompt-adherence score (`shapes_eval`).
+fn train_demo(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    let root = util::root();
+    let work = root.join("target/sd-tiny-shapes-work");
+    let (work, out) = (work.to_str().unwrap_or("target/sd-tiny-shapes-work"), "models/sd-tiny-shapes");
+    let mut args = vec!["run", "--release", "-p", "sd-train", "--example", "train_demo", "--", work, out];
+    args.extend(extra.iter().map(|s| s.as_str()));
+    util::cargo(&root, &args)?;
+    util::cargo(&root, &["run", "--release", "-p", "sd-train", "--example", "shapes_eval", "--", out, "32", "20"])
 }

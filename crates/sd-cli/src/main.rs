@@ -28,6 +28,8 @@ enum Command {
     Tokenize(cmd::tokenize::Args),
     /// Show generation parameters, AI labels and watermark verdicts of PNG/JPEG images
     Inspect(cmd::inspect::Args),
+    /// Fine-tune a model's UNet (or train one from a config) on captioned images
+    Train(Box<cmd::train::Args>),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => cmd::convert::run(*args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Train(args) => cmd::train::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod tokenize;
 pub mod inspect;
 pub mod samplers;
+pub mod train;
 
 /// An error caused by how the command was called (bad flag values, impossible combinations): exit code 2.
 #[derive(Debug)]

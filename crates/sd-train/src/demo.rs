@@ -1,0 +1,142 @@
+//! The `sd-tiny-shapes` demo model: a diffusers folder small enough to train on a CPU in minutes.
+//!
+//! [`scaffold`] writes the base folder (real CLIP tokenizer from OpenAI's BPE file, a small randomly initialised
+//! CLIP text encoder that stays frozen, VAE and UNet configs, a DDIM scheduler); [`train_vae`] trains the
+//! AutoencoderKL on `procedural:shapes` images (reconstruction MSE + a small KL term, as LDM's first stage without
+//! the perceptual/GAN losses) and sets `scaling_factor` to 1 / std of the latents; the UNet is then trained by the
+//! ordinary [`crate::Trainer`] with `unet_config` pointing at the scaffold's `unet/config.json`.
+
+use crate::dataset::Dataset;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::trainer::stream;
+use anyhow::{Context, Result};
+use sd_core::atomic::{write_atomic, Overwrite};
+use sd_core::weights::{save_safetensors, VarBuilder};
+use sd_models::clip::{ClipTextConfig, ClipTextModel};
+use sd_models::vae::{AutoencoderKL, VaeConfig};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Image side of the demo model.
+pub const SIZE: u32 = 32;
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+    }
+    write_atomic(path, Overwrite::Allow, serde_json::to_string_pretty(v)?.as_bytes())
+}
+
+fn sorted_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let m: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    m.into_iter().map(|(n, t)| (n, t.detach())).collect()
+}
+
+/// Write the untrained base folder at `dir` (tokenizer from `bpe`, the OpenAI `bpe_simple_vocab_16e6.txt.gz`).
+pub fn scaffold(dir: &Path, bpe: &Path, seed: u64) -> Result<()> {
+    let vocab = sd_models::clip::vocab::from_openai_bpe(bpe).with_context(|| format!("reading the CLIP BPE file {}", bpe.display()))?;
+    let tok = dir.join("tokenizer");
+    std::fs::create_dir_all(&tok)?;
+    let v: BTreeMap<&String, &u32> = vocab.vocab.iter().collect();
+    write_atomic(&tok.join("vocab.json"), Overwrite::Allow, serde_json::to_string(&v)?.as_bytes())?;
+    let mut merges = String::from("#version: 0.2\n");
+    for (a, b) in &vocab.merges {
+        merges.push_str(&format!("{a} {b}\n"));
+    }
+    write_atomic(&tok.join("merges.txt"), Overwrite::Allow, merges.as_bytes())?;
+    write_json(
+        &tok.join("tokenizer_config.json"),
+        &json!({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>", "model_max_length": 77, "tokenizer_class": "CLIPTokenizer"}),
+    )?;
+
+    let te = json!({"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": vocab.vocab.len(),
+        "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "bos_token_id": 49406,
+        "eos_token_id": 49407, "pad_token_id": 1, "initializer_range": 0.02, "initializer_factor": 1.0});
+    write_json(&dir.join("text_encoder/config.json"), &te)?;
+    let tcfg: ClipTextConfig = serde_json::from_value(te)?;
+    tch::manual_seed(seed as i64);
+    let vs = Arc::new(nn::VarStore::new(Device::Cpu));
+    let vb = VarBuilder::from_init(Kind::Float, Device::Cpu).trainable(vs.clone())?;
+    ClipTextModel::from_varbuilder(&vb, &tcfg, false)?;
+    save_safetensors(&sorted_vars(&vs), &dir.join("text_encoder/model.safetensors"), None, Overwrite::Allow)?;
+
+    write_json(
+        &dir.join("vae/config.json"),
+        &json!({"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+            "block_out_channels": [32, 64], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "layers_per_block": 1, "norm_num_groups": 8,
+            "act_fn": "silu", "sample_size": SIZE, "scaling_factor": 1.0, "mid_block_add_attention": false,
+            "force_upcast": false}),
+    )?;
+    write_json(
+        &dir.join("unet/config.json"),
+        &json!({"_class_name": "UNet2DConditionModel", "sample_size": SIZE / 2, "in_channels": 4, "out_channels": 4,
+            "block_out_channels": [32, 64], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "attention_head_dim": 4,
+            "cross_attention_dim": 32, "norm_num_groups": 8}),
+    )?;
+    write_json(
+        &dir.join("scheduler/scheduler_config.json"),
+        &json!({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": false, "set_alpha_to_one": false,
+            "steps_offset": 1, "timestep_spacing": "leading"}),
+    )?;
+    write_json(
+        &dir.join("model_index.json"),
+        &json!({"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+            "safety_checker": [null, null], "feature_extractor": [null, null], "requires_safety_checker": false}),
+    )
+}
+
+/// Train the scaffold's VAE on `data` for `steps` AdamW steps (batch `batch`), then save it with `scaling_factor`
+/// = 1 / std(latent means). Returns the loss of every step.
+pub fn train_vae(dir: &Path, data: &Dataset, steps: u64, batch: usize, lr: f64, seed: u64, mut on_step: impl FnMut(u64, f64)) -> Result<Vec<f64>> {
+    let cfg_path = dir.join("vae/config.json");
+    let mut cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)?;
+    let cfg = VaeConfig::from_file(&cfg_path)?;
+    tch::manual_seed(seed as i64);
+    let vs = Arc::new(nn::VarStore::new(Device::Cpu));
+    let vb = VarBuilder::from_init(Kind::Float, Device::Cpu).trainable(vs.clone())?;
+    let vae = AutoencoderKL::from_varbuilder(&vb, &cfg)?;
+    let params: Vec<(String, Tensor)> = vs.variables().into_iter().collect::<BTreeMap<_, _>>().into_iter().collect();
+    let mut opt = AdamW::new(params, AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() })?;
+    let mut losses = Vec::with_capacity(steps as usize);
+    for step in 0..steps {
+        let mut gen = stream(seed, 3, step);
+        let idx: Vec<usize> = (0..batch).map(|_| gen.next_u32() as usize % data.len()).collect();
+        let px: Vec<Tensor> = idx.iter().map(|&i| data.pixels(i, &mut gen, Device::Cpu)).collect::<Result<_>>()?;
+        let x = Tensor::f_stack(&px, 0)?;
+        let post = vae.encode(&x)?;
+        let z = post.sample(&mut gen);
+        let rec = vae.decode(&z)?;
+        let mse = rec.f_sub(&x)?.f_square()?.f_mean(Kind::Float)?;
+        let var = post.logvar.f_exp()?;
+        let kl = post.mean.f_square()?.f_add(&var)?.f_sub_scalar(1.0)?.f_sub(&post.logvar)?.f_mean(Kind::Float)?.f_mul_scalar(0.5)?;
+        let loss = mse.f_add(&kl.f_mul_scalar(1e-4)?)?;
+        opt.zero_grad();
+        loss.f_backward()?;
+        opt.step(lr)?;
+        let v = loss.double_value(&[]);
+        losses.push(v);
+        on_step(step + 1, v);
+    }
+    // LDM's rescaling: unit-variance latents for the diffusion model.
+    let _guard = tch::no_grad_guard();
+    let mut means = Vec::new();
+    for i in 0..data.len().min(256) {
+        let x = data.pixels(i, &mut stream(seed, 4, i as u64), Device::Cpu)?.f_unsqueeze(0)?;
+        means.push(vae.encode(&x)?.mean);
+    }
+    let std = Tensor::f_cat(&means, 0)?.f_std(true)?.double_value(&[]);
+    cfg_json["scaling_factor"] = json!(1.0 / std.max(1e-6));
+    write_json(&cfg_path, &cfg_json)?;
+    save_safetensors(&sorted_vars(&vs), &dir.join("vae/diffusion_pytorch_model.safetensors"), None, Overwrite::Allow)?;
+    Ok(losses)
+}
