@@ -39,8 +39,10 @@ pub fn ensure_venv(root: &Path) -> Result<std::path::PathBuf> {
     let venv = root.join("target/pyenv");
     let py = venv.join("bin/python");
     let req = root.join("scripts/fixtures/requirements.txt");
+    let nodeps = root.join("scripts/fixtures/requirements-nodeps.txt");
     let stamp = venv.join(".requirements");
-    let wanted = fs::read_to_string(&req).with_context(|| format!("cannot read {}", req.display()))?;
+    let mut wanted = fs::read_to_string(&req).with_context(|| format!("cannot read {}", req.display()))?;
+    wanted.push_str(&fs::read_to_string(&nodeps).with_context(|| format!("cannot read {}", nodeps.display()))?);
     if py.exists() && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(py);
     }
@@ -48,7 +50,9 @@ pub fn ensure_venv(root: &Path) -> Result<std::path::PathBuf> {
         run_cmd(root, "python3", &["-m", "venv", venv.to_str().context("path")?])
             .context("cannot create the fixtures virtualenv (on Debian: apt-get install python3-venv)")?;
     }
-    run_cmd(root, py.to_str().context("path")?, &["-m", "pip", "install", "-q", "-r", req.to_str().context("path")?])?;
+    let py_s = py.to_str().context("path")?;
+    run_cmd(root, py_s, &["-m", "pip", "install", "-q", "-r", req.to_str().context("path")?])?;
+    run_cmd(root, py_s, &["-m", "pip", "install", "-q", "--no-deps", "-r", nodeps.to_str().context("path")?])?;
     fs::write(&stamp, wanted)?;
     Ok(py)
 }
