@@ -122,12 +122,13 @@ impl StableDiffusion {
             None => Vec::new(),
         };
         let vae_dir = dir.component_dir("vae")?;
-        let vae_kind = opts.vae_dtype.unwrap_or(dtype);
+        // diffusers' `force_upcast` (default true): f16 VAEs of SD1/SDXL overflow, so they decode in f32. bf16 has
+        // f32's range and needs no upcast. Decided from the config so the VAE is loaded once.
+        let force_upcast = dir.component_config("vae")?.get("force_upcast").and_then(|v| v.as_bool()).unwrap_or(true);
+        let upcast = dtype == Kind::Half && force_upcast;
+        let vae_kind = opts.vae_dtype.unwrap_or(if upcast { Kind::Float } else { dtype });
         let mut vae = AutoencoderKL::load(&vae_dir, vae_kind, device)
             .with_context(|| format!("loading the VAE of {}", root.display()))?;
-        if opts.vae_dtype.is_none() && dtype == Kind::Half && vae.config().force_upcast {
-            vae = AutoencoderKL::load(&vae_dir, Kind::Float, device)?;
-        }
         if opts.low_memory {
             let tiling = TilingConfig::for_config(vae.config());
             vae.set_tiling(Some(tiling));
