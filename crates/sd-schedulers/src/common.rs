@@ -31,6 +31,15 @@ impl StepIndex {
         Ok(i)
     }
 
+    /// The index for a `step` call: the schedule must be set, and `steps` steps exist in it (the sample after the
+    /// last one is final), so a step past the end is an error instead of an out-of-bounds panic.
+    pub fn for_step(&mut self, timesteps: &[f64], timestep: f64, steps: usize) -> Result<usize> {
+        ensure!(!timesteps.is_empty(), "call set_timesteps before step");
+        let i = self.get(timesteps, timestep)?;
+        ensure!(i < steps, "step called after the last timestep");
+        Ok(i)
+    }
+
     pub fn advance(&mut self) {
         if let Some(i) = self.step.as_mut() {
             *i += 1;

@@ -92,10 +92,8 @@ impl Scheduler for Deis {
         Ok(sample.shallow_clone())
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
-        ensure!(!self.sched.timesteps.is_empty(), "call set_timesteps before step");
-        let i = self.idx.get(&self.sched.timesteps, timestep)?;
         let len = self.sched.timesteps.len();
-        ensure!(i < len, "step called after the last timestep");
+        let i = self.idx.for_step(&self.sched.timesteps, timestep, len)?;
         let lower_final = i == len - 1 && self.cfg.lower_order_final && len < 15;
         let lower_second = i + 2 == len && self.cfg.lower_order_final && len < 15;
         let sample = f32(sample)?;

@@ -227,10 +227,8 @@ impl Scheduler for DpmMultistep {
         Ok(sample.shallow_clone())
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
-        ensure!(!self.sched.timesteps.is_empty(), "call set_timesteps before step");
-        let i = self.idx.get(&self.sched.timesteps, timestep)?;
         let len = self.sched.timesteps.len();
-        ensure!(i < len, "step called after the last timestep");
+        let i = self.idx.for_step(&self.sched.timesteps, timestep, len)?;
         let c = &self.cfg;
         let lower_final = i == len - 1 && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
         let lower_second = i + 2 == len && c.lower_order_final && len < 15;

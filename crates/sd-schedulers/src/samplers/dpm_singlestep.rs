@@ -181,9 +181,7 @@ impl Scheduler for DpmSinglestep {
         Ok(sample.shallow_clone())
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
-        ensure!(!self.sched.timesteps.is_empty(), "call set_timesteps before step");
-        let i = self.idx.get(&self.sched.timesteps, timestep)?;
-        ensure!(i < self.orders.len(), "step called after the last timestep");
+        let i = self.idx.for_step(&self.sched.timesteps, timestep, self.orders.len())?;
         let sample = f32(sample)?;
         let data_pred = matches!(self.algo, Algo::DpmSolverPP | Algo::SdeDpmSolverPP);
         let m = convert_model_output(&self.cfg, self.pred, data_pred, &f32(model_output)?, &sample, self.sched.sigmas[i])?;

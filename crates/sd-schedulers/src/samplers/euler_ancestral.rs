@@ -56,8 +56,8 @@ impl Scheduler for EulerAncestral {
         k_scale(sample, self.sched.sigmas[i])
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
-        let i = self.idx.get(&self.sched.timesteps, timestep)?;
-        anyhow::ensure!(i + 1 < self.sched.sigmas.len(), "step called after the last timestep");
+        let steps = self.sched.sigmas.len().saturating_sub(1);
+        let i = self.idx.for_step(&self.sched.timesteps, timestep, steps)?;
         let sample = f32(sample)?;
         let (from, to) = (self.sched.sigmas[i], self.sched.sigmas[i + 1]);
         let x0 = k_denoised(self.pred, &sample, model_output, from)?;

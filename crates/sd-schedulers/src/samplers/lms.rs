@@ -6,7 +6,7 @@ use crate::common::{f32, k_denoised, k_scale, noise_index, StepIndex};
 use crate::ksched::{self, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::{Prediction, Scheduler, SchedulerConfig};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use sd_core::TorchGenerator;
 use std::collections::VecDeque;
 use tch::{Device, Tensor};
@@ -88,8 +88,8 @@ impl Scheduler for Lms {
         k_scale(sample, self.sched.sigmas[i])
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
-        let i = self.idx.get(&self.sched.timesteps, timestep)?;
-        ensure!(i + 1 < self.sched.sigmas.len(), "step called after the last timestep");
+        let steps = self.sched.sigmas.len().saturating_sub(1);
+        let i = self.idx.for_step(&self.sched.timesteps, timestep, steps)?;
         let sample = f32(sample)?;
         let sigma = self.sched.sigmas[i];
         let x0 = k_denoised(self.pred, &sample, &f32(model_output)?, sigma)?;

@@ -201,10 +201,8 @@ impl Scheduler for UniPc {
         Ok(sample.shallow_clone())
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
-        ensure!(!self.sched.timesteps.is_empty(), "call set_timesteps before step");
-        let i = self.idx.get(&self.sched.timesteps, timestep)?;
         let len = self.sched.timesteps.len();
-        ensure!(i < len, "step called after the last timestep");
+        let i = self.idx.for_step(&self.sched.timesteps, timestep, len)?;
         let out = f32(model_output)?;
         let mut sample = f32(sample)?;
         let use_corrector = i > 0 && !self.cfg.disable_corrector.contains(&(i - 1)) && self.last_sample.is_some();
