@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use sd_core::TorchGenerator;
 use sd_models::unet::AddedCond;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Progress reported while generating (the CLI draws bars from these).
@@ -125,10 +125,10 @@ impl StableDiffusion {
                     None
                 };
                 let noise = gen.randn(&shape, dtype, device);
-                let latents = match (&image_latents, strength_max) {
-                    (_, true) => &noise * sched.init_noise_sigma(),
-                    (Some(z), false) => sched.add_noise(z, &noise, timesteps[0])?,
-                    (None, false) => unreachable_latents()?,
+                // Below strength 1 the image latents were encoded above, so they are always present here.
+                let latents = match &image_latents {
+                    Some(z) if !strength_max => sched.add_noise(z, &noise, timesteps[0])?,
+                    _ => &noise * sched.init_noise_sigma(),
                 };
                 let mask_lat = mask.upsample_nearest2d([h, w], None::<f64>, None::<f64>).to_kind(dtype).repeat([b, 1, 1, 1]);
                 // diffusers encodes the masked image even for 4-channel UNets, which never use it: the draw
@@ -311,10 +311,6 @@ struct InpaintState {
     noise: Tensor,
 }
 
-fn unreachable_latents() -> Result<Tensor> {
-    bail!("internal: inpainting with strength < 1 needs image latents")
-}
-
 /// Repeat conditioning for the batch and put the unconditional half first, as diffusers does.
 fn batch_condition(cond: &Conditioning, uncond: &Conditioning, b: i64, cfg: bool, pick: impl Fn(&Conditioning) -> &Tensor) -> Tensor {
     let rep = |t: &Tensor| {
@@ -348,9 +344,4 @@ fn guidance_scale_embedding(w: f64, dim: i64, batch: i64) -> Tensor {
     let args = w.unsqueeze(1) * freqs.unsqueeze(0);
     let emb = Tensor::cat(&[args.sin(), args.cos()], 1);
     if dim % 2 == 1 { emb.constant_pad_nd([0, 1]) } else { emb }
-}
-
-#[allow(dead_code)]
-fn elapsed(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
