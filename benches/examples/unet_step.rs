@@ -21,10 +21,20 @@ struct Args {
     warmup: usize,
     attention: String,
     threads: Option<i32>,
+    channels_last: bool,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { model: PathBuf::new(), size: 512, dtype: "bf16".into(), repeats: 5, warmup: 1, attention: "auto".into(), threads: None };
+    let mut a = Args {
+        model: PathBuf::new(),
+        size: 512,
+        dtype: "bf16".into(),
+        repeats: 5,
+        warmup: 1,
+        attention: "auto".into(),
+        threads: None,
+        channels_last: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -36,6 +46,7 @@ fn parse() -> Result<Args> {
             "--warmup" => a.warmup = value()?.parse().context("--warmup")?,
             "--attention" => a.attention = value()?,
             "--threads" => a.threads = Some(value()?.parse().context("--threads")?),
+            "--channels-last" => a.channels_last = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -53,8 +64,12 @@ fn main() -> Result<()> {
         "bf16" => Kind::BFloat16,
         other => bail!("--dtype {other}: expected f32 or bf16"),
     };
-    let dir = if a.model.join("unet").is_dir() { a.model.join("unet") } else { a.model.clone() };
-    let mut unet = UNet2DConditionModel::load(&dir, kind, Device::Cpu)?;
+    let dir = if a.model.join("unet").is_dir() {
+        a.model.join("unet")
+    } else {
+        a.model.clone()
+    };
+    let mut unet = UNet2DConditionModel::load_with(&dir, kind, Device::Cpu, a.channels_last)?;
     unet.set_attention_mode(a.attention.parse::<AttentionMode>()?);
     let cfg = unet.config().clone();
     tch::manual_seed(0);

@@ -91,15 +91,33 @@ fn demo(extra: &[String]) -> Result<()> {
     let sd = root.join("target/release/sd");
     let sd = sd.to_str().unwrap_or("sd");
     util::run_cmd(&root, sd, &["doctor"])?;
-    // The main job: text-to-image end to end, then read the result back as any user could.
-    // The bundled fixture model has random weights (real SD weights cannot be shipped), so the picture is
-    // noise-like; pass --model to use your own weights (see README).
-    let model = root.join("fixtures/models/sd1");
-    let model = model.to_str().unwrap_or("fixtures/models/sd1");
+    // The main job: text-to-image end to end with sd-tiny-shapes, the small model sd-rs trained itself
+    // (`cargo xtask train-demo`), on a prompt it never saw as such in training; then read the labels back as any
+    // user could. The model draws 32×32 px; --upscale 8 enlarges it so the invisible watermark fits.
+    let model = root.join("models/sd-tiny-shapes");
+    let model = model.to_str().unwrap_or("models/sd-tiny-shapes");
     let out = "outputs/demo-{seed}.png";
     let args = vec![
-        "generate", "a red circle on a blue background", "--model", model, "--steps", "20", "--seed", "42",
-        "--width", "256", "--height", "256", "--sampler", "Euler a", "--output", out, "--overwrite",
+        "generate",
+        "a yellow circle on a blue background",
+        "--model",
+        model,
+        "--steps",
+        "20",
+        "--seed",
+        "42",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--cfg-scale",
+        "3",
+        "--upscale",
+        "8",
+        "--visible-label",
+        "--output",
+        out,
+        "--overwrite",
     ];
     util::run_cmd(&root, sd, &args)?;
     util::run_cmd(&root, sd, &["inspect", "outputs/demo-42.png"])
@@ -109,7 +127,9 @@ fn demo(extra: &[String]) -> Result<()> {
 fn convert_weights(extra: &[String]) -> Result<()> {
     let root = util::root();
     util::cargo(&root, &["build", "--release", "-p", "sd-cli"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let sd = target.join("release").join("sd");
     let mut args: Vec<&str> = vec!["convert"];
     args.extend(extra.iter().map(|s| s.as_str()));
@@ -123,9 +143,36 @@ fn train_demo(extra: &[String]) -> Result<()> {
     setup::run()?;
     let root = util::root();
     let work = root.join("target/sd-tiny-shapes-work");
-    let (work, out) = (work.to_str().unwrap_or("target/sd-tiny-shapes-work"), "models/sd-tiny-shapes");
-    let mut args = vec!["run", "--release", "-p", "sd-train", "--example", "train_demo", "--", work, out];
+    let (work, out) = (
+        work.to_str().unwrap_or("target/sd-tiny-shapes-work"),
+        "models/sd-tiny-shapes",
+    );
+    let mut args = vec![
+        "run",
+        "--release",
+        "-p",
+        "sd-train",
+        "--example",
+        "train_demo",
+        "--",
+        work,
+        out,
+    ];
     args.extend(extra.iter().map(|s| s.as_str()));
     util::cargo(&root, &args)?;
-    util::cargo(&root, &["run", "--release", "-p", "sd-train", "--example", "shapes_eval", "--", out, "32", "20"])
+    util::cargo(
+        &root,
+        &[
+            "run",
+            "--release",
+            "-p",
+            "sd-train",
+            "--example",
+            "shapes_eval",
+            "--",
+            out,
+            "32",
+            "20",
+        ],
+    )
 }

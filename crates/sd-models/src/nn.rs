@@ -30,6 +30,18 @@ impl Linear {
     }
 }
 
+/// The same values in channels-last (NHWC) memory order, still indexed as NCHW: what PyTorch's
+/// `.to(memory_format=torch.channels_last)` makes. LibTorch reads the layout from the strides.
+pub fn to_channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Whether a 4-D tensor is laid out channels-last (channel stride 1 with more than one channel).
+pub fn is_channels_last(t: &Tensor) -> bool {
+    let (size, stride) = (t.size(), t.stride());
+    size.len() == 4 && size[1] > 1 && stride[1] == 1
+}
+
 /// `nn.Conv2d` with square kernels, symmetric padding and groups = 1.
 #[derive(Debug)]
 pub struct Conv2d {
@@ -42,7 +54,14 @@ pub struct Conv2d {
 impl Conv2d {
     pub fn new(vb: &VarBuilder, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64, bias: bool) -> Result<Self> {
         let fan_in = in_ch * kernel * kernel;
-        let weight = vb.get_with_init(&[out_ch, in_ch, kernel, kernel], "weight", Init::KaimingUniform { fan_in })?;
+        let mut weight = vb.get_with_init(
+            &[out_ch, in_ch, kernel, kernel],
+            "weight",
+            Init::KaimingUniform { fan_in },
+        )?;
+        if vb.channels_last() {
+            weight = to_channels_last(&weight);
+        }
         let bias = if bias {
             Some(vb.get_with_init(&[out_ch], "bias", Init::Uniform { bound: 1.0 / (fan_in as f64).sqrt() })?)
         } else {

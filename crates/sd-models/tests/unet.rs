@@ -99,6 +99,37 @@ fn sliced_attention_modes_equal_sdpa() {
 }
 
 #[test]
+fn channels_last_matches_diffusers_too() {
+    // Same weights in NHWC layout: oneDNN picks other kernels, so rounding may differ; same bound as the f32 parity.
+    for case in cases().iter().filter(|c| {
+        [
+            "sd1_vec",
+            "sd1_odd",
+            "sdxl_vec",
+            "sd1-inpaint_vec",
+            "deep3_odd",
+        ]
+        .contains(&c.name.as_str())
+    }) {
+        let unet = UNet2DConditionModel::load_with(&case.model, Kind::Float, Device::Cpu, true)
+            .expect("load channels-last");
+        let got = run(&unet, case, Kind::Float);
+        assert!(
+            got.is_contiguous(),
+            "{}: output must come back in the usual layout",
+            case.name
+        );
+        let err = max_abs(&got, &case.must("out"));
+        println!("{:16} channels-last max abs err {err:.2e}", case.name);
+        assert!(
+            err <= 1e-4,
+            "{}: channels-last max abs error {err} > 1e-4",
+            case.name
+        );
+    }
+}
+
+#[test]
 fn bf16_sd1_is_close_to_f32_reference() {
     // bf16 keeps 8 mantissa bits (~4e-3 relative); through ~40 layers the tiny UNet stays within 5% of the output
     // range. Tolerance: max abs error ≤ 0.05 · max|reference|.

@@ -47,6 +47,9 @@ pub struct OutputOptions {
     /// `Some("")` = the default label text.
     pub visible_label: Option<String>,
     pub safety: SafetyMode,
+    /// Enlarge each image by this whole factor (Lanczos) before it is labelled and watermarked; 1 = as generated.
+    /// For small models such as the 32 px demo: the watermark needs at least 256×256 pixels.
+    pub upscale: u32,
 }
 
 /// One result, for messages and `--json`.
@@ -111,6 +114,15 @@ pub fn save_outputs(
             continue;
         }
         let mut rgb = tensor_to_rgb(image, Range::Unit)?;
+        if opts.upscale > 1 {
+            let (w, h) = rgb.dimensions();
+            rgb = image::imageops::resize(
+                &rgb,
+                w * opts.upscale,
+                h * opts.upscale,
+                image::imageops::FilterType::Lanczos3,
+            );
+        }
         // Label first, watermark last: drawing over a marked image would erase the mark under the label.
         if let Some(text) = &opts.visible_label {
             use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
@@ -123,7 +135,14 @@ pub fn save_outputs(
         } else {
             WatermarkOutcome::Disabled
         };
-        let info = generation_info(sd, req, generated, model_hash.clone(), i, &outcome);
+        let mut info = generation_info(sd, req, generated, model_hash.clone(), i, &outcome);
+        if opts.upscale > 1 {
+            // A1111's Extras tab records a post-processing upscale with these two keys.
+            info.extra
+                .push(("Postprocess upscale by".into(), opts.upscale.to_string()));
+            info.extra
+                .push(("Postprocess upscaler".into(), "Lanczos".into()));
+        }
         let chunks: Vec<TextChunk> = label_chunks(&info)
             .into_iter()
             .map(|c| TextChunk { keyword: c.keyword, text: c.text, force_itxt: c.force_itxt })

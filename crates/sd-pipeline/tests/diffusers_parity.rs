@@ -79,3 +79,35 @@ fn every_case_matches_diffusers() {
     }
     assert!(failures.is_empty(), "cases differing from diffusers:\n{}", failures.join("\n"));
 }
+
+#[test]
+fn prompts_encoded_once_give_the_same_image_after_the_text_encoder_is_freed() {
+    let mut sd = load("sd1");
+    let mut req = GenerationRequest::txt2img("a red circle on a blue background", 64, 64);
+    req.negative_prompt = "blurry".into();
+    req.steps = 3;
+    req.sampler = "Euler a".into();
+    req.seed = 5;
+    let whole = sd.generate(&req, &mut |_| {}).unwrap();
+    let encoded = sd.encode_prompts(&req, &mut |_| {}).unwrap();
+    sd.release_text_encoders();
+    let split = sd.generate_encoded(&req, &encoded, &mut |_| {}).unwrap();
+    assert!(
+        whole.images[0].equal(&split.images[0]),
+        "encoding first must not change the image"
+    );
+    let err = sd
+        .encode_prompts(&req, &mut |_| {})
+        .err()
+        .expect("no encoders left")
+        .to_string();
+    assert!(err.contains("released"), "{err}");
+    let mut other = req.clone();
+    other.prompt = "a green square".into();
+    let err = sd
+        .generate_encoded(&other, &encoded, &mut |_| {})
+        .err()
+        .expect("prompt mismatch")
+        .to_string();
+    assert!(err.contains("another request"), "{err}");
+}

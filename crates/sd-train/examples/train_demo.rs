@@ -15,41 +15,70 @@ fn main() -> Result<()> {
     let usage = "usage: train_demo WORK_DIR FINAL_DIR [VAE_STEPS] [UNET_STEPS]";
     let work = PathBuf::from(args.first().context(usage)?);
     let final_dir = PathBuf::from(args.get(1).context(usage)?);
-    let vae_steps: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(600);
-    let unet_steps: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3000);
+    let vae_steps: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(1500);
+    let unet_steps: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(5000);
     let seed = 0;
     let start = Instant::now();
     let base = work.join("base");
     let bpe = ClipTokenizer::default_bpe_path();
     demo::scaffold(&base, &bpe, seed)?;
-    let data = shapes::dataset("procedural:shapes", demo::SIZE, seed)?;
-    eprintln!("scaffold written to {} ({:.0} s); training the VAE for {vae_steps} steps", base.display(), start.elapsed().as_secs_f64());
+    let data = shapes::dataset(
+        &format!("procedural:shapes:{}", demo::EXAMPLES),
+        demo::SIZE,
+        seed,
+    )?;
+    eprintln!(
+        "scaffold written to {} ({:.0} s); training the VAE for {vae_steps} steps",
+        base.display(),
+        start.elapsed().as_secs_f64()
+    );
     let losses = demo::train_vae(&base, &data, vae_steps, 16, 1e-3, seed, |s, l| {
-        if s % 25 == 0 {
-            eprintln!("vae step {s}: loss {l:.5} ({:.0} s)", start.elapsed().as_secs_f64());
+        if s % 250 == 0 {
+            eprintln!(
+                "vae step {s}: loss {l:.5} ({:.0} s)",
+                start.elapsed().as_secs_f64()
+            );
         }
     })?;
     eprintln!("VAE loss {:.5} -> {:.5}", losses.first().copied().unwrap_or(0.0), losses.last().copied().unwrap_or(0.0));
 
     let mut cfg = TrainConfig::new(base.clone(), work.join("run"));
     cfg.unet_config = Some(base.join("unet/config.json"));
-    cfg.batch_size = 16;
+    cfg.batch_size = 32;
     cfg.lr = 1e-3;
     cfg.lr_schedule = LrSchedule::Cosine;
     cfg.warmup_steps = 100;
     cfg.max_steps = unet_steps;
     cfg.snr_gamma = Some(5.0);
-    cfg.checkpoint_every = Some(500);
+    cfg.caption_dropout = 0.1;
+    cfg.train_text_encoder = true;
+    cfg.checkpoint_every = Some(1000);
     cfg.seed = seed;
     let mut trainer = Trainer::new(cfg, data)?;
     run::run(&mut trainer, &mut |ev| {
         if let run::Event::Step(r) = ev {
-            if r.step % 25 == 0 {
-                eprintln!("unet step {}: loss {:.5} lr {:.2e} ({:.0} s)", r.step, r.loss, r.lr, start.elapsed().as_secs_f64());
+            if r.step % 250 == 0 {
+                eprintln!(
+                    "unet step {}: loss {:.5} lr {:.2e} ({:.0} s)",
+                    r.step,
+                    r.loss,
+                    r.lr,
+                    start.elapsed().as_secs_f64()
+                );
             }
         }
     })?;
     run::save_model(&trainer, &final_dir, false, false)?;
-    eprintln!("model written to {} in {:.0} s", final_dir.display(), start.elapsed().as_secs_f64());
+    let captions = shapes::training_captions().join("\n") + "\n";
+    sd_core::atomic::write_atomic(
+        &final_dir.join("training_captions.txt"),
+        sd_core::atomic::Overwrite::Allow,
+        captions.as_bytes(),
+    )?;
+    eprintln!(
+        "model written to {} in {:.0} s",
+        final_dir.display(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -25,6 +25,9 @@ pub struct TrainConfig {
     /// `clip_grad_norm_` max norm; `None` = no clipping.
     pub max_grad_norm: Option<f64>,
     pub snr_gamma: Option<f64>,
+    /// Probability that a training caption is replaced by the empty prompt (classifier-free guidance needs the
+    /// model to have learned the unconditional prediction too). 0 draws nothing, keeping older runs' streams.
+    pub caption_dropout: f64,
     pub ema_decay: Option<f64>,
     /// UNet (and trained text encoder) dtype; float32 master weights are kept for reduced precisions.
     pub dtype: Kind,
@@ -54,6 +57,7 @@ impl TrainConfig {
             adam: AdamWConfig::default(),
             max_grad_norm: Some(1.0),
             snr_gamma: None,
+            caption_dropout: 0.0,
             ema_decay: None,
             dtype: Kind::Float,
             device: Device::Cpu,
@@ -89,6 +93,12 @@ impl TrainConfig {
             if !(g.is_finite() && g > 0.0) {
                 bail!("--snr-gamma must be positive, got {g}");
             }
+        }
+        if !(0.0..=1.0).contains(&self.caption_dropout) {
+            bail!(
+                "--caption-dropout must be between 0 and 1, got {}",
+                self.caption_dropout
+            );
         }
         if !matches!(self.dtype, Kind::Float | Kind::BFloat16) {
             bail!("training supports --dtype f32 or bf16 (f16 training needs loss scaling, which is not implemented)");

@@ -22,6 +22,10 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Image side of the demo model.
 pub const SIZE: u32 = 32;
+/// Training examples: every training scene ten times, each with its own jitter of place and size.
+pub const EXAMPLES: u64 = 4000;
+/// Guidance scale of the adherence evaluation (and of `cargo xtask demo`).
+pub const EVAL_CFG: f64 = 3.0;
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     if let Some(p) = path.parent() {
@@ -139,4 +143,83 @@ pub fn train_vae(dir: &Path, data: &Dataset, steps: u64, batch: usize, lr: f64, 
     write_json(&cfg_path, &cfg_json)?;
     save_safetensors(&sorted_vars(&vs), &dir.join("vae/diffusion_pytorch_model.safetensors"), None, Overwrite::Allow)?;
     Ok(losses)
+}
+
+/// Prompt adherence on the 50 held-out prompts (see [`crate::shapes::held_out_scenes`]).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Adherence {
+    pub prompts: usize,
+    /// Named colour and named shape both read back: the figure the demo model is held to.
+    pub colour_and_shape: usize,
+    pub shape: usize,
+    pub colour: usize,
+    pub position: usize,
+    pub all_three: usize,
+}
+
+impl Adherence {
+    pub fn percent(&self, k: usize) -> f64 {
+        100.0 * k as f64 / self.prompts.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for Adherence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} held-out prompts: colour and shape {:.0}%  (shape {:.0}%  colour {:.0}%  position {:.0}%  all three {:.0}%; chance: 6% / 33% / 17% / 20% / 1%)",
+            self.prompts,
+            self.percent(self.colour_and_shape),
+            self.percent(self.shape),
+            self.percent(self.colour),
+            self.percent(self.position),
+            self.percent(self.all_three)
+        )
+    }
+}
+
+/// Generate every held-out prompt (prompt `i` with seed `i`, the model's own scheduler, `steps` steps, CFG
+/// `cfg_scale`) at `size` px and read it back with [`crate::shapes::read`]. `on_image` sees each image and reading.
+pub fn evaluate(
+    sd: &sd_pipeline::loader::StableDiffusion,
+    size: i64,
+    steps: usize,
+    cfg_scale: f64,
+    mut on_image: impl FnMut(
+        usize,
+        &crate::shapes::Scene,
+        &image::RgbImage,
+        Option<crate::shapes::Reading>,
+    ) -> Result<()>,
+) -> Result<Adherence> {
+    use sd_core::image_io::{tensor_to_rgb, Range};
+    let scenes = crate::shapes::held_out_scenes();
+    let mut a = Adherence {
+        prompts: scenes.len(),
+        ..Adherence::default()
+    };
+    for (i, scene) in scenes.iter().enumerate() {
+        let mut req =
+            sd_pipeline::request::GenerationRequest::txt2img(&scene.caption(), size, size);
+        req.steps = steps;
+        req.seed = i as u64;
+        req.cfg_scale = cfg_scale;
+        let out = sd.generate(&req, &mut |_| {})?;
+        let img = tensor_to_rgb(&out.images[0], Range::Unit)?;
+        let r = crate::shapes::read(&img);
+        on_image(i, scene, &img, r)?;
+        let (s, c, p) = r.map_or((false, false, false), |r| {
+            (
+                r.shape == scene.shape,
+                r.colour == scene.colour,
+                r.position == scene.position,
+            )
+        });
+        a.shape += s as usize;
+        a.colour += c as usize;
+        a.position += p as usize;
+        a.colour_and_shape += (s && c) as usize;
+        a.all_three += (s && c && p) as usize;
+    }
+    Ok(a)
 }

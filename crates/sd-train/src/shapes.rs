@@ -204,6 +204,14 @@ pub fn held_out_scenes() -> Vec<Scene> {
     scene_order()[..50].iter().map(|&n| Scene::nth(n)).collect()
 }
 
+/// The distinct captions the training set uses (the 400 scenes not held out), in scene order: written next to
+/// the demo model so anyone can check that no held-out prompt was trained on as such.
+pub fn training_captions() -> Vec<String> {
+    let mut train: Vec<u64> = scene_order()[50..].to_vec();
+    train.sort_unstable();
+    train.into_iter().map(|n| Scene::nth(n).caption()).collect()
+}
+
 /// Scene index of training example `i`: the 400 other scenes in index order, cycled.
 fn training_scene(i: u64, train: &[u64]) -> u64 {
     train[(i % train.len() as u64) as usize]

@@ -74,6 +74,7 @@ pub struct Trainer {
     pub step: u64,
     latent_cache: Vec<Option<(Tensor, Tensor)>>,
     text_cache: Vec<Option<Tensor>>,
+    empty_cache: Option<Tensor>,
     order_cache: Option<(u64, Vec<usize>)>,
 }
 
@@ -177,6 +178,7 @@ impl Trainer {
             step: 0,
             latent_cache: (0..n).map(|_| None).collect(),
             text_cache: (0..n).map(|_| None).collect(),
+            empty_cache: None,
             order_cache: None,
         };
         if let Some(dir) = trainer.cfg.resume.clone() {
@@ -243,13 +245,32 @@ impl Trainer {
         Ok(self.text.encoder.forward(&ids)?.last_hidden_state)
     }
 
-    fn text_states(&mut self, indices: &[usize]) -> Result<Tensor> {
+    /// Text states of the batch; `dropped[k]` replaces example `k`'s caption by the empty prompt.
+    fn text_states(&mut self, indices: &[usize], dropped: &[bool]) -> Result<Tensor> {
+        let caption = |k: usize, i: usize| {
+            if dropped.get(k).copied().unwrap_or(false) {
+                String::new()
+            } else {
+                self.dataset.examples[i].caption.clone()
+            }
+        };
         if self.text.varstore.is_some() {
-            let caps: Vec<String> = indices.iter().map(|&i| self.dataset.examples[i].caption.clone()).collect();
+            let caps: Vec<String> = indices
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| caption(k, i))
+                .collect();
             return self.encode_text(&caps.iter().map(String::as_str).collect::<Vec<_>>());
         }
         let mut out = Vec::with_capacity(indices.len());
-        for &i in indices {
+        for (k, &i) in indices.iter().enumerate() {
+            if dropped.get(k).copied().unwrap_or(false) {
+                if self.empty_cache.is_none() {
+                    self.empty_cache = Some(self.encode_text(&[""])?);
+                }
+                out.extend(self.empty_cache.as_ref().map(|t| t.shallow_clone()));
+                continue;
+            }
             if self.text_cache[i].is_none() {
                 let caption = self.dataset.examples[i].caption.clone();
                 self.text_cache[i] = Some(self.encode_text(&[caption.as_str()])?);
@@ -287,9 +308,27 @@ impl Trainer {
         let noise = gen.try_randn(&latents.size(), Kind::Float, self.cfg.device)?;
         let n = self.schedule.num_train_timesteps() as u32;
         // torch.randint(0, n) on a CPU generator: one 32-bit draw modulo the range.
-        let timesteps = indices.iter().map(|_| (gen.next_u32() % n) as i64).collect();
-        let encoder_hidden_states = self.text_states(indices)?;
-        Ok(NoisedBatch { latents, encoder_hidden_states, noise, timesteps })
+        let timesteps = indices
+            .iter()
+            .map(|_| (gen.next_u32() % n) as i64)
+            .collect();
+        // Drawn after everything else, and only when enabled, so runs without dropout keep their streams.
+        let p = self.cfg.caption_dropout;
+        let dropped: Vec<bool> = if p > 0.0 {
+            indices
+                .iter()
+                .map(|_| (gen.next_u32() as f64) < p * 4_294_967_296.0)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let encoder_hidden_states = self.text_states(indices, &dropped)?;
+        Ok(NoisedBatch {
+            latents,
+            encoder_hidden_states,
+            noise,
+            timesteps,
+        })
     }
 
     /// One optimizer step: `grad_accum` micro-batches, clipping, AdamW, EMA.

@@ -1,7 +1,7 @@
 //! `sd generate`: txt2img, and img2img / inpainting when `--init-image` / `--mask` are given.
 
 use super::usage;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sd_core::device::{ComputeDevice, DTypeChoice};
 use sd_pipeline::family::Family;
@@ -119,6 +119,10 @@ pub struct Args {
     /// Do not embed the invisible watermark (recorded in the metadata)
     #[arg(long)]
     pub no_watermark: bool,
+    /// Enlarge the result by this factor (Lanczos) before labelling and watermarking, e.g. 8 for the 32 px demo
+    /// model (the watermark needs 256×256 pixels)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub upscale: u32,
     /// Draw a visible "AI生成 / AI-generated" label (or TEXT) in a corner
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub visible_label: Option<String>,
@@ -251,11 +255,13 @@ pub fn run(args: Args) -> Result<()> {
         pattern: args.output.clone(),
         overwrite: args.overwrite,
         watermark: !args.no_watermark,
+        upscale: args.upscale,
         visible_label: args.visible_label.clone(),
         safety: safety.unwrap_or(SafetyMode::Block),
     };
     let mut summary = Vec::new();
     let mut index = 0usize;
+    let mut encoded = None;
     for batch in 0..args.batch_count {
         let mut req = GenerationRequest::txt2img(&args.prompt, width, height);
         req.negative_prompt = args.negative_prompt.clone();
@@ -287,7 +293,13 @@ pub fn run(args: Args) -> Result<()> {
                 }
             }
         };
-        let generated = sd.generate(&req, &mut on_event)?;
+        // Every batch shares the prompts: encode them once, then free the text encoders for the rest of the run.
+        if encoded.is_none() {
+            encoded = Some(sd.encode_prompts(&req, &mut on_event)?);
+            sd.release_text_encoders();
+        }
+        let enc = encoded.as_ref().context("the prompts were not encoded")?;
+        let generated = sd.generate_encoded(&req, enc, &mut on_event)?;
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }

@@ -70,6 +70,10 @@ pub struct Args {
     /// Min-SNR-γ loss weighting (5 is the paper's choice)
     #[arg(long)]
     pub snr_gamma: Option<f64>,
+    /// Replace this fraction of captions with the empty prompt, so classifier-free guidance has an unconditional
+    /// prediction to push away from (0.1 is the usual choice when training from scratch)
+    #[arg(long, default_value_t = 0.0)]
+    pub caption_dropout: f64,
     /// Keep an exponential moving average of the UNet weights (saved as the final model)
     #[arg(long)]
     pub ema: bool,
@@ -131,6 +135,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     cfg.max_grad_norm = (args.max_grad_norm > 0.0).then_some(args.max_grad_norm);
     cfg.snr_gamma = args.snr_gamma;
+    cfg.caption_dropout = args.caption_dropout;
     cfg.ema_decay = args.ema.then_some(args.ema_decay);
     cfg.dtype = dtype;
     cfg.device = device;

@@ -107,8 +107,15 @@ impl Transformer2DModel {
 
     pub fn forward(&self, x: &Tensor, context: &Tensor, mode: AttentionMode) -> Result<Tensor> {
         let (b, c, h, w) = x.size4()?;
-        let to_tokens = |t: &Tensor| -> Result<Tensor> { Ok(t.permute([0, 2, 3, 1]).f_reshape([b, h * w, c])?) };
-        let to_map = |t: &Tensor| -> Result<Tensor> { Ok(t.f_reshape([b, h, w, c])?.permute([0, 3, 1, 2]).contiguous()) };
+        let to_tokens = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.permute([0, 2, 3, 1]).f_reshape([b, h * w, c])?)
+        };
+        // Back to a feature map in the layout the block was given: a free view for channels-last activations.
+        let keep_nhwc = crate::nn::is_channels_last(x);
+        let to_map = |t: &Tensor| -> Result<Tensor> {
+            let map = t.f_reshape([b, h, w, c])?.permute([0, 3, 1, 2]);
+            Ok(if keep_nhwc { map } else { map.contiguous() })
+        };
         let normed = self.norm.forward(x);
         let mut tokens = match &self.proj_in {
             Proj::Conv(conv) => to_tokens(&conv.forward(&normed))?,

@@ -62,6 +62,11 @@ impl TextEncoders {
         self.encoders.is_empty()
     }
 
+    /// Drop the encoders (weights and tokenizers); the set is empty afterwards.
+    pub fn release(&mut self) {
+        self.encoders.clear();
+    }
+
     pub fn encoder(&self, i: usize) -> Option<&dyn TextEncoder> {
         self.encoders.get(i).map(|e| e.as_ref())
     }
