@@ -69,7 +69,9 @@ fn main() -> Result<()> {
     } else {
         a.model.clone()
     };
+    let t_load = Instant::now();
     let mut unet = UNet2DConditionModel::load_with(&dir, kind, Device::Cpu, a.channels_last)?;
+    eprintln!("UNet loaded in {:.3} s", t_load.elapsed().as_secs_f64());
     unet.set_attention_mode(a.attention.parse::<AttentionMode>()?);
     let cfg = unet.config().clone();
     tch::manual_seed(0);

@@ -32,16 +32,29 @@ pub enum AttentionMode {
 pub const MATMUL_CHUNK_BYTES: i64 = 64 << 20;
 
 impl AttentionMode {
-    /// The concrete mode used for q `[B, H, Lq, D]` against `lk` keys in `kind` (identity for every mode but `Auto`).
+    /// The concrete mode used for q `[B, H, Lq, D]` against `lk` keys in `kind` on `device` (identity for every
+    /// mode but `Auto`).
     ///
-    /// Measured on a Zen 5 CPU (avx512_bf16, LibTorch 2.13, batch 2 × 8 heads, SD1.5 shapes: Lq ∈ {4096, 1024, 256},
-    /// D ∈ {40, 80, 160}, Lk ∈ {Lq, 77}): the fused SDPA kernel (flash attention on the CPU) was faster than the
-    /// matmul path at every shape, 1.1–5× in bf16 and 1–3× in f32, and never materialises the score matrix, so it is
-    /// also the low-memory choice. Padding D = 40 to 48/64 for the kernel did not pay either. `Auto` therefore
-    /// resolves to SDPA; the matmul path stays available (`--attention matmul`) for backends whose SDPA falls back
-    /// to the unfused math kernel. `scripts/bench/attention.py` re-measures the table.
-    pub fn resolve(self, _q: &[i64], _lk: i64, _kind: Kind) -> AttentionMode {
+    /// Measured on an idle 2-core Zen 5 (avx512_bf16, LibTorch 2.13, batch 2 × 8 heads, SD1.5 shapes; ms per call,
+    /// `scripts/bench/attention.py`): in bf16 the fused SDPA kernel wins only the 4096-token self-attention
+    /// (297 ms vs 390–450 ms for batched matmuls); everywhere else batched matmuls win: 1024×1024 tokens, D 80:
+    /// 13.2 vs 29.7; 1024×1024, D 40: 9.1 vs 18.0; 256×256, D 160: 1.3 vs 4.2; cross-attention (77 keys): 7.1 vs
+    /// 9.2 at 4096 queries, 2.0 vs 3.6 at 1024. In f32 SDPA wins or ties at every shape. Padding D 40 to 48/64/80
+    /// makes the fused kernel slower (328/400/465 ms). The matmul chunks chosen keep the score matrix at
+    /// 2·8·256·1024 values (8 MB in bf16) for self-attention and 2·8·1024·77 for cross-attention. Other devices
+    /// keep SDPA, whose GPU kernels are fused.
+    pub fn resolve(self, q: &[i64], lk: i64, kind: Kind, device: tch::Device) -> AttentionMode {
         match self {
+            AttentionMode::Auto if device == tch::Device::Cpu && kind == Kind::BFloat16 => {
+                let lq = q.get(2).copied().unwrap_or(0);
+                if lk <= 256 {
+                    AttentionMode::Matmul(1024)
+                } else if lq <= 1024 {
+                    AttentionMode::Matmul(256)
+                } else {
+                    AttentionMode::Sdpa
+                }
+            }
             AttentionMode::Auto => AttentionMode::Sdpa,
             other => other,
         }
@@ -85,7 +98,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>, upcast:
         None => (q.shallow_clone(), k.shallow_clone(), v.shallow_clone()),
     };
     let scale = scale.unwrap_or(1.0 / (qs[3] as f64).sqrt());
-    let out = match mode.resolve(&qs, ks[2], q.kind()) {
+    let out = match mode.resolve(&qs, ks[2], q.kind(), q.device()) {
         AttentionMode::Auto => bail!("internal: AttentionMode::Auto did not resolve"),
         AttentionMode::Matmul(size) => matmul_chunks(&q, &k, &v, scale, size)?,
         AttentionMode::Sdpa => Tensor::f_scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, scale, false)

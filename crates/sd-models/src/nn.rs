@@ -59,7 +59,7 @@ impl Conv2d {
             "weight",
             Init::KaimingUniform { fan_in },
         )?;
-        if vb.channels_last() {
+        if vb.channels_last() && !is_channels_last(&weight) {
             weight = to_channels_last(&weight);
         }
         let bias = if bias {

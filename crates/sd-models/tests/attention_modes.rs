@@ -86,8 +86,15 @@ fn auto_resolves_to_a_concrete_mode() {
     for (lq, d) in [(4096, 40), (1024, 80), (256, 160), (64, 160)] {
         for lk in [lq, 77] {
             for kind in [Kind::Float, Kind::BFloat16] {
-                assert_ne!(AttentionMode::Auto.resolve(&[2, 8, lq, d], lk, kind), AttentionMode::Auto);
+                assert_ne!(AttentionMode::Auto.resolve(&[2, 8, lq, d], lk, kind, tch::Device::Cpu), AttentionMode::Auto);
             }
         }
     }
+    // The measured CPU table: bf16 uses batched matmuls except for the 4096-token self-attention; f32 uses SDPA.
+    let cpu = |lq: i64, lk: i64, kind| AttentionMode::Auto.resolve(&[2, 8, lq, 40], lk, kind, tch::Device::Cpu);
+    assert_eq!(cpu(4096, 4096, Kind::BFloat16), AttentionMode::Sdpa);
+    assert_eq!(cpu(4096, 77, Kind::BFloat16), AttentionMode::Matmul(1024));
+    assert_eq!(cpu(1024, 1024, Kind::BFloat16), AttentionMode::Matmul(256));
+    assert_eq!(cpu(1024, 1024, Kind::Float), AttentionMode::Sdpa);
+    assert_eq!(AttentionMode::Auto.resolve(&[2, 8, 1024, 40], 1024, Kind::BFloat16, tch::Device::Cuda(0)), AttentionMode::Sdpa);
 }

@@ -39,6 +39,9 @@ pub struct LoadOptions {
     /// Trade speed for memory: VAE decode/encode in tiles (attention on the CPU is already the fused kernel,
     /// which never holds the whole score matrix).
     pub low_memory: bool,
+    /// UNet convolutions in channels-last layout; `None` = on for bf16 on the CPU, where it was measured faster
+    /// (SD1.5 UNet step at 512 px: 3.96 s vs 4.17 s), off elsewhere (f32 stays bit-comparable with diffusers).
+    pub channels_last: Option<bool>,
     /// LoRA files and multipliers merged into the UNet and text encoders at load (empty: weights are
     /// memory-mapped as stored).
     pub loras: Vec<(PathBuf, f64)>,
@@ -58,6 +61,7 @@ impl LoadOptions {
             load_safety_checker: true,
             attention: AttentionMode::Auto,
             low_memory: false,
+            channels_last: None,
             loras: Vec::new(),
             config_dir: None,
         }
@@ -111,9 +115,10 @@ impl StableDiffusion {
         }
         let text = TextEncoders::new(pairs)?;
         let unet_dir = dir.component_dir("unet")?;
+        let nhwc = opts.channels_last.unwrap_or(device == Device::Cpu && dtype == Kind::BFloat16);
         let mut unet = match merger.as_mut() {
-            None => UNet2DConditionModel::load(&unet_dir, dtype, device),
-            Some(m) => load_unet_merged(&unet_dir, m, dtype, device),
+            None => UNet2DConditionModel::load_with(&unet_dir, dtype, device, nhwc),
+            Some(m) => load_unet_merged(&unet_dir, m, dtype, device, nhwc),
         }
         .with_context(|| format!("loading the UNet of {}", root.display()))?;
         unet.set_attention_mode(opts.attention);
@@ -173,9 +178,9 @@ impl StableDiffusion {
     }
 }
 
-fn load_unet_merged(dir: &Path, merger: &mut LoraMerger, kind: Kind, device: Device) -> Result<UNet2DConditionModel> {
+fn load_unet_merged(dir: &Path, merger: &mut LoraMerger, kind: Kind, device: Device, nhwc: bool) -> Result<UNet2DConditionModel> {
     let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
-    let vb = merger.component(&find_weights(dir, None)?, LoraTarget::Unet, kind, device)?;
+    let vb = merger.component(&find_weights(dir, None)?, LoraTarget::Unet, kind, device)?.with_channels_last(nhwc)?;
     let model = UNet2DConditionModel::from_varbuilder(&vb, &cfg)?;
     vb.finish("UNet2DConditionModel", &[])?;
     Ok(model)

@@ -31,13 +31,21 @@ fn main() -> Result<()> {
             ..LoadOptions::cpu(tch::Kind::Float)
         },
     )?;
+    // With IMAGE_DIR: every image, and montage.png (10 per row, 3x enlarged, 2 px gaps) for the README.
+    let (cell, scale) = (size as u32 + 2, 3);
+    let mut montage = image::RgbImage::from_pixel(10 * cell, 5 * cell, image::Rgb([128, 128, 128]));
     let score = sd_train::demo::evaluate(&sd, size, steps, cfg_scale, |i, scene, img, reading| {
         if let Some(d) = &image_dir {
             img.save(d.join(format!("{i:02}.png")))?;
+            image::imageops::replace(&mut montage, img, ((i as u32 % 10) * cell) as i64, ((i as u32 / 10) * cell) as i64);
             println!("{i:02} {:<52} read {reading:?}", scene.caption());
         }
         Ok(())
     })?;
+    if let Some(d) = &image_dir {
+        let (w, h) = montage.dimensions();
+        image::imageops::resize(&montage, w * scale, h * scale, image::imageops::FilterType::Nearest).save(d.join("montage.png"))?;
+    }
     println!("{score}");
     Ok(())
 }

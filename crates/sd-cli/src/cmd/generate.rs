@@ -135,6 +135,9 @@ pub struct Args {
     /// Attention backend: auto (per shape), sdpa, matmul[:N] or sliced[:N] (N = queries per chunk)
     #[arg(long, default_value = "auto")]
     pub attention: String,
+    /// UNet memory layout: auto (channels-last for bf16 on the CPU), nchw or nhwc (channels-last)
+    #[arg(long, default_value = "auto", value_parser = ["auto", "nchw", "nhwc"])]
+    pub memory_format: String,
     /// Intra-op threads (default: the number of physical cores)
     #[arg(long)]
     pub threads: Option<usize>,
@@ -217,6 +220,11 @@ pub fn run(args: Args) -> Result<()> {
     opts.prediction_type = prediction;
     opts.load_safety_checker = safety != Some(SafetyMode::Off);
     opts.attention = attention;
+    opts.channels_last = match args.memory_format.as_str() {
+        "nhwc" => Some(true),
+        "nchw" => Some(false),
+        _ => None,
+    };
     opts.low_memory = args.low_memory;
     opts.loras = loras;
     opts.config_dir = args.config_dir.clone();
