@@ -37,6 +37,7 @@ fn attention_backends_and_low_memory_give_the_same_image() {
         ("matmul7", &["--attention", "matmul:7"][..]),
         ("sliced", &["--attention", "sliced:5"][..]),
         ("lowmem", &["--low-memory"][..]),
+        ("nhwc", &["--memory-format", "nhwc"][..]),
     ] {
         let path = dir.path().join(format!("{name}.png"));
         let (code, err) = generate(&path, extra);
@@ -59,4 +60,26 @@ fn bad_attention_and_threads_are_usage_errors() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--threads"), "{err}");
     assert!(!out.exists(), "no image may be written on a usage error");
+}
+
+/// `--upscale N` enlarges the written image N× (Lanczos) and records it as A1111's Extras tab does.
+#[test]
+fn upscale_enlarges_and_is_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("up.png");
+    let (code, err) = generate(&out, &["--upscale", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let img = image::open(&out).expect("open").to_rgb8();
+    assert_eq!(img.dimensions(), (96, 96), "the fixture model draws 32 px by default; × 3");
+    let bytes = std::fs::read(&out).expect("read");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("Postprocess upscale by: 3") && text.contains("Postprocess upscaler: Lanczos"), "parameters chunk");
+    for bad in ["0", "17", "x"] {
+        let (code, err) = generate(&dir.path().join("bad.png"), &["--upscale", bad]);
+        assert_eq!(code, 2, "--upscale {bad}: {err}");
+        assert!(err.contains("--upscale"), "{err}");
+    }
+    let (code, err) = generate(&dir.path().join("bad.png"), &["--memory-format", "nchw4"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--memory-format"), "{err}");
 }
