@@ -33,8 +33,12 @@ fn check(label: &str, got: &Tensor, want: &Tensor, tol: f64) {
 }
 
 fn parity(model: &str, vae_dir: PathBuf) {
+    parity_layout(model, vae_dir, false);
+}
+
+fn parity_layout(model: &str, vae_dir: PathBuf, channels_last: bool) {
     let r = read(&format!("{model}.safetensors"));
-    let vae = AutoencoderKL::load(&vae_dir, Kind::Float, Device::Cpu).expect("load");
+    let vae = AutoencoderKL::load_with(&vae_dir, Kind::Float, Device::Cpu, channels_last).expect("load");
     let post = vae.encode(&r["x"]).expect("encode");
     check(&format!("{model} mean"), &post.mean, &r["mean"], TOL);
     check(&format!("{model} logvar"), &post.logvar, &r["logvar"], TOL);
@@ -48,6 +52,13 @@ fn parity(model: &str, vae_dir: PathBuf) {
 #[test]
 fn sd1_matches_diffusers() {
     parity("sd1", fixtures().join("models/sd1/vae"));
+}
+
+/// Channels-last weights (oneDNN's NHWC kernels) give the same function within the same bound.
+#[test]
+fn channels_last_matches_diffusers() {
+    parity_layout("sd1", fixtures().join("models/sd1/vae"), true);
+    parity_layout("sdxl", fixtures().join("models/sdxl/vae"), true);
 }
 
 #[test]

@@ -56,9 +56,15 @@ pub struct AutoencoderKL {
 impl AutoencoderKL {
     /// Load a diffusers `vae/` folder (`config.json` + safetensors), accepting both attention naming schemes.
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        Self::load_with(dir, kind, device, false)
+    }
+
+    /// [`Self::load`] with channels-last convolution weights when `channels_last` (see
+    /// `VarBuilder::with_channels_last`); decoded images and encoded moments come back contiguous either way.
+    pub fn load_with(dir: &Path, kind: Kind, device: Device, channels_last: bool) -> Result<Self> {
         let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
         let weights = sd_core::model_dir::find_weights(dir, None)?;
-        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?;
+        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?.with_channels_last(channels_last)?;
         let vae = Self::from_varbuilder(&vb, &cfg)?;
         vb.finish("the VAE (AutoencoderKL)", &[])?;
         Ok(vae)
@@ -140,7 +146,8 @@ impl AutoencoderKL {
         Ok(match &self.quant_conv {
             Some(q) => q.forward(&h),
             None => h,
-        })
+        }
+        .contiguous())
     }
 
     fn decode_tile(&self, z: &Tensor) -> Result<Tensor> {
@@ -148,7 +155,7 @@ impl AutoencoderKL {
             Some(p) => p.forward(z),
             None => z.shallow_clone(),
         };
-        self.decoder.forward(&z)
+        Ok(self.decoder.forward(&z)?.contiguous())
     }
 
     /// Check rank and channels, and bring the tensor to the model's dtype and device.
