@@ -41,7 +41,7 @@ fn main() -> Result<()> {
     let v = Tensor::randn([b, lk, h, d], opts).to_kind(kind).transpose(1, 2);
     let _no_grad = tch::no_grad_guard();
     for (_, mode) in &modes {
-        attention(&q, &k, &v, None, false, *mode)?; // warm-up
+        let _warm = attention(&q, &k, &v, None, false, *mode)?;
     }
     let mut times = vec![Vec::with_capacity(repeats); modes.len()];
     for _ in 0..repeats {
