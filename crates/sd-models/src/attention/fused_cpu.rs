@@ -164,6 +164,20 @@ mod x86 {
         }
     }
 
+    /// The 32 bf16 lanes of an integer vector (same bits; the BF16 intrinsics take their own vector type).
+    #[inline]
+    fn as_bf16x32(x: __m512i) -> __m512bh {
+        // SAFETY: both are plain 64-byte SIMD vectors; every bit pattern is valid for either.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(x) }
+    }
+
+    /// The 16 bf16 lanes as an integer vector, for the integer (masked) stores.
+    #[inline]
+    fn as_i16x16(x: __m256bh) -> __m256i {
+        // SAFETY: both are plain 32-byte SIMD vectors; every bit pattern is valid for either.
+        unsafe { std::mem::transmute::<__m256bh, __m256i>(x) }
+    }
+
     /// Packs bf16 `lo`, `hi` into the pair layout `vdpbf16ps` reads (first element in the low half).
     fn pair(lo: u16, hi: u16) -> u32 {
         lo as u32 | (hi as u32) << 16
@@ -258,12 +272,12 @@ mod x86 {
                 let mut acc = [[_mm512_setzero_ps(); 4]; ROWS];
                 for p in 0..d2 {
                     // Raw accesses: p < d2, j0 + 64 ≤ ncols ≤ nk, i0 + ROWS ≤ MQ, within the asserted sizes.
-                    let mut kv: [__m512bh; 4] = [std::mem::transmute(_mm512_setzero_si512()); 4];
+                    let mut kv: [__m512bh; 4] = [as_bf16x32(_mm512_setzero_si512()); 4];
                     for (t, x) in kv.iter_mut().enumerate() {
-                        *x = std::mem::transmute(_mm512_loadu_si512(kp.add(p * nk + j0 + 16 * t) as *const _));
+                        *x = as_bf16x32(_mm512_loadu_si512(kp.add(p * nk + j0 + 16 * t) as *const _));
                     }
                     for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let qv: __m512bh = std::mem::transmute(_mm512_set1_epi32(*qp.add((i0 + r) * d2 + p) as i32));
+                        let qv: __m512bh = as_bf16x32(_mm512_set1_epi32(*qp.add((i0 + r) * d2 + p) as i32));
                         for t in 0..4 {
                             acc_r[t] = _mm512_dpbf16_ps(acc_r[t], qv, kv[t]);
                         }
@@ -309,7 +323,7 @@ mod x86 {
                     _mm512_maskz_mov_ps(mask, exp2(_mm512_sub_ps(x, mv)))
                 };
                 sum = _mm512_add_ps(sum, e);
-                _mm256_storeu_si256(prow.add(16 * t) as *mut __m256i, std::mem::transmute(_mm512_cvtneps_pbh(e)));
+                _mm256_storeu_si256(prow.add(16 * t) as *mut __m256i, as_i16x16(_mm512_cvtneps_pbh(e)));
             }
             l[i] = l[i] * alpha + _mm512_reduce_add_ps(sum);
             m[i] = m_new;
@@ -331,8 +345,10 @@ mod x86 {
         let x = _mm512_max_ps(x, _mm512_set1_ps(-200.0));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
         let f = _mm512_sub_ps(x, n);
+        // ln(2)^k / k!, k = 6 … 0 (Horner order).
+        #[allow(clippy::excessive_precision)]
         let coef = [
-            1.540_353_1e-4,
+            1.540_353e-4,
             1.333_355_8e-3,
             9.618_129e-3,
             5.550_410_9e-2,
@@ -380,12 +396,12 @@ mod x86 {
         }
         for jp in 0..npairs {
             // Raw accesses: jp < npairs rows of `v`, t < NV vectors inside dvp, r < ROWS rows.
-            let mut vv: [__m512bh; NV] = [std::mem::transmute(_mm512_setzero_si512()); NV];
+            let mut vv: [__m512bh; NV] = [as_bf16x32(_mm512_setzero_si512()); NV];
             for (t, x) in vv.iter_mut().enumerate() {
-                *x = std::mem::transmute(_mm512_loadu_si512(v.add(jp * dvp + 16 * t) as *const _));
+                *x = as_bf16x32(_mm512_loadu_si512(v.add(jp * dvp + 16 * t) as *const _));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let pv: __m512bh = std::mem::transmute(_mm512_set1_epi32(*p.add(r * pstride + jp) as i32));
+                let pv: __m512bh = as_bf16x32(_mm512_set1_epi32(*p.add(r * pstride + jp) as i32));
                 for t in 0..NV {
                     acc_r[t] = _mm512_dpbf16_ps(acc_r[t], pv, vv[t]);
                 }
@@ -402,13 +418,13 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn finish(o: &[f32], l: &[f32; MQ], rows: usize, dvp: usize, dv: usize, out: *mut u16) {
         debug_assert!(o.len() >= MQ * dvp && rows <= MQ);
-        for i in 0..rows {
-            let inv = _mm512_set1_ps(1.0 / l[i]);
+        for (i, li) in l.iter().enumerate().take(rows) {
+            let inv = _mm512_set1_ps(1.0 / li);
             for t in 0..dvp / 16 {
                 let lanes = (dv - 16 * t).min(16);
                 let mask = if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 };
                 let x = _mm512_mul_ps(_mm512_loadu_ps(o.as_ptr().add(i * dvp + 16 * t)), inv);
-                _mm256_mask_storeu_epi16(out.add(i * dv + 16 * t) as *mut i16, mask, std::mem::transmute(_mm512_cvtneps_pbh(x)));
+                _mm256_mask_storeu_epi16(out.add(i * dv + 16 * t) as *mut i16, mask, as_i16x16(_mm512_cvtneps_pbh(x)));
             }
         }
     }
