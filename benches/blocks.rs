@@ -30,7 +30,7 @@ fn attention_levels(c: &mut Criterion) {
             let q = Tensor::randn([2, 8, lq, d], (kind, Device::Cpu));
             let k = Tensor::randn([2, 8, lk, d], (kind, Device::Cpu));
             let v = Tensor::randn([2, 8, lk, d], (kind, Device::Cpu));
-            for (mode_name, mode) in [("sdpa", AttentionMode::Sdpa), ("matmul", AttentionMode::Matmul(0))] {
+            for (mode_name, mode) in [("sdpa", AttentionMode::Sdpa), ("matmul", AttentionMode::Matmul(0)), ("fused", AttentionMode::Fused)] {
                 group.bench_function(format!("{name}_{kind:?}_{mode_name}"), |b| {
                     b.iter(|| attention(&q, &k, &v, None, false, mode).expect("attention"))
                 });

@@ -2,7 +2,7 @@
 //! `cargo xtask compare` (the reference side is `scripts/bench/unet_step.py`, same inputs and output format).
 //!
 //! usage: cargo run --release -p sd-benches --example unet_step -- --model DIR [--size 512] [--dtype f32|bf16]
-//!        [--repeats 5] [--warmup 1] [--attention auto|sdpa|matmul|sliced] [--threads N]
+//!        [--repeats 5] [--warmup 1] [--attention auto|sdpa|fused|matmul|sliced] [--threads N]
 //!
 //! Prints one `UNET_STEP {json}` line on stdout.
 

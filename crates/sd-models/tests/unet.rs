@@ -144,6 +144,27 @@ fn bf16_sd1_is_close_to_f32_reference() {
     }
 }
 
+/// The fused bf16 CPU attention kernel inside a whole UNet: same bound as `bf16_sd1_is_close_to_f32_reference`
+/// (max abs error ≤ 5% of max|reference|). Without AVX-512 BF16 the mode falls back to SDPA (printed).
+#[test]
+fn bf16_fused_attention_unet_is_close_to_f32_reference() {
+    #[cfg(target_arch = "x86_64")]
+    let fused = std::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fused = false;
+    println!("fused kernel {}", if fused { "active" } else { "unavailable: SDPA fallback" });
+    for case in cases().iter().filter(|c| c.name == "sd1_vec" || c.name == "sd2_vec") {
+        let mut unet = UNet2DConditionModel::load(&case.model, Kind::BFloat16, Device::Cpu).expect("load bf16");
+        unet.set_attention_mode(AttentionMode::Fused);
+        let expected = case.must("out");
+        let got = run(&unet, case, Kind::BFloat16);
+        let scale = expected.abs().max().double_value(&[]);
+        let err = max_abs(&got, &expected);
+        println!("{} bf16 fused: max abs err {err:.3e} (max|ref| {scale:.3})", case.name);
+        assert!(err <= 0.05 * scale, "{}: bf16 fused error {err} > 5% of {scale}", case.name);
+    }
+}
+
 #[test]
 fn unknown_block_type_names_the_field() {
     let path = Path::new(FIXTURES).join("models/sd1/unet/config.json");
