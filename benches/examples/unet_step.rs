@@ -57,6 +57,7 @@ fn parse() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
+    sd_core::alloc::reuse_freed_memory();
     let a = parse()?;
     tch::set_num_threads(a.threads.unwrap_or(sd_core::device::physical_cores() as i32));
     let kind = match a.dtype.as_str() {

@@ -12,6 +12,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {
+    sd_core::alloc::reuse_freed_memory();
     let (mut model, mut size, mut dtype, mut repeats, mut nhwc) = (PathBuf::new(), 512i64, "bf16".to_string(), 3usize, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {

@@ -33,6 +33,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    sd_core::alloc::reuse_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -7,12 +7,14 @@
 //! | [`weights`] | memory-mapped safetensors → tensors through a [`weights::VarBuilder`] that reports every problem at once |
 //! | [`image_io`] | images ↔ NCHW tensors, loading PNG/JPEG/WebP, resizing, atomic PNG writing with text chunks |
 //! | [`model_dir`] | finding diffusers model folders on disk or in the offline Hugging Face cache |
+//! | [`alloc`] | allocator tuning so activations reuse freed memory instead of fresh zeroed pages |
 //! | [`atomic`] | write-to-temp-then-rename, so no reader ever sees half a file |
 //! | [`hash`] | file hashes (A1111 "Model hash") |
 //!
 //! Nothing here knows about Stable Diffusion networks or samplers: those live in `sd-models` and
 //! `sd-schedulers`, which depend on this crate and never the other way round.
 
+pub mod alloc;
 pub mod atomic;
 pub mod device;
 pub mod hash;

@@ -50,23 +50,24 @@ impl AttentionMode {
     /// 2·8·256·1024 values (8 MB in bf16) for self-attention and 2·8·1024·77 for cross-attention. Other devices
     /// keep SDPA, whose GPU kernels are fused.
     ///
-    /// Where the CPU has AVX-512 BF16, the 4096-token self-attention (lq > 1024, lk > 256) uses this crate's
-    /// [`AttentionMode::Fused`] kernel instead: 88 ms vs SDPA's 290 ms per call on the same machine (q/k/v
+    /// Where the CPU has AVX-512 BF16, self-attention over 1024 tokens or more (lq ≥ 1024, lk > 256) uses this
+    /// crate's [`AttentionMode::Fused`] kernel instead: 88 ms vs SDPA's 290 ms per call on the same machine (q/k/v
     /// `[2, 8, 4096, 40]` as `Attention::forward` passes them, medians of 9 alternating calls,
     /// `cargo run --release -p sd-benches --example attention_call`), which takes a 512-px SD1.5 bf16 UNet step
     /// from 3.7 s to 2.5 s. Fused also beat the matmul chunks at 1024×1024 tokens in that harness (D 80: 16 vs
-    /// 30 ms; D 40: 12 vs 23) but lost at 256 tokens (3.2 vs 1.8) and against 77 keys (8.8 vs 7.9, keys padded
-    /// to 128); those shapes keep the table above.
+    /// 30 ms; D 40: 12 vs 23; whole UNet step 2.33–2.40 s vs 2.41–2.43 s with matmuls at that level) but lost at
+    /// 256 tokens (3.2 vs 1.8) and against 77 keys (8.8 vs 7.9, keys padded to 128); those shapes keep the table
+    /// above.
     pub fn resolve(self, q: &[i64], lk: i64, kind: Kind, device: tch::Device) -> AttentionMode {
         match self {
             AttentionMode::Auto if device == tch::Device::Cpu && kind == Kind::BFloat16 => {
                 let lq = q.get(2).copied().unwrap_or(0);
                 if lk <= 256 {
                     AttentionMode::Matmul(1024)
+                } else if lq >= 1024 && fused_cpu::available() {
+                    AttentionMode::Fused
                 } else if lq <= 1024 {
                     AttentionMode::Matmul(256)
-                } else if fused_cpu::available() {
-                    AttentionMode::Fused
                 } else {
                     AttentionMode::Sdpa
                 }

@@ -98,7 +98,9 @@ fn auto_resolves_to_a_concrete_mode() {
     assert_eq!(cpu(4096, 4096, Kind::BFloat16), big);
     assert_eq!(cpu(4096, 4096, Kind::Float), AttentionMode::Sdpa);
     assert_eq!(cpu(4096, 77, Kind::BFloat16), AttentionMode::Matmul(1024));
-    assert_eq!(cpu(1024, 1024, Kind::BFloat16), AttentionMode::Matmul(256));
+    let mid = if avx512_bf16() { AttentionMode::Fused } else { AttentionMode::Matmul(256) };
+    assert_eq!(cpu(1024, 1024, Kind::BFloat16), mid);
+    assert_eq!(cpu(256, 256, Kind::BFloat16), AttentionMode::Matmul(1024));
     assert_eq!(cpu(1024, 1024, Kind::Float), AttentionMode::Sdpa);
     assert_eq!(AttentionMode::Auto.resolve(&[2, 8, 1024, 40], 1024, Kind::BFloat16, tch::Device::Cuda(0)), AttentionMode::Sdpa);
 }

@@ -93,6 +93,8 @@ pub struct StableDiffusion {
 impl StableDiffusion {
     /// Load a diffusers folder or an HF-cache repo id.
     pub fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
+        // Denoising reuses the same activation sizes every step; see sd_core::alloc.
+        sd_core::alloc::reuse_freed_memory();
         let source_file = crate::single_file::is_single_file(spec).then(|| PathBuf::from(spec));
         let dir = match &source_file {
             Some(file) => ModelDir::open_folder(&crate::single_file::converted_folder(file, opts.config_dir.as_deref())?)?,
