@@ -21,7 +21,8 @@ struct Args {
     warmup: usize,
     attention: String,
     threads: Option<i32>,
-    channels_last: bool,
+    /// `None`: what `sd generate` does (channels-last for bf16 on the CPU).
+    channels_last: Option<bool>,
 }
 
 fn parse() -> Result<Args> {
@@ -33,7 +34,7 @@ fn parse() -> Result<Args> {
         warmup: 1,
         attention: "auto".into(),
         threads: None,
-        channels_last: false,
+        channels_last: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,7 +47,8 @@ fn parse() -> Result<Args> {
             "--warmup" => a.warmup = value()?.parse().context("--warmup")?,
             "--attention" => a.attention = value()?,
             "--threads" => a.threads = Some(value()?.parse().context("--threads")?),
-            "--channels-last" => a.channels_last = true,
+            "--channels-last" => a.channels_last = Some(true),
+            "--nchw" => a.channels_last = Some(false),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -70,8 +72,9 @@ fn main() -> Result<()> {
     } else {
         a.model.clone()
     };
+    let nhwc = a.channels_last.unwrap_or(kind == Kind::BFloat16);
     let t_load = Instant::now();
-    let mut unet = UNet2DConditionModel::load_with(&dir, kind, Device::Cpu, a.channels_last)?;
+    let mut unet = UNet2DConditionModel::load_with(&dir, kind, Device::Cpu, nhwc)?;
     eprintln!("UNet loaded in {:.3} s", t_load.elapsed().as_secs_f64());
     unet.set_attention_mode(a.attention.parse::<AttentionMode>()?);
     let cfg = unet.config().clone();
@@ -103,10 +106,11 @@ fn main() -> Result<()> {
     let min = sorted.first().copied().unwrap_or(f64::NAN);
     let r4 = |v: f64| (v * 1e4).round() / 1e4;
     println!(
-        "UNET_STEP {{\"impl\": \"sd-rs\", \"size\": {}, \"dtype\": \"{}\", \"attention\": \"{}\", \"median_s\": {}, \"min_s\": {}, \"times\": {:?}, \"threads\": {}}}",
+        "UNET_STEP {{\"impl\": \"sd-rs\", \"size\": {}, \"dtype\": \"{}\", \"attention\": \"{}\", \"channels_last\": {}, \"median_s\": {}, \"min_s\": {}, \"times\": {:?}, \"threads\": {}}}",
         a.size,
         a.dtype,
         a.attention,
+        nhwc,
         r4(median),
         r4(min),
         times.iter().map(|&v| r4(v)).collect::<Vec<_>>(),
