@@ -111,3 +111,36 @@ fn prompts_encoded_once_give_the_same_image_after_the_text_encoder_is_freed() {
         .to_string();
     assert!(err.contains("another request"), "{err}");
 }
+
+/// bf16 (the CPU default where it is native: channels-last, matmul/fused attention) against the f32 diffusers
+/// reference of the same request. bf16 keeps ~3 significant digits and CFG 7 multiplies the difference of two
+/// predictions by 7, so the bound is on the [0, 1] image: mean |Δ| ≤ 0.03, max |Δ| ≤ 0.25; and the fast paths
+/// must not add error to plain bf16 (NCHW, SDPA): mean |Δ| within 1.5× of plain bf16's + 1e-3.
+#[test]
+fn bf16_pipeline_stays_close_to_the_f32_reference() {
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("pipeline/cases.json")).unwrap()).unwrap();
+    let load_bf16 = |plain: bool| {
+        let mut opts = LoadOptions::cpu(Kind::BFloat16);
+        opts.load_safety_checker = false;
+        if plain {
+            opts.channels_last = Some(false);
+            opts.attention = sd_models::attention::AttentionMode::Sdpa;
+        }
+        StableDiffusion::load(fixtures().join("models/sd1").to_str().unwrap(), opts).unwrap()
+    };
+    let (fast, plain) = (load_bf16(false), load_bf16(true));
+    for name in ["sd1_Euler", "sd1_DDIM", "sd1_img2img"] {
+        let case = cases.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("case {name}"));
+        let expected = Tensor::read_safetensors(fixtures().join(format!("pipeline/{name}.safetensors"))).unwrap().remove(0).1;
+        let err = |sd: &StableDiffusion| {
+            let out = sd.generate(&request(case), &mut |_| {}).unwrap();
+            let diff = (Tensor::stack(&out.images, 0).permute([0, 2, 3, 1]).to_kind(Kind::Float) - &expected).abs();
+            (diff.max().double_value(&[]), diff.mean(Kind::Float).double_value(&[]))
+        };
+        let ((max, mean), (pmax, pmean)) = (err(&fast), err(&plain));
+        println!("{name} bf16 vs f32 reference: max |Δ| {max:.3e}, mean |Δ| {mean:.3e} (plain bf16: {pmax:.3e}, {pmean:.3e})");
+        assert!(max <= 0.25 && mean <= 0.03, "{name}: bf16 max {max} mean {mean}");
+        assert!(mean <= 1.5 * pmean + 1e-3, "{name}: the fast bf16 paths add error: mean {mean} vs plain {pmean}");
+    }
+}
