@@ -180,8 +180,8 @@ pub fn run(args: Args) -> Result<()> {
         args.attention.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
     match args.threads {
         Some(0) => usage!("--threads must be at least 1"),
-        Some(n) => tch::set_num_threads(n as i32),
-        None => tch::set_num_threads(sd_core::device::physical_cores() as i32),
+        Some(n) => sd_core::device::set_compute_threads(n),
+        None => sd_core::device::set_compute_threads(sd_core::device::physical_cores()),
     }
     let emphasis: sd_pipeline::prompt::Emphasis =
         args.emphasis.parse().map_err(|e: anyhow::Error| super::UsageError(format!("--emphasis: {e}")))?;
