@@ -30,6 +30,21 @@ pub fn run() -> Result<()> {
     libtorch(&root)?;
     data(&root)?;
     photo(&root)?;
+    demo_tokenizer(&root)?;
+    Ok(())
+}
+
+/// The demo model's tokenizer files, derived from the CLIP vocabulary rather than committed (third-party data).
+fn demo_tokenizer(root: &Path) -> Result<()> {
+    let dir = root.join("models/sd-tiny-shapes/tokenizer");
+    if dir.join("vocab.json").exists() && dir.join("merges.txt").exists() {
+        return Ok(());
+    }
+    let script = root.join("scripts/setup/clip_tokenizer_files.py");
+    let bpe = root.join(".sd-data").join(BPE_FILE);
+    run_cmd(root, "python3", &[script.to_str().context("path")?, bpe.to_str().context("path")?, dir.to_str().context("path")?])
+        .context("cannot write the demo model's tokenizer files")?;
+    eprintln!("setup: tokenizer files of models/sd-tiny-shapes written from {}", bpe.display());
     Ok(())
 }
 
