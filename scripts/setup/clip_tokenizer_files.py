@@ -12,8 +12,8 @@ import os
 import sys
 
 
-def byte_units():
-    """CLIP's reversible byte -> printable-character table."""
+def bytes_to_unicode():
+    """CLIP's reversible byte -> printable-character table (byte value -> character)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -22,11 +22,11 @@ def byte_units():
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return [chr(c) for c in cs]
+    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def main(bpe, out):
-    units = byte_units()
+    units = list(bytes_to_unicode().values())
     with gzip.open(bpe, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]

@@ -7,6 +7,10 @@
 
 mod fused_cpu;
 
+/// Whether this CPU runs [`AttentionMode::Fused`] with its own kernel (x86-64 with AVX-512 BF16); elsewhere that mode
+/// is LibTorch's SDPA.
+pub use fused_cpu::available as fused_kernel_available;
+
 use crate::nn::Linear;
 use anyhow::{bail, Context, Result};
 use sd_core::weights::VarBuilder;

@@ -106,17 +106,7 @@ fn auto_resolves_to_a_concrete_mode() {
 }
 
 fn avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    sd_models::attention::fused_kernel_available()
 }
 
 /// The fused bf16 kernel against the f64 formula on the same bf16 inputs, for SD1.5's big self-attention, a
