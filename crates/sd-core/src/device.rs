@@ -209,6 +209,14 @@ impl CpuFeatures {
     }
 }
 
+/// Use `n` threads for compute: LibTorch's intra-op pool and the rayon pool that sd-rs's own kernels (fused
+/// attention, watermarking) run on. The rayon pool can be sized once per process; later calls only change LibTorch's.
+pub fn set_compute_threads(n: usize) {
+    let n = n.max(1);
+    tch::set_num_threads(n as i32);
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,10 +263,3 @@ pub fn physical_cores() -> usize {
     if cores.is_empty() { logical } else { cores.len().min(logical) }
 }
 
-/// Use `n` threads for compute: LibTorch's intra-op pool and the rayon pool that sd-rs's own kernels (fused
-/// attention, watermarking) run on. The rayon pool can be sized once per process; later calls only change LibTorch's.
-pub fn set_compute_threads(n: usize) {
-    let n = n.max(1);
-    tch::set_num_threads(n as i32);
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-}
