@@ -217,6 +217,28 @@ pub fn set_compute_threads(n: usize) {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }
 
+
+/// Physical CPU cores (SMT siblings counted once), from `/proc/cpuinfo`'s (physical id, core id) pairs; falls back
+/// to the logical CPU count. LibTorch's intra-op pool is fastest with one thread per physical core.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let mut cores = std::collections::HashSet::new();
+    let mut package = String::new();
+    for line in info.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        match key.trim() {
+            "physical id" => package = value.trim().to_string(),
+            "core id" => {
+                cores.insert((package.clone(), value.trim().to_string()));
+            }
+            _ => {}
+        }
+    }
+    // A process limited to fewer CPUs (taskset, cgroups) should not oversubscribe them.
+    if cores.is_empty() { logical } else { cores.len().min(logical) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,25 +263,3 @@ mod tests {
         assert_eq!(auto, expect);
     }
 }
-
-/// Physical CPU cores (SMT siblings counted once), from `/proc/cpuinfo`'s (physical id, core id) pairs; falls back
-/// to the logical CPU count. LibTorch's intra-op pool is fastest with one thread per physical core.
-pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
-    let mut cores = std::collections::HashSet::new();
-    let mut package = String::new();
-    for line in info.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
-        match key.trim() {
-            "physical id" => package = value.trim().to_string(),
-            "core id" => {
-                cores.insert((package.clone(), value.trim().to_string()));
-            }
-            _ => {}
-        }
-    }
-    // A process limited to fewer CPUs (taskset, cgroups) should not oversubscribe them.
-    if cores.is_empty() { logical } else { cores.len().min(logical) }
-}
-
