@@ -72,7 +72,7 @@ fn main() -> Result<()> {
     } else {
         a.model.clone()
     };
-    let nhwc = a.channels_last.unwrap_or(kind == Kind::BFloat16);
+    let nhwc = a.channels_last.unwrap_or(sd_models::nn::channels_last_by_default(Device::Cpu, kind));
     let t_load = Instant::now();
     let mut unet = UNet2DConditionModel::load_with(&dir, kind, Device::Cpu, nhwc)?;
     eprintln!("UNet loaded in {:.3} s", t_load.elapsed().as_secs_f64());

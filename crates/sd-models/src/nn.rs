@@ -36,6 +36,13 @@ pub fn to_channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
+/// Whether convolutions should run channels-last by default: bf16 on the CPU, where oneDNN's NHWC kernels were
+/// measured faster (SD1.5 at 512 px: UNet step 3.96 s vs 4.17 s, VAE decode 3.84 s vs 5.02 s); elsewhere NCHW, so
+/// f32 stays bit-comparable with diffusers.
+pub fn channels_last_by_default(device: tch::Device, kind: tch::Kind) -> bool {
+    device == tch::Device::Cpu && kind == tch::Kind::BFloat16
+}
+
 /// Whether a 4-D tensor is laid out channels-last (channel stride 1 with more than one channel).
 pub fn is_channels_last(t: &Tensor) -> bool {
     let (size, stride) = (t.size(), t.stride());

@@ -39,9 +39,7 @@ pub struct LoadOptions {
     /// Trade speed for memory: VAE decode/encode in tiles (attention on the CPU is already the fused kernel,
     /// which never holds the whole score matrix).
     pub low_memory: bool,
-    /// UNet and VAE convolutions in channels-last layout; `None` = on for bf16 on the CPU, where it was measured
-    /// faster (SD1.5 at 512 px: UNet step 3.96 s vs 4.17 s, VAE decode 3.84 s vs 5.02 s), off elsewhere (f32
-    /// stays bit-comparable with diffusers).
+    /// UNet and VAE convolutions in channels-last layout; `None` = `sd_models::nn::channels_last_by_default`.
     pub channels_last: Option<bool>,
     /// LoRA files and multipliers merged into the UNet and text encoders at load (empty: weights are
     /// memory-mapped as stored).
@@ -118,7 +116,7 @@ impl StableDiffusion {
         }
         let text = TextEncoders::new(pairs)?;
         let unet_dir = dir.component_dir("unet")?;
-        let nhwc = opts.channels_last.unwrap_or(device == Device::Cpu && dtype == Kind::BFloat16);
+        let nhwc = opts.channels_last.unwrap_or(sd_models::nn::channels_last_by_default(device, dtype));
         let mut unet = match merger.as_mut() {
             None => UNet2DConditionModel::load_with(&unet_dir, dtype, device, nhwc),
             Some(m) => load_unet_merged(&unet_dir, m, dtype, device, nhwc),

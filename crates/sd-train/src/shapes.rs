@@ -97,8 +97,7 @@ pub fn dataset(spec: &str, size: u32, seed: u64) -> Result<Dataset> {
     if n == 0 {
         bail!("`{spec}` asks for an empty dataset");
     }
-    let mut train: Vec<u64> = scene_order()[50..].to_vec();
-    train.sort_unstable();
+    let train = training_scenes();
     let mut gen = TorchGenerator::new(seed);
     let examples = (0..n)
         .map(|i| {
@@ -207,9 +206,14 @@ pub fn held_out_scenes() -> Vec<Scene> {
 /// The distinct captions the training set uses (the 400 scenes not held out), in scene order: written next to
 /// the demo model so anyone can check that no held-out prompt was trained on as such.
 pub fn training_captions() -> Vec<String> {
+    training_scenes().into_iter().map(|n| Scene::nth(n).caption()).collect()
+}
+
+/// The 400 scene indices not held out, in index order.
+fn training_scenes() -> Vec<u64> {
     let mut train: Vec<u64> = scene_order()[50..].to_vec();
     train.sort_unstable();
-    train.into_iter().map(|n| Scene::nth(n).caption()).collect()
+    train
 }
 
 /// Scene index of training example `i`: the 400 other scenes in index order, cycled.
