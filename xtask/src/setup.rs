@@ -31,6 +31,9 @@ pub fn run() -> Result<()> {
     data(&root)?;
     photo(&root)?;
     demo_tokenizer(&root)?;
+    // The wheels are only containers for the files taken out above (the torch wheel alone is 0.5 GB); keeping them
+    // would only eat the disk that the test build needs.
+    let _ = fs::remove_dir_all(root.join("target/wheels"));
     Ok(())
 }
 
@@ -161,7 +164,7 @@ fn photo(root: &Path) -> Result<()> {
 }
 
 fn pip_download(root: &Path, dest: &Path, specs: &[&str], linux_wheels: bool) -> Result<()> {
-    let mut args: Vec<&str> = vec!["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d"];
+    let mut args: Vec<&str> = vec!["-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:", "-q", "-d"];
     args.push(dest.to_str().context("path")?);
     if linux_wheels {
         // Pin the platform so any local Python version fetches the same wheels.
