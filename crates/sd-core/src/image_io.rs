@@ -1,7 +1,6 @@
 //! Images in and out: decoding user files with clear errors, RGB8 ↔ NCHW tensors, resizing with a named filter,
-//! and atomic PNG writing with text chunks (generation parameters, XMP labels).
+//! (PNG files with text chunks are written by sd-provenance's `metadata::encode_png` and `atomic::write_atomic`.)
 
-use crate::atomic::{write_atomic_with, Overwrite};
 use anyhow::{anyhow, bail, Context, Result};
 use image::{imageops::FilterType, DynamicImage, RgbImage};
 use std::path::Path;
@@ -127,53 +126,3 @@ pub fn tensor_to_rgb(t: &Tensor, range: Range) -> Result<RgbImage> {
     RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("image buffer size mismatch"))
 }
 
-/// A PNG text chunk. ASCII text goes into `tEXt`; anything else into uncompressed `iTXt`, because raw UTF-8 in
-/// `tEXt` is read back as Latin-1 mojibake by Pillow-based tools (A1111 PNG Info, ComfyUI).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TextChunk {
-    pub keyword: String,
-    pub text: String,
-    /// Force `iTXt` even for ASCII (XMP must be `iTXt` with keyword `XML:com.adobe.xmp`).
-    pub force_itxt: bool,
-}
-
-impl TextChunk {
-    pub fn new(keyword: &str, text: &str) -> Self {
-        Self { keyword: keyword.into(), text: text.into(), force_itxt: false }
-    }
-    pub fn itxt(keyword: &str, text: &str) -> Self {
-        Self { keyword: keyword.into(), text: text.into(), force_itxt: true }
-    }
-}
-
-/// Encode RGB8 as PNG bytes with text chunks placed before the image data.
-pub fn encode_png(img: &RgbImage, chunks: &[TextChunk]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        for c in chunks {
-            if !c.force_itxt && c.text.is_ascii() {
-                enc.add_text_chunk(c.keyword.clone(), c.text.clone())
-                    .map_err(|e| anyhow!("cannot add tEXt chunk `{}`: {e}", c.keyword))?;
-            } else {
-                enc.add_itxt_chunk(c.keyword.clone(), c.text.clone())
-                    .map_err(|e| anyhow!("cannot add iTXt chunk `{}`: {e}", c.keyword))?;
-            }
-        }
-        let mut writer = enc.write_header().context("cannot write PNG header")?;
-        writer.write_image_data(img.as_raw()).context("cannot write PNG data")?;
-        writer.finish().context("cannot finish PNG")?;
-    }
-    Ok(out)
-}
-
-/// Write a PNG atomically (temp file + rename); refuses to replace an existing file unless `overwrite` allows.
-pub fn save_png(path: &Path, img: &RgbImage, chunks: &[TextChunk], overwrite: Overwrite) -> Result<()> {
-    let bytes = encode_png(img, chunks)?;
-    write_atomic_with(path, overwrite, |f| {
-        use std::io::Write;
-        f.write_all(&bytes).with_context(|| format!("cannot write {}", path.display()))
-    })
-}

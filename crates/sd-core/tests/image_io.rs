@@ -1,4 +1,4 @@
-//! Image decoding/encoding, resizing, tensor conversion (diffusers rounding) and PNG text chunks.
+//! Image decoding, resizing, tensor conversion (diffusers rounding) and atomic image writes.
 
 use image::{ImageEncoder, RgbImage};
 use sd_core::atomic::Overwrite;
@@ -143,34 +143,9 @@ fn tensor_image_conversion_matches_diffusers_rounding() {
     assert!(err.contains("[3, H, W]") && err.contains("[4, 4, 4]"), "{err}");
 }
 
-#[test]
-fn text_chunks_ascii_text_and_unicode_itxt() {
-    let img = picture(8, 8);
-    let chunks = [
-        TextChunk::new("parameters", "a cat\nSteps: 20, Sampler: Euler a, Seed: 1"),
-        TextChunk::new("Comment", "un chat très mignon, 猫"),
-        TextChunk::itxt("XML:com.adobe.xmp", "<x:xmpmeta/>"),
-    ];
-    let bytes = encode_png(&img, &chunks).unwrap();
-    let decoder = png::Decoder::new(Cursor::new(&bytes));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    reader.next_frame(&mut buf).unwrap();
-    let info = reader.info();
-    assert_eq!(info.uncompressed_latin1_text.len(), 1);
-    assert_eq!(info.uncompressed_latin1_text[0].keyword, "parameters");
-    assert_eq!(info.uncompressed_latin1_text[0].text, chunks[0].text);
-    assert_eq!(info.utf8_text.len(), 2);
-    let comment = info.utf8_text.iter().find(|c| c.keyword == "Comment").unwrap();
-    assert_eq!(comment.get_text().unwrap(), "un chat très mignon, 猫");
-    assert!(!comment.compressed);
-    assert!(info.utf8_text.iter().any(|c| c.keyword == "XML:com.adobe.xmp"));
-    // Text chunks come before the image data, so streaming readers see them.
-    let pos = |tag: &[u8]| bytes.windows(4).position(|w| w == tag).unwrap();
-    assert!(pos(b"tEXt") < pos(b"IDAT") && pos(b"iTXt") < pos(b"IDAT"));
-    assert_eq!(decode_rgb(&bytes).unwrap(), img);
-    // An invalid keyword is an error, not a panic.
-    assert!(encode_png(&img, &[TextChunk::new("", "x")]).is_err());
+/// How the pipeline writes an image: encoded in memory, then written atomically.
+fn save(path: &std::path::Path, img: &RgbImage, overwrite: Overwrite) -> anyhow::Result<()> {
+    sd_core::atomic::write_atomic(path, overwrite, &encode(img, "png"))
 }
 
 #[test]
@@ -178,13 +153,13 @@ fn atomic_save_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out/nested/image.png");
     let a = picture(8, 8);
-    save_png(&path, &a, &[], Overwrite::Refuse).unwrap();
+    save(&path, &a, Overwrite::Refuse).unwrap();
     assert_eq!(load_rgb(&path).unwrap(), a);
     let b = RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]));
-    let err = save_png(&path, &b, &[], Overwrite::Refuse).unwrap_err().to_string();
+    let err = save(&path, &b, Overwrite::Refuse).unwrap_err().to_string();
     assert!(err.contains("already exists") && err.contains("image.png"), "{err}");
     assert_eq!(load_rgb(&path).unwrap(), a, "refused save left the old file alone");
-    save_png(&path, &b, &[], Overwrite::Allow).unwrap();
+    save(&path, &b, Overwrite::Allow).unwrap();
     assert_eq!(load_rgb(&path).unwrap(), b);
     let names: Vec<String> =
         std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

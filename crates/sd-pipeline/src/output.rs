@@ -7,9 +7,9 @@ use crate::generate::Generated;
 use crate::loader::StableDiffusion;
 use crate::request::{GenerationRequest, Mode};
 use anyhow::{bail, Context, Result};
-use sd_core::atomic::Overwrite;
-use sd_core::image_io::{save_png, tensor_to_rgb, Range, TextChunk};
-use sd_provenance::metadata::{label_chunks, GenerationInfo};
+use sd_core::atomic::{write_atomic, Overwrite};
+use sd_core::image_io::{tensor_to_rgb, Range};
+use sd_provenance::metadata::{encode_png, label_chunks, GenerationInfo};
 use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -143,13 +143,10 @@ pub fn save_outputs(
             info.extra
                 .push(("Postprocess upscaler".into(), "Lanczos".into()));
         }
-        let chunks: Vec<TextChunk> = label_chunks(&info)
-            .into_iter()
-            .map(|c| TextChunk { keyword: c.keyword, text: c.text, force_itxt: c.force_itxt })
-            .collect();
+        let png = encode_png(&rgb, &label_chunks(&info))?;
         let path = render_path(&opts.pattern, generated.seed, n, &sd.name);
         let overwrite = if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse };
-        save_png(&path, &rgb, &chunks, overwrite)?;
+        write_atomic(&path, overwrite, &png)?;
         saved.push(SavedImage {
             path: Some(path),
             seed: generated.seed,

@@ -3,8 +3,9 @@
 
 use image::RgbImage;
 use sd_provenance::metadata::{
-    encode_png, infotext, label_chunks, xmp, AigcLabel, GenerationInfo, Mode,
+    encode_png, infotext, label_chunks, xmp, AigcLabel, GenerationInfo, Mode, TextChunk,
 };
+use std::io::Cursor;
 use sd_provenance::watermark::{Payload, WatermarkOutcome};
 
 fn info(prompt: &str, negative: &str, mode: Mode) -> GenerationInfo {
@@ -215,4 +216,34 @@ fn produce_ids_are_unique_and_watermark_choice_is_recorded() {
         xmp::property(&chunks[1].text, "Watermark").as_deref(),
         Some("none (--no-watermark)")
     );
+}
+
+#[test]
+fn text_chunks_ascii_text_and_unicode_itxt() {
+    let img = RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8 * 30, y as u8 * 30, 200]));
+    let chunks = [
+        TextChunk::new("parameters", "a cat\nSteps: 20, Sampler: Euler a, Seed: 1"),
+        TextChunk::new("Comment", "un chat très mignon, 猫"),
+        TextChunk::itxt("XML:com.adobe.xmp", "<x:xmpmeta/>"),
+    ];
+    let bytes = encode_png(&img, &chunks).unwrap();
+    let decoder = png::Decoder::new(Cursor::new(&bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    reader.next_frame(&mut buf).unwrap();
+    let info = reader.info();
+    assert_eq!(info.uncompressed_latin1_text.len(), 1);
+    assert_eq!(info.uncompressed_latin1_text[0].keyword, "parameters");
+    assert_eq!(info.uncompressed_latin1_text[0].text, chunks[0].text);
+    assert_eq!(info.utf8_text.len(), 2);
+    let comment = info.utf8_text.iter().find(|c| c.keyword == "Comment").unwrap();
+    assert_eq!(comment.get_text().unwrap(), "un chat très mignon, 猫");
+    assert!(!comment.compressed);
+    assert!(info.utf8_text.iter().any(|c| c.keyword == "XML:com.adobe.xmp"));
+    // Text chunks come before the image data, so streaming readers see them.
+    let pos = |tag: &[u8]| bytes.windows(4).position(|w| w == tag).unwrap();
+    assert!(pos(b"tEXt") < pos(b"IDAT") && pos(b"iTXt") < pos(b"IDAT"));
+    assert_eq!(image::load_from_memory(&bytes).unwrap().to_rgb8(), img);
+    // An invalid keyword is an error, not a panic.
+    assert!(encode_png(&img, &[TextChunk::new("", "x")]).is_err());
 }

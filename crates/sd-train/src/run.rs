@@ -4,10 +4,11 @@
 use crate::checkpoint::{self, TrainedComponent, TrainingState};
 use crate::trainer::{StepReport, Trainer};
 use anyhow::{Context, Result};
-use sd_core::atomic::Overwrite;
+use sd_core::atomic::{write_atomic, Overwrite};
 use sd_core::image_io::{self, Range};
 use sd_pipeline::loader::{LoadOptions, StableDiffusion};
 use sd_pipeline::request::GenerationRequest;
+use sd_provenance::metadata::{encode_png, TextChunk};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -68,8 +69,8 @@ pub fn write_samples(trainer: &Trainer) -> Result<Vec<PathBuf>> {
         for (j, img) in out.images.iter().enumerate() {
             let rgb = image_io::tensor_to_rgb(img, Range::Unit)?;
             let path = cfg.output.join("samples").join(format!("step-{:06}-{i}-{j}.png", trainer.step));
-            let chunk = image_io::TextChunk::new("parameters", &format!("{prompt}\nSteps: {}, Seed: {}, Training step: {}", req.steps, req.seed, trainer.step));
-            image_io::save_png(&path, &rgb, &[chunk], Overwrite::Allow)?;
+            let chunk = TextChunk::new("parameters", &format!("{prompt}\nSteps: {}, Seed: {}, Training step: {}", req.steps, req.seed, trainer.step));
+            write_atomic(&path, Overwrite::Allow, &encode_png(&rgb, &[chunk])?)?;
             written.push(path);
         }
     }

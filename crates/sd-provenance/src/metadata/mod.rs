@@ -1,6 +1,7 @@
 //! Metadata written next to every generated image: A1111 `parameters`, an XMP packet with the IPTC "trained
 //! algorithmic media" source type, the GB 45438 `AIGC` implicit label, and a record of the watermark choice.
-//! The pipeline calls [`label_chunks`] and writes the chunks before IDAT (sd-core's `save_png`).
+//! The pipeline calls [`label_chunks`] and [`encode_png`], which writes the chunks before IDAT so streaming readers
+//! see them.
 
 pub mod aigc;
 pub mod infotext;
@@ -15,13 +16,23 @@ pub use png_write::encode_png;
 use crate::watermark::WatermarkOutcome;
 use serde::{Deserialize, Serialize};
 
-/// A PNG text chunk, field for field like sd-core's `image_io::TextChunk` (this crate cannot depend on sd-core):
-/// ASCII goes to `tEXt`, anything else, or `force_itxt`, to uncompressed `iTXt`.
+/// A PNG text chunk. ASCII goes to `tEXt`; anything else, or `force_itxt`, to uncompressed `iTXt`, because raw
+/// UTF-8 in `tEXt` is read back as Latin-1 mojibake by Pillow-based tools (A1111 PNG Info, ComfyUI).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TextChunk {
     pub keyword: String,
     pub text: String,
+    /// `iTXt` even for ASCII (XMP must be `iTXt` with keyword `XML:com.adobe.xmp`).
     pub force_itxt: bool,
+}
+
+impl TextChunk {
+    pub fn new(keyword: &str, text: &str) -> Self {
+        Self { keyword: keyword.into(), text: text.into(), force_itxt: false }
+    }
+    pub fn itxt(keyword: &str, text: &str) -> Self {
+        Self { keyword: keyword.into(), text: text.into(), force_itxt: true }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

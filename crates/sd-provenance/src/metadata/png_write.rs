@@ -1,5 +1,5 @@
-//! PNG encoding with text chunks before IDAT — the same rules as sd-core's `image_io::encode_png`, here so this
-//! crate's tests and tools can write labelled PNGs without LibTorch.
+//! PNG encoding with text chunks before IDAT: the one PNG writer of sd-rs, here (without LibTorch) so the
+//! pipeline, training previews and this crate's own tools share it.
 
 use super::TextChunk;
 use anyhow::{anyhow, Context, Result};
