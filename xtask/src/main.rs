@@ -71,8 +71,13 @@ fn print_help() {
 }
 
 fn test(extra: &[String]) -> Result<()> {
-    setup::run()?;
     let root = util::root();
+    // A full test build takes about 2 GB of target/ plus 0.5 GB of LibTorch; a full disk otherwise shows up as a
+    // linker crash deep in the build.
+    if let Some(free) = util::free_disk_gb(&root).filter(|&gb| gb < 3.0) {
+        eprintln!("xtask: warning: only {free:.1} GB free on the disk holding {}; the test build needs about 2.5 GB", root.display());
+    }
+    setup::run()?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(|s| s.as_str()));
     util::cargo(&root, &args)?;

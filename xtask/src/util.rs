@@ -38,3 +38,11 @@ pub fn have(program: &str) -> bool {
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// Free space in GB on the file system holding `path` (`df -Pk`), if `df` can tell.
+pub fn free_disk_gb(path: &Path) -> Option<f64> {
+    let out = Command::new("df").arg("-Pk").arg(path).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kb: f64 = text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kb / 1024.0 / 1024.0)
+}

@@ -5,7 +5,8 @@
 //! | [`device`] | `cpu|cuda[:N]|mps|auto` and `f32|f16|bf16|auto` choices, CPU feature detection |
 //! | [`rng`] | [`rng::TorchGenerator`]: seeded noise bit-identical to `torch.randn(..., generator=torch.Generator("cpu"))` |
 //! | [`weights`] | memory-mapped safetensors → tensors through a [`weights::VarBuilder`] that reports every problem at once |
-//! | [`image_io`] | images ↔ NCHW tensors, loading PNG/JPEG/WebP, resizing, atomic PNG writing with text chunks |
+//! | [`image_io`] | images ↔ NCHW tensors, loading PNG/JPEG/WebP, resizing |
+//! | [`layout`] | channels-last (NHWC) memory order for convolution weights and activations |
 //! | [`model_dir`] | finding diffusers model folders on disk or in the offline Hugging Face cache |
 //! | [`alloc`] | allocator tuning so activations reuse freed memory instead of fresh zeroed pages |
 //! | [`atomic`] | write-to-temp-then-rename, so no reader ever sees half a file |
@@ -19,6 +20,7 @@ pub mod atomic;
 pub mod device;
 pub mod hash;
 pub mod image_io;
+pub mod layout;
 pub mod model_dir;
 pub mod rng;
 pub mod weights;

@@ -11,6 +11,7 @@ mod files;
 
 pub use files::{kind_of, SafeTensorsFiles, TensorEntry};
 
+use crate::layout;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::Dtype;
 use std::collections::{BTreeSet, HashMap};
@@ -178,7 +179,7 @@ impl VarBuilder {
         })
     }
 
-    /// Convolution weights in channels-last (NHWC) layout. oneDNN then runs every convolution of the model in
+    /// Convolution weights (every 4-D float tensor) in channels-last (NHWC) layout. oneDNN then runs every convolution of the model in
     /// NHWC, its fastest layout on CPUs, and the activations stay NHWC from layer to layer (PyTorch ops keep their
     /// input's layout), so the reshapes into attention tokens become free views instead of copies.
     pub fn with_channels_last(self, on: bool) -> Result<Self> {
@@ -267,6 +268,8 @@ impl VarBuilder {
         let full = self.path(name);
         let inner = &self.inner;
         let target_kind = kind.unwrap_or(inner.kind);
+        // Convolution weights (4-D, float) in channels-last order when asked for; see `with_channels_last`.
+        let nhwc = inner.channels_last && shape.len() == 4 && kind.is_some();
         let placeholder = || Tensor::zeros(shape, (target_kind, inner.device));
         let loaded = match &inner.source {
             Source::Files(files) => match files.entry(&full) {
@@ -284,6 +287,7 @@ impl VarBuilder {
                         return Ok(placeholder());
                     }
                     Some(match kind {
+                        Some(k) if nhwc => files.load_as_channels_last(&full, k)?,
                         Some(k) => files.load_as(&full, k)?,
                         None => files.load(&full)?,
                     })
@@ -292,7 +296,8 @@ impl VarBuilder {
             Source::Tensors(map) => map.get(&full).map(|t| t.shallow_clone()),
             Source::Init { seed_offset } => {
                 *seed_offset.lock().expect("poisoned") += 1;
-                return Ok(init_tensor(shape, init, target_kind, inner.device));
+                let t = init_tensor(shape, init, target_kind, inner.device);
+                return Ok(if nhwc { layout::to_channels_last(&t) } else { t });
             }
         };
         let Some(t) = loaded else {
@@ -315,6 +320,7 @@ impl VarBuilder {
             Some(k) if t.kind() != k && t.is_floating_point() => t.to_kind(k),
             _ => t,
         };
+        let t = if nhwc && !layout::is_channels_last(&t) { layout::to_channels_last(&t) } else { t };
         Ok(t.to_device(inner.device))
     }
 

@@ -137,14 +137,36 @@ impl SafeTensorsFiles {
     /// A conversion reads the mapped bytes in place and writes the converted copy, so no full-precision temporary
     /// is allocated: loading an f32 file as bf16 costs about half the file, not one and a half.
     pub fn load_as(&self, name: &str, kind: Kind) -> Result<Tensor> {
+        self.convert(name, kind, |view| owned_as(view, kind))
+    }
+
+    /// Like [`load_as`](Self::load_as), for a 4-D tensor laid out channels-last (see [`crate::layout`]).
+    ///
+    /// The conversion writes straight into a channels-last tensor (one strided copy): converting first and
+    /// re-laying out afterwards would read and write every convolution weight twice and hold a second copy of it.
+    pub fn load_as_channels_last(&self, name: &str, kind: Kind) -> Result<Tensor> {
+        self.convert(name, kind, |view| {
+            let [o, i, h, w] = view.size()[..] else {
+                return owned_as(view, kind);
+            };
+            let mut out = Tensor::f_empty([o, h, w, i], (kind, Device::Cpu))?.f_permute([0, 3, 1, 2])?;
+            out.f_copy_(view)?;
+            Ok(out)
+        })
+    }
+
+    /// Run `convert` on a read-only tensor view of the mapped bytes of `name` and return its result, which must
+    /// not refer to the view. Falls back to [`load`](Self::load) and a plain conversion for data that is not a
+    /// floating-point kind or not aligned for its kind (legal in safetensors, rare in practice).
+    fn convert(&self, name: &str, kind: Kind, convert: impl FnOnce(&Tensor) -> Result<Tensor, tch::TchError>) -> Result<Tensor> {
         let entry = self.entries.get(name).ok_or_else(|| anyhow!("no tensor `{name}` in {}", self.describe()))?;
         let stored = kind_of(entry.dtype);
         let bytes = self.bytes(entry);
-        let convertible = matches!(stored, Some(k) if k != kind && is_float_kind(k) && is_float_kind(kind));
+        let convertible = matches!(stored, Some(k) if is_float_kind(k) && is_float_kind(kind));
         let aligned = bytes.as_ptr() as usize % stored.map_or(1, |k| k.elt_size_in_bytes()) == 0;
         if !convertible || !aligned || bytes.is_empty() {
             let t = self.load(name)?;
-            return Ok(if convertible { t.f_to_kind(kind)? } else { t });
+            return Ok(if convertible { convert(&t)? } else { t });
         }
         let stored = stored.unwrap_or(kind);
         let numel: i64 = entry.shape.iter().product();
@@ -156,11 +178,12 @@ impl SafeTensorsFiles {
             strides[i] = strides[i + 1] * entry.shape[i + 1];
         }
         // SAFETY: `bytes` is a live, read-only slice of the map holding exactly `numel` elements of `stored`
-        // (checked above) at an address aligned for that kind. The view is only read by `to_kind` and is dropped
-        // before this function returns, while `self` (and so the map) is borrowed.
+        // (checked above) at an address aligned for that kind. The view is only read by `convert`, whose result is
+        // a new tensor (a conversion or a copy), and is dropped before this function returns, while `self` (and so
+        // the map) is borrowed.
         let converted = unsafe {
             let view = Tensor::f_from_blob(bytes.as_ptr(), &entry.shape, &strides, stored, Device::Cpu)?;
-            view.f_to_kind(kind)
+            convert(&view)
         }
         .with_context(|| format!("cannot convert tensor `{name}` from {}", self.path_of(entry).display()))?;
         self.release_pages(entry);
@@ -205,6 +228,17 @@ fn describe_st_error(e: &safetensors::SafeTensorError, file_len: usize) -> Strin
         E::InvalidOffset(name) => format!("tensor `{name}` has data offsets that overlap or leave gaps"),
         other => format!("{other:?}"),
     }
+}
+
+/// `t` converted to `kind` in storage of its own, never a view of `t`: `to_kind` hands back `t` itself when the kind
+/// already matches, which for a view of the map would outlive the map.
+fn owned_as(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
+    if t.kind() != kind {
+        return t.f_to_kind(kind);
+    }
+    let mut out = t.f_empty_like()?;
+    out.f_copy_(t)?;
+    Ok(out)
 }
 
 fn is_float_kind(kind: Kind) -> bool {

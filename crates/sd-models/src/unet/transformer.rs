@@ -111,7 +111,7 @@ impl Transformer2DModel {
             Ok(t.permute([0, 2, 3, 1]).f_reshape([b, h * w, c])?)
         };
         // Back to a feature map in the layout the block was given: a free view for channels-last activations.
-        let keep_nhwc = crate::nn::is_channels_last(x);
+        let keep_nhwc = sd_core::layout::is_channels_last(x);
         let to_map = |t: &Tensor| -> Result<Tensor> {
             let map = t.f_reshape([b, h, w, c])?.permute([0, 3, 1, 2]);
             Ok(if keep_nhwc { map } else { map.contiguous() })
