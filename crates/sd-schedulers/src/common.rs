@@ -97,6 +97,12 @@ pub fn k_denoised(pred: crate::Prediction, sample: &Tensor, model_output: &Tenso
     })
 }
 
+/// k-diffusion's Euler move of `sample` from `sigma` to `sigma_to` along d = (x − x0)/σ (its `to_d`).
+pub fn k_euler(sample: &Tensor, x0: &Tensor, sigma: f64, sigma_to: f64) -> Result<Tensor> {
+    let d = sample.f_sub(x0)?.f_div_scalar(sigma)?;
+    Ok(sample.f_add(&d.f_mul_scalar(sigma_to - sigma)?)?)
+}
+
 /// Scale by 1/sqrt(σ²+1) (the k-samplers' `scale_model_input`).
 pub fn k_scale(sample: &Tensor, sigma: f64) -> Result<Tensor> {
     Ok(sample.f_div_scalar((sigma * sigma + 1.0).sqrt())?)

@@ -125,11 +125,24 @@ impl SchedulerConfig {
 
     /// How many of the mutually exclusive sigma-schedule flags are set (diffusers refuses more than one).
     pub fn check_sigma_flags(&self) -> anyhow::Result<()> {
-        let n = [self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas].iter().filter(|b| **b).count();
+        let n = self.sigma_flags().filter(|b| *b).count();
         anyhow::ensure!(
             n <= 1,
             "scheduler config sets more than one of use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas"
         );
         Ok(())
+    }
+
+    /// A custom timestep list fixes the sigmas itself, so diffusers refuses it together with a re-spacing flag.
+    pub fn check_custom_timesteps(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.sigma_flags().any(|b| b),
+            "custom timesteps cannot be combined with Karras / exponential / beta sigmas"
+        );
+        Ok(())
+    }
+
+    fn sigma_flags(&self) -> impl Iterator<Item = bool> {
+        [self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas].into_iter()
     }
 }

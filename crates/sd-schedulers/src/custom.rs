@@ -4,7 +4,7 @@
 //! diffusers only ships 10-step lists).
 
 use crate::sigmas::{ays, sigma_to_t};
-use crate::{Scheduler, SchedulerConfig};
+use crate::{SamplerState, Scheduler, SchedulerConfig};
 use anyhow::Result;
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
@@ -46,7 +46,15 @@ impl Ays {
     }
 }
 
+/// Every method forwards to the wrapped sampler (including those with defaults, which it may override) except
+/// `set_timesteps`.
 impl Scheduler for Ays {
+    fn state(&self) -> &SamplerState {
+        self.inner.state()
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        self.inner.state_mut()
+    }
     fn name(&self) -> &str {
         self.inner.name()
     }

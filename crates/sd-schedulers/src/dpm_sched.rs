@@ -134,10 +134,7 @@ fn no_minmax(cfg: &SchedulerConfig) -> SchedulerConfig {
 /// `set_timesteps(timesteps=[...])`: integer timesteps given, sigmas interpolated.
 pub fn custom(cfg: &SchedulerConfig, train: &TrainSchedule, timesteps: &[f64]) -> Result<DpmSchedule> {
     anyhow::ensure!(!timesteps.is_empty(), "a custom timestep list must not be empty");
-    anyhow::ensure!(
-        !(cfg.use_karras_sigmas || cfg.use_exponential_sigmas || cfg.use_beta_sigmas),
-        "custom timesteps cannot be combined with Karras / exponential / beta sigmas"
-    );
+    cfg.check_custom_timesteps()?;
     let ts: Vec<f64> = timesteps.iter().map(|t| t.trunc()).collect();
     let mut sigmas: Vec<f64> = ts.iter().map(|&t| interp_index(t, &train.sigmas)).collect();
     sigmas.push(final_sigma(cfg, train)?);

@@ -64,6 +64,14 @@ pub fn euler_schedule(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize, fi
     Ok(KSchedule { timesteps: timesteps.into_iter().map(f32r).collect(), sigmas: sig.into_iter().map(f32r).collect() })
 }
 
+/// `euler_schedule` for the classes that have no `interpolation_type` option (always linear) and end at sigma 0:
+/// EulerAncestral, LMS, KDPM2 (ancestral), and DPM++ 2S a, which follows EulerAncestral.
+pub fn linear_schedule(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize) -> Result<KSchedule> {
+    let mut plain = cfg.clone();
+    plain.interpolation_type = "linear".into();
+    euler_schedule(&plain, train, n, 0.0)
+}
+
 /// `set_timesteps(sigmas=[...])`: custom sigmas (with the final one); timesteps from `sigma_to_t`.
 pub fn from_sigmas(train: &TrainSchedule, custom: &[f64]) -> Result<KSchedule> {
     anyhow::ensure!(custom.len() >= 2, "a custom sigma list needs at least 2 values (the last is the final sigma)");
@@ -73,7 +81,8 @@ pub fn from_sigmas(train: &TrainSchedule, custom: &[f64]) -> Result<KSchedule> {
 }
 
 /// `set_timesteps(timesteps=[...])`: custom timesteps, sigmas interpolated, final sigma appended.
-pub fn from_timesteps(train: &TrainSchedule, custom: &[f64], final_sigma: f64) -> Result<KSchedule> {
+pub fn from_timesteps(cfg: &SchedulerConfig, train: &TrainSchedule, custom: &[f64], final_sigma: f64) -> Result<KSchedule> {
+    cfg.check_custom_timesteps()?;
     anyhow::ensure!(!custom.is_empty(), "a custom timestep list must not be empty");
     let timesteps: Vec<f64> = custom.iter().map(|&t| f32r(t)).collect();
     let mut sig: Vec<f64> = timesteps.iter().map(|&t| sigmas::interp_index(t, &train.sigmas)).collect();

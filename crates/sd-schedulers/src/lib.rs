@@ -1,7 +1,8 @@
 //! sd-schedulers: every Stable Diffusion sampler behind one trait, step-exact with diffusers 0.42.1.
 //!
 //! Each sampler mirrors one diffusers scheduler class (`samplers/*.rs`); the shared schedule math lives in
-//! `schedule.rs` (betas, spacing) and `sigmas.rs` (Karras / exponential / beta / AYS). `build` turns an A1111 or short
+//! `schedule.rs` (betas, spacing) and `sigmas.rs` (Karras / exponential / beta / AYS), the trait bodies a sampler
+//! family shares (tables, input scaling, forward noising) in `state.rs`. `build` turns an A1111 or short
 //! sampler name plus a model's saved `scheduler_config.json` into a ready sampler the way diffusers' `from_config` does.
 
 pub mod brownian;
@@ -11,14 +12,17 @@ pub mod config;
 pub mod custom;
 pub mod dpm_sched;
 pub mod ksched;
+pub mod multistep;
 pub mod registry;
 pub mod samplers;
 pub mod schedule;
 pub mod sigmas;
+pub mod state;
 pub mod training;
 
 pub use config::{Prediction, SchedulerConfig};
 pub use registry::{build, build_with, list, parse_sampler, SamplerInfo};
+pub use state::{Family, SamplerState};
 pub use training::{add_noise_batch, get_velocity};
 
 use anyhow::{bail, ensure, Result};
@@ -27,26 +31,50 @@ use tch::{Device, Tensor};
 
 /// One denoising sampler. The pipeline calls `set_timesteps`, then for each `t` in `timesteps()`:
 /// `scale_model_input` → model → `step`. State (step index, multistep history) lives inside the sampler.
+///
+/// A sampler implements `state`/`state_mut`, `set_timesteps` and `step`; the other methods default to its sampler
+/// family's behaviour (see `state.rs`) and are overridden only where a class differs (e.g. second-order samplers'
+/// `order`, or `scale_model_input` at a midpoint sigma).
 pub trait Scheduler: Send {
-    /// Registry name, e.g. "euler-a".
-    fn name(&self) -> &str;
+    /// The name, config, schedule tables and step index the default methods below read.
+    fn state(&self) -> &SamplerState;
+    fn state_mut(&mut self) -> &mut SamplerState;
     fn set_timesteps(&mut self, num_inference_steps: usize, device: Device) -> Result<()>;
-    /// The loop the pipeline runs, as diffusers' `scheduler.timesteps` (2nd-order samplers repeat entries).
-    fn timesteps(&self) -> &[f64];
-    fn init_noise_sigma(&self) -> f64;
-    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor>;
     /// One denoising step; returns the previous (less noisy) sample.
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor>;
-    /// Forward diffusion q(x_t | x_0) at one of this sampler's timesteps.
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor>;
-    fn order(&self) -> usize;
-    /// Start index for img2img (diffusers' `set_begin_index`).
-    fn set_begin_index(&mut self, begin_index: usize);
-    fn config(&self) -> &SchedulerConfig;
 
+    /// Registry name, e.g. "euler-a".
+    fn name(&self) -> &str {
+        &self.state().name
+    }
+    /// The loop the pipeline runs, as diffusers' `scheduler.timesteps` (2nd-order samplers repeat entries).
+    fn timesteps(&self) -> &[f64] {
+        &self.state().timesteps
+    }
     /// The sigma schedule (with the final sigma) for sigma-based samplers; empty for the others.
     fn sigmas(&self) -> &[f64] {
-        &[]
+        &self.state().sigmas
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        self.state().init_noise_sigma()
+    }
+    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
+        self.state_mut().scale_model_input(sample, timestep)
+    }
+    /// Forward diffusion q(x_t | x_0) at one of this sampler's timesteps.
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        self.state().add_noise(original, noise, timestep)
+    }
+    /// Model evaluations per step (diffusers' `scheduler.order`): 2 for the samplers that repeat timesteps.
+    fn order(&self) -> usize {
+        1
+    }
+    /// Start index for img2img (diffusers' `set_begin_index`).
+    fn set_begin_index(&mut self, begin_index: usize) {
+        self.state_mut().idx.begin = Some(begin_index);
+    }
+    fn config(&self) -> &SchedulerConfig {
+        &self.state().cfg
     }
     /// diffusers' `set_timesteps(timesteps=[...])`, where the class supports it.
     fn set_custom_timesteps(&mut self, _timesteps: &[f64], _device: Device) -> Result<()> {

@@ -101,9 +101,14 @@ impl TrainSchedule {
 
     /// `alphas_cumprod[t]` for an integer training timestep, with a clear error outside the table.
     pub fn alpha_cumprod(&self, t: i64) -> Result<f64> {
-        ensure!(t >= 0 && (t as usize) < self.alphas_cumprod.len(), "timestep {t} is outside 0..{}", self.alphas_cumprod.len());
-        Ok(self.alphas_cumprod[t as usize])
+        alpha_at(&self.alphas_cumprod, t)
     }
+}
+
+/// `alphas_cumprod[t]` of a table, with a clear error outside it.
+pub fn alpha_at(alphas_cumprod: &[f64], t: i64) -> Result<f64> {
+    ensure!(t >= 0 && (t as usize) < alphas_cumprod.len(), "timestep {t} is outside 0..{}", alphas_cumprod.len());
+    Ok(alphas_cumprod[t as usize])
 }
 
 /// `np.round`: round half to even.

@@ -1,9 +1,11 @@
 //! DPM-Solver / DPM-Solver++ multistep (Lu et al., arXiv 2206.00927 and 2211.01095), including the SDE variants
 //! (DPM++ 2M SDE) — diffusers `DPMSolverMultistepScheduler`. SDE variants draw one `randn` per step, before the update.
 
-use crate::common::{f32, lin, step_noise, threshold_sample, StepIndex};
+use crate::common::{f32, lin, step_noise, threshold_sample};
 use crate::dpm_sched::{self, alpha_sigma, lambda, DpmSchedule};
+use crate::multistep::ModelOutputs;
 use crate::schedule::{check_steps, TrainSchedule};
+use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
 use anyhow::{bail, ensure, Result};
 use sd_core::TorchGenerator;
@@ -18,16 +20,11 @@ pub enum Algo {
 }
 
 pub struct DpmMultistep {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
+    state: SamplerState,
     algo: Algo,
     heun: bool,
     train: TrainSchedule,
-    sched: DpmSchedule,
-    idx: StepIndex,
-    outputs: Vec<Option<Tensor>>,
-    lower_order_nums: usize,
+    outputs: ModelOutputs,
 }
 
 /// Parse `algorithm_type` / `solver_type` the way the DPM-Solver classes normalise them.
@@ -58,29 +55,27 @@ pub fn parse_algo(cfg: &mut SchedulerConfig) -> Result<(Algo, bool)> {
 
 impl DpmMultistep {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
-        let mut cfg = cfg;
         cfg.check_sigma_flags()?;
-        let pred = cfg.prediction()?;
-        let (algo, heun) = parse_algo(&mut cfg)?;
-        let train = TrainSchedule::new(&cfg)?;
-        let outputs = (0..cfg.solver_order).map(|_| None).collect();
-        Ok(Self { name: name.into(), cfg, pred, algo, heun, train, sched: DpmSchedule::default(), idx: StepIndex::default(), outputs, lower_order_nums: 0 })
+        let mut state = SamplerState::new(name, cfg, Family::DpmSolver)?;
+        let (algo, heun) = parse_algo(&mut state.cfg)?;
+        let train = TrainSchedule::new(&state.cfg)?;
+        let outputs = ModelOutputs::new(state.cfg.solver_order);
+        Ok(Self { state, algo, heun, train, outputs })
     }
 
     fn reset(&mut self, s: DpmSchedule) {
-        self.sched = s;
-        self.outputs = (0..self.cfg.solver_order).map(|_| None).collect();
-        self.lower_order_nums = 0;
-        self.idx.reset();
+        self.state.set_schedule(s.timesteps, s.sigmas);
+        self.outputs.reset();
     }
 
     /// x0 (DPM-Solver++) or ε (DPM-Solver) from the raw model output.
     fn convert(&self, out: &Tensor, sample: &Tensor, i: usize) -> Result<Tensor> {
-        convert_model_output(&self.cfg, self.pred, matches!(self.algo, Algo::DpmSolverPP | Algo::SdeDpmSolverPP), out, sample, self.sched.sigmas[i])
+        let data_pred = matches!(self.algo, Algo::DpmSolverPP | Algo::SdeDpmSolverPP);
+        convert_model_output(&self.state.cfg, self.state.pred, data_pred, out, sample, self.state.sigmas[i])
     }
 
     fn first_order(&self, m0: &Tensor, sample: &Tensor, noise: Option<&Tensor>, i: usize) -> Result<Tensor> {
-        let (s_t, s_s) = (self.sched.sigmas[i + 1], self.sched.sigmas[i]);
+        let (s_t, s_s) = (self.state.sigmas[i + 1], self.state.sigmas[i]);
         let ((a_t, sg_t), (a_s, sg_s)) = (alpha_sigma(s_t), alpha_sigma(s_s));
         let h = lambda(s_t) - lambda(s_s);
         Ok(match self.algo {
@@ -100,9 +95,9 @@ impl DpmMultistep {
     }
 
     fn second_order(&self, sample: &Tensor, noise: Option<&Tensor>, i: usize) -> Result<Tensor> {
-        let n = self.outputs.len();
-        let (m0, m1) = (opt(&self.outputs[n - 1])?, opt(&self.outputs[n - 2])?);
-        let (s_t, s0, s1) = (self.sched.sigmas[i + 1], self.sched.sigmas[i], self.sched.sigmas[i - 1]);
+        let (m0, m1) = (self.outputs.get(0)?, self.outputs.get(1)?);
+        let s = &self.state.sigmas;
+        let (s_t, s0, s1) = (s[i + 1], s[i], s[i - 1]);
         let ((a_t, sg_t), (a0, sg0)) = (alpha_sigma(s_t), alpha_sigma(s0));
         let (l_t, l0, l1) = (lambda(s_t), lambda(s0), lambda(s1));
         let (h, h0) = (l_t - l0, l0 - l1);
@@ -127,9 +122,8 @@ impl DpmMultistep {
     }
 
     fn third_order(&self, sample: &Tensor, noise: Option<&Tensor>, i: usize) -> Result<Tensor> {
-        let n = self.outputs.len();
-        let (m0, m1, m2) = (opt(&self.outputs[n - 1])?, opt(&self.outputs[n - 2])?, opt(&self.outputs[n - 3])?);
-        let s = &self.sched.sigmas;
+        let (m0, m1, m2) = (self.outputs.get(0)?, self.outputs.get(1)?, self.outputs.get(2)?);
+        let s = &self.state.sigmas;
         let ((a_t, sg_t), (a0, sg0)) = (alpha_sigma(s[i + 1]), alpha_sigma(s[i]));
         let (l_t, l0, l1, l2) = (lambda(s[i + 1]), lambda(s[i]), lambda(s[i - 1]), lambda(s[i - 2]));
         let (h, h0, h1) = (l_t - l0, l0 - l1, l1 - l2);
@@ -172,29 +166,17 @@ fn need(noise: Option<&Tensor>) -> Result<&Tensor> {
     noise.ok_or_else(|| anyhow::anyhow!("internal: SDE update without noise"))
 }
 
-fn opt(t: &Option<Tensor>) -> Result<&Tensor> {
-    t.as_ref().ok_or_else(|| anyhow::anyhow!("internal: multistep history is missing an earlier model output"))
-}
-
 /// `convert_model_output` of the DPM-Solver family: x0 for data-prediction solvers, ε for noise-prediction ones.
 pub fn convert_model_output(cfg: &SchedulerConfig, pred: Prediction, data_pred: bool, out: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
     let (a, s) = alpha_sigma(sigma);
     if data_pred {
-        let x0 = match pred {
-            Prediction::Epsilon => sample.f_sub(&out.f_mul_scalar(s)?)?.f_div_scalar(a)?,
-            Prediction::Sample => out.shallow_clone(),
-            Prediction::VPrediction => lin(&[(a, sample), (-s, out)])?,
-        };
+        let x0 = predicted_x0(pred, out, sample, sigma)?;
         if cfg.thresholding {
             return threshold_sample(&x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value);
         }
         Ok(x0)
     } else {
-        let eps = match pred {
-            Prediction::Epsilon => out.shallow_clone(),
-            Prediction::Sample => sample.f_sub(&out.f_mul_scalar(a)?)?.f_div_scalar(s)?,
-            Prediction::VPrediction => lin(&[(a, out), (s, sample)])?,
-        };
+        let eps = predicted_noise(pred, out, sample, sigma)?;
         if cfg.thresholding {
             let x0 = sample.f_sub(&eps.f_mul_scalar(s)?)?.f_div_scalar(a)?;
             let x0 = threshold_sample(&x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)?;
@@ -204,77 +186,71 @@ pub fn convert_model_output(cfg: &SchedulerConfig, pred: Prediction, data_pred: 
     }
 }
 
+/// x0 from the model output at VP sigma `sigma` (no thresholding).
+pub fn predicted_x0(pred: Prediction, out: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
+    let (a, s) = alpha_sigma(sigma);
+    Ok(match pred {
+        Prediction::Epsilon => sample.f_sub(&out.f_mul_scalar(s)?)?.f_div_scalar(a)?,
+        Prediction::Sample => out.shallow_clone(),
+        Prediction::VPrediction => lin(&[(a, sample), (-s, out)])?,
+    })
+}
+
+/// ε from the model output at VP sigma `sigma` (no thresholding).
+pub fn predicted_noise(pred: Prediction, out: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
+    let (a, s) = alpha_sigma(sigma);
+    Ok(match pred {
+        Prediction::Epsilon => out.shallow_clone(),
+        Prediction::Sample => sample.f_sub(&out.f_mul_scalar(a)?)?.f_div_scalar(s)?,
+        Prediction::VPrediction => lin(&[(a, out), (s, sample)])?,
+    })
+}
+
 impl Scheduler for DpmMultistep {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        check_steps(&self.cfg, n)?;
-        let s = dpm_sched::spaced(&self.cfg, &self.train, n)?;
+        check_steps(&self.state.cfg, n)?;
+        let s = dpm_sched::spaced(&self.state.cfg, &self.train, n)?;
         self.reset(s);
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.sched.timesteps
-    }
-    fn sigmas(&self) -> &[f64] {
-        &self.sched.sigmas
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn scale_model_input(&mut self, sample: &Tensor, _timestep: f64) -> Result<Tensor> {
-        Ok(sample.shallow_clone())
-    }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
-        let len = self.sched.timesteps.len();
-        let i = self.idx.for_step(&self.sched.timesteps, timestep, len)?;
-        let c = &self.cfg;
+        let i = self.state.step_index(timestep)?;
+        let len = self.state.timesteps.len();
+        let c = &self.state.cfg;
         let lower_final = i == len - 1 && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
         let lower_second = i + 2 == len && c.lower_order_final && len < 15;
+        let order = c.solver_order;
         let out = f32(model_output)?;
         let sample = f32(sample)?;
         let m = self.convert(&out, &sample, i)?;
-        self.outputs.rotate_left(1);
-        let last = self.outputs.len() - 1;
-        self.outputs[last] = Some(m.shallow_clone());
+        self.outputs.push(m.shallow_clone());
         let noise = match self.algo {
             Algo::SdeDpmSolver | Algo::SdeDpmSolverPP => Some(step_noise(model_output, gen)),
             _ => None,
         };
-        let order = self.cfg.solver_order;
-        let prev = if order == 1 || self.lower_order_nums < 1 || lower_final {
+        let lower_order_nums = self.outputs.lower_order_nums();
+        let prev = if order == 1 || lower_order_nums < 1 || lower_final {
             self.first_order(&m, &sample, noise.as_ref(), i)?
-        } else if order == 2 || self.lower_order_nums < 2 || lower_second {
+        } else if order == 2 || lower_order_nums < 2 || lower_second {
             self.second_order(&sample, noise.as_ref(), i)?
         } else {
             self.third_order(&sample, noise.as_ref(), i)?
         };
-        if self.lower_order_nums < order {
-            self.lower_order_nums += 1;
-        }
-        self.idx.advance();
+        self.outputs.count_step();
+        self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)
-    }
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = crate::common::noise_index(&self.idx, &self.sched.timesteps, timestep)?;
-        let (a, s) = alpha_sigma(self.sched.sigmas[i]);
-        lin(&[(a, original), (s, noise)])
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.idx.begin = Some(begin_index);
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
     fn accepts_custom_timesteps(&self) -> bool {
         true
     }
     fn set_custom_timesteps(&mut self, timesteps: &[f64], _device: Device) -> Result<()> {
-        let s = dpm_sched::custom(&self.cfg, &self.train, timesteps)?;
+        let s = dpm_sched::custom(&self.state.cfg, &self.train, timesteps)?;
         self.reset(s);
         Ok(())
     }

@@ -10,11 +10,12 @@
 //! query times depend on those exact values.
 
 use crate::brownian::BrownianNoise;
-use crate::common::{f32, noise_index, StepIndex};
+use crate::common::{f32, k_euler};
 use crate::ksched;
 use crate::schedule::{check_steps, np_linspace, spaced_timesteps_int, TrainSchedule};
 use crate::samplers::heun::interleave_tail;
 use crate::sigmas::{interp_index, sigma_to_t};
+use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
 use anyhow::{ensure, Context, Result};
 use sd_core::TorchGenerator;
@@ -49,15 +50,10 @@ pub(crate) fn denoised32(pred: Prediction, sample: &Tensor, out: &Tensor, sigma:
     })
 }
 
+/// The state's sigmas are float32 values laid out as diffusers' (`[s0, s1, s1, …, s_last, s_last, 0]`).
 pub struct DpmSde {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
+    state: SamplerState,
     train: TrainSchedule,
-    timesteps: Vec<f64>,
-    /// float32 sigmas laid out as diffusers' (`[s0, s1, s1, …, s_last, s_last, 0]`).
-    sigmas: Vec<f64>,
-    idx: StepIndex,
     /// The sample at the start of the pending second-order step and the midpoint sigma.
     pending: Option<(Tensor, f32)>,
     noise: Option<BrownianNoise>,
@@ -66,39 +62,33 @@ pub struct DpmSde {
 impl DpmSde {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let pred = cfg.prediction()?;
+        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
         ensure!(
-            pred != Prediction::Sample,
+            state.pred != Prediction::Sample,
             "DPM++ SDE (DPMSolverSDEScheduler) does not support prediction_type \"sample\" (diffusers neither)"
         );
-        let train = TrainSchedule::new(&cfg)?;
-        Ok(Self {
-            name: name.into(),
-            cfg,
-            pred,
-            train,
-            timesteps: vec![],
-            sigmas: vec![],
-            idx: StepIndex::default(),
-            pending: None,
-            noise: None,
-        })
+        let train = TrainSchedule::new(&state.cfg)?;
+        Ok(Self { state, train, pending: None, noise: None })
     }
 }
 
 impl Scheduler for DpmSde {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        check_steps(&self.cfg, n)?;
+        let cfg = &self.state.cfg;
+        check_steps(cfg, n)?;
         // this class spaces "linspace" timesteps in float64 (not float32 like Euler)
-        let mut ts = match self.cfg.timestep_spacing.as_str() {
-            "linspace" => np_linspace(0.0, (self.cfg.num_train_timesteps - 1) as f64, n).into_iter().rev().collect(),
-            _ => spaced_timesteps_int(&self.cfg, n)?,
+        let mut ts = match cfg.timestep_spacing.as_str() {
+            "linspace" => np_linspace(0.0, (cfg.num_train_timesteps - 1) as f64, n).into_iter().rev().collect(),
+            _ => spaced_timesteps_int(cfg, n)?,
         };
         let mut sig: Vec<f64> = ts.iter().map(|&t| interp_index(t, &self.train.sigmas)).collect();
-        if let Some(s) = ksched::respace(&self.cfg, &sig, n) {
+        if let Some(s) = ksched::respace(cfg, &sig, n) {
             ts = s.iter().map(|&x| sigma_to_t(x, &self.train.log_sigmas)).collect();
             sig = s;
         }
@@ -119,55 +109,44 @@ impl Scheduler for DpmSde {
         let sig32: Vec<f64> = sig.iter().map(|&s| s as f32 as f64).collect();
         let mut laid = interleave_tail(&sig32[..sig32.len() - 1]);
         laid.push(0.0);
-        self.timesteps = timesteps;
-        self.sigmas = laid;
-        self.idx.reset();
+        self.state.set_schedule(timesteps, laid);
         self.pending = None;
         self.noise = None;
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-    fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        ksched::init_noise_sigma(&self.cfg, &self.sigmas)
-    }
+    /// The second evaluation of a step sees the sample scaled for the midpoint sigma, in float32.
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = self.idx.get(&self.timesteps, timestep)?;
+        let i = self.state.idx.get(&self.state.timesteps, timestep)?;
         let s = match &self.pending {
-            None => self.sigmas[i] as f32,
+            None => self.state.sigmas[i] as f32,
             Some((_, mid)) => *mid,
         };
         Ok(sample.f_div_scalar((s * s + 1.0).sqrt() as f64)?)
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
-        let i = self.idx.get(&self.timesteps, timestep)?;
-        ensure!(i + 1 < self.sigmas.len(), "step called after the last timestep");
+        let i = self.state.step_index(timestep)?;
         let out = f32(model_output)?;
         let sample = f32(sample)?;
+        let sig = &self.state.sigmas;
         if self.noise.is_none() {
-            let pos: Vec<f32> = self.sigmas.iter().filter(|s| **s > 0.0).map(|s| *s as f32).collect();
+            let pos: Vec<f32> = sig.iter().filter(|s| **s > 0.0).map(|s| *s as f32).collect();
             let lo = pos.iter().cloned().fold(f32::INFINITY, f32::min);
-            let hi = self.sigmas.iter().map(|s| *s as f32).fold(f32::NEG_INFINITY, f32::max);
+            let hi = sig.iter().map(|s| *s as f32).fold(f32::NEG_INFINITY, f32::max);
             // torch.randint(0, 2**63 - 1, []): one 64-bit draw modulo the range
-            let seed = self.cfg.noise_sampler_seed.unwrap_or_else(|| gen.next_u64() % ((1u64 << 63) - 1));
+            let seed = self.state.cfg.noise_sampler_seed.unwrap_or_else(|| gen.next_u64() % ((1u64 << 63) - 1));
             self.noise = Some(BrownianNoise::new(lo, hi, &sample.size(), seed)?);
         }
         let first = self.pending.is_none();
-        let (sigma, sigma_next) =
-            if first { (self.sigmas[i] as f32, self.sigmas[i + 1] as f32) } else { (self.sigmas[i - 1] as f32, self.sigmas[i] as f32) };
+        let (sigma, sigma_next) = if first { (sig[i] as f32, sig[i + 1] as f32) } else { (sig[i - 1] as f32, sig[i] as f32) };
+        let pred = self.state.pred;
         let t = t_fn(sigma);
         let prev = if sigma_next == 0.0 {
-            let x0 = denoised32(self.pred, &sample, &out, sigma)?;
-            let d = sample.f_sub(&x0)?.f_div_scalar(sigma as f64)?;
-            sample.f_add(&d.f_mul_scalar(-sigma as f64)?)?
+            let x0 = denoised32(pred, &sample, &out, sigma)?;
+            k_euler(&sample, &x0, sigma as f64, 0.0)?
         } else {
             let t_next = t_fn(sigma_next);
             let t_prop = t + (t_next - t) * 0.5;
-            let x0 = denoised32(self.pred, &sample, &out, if first { sigma } else { sigma_fn(t_prop) })?;
+            let x0 = denoised32(pred, &sample, &out, if first { sigma } else { sigma_fn(t_prop) })?;
             let (t_to, base) = match self.pending.take() {
                 None => (t_prop, sample),
                 Some((s, _)) => (t_next, s),
@@ -188,20 +167,10 @@ impl Scheduler for DpmSde {
             }
             prev
         };
-        self.idx.advance();
+        self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)
-    }
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = noise_index(&self.idx, &self.timesteps, timestep)?;
-        Ok(original.f_add(&noise.f_mul_scalar(self.sigmas[i])?)?)
     }
     fn order(&self) -> usize {
         2
-    }
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.idx.begin = Some(begin_index);
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
 }

@@ -2,11 +2,13 @@
 //! Steps are grouped by an order list ([1, 2, 1, 2, …] for order 2): inside a group every update restarts from the
 //! sample at the group's start, using the model outputs gathered so far in the group.
 
-use crate::common::{f32, lin, noise_index, step_noise, StepIndex};
-use crate::dpm_sched::{self, alpha_sigma, lambda, DpmSchedule, Flavor};
+use crate::common::{f32, lin, step_noise};
+use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
+use crate::multistep::ModelOutputs;
 use crate::samplers::dpm_multistep::{convert_model_output, parse_algo, Algo};
 use crate::schedule::{check_steps, TrainSchedule};
-use crate::{Prediction, Scheduler, SchedulerConfig};
+use crate::state::{Family, SamplerState};
+use crate::{Scheduler, SchedulerConfig};
 use anyhow::{bail, ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
@@ -14,16 +16,12 @@ use tch::{Device, Tensor};
 const FLAVOR: Flavor = Flavor { lambda_clip: true, cfg_minmax: false, final_from_respaced: false, always_round_karras: true };
 
 pub struct DpmSinglestep {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
+    state: SamplerState,
     algo: Algo,
     heun: bool,
     train: TrainSchedule,
-    sched: DpmSchedule,
     orders: Vec<usize>,
-    idx: StepIndex,
-    outputs: Vec<Option<Tensor>>,
+    outputs: ModelOutputs,
     group_sample: Option<Tensor>,
 }
 
@@ -62,27 +60,23 @@ fn order_list(steps: usize, order: usize, lower_order_final: bool, final_zero: b
 }
 
 impl DpmSinglestep {
-    pub fn new(name: &str, mut cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let pred = cfg.prediction()?;
-        let (algo, heun) = parse_algo(&mut cfg)?;
+        let mut state = SamplerState::new(name, cfg, Family::DpmSolver)?;
+        let cfg = &mut state.cfg;
+        let (algo, heun) = parse_algo(cfg)?;
         if algo == Algo::SdeDpmSolver {
             bail!("DPM-Solver singlestep has no sde-dpmsolver variant (diffusers neither)");
         }
         // the class has no spacing option: its schedule is always "linspace"
         cfg.timestep_spacing = "linspace".into();
-        let train = TrainSchedule::new(&cfg)?;
-        let outputs = (0..cfg.solver_order).map(|_| None).collect();
-        Ok(Self { name: name.into(), cfg, pred, algo, heun, train, sched: DpmSchedule::default(), orders: vec![], idx: StepIndex::default(), outputs, group_sample: None })
-    }
-
-    fn m(&self, back: usize) -> Result<&Tensor> {
-        let n = self.outputs.len();
-        self.outputs[n - 1 - back].as_ref().ok_or_else(|| anyhow::anyhow!("internal: singlestep history is missing an output"))
+        let train = TrainSchedule::new(cfg)?;
+        let outputs = ModelOutputs::new(cfg.solver_order);
+        Ok(Self { state, algo, heun, train, orders: vec![], outputs, group_sample: None })
     }
 
     fn update(&self, x: &Tensor, i: usize, order: usize, noise: Option<&Tensor>) -> Result<Tensor> {
-        let s = &self.sched.sigmas;
+        let s = &self.state.sigmas;
         let (a_t, sg_t) = alpha_sigma(s[i + 1]);
         // the group started at sigma s[i + 1 - order]
         let (a_b, sg_b) = alpha_sigma(s[i + 1 - order]);
@@ -91,9 +85,9 @@ impl DpmSinglestep {
         let nz = || noise.ok_or_else(|| anyhow::anyhow!("internal: SDE update without noise"));
         // (d0, d1 coefficient for the "first derivative" term, optional d2 term)
         let (d0, d1, d2): (Tensor, Option<(f64, Tensor)>, Option<(f64, Tensor)>) = match order {
-            1 => (self.m(0)?.shallow_clone(), None, None),
+            1 => (self.outputs.get(0)?.shallow_clone(), None, None),
             2 => {
-                let (m0, m1) = (self.m(0)?, self.m(1)?);
+                let (m0, m1) = (self.outputs.get(0)?, self.outputs.get(1)?);
                 let r0 = (lambda(s[i]) - lambda(s[i - 1])) / h;
                 let d1 = m0.f_sub(m1)?.f_mul_scalar(1.0 / r0)?;
                 let c = match (self.algo, self.heun) {
@@ -107,7 +101,7 @@ impl DpmSinglestep {
                 (m1.shallow_clone(), Some((c, d1)), None)
             }
             _ => {
-                let (m0, m1, m2) = (self.m(0)?, self.m(1)?, self.m(2)?);
+                let (m0, m1, m2) = (self.outputs.get(0)?, self.outputs.get(1)?, self.outputs.get(2)?);
                 let l2 = lambda(s[i - 2]);
                 let (r0, r1) = ((lambda(s[i]) - l2) / h, (lambda(s[i - 1]) - l2) / h);
                 let d1_0 = m1.f_sub(m2)?.f_mul_scalar(1.0 / r1)?;
@@ -151,46 +145,36 @@ impl DpmSinglestep {
 }
 
 impl Scheduler for DpmSinglestep {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        check_steps(&self.cfg, n)?;
-        self.sched = dpm_sched::spaced_as(&self.cfg, &self.train, n, FLAVOR)?;
-        let mut lof = self.cfg.lower_order_final;
-        if !lof && (n % self.cfg.solver_order != 0 || self.cfg.final_sigmas_type == "zero") {
+        let cfg = &self.state.cfg;
+        check_steps(cfg, n)?;
+        let s = dpm_sched::spaced_as(cfg, &self.train, n, FLAVOR)?;
+        let mut lof = cfg.lower_order_final;
+        if !lof && (n % cfg.solver_order != 0 || cfg.final_sigmas_type == "zero") {
             lof = true; // diffusers switches lower_order_final on in these cases
         }
-        self.orders = order_list(n, self.cfg.solver_order, lof, self.cfg.final_sigmas_type == "zero");
+        self.orders = order_list(n, cfg.solver_order, lof, cfg.final_sigmas_type == "zero");
         ensure!(self.orders.len() == n, "internal: order list has {} entries for {n} steps", self.orders.len());
-        self.outputs = (0..self.cfg.solver_order).map(|_| None).collect();
+        self.state.set_schedule(s.timesteps, s.sigmas);
+        self.outputs.reset();
         self.group_sample = None;
-        self.idx.reset();
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.sched.timesteps
-    }
-    fn sigmas(&self) -> &[f64] {
-        &self.sched.sigmas
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn scale_model_input(&mut self, sample: &Tensor, _timestep: f64) -> Result<Tensor> {
-        Ok(sample.shallow_clone())
-    }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
-        let i = self.idx.for_step(&self.sched.timesteps, timestep, self.orders.len())?;
+        let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
         let data_pred = matches!(self.algo, Algo::DpmSolverPP | Algo::SdeDpmSolverPP);
-        let m = convert_model_output(&self.cfg, self.pred, data_pred, &f32(model_output)?, &sample, self.sched.sigmas[i])?;
-        self.outputs.rotate_left(1);
-        let last = self.outputs.len() - 1;
-        self.outputs[last] = Some(m);
+        let m = convert_model_output(&self.state.cfg, self.state.pred, data_pred, &f32(model_output)?, &sample, self.state.sigmas[i])?;
+        self.outputs.push(m);
         let noise = (self.algo == Algo::SdeDpmSolverPP).then(|| step_noise(model_output, gen));
         let mut order = self.orders[i];
-        while order > 1 && self.outputs[self.outputs.len() - order].is_none() {
+        while order > 1 && !self.outputs.has(order - 1) {
             order -= 1;
         }
         if order == 1 {
@@ -198,21 +182,7 @@ impl Scheduler for DpmSinglestep {
         }
         let x = self.group_sample.as_ref().map(Tensor::shallow_clone).ok_or_else(|| anyhow::anyhow!("internal: no group sample"))?;
         let prev = self.update(&x, i, order, noise.as_ref())?;
-        self.idx.advance();
+        self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)
-    }
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = noise_index(&self.idx, &self.sched.timesteps, timestep)?;
-        let (a, s) = alpha_sigma(self.sched.sigmas[i]);
-        lin(&[(a, original), (s, noise)])
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.idx.begin = Some(begin_index);
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
 }

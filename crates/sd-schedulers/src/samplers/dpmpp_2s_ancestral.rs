@@ -10,11 +10,12 @@
 //! `init_noise_sigma` is σ_max, as k-diffusion (and A1111) scale the initial noise.
 //! The scalar sigma arithmetic is float32 with LibTorch's log/exp, as k-diffusion computes on 0-d tensors.
 
-use crate::common::{f32, noise_index, step_noise, StepIndex};
+use crate::common::{f32, noise_index, step_noise};
 use crate::ksched;
 use crate::samplers::dpm_sde::{denoised32, sigma_fn, t_expm1, t_fn};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::sigmas::sigma_to_t;
+use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
 use anyhow::{ensure, Context, Result};
 use sd_core::TorchGenerator;
@@ -46,18 +47,13 @@ fn plan(sigma: f32, next: f32) -> StepPlan {
     StepPlan { sigma, next, up, down, mid }
 }
 
+/// The state's sigmas are the k-diffusion sigmas (n + 1 values, last 0), one per step rather than per timestep.
 pub struct Dpmpp2sAncestral {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
+    state: SamplerState,
     train: TrainSchedule,
-    timesteps: Vec<f64>,
-    /// The k-diffusion sigmas (n + 1 values, last 0).
-    ksigmas: Vec<f64>,
-    /// For each entry of `timesteps`: (step, is the midpoint evaluation).
+    /// For each entry of the state's timesteps: (step, is the midpoint evaluation).
     slots: Vec<(usize, bool)>,
     plans: Vec<StepPlan>,
-    idx: StepIndex,
     /// The sample at σᵢ while the midpoint evaluation is pending.
     pending: Option<Tensor>,
 }
@@ -65,63 +61,47 @@ pub struct Dpmpp2sAncestral {
 impl Dpmpp2sAncestral {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let pred = cfg.prediction()?;
-        ensure!(pred != Prediction::Sample, "DPM++ 2S a supports prediction_type \"epsilon\" and \"v_prediction\"");
-        let train = TrainSchedule::new(&cfg)?;
-        Ok(Self {
-            name: name.into(),
-            cfg,
-            pred,
-            train,
-            timesteps: vec![],
-            ksigmas: vec![],
-            slots: vec![],
-            plans: vec![],
-            idx: StepIndex::default(),
-            pending: None,
-        })
+        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        ensure!(state.pred != Prediction::Sample, "DPM++ 2S a supports prediction_type \"epsilon\" and \"v_prediction\"");
+        let train = TrainSchedule::new(&state.cfg)?;
+        Ok(Self { state, train, slots: vec![], plans: vec![], pending: None })
     }
 
     fn slot(&mut self, timestep: f64) -> Result<(usize, (usize, bool))> {
-        let i = self.idx.get(&self.timesteps, timestep)?;
+        let i = self.state.idx.get(&self.state.timesteps, timestep)?;
         let s = *self.slots.get(i).context("step called after the last timestep")?;
         Ok((i, s))
     }
 }
 
 impl Scheduler for Dpmpp2sAncestral {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        check_steps(&self.cfg, n)?;
-        let mut plain = self.cfg.clone();
-        plain.interpolation_type = "linear".into();
-        let k = ksched::euler_schedule(&plain, &self.train, n, 0.0)?;
+        check_steps(&self.state.cfg, n)?;
+        let k = ksched::linear_schedule(&self.state.cfg, &self.train, n)?;
         self.plans = (0..n).map(|i| plan(k.sigmas[i] as f32, k.sigmas[i + 1] as f32)).collect();
-        self.timesteps.clear();
+        let mut timesteps = vec![];
         self.slots.clear();
         for (i, p) in self.plans.iter().enumerate() {
-            self.timesteps.push(k.timesteps[i]);
+            timesteps.push(k.timesteps[i]);
             self.slots.push((i, false));
             if p.down != 0.0 {
-                self.timesteps.push(sigma_to_t(p.mid as f64, &self.train.log_sigmas) as f32 as f64);
+                timesteps.push(sigma_to_t(p.mid as f64, &self.train.log_sigmas) as f32 as f64);
                 self.slots.push((i, true));
             }
         }
-        self.ksigmas = k.sigmas;
-        self.idx.reset();
+        self.state.set_schedule(timesteps, k.sigmas);
         self.pending = None;
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-    fn sigmas(&self) -> &[f64] {
-        &self.ksigmas
-    }
+    /// σ_max, as k-diffusion (and A1111) scale the initial noise, whatever the timestep spacing.
     fn init_noise_sigma(&self) -> f64 {
-        self.ksigmas.first().copied().unwrap_or(1.0)
+        self.state.sigmas.first().copied().unwrap_or(1.0)
     }
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
         let (_, (step, mid)) = self.slot(timestep)?;
@@ -136,7 +116,7 @@ impl Scheduler for Dpmpp2sAncestral {
         let x = f32(sample)?;
         let t = t_fn(p.sigma);
         let prev = if !mid {
-            let denoised = denoised32(self.pred, &x, &out, p.sigma)?;
+            let denoised = denoised32(self.state.pred, &x, &out, p.sigma)?;
             if p.down == 0.0 {
                 let d = x.f_sub(&denoised)?.f_div_scalar(p.sigma as f64)?;
                 x.f_add(&d.f_mul_scalar((p.down - p.sigma) as f64)?)?
@@ -149,7 +129,7 @@ impl Scheduler for Dpmpp2sAncestral {
             }
         } else {
             let base = self.pending.take().context("internal: midpoint evaluation without a pending step")?;
-            let denoised = denoised32(self.pred, &x, &out, p.mid)?;
+            let denoised = denoised32(self.state.pred, &x, &out, p.mid)?;
             let t_next = t_fn(p.down);
             let h = t_next - t;
             let c1 = sigma_fn(t_next) / sigma_fn(t);
@@ -161,11 +141,12 @@ impl Scheduler for Dpmpp2sAncestral {
         } else {
             prev
         };
-        self.idx.advance();
+        self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)
     }
+    /// At the timestep's own sigma (the midpoint one for a midpoint entry), not the per-step sigma table.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = noise_index(&self.idx, &self.timesteps, timestep)?;
+        let i = noise_index(&self.state.idx, &self.state.timesteps, timestep)?;
         let (step, mid) = self.slots[i.min(self.slots.len().saturating_sub(1))];
         let p = self.plans[step];
         let s = if mid { p.mid } else { p.sigma };
@@ -173,11 +154,5 @@ impl Scheduler for Dpmpp2sAncestral {
     }
     fn order(&self) -> usize {
         2
-    }
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.idx.begin = Some(begin_index);
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
 }

@@ -2,28 +2,27 @@
 //! `EDMEulerScheduler`, for EDM-trained models (e.g. Playground v2.5). Timesteps are c_noise = ¼·ln σ, not
 //! discrete training steps, so it does not suit ordinary SD 1.x/2.x/XL UNets.
 
-use crate::common::{f32, lin2, noise_index, StepIndex};
+use crate::common::{f32, k_euler, lin2};
 use crate::schedule::np_linspace;
+use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
 use anyhow::{bail, ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Kind, Tensor};
 
+/// A k-diffusion-family sampler (x_t = x_0 + σ·ε, so the family's `add_noise`), with EDM's own starting noise and
+/// input scaling, and no training schedule.
 pub struct EdmEuler {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
+    state: SamplerState,
     sigma_min: f64,
     sigma_max: f64,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    idx: StepIndex,
 }
 
 impl EdmEuler {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
-        let pred = cfg.prediction()?;
-        ensure!(pred != Prediction::Sample, "EDM Euler supports prediction_type epsilon or v_prediction, not \"sample\"");
+        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let cfg = &state.cfg;
+        ensure!(state.pred != Prediction::Sample, "EDM Euler supports prediction_type epsilon or v_prediction, not \"sample\"");
         ensure!(
             matches!(cfg.sigma_schedule.as_str(), "karras" | "exponential"),
             "EDM Euler `sigma_schedule` is {:?}; expected \"karras\" or \"exponential\"",
@@ -31,19 +30,23 @@ impl EdmEuler {
         );
         let (sigma_min, sigma_max) = (cfg.sigma_min.unwrap_or(0.002), cfg.sigma_max.unwrap_or(80.0));
         ensure!(sigma_min > 0.0 && sigma_max > sigma_min, "EDM Euler needs 0 < sigma_min < sigma_max");
-        Ok(Self { name: name.into(), cfg, pred, sigma_min, sigma_max, timesteps: vec![], sigmas: vec![], idx: StepIndex::default() })
+        Ok(Self { state, sigma_min, sigma_max })
     }
 }
 
 impl Scheduler for EdmEuler {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
         ensure!(n > 0, "number of inference steps must be at least 1 (got 0)");
-        let sig: Vec<f64> = match self.cfg.sigma_schedule.as_str() {
+        let cfg = &self.state.cfg;
+        let mut sig: Vec<f64> = match cfg.sigma_schedule.as_str() {
             "karras" => {
-                let rho = self.cfg.rho;
+                let rho = cfg.rho;
                 let (lo, hi) = (self.sigma_min.powf(1.0 / rho), self.sigma_max.powf(1.0 / rho));
                 np_linspace(0.0, 1.0, n).into_iter().map(|r| ((hi + r * (lo - hi)).powf(rho) as f32) as f64).collect()
             }
@@ -53,57 +56,37 @@ impl Scheduler for EdmEuler {
             }
             other => bail!("unknown sigma_schedule {other:?}"),
         };
-        self.timesteps = sig.iter().map(|s| (0.25 * (*s as f32).ln()) as f64).collect();
-        let last = match self.cfg.final_sigmas_type.as_str() {
+        let timesteps = sig.iter().map(|s| (0.25 * (*s as f32).ln()) as f64).collect();
+        let last = match cfg.final_sigmas_type.as_str() {
             "zero" => 0.0,
             "sigma_min" => sig[sig.len() - 1],
             other => bail!("scheduler config field `final_sigmas_type` is {other:?}; expected \"zero\" or \"sigma_min\""),
         };
-        self.sigmas = sig;
-        self.sigmas.push(last);
-        self.idx.reset();
+        sig.push(last);
+        self.state.set_schedule(timesteps, sig);
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-    fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
+    /// √(σ_max² + 1): EDM starts from the largest sigma whatever the spacing.
     fn init_noise_sigma(&self) -> f64 {
         (self.sigma_max * self.sigma_max + 1.0).sqrt()
     }
+    /// EDM's c_in = 1 / √(σ² + σ_data²) instead of the k-diffusion 1 / √(σ² + 1).
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = self.idx.get(&self.timesteps, timestep)?;
-        let s = self.sigmas[i];
-        let sd = self.cfg.sigma_data;
+        let i = self.state.idx.get(&self.state.timesteps, timestep)?;
+        let s = self.state.sigmas[i];
+        let sd = self.state.cfg.sigma_data;
         Ok(sample.f_mul_scalar(1.0 / (s * s + sd * sd).sqrt())?)
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
-        let i = self.idx.get(&self.timesteps, timestep)?;
-        ensure!(i + 1 < self.sigmas.len(), "step called after the last timestep");
+        let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
-        let (s, next) = (self.sigmas[i], self.sigmas[i + 1]);
-        let sd = self.cfg.sigma_data;
+        let (s, next) = (self.state.sigmas[i], self.state.sigmas[i + 1]);
+        let sd = self.state.cfg.sigma_data;
         let c_skip = sd * sd / (s * s + sd * sd);
-        let c_out = s * sd / (s * s + sd * sd).sqrt() * if self.pred == Prediction::VPrediction { -1.0 } else { 1.0 };
+        let c_out = s * sd / (s * s + sd * sd).sqrt() * if self.state.pred == Prediction::VPrediction { -1.0 } else { 1.0 };
         let x0 = lin2(c_skip, &sample, c_out, &f32(model_output)?)?;
-        let d = sample.f_sub(&x0)?.f_div_scalar(s)?;
-        let prev = sample.f_add(&d.f_mul_scalar(next - s)?)?;
-        self.idx.advance();
+        let prev = k_euler(&sample, &x0, s, next)?;
+        self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)
-    }
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = noise_index(&self.idx, &self.timesteps, timestep)?;
-        Ok(original.f_add(&noise.f_mul_scalar(self.sigmas[i])?)?)
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.idx.begin = Some(begin_index);
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
 }

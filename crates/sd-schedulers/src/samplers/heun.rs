@@ -1,22 +1,18 @@
 //! Heun's 2nd-order method (Karras et al. 2022, Algorithm 1 without churn) — diffusers `HeunDiscreteScheduler`.
 //! Every timestep after the first appears twice in `timesteps()`: the predictor then the corrector evaluation.
 
-use crate::common::{f32, k_denoised, k_scale, noise_index, StepIndex};
+use crate::common::{f32, k_denoised};
 use crate::ksched::{self, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
-use crate::{Prediction, Scheduler, SchedulerConfig};
+use crate::state::{Family, SamplerState};
+use crate::{Scheduler, SchedulerConfig};
 use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
 pub struct Heun {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
+    state: SamplerState,
     train: TrainSchedule,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    idx: StepIndex,
     /// (derivative, dt, sample) of the pending predictor step.
     first: Option<(Tensor, f64, Tensor)>,
 }
@@ -34,9 +30,9 @@ pub fn interleave_tail(v: &[f64]) -> Vec<f64> {
 impl Heun {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let pred = cfg.prediction()?;
-        let train = TrainSchedule::new(&cfg)?;
-        Ok(Self { name: name.into(), cfg, pred, train, timesteps: vec![], sigmas: vec![], idx: StepIndex::default(), first: None })
+        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let train = TrainSchedule::new(&state.cfg)?;
+        Ok(Self { state, train, first: None })
     }
 
     fn install(&mut self, s: KSchedule) {
@@ -44,45 +40,33 @@ impl Heun {
         let n = s.sigmas.len();
         let mut sig = interleave_tail(&s.sigmas[..n - 1]);
         sig.push(s.sigmas[n - 1]);
-        self.sigmas = sig;
-        self.timesteps = interleave_tail(&s.timesteps);
+        self.state.set_schedule(interleave_tail(&s.timesteps), sig);
         self.first = None;
-        self.idx.reset();
     }
 }
 
 impl Scheduler for Heun {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        check_steps(&self.cfg, n)?;
-        let s = ksched::euler_schedule(&self.cfg, &self.train, n, 0.0)?;
+        check_steps(&self.state.cfg, n)?;
+        let s = ksched::euler_schedule(&self.state.cfg, &self.train, n, 0.0)?;
         self.install(s);
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-    fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        ksched::init_noise_sigma(&self.cfg, &self.sigmas)
-    }
-    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = self.idx.get(&self.timesteps, timestep)?;
-        k_scale(sample, self.sigmas[i])
-    }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
-        let i = self.idx.get(&self.timesteps, timestep)?;
-        ensure!(i + 1 < self.sigmas.len(), "step called after the last timestep");
+        let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
         let out = f32(model_output)?;
+        let pred = self.state.pred;
         let prev = match self.first.take() {
             None => {
-                let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
-                let x0 = self.clip(k_denoised(self.pred, &sample, &out, sigma)?)?;
+                let (sigma, next) = (self.state.sigmas[i], self.state.sigmas[i + 1]);
+                let x0 = self.clip(k_denoised(pred, &sample, &out, sigma)?)?;
                 let d = sample.f_sub(&x0)?.f_div_scalar(sigma)?;
                 let dt = next - sigma;
                 let prev = sample.f_add(&d.f_mul_scalar(dt)?)?;
@@ -91,38 +75,24 @@ impl Scheduler for Heun {
             }
             Some((d_prev, dt, base)) => {
                 ensure!(i >= 1, "Heun corrector step at index 0");
-                let next = self.sigmas[i];
-                let x0 = self.clip(k_denoised(self.pred, &sample, &out, next)?)?;
+                let next = self.state.sigmas[i];
+                let x0 = self.clip(k_denoised(pred, &sample, &out, next)?)?;
                 let d = sample.f_sub(&x0)?.f_div_scalar(next)?;
                 let d = d_prev.f_add(&d)?.f_div_scalar(2.0)?;
                 base.f_add(&d.f_mul_scalar(dt)?)?
             }
         };
-        self.idx.advance();
+        self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)
-    }
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = noise_index(&self.idx, &self.timesteps, timestep)?;
-        Ok(original.f_add(&noise.f_mul_scalar(self.sigmas[i])?)?)
     }
     fn order(&self) -> usize {
         2
-    }
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.idx.begin = Some(begin_index);
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
     fn accepts_custom_timesteps(&self) -> bool {
         true
     }
     fn set_custom_timesteps(&mut self, timesteps: &[f64], _device: Device) -> Result<()> {
-        ensure!(
-            !(self.cfg.use_karras_sigmas || self.cfg.use_exponential_sigmas || self.cfg.use_beta_sigmas),
-            "custom timesteps cannot be combined with Karras / exponential / beta sigmas"
-        );
-        let s = ksched::from_timesteps(&self.train, timesteps, 0.0)?;
+        let s = ksched::from_timesteps(&self.state.cfg, &self.train, timesteps, 0.0)?;
         self.install(s);
         Ok(())
     }
@@ -130,8 +100,9 @@ impl Scheduler for Heun {
 
 impl Heun {
     fn clip(&self, x0: Tensor) -> Result<Tensor> {
-        if self.cfg.clip_sample {
-            Ok(x0.f_clamp(-self.cfg.clip_sample_range, self.cfg.clip_sample_range)?)
+        let cfg = &self.state.cfg;
+        if cfg.clip_sample {
+            Ok(x0.f_clamp(-cfg.clip_sample_range, cfg.clip_sample_range)?)
         } else {
             Ok(x0)
         }

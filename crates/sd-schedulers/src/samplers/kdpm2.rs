@@ -3,28 +3,24 @@
 //! midpoint evaluation (at the geometric mean sigma) and the full step; the ancestral variant draws one `randn`
 //! at the end of every full step. Tables are laid out exactly as diffusers' (including its index arithmetic).
 
-use crate::common::{f32, k_denoised, k_scale, noise_index, step_noise, StepIndex};
+use crate::common::{f32, k_denoised, k_euler, k_scale, step_noise};
 use crate::ksched::{self, KSchedule};
 use crate::samplers::heun::interleave_tail;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::sigmas::sigma_to_t;
+use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
 use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
 pub struct Kdpm2 {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
+    state: SamplerState,
     ancestral: bool,
     train: TrainSchedule,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
     interpol: Vec<f64>,
     up: Vec<f64>,
     down: Vec<f64>,
-    idx: StepIndex,
     /// The sample at the start of the pending full step (diffusers' `self.sample`).
     pending: Option<Tensor>,
 }
@@ -54,26 +50,13 @@ fn layout(v: &[f64]) -> Vec<f64> {
 impl Kdpm2 {
     pub fn new(name: &str, cfg: SchedulerConfig, ancestral: bool) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let pred = cfg.prediction()?;
+        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
         ensure!(
-            pred != Prediction::Sample,
+            state.pred != Prediction::Sample,
             "DPM2 samplers (KDPM2*DiscreteScheduler) do not support prediction_type \"sample\" (diffusers neither)"
         );
-        let train = TrainSchedule::new(&cfg)?;
-        Ok(Self {
-            name: name.into(),
-            cfg,
-            pred,
-            ancestral,
-            train,
-            timesteps: vec![],
-            sigmas: vec![],
-            interpol: vec![],
-            up: vec![],
-            down: vec![],
-            idx: StepIndex::default(),
-            pending: None,
-        })
+        let train = TrainSchedule::new(&state.cfg)?;
+        Ok(Self { state, ancestral, train, interpol: vec![], up: vec![], down: vec![], pending: None })
     }
 
     fn install(&mut self, s: KSchedule, karras_round: bool) {
@@ -114,104 +97,74 @@ impl Kdpm2 {
             timesteps.push(*a);
             timesteps.push(*b);
         }
-        self.timesteps = timesteps;
-        self.sigmas = layout(sig);
+        self.state.set_schedule(timesteps, layout(sig));
         self.interpol = layout(&raw_interp);
         if self.ancestral {
             self.up = layout(&up);
             self.down = layout(&down);
         }
         self.pending = None;
-        self.idx.reset();
     }
 }
 
 impl Scheduler for Kdpm2 {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        check_steps(&self.cfg, n)?;
-        let mut plain = self.cfg.clone();
-        plain.interpolation_type = "linear".into();
-        let s = ksched::euler_schedule(&plain, &self.train, n, 0.0)?;
-        let round = self.cfg.use_karras_sigmas;
+        check_steps(&self.state.cfg, n)?;
+        let s = ksched::linear_schedule(&self.state.cfg, &self.train, n)?;
+        let round = self.state.cfg.use_karras_sigmas;
         self.install(s, round);
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-    fn sigmas(&self) -> &[f64] {
-        &self.sigmas
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        ksched::init_noise_sigma(&self.cfg, &self.sigmas)
-    }
+    /// The midpoint evaluation of a step sees the sample scaled for the interpolated sigma.
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = self.idx.get(&self.timesteps, timestep)? as isize;
+        let i = self.state.idx.get(&self.state.timesteps, timestep)? as isize;
         let sigma = match (&self.pending, self.ancestral) {
-            (None, _) => at(&self.sigmas, i),
+            (None, _) => at(&self.state.sigmas, i),
             (Some(_), false) => at(&self.interpol, i),
             (Some(_), true) => at(&self.interpol, i - 1),
         };
         k_scale(sample, sigma)
     }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
-        let i = self.idx.get(&self.timesteps, timestep)? as isize;
-        ensure!((i as usize) + 1 < self.sigmas.len(), "step called after the last timestep");
+        let i = self.state.idx.get(&self.state.timesteps, timestep)? as isize;
+        let sig = &self.state.sigmas;
+        ensure!((i as usize) + 1 < sig.len(), "step called after the last timestep");
         let out = f32(model_output)?;
         let sample = f32(sample)?;
-        let first = self.pending.is_none();
-        let prev = if !self.ancestral {
-            let (sigma, ip, next) = if first {
-                (at(&self.sigmas, i), at(&self.interpol, i + 1), at(&self.sigmas, i + 1))
-            } else {
-                (at(&self.sigmas, i - 1), at(&self.interpol, i), at(&self.sigmas, i))
-            };
-            if first {
-                let x0 = k_denoised(self.pred, &sample, &out, sigma)?;
-                let d = sample.f_sub(&x0)?.f_div_scalar(sigma)?;
-                let prev = sample.f_add(&d.f_mul_scalar(ip - sigma)?)?;
-                self.pending = Some(sample);
-                prev
-            } else {
-                let x0 = k_denoised(self.pred, &sample, &out, ip)?;
-                let d = sample.f_sub(&x0)?.f_div_scalar(ip)?;
-                let base = self.pending.take().ok_or_else(|| anyhow::anyhow!("internal: no pending sample"))?;
-                base.f_add(&d.f_mul_scalar(next - sigma)?)?
-            }
-        } else if first {
-            let (sigma, ip) = (at(&self.sigmas, i), at(&self.interpol, i));
-            let x0 = k_denoised(self.pred, &sample, &out, sigma)?;
-            let d = sample.f_sub(&x0)?.f_div_scalar(sigma)?;
-            let prev = sample.f_add(&d.f_mul_scalar(ip - sigma)?)?;
+        let pred = self.state.pred;
+        let prev = if self.pending.is_none() {
+            // first half: Euler to the interpolated sigma, which the non-ancestral table (rolled by one, as
+            // diffusers builds it) holds at i + 1
+            let (sigma, ip) = (at(sig, i), at(&self.interpol, if self.ancestral { i } else { i + 1 }));
+            let x0 = k_denoised(pred, &sample, &out, sigma)?;
+            let prev = k_euler(&sample, &x0, sigma, ip)?;
             self.pending = Some(sample);
             prev
+        } else if !self.ancestral {
+            let (sigma, ip, next) = (at(sig, i - 1), at(&self.interpol, i), at(sig, i));
+            let x0 = k_denoised(pred, &sample, &out, ip)?;
+            let d = sample.f_sub(&x0)?.f_div_scalar(ip)?;
+            let base = self.pending.take().ok_or_else(|| anyhow::anyhow!("internal: no pending sample"))?;
+            base.f_add(&d.f_mul_scalar(next - sigma)?)?
         } else {
-            let (sigma, ip, up, down) =
-                (at(&self.sigmas, i - 1), at(&self.interpol, i - 1), at(&self.up, i - 1), at(&self.down, i - 1));
-            let x0 = k_denoised(self.pred, &sample, &out, ip)?;
+            let (sigma, ip, up, down) = (at(sig, i - 1), at(&self.interpol, i - 1), at(&self.up, i - 1), at(&self.down, i - 1));
+            let x0 = k_denoised(pred, &sample, &out, ip)?;
             let d = sample.f_sub(&x0)?.f_div_scalar(ip)?;
             let base = self.pending.take().ok_or_else(|| anyhow::anyhow!("internal: no pending sample"))?;
             let prev = base.f_add(&d.f_mul_scalar(down - sigma)?)?;
             let noise = step_noise(model_output, gen);
             prev.f_add(&noise.f_mul_scalar(up)?)?
         };
-        self.idx.advance();
+        self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)
-    }
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = noise_index(&self.idx, &self.timesteps, timestep)?;
-        Ok(original.f_add(&noise.f_mul_scalar(self.sigmas[i])?)?)
     }
     fn order(&self) -> usize {
         2
-    }
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.idx.begin = Some(begin_index);
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
 }

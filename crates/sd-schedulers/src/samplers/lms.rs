@@ -2,10 +2,11 @@
 //! integrals of Lagrange basis polynomials over [σ_i, σ_{i+1}]; diffusers integrates them numerically
 //! (scipy `quad`), here 8-point Gauss–Legendre integrates the ≤ cubic polynomials exactly.
 
-use crate::common::{f32, k_denoised, k_scale, noise_index, StepIndex};
-use crate::ksched::{self, KSchedule};
+use crate::common::{f32, k_denoised};
+use crate::ksched;
 use crate::schedule::{check_steps, TrainSchedule};
-use crate::{Prediction, Scheduler, SchedulerConfig};
+use crate::state::{Family, SamplerState};
+use crate::{Scheduler, SchedulerConfig};
 use anyhow::Result;
 use sd_core::TorchGenerator;
 use std::collections::VecDeque;
@@ -14,12 +15,8 @@ use tch::{Device, Tensor};
 const ORDER: usize = 4;
 
 pub struct Lms {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
+    state: SamplerState,
     train: TrainSchedule,
-    sched: KSchedule,
-    idx: StepIndex,
     derivatives: VecDeque<Tensor>,
 }
 
@@ -38,13 +35,13 @@ fn gauss8(a: f64, b: f64, f: impl Fn(f64) -> f64) -> f64 {
 impl Lms {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let pred = cfg.prediction()?;
-        let train = TrainSchedule::new(&cfg)?;
-        Ok(Self { name: name.into(), cfg, pred, train, sched: KSchedule::default(), idx: StepIndex::default(), derivatives: VecDeque::new() })
+        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let train = TrainSchedule::new(&state.cfg)?;
+        Ok(Self { state, train, derivatives: VecDeque::new() })
     }
 
     fn coefficient(&self, order: usize, t: usize, current: usize) -> f64 {
-        let s = &self.sched.sigmas;
+        let s = &self.state.sigmas;
         let basis = |tau: f64| {
             let mut prod = 1.0;
             for k in 0..order {
@@ -59,40 +56,28 @@ impl Lms {
 }
 
 impl Scheduler for Lms {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        check_steps(&self.cfg, n)?;
-        let mut c = self.cfg.clone();
-        c.interpolation_type = "linear".into();
+        check_steps(&self.state.cfg, n)?;
         // LMS's Karras conversion ignores config sigma_min/max (it has none)
+        let mut c = self.state.cfg.clone();
         c.sigma_min = None;
         c.sigma_max = None;
-        self.sched = ksched::euler_schedule(&c, &self.train, n, 0.0)?;
+        let s = ksched::linear_schedule(&c, &self.train, n)?;
+        self.state.set_schedule(s.timesteps, s.sigmas);
         self.derivatives.clear();
-        self.idx.reset();
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.sched.timesteps
-    }
-    fn sigmas(&self) -> &[f64] {
-        &self.sched.sigmas
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        ksched::init_noise_sigma(&self.cfg, &self.sched.sigmas)
-    }
-    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = self.idx.get(&self.sched.timesteps, timestep)?;
-        k_scale(sample, self.sched.sigmas[i])
-    }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
-        let steps = self.sched.sigmas.len().saturating_sub(1);
-        let i = self.idx.for_step(&self.sched.timesteps, timestep, steps)?;
+        let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
-        let sigma = self.sched.sigmas[i];
-        let x0 = k_denoised(self.pred, &sample, &f32(model_output)?, sigma)?;
+        let sigma = self.state.sigmas[i];
+        let x0 = k_denoised(self.state.pred, &sample, &f32(model_output)?, sigma)?;
         let d = sample.f_sub(&x0)?.f_div_scalar(sigma)?;
         self.derivatives.push_back(d);
         if self.derivatives.len() > ORDER {
@@ -105,20 +90,7 @@ impl Scheduler for Lms {
         for (cur, d) in self.derivatives.iter().rev().take(order).enumerate() {
             prev = prev.f_add(&d.f_mul_scalar(self.coefficient(order, i, cur))?)?;
         }
-        self.idx.advance();
+        self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)
-    }
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let i = noise_index(&self.idx, &self.sched.timesteps, timestep)?;
-        Ok(original.f_add(&noise.f_mul_scalar(self.sched.sigmas[i])?)?)
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.idx.begin = Some(begin_index);
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
 }

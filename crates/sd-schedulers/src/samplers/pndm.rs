@@ -3,22 +3,19 @@
 //! Like diffusers, the state is a call counter and the timestep passed in, so img2img simply skips the first entries.
 
 use crate::common::{f32, lin, lin2};
-use crate::samplers::ddim::int_timestep;
-use crate::schedule::{check_steps, np_arange, np_linspace, np_round, spacing_error, TrainSchedule};
+use crate::schedule::{check_steps, np_arange, np_linspace, np_round, spacing_error};
+use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
 use anyhow::{bail, ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
+/// diffusers' PNDMScheduler has no begin index: img2img passes the remaining timesteps and the counter starts at 0,
+/// so the state's step and begin indices go unused.
 pub struct Pndm {
-    name: String,
-    cfg: SchedulerConfig,
-    pred: Prediction,
-    train: TrainSchedule,
-    final_alpha_cumprod: f64,
+    state: SamplerState,
     n: usize,
     prk: Vec<f64>,
-    timesteps: Vec<f64>,
     ets: Vec<Tensor>,
     counter: usize,
     cur_model_output: Option<Tensor>,
@@ -27,18 +24,16 @@ pub struct Pndm {
 
 impl Pndm {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
-        let pred = cfg.prediction()?;
-        ensure!(pred != Prediction::Sample, "PNDM/PLMS supports prediction_type epsilon or v_prediction, not \"sample\"");
-        let train = TrainSchedule::new_exact_zero_snr(&cfg)?;
-        let final_alpha_cumprod = if cfg.set_alpha_to_one { 1.0 } else { train.alphas_cumprod[0] };
-        Ok(Self { name: name.into(), cfg, pred, train, final_alpha_cumprod, n: 0, prk: vec![], timesteps: vec![], ets: vec![], counter: 0, cur_model_output: None, cur_sample: None })
+        let state = SamplerState::new(name, cfg, Family::Ddpm)?;
+        ensure!(state.pred != Prediction::Sample, "PNDM/PLMS supports prediction_type epsilon or v_prediction, not \"sample\"");
+        Ok(Self { state, n: 0, prk: vec![], ets: vec![], counter: 0, cur_model_output: None, cur_sample: None })
     }
 
     fn prev_sample(&self, sample: &Tensor, t: i64, prev_t: i64, out: &Tensor) -> Result<Tensor> {
-        let a_t = self.train.alpha_cumprod(t)?;
-        let a_prev = if prev_t >= 0 { self.train.alpha_cumprod(prev_t)? } else { self.final_alpha_cumprod };
+        let a_t = self.state.alpha_cumprod(t)?;
+        let a_prev = self.state.alpha_cumprod_prev(prev_t)?;
         let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
-        let out = match self.pred {
+        let out = match self.state.pred {
             Prediction::VPrediction => lin2(a_t.sqrt(), out, b_t.sqrt(), sample)?,
             _ => out.shallow_clone(),
         };
@@ -48,7 +43,7 @@ impl Pndm {
     }
 
     fn ratio(&self) -> i64 {
-        (self.cfg.num_train_timesteps / self.n) as i64
+        (self.state.cfg.num_train_timesteps / self.n) as i64
     }
 
     fn step_prk(&mut self, out: &Tensor, t: i64, sample: &Tensor) -> Result<Tensor> {
@@ -82,7 +77,7 @@ impl Pndm {
     }
 
     fn step_plms(&mut self, out: &Tensor, t: i64, sample: &Tensor) -> Result<Tensor> {
-        ensure!(self.cfg.skip_prk_steps || self.ets.len() >= 3, "PNDM: PLMS step before the Runge-Kutta warm-up finished");
+        ensure!(self.state.cfg.skip_prk_steps || self.ets.len() >= 3, "PNDM: PLMS step before the Runge-Kutta warm-up finished");
         let (mut t, mut prev_t) = (t, t - self.ratio());
         if self.counter != 1 {
             let keep = self.ets.len().saturating_sub(3);
@@ -115,21 +110,24 @@ impl Pndm {
 }
 
 impl Scheduler for Pndm {
-    fn name(&self) -> &str {
-        &self.name
+    fn state(&self) -> &SamplerState {
+        &self.state
+    }
+    fn state_mut(&mut self) -> &mut SamplerState {
+        &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        check_steps(&self.cfg, n)?;
-        let train = self.cfg.num_train_timesteps;
-        let base: Vec<f64> = match self.cfg.timestep_spacing.as_str() {
+        let cfg = &self.state.cfg;
+        check_steps(cfg, n)?;
+        let train = cfg.num_train_timesteps;
+        let base: Vec<f64> = match cfg.timestep_spacing.as_str() {
             "linspace" => np_linspace(0.0, (train - 1) as f64, n).into_iter().map(np_round).collect(),
-            "leading" => (0..n).map(|i| np_round((i * (train / n)) as f64) + self.cfg.steps_offset as f64).collect(),
+            "leading" => (0..n).map(|i| np_round((i * (train / n)) as f64) + cfg.steps_offset as f64).collect(),
             "trailing" => np_arange(train as f64, 0.0, -(train as f64 / n as f64)).into_iter().rev().map(|t| np_round(t) - 1.0).collect(),
             other => bail!(spacing_error(other)),
         };
-        self.n = n;
         let m = base.len();
-        if self.cfg.skip_prk_steps {
+        let timesteps = if cfg.skip_prk_steps {
             self.prk = vec![];
             let mut plms: Vec<f64> = base[..m - 1].to_vec();
             if m >= 2 {
@@ -137,7 +135,7 @@ impl Scheduler for Pndm {
             }
             plms.push(base[m - 1]);
             plms.reverse();
-            self.timesteps = plms;
+            plms
         } else {
             ensure!(n >= 4, "PNDM with Runge-Kutta warm-up (skip_prk_steps = false) needs at least 4 steps, got {n}");
             let half = (train / n / 2) as f64;
@@ -156,46 +154,28 @@ impl Scheduler for Pndm {
             prk.reverse();
             let mut plms: Vec<f64> = base[..m - 3].to_vec();
             plms.reverse();
-            self.timesteps = prk.iter().chain(plms.iter()).cloned().collect();
+            let timesteps = prk.iter().chain(plms.iter()).cloned().collect();
             self.prk = prk;
-        }
+            timesteps
+        };
+        self.state.set_schedule(timesteps, vec![]);
+        self.n = n;
         self.ets.clear();
         self.counter = 0;
         self.cur_model_output = None;
         self.cur_sample = None;
         Ok(())
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn scale_model_input(&mut self, sample: &Tensor, _timestep: f64) -> Result<Tensor> {
-        Ok(sample.shallow_clone())
-    }
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
         ensure!(self.n > 0, "PNDM: call set_timesteps before step");
-        let t = int_timestep(timestep, &self.train)?;
+        let t = self.state.int_timestep(timestep)?;
         let out = f32(model_output)?;
         let sample = f32(sample)?;
-        let prev = if self.counter < self.prk.len() && !self.cfg.skip_prk_steps {
+        let prev = if self.counter < self.prk.len() && !self.state.cfg.skip_prk_steps {
             self.step_prk(&out, t, &sample)?
         } else {
             self.step_plms(&out, t, &sample)?
         };
         Ok(prev.f_to_kind(model_output.kind())?)
-    }
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
-        let a = self.train.alpha_cumprod(int_timestep(timestep, &self.train)?)?;
-        lin2(a.sqrt(), original, (1.0 - a).sqrt(), noise)
-    }
-    fn order(&self) -> usize {
-        1
-    }
-    /// diffusers' PNDMScheduler has no begin index: img2img passes the remaining timesteps and the counter starts at 0.
-    fn set_begin_index(&mut self, _begin_index: usize) {}
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
     }
 }
