@@ -24,7 +24,10 @@ impl StepIndex {
             return Ok(i);
         }
         let i = match self.begin {
-            Some(b) => b,
+            Some(b) => {
+                ensure!(b < timesteps.len(), "begin index {b} is past the end of the {}-step schedule", timesteps.len());
+                b
+            }
             None => index_for_timestep(timesteps, timestep)?,
         };
         self.step = Some(i);

@@ -9,7 +9,7 @@ use crate::dpm_sched::alpha_sigma;
 use crate::ksched;
 use crate::schedule::{alpha_at, TrainSchedule};
 use crate::{Prediction, SchedulerConfig};
-use anyhow::{ensure, Result};
+use anyhow::{anyhow, ensure, Result};
 use tch::Tensor;
 
 /// The three ways the supported diffusers classes parameterise the noisy sample x_t, which fix the loop's starting
@@ -87,7 +87,7 @@ impl SamplerState {
         match self.family {
             Family::KDiffusion => {
                 let i = self.idx.get(&self.timesteps, timestep)?;
-                k_scale(sample, self.sigmas[i])
+                k_scale(sample, self.sigma(i)?)
             }
             Family::DpmSolver | Family::Ddpm => Ok(sample.shallow_clone()),
         }
@@ -97,11 +97,11 @@ impl SamplerState {
         match self.family {
             Family::KDiffusion => {
                 let i = noise_index(&self.idx, &self.timesteps, timestep)?;
-                Ok(original.f_add(&noise.f_mul_scalar(self.sigmas[i])?)?)
+                Ok(original.f_add(&noise.f_mul_scalar(self.sigma(i)?)?)?)
             }
             Family::DpmSolver => {
                 let i = noise_index(&self.idx, &self.timesteps, timestep)?;
-                let (a, s) = alpha_sigma(self.sigmas[i]);
+                let (a, s) = alpha_sigma(self.sigma(i)?);
                 lin(&[(a, original), (s, noise)])
             }
             Family::Ddpm => {
@@ -109,6 +109,11 @@ impl SamplerState {
                 lin2(a.sqrt(), original, (1.0 - a).sqrt(), noise)
             }
         }
+    }
+
+    /// σ at schedule position `i`; an error rather than a panic past the end (a caller's stale index).
+    pub fn sigma(&self, i: usize) -> Result<f64> {
+        self.sigmas.get(i).copied().ok_or_else(|| anyhow!("step {i} is past the end of the {}-sigma schedule", self.sigmas.len()))
     }
 
     /// The integer training timestep for the f64 the pipeline passes (DDPM family).

@@ -152,6 +152,27 @@ fn step_before_set_timesteps_is_an_error_not_a_panic() {
 }
 
 #[test]
+fn begin_index_past_the_schedule_is_an_error_not_a_panic() {
+    let x = Tensor::zeros([1, 4, 2, 2], (Kind::Float, Device::Cpu));
+    let mut g = TorchGenerator::new(0);
+    for info in list() {
+        let mut s = build(info.name, &sd1(), None).unwrap();
+        s.set_timesteps(4, Device::Cpu).unwrap();
+        s.set_begin_index(50);
+        let t = s.timesteps()[0];
+        let name = info.name;
+        let result = s.scale_model_input(&x, t).and_then(|_| s.step(&x, t, &x, &mut g));
+        // DDIM and PNDM, like their diffusers classes, find their place from the timestep alone.
+        if ["ddim", "pndm", "plms"].contains(&name) {
+            assert!(result.is_ok(), "{name}: {:#}", result.err().unwrap());
+        } else {
+            let e = err(result);
+            assert!(e.contains("begin index 50 is past the end"), "{name}: {e}");
+        }
+    }
+}
+
+#[test]
 fn list_covers_every_registered_sampler() {
     let l = list();
     assert!(l.len() >= 17, "{}", l.len());
