@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
+/// A weights file and the (name, shape) of every tensor in it.
+pub type SyntheticWeights = (PathBuf, Vec<(String, Vec<i64>)>);
+
 /// Write a safetensors file of roughly `megabytes` MB of f32 tensors shaped like UNet conv weights.
-pub fn synthetic_weights(dir: &std::path::Path, megabytes: usize) -> anyhow::Result<(PathBuf, Vec<(String, Vec<i64>)>)> {
+pub fn synthetic_weights(dir: &std::path::Path, megabytes: usize) -> anyhow::Result<SyntheticWeights> {
     let per = [320i64, 320, 3, 3];
     let per_bytes = (per.iter().product::<i64>() * 4) as usize;
     let count = (megabytes * 1024 * 1024).div_ceil(per_bytes);

@@ -13,7 +13,7 @@ fn load(c: &mut Criterion) {
     for kind in [Kind::Float, Kind::BFloat16] {
         group.bench_function(format!("load_128MB_{kind:?}"), |b| {
             b.iter(|| {
-                let vb = VarBuilder::from_safetensors(&[path.clone()], kind, Device::Cpu).expect("open");
+                let vb = VarBuilder::from_safetensors(std::slice::from_ref(&path), kind, Device::Cpu).expect("open");
                 let ts: Vec<_> = shapes.iter().map(|(n, s)| vb.get(s, n).expect("get")).collect();
                 vb.finish("bench", &[]).expect("finish");
                 ts

@@ -134,7 +134,7 @@ impl TorchGenerator {
         for block in data.chunks_exact_mut(16) {
             normal_fill_16_f32(block, kernel);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -153,7 +153,7 @@ impl TorchGenerator {
         for block in data.chunks_exact_mut(16) {
             normal_fill_16_f64(block);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f64();
@@ -182,7 +182,7 @@ impl TorchGenerator {
             fill(self, &mut block);
             chunk.copy_from_slice(&block);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             fill(self, &mut block);
             out[n - 16..].copy_from_slice(&block);
         }

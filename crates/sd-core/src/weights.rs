@@ -17,6 +17,7 @@ use safetensors::tensor::Dtype;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -109,14 +110,16 @@ struct Inner {
 /// Hands out tensors by state-dict name; see the module docs.
 #[derive(Clone)]
 pub struct VarBuilder {
-    inner: Arc<Inner>,
+    /// Shared by every sub-builder (`vb / "down_blocks" / 0`); a model is built on one thread (tensors are not
+    /// `Sync`), so a plain reference count suffices.
+    inner: Rc<Inner>,
     prefix: Vec<String>,
 }
 
 impl VarBuilder {
     fn new(source: Source, origin: String, kind: Kind, device: Device) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Rc::new(Inner {
                 source,
                 origin,
                 kind,
@@ -167,11 +170,11 @@ impl VarBuilder {
     /// Register every tensor handed out as a trainable variable of `vs` (for `sd train`).
     /// Must be called before any tensor is requested.
     pub fn trainable(self, vs: Arc<nn::VarStore>) -> Result<Self> {
-        let inner = Arc::try_unwrap(self.inner).map_err(|_| {
+        let inner = Rc::try_unwrap(self.inner).map_err(|_| {
             anyhow!("VarBuilder::trainable must be called before the builder is shared")
         })?;
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Rc::new(Inner {
                 varstore: Some(vs),
                 ..inner
             }),
@@ -183,11 +186,11 @@ impl VarBuilder {
     /// NHWC, its fastest layout on CPUs, and the activations stay NHWC from layer to layer (PyTorch ops keep their
     /// input's layout), so the reshapes into attention tokens become free views instead of copies.
     pub fn with_channels_last(self, on: bool) -> Result<Self> {
-        let inner = Arc::try_unwrap(self.inner).map_err(|_| {
+        let inner = Rc::try_unwrap(self.inner).map_err(|_| {
             anyhow!("VarBuilder::with_channels_last must be called before the builder is shared")
         })?;
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Rc::new(Inner {
                 channels_last: on,
                 ..inner
             }),

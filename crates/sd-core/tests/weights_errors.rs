@@ -123,7 +123,7 @@ fn unsupported_dtypes_name_tensor_dtype_and_file() {
         &[("w8", "F8_E4M3", &[4], [0, 4]), ("w16", "U16", &[2], [4, 8]), ("ok", "F32", &[1], [8, 12])],
         &[0u8; 12],
     );
-    let vb = VarBuilder::from_safetensors(&[path.clone()], Kind::Float, Device::Cpu).unwrap();
+    let vb = VarBuilder::from_safetensors(std::slice::from_ref(&path), Kind::Float, Device::Cpu).unwrap();
     let _w8 = vb.get(&[4], "w8").unwrap();
     let _w16 = vb.get(&[2], "w16").unwrap();
     let _ok = vb.get(&[1], "ok").unwrap();
@@ -208,7 +208,7 @@ fn sharded_index_loads_all_shards() {
         &[("x.weight", "diffusion_pytorch_model-00001-of-00002.safetensors"), ("y.weight", "diffusion_pytorch_model-00002-of-00002.safetensors")],
     );
     assert_eq!(find_weights(d, None).unwrap(), index);
-    let vb = VarBuilder::from_safetensors(&[index.clone()], Kind::Float, Device::Cpu).unwrap();
+    let vb = VarBuilder::from_safetensors(std::slice::from_ref(&index), Kind::Float, Device::Cpu).unwrap();
     let x = vb.get(&[2], "x.weight").unwrap();
     let y = vb.get(&[1], "y.weight").unwrap();
     assert_eq!(Vec::<f32>::try_from(&x).unwrap(), vec![1.0, 2.0]);
@@ -232,7 +232,7 @@ fn sharded_index_loads_all_shards() {
 fn tiny_sd1_unet_resolves_every_tensor_as_bf16() {
     let path = PathBuf::from(UNET);
     assert!(path.exists(), "fixture {} is missing (run scripts/fixtures/gen_00_tiny_models.py)", path.display());
-    let files = SafeTensorsFiles::open(&[path.clone()]).unwrap();
+    let files = SafeTensorsFiles::open(std::slice::from_ref(&path)).unwrap();
     let names: Vec<String> = files.names().map(String::from).collect();
     assert!(names.len() > 100, "the tiny UNet has {} tensors", names.len());
     let vb = VarBuilder::from_safetensors(&[path], Kind::BFloat16, Device::Cpu).unwrap();

@@ -21,7 +21,7 @@ fn values(shape: [i64; 4], seed: i64) -> Tensor {
     let special = [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e-39, 1e6, -7e4,
         f32::from_bits(0x3F80_8000), f32::from_bits(0x3F81_8000), f32::from_bits(0xC0AA_8000)];
     let k = special.len().min(n as usize) as i64;
-    let _ = t.narrow(0, 0, k).copy_(&Tensor::from_slice(&special[..k as usize]));
+    t.narrow(0, 0, k).copy_(&Tensor::from_slice(&special[..k as usize]));
     t.reshape(shape)
 }
 
@@ -102,7 +102,7 @@ fn unaligned_f32_weights_load_the_same() {
             "w": {"dtype": "F32", "shape": shape, "data_offsets": [pad, pad + 4 * n as usize]},
         })
         .to_string();
-        if (8 + header.len() + pad) % 4 == 0 {
+        if (8 + header.len() + pad).is_multiple_of(4) {
             continue;
         }
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();

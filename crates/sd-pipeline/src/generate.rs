@@ -385,7 +385,7 @@ struct InpaintState {
 fn batch_condition(cond: &Conditioning, uncond: &Conditioning, b: i64, cfg: bool, pick: impl Fn(&Conditioning) -> &Tensor) -> Tensor {
     let rep = |t: &Tensor| {
         let mut dims = vec![b];
-        dims.extend(std::iter::repeat(1).take(t.dim() - 1));
+        dims.extend(std::iter::repeat_n(1, t.dim() - 1));
         t.repeat(dims.as_slice())
     };
     let c = rep(pick(cond));

@@ -338,7 +338,7 @@ mod tests {
     fn round6_is_python_round() {
         assert_eq!(round6(0.029167472), 0.029167);
         assert_eq!(round6(14.614641189575195), 14.614641);
-        assert_eq!(round6(1.0000005000000001), 1.000001);
+        assert_eq!(round6(1.000_000_5), 1.000001);
     }
 
     /// Split points are canonical (halfway, seeded by position), so increments add up across queries and trees.

@@ -56,7 +56,7 @@ impl Ema {
             let key = format!("ema.{name}");
             match tensors.get(&key) {
                 Some(t) if t.size() == shadow.size() => {
-                    let _ = shadow.f_copy_(t)?;
+                    shadow.f_copy_(t)?;
                 }
                 Some(t) => bail!("training state `{key}` has shape {:?}, expected {:?}", t.size(), shadow.size()),
                 None => bail!("training state lacks `{key}` (was the run started without --ema?)"),

@@ -94,7 +94,7 @@ pub fn diffusion_loss(unet: &UNet2DConditionModel, sched: &NoiseSchedule, batch:
     let Some(gamma) = snr_gamma else {
         return Ok(err.f_mean(Kind::Float)?);
     };
-    if !(gamma > 0.0) {
+    if gamma.is_nan() || gamma <= 0.0 {
         bail!("--snr-gamma must be positive, got {gamma}");
     }
     let snr = sched.snr(&batch.timesteps)?;

@@ -103,7 +103,7 @@ impl AdamW {
             let denom = slot.exp_avg_sq.f_sqrt()?.f_div_scalar(bias_correction2_sqrt)?.f_add_scalar(eps)?;
             let _ = p.f_addcdiv_(&slot.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
             if slot.master.is_some() {
-                let _ = slot.param.f_copy_(&p)?;
+                slot.param.f_copy_(&p)?;
             }
         }
         Ok(())
@@ -150,13 +150,13 @@ impl AdamW {
                 if src.size() != dst.size() {
                     bail!("training state `{key}` has shape {:?}, the model needs {:?}", src.size(), dst.size());
                 }
-                let _ = dst.f_copy_(src)?;
+                dst.f_copy_(src)?;
             }
             if let Some(m) = &mut s.master {
                 let key = format!("master.{}", s.name);
                 let src = tensors.get(&key).with_context(|| format!("training state lacks `{key}`"))?;
-                let _ = m.f_copy_(src)?;
-                let _ = s.param.f_copy_(src)?;
+                m.f_copy_(src)?;
+                s.param.f_copy_(src)?;
             }
         }
         self.step = step;

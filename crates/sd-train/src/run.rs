@@ -97,12 +97,12 @@ pub fn run(trainer: &mut Trainer, on_event: &mut dyn FnMut(Event)) -> Result<()>
         writeln!(log, "{line}").with_context(|| format!("cannot write {}", log_path.display()))?;
         on_event(Event::Step(&report));
         let s = trainer.step;
-        if cfg.checkpoint_every.is_some_and(|n| s % n == 0) && s < cfg.max_steps {
+        if cfg.checkpoint_every.is_some_and(|n| s.is_multiple_of(n)) && s < cfg.max_steps {
             let dir = checkpoint::checkpoint_dir(&cfg.output, s);
             save_model(trainer, &dir, false, true)?;
             on_event(Event::Checkpoint(&dir));
         }
-        if cfg.sample_every.is_some_and(|n| s % n == 0) {
+        if cfg.sample_every.is_some_and(|n| s.is_multiple_of(n)) {
             let files = write_samples(trainer)?;
             on_event(Event::Samples(&files));
         }

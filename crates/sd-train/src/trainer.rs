@@ -145,7 +145,7 @@ impl Trainer {
             bail!("the UNet takes {} channels but the VAE makes {}-channel latents", unet_cfg.in_channels, vae.config().latent_channels);
         }
         let multiple = (vae.scale_factor() << (unet_cfg.block_out_channels.len().saturating_sub(1))) as u32;
-        if dataset.width % multiple != 0 || dataset.height % multiple != 0 {
+        if !dataset.width.is_multiple_of(multiple) || !dataset.height.is_multiple_of(multiple) {
             bail!(
                 "training images are {}×{}, but this model needs sides that are multiples of {multiple}; pass --resolution with such a size",
                 dataset.width,

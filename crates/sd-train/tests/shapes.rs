@@ -33,14 +33,14 @@ fn held_out_scenes_are_not_trained_on() {
     }
     // The held-out set covers every shape, colour and position.
     let scenes = held_out_scenes();
-    for k in 0..3 {
-        assert!(scenes.iter().any(|s| s.shape == k), "no held-out {}", SHAPES[k]);
+    for (k, shape) in SHAPES.iter().enumerate() {
+        assert!(scenes.iter().any(|s| s.shape == k), "no held-out {shape}");
     }
-    for k in 0..6 {
-        assert!(scenes.iter().any(|s| s.colour == k), "no held-out {} shape", COLOURS[k].0);
+    for (k, colour) in COLOURS.iter().enumerate() {
+        assert!(scenes.iter().any(|s| s.colour == k), "no held-out {} shape", colour.0);
     }
-    for k in 0..5 {
-        assert!(scenes.iter().any(|s| s.position == k), "no held-out scene at {}", POSITIONS[k]);
+    for (k, position) in POSITIONS.iter().enumerate() {
+        assert!(scenes.iter().any(|s| s.position == k), "no held-out scene at {position}");
     }
     assert!(dataset("procedural:circles", 32, 0).is_err());
     assert_eq!(dataset("procedural:shapes:7", 16, 0).expect("7").len(), 7);

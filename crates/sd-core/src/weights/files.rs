@@ -163,7 +163,7 @@ impl SafeTensorsFiles {
         let stored = kind_of(entry.dtype);
         let bytes = self.bytes(entry);
         let convertible = matches!(stored, Some(k) if is_float_kind(k) && is_float_kind(kind));
-        let aligned = bytes.as_ptr() as usize % stored.map_or(1, |k| k.elt_size_in_bytes()) == 0;
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(stored.map_or(1, |k| k.elt_size_in_bytes()));
         if !convertible || !aligned || bytes.is_empty() {
             let t = self.load(name)?;
             return Ok(if convertible { convert(&t)? } else { t });

@@ -105,7 +105,7 @@ impl ClipImageProcessor {
         }
         p.image_mean = triple(v, "image_mean", p.image_mean)?;
         p.image_std = triple(v, "image_std", p.image_std)?;
-        if p.image_std.iter().any(|s| *s == 0.0) {
+        if p.image_std.contains(&0.0) {
             bail!("field `image_std` contains 0");
         }
         Ok(p)

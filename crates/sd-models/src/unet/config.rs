@@ -209,12 +209,10 @@ impl UNetConfig {
             }
         }
         match self.addition_embed_type.as_deref() {
-            None => {}
-            Some("text_time") => {
-                if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() {
-                    bail!("config sets `addition_embed_type` = \"text_time\" but not both `addition_time_embed_dim` and `projection_class_embeddings_input_dim`");
-                }
+            Some("text_time") if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() => {
+                bail!("config sets `addition_embed_type` = \"text_time\" but not both `addition_time_embed_dim` and `projection_class_embeddings_input_dim`");
             }
+            None | Some("text_time") => {}
             Some(other) => return Err(unsupported("addition_embed_type", other, "null or \"text_time\"")),
         }
         let scale_shift = match self.resnet_time_scale_shift.as_str() {

@@ -312,7 +312,7 @@ impl UNet2DConditionModel {
                     .f_reshape([a.text_embeds.size()[0], -1])?;
             let add_embeds = Tensor::f_cat(&[a.text_embeds.to_kind(Kind::Float), time_embeds], -1)?
                 .to_kind(emb.kind());
-            emb = emb + add.embedding.forward(&add_embeds, None)?;
+            emb += add.embedding.forward(&add_embeds, None)?;
         }
         if let Some(a) = self.time_embed_act {
             emb = a.forward(&emb);

@@ -13,6 +13,9 @@ use anyhow::{bail, ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
+/// A coefficient and the difference term it multiplies.
+type Term = (f64, Tensor);
+
 const FLAVOR: Flavor = Flavor { lambda_clip: true, cfg_minmax: false, final_from_respaced: false, always_round_karras: true };
 
 pub struct DpmSinglestep {
@@ -36,7 +39,7 @@ fn order_list(steps: usize, order: usize, lower_order_final: bool, final_zero: b
                 _ => [rep(&[1, 2, 3], steps / 3), vec![1, 2]].concat(),
             },
             2 => {
-                if steps % 2 == 0 {
+                if steps.is_multiple_of(2) {
                     [rep(&[1, 2], steps / 2 - 1), vec![1, 1]].concat()
                 } else {
                     [rep(&[1, 2], steps / 2), vec![1]].concat()
@@ -84,7 +87,7 @@ impl DpmSinglestep {
         let (em, ep, e2) = ((-h).exp(), h.exp(), (-2.0 * h).exp());
         let nz = || noise.ok_or_else(|| anyhow::anyhow!("internal: SDE update without noise"));
         // (d0, d1 coefficient for the "first derivative" term, optional d2 term)
-        let (d0, d1, d2): (Tensor, Option<(f64, Tensor)>, Option<(f64, Tensor)>) = match order {
+        let (d0, d1, d2): (Tensor, Option<Term>, Option<Term>) = match order {
             1 => (self.outputs.get(0)?.shallow_clone(), None, None),
             2 => {
                 let (m0, m1) = (self.outputs.get(0)?, self.outputs.get(1)?);
@@ -156,7 +159,7 @@ impl Scheduler for DpmSinglestep {
         check_steps(cfg, n)?;
         let s = dpm_sched::spaced_as(cfg, &self.train, n, FLAVOR)?;
         let mut lof = cfg.lower_order_final;
-        if !lof && (n % cfg.solver_order != 0 || cfg.final_sigmas_type == "zero") {
+        if !lof && (!n.is_multiple_of(cfg.solver_order) || cfg.final_sigmas_type == "zero") {
             lof = true; // diffusers switches lower_order_final on in these cases
         }
         self.orders = order_list(n, cfg.solver_order, lof, cfg.final_sigmas_type == "zero");

@@ -24,6 +24,8 @@ pub struct UniPc {
 }
 
 /// Solve the small dense system `a x = b` (Gaussian elimination with partial pivoting).
+// Row reduction reads row c while it writes row r of the same matrix, which index loops say most plainly.
+#[allow(clippy::needless_range_loop)]
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
     let n = b.len();
     for c in 0..n {
