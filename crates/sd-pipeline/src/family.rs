@@ -57,7 +57,17 @@ impl ModelInfo {
     pub fn detect(dir: &ModelDir) -> Result<Self> {
         let unet = dir.component_config("unet")?;
         let pipeline = dir.pipeline_class().unwrap_or_default();
-        let has_te2 = dir.components().iter().any(|c| c == "text_encoder_2");
+        let components = dir.components();
+        let has_te2 = components.iter().any(|c| c == "text_encoder_2");
+        let refiner = dir.index.get("requires_aesthetics_score").and_then(|v| v.as_bool()) == Some(true)
+            || (has_te2 && !components.iter().any(|c| c == "text_encoder"));
+        if refiner {
+            bail!(
+                "{} is an SDXL refiner (it has only text_encoder_2 and conditions on an aesthetic score); sd-rs runs \
+                 SD 1.x, SD 2.x and SDXL base models, not the refiner yet: generate with the SDXL base model instead",
+                dir.root.display()
+            );
+        }
         let family = if pipeline.contains("XL") || has_te2 || unet.get("addition_embed_type").and_then(|v| v.as_str()) == Some("text_time") {
             Family::Sdxl
         } else {
