@@ -65,9 +65,13 @@ pub fn f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.f_to_kind(Kind::Float)?)
 }
 
-/// `randn_tensor(shape, generator)` for step noise: drawn on the CPU generator, float32, moved to the tensor's device.
+/// `randn_tensor(like.shape, dtype=like.dtype, generator)` for step noise: drawn on the CPU generator in `like`'s
+/// dtype and moved to its device. Samplers pass what their diffusers class passes (mostly the model output as the
+/// network returned it, so a bf16 pipeline's noise carries bf16 rounding as in diffusers; the float32 upcast where
+/// the class asks for float32). `TorchGenerator` reproduces torch's reduced-precision draws, which differ from the
+/// float32 stream below 16 values.
 pub fn step_noise(like: &Tensor, gen: &mut TorchGenerator) -> Tensor {
-    gen.randn(&like.size(), Kind::Float, like.device())
+    gen.randn(&like.size(), like.kind(), like.device())
 }
 
 /// Imagen's dynamic thresholding (arXiv 2205.11487), as diffusers' `_threshold_sample`.

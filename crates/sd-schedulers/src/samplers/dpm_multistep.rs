@@ -231,7 +231,8 @@ impl Scheduler for DpmMultistep {
         let m = self.convert(&out, &sample, i)?;
         self.outputs.push(m.shallow_clone());
         let noise = match self.algo {
-            Algo::SdeDpmSolver | Algo::SdeDpmSolverPP => Some(step_noise(model_output, gen)),
+            // diffusers draws this noise in float32 whatever the model's dtype.
+            Algo::SdeDpmSolver | Algo::SdeDpmSolverPP => Some(step_noise(&out, gen)),
             _ => None,
         };
         let lower_order_nums = self.outputs.lower_order_nums();

@@ -50,6 +50,12 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
         let what = format!("{key} {sampler} steps={} schedule={} model_over={} extra={} strength={}", cs["steps"], cs["schedule"], cs["model_over"], cs["extra"], cs["strength"]);
         let states = &tensors[key];
         let mut s = build_with(sampler, &cs["model_config"], cs["schedule"].as_str(), &cs["extra"]).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        // The loop's dtype (latents and model output), as a pipeline in that dtype runs it; float32 by default.
+        let kind = match cs["dtype"].as_str() {
+            None => Kind::Float,
+            Some("bf16") => Kind::BFloat16,
+            Some(other) => panic!("{what}: unknown dtype {other}"),
+        };
         let n = cs["steps"].as_u64().unwrap() as usize;
         let seed = cs["seed"].as_u64().unwrap();
         let mut g = TorchGenerator::new(seed);
@@ -61,7 +67,7 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
             (start, s.add_noise(&x0, &noise, t0).unwrap())
         } else {
             s.set_timesteps(n, Device::Cpu).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-            (0, g.randn(&shape, Kind::Float, Device::Cpu) * s.init_noise_sigma())
+            (0, g.randn(&shape, kind, Device::Cpu) * s.init_noise_sigma())
         };
         assert_eq!(start as u64, cs["start"].as_u64().unwrap(), "{what}: img2img start index");
         // timesteps: float32 values in diffusers; ours must be the same numbers
@@ -83,7 +89,8 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
         assert!((s.init_noise_sigma() - ins).abs() <= 1e-5 * ins.max(1.0), "{what}: init_noise_sigma {} vs {ins}", s.init_noise_sigma());
         let mut check = |i: usize, x: &Tensor| {
             let r = states.get(i as i64);
-            let err = max_abs(&(x - &r));
+            assert_eq!(x.kind(), kind, "{what}: state {i} is {:?}, the loop runs in {kind:?}", x.kind());
+            let err = max_abs(&(x.to_kind(Kind::Float) - &r));
             let scale = max_abs(&r).max(1.0);
             worst = worst.max(err / scale);
             assert!(err <= tol * scale, "{what}: state {i} differs: max abs err {err:e} (scale {scale}, tol {tol:e})");
@@ -92,7 +99,7 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
         let ts: Vec<f64> = s.timesteps()[start..].to_vec();
         for (i, &t) in ts.iter().enumerate() {
             let x_in = s.scale_model_input(&latents, t).unwrap();
-            let out = &a * &x_in + &b * (t / 1000.0);
+            let out = (&a * &x_in + &b * (t / 1000.0)).to_kind(kind);
             latents = s.step(&out, t, &latents, &mut g).unwrap_or_else(|e| panic!("{what}: step {i}: {e:#}"));
             check(i + 1, &latents);
         }
