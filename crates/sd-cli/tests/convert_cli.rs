@@ -69,3 +69,37 @@ fn bad_flags_and_bad_files_fail_cleanly() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").map(|e| e.expect("e").file_name()).collect();
     assert_eq!(left.len(), 1, "only the input file may remain: {left:?}");
 }
+
+#[test]
+fn converts_an_sdxl_refiner_detected_or_named() {
+    // The refiner has one text encoder (OpenCLIP, written as text_encoder_2) and an img2img model_index.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = root().join("fixtures/convert/sdxl-refiner.safetensors");
+    let cfg = root().join("fixtures/models/sdxl-refiner");
+    let vocab = root().join(".sd-data/bpe_simple_vocab_16e6.txt.gz");
+    for family in ["auto", "sdxl-refiner"] {
+        let out = tmp.path().join(family);
+        let (code, err) = sd(&[
+            "convert",
+            input.to_str().expect("utf8"),
+            "-o",
+            out.to_str().expect("utf8"),
+            "--family",
+            family,
+            "--config-dir",
+            cfg.to_str().expect("utf8"),
+            "--vocab",
+            vocab.to_str().expect("utf8"),
+        ]);
+        assert_eq!(code, 0, "{family}: {err}");
+        assert!(err.contains("sdxl-refiner"), "{family}: {err}");
+        for f in ["unet/diffusion_pytorch_model.safetensors", "vae/config.json", "text_encoder_2/model.safetensors", "tokenizer_2/vocab.json"] {
+            assert!(out.join(f).exists(), "{family}: {f} missing");
+        }
+        assert!(!out.join("text_encoder").exists() && !out.join("tokenizer").exists(), "{family}");
+        let index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("model_index.json")).expect("index")).expect("json");
+        assert_eq!(index["_class_name"], "StableDiffusionXLImg2ImgPipeline", "{family}");
+        assert_eq!(index["requires_aesthetics_score"], true, "{family}");
+    }
+}

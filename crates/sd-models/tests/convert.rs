@@ -129,6 +129,70 @@ fn sdxl_two_text_encoders_match_diffusers() {
     }
 }
 
+/// The refiner keeps only the OpenCLIP-bigG-shaped encoder, under `conditioner.embedders.0.model.` (diffusers'
+/// `text_encoder_2`; there is no `text_encoder`). The tiny file has layers_per_block 2 and 2 transformer layers per
+/// block, and 10 text layers so that diffusers' own marker key (`...resblocks.9...`) calls it `xl_refiner`.
+#[test]
+fn sdxl_refiner_matches_diffusers() {
+    let exp = expected("sdxl-refiner");
+    assert!(!exp.contains_key("text_encoder"));
+    let explicit = ConvertOptions { family: Some(Family::SdxlRefiner), ..opts("sdxl-refiner") };
+    // The canonical refiner config has layers_per_block 2 like the tiny one, so names come out the same without it.
+    let cases = [("auto", opts("sdxl-refiner")), ("--family sdxl-refiner", explicit), ("canonical configs", ConvertOptions::default())];
+    for (what, o) in cases {
+        let c = convert_file("sdxl-refiner.safetensors", &o);
+        assert_eq!(c.family, Family::SdxlRefiner, "{what}");
+        compare(&c, &exp, what);
+        assert!(c.unknown.is_empty(), "{what}: {:?}", c.unknown);
+        let ignored: Vec<&str> = c.ignored.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(ignored, ["conditioner.embedders.0.model.logit_scale"], "{what}");
+    }
+}
+
+/// `sd convert` of the refiner writes the folder diffusers' `save_pretrained` writes: same model_index.json
+/// (StableDiffusionXLImg2ImgPipeline, no first text encoder/tokenizer, requires_aesthetics_score) and configs.
+#[test]
+fn sdxl_refiner_written_folder_is_what_diffusers_writes() {
+    let tiny = fixtures().join("models").join("sdxl-refiner");
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
+    };
+    let vocab = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.sd-data/bpe_simple_vocab_16e6.txt.gz"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = convert::open(&file("sdxl-refiner.safetensors")).expect("open");
+    for (what, config_dir) in [("config dir", Some(tiny.clone())), ("canonical", None)] {
+        let out = tmp.path().join(what);
+        let o = ConvertOptions { config_dir: config_dir.clone(), ..Default::default() };
+        let plan = convert::plan_checkpoint(src.as_ref(), None, &o).expect("plan");
+        let wopts = convert::writer::WriteOptions {
+            dtype: None,
+            overwrite: false,
+            config_dir,
+            vocab: Some(vocab.to_path_buf()),
+            pipeline: true,
+        };
+        convert::writer::write_folder(&plan, &[src.as_ref()], &out, &wopts, |_, _, _| {}).expect("write");
+        assert_eq!(read(&out.join("model_index.json")), read(&tiny.join("model_index.json")), "{what}: model_index.json");
+        assert!(!out.join("text_encoder").exists() && !out.join("tokenizer").exists(), "{what}");
+        let tok = read(&out.join("tokenizer_2/tokenizer_config.json"));
+        assert_eq!(tok["pad_token"], "!", "{what}");
+        if what == "config dir" {
+            for f in ["unet/config.json", "vae/config.json", "text_encoder_2/config.json", "scheduler/scheduler_config.json"] {
+                assert_eq!(read(&out.join(f)), read(&tiny.join(f)), "{what}: {f}");
+            }
+        }
+        let te2 = read(&out.join("text_encoder_2/config.json"));
+        assert_eq!(te2["architectures"], serde_json::json!(["CLIPTextModelWithProjection"]), "{what}");
+        let exp = expected("sdxl-refiner");
+        let path = out.join("text_encoder_2/model.safetensors");
+        let vb = sd_core::VarBuilder::from_safetensors(&[path], Kind::Float, Device::Cpu).expect("open written file");
+        for (name, (shape, hash)) in &exp["text_encoder_2"] {
+            assert_eq!(&sha(&vb.get(shape, name).expect("get")), hash, "{what}: text_encoder_2/{name} after writing");
+        }
+        vb.finish("text_encoder_2", &[]).expect("nothing but diffusers' tensors");
+    }
+}
+
 #[test]
 fn inpaint_unet_only_file_matches_diffusers() {
     for name in ["sd1-inpaint-unet.safetensors", "sd1-inpaint-unet.ckpt"] {
@@ -172,6 +236,21 @@ fn family_detection_and_canonical_configs_without_config_dir() {
     let plan = convert::plan_checkpoint(src.as_ref(), None, &ConvertOptions::default()).expect("plan");
     assert!(plan.inpainting);
     assert_eq!(plan.configs[&Component::Unet]["in_channels"], 9);
+    // The refiner: its only text encoder is `text_encoder_2`, and the canonical refiner configs take the widths
+    // (cross-attention = text width, pooled text + 5 time ids) and depth from the weights.
+    let src = convert::open(&file("sdxl-refiner.safetensors")).expect("open");
+    let plan = convert::plan_checkpoint(src.as_ref(), None, &ConvertOptions::default()).expect("plan");
+    assert_eq!(plan.family, Family::SdxlRefiner);
+    assert_eq!(plan.prediction_type, "epsilon");
+    assert!(!plan.configs.contains_key(&Component::TextEncoder));
+    let (unet, te2) = (&plan.configs[&Component::Unet], &plan.configs[&Component::TextEncoder2]);
+    assert_eq!(unet["cross_attention_dim"], 4);
+    assert_eq!(unet["projection_class_embeddings_input_dim"], 4 + 5 * 4);
+    assert_eq!(unet["addition_embed_type"], "text_time");
+    assert_eq!(te2["num_hidden_layers"], 10);
+    assert_eq!(te2["hidden_size"], 4);
+    assert_eq!(te2["projection_dim"], 4);
+    assert_eq!(plan.scheduler["_class_name"], "EulerDiscreteScheduler");
 }
 
 #[test]
@@ -215,6 +294,11 @@ fn written_folder_loads_back_under_the_same_names() {
     for f in ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer.json", "tokenizer_2/tokenizer_config.json"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
+    };
+    let tiny_index = fixtures().join("models/sdxl/model_index.json");
+    assert_eq!(read(&out.join("model_index.json")), read(&tiny_index), "model_index.json as diffusers writes it");
     let exp = expected("sdxl");
     for (comp, file_name) in [
         ("unet", "diffusion_pytorch_model.safetensors"),

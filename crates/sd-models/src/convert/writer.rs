@@ -236,5 +236,11 @@ fn write_pipeline_files(plan: &Plan, tmp: &Path, opts: &WriteOptions) -> Result<
             idx["force_zeros_for_empty_prompt"] = json!(false);
         }
     }
+    if matches!(plan.family, Family::Sdxl | Family::SdxlRefiner) {
+        // The SDXL pipelines' optional IP-Adapter components: diffusers' save_pretrained lists them as absent, so
+        // the index matches the one a hub SDXL / refiner folder has.
+        idx["image_encoder"] = none.clone();
+        idx["feature_extractor"] = none.clone();
+    }
     write_json(&tmp.join("model_index.json"), &idx)
 }
