@@ -182,9 +182,10 @@ impl VarBuilder {
         })
     }
 
-    /// Convolution weights (every 4-D float tensor) in channels-last (NHWC) layout. oneDNN then runs every convolution of the model in
-    /// NHWC, its fastest layout on CPUs, and the activations stay NHWC from layer to layer (PyTorch ops keep their
-    /// input's layout), so the reshapes into attention tokens become free views instead of copies.
+    /// Convolution weights (every 4-D float tensor) in channels-last (NHWC) layout. oneDNN then runs every
+    /// convolution of the model in NHWC, its fastest layout on CPUs, and the activations stay NHWC from layer to
+    /// layer (PyTorch ops keep their input's layout), so the reshapes into attention tokens become free views
+    /// instead of copies.
     pub fn with_channels_last(self, on: bool) -> Result<Self> {
         let inner = Rc::try_unwrap(self.inner).map_err(|_| {
             anyhow!("VarBuilder::with_channels_last must be called before the builder is shared")
@@ -196,10 +197,6 @@ impl VarBuilder {
             }),
             prefix: self.prefix,
         })
-    }
-
-    pub fn channels_last(&self) -> bool {
-        self.inner.channels_last
     }
 
     pub fn kind(&self) -> Kind {

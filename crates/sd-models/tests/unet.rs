@@ -129,40 +129,36 @@ fn channels_last_matches_diffusers_too() {
     }
 }
 
-#[test]
-fn bf16_sd1_is_close_to_f32_reference() {
-    // bf16 keeps 8 mantissa bits (~4e-3 relative); through ~40 layers the tiny UNet stays within 5% of the output
-    // range. Tolerance: max abs error ≤ 0.05 · max|reference|.
+/// The SD1/SD2 fixture UNets loaded in bf16, run with `mode` (or the default), against the f32 diffusers outputs.
+/// bf16 keeps 8 mantissa bits (~4e-3 relative); through ~40 layers the tiny UNet stays within 5% of the output
+/// range. Tolerance: max abs error ≤ 0.05 · max|reference|.
+fn assert_bf16_close_to_f32_reference(mode: Option<AttentionMode>, label: &str) {
     for case in cases().iter().filter(|c| c.name == "sd1_vec" || c.name == "sd2_vec") {
-        let unet = UNet2DConditionModel::load(&case.model, Kind::BFloat16, Device::Cpu).expect("load bf16");
+        let mut unet = UNet2DConditionModel::load(&case.model, Kind::BFloat16, Device::Cpu).expect("load bf16");
+        if let Some(mode) = mode {
+            unet.set_attention_mode(mode);
+        }
         let expected = case.must("out");
         let got = run(&unet, case, Kind::BFloat16);
         let scale = expected.abs().max().double_value(&[]);
         let err = max_abs(&got, &expected);
-        println!("{} bf16: max abs err {err:.3e} (max|ref| {scale:.3})", case.name);
-        assert!(err <= 0.05 * scale, "{}: bf16 error {err} > 5% of {scale}", case.name);
+        println!("{} {label}: max abs err {err:.3e} (max|ref| {scale:.3})", case.name);
+        assert!(err <= 0.05 * scale, "{}: {label} error {err} > 5% of {scale}", case.name);
     }
 }
 
-/// The fused bf16 CPU attention kernel inside a whole UNet: same bound as `bf16_sd1_is_close_to_f32_reference`
-/// (max abs error ≤ 5% of max|reference|). Without AVX-512 BF16 the mode falls back to SDPA (printed).
+#[test]
+fn bf16_sd1_is_close_to_f32_reference() {
+    assert_bf16_close_to_f32_reference(None, "bf16");
+}
+
+/// The fused bf16 CPU attention kernel inside a whole UNet, same bound. Without AVX-512 BF16 the mode falls back to
+/// SDPA (printed).
 #[test]
 fn bf16_fused_attention_unet_is_close_to_f32_reference() {
-    #[cfg(target_arch = "x86_64")]
-    let fused = std::is_x86_feature_detected!("avx512bf16");
-    #[cfg(not(target_arch = "x86_64"))]
-    let fused = false;
+    let fused = sd_models::attention::fused_kernel_available();
     println!("fused kernel {}", if fused { "active" } else { "unavailable: SDPA fallback" });
-    for case in cases().iter().filter(|c| c.name == "sd1_vec" || c.name == "sd2_vec") {
-        let mut unet = UNet2DConditionModel::load(&case.model, Kind::BFloat16, Device::Cpu).expect("load bf16");
-        unet.set_attention_mode(AttentionMode::Fused);
-        let expected = case.must("out");
-        let got = run(&unet, case, Kind::BFloat16);
-        let scale = expected.abs().max().double_value(&[]);
-        let err = max_abs(&got, &expected);
-        println!("{} bf16 fused: max abs err {err:.3e} (max|ref| {scale:.3})", case.name);
-        assert!(err <= 0.05 * scale, "{}: bf16 fused error {err} > 5% of {scale}", case.name);
-    }
+    assert_bf16_close_to_f32_reference(Some(AttentionMode::Fused), "bf16 fused");
 }
 
 #[test]
