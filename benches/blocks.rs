@@ -30,7 +30,9 @@ fn attention_levels(c: &mut Criterion) {
             let q = Tensor::randn([2, 8, lq, d], (kind, Device::Cpu));
             let k = Tensor::randn([2, 8, lk, d], (kind, Device::Cpu));
             let v = Tensor::randn([2, 8, lk, d], (kind, Device::Cpu));
-            for (mode_name, mode) in [("sdpa", AttentionMode::Sdpa), ("matmul", AttentionMode::Matmul(0)), ("fused", AttentionMode::Fused)] {
+            for (mode_name, mode) in
+                [("sdpa", AttentionMode::Sdpa), ("matmul", AttentionMode::Matmul(0)), ("fused", AttentionMode::Fused)]
+            {
                 group.bench_function(format!("{name}_{kind:?}_{mode_name}"), |b| {
                     b.iter(|| attention(&q, &k, &v, None, false, mode).expect("attention"))
                 });
@@ -44,7 +46,14 @@ fn resnet_block(c: &mut Criterion) {
     let _guard = tch::no_grad_guard();
     let mut group = c.benchmark_group("resnet_sd15_l0_320ch_64x64_b2");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    let opts = ResnetOpts { temb: 1280, groups: 32, eps: 1e-5, act: Activation::Silu, scale_shift: false, output_scale_factor: 1.0 };
+    let opts = ResnetOpts {
+        temb: 1280,
+        groups: 32,
+        eps: 1e-5,
+        act: Activation::Silu,
+        scale_shift: false,
+        output_scale_factor: 1.0,
+    };
     for kind in [Kind::BFloat16, Kind::Float] {
         tch::manual_seed(0);
         let vb = VarBuilder::from_init(kind, Device::Cpu);

@@ -28,7 +28,9 @@ fn encode(c: &mut Criterion) {
     let vb = VarBuilder::from_init(Kind::Float, Device::Cpu);
     let large = ClipTextModel::from_varbuilder(&vb, &cfg, false).expect("random CLIP-L");
     let large_ids = ids(2, cfg.vocab_size);
-    group.bench_function("clip_l_random_b2", |b| b.iter(|| tch::no_grad(|| large.forward(&large_ids).expect("forward"))));
+    group.bench_function("clip_l_random_b2", |b| {
+        b.iter(|| tch::no_grad(|| large.forward(&large_ids).expect("forward")))
+    });
     group.finish();
 }
 

@@ -28,7 +28,11 @@ fn tiny(c: &mut Criterion) {
 fn sd15(c: &mut Criterion) {
     let cfg = UNetConfig::from_file(&Path::new(ROOT).join("configs/sd15_unet.json")).expect("sd15 config");
     let mut group = c.benchmark_group("unet");
-    group.sample_size(10).sampling_mode(SamplingMode::Flat).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(20));
     for kind in [Kind::Float, Kind::BFloat16] {
         tch::manual_seed(0);
         let vb = VarBuilder::from_init(kind, Device::Cpu);

@@ -24,9 +24,8 @@ fn decode(c: &mut Criterion) {
     let sd15 = AutoencoderKL::from_varbuilder(&vb, &cfg).expect("sd15 VAE");
     group.bench_function("sd15_vae_256px", |b| b.iter(|| sd15.decode(&z).expect("decode")));
 
-    let taesd_dir = std::env::var_os("SD_TAESD_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../../shared/data/taesd"));
+    let taesd_dir =
+        std::env::var_os("SD_TAESD_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("../../shared/data/taesd"));
     let taesd = AutoencoderTiny::load_taesd_dir(&taesd_dir, false, kind, Device::Cpu)
         .unwrap_or_else(|e| panic!("real TAESD weights needed in {} (or SD_TAESD_DIR): {e:#}", taesd_dir.display()));
     group.bench_function("taesd_256px", |b| b.iter(|| taesd.decode(&z).expect("decode")));

@@ -12,12 +12,15 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {
-    let (mut shape, mut repeats, mut modes, mut kind) = (vec![2i64, 8, 4096, 4096, 40], 7usize, "sdpa,fused".to_string(), Kind::BFloat16);
+    let (mut shape, mut repeats, mut modes, mut kind) =
+        (vec![2i64, 8, 4096, 4096, 40], 7usize, "sdpa,fused".to_string(), Kind::BFloat16);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--shape" => shape = value.split(',').map(|s| s.parse::<i64>()).collect::<Result<_, _>>().context("--shape")?,
+            "--shape" => {
+                shape = value.split(',').map(|s| s.parse::<i64>()).collect::<Result<_, _>>().context("--shape")?
+            }
             "--repeats" => repeats = value.parse().context("--repeats")?,
             "--modes" => modes = value,
             "--dtype" => {

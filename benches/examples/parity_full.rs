@@ -37,7 +37,9 @@ fn main() -> Result<()> {
             other => bail!("unknown argument {other}"),
         }
     }
-    let (Some(model), Some(reference)) = (model, reference) else { bail!("--model DIR and --reference FILE are required") };
+    let (Some(model), Some(reference)) = (model, reference) else {
+        bail!("--model DIR and --reference FILE are required")
+    };
     let r: HashMap<String, Tensor> = Tensor::read_safetensors(&reference)
         .with_context(|| format!("cannot read {}", reference.display()))?
         .into_iter()
@@ -51,7 +53,13 @@ fn main() -> Result<()> {
             (Some(te), Some(ti)) => Some(AddedCond { text_embeds: te.shallow_clone(), time_ids: ti.shallow_clone() }),
             _ => None,
         };
-        let out = unet.forward(get("unet.in.sample")?, get("unet.in.timestep")?, get("unet.in.context")?, added.as_ref(), None)?;
+        let out = unet.forward(
+            get("unet.in.sample")?,
+            get("unet.in.timestep")?,
+            get("unet.in.context")?,
+            added.as_ref(),
+            None,
+        )?;
         results.push(("unet".into(), max_err(&out, get("unet.out")?)?));
         drop(unet);
         let vae = AutoencoderKL::load(&model.join("vae"), f32, cpu)?;
@@ -61,7 +69,10 @@ fn main() -> Result<()> {
             let Some(ids) = r.get(&format!("{name}.in.ids")) else { continue };
             let enc = ClipTextModel::load(&model.join(name), f32, cpu)?;
             let out = enc.forward(&ids.to_kind(Kind::Int64))?;
-            results.push((format!("{name} last_hidden_state"), max_err(&out.last_hidden_state, get(&format!("{name}.out.last_hidden_state"))?)?));
+            results.push((
+                format!("{name} last_hidden_state"),
+                max_err(&out.last_hidden_state, get(&format!("{name}.out.last_hidden_state"))?)?,
+            ));
             let n = out.hidden_states.len();
             let pen = out.hidden_states.get(n.saturating_sub(2)).context("no hidden states")?;
             results.push((format!("{name} penultimate"), max_err(pen, get(&format!("{name}.out.penultimate"))?)?));

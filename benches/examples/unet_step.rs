@@ -67,11 +67,7 @@ fn main() -> Result<()> {
         "bf16" => Kind::BFloat16,
         other => bail!("--dtype {other}: expected f32 or bf16"),
     };
-    let dir = if a.model.join("unet").is_dir() {
-        a.model.join("unet")
-    } else {
-        a.model.clone()
-    };
+    let dir = if a.model.join("unet").is_dir() { a.model.join("unet") } else { a.model.clone() };
     let nhwc = a.channels_last.unwrap_or(sd_models::nn::channels_last_by_default(Device::Cpu, kind));
     let t_load = Instant::now();
     let mut unet = UNet2DConditionModel::load_with(&dir, kind, Device::Cpu, nhwc)?;

@@ -13,7 +13,8 @@ use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {
     sd_core::alloc::reuse_freed_memory();
-    let (mut model, mut size, mut dtype, mut repeats, mut nhwc) = (PathBuf::new(), 512i64, "bf16".to_string(), 3usize, false);
+    let (mut model, mut size, mut dtype, mut repeats, mut nhwc) =
+        (PathBuf::new(), 512i64, "bf16".to_string(), 3usize, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -35,7 +36,8 @@ fn main() -> Result<()> {
     let dir = if model.join("vae").is_dir() { model.join("vae") } else { model.clone() };
     let vae = AutoencoderKL::load_with(&dir, kind, Device::Cpu, nhwc)?;
     tch::manual_seed(0);
-    let z = Tensor::randn([1, vae.config().latent_channels, size / 8, size / 8], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let z =
+        Tensor::randn([1, vae.config().latent_channels, size / 8, size / 8], (Kind::Float, Device::Cpu)).to_kind(kind);
     let mut times = Vec::new();
     tch::no_grad(|| -> Result<()> {
         for i in 0..=repeats {

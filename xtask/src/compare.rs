@@ -49,7 +49,9 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.repeats = 1;
                 o.unet_repeats = 2;
             }
-            "--sizes" => o.sizes = value()?.split(',').map(|s| s.trim().parse().context("--sizes")).collect::<Result<_>>()?,
+            "--sizes" => {
+                o.sizes = value()?.split(',').map(|s| s.trim().parse().context("--sizes")).collect::<Result<_>>()?
+            }
             "--dtypes" => o.dtypes = value()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--steps" => o.steps = value()?.parse().context("--steps")?,
             "--repeats" => o.repeats = value()?.parse().context("--repeats")?,
@@ -119,7 +121,8 @@ pub fn run(args: &[String]) -> Result<()> {
             if o.unet {
                 let (mut ours, mut theirs) = (Vec::new(), Vec::new());
                 for _ in 0..o.unet_repeats.max(1) {
-                    let common = ["--model", &m, "--size", &size.to_string(), "--dtype", dtype, "--repeats", "3"].map(String::from);
+                    let common = ["--model", &m, "--size", &size.to_string(), "--dtype", dtype, "--repeats", "3"]
+                        .map(String::from);
                     ours.push(unet_step(Command::new(&step_bin).args(&common))?);
                     let script = root.join("scripts/bench/unet_step.py");
                     theirs.push(unet_step(Command::new(&py).arg(script).args(&common))?);
@@ -134,9 +137,29 @@ pub fn run(args: &[String]) -> Result<()> {
                     let steps = o.steps.to_string();
                     let s = size.to_string();
                     let sd_args: Vec<String> = [
-                        "generate", "--model", &m, "a lighthouse at dawn, oil painting", "--steps", &steps, "-W", &s, "-H", &s,
-                        "--dtype", dtype, "--seed", "0", "--sampler", "euler", "--no-watermark", "--safety", "off", "-o", &png,
-                        "--overwrite", "-q",
+                        "generate",
+                        "--model",
+                        &m,
+                        "a lighthouse at dawn, oil painting",
+                        "--steps",
+                        &steps,
+                        "-W",
+                        &s,
+                        "-H",
+                        &s,
+                        "--dtype",
+                        dtype,
+                        "--seed",
+                        "0",
+                        "--sampler",
+                        "euler",
+                        "--no-watermark",
+                        "--safety",
+                        "off",
+                        "-o",
+                        &png,
+                        "--overwrite",
+                        "-q",
                     ]
                     .map(String::from)
                     .to_vec();
@@ -146,8 +169,21 @@ pub fn run(args: &[String]) -> Result<()> {
                     let png = out_dir.join(format!("diffusers-{dtype}-{size}-{r}.png")).to_string_lossy().into_owned();
                     let script = root.join("scripts/bench/diffusers_txt2img.py").to_string_lossy().into_owned();
                     let py_args: Vec<String> = [
-                        script.as_str(), "--model", &m, "--steps", &steps, "--size", &s, "--dtype", dtype, "--seed", "0",
-                        "--sampler", "euler", "--out", &png,
+                        script.as_str(),
+                        "--model",
+                        &m,
+                        "--steps",
+                        &steps,
+                        "--size",
+                        &s,
+                        "--dtype",
+                        dtype,
+                        "--seed",
+                        "0",
+                        "--sampler",
+                        "euler",
+                        "--out",
+                        &png,
                     ]
                     .map(String::from)
                     .to_vec();
@@ -190,7 +226,12 @@ fn print_table(rows: &[Row], load_start: &str, load_end: &str, model: &Path) {
         };
         println!(
             "| {} | {} | {} | {:.3} | {:.3} | {:.2} | {ro} | {rt} | {rr} |",
-            r.what, r.dtype, r.n, r.ours, r.theirs, r.ours / r.theirs
+            r.what,
+            r.dtype,
+            r.n,
+            r.ours,
+            r.theirs,
+            r.ours / r.theirs
         );
     }
 }
@@ -214,7 +255,10 @@ fn unet_step(cmd: &mut Command) -> Result<f64> {
     if !out.status.success() {
         bail!("{cmd:?} failed ({}):\n{}{}", out.status, text, String::from_utf8_lossy(&out.stderr));
     }
-    let line = text.lines().find(|l| l.starts_with("UNET_STEP ")).with_context(|| format!("{cmd:?} printed no UNET_STEP line"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("UNET_STEP "))
+        .with_context(|| format!("{cmd:?} printed no UNET_STEP line"))?;
     eprintln!("{line}");
     json_number(line, "median_s")
 }
@@ -244,5 +288,7 @@ fn json_number(line: &str, key: &str) -> Result<f64> {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }

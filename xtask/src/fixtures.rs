@@ -23,7 +23,8 @@ pub fn run(only: &[String]) -> Result<()> {
         .collect();
     scripts.sort();
     if !only.is_empty() {
-        scripts.retain(|p| only.iter().any(|o| p.file_stem().is_some_and(|s| s.to_string_lossy().contains(o.as_str()))));
+        scripts
+            .retain(|p| only.iter().any(|o| p.file_stem().is_some_and(|s| s.to_string_lossy().contains(o.as_str()))));
         if scripts.is_empty() {
             bail!("no fixture script matches {only:?}");
         }

@@ -75,7 +75,10 @@ fn test(extra: &[String]) -> Result<()> {
     // A full test build takes about 2 GB of target/ plus 0.5 GB of LibTorch; a full disk otherwise shows up as a
     // linker crash deep in the build.
     if let Some(free) = util::free_disk_gb(&root).filter(|&gb| gb < 3.0) {
-        eprintln!("xtask: warning: only {free:.1} GB free on the disk holding {}; the test build needs about 2.5 GB", root.display());
+        eprintln!(
+            "xtask: warning: only {free:.1} GB free on the disk holding {}; the test build needs about 2.5 GB",
+            root.display()
+        );
     }
     setup::run()?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
@@ -132,9 +135,8 @@ fn demo(extra: &[String]) -> Result<()> {
 fn convert_weights(extra: &[String]) -> Result<()> {
     let root = util::root();
     util::cargo(&root, &["build", "--release", "-p", "sd-cli"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
     let sd = target.join("release").join("sd");
     let mut args: Vec<&str> = vec!["convert"];
     args.extend(extra.iter().map(|s| s.as_str()));
@@ -148,36 +150,9 @@ fn train_demo(extra: &[String]) -> Result<()> {
     setup::run()?;
     let root = util::root();
     let work = root.join("target/sd-tiny-shapes-work");
-    let (work, out) = (
-        work.to_str().unwrap_or("target/sd-tiny-shapes-work"),
-        "models/sd-tiny-shapes",
-    );
-    let mut args = vec![
-        "run",
-        "--release",
-        "-p",
-        "sd-train",
-        "--example",
-        "train_demo",
-        "--",
-        work,
-        out,
-    ];
+    let (work, out) = (work.to_str().unwrap_or("target/sd-tiny-shapes-work"), "models/sd-tiny-shapes");
+    let mut args = vec!["run", "--release", "-p", "sd-train", "--example", "train_demo", "--", work, out];
     args.extend(extra.iter().map(|s| s.as_str()));
     util::cargo(&root, &args)?;
-    util::cargo(
-        &root,
-        &[
-            "run",
-            "--release",
-            "-p",
-            "sd-train",
-            "--example",
-            "shapes_eval",
-            "--",
-            out,
-            "32",
-            "20",
-        ],
-    )
+    util::cargo(&root, &["run", "--release", "-p", "sd-train", "--example", "shapes_eval", "--", out, "32", "20"])
 }

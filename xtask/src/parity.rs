@@ -34,7 +34,11 @@ pub fn run(args: &[String]) -> Result<()> {
         let (m, r) = (model.to_str().context("path")?, reference.to_str().context("path")?);
         if !reference.exists() {
             let script = root.join("scripts/bench/parity_full.py");
-            run_cmd(&root, py.to_str().context("path")?, &[script.to_str().context("path")?, "--model", m, "--out", r, "--latent", &latent])?;
+            run_cmd(
+                &root,
+                py.to_str().context("path")?,
+                &[script.to_str().context("path")?, "--model", m, "--out", r, "--latent", &latent],
+            )?;
         }
         run_cmd(&root, bin.to_str().context("path")?, &["--model", m, "--reference", r])?;
     }

@@ -45,8 +45,12 @@ fn demo_tokenizer(root: &Path) -> Result<()> {
     }
     let script = root.join("scripts/setup/clip_tokenizer_files.py");
     let bpe = root.join(".sd-data").join(BPE_FILE);
-    run_cmd(root, "python3", &[script.to_str().context("path")?, bpe.to_str().context("path")?, dir.to_str().context("path")?])
-        .context("cannot write the demo model's tokenizer files")?;
+    run_cmd(
+        root,
+        "python3",
+        &[script.to_str().context("path")?, bpe.to_str().context("path")?, dir.to_str().context("path")?],
+    )
+    .context("cannot write the demo model's tokenizer files")?;
     eprintln!("setup: tokenizer files of models/sd-tiny-shapes written from {}", bpe.display());
     Ok(())
 }
@@ -65,7 +69,9 @@ fn libtorch(root: &Path) -> Result<()> {
         }
     }
     let version_file = ours.join("build-version");
-    if fs::read_to_string(&version_file).is_ok_and(|v| v.trim() == TORCH_VERSION) && ours.join("lib/libtorch_cpu.so").exists() {
+    if fs::read_to_string(&version_file).is_ok_and(|v| v.trim() == TORCH_VERSION)
+        && ours.join("lib/libtorch_cpu.so").exists()
+    {
         return Ok(());
     }
     if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
@@ -94,7 +100,11 @@ fn libtorch(root: &Path) -> Result<()> {
     run_cmd(root, "unzip", &args)?;
     for prefix in ["nvidia_cuda_runtime-", "nvidia_cuda_cupti-"] {
         let whl = find_wheel(&wheels, prefix)?;
-        run_cmd(root, "unzip", &["-q", "-o", whl.to_str().context("path")?, "nvidia/cu13/lib/*", "-d", unpack.to_str().context("path")?])?;
+        run_cmd(
+            root,
+            "unzip",
+            &["-q", "-o", whl.to_str().context("path")?, "nvidia/cu13/lib/*", "-d", unpack.to_str().context("path")?],
+        )?;
     }
     fs::rename(unpack.join("torch/include"), staging.join("include"))?;
     for lib in TORCH_LIBS {
@@ -164,20 +174,29 @@ fn photo(root: &Path) -> Result<()> {
 }
 
 fn pip_download(root: &Path, dest: &Path, specs: &[&str], linux_wheels: bool) -> Result<()> {
-    let mut args: Vec<&str> = vec!["-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:", "-q", "-d"];
+    let mut args: Vec<&str> =
+        vec!["-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:", "-q", "-d"];
     args.push(dest.to_str().context("path")?);
     if linux_wheels {
         // Pin the platform so any local Python version fetches the same wheels.
         args.extend([
-            "--python-version", "3.11", "--implementation", "cp",
-            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_25_x86_64",
-            "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux_2_25_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--platform",
+            "manylinux2014_x86_64",
         ]);
     }
     args.extend(specs);
-    run_cmd(root, "python3", &args).context(
-        "pip could not download the wheels (is PyPI reachable? on Debian: apt-get install python3-pip)",
-    )
+    run_cmd(root, "python3", &args)
+        .context("pip could not download the wheels (is PyPI reachable? on Debian: apt-get install python3-pip)")
 }
 
 fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
@@ -195,7 +214,10 @@ fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
 fn ensure_tools(tools: &[&str]) -> Result<()> {
     let mut missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
     let pip_ok = have("python3")
-        && std::process::Command::new("python3").args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
+        && std::process::Command::new("python3")
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !pip_ok {
         missing.push("python3-pip");
     }

@@ -56,7 +56,8 @@ fn strength_zero_is_a_usage_error() {
 #[test]
 fn unknown_sampler_lists_valid_names() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, err) = run(generate(dir.path()).args(["a cat", "--sampler", "eulr-a", "--width", "64", "--height", "64"]));
+    let (code, err) =
+        run(generate(dir.path()).args(["a cat", "--sampler", "eulr-a", "--width", "64", "--height", "64"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("eulr-a") && err.to_lowercase().contains("did you mean"), "{err}");
     assert!(files_in(dir.path()).is_empty());
@@ -70,7 +71,10 @@ fn missing_model_pieces_are_named() {
     std::fs::copy(Path::new(&model()).join("model_index.json"), broken.join("model_index.json")).unwrap();
     let out = dir.path().join("out");
     let mut c = sd();
-    c.args(["generate", "a cat", "--model"]).arg(&broken).args(["-q", "--device", "cpu", "--output"]).arg(out.join("x.png"));
+    c.args(["generate", "a cat", "--model"])
+        .arg(&broken)
+        .args(["-q", "--device", "cpu", "--output"])
+        .arg(out.join("x.png"));
     let (code, err) = run(&mut c);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("missing") && err.contains("text_encoder") || err.contains("unet"), "{err}");
@@ -90,7 +94,8 @@ fn sdxl_refiner_folder_is_refused_by_name() {
             std::fs::copy(&f, refiner.join(c).join(f.file_name().unwrap())).unwrap();
         }
     }
-    let mut index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sdxl.join("model_index.json")).unwrap()).unwrap();
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sdxl.join("model_index.json")).unwrap()).unwrap();
     index["_class_name"] = "StableDiffusionXLImg2ImgPipeline".into();
     index["text_encoder"] = serde_json::json!([null, null]);
     index["tokenizer"] = serde_json::json!([null, null]);
@@ -98,7 +103,10 @@ fn sdxl_refiner_folder_is_refused_by_name() {
     std::fs::write(refiner.join("model_index.json"), index.to_string()).unwrap();
     let out = dir.path().join("out");
     let mut c = sd();
-    c.args(["generate", "a cat", "--model"]).arg(&refiner).args(["-q", "--device", "cpu", "--output"]).arg(out.join("x.png"));
+    c.args(["generate", "a cat", "--model"])
+        .arg(&refiner)
+        .args(["-q", "--device", "cpu", "--output"])
+        .arg(out.join("x.png"));
     let (code, err) = run(&mut c);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("SDXL refiner") && err.contains("refiner"), "{err}");
@@ -151,7 +159,10 @@ fn generates_a_png_with_parameters() {
     let png = dir.path().join("1.png");
     let bytes = std::fs::read(&png).unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("parameters") && text.contains("Seed: 1") && text.contains("Negative prompt:"), "no A1111 parameters chunk");
+    assert!(
+        text.contains("parameters") && text.contains("Seed: 1") && text.contains("Negative prompt:"),
+        "no A1111 parameters chunk"
+    );
     assert!(text.contains("trainedAlgorithmicMedia"), "no IPTC digital source type");
 }
 
@@ -160,7 +171,8 @@ fn policy_file_refuses_a_listed_term() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.txt");
     std::fs::write(&policy, "# artists I do not imitate\nGreg Example\n").unwrap();
-    let (code, err) = run(generate(dir.path()).args(["portrait in the style of greg example", "--policy"]).arg(&policy));
+    let (code, err) =
+        run(generate(dir.path()).args(["portrait in the style of greg example", "--policy"]).arg(&policy));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("refused") && err.contains("Greg Example"), "{err}");
     assert_eq!(files_in(dir.path()).len(), 1, "only the policy file should exist");

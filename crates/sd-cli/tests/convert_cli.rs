@@ -44,7 +44,8 @@ fn converts_a_ckpt_into_a_diffusers_folder() {
     }
     let sched = std::fs::read_to_string(out.join("scheduler/scheduler_config.json")).expect("scheduler");
     assert!(sched.contains("v_prediction"), "{sched}");
-    let unet = sd_core::weights::SafeTensorsFiles::open(&[out.join("unet/diffusion_pytorch_model.safetensors")]).expect("open");
+    let unet = sd_core::weights::SafeTensorsFiles::open(&[out.join("unet/diffusion_pytorch_model.safetensors")])
+        .expect("open");
     let e = unet.entry("conv_in.weight").expect("conv_in.weight");
     assert_eq!(e.dtype, safetensors::Dtype::F16);
 
@@ -59,7 +60,8 @@ fn bad_flags_and_bad_files_fail_cleanly() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("x");
     let input = root().join("fixtures/convert/sd1.safetensors");
-    let (code, err) = sd(&["convert", input.to_str().expect("utf8"), "-o", out.to_str().expect("utf8"), "--dtype", "f8"]);
+    let (code, err) =
+        sd(&["convert", input.to_str().expect("utf8"), "-o", out.to_str().expect("utf8"), "--dtype", "f8"]);
     assert_eq!(code, 2, "{err}");
     let bad = tmp.path().join("evil.ckpt");
     std::fs::write(&bad, b"PK\x03\x04 this is not really a zip").expect("write");
@@ -93,7 +95,12 @@ fn converts_an_sdxl_refiner_detected_or_named() {
         ]);
         assert_eq!(code, 0, "{family}: {err}");
         assert!(err.contains("sdxl-refiner"), "{family}: {err}");
-        for f in ["unet/diffusion_pytorch_model.safetensors", "vae/config.json", "text_encoder_2/model.safetensors", "tokenizer_2/vocab.json"] {
+        for f in [
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json",
+            "text_encoder_2/model.safetensors",
+            "tokenizer_2/vocab.json",
+        ] {
             assert!(out.join(f).exists(), "{family}: {f} missing");
         }
         assert!(!out.join("text_encoder").exists() && !out.join("tokenizer").exists(), "{family}");

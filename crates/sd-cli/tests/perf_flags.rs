@@ -73,7 +73,10 @@ fn upscale_enlarges_and_is_recorded() {
     assert_eq!(img.dimensions(), (96, 96), "the fixture model draws 32 px by default; × 3");
     let bytes = std::fs::read(&out).expect("read");
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("Postprocess upscale by: 3") && text.contains("Postprocess upscaler: Lanczos"), "parameters chunk");
+    assert!(
+        text.contains("Postprocess upscale by: 3") && text.contains("Postprocess upscaler: Lanczos"),
+        "parameters chunk"
+    );
     for bad in ["0", "17", "x"] {
         let (code, err) = generate(&dir.path().join("bad.png"), &["--upscale", bad]);
         assert_eq!(code, 2, "--upscale {bad}: {err}");

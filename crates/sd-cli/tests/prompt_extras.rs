@@ -74,7 +74,8 @@ fn bad_flags_and_missing_folders() {
 #[test]
 fn parameters_record_lora_ti_and_emphasis_as_a1111() {
     let hashes: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("lora_pipeline/a1111_hashes.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("lora_pipeline/a1111_hashes.json")).unwrap())
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let prompt = "a (tiny-style:1.2) circle <lora:tiny-kohya:0.8>";
     let mut cmd = generate(dir.path(), prompt);

@@ -13,7 +13,13 @@ fn sd() -> Command {
 
 fn write_dataset(dir: &Path) {
     for (i, (fg, caption)) in [([255u8, 0, 0], "a red square"), ([0, 255, 0], "a green square")].iter().enumerate() {
-        let img = RgbImage::from_fn(16, 16, |x, y| if (4..12).contains(&x) && (4..12).contains(&y) { Rgb(*fg) } else { Rgb([0, 0, 255]) });
+        let img = RgbImage::from_fn(16, 16, |x, y| {
+            if (4..12).contains(&x) && (4..12).contains(&y) {
+                Rgb(*fg)
+            } else {
+                Rgb([0, 0, 255])
+            }
+        });
         img.save(dir.join(format!("{i}.png"))).expect("png");
         std::fs::write(dir.join(format!("{i}.txt")), caption).expect("caption");
     }
@@ -38,7 +44,22 @@ fn short_run_writes_a_model() {
     assert!(out.path().join("checkpoint-2/training_state.json").is_file());
     assert!(out.path().join("unet/diffusion_pytorch_model.safetensors").is_file());
     let g = sd()
-        .args(["generate", "a red square", "--steps", "2", "-W", "16", "-H", "16", "--dtype", "f32", "--device", "cpu", "--seed", "1"])
+        .args([
+            "generate",
+            "a red square",
+            "--steps",
+            "2",
+            "-W",
+            "16",
+            "-H",
+            "16",
+            "--dtype",
+            "f32",
+            "--device",
+            "cpu",
+            "--seed",
+            "1",
+        ])
         .arg("--model")
         .arg(out.path())
         .arg("--output")
@@ -54,7 +75,14 @@ fn dataset_and_flag_errors() {
     write_dataset(data.path());
     std::fs::remove_file(data.path().join("1.txt")).expect("rm");
     let out = tempfile::tempdir().expect("tempdir");
-    let o = sd().args(["train", "--model", SD1]).arg("--dataset").arg(data.path()).arg("--output").arg(out.path()).output().expect("run");
+    let o = sd()
+        .args(["train", "--model", SD1])
+        .arg("--dataset")
+        .arg(data.path())
+        .arg("--output")
+        .arg(out.path())
+        .output()
+        .expect("run");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("1.png") && err.contains("no caption"), "{err}");

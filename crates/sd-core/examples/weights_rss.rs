@@ -82,8 +82,7 @@ fn main() -> Result<()> {
 
     let vb = VarBuilder::from_safetensors(std::slice::from_ref(&path), kind, Device::Cpu)?;
     let names: Vec<String> = (0..).map(|i| format!("blocks.{i}.weight")).take_while(|n| vb.contains(n)).collect();
-    let kept: Vec<tch::Tensor> =
-        names.iter().map(|n| vb.get(&[ROWS as i64, COLS as i64], n)).collect::<Result<_>>()?;
+    let kept: Vec<tch::Tensor> = names.iter().map(|n| vb.get(&[ROWS as i64, COLS as i64], n)).collect::<Result<_>>()?;
     vb.finish("weights_rss", &[])?;
     let held_mb: f64 = kept.iter().map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as f64 / 1e6).sum();
 

@@ -26,11 +26,7 @@ pub fn write_atomic(dest: &Path, overwrite: Overwrite, bytes: &[u8]) -> Result<(
 }
 
 /// Like [`write_atomic`] but lets the caller stream into the temp file.
-pub fn write_atomic_with(
-    dest: &Path,
-    overwrite: Overwrite,
-    fill: impl FnOnce(&mut File) -> Result<()>,
-) -> Result<()> {
+pub fn write_atomic_with(dest: &Path, overwrite: Overwrite, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
     if overwrite == Overwrite::Refuse && dest.exists() {
         bail!("{} already exists (pass --overwrite to replace it)", dest.display());
     }

@@ -119,7 +119,9 @@ impl DTypeChoice {
     /// The tch kind for this choice on `device`. `force_f16_on_cpu` is the user's explicit override.
     pub fn resolve(self, device: Device, force_f16_on_cpu: bool) -> Result<Kind> {
         match (self, device) {
-            (Self::Auto, Device::Cpu) => Ok(if CpuFeatures::detect().native_bf16() { Kind::BFloat16 } else { Kind::Float }),
+            (Self::Auto, Device::Cpu) => {
+                Ok(if CpuFeatures::detect().native_bf16() { Kind::BFloat16 } else { Kind::Float })
+            }
             (Self::Auto, Device::Cuda(_)) => Ok(Kind::Half),
             (Self::Auto, _) => Ok(Kind::Half),
             (Self::F16, Device::Cpu) if !force_f16_on_cpu => bail!(
@@ -217,7 +219,6 @@ pub fn set_compute_threads(n: usize) {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }
 
-
 /// Physical CPU cores (SMT siblings counted once), from `/proc/cpuinfo`'s (physical id, core id) pairs; falls back
 /// to the logical CPU count. LibTorch's intra-op pool is fastest with one thread per physical core.
 pub fn physical_cores() -> usize {
@@ -236,7 +237,11 @@ pub fn physical_cores() -> usize {
         }
     }
     // A process limited to fewer CPUs (taskset, cgroups) should not oversubscribe them.
-    if cores.is_empty() { logical } else { cores.len().min(logical) }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 
 /// Decode image bytes to RGB8, refusing unknown formats and absurd dimensions before allocating.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
-    let format = image::guess_format(bytes)
-        .map_err(|_| anyhow!("not a recognised image (expected PNG, JPEG or WebP)"))?;
+    let format =
+        image::guess_format(bytes).map_err(|_| anyhow!("not a recognised image (expected PNG, JPEG or WebP)"))?;
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -90,7 +90,8 @@ pub enum Range {
 /// RGB8 image → `[1, 3, H, W]` float tensor in `range`.
 pub fn rgb_to_tensor(img: &RgbImage, range: Range, kind: Kind, device: Device) -> Tensor {
     let (w, h) = (img.width() as i64, img.height() as i64);
-    let t = Tensor::from_slice(img.as_raw()).reshape([h, w, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float) / 255.0;
+    let t = Tensor::from_slice(img.as_raw()).reshape([h, w, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float)
+        / 255.0;
     let t = match range {
         Range::Unit => t,
         Range::Signed => t * 2.0 - 1.0,
@@ -125,4 +126,3 @@ pub fn tensor_to_rgb(t: &Tensor, range: Range) -> Result<RgbImage> {
     t.f_copy_data_u8(&mut buf, n)?;
     RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("image buffer size mismatch"))
 }
-

@@ -50,8 +50,10 @@ impl ModelDir {
                 root.display()
             );
         }
-        let text = std::fs::read_to_string(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?;
-        let index = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+        let text =
+            std::fs::read_to_string(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?;
+        let index =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
         Ok(Self { root: root.to_path_buf(), index })
     }
 

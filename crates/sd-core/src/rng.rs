@@ -229,7 +229,8 @@ impl TorchGenerator {
                 let bits: Vec<i16> = (0..n)
                     .map(|_| {
                         let u = self.uniform_f32();
-                        let b = if kind == Kind::Half { f16::from_f32(u).to_bits() } else { bf16::from_f32(u).to_bits() };
+                        let b =
+                            if kind == Kind::Half { f16::from_f32(u).to_bits() } else { bf16::from_f32(u).to_bits() };
                         let one = if kind == Kind::Half { f16::ONE.to_bits() } else { bf16::ONE.to_bits() };
                         (if b == one { 0 } else { b }) as i16
                     })

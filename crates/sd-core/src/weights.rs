@@ -42,19 +42,9 @@ pub enum Init {
 /// One problem found while building a model from weights.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Problem {
-    Missing {
-        name: String,
-        expected: Vec<i64>,
-    },
-    Shape {
-        name: String,
-        expected: Vec<i64>,
-        found: Vec<i64>,
-    },
-    Unsupported {
-        name: String,
-        detail: String,
-    },
+    Missing { name: String, expected: Vec<i64> },
+    Shape { name: String, expected: Vec<i64>, found: Vec<i64> },
+    Unsupported { name: String, detail: String },
 }
 
 impl fmt::Display for Problem {
@@ -63,15 +53,8 @@ impl fmt::Display for Problem {
             Problem::Missing { name, expected } => {
                 write!(f, "missing tensor `{name}` (expected shape {expected:?})")
             }
-            Problem::Shape {
-                name,
-                expected,
-                found,
-            } => {
-                write!(
-                    f,
-                    "tensor `{name}` has shape {found:?}, expected {expected:?}"
-                )
+            Problem::Shape { name, expected, found } => {
+                write!(f, "tensor `{name}` has shape {found:?}, expected {expected:?}")
             }
             Problem::Unsupported { name, detail } => write!(f, "tensor `{name}`: {detail}"),
         }
@@ -135,51 +118,29 @@ impl VarBuilder {
 
     /// Builder over safetensors files (single file, shards, or an `.index.json`).
     pub fn from_safetensors(paths: &[PathBuf], kind: Kind, device: Device) -> Result<Self> {
-        let files = if paths.len() == 1 {
-            SafeTensorsFiles::open_path(&paths[0])?
-        } else {
-            SafeTensorsFiles::open(paths)?
-        };
+        let files =
+            if paths.len() == 1 { SafeTensorsFiles::open_path(&paths[0])? } else { SafeTensorsFiles::open(paths)? };
         let origin = files.describe();
         Ok(Self::new(Source::Files(files), origin, kind, device))
     }
 
     /// Builder over tensors already in memory (a converted checkpoint, a test).
-    pub fn from_tensors(
-        tensors: HashMap<String, Tensor>,
-        origin: &str,
-        kind: Kind,
-        device: Device,
-    ) -> Self {
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, origin: &str, kind: Kind, device: Device) -> Self {
         Self::new(Source::Tensors(tensors), origin.to_string(), kind, device)
     }
 
     /// Builder with no weights behind it: every tensor comes from its [`Init`], drawn from LibTorch's global
     /// generator (call `tch::manual_seed` first for reproducible initialisation).
     pub fn from_init(kind: Kind, device: Device) -> Self {
-        Self::new(
-            Source::Init {
-                seed_offset: Mutex::new(0),
-            },
-            "(fresh initialisation)".into(),
-            kind,
-            device,
-        )
+        Self::new(Source::Init { seed_offset: Mutex::new(0) }, "(fresh initialisation)".into(), kind, device)
     }
 
     /// Register every tensor handed out as a trainable variable of `vs` (for `sd train`).
     /// Must be called before any tensor is requested.
     pub fn trainable(self, vs: Arc<nn::VarStore>) -> Result<Self> {
-        let inner = Rc::try_unwrap(self.inner).map_err(|_| {
-            anyhow!("VarBuilder::trainable must be called before the builder is shared")
-        })?;
-        Ok(Self {
-            inner: Rc::new(Inner {
-                varstore: Some(vs),
-                ..inner
-            }),
-            prefix: self.prefix,
-        })
+        let inner = Rc::try_unwrap(self.inner)
+            .map_err(|_| anyhow!("VarBuilder::trainable must be called before the builder is shared"))?;
+        Ok(Self { inner: Rc::new(Inner { varstore: Some(vs), ..inner }), prefix: self.prefix })
     }
 
     /// Convolution weights (every 4-D float tensor) in channels-last (NHWC) layout. oneDNN then runs every
@@ -187,16 +148,9 @@ impl VarBuilder {
     /// layer (PyTorch ops keep their input's layout), so the reshapes into attention tokens become free views
     /// instead of copies.
     pub fn with_channels_last(self, on: bool) -> Result<Self> {
-        let inner = Rc::try_unwrap(self.inner).map_err(|_| {
-            anyhow!("VarBuilder::with_channels_last must be called before the builder is shared")
-        })?;
-        Ok(Self {
-            inner: Rc::new(Inner {
-                channels_last: on,
-                ..inner
-            }),
-            prefix: self.prefix,
-        })
+        let inner = Rc::try_unwrap(self.inner)
+            .map_err(|_| anyhow!("VarBuilder::with_channels_last must be called before the builder is shared"))?;
+        Ok(Self { inner: Rc::new(Inner { channels_last: on, ..inner }), prefix: self.prefix })
     }
 
     pub fn kind(&self) -> Kind {
@@ -216,10 +170,7 @@ impl VarBuilder {
     pub fn pp(&self, name: impl ToString) -> Self {
         let mut prefix = self.prefix.clone();
         prefix.push(name.to_string());
-        Self {
-            inner: self.inner.clone(),
-            prefix,
-        }
+        Self { inner: self.inner.clone(), prefix }
     }
 
     /// Full dotted name of `name` under this builder's prefix.
@@ -301,19 +252,12 @@ impl VarBuilder {
             }
         };
         let Some(t) = loaded else {
-            self.problem(Problem::Missing {
-                name: full,
-                expected: shape.to_vec(),
-            });
+            self.problem(Problem::Missing { name: full, expected: shape.to_vec() });
             return Ok(placeholder());
         };
         inner.used.lock().expect("poisoned").insert(full.clone());
         if t.size() != shape {
-            self.problem(Problem::Shape {
-                name: full,
-                expected: shape.to_vec(),
-                found: t.size(),
-            });
+            self.problem(Problem::Shape { name: full, expected: shape.to_vec(), found: t.size() });
             return Ok(placeholder());
         }
         let t = match kind {
@@ -332,8 +276,7 @@ impl VarBuilder {
         for p in &self.prefix {
             path = path / p.as_str();
         }
-        path.f_var_copy(name, &t)
-            .with_context(|| format!("cannot register trainable variable `{}`", self.path(name)))
+        path.f_var_copy(name, &t).with_context(|| format!("cannot register trainable variable `{}`", self.path(name)))
     }
 
     fn problem(&self, p: Problem) {
@@ -355,10 +298,8 @@ impl VarBuilder {
             Source::Tensors(t) => t.keys().cloned().collect(),
             Source::Init { .. } => Vec::new(),
         };
-        let mut out: Vec<String> = names
-            .into_iter()
-            .filter(|n| !used.contains(n) && !ignore.iter().any(|p| pattern_matches(p, n)))
-            .collect();
+        let mut out: Vec<String> =
+            names.into_iter().filter(|n| !used.contains(n) && !ignore.iter().any(|p| pattern_matches(p, n))).collect();
         out.sort();
         out
     }
@@ -380,10 +321,7 @@ impl VarBuilder {
             msg.push_str(&format!("\n  … and {} more problems", problems.len() - MAX));
         }
         if !unused.is_empty() {
-            msg.push_str(&format!(
-                "\n  - {} tensor(s) in the file were not used by the model:",
-                unused.len()
-            ));
+            msg.push_str(&format!("\n  - {} tensor(s) in the file were not used by the model:", unused.len()));
             for u in unused.iter().take(MAX) {
                 msg.push_str(&format!("\n      {u}"));
             }
@@ -448,13 +386,11 @@ pub fn save_safetensors(
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_device(Device::Cpu).contiguous();
-        let dtype = dtype_of(t.kind())
-            .ok_or_else(|| anyhow!("cannot save tensor `{name}` of kind {:?}", t.kind()))?;
+        let dtype = dtype_of(t.kind()).ok_or_else(|| anyhow!("cannot save tensor `{name}` of kind {:?}", t.kind()))?;
         let numel = t.numel();
         let nbytes = numel * t.kind().elt_size_in_bytes();
         let mut bytes = vec![0u8; nbytes];
-        t.f_copy_data_u8(&mut bytes, numel)
-            .with_context(|| format!("cannot read tensor `{name}`"))?;
+        t.f_copy_data_u8(&mut bytes, numel).with_context(|| format!("cannot read tensor `{name}`"))?;
         let shape = t.size().iter().map(|&d| d as usize).collect();
         owned.push((name.clone(), dtype, shape, bytes));
     }
@@ -468,13 +404,10 @@ pub fn save_safetensors(
         bail!("{} already exists", path.display());
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    serialize_to_file(views, metadata, &tmp)
-        .map_err(|e| anyhow!("cannot write {}: {e:?}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    serialize_to_file(views, metadata, &tmp).map_err(|e| anyhow!("cannot write {}: {e:?}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
 }
 
 /// The safetensors dtype for a tch kind.

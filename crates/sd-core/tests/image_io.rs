@@ -8,7 +8,13 @@ use tch::{Device, Kind, Tensor};
 
 /// A deterministic test picture with smooth gradients and some hard edges.
 fn picture(w: u32, h: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, if (x / 4 + y / 4) % 2 == 0 { 30 } else { 220 }]))
+    RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 255 / w.max(1)) as u8,
+            (y * 255 / h.max(1)) as u8,
+            if (x / 4 + y / 4) % 2 == 0 { 30 } else { 220 },
+        ])
+    })
 }
 
 fn encode(img: &RgbImage, format: &str) -> Vec<u8> {
@@ -18,7 +24,9 @@ fn encode(img: &RgbImage, format: &str) -> Vec<u8> {
     match format {
         "png" => image::codecs::png::PngEncoder::new(&mut out).write_image(raw, w, h, c).unwrap(),
         "jpeg" => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95).write_image(raw, w, h, c).unwrap(),
-        "webp" => image::codecs::webp::WebPEncoder::new_lossless(Cursor::new(&mut out)).write_image(raw, w, h, c).unwrap(),
+        "webp" => {
+            image::codecs::webp::WebPEncoder::new_lossless(Cursor::new(&mut out)).write_image(raw, w, h, c).unwrap()
+        }
         _ => unreachable!(),
     }
     out
@@ -126,7 +134,10 @@ fn tensor_image_conversion_matches_diffusers_rounding() {
     assert_eq!(tensor_to_rgb(&unit, Range::Unit).unwrap(), img);
 
     // Decoder outputs anywhere in (and beyond) [-1, 1], including values whose scaled form lands near .5.
-    let xs: Vec<f32> = (0..3000).map(|i| -1.3 + i as f32 * (2.6 / 2999.0)).chain((0..256).map(|k| (k as f32 + 0.5) / 127.5 - 1.0)).collect();
+    let xs: Vec<f32> = (0..3000)
+        .map(|i| -1.3 + i as f32 * (2.6 / 2999.0))
+        .chain((0..256).map(|k| (k as f32 + 0.5) / 127.5 - 1.0))
+        .collect();
     let n = xs.len() as i64;
     let t = Tensor::from_slice(&xs).reshape([1, 1, 1, n]).repeat([1, 3, 1, 1]);
     let out = tensor_to_rgb(&t, Range::Signed).unwrap();
@@ -137,9 +148,11 @@ fn tensor_image_conversion_matches_diffusers_rounding() {
     let out16 = tensor_to_rgb(&t.to_kind(Kind::BFloat16), Range::Signed).unwrap();
     assert_eq!(out16.dimensions(), out.dimensions());
 
-    let err = tensor_to_rgb(&Tensor::zeros([2, 3, 4, 4], (Kind::Float, Device::Cpu)), Range::Signed).unwrap_err().to_string();
+    let err =
+        tensor_to_rgb(&Tensor::zeros([2, 3, 4, 4], (Kind::Float, Device::Cpu)), Range::Signed).unwrap_err().to_string();
     assert!(err.contains("batch of 2"), "{err}");
-    let err = tensor_to_rgb(&Tensor::zeros([4, 4, 4], (Kind::Float, Device::Cpu)), Range::Signed).unwrap_err().to_string();
+    let err =
+        tensor_to_rgb(&Tensor::zeros([4, 4, 4], (Kind::Float, Device::Cpu)), Range::Signed).unwrap_err().to_string();
     assert!(err.contains("[3, H, W]") && err.contains("[4, 4, 4]"), "{err}");
 }
 
@@ -161,7 +174,9 @@ fn atomic_save_refuses_to_overwrite() {
     assert_eq!(load_rgb(&path).unwrap(), a, "refused save left the old file alone");
     save(&path, &b, Overwrite::Allow).unwrap();
     assert_eq!(load_rgb(&path).unwrap(), b);
-    let names: Vec<String> =
-        std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, vec!["image.png"], "no temp files left behind");
 }

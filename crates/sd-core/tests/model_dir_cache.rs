@@ -7,7 +7,11 @@ use std::path::Path;
 fn snapshot(cache: &Path, repo: &str, rev: &str, class: &str) {
     let snap = cache.join(format!("models--{}", repo.replace('/', "--"))).join("snapshots").join(rev);
     std::fs::create_dir_all(snap.join("unet")).unwrap();
-    std::fs::write(snap.join("model_index.json"), format!(r#"{{"_class_name": "{class}", "unet": ["diffusers", "UNet2DConditionModel"]}}"#)).unwrap();
+    std::fs::write(
+        snap.join("model_index.json"),
+        format!(r#"{{"_class_name": "{class}", "unet": ["diffusers", "UNet2DConditionModel"]}}"#),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -79,7 +79,11 @@ fn check_kernel(file: &str, kernel: NormalKernel) {
                     let off = s["offset"].as_u64().unwrap() as usize * width;
                     let theirs = expected(s["key"].as_str().unwrap());
                     let mine = &ours[off..off + theirs.len()];
-                    assert!(mine == theirs.as_slice(), "{what} slice at {off}: {}", first_difference(mine, &theirs, width));
+                    assert!(
+                        mine == theirs.as_slice(),
+                        "{what} slice at {off}: {}",
+                        first_difference(mine, &theirs, width)
+                    );
                 }
                 let digest = hex(&Sha256::digest(&ours));
                 assert_eq!(digest, op["sha256"].as_str().unwrap(), "{what}: sha256 of all values");

@@ -6,7 +6,8 @@ use sd_core::weights::{SafeTensorsFiles, VarBuilder};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-const UNET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/sd1/unet/diffusion_pytorch_model.safetensors");
+const UNET: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/sd1/unet/diffusion_pytorch_model.safetensors");
 
 /// A safetensors file from raw parts: (name, dtype string, shape, data offsets) and the data section.
 fn raw_file(dir: &Path, file: &str, tensors: &[(&str, &str, &[usize], [usize; 2])], data: &[u8]) -> PathBuf {
@@ -78,7 +79,12 @@ fn header_lying_about_offsets_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = f32_bytes(&[0.0; 10]);
     // `b` overlaps `a`.
-    let overlap = raw_file(dir.path(), "overlap.safetensors", &[("a", "F32", &[2, 3], [0, 24]), ("b", "F32", &[4], [8, 24])], &data);
+    let overlap = raw_file(
+        dir.path(),
+        "overlap.safetensors",
+        &[("a", "F32", &[2, 3], [0, 24]), ("b", "F32", &[4], [8, 24])],
+        &data,
+    );
     has_all(&open_err(&overlap), &["overlap.safetensors", "`b`"]);
     // Shape says 6 floats but the byte range holds 4.
     let short = raw_file(dir.path(), "short.safetensors", &[("a", "F32", &[2, 3], [0, 16])], &data[..16]);
@@ -192,7 +198,8 @@ fn write_index(dir: &Path, name: &str, map: &[(&str, &str)]) -> PathBuf {
     let weight_map: serde_json::Map<String, serde_json::Value> =
         map.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
     let path = dir.join(name);
-    std::fs::write(&path, serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map}).to_string()).unwrap();
+    std::fs::write(&path, serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map}).to_string())
+        .unwrap();
     path
 }
 
@@ -200,12 +207,25 @@ fn write_index(dir: &Path, name: &str, map: &[(&str, &str)]) -> PathBuf {
 fn sharded_index_loads_all_shards() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    raw_file(d, "diffusion_pytorch_model-00001-of-00002.safetensors", &[("x.weight", "F32", &[2], [0, 8])], &f32_bytes(&[1.0, 2.0]));
-    raw_file(d, "diffusion_pytorch_model-00002-of-00002.safetensors", &[("y.weight", "F16", &[1], [0, 2])], &[0x00, 0x3c]);
+    raw_file(
+        d,
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        &[("x.weight", "F32", &[2], [0, 8])],
+        &f32_bytes(&[1.0, 2.0]),
+    );
+    raw_file(
+        d,
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+        &[("y.weight", "F16", &[1], [0, 2])],
+        &[0x00, 0x3c],
+    );
     let index = write_index(
         d,
         "diffusion_pytorch_model.safetensors.index.json",
-        &[("x.weight", "diffusion_pytorch_model-00001-of-00002.safetensors"), ("y.weight", "diffusion_pytorch_model-00002-of-00002.safetensors")],
+        &[
+            ("x.weight", "diffusion_pytorch_model-00001-of-00002.safetensors"),
+            ("y.weight", "diffusion_pytorch_model-00002-of-00002.safetensors"),
+        ],
     );
     assert_eq!(find_weights(d, None).unwrap(), index);
     let vb = VarBuilder::from_safetensors(std::slice::from_ref(&index), Kind::Float, Device::Cpu).unwrap();
@@ -224,7 +244,11 @@ fn sharded_index_loads_all_shards() {
     has_all(&open_err(&empty), &["weight_map"]);
     // The same tensor in two shards.
     raw_file(d, "dup.safetensors", &[("x.weight", "F32", &[2], [0, 8])], &f32_bytes(&[3.0, 4.0]));
-    let dup = write_index(d, "dup.safetensors.index.json", &[("x.weight", "dup.safetensors"), ("y", "diffusion_pytorch_model-00001-of-00002.safetensors")]);
+    let dup = write_index(
+        d,
+        "dup.safetensors.index.json",
+        &[("x.weight", "dup.safetensors"), ("y", "diffusion_pytorch_model-00001-of-00002.safetensors")],
+    );
     has_all(&open_err(&dup), &["`x.weight` appears in both", "dup.safetensors"]);
 }
 

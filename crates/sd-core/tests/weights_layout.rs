@@ -17,9 +17,22 @@ const SHAPES: [[i64; 4]; 5] = [[5, 7, 3, 3], [4, 6, 1, 1], [3, 1, 3, 3], [2, 3, 
 fn values(shape: [i64; 4], seed: i64) -> Tensor {
     tch::manual_seed(seed);
     let n: i64 = shape.iter().product();
-    let t = Tensor::randn([n], (Kind::Float, Device::Cpu)) * Tensor::randn([n], (Kind::Float, Device::Cpu)).exp2() * 4.0;
-    let special = [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e-39, 1e6, -7e4,
-        f32::from_bits(0x3F80_8000), f32::from_bits(0x3F81_8000), f32::from_bits(0xC0AA_8000)];
+    let t =
+        Tensor::randn([n], (Kind::Float, Device::Cpu)) * Tensor::randn([n], (Kind::Float, Device::Cpu)).exp2() * 4.0;
+    let special = [
+        0.0f32,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-40,
+        -3e-39,
+        1e6,
+        -7e4,
+        f32::from_bits(0x3F80_8000),
+        f32::from_bits(0x3F81_8000),
+        f32::from_bits(0xC0AA_8000),
+    ];
     let k = special.len().min(n as usize) as i64;
     t.narrow(0, 0, k).copy_(&Tensor::from_slice(&special[..k as usize]));
     t.reshape(shape)
@@ -48,7 +61,10 @@ fn assert_layout(t: &Tensor, shape: [i64; 4], what: &str) {
 }
 
 fn load(path: &Path, kind: Kind, shape: [i64; 4]) -> Tensor {
-    let vb = VarBuilder::from_safetensors(&[path.to_path_buf()], kind, Device::Cpu).unwrap().with_channels_last(true).unwrap();
+    let vb = VarBuilder::from_safetensors(&[path.to_path_buf()], kind, Device::Cpu)
+        .unwrap()
+        .with_channels_last(true)
+        .unwrap();
     let t = vb.get(&shape, "w").unwrap();
     vb.finish("test weights", &[]).unwrap();
     t
@@ -111,7 +127,10 @@ fn unaligned_f32_weights_load_the_same() {
         bytes.extend(data.iter().flat_map(|x| x.to_le_bytes()));
         let path = dir.path().join(format!("unaligned-{pad}.safetensors"));
         std::fs::write(&path, bytes).unwrap();
-        let vb = VarBuilder::from_safetensors(&[path], Kind::BFloat16, Device::Cpu).unwrap().with_channels_last(true).unwrap();
+        let vb = VarBuilder::from_safetensors(&[path], Kind::BFloat16, Device::Cpu)
+            .unwrap()
+            .with_channels_last(true)
+            .unwrap();
         let got = vb.get(&shape, "w").unwrap();
         let what = format!("unaligned by {pad}");
         assert_bit_equal(&got, &src.to_kind(Kind::BFloat16), &what);

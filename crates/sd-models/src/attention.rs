@@ -108,7 +108,14 @@ impl std::str::FromStr for AttentionMode {
 /// softmax(q·kᵀ·scale)·v for q `[B, H, Lq, D]`, k and v `[B, H, Lk, D]` (v may have another last dimension);
 /// returns `[B, H, Lq, Dv]`. `scale` defaults to 1/√D. With `upcast`, the computation runs in f32 and the result is
 /// cast back (diffusers' `upcast_attention`, needed by SD2.1 in f16).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>, upcast: bool, mode: AttentionMode) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: Option<f64>,
+    upcast: bool,
+    mode: AttentionMode,
+) -> Result<Tensor> {
     let (qs, ks) = (q.size(), k.size());
     if qs.len() != 4 || ks.len() != 4 || v.dim() != 4 {
         bail!("attention expects [batch, heads, tokens, head_dim] tensors, got q {qs:?}, k {ks:?}, v {:?}", v.size());
@@ -137,7 +144,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>, upcast:
             let mut start = 0;
             while start < b * h {
                 let len = size.min(b * h - start);
-                parts.push(math(&qf.narrow(0, start, len), &kf.narrow(0, start, len), &vf.narrow(0, start, len), scale)?);
+                parts.push(math(
+                    &qf.narrow(0, start, len),
+                    &kf.narrow(0, start, len),
+                    &vf.narrow(0, start, len),
+                    scale,
+                )?);
                 start += len;
             }
             let out = Tensor::f_cat(&parts, 0)?;

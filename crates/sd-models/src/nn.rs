@@ -47,14 +47,18 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(vb: &VarBuilder, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64, bias: bool) -> Result<Self> {
+    pub fn new(
+        vb: &VarBuilder,
+        in_ch: i64,
+        out_ch: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+        bias: bool,
+    ) -> Result<Self> {
         let fan_in = in_ch * kernel * kernel;
         // Channels-last when the builder says so (it lays the weight out while converting it).
-        let weight = vb.get_with_init(
-            &[out_ch, in_ch, kernel, kernel],
-            "weight",
-            Init::KaimingUniform { fan_in },
-        )?;
+        let weight = vb.get_with_init(&[out_ch, in_ch, kernel, kernel], "weight", Init::KaimingUniform { fan_in })?;
         let bias = if bias {
             Some(vb.get_with_init(&[out_ch], "bias", Init::Uniform { bound: 1.0 / (fan_in as f64).sqrt() })?)
         } else {
@@ -155,7 +159,9 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_tanh" => Self::GeluTanh,
             "quick_gelu" => Self::QuickGelu,
             "relu" => Self::Relu,
-            other => anyhow::bail!("unsupported activation `{other}` (supported: silu, gelu, gelu_pytorch_tanh, quick_gelu, relu)"),
+            other => anyhow::bail!(
+                "unsupported activation `{other}` (supported: silu, gelu, gelu_pytorch_tanh, quick_gelu, relu)"
+            ),
         })
     }
 

@@ -48,14 +48,19 @@ impl SafetyChecker {
         }
         let fe = model_root.join("feature_extractor").join("preprocessor_config.json");
         if !fe.is_file() {
-            bail!("{} has a safety_checker/ but no {} (the checker needs its image preprocessing)", model_root.display(), fe.display());
+            bail!(
+                "{} has a safety_checker/ but no {} (the checker needs its image preprocessing)",
+                model_root.display(),
+                fe.display()
+            );
         }
         let processor = ClipImageProcessor::from_file(&fe)?;
         let config_path = dir.join("config.json");
         let cfg: ClipConfig = read_config(&config_path)?;
         let weights = sd_core::model_dir::find_weights(&dir, None)?;
         let vb = VarBuilder::from_safetensors(&[weights], kind, device)?;
-        let checker = Self::from_varbuilder(&vb, &cfg, processor).with_context(|| format!("invalid safety checker config {}", config_path.display()))?;
+        let checker = Self::from_varbuilder(&vb, &cfg, processor)
+            .with_context(|| format!("invalid safety checker config {}", config_path.display()))?;
         vb.finish("safety checker", &[])?;
         Ok(Some(checker))
     }
@@ -114,7 +119,8 @@ impl SafetyChecker {
                 adjustment = SPECIAL_CARE_ADJUSTMENT;
             }
         }
-        let concept_scores: Vec<f32> = cos.iter().zip(&self.concept_thresholds).map(|(c, t)| c - t + adjustment).collect();
+        let concept_scores: Vec<f32> =
+            cos.iter().zip(&self.concept_thresholds).map(|(c, t)| c - t + adjustment).collect();
         let flagged = concept_scores.iter().any(|&s| round3(s) > 0.0);
         SafetyVerdict { flagged, concept_scores, special_scores }
     }

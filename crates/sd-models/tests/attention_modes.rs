@@ -88,7 +88,10 @@ fn auto_resolves_to_a_concrete_mode() {
     for (lq, d) in [(4096, 40), (1024, 80), (256, 160), (64, 160)] {
         for lk in [lq, 77] {
             for kind in [Kind::Float, Kind::BFloat16] {
-                assert_ne!(AttentionMode::Auto.resolve(&[2, 8, lq, d], lk, kind, tch::Device::Cpu), AttentionMode::Auto);
+                assert_ne!(
+                    AttentionMode::Auto.resolve(&[2, 8, lq, d], lk, kind, tch::Device::Cpu),
+                    AttentionMode::Auto
+                );
             }
         }
     }
@@ -102,7 +105,10 @@ fn auto_resolves_to_a_concrete_mode() {
     assert_eq!(cpu(1024, 1024, Kind::BFloat16), mid);
     assert_eq!(cpu(256, 256, Kind::BFloat16), AttentionMode::Matmul(1024));
     assert_eq!(cpu(1024, 1024, Kind::Float), AttentionMode::Sdpa);
-    assert_eq!(AttentionMode::Auto.resolve(&[2, 8, 1024, 40], 1024, Kind::BFloat16, tch::Device::Cuda(0)), AttentionMode::Sdpa);
+    assert_eq!(
+        AttentionMode::Auto.resolve(&[2, 8, 1024, 40], 1024, Kind::BFloat16, tch::Device::Cuda(0)),
+        AttentionMode::Sdpa
+    );
 }
 
 fn avx512_bf16() -> bool {
@@ -177,5 +183,8 @@ fn fused_falls_back_when_grad_is_required() {
     assert!(out.requires_grad() && auto.requires_grad());
     out.to_kind(Kind::Float).sum(Kind::Float).backward();
     let g = q.grad();
-    assert!(g.defined() && g.to_kind(Kind::Float).abs().sum(Kind::Float).double_value(&[]) > 0.0, "no gradient reached q");
+    assert!(
+        g.defined() && g.to_kind(Kind::Float).abs().sum(Kind::Float).double_value(&[]) > 0.0,
+        "no gradient reached q"
+    );
 }

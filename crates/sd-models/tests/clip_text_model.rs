@@ -32,10 +32,18 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
 fn check(model: &ClipTextModel, refs: &SafeTensorsFiles, prefix: &str) {
     let ids = refs.load(&format!("{prefix}.ids")).unwrap();
     let out = model.forward(&ids).unwrap();
-    assert_close(&format!("{prefix} last_hidden_state"), &out.last_hidden_state, &refs.load(&format!("{prefix}.last_hidden_state")).unwrap());
+    assert_close(
+        &format!("{prefix} last_hidden_state"),
+        &out.last_hidden_state,
+        &refs.load(&format!("{prefix}.last_hidden_state")).unwrap(),
+    );
     assert_eq!(out.hidden_states.len() as i64, model.config().num_hidden_layers + 1);
     for (i, h) in out.hidden_states.iter().enumerate() {
-        assert_close(&format!("{prefix} hidden_states[{i}]"), h, &refs.load(&format!("{prefix}.hidden_states.{i}")).unwrap());
+        assert_close(
+            &format!("{prefix} hidden_states[{i}]"),
+            h,
+            &refs.load(&format!("{prefix}.hidden_states.{i}")).unwrap(),
+        );
     }
     assert_close(&format!("{prefix} pooled"), &out.pooled, &refs.load(&format!("{prefix}.pooled")).unwrap());
     match refs.entry(&format!("{prefix}.text_embeds")) {
@@ -98,7 +106,8 @@ fn edited_copy(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
     let src = fixtures().join("models/sd1/text_encoder");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     edit(&mut cfg);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     dir

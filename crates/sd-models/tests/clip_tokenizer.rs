@@ -61,7 +61,8 @@ fn full_vocab_pad_endoftext_matches_transformers() {
         let mut ids = vec![tok.bos()];
         ids.extend(tok.encode_raw(p).unwrap());
         ids.push(tok.eos());
-        let want: Vec<String> = r["full_tokens"][i].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect();
+        let want: Vec<String> =
+            r["full_tokens"][i].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect();
         assert_eq!(tok.tokens(&ids), want, "tokens of prompt {i} {p:?}");
     }
 }
@@ -92,7 +93,8 @@ fn legacy_hub_folder_takes_pad_from_special_tokens_map() {
     let r = reference();
     let dir = tempfile::tempdir().unwrap();
     let bpe = vocab::from_openai_bpe(&bpe_file()).unwrap();
-    let vocab_map: serde_json::Map<String, Value> = bpe.vocab.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect();
+    let vocab_map: serde_json::Map<String, Value> =
+        bpe.vocab.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect();
     std::fs::write(dir.path().join("vocab.json"), serde_json::to_string(&vocab_map).unwrap()).unwrap();
     let mut merges = String::from("#version: 0.2\n");
     for (a, b) in &bpe.merges {

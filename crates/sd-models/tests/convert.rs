@@ -113,7 +113,10 @@ fn sd2_open_clip_matches_diffusers() {
         assert_eq!(c.family, Family::Sd2, "{name}");
         compare(&c, &expected("sd2"), name);
         // the 4th OpenCLIP layer (past num_hidden_layers = 3) and the projection are left out, with reasons
-        assert!(c.ignored.iter().any(|(k, _)| k == "cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight"));
+        assert!(c
+            .ignored
+            .iter()
+            .any(|(k, _)| k == "cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight"));
         assert!(c.ignored.iter().any(|(k, _)| k == "cond_stage_model.model.text_projection"));
         assert!(c.ignored.iter().any(|(k, _)| k == "cond_stage_model.model.logit_scale"));
     }
@@ -138,7 +141,11 @@ fn sdxl_refiner_matches_diffusers() {
     assert!(!exp.contains_key("text_encoder"));
     let explicit = ConvertOptions { family: Some(Family::SdxlRefiner), ..opts("sdxl-refiner") };
     // The canonical refiner config has layers_per_block 2 like the tiny one, so names come out the same without it.
-    let cases = [("auto", opts("sdxl-refiner")), ("--family sdxl-refiner", explicit), ("canonical configs", ConvertOptions::default())];
+    let cases = [
+        ("auto", opts("sdxl-refiner")),
+        ("--family sdxl-refiner", explicit),
+        ("canonical configs", ConvertOptions::default()),
+    ];
     for (what, o) in cases {
         let c = convert_file("sdxl-refiner.safetensors", &o);
         assert_eq!(c.family, Family::SdxlRefiner, "{what}");
@@ -155,7 +162,8 @@ fn sdxl_refiner_matches_diffusers() {
 fn sdxl_refiner_written_folder_is_what_diffusers_writes() {
     let tiny = fixtures().join("models").join("sdxl-refiner");
     let read = |p: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .expect("json")
     };
     let vocab = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.sd-data/bpe_simple_vocab_16e6.txt.gz"));
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -172,12 +180,18 @@ fn sdxl_refiner_written_folder_is_what_diffusers_writes() {
             pipeline: true,
         };
         convert::writer::write_folder(&plan, &[src.as_ref()], &out, &wopts, |_, _, _| {}).expect("write");
-        assert_eq!(read(&out.join("model_index.json")), read(&tiny.join("model_index.json")), "{what}: model_index.json");
+        assert_eq!(
+            read(&out.join("model_index.json")),
+            read(&tiny.join("model_index.json")),
+            "{what}: model_index.json"
+        );
         assert!(!out.join("text_encoder").exists() && !out.join("tokenizer").exists(), "{what}");
         let tok = read(&out.join("tokenizer_2/tokenizer_config.json"));
         assert_eq!(tok["pad_token"], "!", "{what}");
         if what == "config dir" {
-            for f in ["unet/config.json", "vae/config.json", "text_encoder_2/config.json", "scheduler/scheduler_config.json"] {
+            for f in
+                ["unet/config.json", "vae/config.json", "text_encoder_2/config.json", "scheduler/scheduler_config.json"]
+            {
                 assert_eq!(read(&out.join(f)), read(&tiny.join(f)), "{what}: {f}");
             }
         }
@@ -291,11 +305,17 @@ fn written_folder_loads_back_under_the_same_names() {
     })
     .expect("write");
     assert_eq!(seen, plan.items.len());
-    for f in ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer.json", "tokenizer_2/tokenizer_config.json"] {
+    for f in [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer_2/tokenizer_config.json",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let read = |p: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .expect("json")
     };
     let tiny_index = fixtures().join("models/sdxl/model_index.json");
     assert_eq!(read(&out.join("model_index.json")), read(&tiny_index), "model_index.json as diffusers writes it");

@@ -41,7 +41,13 @@ fn convert_fails(input: &Path) -> String {
     let result = (|| -> anyhow::Result<()> {
         let src = convert::open(input)?;
         let plan = convert::plan_checkpoint(src.as_ref(), None, &ConvertOptions::default())?;
-        let w = convert::writer::WriteOptions { dtype: None, overwrite: false, config_dir: None, vocab: None, pipeline: true };
+        let w = convert::writer::WriteOptions {
+            dtype: None,
+            overwrite: false,
+            config_dir: None,
+            vocab: None,
+            pipeline: true,
+        };
         convert::writer::write_folder(&plan, &[src.as_ref()], &out, &w, |_, _, _| {})
     })();
     let err = format!("{:#}", result.err().unwrap_or_else(|| panic!("{} was accepted", input.display())));
@@ -55,7 +61,9 @@ fn code_execution_globals_are_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let canary = dir.path().join("pwned");
     let cmd = format!("touch {}", canary.display());
-    for (module, name) in [("os", "system"), ("posix", "system"), ("builtins", "eval"), ("subprocess", "Popen"), ("builtins", "exec")] {
+    for (module, name) in
+        [("os", "system"), ("posix", "system"), ("builtins", "eval"), ("subprocess", "Popen"), ("builtins", "exec")]
+    {
         let p = zip_ckpt(dir.path(), &format!("{module}_{name}.ckpt"), &reduce_call(module, name, &cmd), &[]);
         let err = convert_fails(&p);
         assert!(err.contains(&format!("{module}.{name}")), "error must name the global: {err}");
@@ -120,7 +128,9 @@ fn tensor_views_outside_their_storage_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     // {"w": _rebuild_tensor_v2(FloatStorage(key "0", numel 2), offset 0, size (4,), stride (1,), False, OrderedDict())}
     let mut p = b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage".to_vec();
-    p.extend_from_slice(b"ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQK\x00K\x04\x85K\x01\x85\x89");
+    p.extend_from_slice(
+        b"ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQK\x00K\x04\x85K\x01\x85\x89",
+    );
     p.extend_from_slice(b"ccollections\nOrderedDict\n)RtRu.");
     let path = zip_ckpt(dir.path(), "oob.ckpt", &p, &[("0", vec![0u8; 8])]);
     let src = convert::open(&path).expect("the table itself is well-formed");

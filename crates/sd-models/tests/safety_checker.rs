@@ -57,7 +57,8 @@ fn check_against_diffusers(root: &Path) {
 #[test]
 fn preprocessing_matches_clip_image_processor() {
     let refs = expected();
-    let p = ClipImageProcessor::from_file(&fixtures().join("clip/safety/feature_extractor/preprocessor_config.json")).unwrap();
+    let p = ClipImageProcessor::from_file(&fixtures().join("clip/safety/feature_extractor/preprocessor_config.json"))
+        .unwrap();
     let pixels = p.preprocess(&refs.load("images").unwrap()).unwrap();
     let d = max_diff(&pixels, &refs.load("pixel_values").unwrap());
     assert!(d <= 1e-5, "pixel_values: max abs error {d:e}");
@@ -76,7 +77,11 @@ fn safety_checker_transformers4_layout() {
     let sc = root.path().join("safety_checker");
     std::fs::create_dir_all(&sc).unwrap();
     std::fs::create_dir_all(root.path().join("feature_extractor")).unwrap();
-    std::fs::copy(src.join("feature_extractor/preprocessor_config.json"), root.path().join("feature_extractor/preprocessor_config.json")).unwrap();
+    std::fs::copy(
+        src.join("feature_extractor/preprocessor_config.json"),
+        root.path().join("feature_extractor/preprocessor_config.json"),
+    )
+    .unwrap();
     std::fs::copy(src.join("safety_checker/config.json"), sc.join("config.json")).unwrap();
     let files = SafeTensorsFiles::open_path(&src.join("safety_checker/model.safetensors")).unwrap();
     let mut renamed: Vec<(String, Tensor)> = files
@@ -89,7 +94,10 @@ fn safety_checker_transformers4_layout() {
             (new, files.load(n).unwrap())
         })
         .collect();
-    renamed.push(("vision_model.vision_model.embeddings.position_ids".into(), Tensor::arange(17, (Kind::Int64, Device::Cpu)).view([1, 17])));
+    renamed.push((
+        "vision_model.vision_model.embeddings.position_ids".into(),
+        Tensor::arange(17, (Kind::Int64, Device::Cpu)).view([1, 17]),
+    ));
     save_safetensors(&renamed, &sc.join("model.safetensors"), None, Overwrite::Refuse).unwrap();
     check_against_diffusers(root.path());
 }

@@ -26,7 +26,8 @@ impl Case {
 
 fn cases() -> Vec<Case> {
     let index = Path::new(FIXTURES).join("unet/cases.json");
-    let text = std::fs::read_to_string(&index).unwrap_or_else(|e| panic!("{}: {e} (run scripts/fixtures/gen_30_unet.py)", index.display()));
+    let text = std::fs::read_to_string(&index)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fixtures/gen_30_unet.py)", index.display()));
     let json: serde_json::Value = serde_json::from_str(&text).expect("cases.json");
     json["cases"]
         .as_array()
@@ -35,7 +36,8 @@ fn cases() -> Vec<Case> {
         .map(|c| Case {
             name: c["name"].as_str().expect("name").to_string(),
             model: Path::new(FIXTURES).join(c["model"].as_str().expect("model")),
-            tensors: SafeTensorsFiles::open(&[Path::new(FIXTURES).join(c["tensors"].as_str().expect("tensors"))]).expect("open case"),
+            tensors: SafeTensorsFiles::open(&[Path::new(FIXTURES).join(c["tensors"].as_str().expect("tensors"))])
+                .expect("open case"),
         })
         .collect()
 }
@@ -44,9 +46,15 @@ fn run(unet: &UNet2DConditionModel, case: &Case, kind: Kind) -> Tensor {
     let to = |t: Tensor| t.to_kind(kind);
     let added = case.get("text_embeds").map(|te| AddedCond { text_embeds: to(te), time_ids: case.must("time_ids") });
     let cond = case.get("timestep_cond").map(to);
-    unet.forward(&to(case.must("sample")), &case.must("timestep"), &to(case.must("encoder_hidden_states")), added.as_ref(), cond.as_ref())
-        .unwrap_or_else(|e| panic!("{}: forward failed: {e:#}", case.name))
-        .to_kind(Kind::Float)
+    unet.forward(
+        &to(case.must("sample")),
+        &case.must("timestep"),
+        &to(case.must("encoder_hidden_states")),
+        added.as_ref(),
+        cond.as_ref(),
+    )
+    .unwrap_or_else(|e| panic!("{}: forward failed: {e:#}", case.name))
+    .to_kind(Kind::Float)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
@@ -59,7 +67,8 @@ fn f32_matches_diffusers_for_every_case() {
     let all = cases();
     assert!(all.len() >= 12, "expected at least 12 cases, found {}", all.len());
     for case in &all {
-        let unet = UNet2DConditionModel::load(&case.model, Kind::Float, Device::Cpu).unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+        let unet = UNet2DConditionModel::load(&case.model, Kind::Float, Device::Cpu)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
         let expected = case.must("out");
         let got = run(&unet, case, Kind::Float);
         let err = max_abs(&got, &expected);
@@ -101,31 +110,17 @@ fn sliced_attention_modes_equal_sdpa() {
 #[test]
 fn channels_last_matches_diffusers_too() {
     // Same weights in NHWC layout: oneDNN picks other kernels, so rounding may differ; same bound as the f32 parity.
-    for case in cases().iter().filter(|c| {
-        [
-            "sd1_vec",
-            "sd1_odd",
-            "sdxl_vec",
-            "sd1-inpaint_vec",
-            "deep3_odd",
-        ]
-        .contains(&c.name.as_str())
-    }) {
-        let unet = UNet2DConditionModel::load_with(&case.model, Kind::Float, Device::Cpu, true)
-            .expect("load channels-last");
+    for case in cases()
+        .iter()
+        .filter(|c| ["sd1_vec", "sd1_odd", "sdxl_vec", "sd1-inpaint_vec", "deep3_odd"].contains(&c.name.as_str()))
+    {
+        let unet =
+            UNet2DConditionModel::load_with(&case.model, Kind::Float, Device::Cpu, true).expect("load channels-last");
         let got = run(&unet, case, Kind::Float);
-        assert!(
-            got.is_contiguous(),
-            "{}: output must come back in the usual layout",
-            case.name
-        );
+        assert!(got.is_contiguous(), "{}: output must come back in the usual layout", case.name);
         let err = max_abs(&got, &case.must("out"));
         println!("{:16} channels-last max abs err {err:.2e}", case.name);
-        assert!(
-            err <= 1e-4,
-            "{}: channels-last max abs error {err} > 1e-4",
-            case.name
-        );
+        assert!(err <= 1e-4, "{}: channels-last max abs error {err} > 1e-4", case.name);
     }
 }
 
@@ -184,7 +179,8 @@ fn unknown_block_type_names_the_field() {
 #[test]
 fn sd1_weights_with_sdxl_config_lists_tensors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(Path::new(FIXTURES).join("models/sdxl/unet/config.json"), dir.path().join("config.json")).expect("copy");
+    std::fs::copy(Path::new(FIXTURES).join("models/sdxl/unet/config.json"), dir.path().join("config.json"))
+        .expect("copy");
     std::fs::copy(
         Path::new(FIXTURES).join("models/sd1/unet/diffusion_pytorch_model.safetensors"),
         dir.path().join("diffusion_pytorch_model.safetensors"),
@@ -198,7 +194,8 @@ fn sd1_weights_with_sdxl_config_lists_tensors() {
     assert!(err.starts_with("cannot load UNet2DConditionModel from"), "{err}");
 
     // The other way round, SDXL's extra tensors are reported as unused.
-    std::fs::copy(Path::new(FIXTURES).join("models/sd1/unet/config.json"), dir.path().join("config.json")).expect("copy");
+    std::fs::copy(Path::new(FIXTURES).join("models/sd1/unet/config.json"), dir.path().join("config.json"))
+        .expect("copy");
     std::fs::copy(
         Path::new(FIXTURES).join("models/sdxl/unet/diffusion_pytorch_model.safetensors"),
         dir.path().join("diffusion_pytorch_model.safetensors"),
@@ -217,7 +214,10 @@ fn from_init_builds_and_runs_a_fresh_model() {
     vb.finish("fresh UNet", &[]).expect("no problems");
     let x = Tensor::randn([1, 4, 8, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let ctx = Tensor::randn([1, 5, 32], (Kind::Float, Device::Cpu));
-    let added = AddedCond { text_embeds: Tensor::randn([1, 16], (Kind::Float, Device::Cpu)), time_ids: Tensor::ones([1, 6], (Kind::Float, Device::Cpu)) };
+    let added = AddedCond {
+        text_embeds: Tensor::randn([1, 16], (Kind::Float, Device::Cpu)),
+        time_ids: Tensor::ones([1, 6], (Kind::Float, Device::Cpu)),
+    };
     let out = unet.forward(&x, &Tensor::from(10.0f32), &ctx, Some(&added), None).expect("forward");
     assert_eq!(out.size(), vec![1, 4, 8, 8]);
     // Differentiable end to end (training backpropagates through forward).
@@ -230,7 +230,11 @@ fn from_init_builds_and_runs_a_fresh_model() {
     let bad_ctx = Tensor::randn([1, 5, 16], (Kind::Float, Device::Cpu));
     let err = unet.forward(&x, &Tensor::from(10.0f32), &bad_ctx, Some(&added), None).expect_err("bad ctx").to_string();
     assert!(err.contains("encoder_hidden_states") && err.contains("32"), "{err}");
-    let bad_added = AddedCond { text_embeds: Tensor::randn([1, 20], (Kind::Float, Device::Cpu)), time_ids: Tensor::ones([1, 6], (Kind::Float, Device::Cpu)) };
-    let err = unet.forward(&x, &Tensor::from(10.0f32), &ctx, Some(&bad_added), None).expect_err("bad added").to_string();
+    let bad_added = AddedCond {
+        text_embeds: Tensor::randn([1, 20], (Kind::Float, Device::Cpu)),
+        time_ids: Tensor::ones([1, 6], (Kind::Float, Device::Cpu)),
+    };
+    let err =
+        unet.forward(&x, &Tensor::from(10.0f32), &ctx, Some(&bad_added), None).expect_err("bad added").to_string();
     assert!(err.contains("text_embeds [1, 16]"), "{err}");
 }

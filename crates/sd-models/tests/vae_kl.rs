@@ -123,7 +123,8 @@ fn weights_from_another_model_are_rejected_naming_tensors() {
 
     // Right family, wrong config: shapes are reported per tensor.
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("models/sd1/vae/config.json")).expect("read")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("models/sd1/vae/config.json")).expect("read"))
+            .expect("json");
     cfg["block_out_channels"] = serde_json::json!([8, 32]);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).expect("write");
     std::fs::copy(
@@ -132,14 +133,18 @@ fn weights_from_another_model_are_rejected_naming_tensors() {
     )
     .expect("copy weights");
     let err = AutoencoderKL::load(dir.path(), Kind::Float, Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("tensor `encoder.mid_block.attentions.0.to_q.weight` has shape [16, 16], expected [32, 32]"), "{err}");
+    assert!(
+        err.contains("tensor `encoder.mid_block.attentions.0.to_q.weight` has shape [16, 16], expected [32, 32]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unsupported_config_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("models/sd1/vae/config.json")).expect("read")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("models/sd1/vae/config.json")).expect("read"))
+            .expect("json");
     cfg["up_block_types"] = serde_json::json!(["UpDecoderBlock2D", "AttnUpDecoderBlock2D"]);
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).expect("write");
     let err = format!("{:#}", AutoencoderKL::load(dir.path(), Kind::Float, Device::Cpu).unwrap_err());

@@ -37,7 +37,8 @@ fn load(tiling: Option<TilingConfig>) -> AutoencoderKL {
 
 fn tiles() -> TilingConfig {
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("vae/sd1_tiled.json")).expect("json")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("vae/sd1_tiled.json")).expect("json"))
+            .expect("json");
     let t = TilingConfig {
         tile_sample_min_size: meta["tile_sample_min_size"].as_i64().expect("size"),
         tile_overlap_factor: meta["tile_overlap_factor"].as_f64().expect("overlap"),

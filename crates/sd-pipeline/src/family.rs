@@ -68,13 +68,20 @@ impl ModelInfo {
                 dir.root.display()
             );
         }
-        let family = if pipeline.contains("XL") || has_te2 || unet.get("addition_embed_type").and_then(|v| v.as_str()) == Some("text_time") {
+        let family = if pipeline.contains("XL")
+            || has_te2
+            || unet.get("addition_embed_type").and_then(|v| v.as_str()) == Some("text_time")
+        {
             Family::Sdxl
         } else {
             let te = dir.component_config("text_encoder").ok();
             let act = te.as_ref().and_then(|c| c.get("hidden_act")).and_then(|v| v.as_str()).unwrap_or("quick_gelu");
             let cross = unet.get("cross_attention_dim").and_then(|v| v.as_i64()).unwrap_or(768);
-            if act == "gelu" || cross == 1024 { Family::Sd2 } else { Family::Sd1 }
+            if act == "gelu" || cross == 1024 {
+                Family::Sd2
+            } else {
+                Family::Sd1
+            }
         };
         let inpainting = unet.get("in_channels").and_then(|v| v.as_i64()) == Some(9);
         let sched = dir.component_config("scheduler").ok();

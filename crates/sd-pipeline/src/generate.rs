@@ -59,54 +59,31 @@ pub struct EncodedPrompts {
 }
 
 fn prompt_key(req: &GenerationRequest) -> (String, String, usize, crate::prompt::Emphasis) {
-    (
-        req.prompt.clone(),
-        req.negative_prompt.clone(),
-        req.clip_skip,
-        req.emphasis,
-    )
+    (req.prompt.clone(), req.negative_prompt.clone(), req.clip_skip, req.emphasis)
 }
 
 impl StableDiffusion {
     /// Run one request (one batch of `batch_size` images from one seed).
-    pub fn generate(
-        &self,
-        req: &GenerationRequest,
-        on_event: &mut dyn FnMut(Event),
-    ) -> Result<Generated> {
+    pub fn generate(&self, req: &GenerationRequest, on_event: &mut dyn FnMut(Event)) -> Result<Generated> {
         let encoded = self.encode_prompts(req, on_event)?;
         self.generate_encoded(req, &encoded, on_event)
     }
 
     /// Step 1 alone: the request's prompt and negative prompt through the text encoder(s).
-    pub fn encode_prompts(
-        &self,
-        req: &GenerationRequest,
-        on_event: &mut dyn FnMut(Event),
-    ) -> Result<EncodedPrompts> {
+    pub fn encode_prompts(&self, req: &GenerationRequest, on_event: &mut dyn FnMut(Event)) -> Result<EncodedPrompts> {
         if self.text.is_empty() {
-            bail!("the text encoders of {} were released after encoding; load the model again to encode new prompts", self.name);
+            bail!(
+                "the text encoders of {} were released after encoding; load the model again to encode new prompts",
+                self.name
+            );
         }
         on_event(Event::Phase("encode"));
         let t0 = Instant::now();
-        let settings = PromptSettings {
-            clip_skip: req.clip_skip,
-            emphasis: req.emphasis,
-            style: self.encoder_style(),
-        };
+        let settings = PromptSettings { clip_skip: req.clip_skip, emphasis: req.emphasis, style: self.encoder_style() };
         let prompt = self.prompt_without_lora_tags(&req.prompt)?;
-        let embeddings_used =
-            self.embeddings_used(&[&prompt, &req.negative_prompt], req.emphasis)?;
-        let (cond, uncond) = tch::no_grad(|| {
-            encode_prompt_pair(&self.text, &prompt, &req.negative_prompt, &settings)
-        })?;
-        Ok(EncodedPrompts {
-            cond,
-            uncond,
-            embeddings_used,
-            encode_s: t0.elapsed().as_secs_f64(),
-            key: prompt_key(req),
-        })
+        let embeddings_used = self.embeddings_used(&[&prompt, &req.negative_prompt], req.emphasis)?;
+        let (cond, uncond) = tch::no_grad(|| encode_prompt_pair(&self.text, &prompt, &req.negative_prompt, &settings))?;
+        Ok(EncodedPrompts { cond, uncond, embeddings_used, encode_s: t0.elapsed().as_secs_f64(), key: prompt_key(req) })
     }
 
     /// Free the text encoders' weights (a one-shot run needs them only until its prompts are encoded; for SDXL
@@ -135,8 +112,9 @@ impl StableDiffusion {
             Some(eta) => serde_json::json!({ "eta": eta }),
             None => serde_json::json!({}),
         };
-        let mut sched = sd_schedulers::build_with(&req.sampler, &self.scheduler_config, req.schedule.as_deref(), &extra)
-            .with_context(|| format!("sampler `{}`", req.sampler))?;
+        let mut sched =
+            sd_schedulers::build_with(&req.sampler, &self.scheduler_config, req.schedule.as_deref(), &extra)
+                .with_context(|| format!("sampler `{}`", req.sampler))?;
         let (sampler_label, schedule_label) = labels(sched.as_ref(), req.schedule.as_deref());
         let (cond, uncond, encode_s) = (&encoded.cond, &encoded.uncond, encoded.encode_s);
         let embeddings_used = encoded.embeddings_used.clone();
@@ -183,7 +161,8 @@ impl StableDiffusion {
                 sched.add_noise(&z, &noise, timesteps[0])?
             }
             Mode::Inpaint { init, mask, strength } => {
-                let Prepared { image, mask, masked } = prepare_mask(init, mask, req.width, req.height, vae_kind, device);
+                let Prepared { image, mask, masked } =
+                    prepare_mask(init, mask, req.width, req.height, vae_kind, device);
                 let strength_max = *strength == 1.0;
                 let nine = self.info.inpainting;
                 let image_latents = if !nine || !strength_max {
@@ -198,7 +177,8 @@ impl StableDiffusion {
                     Some(z) if !strength_max => sched.add_noise(z, &noise, timesteps[0])?,
                     _ => &noise * sched.init_noise_sigma(),
                 };
-                let mask_lat = mask.upsample_nearest2d([h, w], None::<f64>, None::<f64>).to_kind(dtype).repeat([b, 1, 1, 1]);
+                let mask_lat =
+                    mask.upsample_nearest2d([h, w], None::<f64>, None::<f64>).to_kind(dtype).repeat([b, 1, 1, 1]);
                 // diffusers encodes the masked image even for 4-channel UNets, which never use it: the draw
                 // from the generator still happens, and later sampler noise depends on it.
                 let z = tch::no_grad(|| self.vae.encode(&masked))?.sample(&mut gen) * scaling;
@@ -211,23 +191,30 @@ impl StableDiffusion {
         // 4. Extra conditioning: SDXL pooled text + size ids, LCM guidance embedding.
         let added = match (&cond.pooled, &uncond.pooled) {
             (Some(_), _) => {
-                let text_embeds = batch_condition(cond, uncond, b, cfg, |c| {
-                    c.pooled.as_ref().expect("pooled checked")
-                });
+                let text_embeds = batch_condition(cond, uncond, b, cfg, |c| c.pooled.as_ref().expect("pooled checked"));
                 let (oh, ow) = req.original_size.unwrap_or((req.height, req.width));
                 let (ct, cl) = req.crop_top_left;
-                let ids = Tensor::from_slice(&[oh as f32, ow as f32, ct as f32, cl as f32, req.height as f32, req.width as f32])
-                    .to_kind(dtype)
-                    .to_device(device)
-                    .unsqueeze(0)
-                    .repeat([text_embeds.size()[0], 1]);
+                let ids = Tensor::from_slice(&[
+                    oh as f32,
+                    ow as f32,
+                    ct as f32,
+                    cl as f32,
+                    req.height as f32,
+                    req.width as f32,
+                ])
+                .to_kind(dtype)
+                .to_device(device)
+                .unsqueeze(0)
+                .repeat([text_embeds.size()[0], 1]);
                 Some(AddedCond { text_embeds, time_ids: ids })
             }
             _ => None,
         };
-        let timestep_cond = self.unet.config().time_cond_proj_dim.map(|dim| {
-            guidance_scale_embedding(req.cfg_scale - 1.0, dim, b).to_kind(dtype).to_device(device)
-        });
+        let timestep_cond = self
+            .unet
+            .config()
+            .time_cond_proj_dim
+            .map(|dim| guidance_scale_embedding(req.cfg_scale - 1.0, dim, b).to_kind(dtype).to_device(device));
 
         // 5. Denoising loop.
         let t1 = Instant::now();
@@ -253,7 +240,11 @@ impl StableDiffusion {
                     let parts = out.chunk(2, 0);
                     let (u, c) = (&parts[0], &parts[1]);
                     let guided = u + (c - u) * req.cfg_scale;
-                    if req.guidance_rescale > 0.0 { rescale_noise_cfg(&guided, c, req.guidance_rescale) } else { guided }
+                    if req.guidance_rescale > 0.0 {
+                        rescale_noise_cfg(&guided, c, req.guidance_rescale)
+                    } else {
+                        guided
+                    }
                 } else {
                     out
                 })
@@ -262,7 +253,8 @@ impl StableDiffusion {
             latents = tch::no_grad(|| sched.step(&noise_pred, t, &latents, &mut gen))?;
             if let Some(st) = &inpaint {
                 if st.masked_latents.is_none() {
-                    let known = st.image_latents.as_ref().map(|z| z.shallow_clone()).unwrap_or_else(|| latents.zeros_like());
+                    let known =
+                        st.image_latents.as_ref().map(|z| z.shallow_clone()).unwrap_or_else(|| latents.zeros_like());
                     let known = match timesteps.get(i + 1) {
                         Some(&next) => sched.add_noise(&known, &st.noise, next)?,
                         None => known,
@@ -342,7 +334,9 @@ impl StableDiffusion {
                 let z = z.to_kind(self.vae_kind());
                 let (scale, size) = (self.vae.scale_factor(), z.size());
                 let (h, w) = (size[2] * scale, size[3] * scale);
-                let x = if self.vae.tiling().is_none() && crate::memory::vae_decode_needs_tiling(cfg, size[0], h, w, self.vae_kind()) {
+                let x = if self.vae.tiling().is_none()
+                    && crate::memory::vae_decode_needs_tiling(cfg, size[0], h, w, self.vae_kind())
+                {
                     let tiling = sd_models::vae::TilingConfig::for_config(cfg);
                     sd_models::vae::tiled_decode(&z, &tiling, scale, |tile| self.vae.decode(tile))?
                 } else {
@@ -382,7 +376,13 @@ struct InpaintState {
 }
 
 /// Repeat conditioning for the batch and put the unconditional half first, as diffusers does.
-fn batch_condition(cond: &Conditioning, uncond: &Conditioning, b: i64, cfg: bool, pick: impl Fn(&Conditioning) -> &Tensor) -> Tensor {
+fn batch_condition(
+    cond: &Conditioning,
+    uncond: &Conditioning,
+    b: i64,
+    cfg: bool,
+    pick: impl Fn(&Conditioning) -> &Tensor,
+) -> Tensor {
     let rep = |t: &Tensor| {
         let mut dims = vec![b];
         dims.extend(std::iter::repeat_n(1, t.dim() - 1));
@@ -413,5 +413,9 @@ fn guidance_scale_embedding(w: f64, dim: i64, batch: i64) -> Tensor {
     let freqs = (Tensor::arange(half, (Kind::Float, tch::Device::Cpu)) * -step).exp();
     let args = w.unsqueeze(1) * freqs.unsqueeze(0);
     let emb = Tensor::cat(&[args.sin(), args.cos()], 1);
-    if dim % 2 == 1 { emb.constant_pad_nd([0, 1]) } else { emb }
+    if dim % 2 == 1 {
+        emb.constant_pad_nd([0, 1])
+    } else {
+        emb
+    }
 }

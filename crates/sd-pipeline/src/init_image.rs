@@ -23,14 +23,24 @@ pub fn prepare_init(init: &RgbImage, width: i64, height: i64, kind: Kind, device
 }
 
 /// Image, binarised mask (1 = repaint) and the image with the repainted region zeroed.
-pub fn prepare_mask(init: &RgbImage, mask: &GrayImage, width: i64, height: i64, kind: Kind, device: Device) -> Prepared {
+pub fn prepare_mask(
+    init: &RgbImage,
+    mask: &GrayImage,
+    width: i64,
+    height: i64,
+    kind: Kind,
+    device: Device,
+) -> Prepared {
     let image = prepare_init(init, width, height, Kind::Float, device);
     let mask = if mask.width() as i64 == width && mask.height() as i64 == height {
         mask.clone()
     } else {
-        DynamicImage::ImageLuma8(mask.clone()).resize_exact(width as u32, height as u32, FilterType::Lanczos3).to_luma8()
+        DynamicImage::ImageLuma8(mask.clone())
+            .resize_exact(width as u32, height as u32, FilterType::Lanczos3)
+            .to_luma8()
     };
-    let m = Tensor::from_slice(mask.as_raw()).reshape([1, 1, height, width]).to_kind(Kind::Float).to_device(device) / 255.0;
+    let m =
+        Tensor::from_slice(mask.as_raw()).reshape([1, 1, height, width]).to_kind(Kind::Float).to_device(device) / 255.0;
     let m = m.ge(0.5).to_kind(Kind::Float);
     let masked = &image * m.lt(0.5).to_kind(Kind::Float);
     Prepared { image: image.to_kind(kind), mask: m, masked: masked.to_kind(kind) }

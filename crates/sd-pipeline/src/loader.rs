@@ -11,9 +11,9 @@ use crate::prompt::lora::LoraTarget;
 use crate::prompt::{EncoderStyle, TextEncoders};
 use anyhow::{Context, Result};
 use sd_core::model_dir::{find_weights, ModelDir};
+use sd_models::attention::AttentionMode;
 use sd_models::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use sd_models::safety::SafetyChecker;
-use sd_models::attention::AttentionMode;
 use sd_models::unet::{UNet2DConditionModel, UNetConfig};
 use sd_models::vae::{AutoencoderKL, AutoencoderTiny, TilingConfig};
 use std::path::{Path, PathBuf};
@@ -95,7 +95,9 @@ impl StableDiffusion {
         sd_core::alloc::reuse_freed_memory();
         let source_file = crate::single_file::is_single_file(spec).then(|| PathBuf::from(spec));
         let dir = match &source_file {
-            Some(file) => ModelDir::open_folder(&crate::single_file::converted_folder(file, opts.config_dir.as_deref())?)?,
+            Some(file) => {
+                ModelDir::open_folder(&crate::single_file::converted_folder(file, opts.config_dir.as_deref())?)?
+            }
             None => ModelDir::open(spec)?,
         };
         let mut info = ModelInfo::detect(&dir)?;
@@ -109,10 +111,26 @@ impl StableDiffusion {
         let (device, dtype) = (opts.device, opts.dtype);
         let mut merger = if opts.loras.is_empty() { None } else { Some(LoraMerger::open(&opts.loras)?) };
         let mut present = vec![LoraTarget::TextEncoder, LoraTarget::Unet];
-        let mut pairs = vec![load_text_pair(&root, "tokenizer", "text_encoder", LoraTarget::TextEncoder, merger.as_mut(), dtype, device)?];
+        let mut pairs = vec![load_text_pair(
+            &root,
+            "tokenizer",
+            "text_encoder",
+            LoraTarget::TextEncoder,
+            merger.as_mut(),
+            dtype,
+            device,
+        )?];
         if info.family == Family::Sdxl {
             present.push(LoraTarget::TextEncoder2);
-            pairs.push(load_text_pair(&root, "tokenizer_2", "text_encoder_2", LoraTarget::TextEncoder2, merger.as_mut(), dtype, device)?);
+            pairs.push(load_text_pair(
+                &root,
+                "tokenizer_2",
+                "text_encoder_2",
+                LoraTarget::TextEncoder2,
+                merger.as_mut(),
+                dtype,
+                device,
+            )?);
         }
         let text = TextEncoders::new(pairs)?;
         let unet_dir = dir.component_dir("unet")?;
@@ -157,11 +175,28 @@ impl StableDiffusion {
         if let (Some(p), Some(obj)) = (&opts.prediction_type, scheduler_config.as_object_mut()) {
             obj.insert("prediction_type".into(), serde_json::Value::String(p.clone()));
         }
-        let force_zeros_for_empty_prompt =
-            dir.index.get("force_zeros_for_empty_prompt").and_then(|v| v.as_bool()).unwrap_or(info.family == Family::Sdxl);
+        let force_zeros_for_empty_prompt = dir
+            .index
+            .get("force_zeros_for_empty_prompt")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(info.family == Family::Sdxl);
         let named = source_file.as_ref().and_then(|f| f.file_stem()).or(root.file_name());
         let name = named.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
-        Ok(Self { dir, info, text, unet, vae, taesd, safety, scheduler_config, force_zeros_for_empty_prompt, opts, name, source_file, loras })
+        Ok(Self {
+            dir,
+            info,
+            text,
+            unet,
+            vae,
+            taesd,
+            safety,
+            scheduler_config,
+            force_zeros_for_empty_prompt,
+            opts,
+            name,
+            source_file,
+            loras,
+        })
     }
 
     /// The prompt-encoding style this model needs.
@@ -179,7 +214,13 @@ impl StableDiffusion {
     }
 }
 
-fn load_unet_merged(dir: &Path, merger: &mut LoraMerger, kind: Kind, device: Device, nhwc: bool) -> Result<UNet2DConditionModel> {
+fn load_unet_merged(
+    dir: &Path,
+    merger: &mut LoraMerger,
+    kind: Kind,
+    device: Device,
+    nhwc: bool,
+) -> Result<UNet2DConditionModel> {
     let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
     let vb = merger.component(&find_weights(dir, None)?, LoraTarget::Unet, kind, device)?.with_channels_last(nhwc)?;
     let model = UNet2DConditionModel::from_varbuilder(&vb, &cfg)?;
@@ -187,7 +228,13 @@ fn load_unet_merged(dir: &Path, merger: &mut LoraMerger, kind: Kind, device: Dev
     Ok(model)
 }
 
-fn load_clip_merged(dir: &Path, target: LoraTarget, merger: &mut LoraMerger, kind: Kind, device: Device) -> Result<ClipTextModel> {
+fn load_clip_merged(
+    dir: &Path,
+    target: LoraTarget,
+    merger: &mut LoraMerger,
+    kind: Kind,
+    device: Device,
+) -> Result<ClipTextModel> {
     let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
     let vb = merger.component(&find_weights(dir, None)?, target, kind, device)?;
     let with_projection = cfg.declares_projection() || vb.contains("text_projection.weight");

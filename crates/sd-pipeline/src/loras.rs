@@ -35,9 +35,12 @@ pub fn strip_lora_tags(prompt: &str) -> Result<(String, Vec<LoraTag>)> {
                 let name = parts.next().unwrap_or_default().trim().to_string();
                 let weight = match parts.next() {
                     None => 1.0,
-                    Some(w) => w.trim().parse::<f64>().ok().filter(|w| w.is_finite()).with_context(|| {
-                        format!("prompt tag <lora:{args}>: weight `{w}` is not a number")
-                    })?,
+                    Some(w) => w
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|w| w.is_finite())
+                        .with_context(|| format!("prompt tag <lora:{args}>: weight `{w}` is not a number"))?,
                 };
                 if parts.next().is_some() {
                     bail!("prompt tag <lora:{args}>: separate text-encoder/UNet weights are not supported; use <lora:name:weight>");
@@ -152,7 +155,9 @@ impl LoraMerger {
     /// error (a LoRA for another architecture).
     pub fn finish(self, present: &[LoraTarget]) -> Result<Vec<MergedLora>> {
         let mut out = Vec::new();
-        for ((lora, weight), (matched, mut ignored)) in self.loras.into_iter().zip(self.matched.into_iter().zip(self.ignored)) {
+        for ((lora, weight), (matched, mut ignored)) in
+            self.loras.into_iter().zip(self.matched.into_iter().zip(self.ignored))
+        {
             for layer in lora.layers.iter().filter(|l| !present.contains(&l.target)) {
                 ignored.push(format!("{:?}:{}", layer.target, layer.module));
             }

@@ -67,7 +67,9 @@ pub struct SavedImage {
 impl SavedImage {
     pub fn describe(&self) -> String {
         match &self.path {
-            Some(p) if self.flagged => format!("wrote {} (flagged by the safety checker; saved because --safety warn)", p.display()),
+            Some(p) if self.flagged => {
+                format!("wrote {} (flagged by the safety checker; saved because --safety warn)", p.display())
+            }
             Some(p) => format!("wrote {} (watermark: {})", p.display(), self.watermark),
             None => "image blocked by the safety checker: not saved (use --safety warn to keep it)".into(),
         }
@@ -102,7 +104,8 @@ pub fn save_outputs(
         _ => None,
     };
     // A1111 hashes the checkpoint file; a diffusers folder has none, so its UNet weights stand in.
-    let hashed = sd.source_file.clone().or_else(|| sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None).ok());
+    let hashed =
+        sd.source_file.clone().or_else(|| sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None).ok());
     let model_hash = hashed.and_then(|p| crate::hash_cache::short_hash(&p));
     let mut saved = Vec::new();
     for (i, image) in generated.images.iter().enumerate() {
@@ -110,7 +113,14 @@ pub fn save_outputs(
         let n = *counter;
         *counter += 1;
         if flagged && opts.safety == SafetyMode::Block {
-            saved.push(SavedImage { path: None, seed: generated.seed, index_in_batch: i, watermark: "none".into(), safety_checked: true, flagged });
+            saved.push(SavedImage {
+                path: None,
+                seed: generated.seed,
+                index_in_batch: i,
+                watermark: "none".into(),
+                safety_checked: true,
+                flagged,
+            });
             continue;
         }
         let mut rgb = tensor_to_rgb(image, Range::Unit)?;
@@ -138,10 +148,8 @@ pub fn save_outputs(
         let mut info = generation_info(sd, req, generated, model_hash.clone(), i, &outcome);
         if opts.upscale > 1 {
             // A1111's Extras tab records a post-processing upscale with these two keys.
-            info.extra
-                .push(("Postprocess upscale by".into(), opts.upscale.to_string()));
-            info.extra
-                .push(("Postprocess upscaler".into(), "Lanczos".into()));
+            info.extra.push(("Postprocess upscale by".into(), opts.upscale.to_string()));
+            info.extra.push(("Postprocess upscaler".into(), "Lanczos".into()));
         }
         let png = encode_png(&rgb, &label_chunks(&info))?;
         let path = render_path(&opts.pattern, generated.seed, n, &sd.name);
@@ -248,7 +256,8 @@ pub fn render_path(pattern: &str, seed: u64, n: usize, model: &str) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let t = secs % 86_400;
-    let model: String = model.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let model: String =
+        model.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     PathBuf::from(
         pattern
             .replace("{date}", &format!("{y:04}{m:02}{d:02}"))

@@ -9,9 +9,16 @@ use image::{GrayImage, RgbImage};
 pub enum Mode {
     Txt2Img,
     /// Start from `init` noised to `strength` (1.0 = ignore the image).
-    Img2Img { init: RgbImage, strength: f64 },
+    Img2Img {
+        init: RgbImage,
+        strength: f64,
+    },
     /// Repaint where `mask` is white. 9-channel UNets get the mask as input; 4-channel UNets use latent masking.
-    Inpaint { init: RgbImage, mask: GrayImage, strength: f64 },
+    Inpaint {
+        init: RgbImage,
+        mask: GrayImage,
+        strength: f64,
+    },
 }
 
 impl Mode {
@@ -91,7 +98,10 @@ impl GenerationRequest {
         let multiple = scale.max(8);
         for (name, v) in [("width", self.width), ("height", self.height)] {
             if v <= 0 || v % multiple != 0 {
-                bail!("--{name} {v} is not a positive multiple of {multiple} (the latent grid needs it); try {}", (v.max(multiple) / multiple) * multiple);
+                bail!(
+                    "--{name} {v} is not a positive multiple of {multiple} (the latent grid needs it); try {}",
+                    (v.max(multiple) / multiple) * multiple
+                );
             }
             if v > 8192 {
                 bail!("--{name} {v} is larger than 8192 pixels");

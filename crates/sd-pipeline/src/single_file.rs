@@ -14,7 +14,8 @@ const EXTENSIONS: &[&str] = &["safetensors", "ckpt", "pt", "pth"];
 /// Whether `spec` names a checkpoint file rather than a folder or a repo id.
 pub fn is_single_file(spec: &str) -> bool {
     let p = Path::new(spec);
-    p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.is_file()
+        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// The diffusers folder for checkpoint `path`, converting it on first use. `config_dir` supplies component
@@ -22,7 +23,8 @@ pub fn is_single_file(spec: &str) -> bool {
 pub fn converted_folder(path: &Path, config_dir: Option<&Path>) -> Result<PathBuf> {
     let hash = sd_core::hash::sha256_file(path)?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let stem: String = stem.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let stem: String =
+        stem.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     let dest = cache_root()?.join(format!("{stem}-{}", &hash[..16]));
     if dest.join("model_index.json").exists() {
         return Ok(dest);
@@ -30,7 +32,8 @@ pub fn converted_folder(path: &Path, config_dir: Option<&Path>) -> Result<PathBu
     eprintln!("converting {} once into {} (reused next time)", path.display(), dest.display());
     let opts = ConvertOptions { config_dir: config_dir.map(Path::to_path_buf), ..ConvertOptions::default() };
     let src = convert::open(path)?;
-    let plan = convert::plan_checkpoint(src.as_ref(), None, &opts).with_context(|| format!("reading {}", path.display()))?;
+    let plan =
+        convert::plan_checkpoint(src.as_ref(), None, &opts).with_context(|| format!("reading {}", path.display()))?;
     let wopts = WriteOptions {
         dtype: None,
         overwrite: false,

@@ -92,23 +92,12 @@ fn prompts_encoded_once_give_the_same_image_after_the_text_encoder_is_freed() {
     let encoded = sd.encode_prompts(&req, &mut |_| {}).unwrap();
     sd.release_text_encoders();
     let split = sd.generate_encoded(&req, &encoded, &mut |_| {}).unwrap();
-    assert!(
-        whole.images[0].equal(&split.images[0]),
-        "encoding first must not change the image"
-    );
-    let err = sd
-        .encode_prompts(&req, &mut |_| {})
-        .err()
-        .expect("no encoders left")
-        .to_string();
+    assert!(whole.images[0].equal(&split.images[0]), "encoding first must not change the image");
+    let err = sd.encode_prompts(&req, &mut |_| {}).err().expect("no encoders left").to_string();
     assert!(err.contains("released"), "{err}");
     let mut other = req.clone();
     other.prompt = "a green square".into();
-    let err = sd
-        .generate_encoded(&other, &encoded, &mut |_| {})
-        .err()
-        .expect("prompt mismatch")
-        .to_string();
+    let err = sd.generate_encoded(&other, &encoded, &mut |_| {}).err().expect("prompt mismatch").to_string();
     assert!(err.contains("another request"), "{err}");
 }
 
@@ -132,7 +121,8 @@ fn bf16_pipeline_stays_close_to_the_f32_reference() {
     let (fast, plain) = (load_bf16(false), load_bf16(true));
     for name in ["sd1_Euler", "sd1_DDIM", "sd1_img2img"] {
         let case = cases.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("case {name}"));
-        let expected = Tensor::read_safetensors(fixtures().join(format!("pipeline/{name}.safetensors"))).unwrap().remove(0).1;
+        let expected =
+            Tensor::read_safetensors(fixtures().join(format!("pipeline/{name}.safetensors"))).unwrap().remove(0).1;
         let err = |sd: &StableDiffusion| {
             let out = sd.generate(&request(case), &mut |_| {}).unwrap();
             let diff = (Tensor::stack(&out.images, 0).permute([0, 2, 3, 1]).to_kind(Kind::Float) - &expected).abs();

@@ -15,7 +15,8 @@ fn fixtures() -> PathBuf {
 
 fn cases() -> serde_json::Value {
     let path = fixtures().join("prompt/cases.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run gen_70_prompt.py)", path.display()));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run gen_70_prompt.py)", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 

@@ -25,7 +25,10 @@ fn reference() -> (serde_json::Value, SafeTensorsFiles) {
 fn encoders(family: &str, perturbed: bool) -> TextEncoders {
     let model = fixtures().join("models").join(family);
     let pair = |tok: &str, te: PathBuf| {
-        (ClipTokenizer::from_dir(&model.join(tok)).unwrap(), ClipTextModel::load(&te, Kind::Float, Device::Cpu).unwrap())
+        (
+            ClipTokenizer::from_dir(&model.join(tok)).unwrap(),
+            ClipTextModel::load(&te, Kind::Float, Device::Cpu).unwrap(),
+        )
     };
     let pairs = if family == "sdxl" {
         vec![pair("tokenizer", model.join("text_encoder")), pair("tokenizer_2", model.join("text_encoder_2"))]
@@ -75,7 +78,8 @@ fn a1111_cases_match() {
             emphasis: case["emphasis"].as_str().unwrap().parse::<Emphasis>().unwrap(),
             style: style(family),
         };
-        let (c, u) = encode_prompt_pair(&enc, case["prompt"].as_str().unwrap(), case["negative"].as_str().unwrap(), &s).unwrap();
+        let (c, u) =
+            encode_prompt_pair(&enc, case["prompt"].as_str().unwrap(), case["negative"].as_str().unwrap(), &s).unwrap();
         check(&c, &st, &format!("a1111_{name}_cond"));
         check(&u, &st, &format!("a1111_{name}_uncond"));
     }
@@ -84,7 +88,8 @@ fn a1111_cases_match() {
 #[test]
 fn plain_prompts_equal_diffusers() {
     let (meta, st) = reference();
-    let (prompt, negative) = (meta["diffusers"]["prompt"].as_str().unwrap(), meta["diffusers"]["negative"].as_str().unwrap());
+    let (prompt, negative) =
+        (meta["diffusers"]["prompt"].as_str().unwrap(), meta["diffusers"]["negative"].as_str().unwrap());
     for family in ["sd1", "sd2", "sdxl"] {
         let enc = encoders(family, false);
         let s = PromptSettings { style: style(family), ..Default::default() };
@@ -151,7 +156,8 @@ fn textual_inversion_matches_diffusers_and_a1111() {
     // A1111 semantics with a weight on the embedding.
     let mut enc = encoders("sd1", true);
     enc.load_embeddings(&fixtures().join("prompt/embeddings_sd1")).unwrap();
-    let (c, _) = encode_prompt_pair(&enc, meta["ti_sd1"]["prompt"].as_str().unwrap(), "", &PromptSettings::default()).unwrap();
+    let (c, _) =
+        encode_prompt_pair(&enc, meta["ti_sd1"]["prompt"].as_str().unwrap(), "", &PromptSettings::default()).unwrap();
     check(&c, &st, "a1111_ti_sd1_cond");
     // SDXL clip_l + clip_g file.
     let mut enc = encoders("sdxl", false);

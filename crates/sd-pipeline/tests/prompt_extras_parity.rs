@@ -123,4 +123,3 @@ fn lora_for_another_architecture_names_its_first_layer() {
     let msg = format!("{err:#}");
     assert!(msg.contains("input_blocks_1_1_proj_in") && msg.contains("other.safetensors"), "{msg}");
 }
-

@@ -27,11 +27,13 @@ fn kohya_and_peft_merge_like_diffusers() {
             ("text_encoder", LoraTarget::TextEncoder, "models/sd1/text_encoder/model.safetensors"),
         ] {
             let original = state_dict(&fixtures().join(file));
-            let mut weights: HashMap<String, Tensor> = original.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            let mut weights: HashMap<String, Tensor> =
+                original.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
             let report = merge_lora(&mut weights, target, &lora, 0.8).unwrap();
             assert!(report.unmatched.is_empty(), "{format}/{component}: {:?}", report.unmatched);
             let prefix = format!("{format}.{component}.");
-            let want: BTreeSet<String> = reference.keys().filter_map(|k| k.strip_prefix(&prefix).map(String::from)).collect();
+            let want: BTreeSet<String> =
+                reference.keys().filter_map(|k| k.strip_prefix(&prefix).map(String::from)).collect();
             let got: BTreeSet<String> = report.merged.iter().cloned().collect();
             assert_eq!(got, want, "{format}/{component}: merged tensors");
             for (name, w) in &weights {

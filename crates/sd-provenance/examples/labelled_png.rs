@@ -8,9 +8,7 @@ use sd_provenance::metadata::{encode_png, label_chunks, GenerationInfo, Mode};
 use sd_provenance::watermark::{embed, Payload, WatermarkOutcome};
 
 fn main() -> Result<()> {
-    let dir = std::env::args()
-        .nth(1)
-        .context("usage: labelled_png OUT_DIR")?;
+    let dir = std::env::args().nth(1).context("usage: labelled_png OUT_DIR")?;
     std::fs::create_dir_all(&dir)?;
     let cases = [
         (
@@ -20,23 +18,13 @@ fn main() -> Result<()> {
             Mode::Txt2Img,
             true,
         ),
-        (
-            "chinese_img2img.png",
-            "一只猫坐在垫子上，水墨画风格",
-            "模糊，低质量",
-            Mode::Img2Img,
-            false,
-        ),
+        ("chinese_img2img.png", "一只猫坐在垫子上，水墨画风格", "模糊，低质量", Mode::Img2Img, false),
     ];
     for (name, prompt, negative, mode, mark) in cases {
         let mut img = RgbImage::from_fn(320, 256, |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) / 3 % 256) as u8])
         });
-        let outcome = if mark {
-            embed(&mut img, &Payload::SdV1)?
-        } else {
-            WatermarkOutcome::Disabled
-        };
+        let outcome = if mark { embed(&mut img, &Payload::SdV1)? } else { WatermarkOutcome::Disabled };
         let info = GenerationInfo {
             prompt: prompt.into(),
             negative_prompt: negative.into(),

@@ -56,10 +56,7 @@ fn apply_xmp(r: &mut Report, packet: &str) {
     r.xmp_present = true;
     r.digital_source_type = xmp::property(packet, "DigitalSourceType");
     r.creator_tool = xmp::property(packet, "CreatorTool");
-    r.watermark_record = r
-        .watermark_record
-        .take()
-        .or_else(|| xmp::property(packet, "Watermark"));
+    r.watermark_record = r.watermark_record.take().or_else(|| xmp::property(packet, "Watermark"));
     if r.aigc.is_none() {
         if let Some(label) = xmp::property(packet, "AIGC").and_then(|t| AigcLabel::parse(&t)) {
             r.aigc = Some(label);
@@ -119,24 +116,13 @@ fn read_jpeg_meta(bytes: &[u8], r: &mut Report) -> Result<()> {
     if let Some(uc) = m.user_comment {
         set_parameters(r, uc);
     }
-    for (k, v) in [
-        ("ImageDescription", m.image_description),
-        ("Software", m.software),
-    ] {
+    for (k, v) in [("ImageDescription", m.image_description), ("Software", m.software)] {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
-            r.other_text.push(PngText {
-                keyword: k.into(),
-                text: v,
-                chunk: "EXIF".into(),
-            });
+            r.other_text.push(PngText { keyword: k.into(), text: v, chunk: "EXIF".into() });
         }
     }
     for c in m.comments {
-        r.other_text.push(PngText {
-            keyword: "comment".into(),
-            text: c,
-            chunk: "COM".into(),
-        });
+        r.other_text.push(PngText { keyword: "comment".into(), text: c, chunk: "COM".into() });
     }
     if let Some(p) = m.xmp {
         apply_xmp(r, &p);
@@ -146,10 +132,7 @@ fn read_jpeg_meta(bytes: &[u8], r: &mut Report) -> Result<()> {
 
 /// Inspects image bytes (`name` is only used in messages and the report).
 pub fn inspect_bytes(name: &str, bytes: &[u8]) -> Result<Report> {
-    let mut r = Report {
-        path: name.to_string(),
-        ..Default::default()
-    };
+    let mut r = Report { path: name.to_string(), ..Default::default() };
     if png_chunks::is_png(bytes) {
         read_png_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read PNG"))?;
     } else if jpeg_meta::is_jpeg(bytes) {
@@ -158,22 +141,14 @@ pub fn inspect_bytes(name: &str, bytes: &[u8]) -> Result<Report> {
         bail!("{name}: not a PNG or JPEG image");
     }
     check_size(r.width, r.height).with_context(|| format!("{name}: refusing to decode"))?;
-    let img = image::load_from_memory(bytes)
-        .with_context(|| format!("{name}: cannot decode the pixels"))?
-        .to_rgb8();
+    let img = image::load_from_memory(bytes).with_context(|| format!("{name}: cannot decode the pixels"))?.to_rgb8();
     let payloads = [Payload::SdV1, Payload::Sdxl];
-    let found: Option<Vec<Detection>> = payloads
-        .iter()
-        .map(|p| watermark::detect(&img, p))
-        .collect();
+    let found: Option<Vec<Detection>> = payloads.iter().map(|p| watermark::detect(&img, p)).collect();
     if found.is_none() {
-        r.watermark_note = Some(format!(
-            "image is {}x{}, under 256x256 pixels: no watermark can be read",
-            r.width, r.height
-        ));
-    } else if r.format == "jpeg" {
         r.watermark_note =
-            Some("JPEG compression usually erases this watermark; a miss proves nothing".into());
+            Some(format!("image is {}x{}, under 256x256 pixels: no watermark can be read", r.width, r.height));
+    } else if r.format == "jpeg" {
+        r.watermark_note = Some("JPEG compression usually erases this watermark; a miss proves nothing".into());
     }
     r.watermark = found;
     Ok(r)
@@ -188,11 +163,7 @@ fn short(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {
-        format!(
-            "{}… ({} characters)",
-            s.chars().take(max).collect::<String>(),
-            s.chars().count()
-        )
+        format!("{}… ({} characters)", s.chars().take(max).collect::<String>(), s.chars().count())
     }
 }
 
@@ -203,13 +174,7 @@ pub fn render(r: &Report) -> String {
         o.push_str(&s);
         o.push('\n');
     };
-    line(format!(
-        "{} ({}, {}x{})",
-        r.path,
-        r.format.to_uppercase(),
-        r.width,
-        r.height
-    ));
+    line(format!("{} ({}, {}x{})", r.path, r.format.to_uppercase(), r.width, r.height));
     match &r.parameters {
         Some(p) => {
             line("  generation parameters (A1111 format):".into());
@@ -228,40 +193,21 @@ pub fn render(r: &Report) -> String {
         line(format!("  ComfyUI workflow: {}", short(w, 200)));
     }
     for t in &r.other_text {
-        line(format!(
-            "  {} {}: {}",
-            t.chunk,
-            t.keyword,
-            short(&t.text, 200)
-        ));
+        line(format!("  {} {}: {}", t.chunk, t.keyword, short(&t.text, 200)));
     }
     line("  labels:".into());
-    line(format!(
-        "    XMP: {}",
-        if r.xmp_present { "present" } else { "absent" }
-    ));
-    line(format!(
-        "    digital source type: {}",
-        r.digital_source_type.as_deref().unwrap_or("none")
-    ));
+    line(format!("    XMP: {}", if r.xmp_present { "present" } else { "absent" }));
+    line(format!("    digital source type: {}", r.digital_source_type.as_deref().unwrap_or("none")));
     if let Some(t) = &r.creator_tool {
         line(format!("    creator tool: {t}"));
     }
     match &r.aigc {
-        Some(a) => line(format!(
-            "    AIGC label ({}): {}",
-            r.aigc_source.as_deref().unwrap_or("?"),
-            a.to_json()
-        )),
+        Some(a) => line(format!("    AIGC label ({}): {}", r.aigc_source.as_deref().unwrap_or("?"), a.to_json())),
         None => line("    AIGC label: none".into()),
     }
     line(format!(
         "    C2PA manifest: {}",
-        if r.c2pa_manifest_present {
-            "present (not validated by sd inspect)"
-        } else {
-            "absent"
-        }
+        if r.c2pa_manifest_present { "present (not validated by sd inspect)" } else { "absent" }
     ));
     if let Some(w) = &r.watermark_record {
         line(format!("    watermark recorded in metadata: {w}"));

@@ -79,20 +79,12 @@ struct Tiff<'a> {
 impl Tiff<'_> {
     fn u16(&self, at: usize) -> Option<u16> {
         let s = self.b.get(at..at + 2)?;
-        Some(if self.le {
-            u16::from_le_bytes([s[0], s[1]])
-        } else {
-            u16::from_be_bytes([s[0], s[1]])
-        })
+        Some(if self.le { u16::from_le_bytes([s[0], s[1]]) } else { u16::from_be_bytes([s[0], s[1]]) })
     }
     fn u32(&self, at: usize) -> Option<u32> {
         let s = self.b.get(at..at + 4)?;
         let a = [s[0], s[1], s[2], s[3]];
-        Some(if self.le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        })
+        Some(if self.le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) })
     }
     /// (tag, type, count, value bytes) of each entry of the IFD at `off`.
     fn entries(&self, off: usize) -> Vec<(u16, u16, usize, &[u8])> {
@@ -100,9 +92,7 @@ impl Tiff<'_> {
         let Some(n) = self.u16(off) else { return out };
         for i in 0..n as usize {
             let e = off + 2 + 12 * i;
-            let (Some(tag), Some(typ), Some(count)) =
-                (self.u16(e), self.u16(e + 2), self.u32(e + 4))
-            else {
+            let (Some(tag), Some(typ), Some(count)) = (self.u16(e), self.u16(e + 2), self.u32(e + 4)) else {
                 break;
             };
             let unit = match typ {
@@ -116,8 +106,7 @@ impl Tiff<'_> {
             let data = if size <= 4 {
                 self.b.get(e + 8..e + 8 + size)
             } else {
-                self.u32(e + 8)
-                    .and_then(|o| self.b.get(o as usize..(o as usize).checked_add(size)?))
+                self.u32(e + 8).and_then(|o| self.b.get(o as usize..(o as usize).checked_add(size)?))
             };
             if let Some(d) = data {
                 out.push((tag, typ, count as usize, d));
@@ -128,9 +117,7 @@ impl Tiff<'_> {
 }
 
 fn ascii(d: &[u8]) -> String {
-    String::from_utf8_lossy(d)
-        .trim_end_matches('\0')
-        .to_string()
+    String::from_utf8_lossy(d).trim_end_matches('\0').to_string()
 }
 
 /// EXIF UserComment: 8-byte character-code prefix, then text. "UNICODE" is UTF-16 (piexif, used by A1111, writes
@@ -176,11 +163,7 @@ fn read_exif(tiff: &[u8], m: &mut JpegMeta) {
             0x0131 => m.software = Some(ascii(d)),
             0x8769 if d.len() >= 4 => {
                 let a = [d[0], d[1], d[2], d[3]];
-                exif_ifd = Some(if le {
-                    u32::from_le_bytes(a)
-                } else {
-                    u32::from_be_bytes(a)
-                });
+                exif_ifd = Some(if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) });
             }
             _ => {}
         }

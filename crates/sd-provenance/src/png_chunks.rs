@@ -41,44 +41,27 @@ pub fn read_chunks(bytes: &[u8]) -> Result<Vec<Chunk>> {
     let mut out = Vec::new();
     loop {
         if pos + 8 > bytes.len() {
-            bail!(
-                "truncated PNG: chunk header expected at byte {pos}, file has {} bytes (no IEND)",
-                bytes.len()
-            );
+            bail!("truncated PNG: chunk header expected at byte {pos}, file has {} bytes (no IEND)", bytes.len());
         }
-        let len = u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
-            as usize;
-        let kind = [
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ];
+        let len = u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+        let kind = [bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]];
         let data_start = pos + 8;
         let end = data_start.checked_add(len).and_then(|e| e.checked_add(4));
         let Some(end) = end.filter(|&e| e <= bytes.len() && len <= 0x7fff_ffff) else {
-            bail!("truncated PNG: chunk `{}` at byte {pos} claims {len} bytes past the end of the file", String::from_utf8_lossy(&kind));
+            bail!(
+                "truncated PNG: chunk `{}` at byte {pos} claims {len} bytes past the end of the file",
+                String::from_utf8_lossy(&kind)
+            );
         };
         let data = &bytes[data_start..data_start + len];
-        let crc = u32::from_be_bytes([
-            bytes[end - 4],
-            bytes[end - 3],
-            bytes[end - 2],
-            bytes[end - 1],
-        ]);
+        let crc = u32::from_be_bytes([bytes[end - 4], bytes[end - 3], bytes[end - 2], bytes[end - 1]]);
         let mut h = crc32fast::Hasher::new();
         h.update(&kind);
         h.update(data);
         if h.finalize() != crc {
-            bail!(
-                "corrupt PNG: CRC mismatch in chunk `{}` at byte {pos}",
-                String::from_utf8_lossy(&kind)
-            );
+            bail!("corrupt PNG: CRC mismatch in chunk `{}` at byte {pos}", String::from_utf8_lossy(&kind));
         }
-        out.push(Chunk {
-            kind,
-            data: data.to_vec(),
-        });
+        out.push(Chunk { kind, data: data.to_vec() });
         pos = end;
         if &kind == b"IEND" {
             return Ok(out);
@@ -93,10 +76,7 @@ pub fn dimensions(chunks: &[Chunk]) -> Result<(u32, u32)> {
         .filter(|c| &c.kind == b"IHDR" && c.data.len() == 13)
         .context("PNG has no valid IHDR chunk first")?;
     let d = &ihdr.data;
-    Ok((
-        u32::from_be_bytes([d[0], d[1], d[2], d[3]]),
-        u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
-    ))
+    Ok((u32::from_be_bytes([d[0], d[1], d[2], d[3]]), u32::from_be_bytes([d[4], d[5], d[6], d[7]])))
 }
 
 fn inflate(data: &[u8]) -> Result<Vec<u8>> {
@@ -142,9 +122,5 @@ pub fn decode_text(c: &Chunk) -> Result<Option<PngText>> {
         }
         _ => return Ok(None),
     };
-    Ok(Some(PngText {
-        keyword,
-        text,
-        chunk: kind,
-    }))
+    Ok(Some(PngText { keyword, text, chunk: kind }))
 }

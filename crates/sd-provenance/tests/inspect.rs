@@ -10,17 +10,12 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/watermark
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = format!("{DIR}/{name}");
-    std::fs::read(&p)
-        .unwrap_or_else(|e| panic!("{p}: {e} (run scripts/fixtures/gen_50_watermark.py)"))
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e} (run scripts/fixtures/gen_50_watermark.py)"))
 }
 
 fn smooth(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([
-            (60 + x / 4 % 120) as u8,
-            (50 + y / 3 % 150) as u8,
-            (90 + (x + y) / 8 % 100) as u8,
-        ])
+        image::Rgb([(60 + x / 4 % 120) as u8, (50 + y / 3 % 150) as u8, (90 + (x + y) / 8 % 100) as u8])
     })
 }
 
@@ -28,9 +23,7 @@ fn smooth(w: u32, h: u32) -> RgbImage {
 fn our_png_reports_everything() {
     // dwtDct needs texture: on flat areas the marked coefficient can lose its argmax place, so use the
     // reference fixture image rather than a smooth ramp
-    let mut img = image::load_from_memory(&fixture("in_256x384.png"))
-        .unwrap()
-        .to_rgb8();
+    let mut img = image::load_from_memory(&fixture("in_256x384.png")).unwrap().to_rgb8();
     let outcome = embed(&mut img, &Payload::Sdxl).unwrap();
     let info = GenerationInfo {
         prompt: "一只猫, watercolor".into(),
@@ -51,32 +44,21 @@ fn our_png_reports_everything() {
     assert_eq!(r.aigc.as_ref().unwrap().label, "1");
     assert_eq!(r.aigc_source.as_deref(), Some("PNG chunk AIGC"));
     assert!(!r.c2pa_manifest_present);
-    assert_eq!(
-        r.watermark_record.as_deref(),
-        Some("invisible-watermark dwtDct SDXL 0xB3EC907BB19E")
-    );
+    assert_eq!(r.watermark_record.as_deref(), Some("invisible-watermark dwtDct SDXL 0xB3EC907BB19E"));
     let w = r.watermark.as_ref().unwrap();
     let sdxl = w.iter().find(|d| d.total_bits == 48).unwrap();
     assert_eq!(sdxl.confidence, Confidence::VeryLikely, "{sdxl:?}");
     let sdv1 = w.iter().find(|d| d.total_bits == 136).unwrap();
     assert!(sdv1.confidence <= Confidence::Partial, "{sdv1:?}");
     let text = sd_provenance::inspect::render(&r);
-    let want = format!(
-        "SDXL 0xB3EC907BB19E: {}/48 bits match — very likely",
-        sdxl.matched_bits
-    );
+    let want = format!("SDXL 0xB3EC907BB19E: {}/48 bits match — very likely", sdxl.matched_bits);
     assert!(text.contains(&want), "{text}");
 }
 
 #[test]
 fn reference_marked_fixture_is_detected_and_unmarked_is_not() {
     let r = inspect_bytes("out", &fixture("out_256x384_sdv1.png")).unwrap();
-    let d = r
-        .watermark
-        .unwrap()
-        .into_iter()
-        .find(|d| d.total_bits == 136)
-        .unwrap();
+    let d = r.watermark.unwrap().into_iter().find(|d| d.total_bits == 136).unwrap();
     assert!(d.confidence >= Confidence::Likely, "{d:?}");
     let r = inspect_bytes("in", &fixture("in_256x384.png")).unwrap();
     for d in r.watermark.unwrap() {
@@ -90,10 +72,9 @@ fn reference_marked_fixture_is_detected_and_unmarked_is_not() {
 #[test]
 fn jpeg_from_another_tool() {
     let mut jpg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 90)
-        .encode_image(&smooth(64, 48))
-        .unwrap();
-    let params = "masterpiece, 猫\nNegative prompt: bad\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x48";
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 90).encode_image(&smooth(64, 48)).unwrap();
+    let params =
+        "masterpiece, 猫\nNegative prompt: bad\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x48";
     // TIFF (big-endian): IFD0 with one entry ExifIFD → Exif IFD with one entry UserComment
     let mut uc = b"UNICODE\0".to_vec();
     uc.extend(params.encode_utf16().flat_map(|u| u.to_be_bytes()));
@@ -126,10 +107,7 @@ fn jpeg_from_another_tool() {
     let r = inspect_bytes("a1111.jpg", &out).unwrap();
     assert_eq!((r.format.as_str(), r.width, r.height), ("jpeg", 64, 48));
     let p = r.parameters.unwrap();
-    assert_eq!(
-        (p.prompt.as_str(), p.negative_prompt.as_str()),
-        ("masterpiece, 猫", "bad")
-    );
+    assert_eq!((p.prompt.as_str(), p.negative_prompt.as_str()), ("masterpiece, 猫", "bad"));
     assert_eq!(p.get("Seed"), Some("5"));
     assert_eq!(
         r.digital_source_type.as_deref(),
@@ -142,16 +120,8 @@ fn jpeg_from_another_tool() {
 #[test]
 fn comfyui_chunks_and_c2pa_chunk_in_png() {
     let chunks = [
-        TextChunk {
-            keyword: "prompt".into(),
-            text: "{\"3\":{\"class_type\":\"KSampler\"}}".into(),
-            force_itxt: false,
-        },
-        TextChunk {
-            keyword: "workflow".into(),
-            text: "{\"nodes\":[]}".into(),
-            force_itxt: false,
-        },
+        TextChunk { keyword: "prompt".into(), text: "{\"3\":{\"class_type\":\"KSampler\"}}".into(), force_itxt: false },
+        TextChunk { keyword: "workflow".into(), text: "{\"nodes\":[]}".into(), force_itxt: false },
     ];
     let png = encode_png(&smooth(16, 16), &chunks).unwrap();
     // splice a caBX chunk in right after IHDR (8 + 25 bytes)
@@ -168,10 +138,7 @@ fn comfyui_chunks_and_c2pa_chunk_in_png() {
     assert!(r.comfyui_prompt.unwrap().contains("KSampler"));
     assert_eq!(r.comfyui_workflow.as_deref(), Some("{\"nodes\":[]}"));
     assert!(r.c2pa_manifest_present);
-    assert!(
-        sd_provenance::inspect::render(&inspect_bytes("c", &bytes).unwrap())
-            .contains("present (not validated")
-    );
+    assert!(sd_provenance::inspect::render(&inspect_bytes("c", &bytes).unwrap()).contains("present (not validated"));
 }
 
 fn crc32(b: &[u8]) -> u32 {
@@ -179,21 +146,14 @@ fn crc32(b: &[u8]) -> u32 {
     for &x in b {
         c ^= x as u32;
         for _ in 0..8 {
-            c = if c & 1 == 1 {
-                (c >> 1) ^ 0xedb8_8320
-            } else {
-                c >> 1
-            };
+            c = if c & 1 == 1 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
         }
     }
     !c
 }
 
 fn err(name: &str, bytes: &[u8]) -> String {
-    format!(
-        "{:#}",
-        inspect_bytes(name, bytes).expect_err("must be an error")
-    )
+    format!("{:#}", inspect_bytes(name, bytes).expect_err("must be an error"))
 }
 
 #[test]
@@ -213,14 +173,9 @@ fn bad_input_gives_clear_errors() {
     let crc = crc32(&huge[12..29]);
     huge[29..33].copy_from_slice(&crc.to_be_bytes());
     let e = err("huge.png", &huge);
-    assert!(
-        e.contains("100000x100000") && e.contains("larger than inspect accepts"),
-        "{e}"
-    );
+    assert!(e.contains("100000x100000") && e.contains("larger than inspect accepts"), "{e}");
     let mut jpg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new(&mut jpg)
-        .encode_image(&smooth(32, 32))
-        .unwrap();
+    image::codecs::jpeg::JpegEncoder::new(&mut jpg).encode_image(&smooth(32, 32)).unwrap();
     assert!(err("cut.jpg", &jpg[..10]).contains("JPEG"));
     // a JPEG whose pixel data is cut: metadata reads, decoding fails cleanly or decodes what is there
     let half = &jpg[..jpg.len() * 3 / 4];

@@ -2,11 +2,9 @@
 //! decoder (exact string equality).
 
 use image::RgbImage;
-use sd_provenance::metadata::{
-    encode_png, infotext, label_chunks, xmp, AigcLabel, GenerationInfo, Mode, TextChunk,
-};
-use std::io::Cursor;
+use sd_provenance::metadata::{encode_png, infotext, label_chunks, xmp, AigcLabel, GenerationInfo, Mode, TextChunk};
 use sd_provenance::watermark::{Payload, WatermarkOutcome};
+use std::io::Cursor;
 
 fn info(prompt: &str, negative: &str, mode: Mode) -> GenerationInfo {
     GenerationInfo {
@@ -24,10 +22,7 @@ fn info(prompt: &str, negative: &str, mode: Mode) -> GenerationInfo {
         clip_skip: Some(2),
         denoising_strength: (mode != Mode::Txt2Img).then_some(0.75),
         mode,
-        watermark: Some(WatermarkOutcome::Applied {
-            payload: Payload::SdV1.name(),
-            bits: 136,
-        }),
+        watermark: Some(WatermarkOutcome::Applied { payload: Payload::SdV1.name(), bits: 136 }),
         extra: vec![("Lora hashes".into(), "detail: abc123, style: def456".into())],
         ..Default::default()
     }
@@ -46,25 +41,14 @@ fn read_back(bytes: &[u8]) -> Vec<(String, String, &'static str)> {
     for t in &info.utf8_text {
         out.push((t.keyword.clone(), t.get_text().expect("iTXt text"), "iTXt"));
     }
-    assert!(
-        info.compressed_latin1_text.is_empty(),
-        "we never write zTXt"
-    );
+    assert!(info.compressed_latin1_text.is_empty(), "we never write zTXt");
     out
 }
 
 #[test]
 fn infotext_matches_a1111_layout_and_round_trips() {
-    let gi = info(
-        "a cat, sitting: on a mat\nsecond line",
-        "blurry, lowres",
-        Mode::Img2Img,
-    );
-    let text = infotext::build(
-        &gi.prompt,
-        &gi.negative_prompt,
-        &sd_provenance::metadata::infotext_params(&gi),
-    );
+    let gi = info("a cat, sitting: on a mat\nsecond line", "blurry, lowres", Mode::Img2Img);
+    let text = infotext::build(&gi.prompt, &gi.negative_prompt, &sd_provenance::metadata::infotext_params(&gi));
     let want = "a cat, sitting: on a mat\nsecond line\nNegative prompt: blurry, lowres\n\
         Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1234567890123, Size: 640x384, \
         Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.75, Clip skip: 2, \
@@ -84,37 +68,17 @@ fn infotext_matches_a1111_layout_and_round_trips() {
 fn infotext_quoting_follows_json_dumps() {
     assert_eq!(infotext::quote("plain value"), "plain value");
     assert_eq!(infotext::quote("a, b"), "\"a, b\"");
-    assert_eq!(
-        infotext::quote("say \"hi\": 猫\n"),
-        "\"say \\\"hi\\\": 猫\\n\""
-    );
-    assert_eq!(
-        infotext::unquote("\"say \\\"hi\\\": 猫\\n\""),
-        "say \"hi\": 猫\n"
-    );
+    assert_eq!(infotext::quote("say \"hi\": 猫\n"), "\"say \\\"hi\\\": 猫\\n\"");
+    assert_eq!(infotext::unquote("\"say \\\"hi\\\": 猫\\n\""), "say \"hi\": 猫\n");
     // empty negative prompt still gets its line; parse gives it back empty
     let t = infotext::build(
         "p",
         "",
-        &[
-            ("Steps".into(), "20".into()),
-            ("Sampler".into(), "Euler".into()),
-            ("Seed".into(), "1".into()),
-        ],
+        &[("Steps".into(), "20".into()), ("Sampler".into(), "Euler".into()), ("Seed".into(), "1".into())],
     );
-    assert_eq!(
-        t,
-        "p\nNegative prompt: \nSteps: 20, Sampler: Euler, Seed: 1"
-    );
+    assert_eq!(t, "p\nNegative prompt: \nSteps: 20, Sampler: Euler, Seed: 1");
     let p = infotext::parse(&t);
-    assert_eq!(
-        (
-            p.prompt.as_str(),
-            p.negative_prompt.as_str(),
-            p.params.len()
-        ),
-        ("p", "", 3)
-    );
+    assert_eq!((p.prompt.as_str(), p.negative_prompt.as_str(), p.params.len()), ("p", "", 3));
     // a last line with fewer than 3 pairs belongs to the prompt (A1111 rule)
     let p = infotext::parse("hello\nSteps: 20, Seed: 3");
     assert_eq!(p.prompt, "hello\nSteps: 20, Seed: 3");
@@ -129,11 +93,7 @@ fn check_png(prompt: &str, negative: &str, mode: Mode) {
     let chunks = label_chunks(&gi);
     let bytes = encode_png(&RgbImage::new(8, 8), &chunks).unwrap();
     let got = read_back(&bytes);
-    let find = |k: &str| {
-        got.iter()
-            .find(|(kw, _, _)| kw == k)
-            .unwrap_or_else(|| panic!("chunk {k} missing: {got:?}"))
-    };
+    let find = |k: &str| got.iter().find(|(kw, _, _)| kw == k).unwrap_or_else(|| panic!("chunk {k} missing: {got:?}"));
 
     let (_, params, kind) = find("parameters");
     assert_eq!(*kind, if prompt.is_ascii() { "tEXt" } else { "iTXt" });
@@ -148,14 +108,8 @@ fn check_png(prompt: &str, negative: &str, mode: Mode) {
         Mode::Txt2Img => "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia",
         _ => "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia",
     };
-    assert_eq!(
-        xmp::property(packet, "DigitalSourceType").as_deref(),
-        Some(want_dst)
-    );
-    assert_eq!(
-        xmp::property(packet, "CreatorTool").as_deref(),
-        Some("sd-rs 0.1.0")
-    );
+    assert_eq!(xmp::property(packet, "DigitalSourceType").as_deref(), Some(want_dst));
+    assert_eq!(xmp::property(packet, "CreatorTool").as_deref(), Some("sd-rs 0.1.0"));
     let from_xmp = AigcLabel::parse(&xmp::property(packet, "AIGC").unwrap()).unwrap();
 
     let (_, aigc, _) = find("AIGC");
@@ -170,52 +124,31 @@ fn check_png(prompt: &str, negative: &str, mode: Mode) {
     );
     // text chunks sit before IDAT
     let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap();
-    let last_text = bytes
-        .windows(4)
-        .rposition(|w| w == b"tEXt" || w == b"iTXt")
-        .unwrap();
+    let last_text = bytes.windows(4).rposition(|w| w == b"tEXt" || w == b"iTXt").unwrap();
     assert!(last_text < idat);
 }
 
 #[test]
 fn ascii_prompt_png_round_trip() {
-    check_png(
-        "a photo of an astronaut riding a horse, <lora:x:0.8>",
-        "lowres, bad hands",
-        Mode::Txt2Img,
-    );
+    check_png("a photo of an astronaut riding a horse, <lora:x:0.8>", "lowres, bad hands", Mode::Txt2Img);
 }
 
 #[test]
 fn chinese_prompt_png_round_trip() {
-    check_png(
-        "一只猫坐在垫子上，水墨画风格",
-        "模糊，低质量",
-        Mode::Inpaint,
-    );
+    check_png("一只猫坐在垫子上，水墨画风格", "模糊，低质量", Mode::Inpaint);
 }
 
 #[test]
 fn produce_ids_are_unique_and_watermark_choice_is_recorded() {
     let mut gi = info("p", "", Mode::Txt2Img);
-    let a = AigcLabel::parse(&label_chunks(&gi)[2].text)
-        .unwrap()
-        .produce_id;
-    let b = AigcLabel::parse(&label_chunks(&gi)[2].text)
-        .unwrap()
-        .produce_id;
+    let a = AigcLabel::parse(&label_chunks(&gi)[2].text).unwrap().produce_id;
+    let b = AigcLabel::parse(&label_chunks(&gi)[2].text).unwrap().produce_id;
     assert_ne!(a, b);
     assert_eq!(a.len(), 36);
     gi.watermark = Some(WatermarkOutcome::Disabled);
     let chunks = label_chunks(&gi);
-    assert_eq!(
-        infotext::parse(&chunks[0].text).get("Watermark"),
-        Some("none (--no-watermark)")
-    );
-    assert_eq!(
-        xmp::property(&chunks[1].text, "Watermark").as_deref(),
-        Some("none (--no-watermark)")
-    );
+    assert_eq!(infotext::parse(&chunks[0].text).get("Watermark"), Some("none (--no-watermark)"));
+    assert_eq!(xmp::property(&chunks[1].text, "Watermark").as_deref(), Some("none (--no-watermark)"));
 }
 
 #[test]

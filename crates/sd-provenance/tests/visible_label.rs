@@ -10,10 +10,7 @@ fn default_label_is_drawn_in_the_corner_with_contrast() {
         let p = draw_label(&mut img, DEFAULT_TEXT, Corner::BottomRight).unwrap();
         assert!(p.x + p.width <= w && p.y + p.height <= h, "{p:?}");
         assert!(p.x > w / 3 && p.y > h / 2, "bottom-right expected: {p:?}");
-        assert!(
-            p.text_height >= 12 && p.text_height as f32 >= w.min(h) as f32 * 0.03,
-            "{p:?}"
-        );
+        assert!(p.text_height >= 12 && p.text_height as f32 >= w.min(h) as f32 * 0.03, "{p:?}");
         assert!(p.width <= w * 9 / 10 + 1);
         // box is dark, text is white, outside untouched
         let inside: Vec<u8> = (p.y..p.y + p.height)
@@ -35,10 +32,7 @@ fn default_label_is_drawn_in_the_corner_with_contrast() {
 fn label_shrinks_to_fit_narrow_images_and_corners_work() {
     let mut img = RgbImage::new(200, 600);
     let p = draw_label(&mut img, DEFAULT_TEXT, Corner::TopLeft).unwrap();
-    assert!(
-        p.x + p.width <= 180 + p.x && p.width <= 181 && p.y < 20,
-        "{p:?}"
-    );
+    assert!(p.x + p.width <= 180 + p.x && p.width <= 181 && p.y < 20, "{p:?}");
     let mut tiny = RgbImage::new(40, 40);
     assert!(draw_label(&mut tiny, DEFAULT_TEXT, Corner::BottomLeft).is_err());
 }
@@ -47,9 +41,6 @@ fn label_shrinks_to_fit_narrow_images_and_corners_work() {
 fn unsupported_characters_are_named() {
     assert!(glyphs_for("AI-generated 生成 ok ~!").is_ok());
     let e = format!("{:#}", glyphs_for("AI合成 é").unwrap_err());
-    assert!(
-        e.contains("'合'") && e.contains("'é'") && !e.contains("'成'"),
-        "{e}"
-    );
+    assert!(e.contains("'合'") && e.contains("'é'") && !e.contains("'成'"), "{e}");
     assert!(glyphs_for("   ").is_err());
 }

@@ -6,16 +6,9 @@ use sd_provenance::watermark::{binomial_tail, classify, thresholds, Confidence};
 
 #[test]
 fn binomial_tail_matches_scipy() {
-    for (t, want) in [
-        (28, 0.15616340373663468),
-        (34, 0.002757600742750555),
-        (36, 0.00035863483669729146),
-    ] {
+    for (t, want) in [(28, 0.15616340373663468), (34, 0.002757600742750555), (36, 0.00035863483669729146)] {
         let got = binomial_tail(48, t);
-        assert!(
-            ((got - want) / want).abs() < 1e-9,
-            "P(X>={t}) = {got}, scipy {want}"
-        );
+        assert!(((got - want) / want).abs() < 1e-9, "P(X>={t}) = {got}, scipy {want}");
     }
     assert_eq!(binomial_tail(10, 0), 1.0);
     assert_eq!(binomial_tail(10, 11), 0.0);

@@ -12,24 +12,17 @@ const SIZES: [(u32, u32); 3] = [(512, 512), (256, 384), (261, 259)];
 fn load(name: &str) -> RgbImage {
     let path = format!("{DIR}/{name}");
     image::open(&path)
-        .unwrap_or_else(|e| {
-            panic!("fixture {path}: {e} (run scripts/fixtures/gen_50_watermark.py)")
-        })
+        .unwrap_or_else(|e| panic!("fixture {path}: {e} (run scripts/fixtures/gen_50_watermark.py)"))
         .to_rgb8()
 }
 
 fn vectors() -> Value {
     let path = format!("{DIR}/vectors.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
 fn bits_of(v: &Value) -> Vec<bool> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap() == 1)
-        .collect()
+    v.as_array().unwrap().iter().map(|b| b.as_u64().unwrap() == 1).collect()
 }
 
 #[test]
@@ -45,23 +38,10 @@ fn uint8_encoder_is_byte_exact() {
         for (name, payload) in [("sdv1", Payload::SdV1), ("sdxl", Payload::Sdxl)] {
             let mut img = load(&format!("in_{w}x{h}.png"));
             let outcome = embed(&mut img, &payload).unwrap();
-            assert!(
-                matches!(outcome, WatermarkOutcome::Applied { .. }),
-                "{outcome:?}"
-            );
+            assert!(matches!(outcome, WatermarkOutcome::Applied { .. }), "{outcome:?}");
             let want = load(&format!("out_{w}x{h}_{name}.png"));
-            let diff = img
-                .as_raw()
-                .iter()
-                .zip(want.as_raw())
-                .filter(|(a, b)| a != b)
-                .count();
-            assert_eq!(
-                diff,
-                0,
-                "{w}x{h} {name}: {diff} of {} bytes differ",
-                want.as_raw().len()
-            );
+            let diff = img.as_raw().iter().zip(want.as_raw()).filter(|(a, b)| a != b).count();
+            assert_eq!(diff, 0, "{w}x{h} {name}: {diff} of {} bytes differ", want.as_raw().len());
         }
     }
 }
@@ -112,10 +92,7 @@ fn float_path_matches_diffusers() {
         }
     }
     eprintln!("float path: max |error| = {max_err:e}, values over 1e-4: {over}");
-    assert_eq!(
-        over, 0,
-        "float path: {over} values differ by more than 1e-4 (max {max_err:e})"
-    );
+    assert_eq!(over, 0, "float path: {over} values differ by more than 1e-4 (max {max_err:e})");
 }
 
 #[test]
@@ -123,13 +100,7 @@ fn small_images_are_not_marked() {
     let mut img = RgbImage::new(255, 256);
     let before = img.clone();
     let outcome = embed(&mut img, &Payload::SdV1).unwrap();
-    assert_eq!(
-        outcome,
-        WatermarkOutcome::NotAppliedTooSmall {
-            width: 255,
-            height: 256
-        }
-    );
+    assert_eq!(outcome, WatermarkOutcome::NotAppliedTooSmall { width: 255, height: 256 });
     assert_eq!(img, before);
     assert!(decode_bits(&img, 48).is_none());
 }

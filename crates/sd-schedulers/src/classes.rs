@@ -21,7 +21,8 @@ fn boxed<S: Scheduler + 'static>(r: Result<S>) -> Result<Box<dyn Scheduler>> {
 /// The "class" of DPM++ 2S a, which diffusers lacks (shown by `sd samplers`).
 pub const K2SA: &str = "k-diffusion sample_dpmpp_2s_ancestral";
 
-pub const COMMON: &str = r#""num_train_timesteps":1000,"beta_start":0.0001,"beta_end":0.02,"beta_schedule":"linear","trained_betas":null"#;
+pub const COMMON: &str =
+    r#""num_train_timesteps":1000,"beta_start":0.0001,"beta_end":0.02,"beta_schedule":"linear","trained_betas":null"#;
 
 pub fn classes() -> Vec<Class> {
     vec![

@@ -25,7 +25,11 @@ impl StepIndex {
         }
         let i = match self.begin {
             Some(b) => {
-                ensure!(b < timesteps.len(), "begin index {b} is past the end of the {}-step schedule", timesteps.len());
+                ensure!(
+                    b < timesteps.len(),
+                    "begin index {b} is past the end of the {}-step schedule",
+                    timesteps.len()
+                );
                 b
             }
             None => index_for_timestep(timesteps, timestep)?,
@@ -56,7 +60,8 @@ pub fn index_for_timestep(timesteps: &[f64], timestep: f64) -> Result<usize> {
     ensure!(!timesteps.is_empty(), "the sampler has no timesteps: call set_timesteps first");
     let best = timesteps.iter().map(|t| (t - timestep).abs()).fold(f64::INFINITY, f64::min);
     ensure!(best <= 0.5, "timestep {timestep} is not in this sampler's schedule");
-    let hits: Vec<usize> = timesteps.iter().enumerate().filter(|(_, t)| (*t - timestep).abs() == best).map(|(i, _)| i).collect();
+    let hits: Vec<usize> =
+        timesteps.iter().enumerate().filter(|(_, t)| (*t - timestep).abs() == best).map(|(i, _)| i).collect();
     Ok(if hits.len() > 1 { hits[1] } else { hits[0] })
 }
 
@@ -79,7 +84,8 @@ pub fn threshold_sample(x0: &Tensor, ratio: f64, max_value: f64) -> Result<Tenso
     let size = x0.size();
     ensure!(size.len() >= 2, "thresholding needs a batch × channels × … sample, got shape {size:?}");
     let flat = x0.f_to_kind(Kind::Float)?.f_reshape([size[0], -1])?;
-    let s = flat.f_abs()?.f_quantile_scalar(ratio, Some(1), false, "linear").context("dynamic thresholding quantile")?;
+    let s =
+        flat.f_abs()?.f_quantile_scalar(ratio, Some(1), false, "linear").context("dynamic thresholding quantile")?;
     let s = s.f_clamp(1.0, max_value)?.f_unsqueeze(1)?;
     let clamped = flat.f_clamp_tensor(Some(&s.f_neg()?), Some(&s))?.f_div(&s)?;
     Ok(clamped.f_reshape(size.as_slice())?.f_to_kind(x0.kind())?)
@@ -132,4 +138,3 @@ pub fn lin(terms: &[(f64, &Tensor)]) -> Result<Tensor> {
     }
     Ok(acc)
 }
-

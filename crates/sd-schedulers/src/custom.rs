@@ -79,7 +79,13 @@ impl Scheduler for Ays {
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
         self.inner.scale_model_input(sample, timestep)
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         self.inner.step(model_output, timestep, sample, gen)
     }
     fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {

@@ -65,7 +65,8 @@ pub struct Flavor {
     pub always_round_karras: bool,
 }
 
-pub const DPM: Flavor = Flavor { lambda_clip: true, cfg_minmax: false, final_from_respaced: false, always_round_karras: false };
+pub const DPM: Flavor =
+    Flavor { lambda_clip: true, cfg_minmax: false, final_from_respaced: false, always_round_karras: false };
 
 /// `set_timesteps(num_inference_steps)` of DPMSolverMultistepScheduler (and the others listed above).
 pub fn spaced(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize) -> Result<DpmSchedule> {

@@ -53,7 +53,9 @@ pub fn euler_schedule(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize, fi
             let v = tch::Tensor::f_linspace(a, b, (n + 1) as i64, (tch::Kind::Float, tch::Device::Cpu))?.f_exp()?;
             Vec::<f64>::try_from(v.f_to_kind(tch::Kind::Double)?)?
         }
-        other => bail!("scheduler config field `interpolation_type` is {other:?}; expected \"linear\" or \"log_linear\""),
+        other => {
+            bail!("scheduler config field `interpolation_type` is {other:?}; expected \"linear\" or \"log_linear\"")
+        }
     };
     let mut timesteps = ts;
     if let Some(s) = respace(cfg, &sig, n) {
@@ -81,7 +83,12 @@ pub fn from_sigmas(train: &TrainSchedule, custom: &[f64]) -> Result<KSchedule> {
 }
 
 /// `set_timesteps(timesteps=[...])`: custom timesteps, sigmas interpolated, final sigma appended.
-pub fn from_timesteps(cfg: &SchedulerConfig, train: &TrainSchedule, custom: &[f64], final_sigma: f64) -> Result<KSchedule> {
+pub fn from_timesteps(
+    cfg: &SchedulerConfig,
+    train: &TrainSchedule,
+    custom: &[f64],
+    final_sigma: f64,
+) -> Result<KSchedule> {
     cfg.check_custom_timesteps()?;
     anyhow::ensure!(!custom.is_empty(), "a custom timestep list must not be empty");
     let timesteps: Vec<f64> = custom.iter().map(|&t| f32r(t)).collect();

@@ -41,7 +41,13 @@ pub trait Scheduler: Send {
     fn state_mut(&mut self) -> &mut SamplerState;
     fn set_timesteps(&mut self, num_inference_steps: usize, device: Device) -> Result<()>;
     /// One denoising step; returns the previous (less noisy) sample.
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor>;
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor>;
 
     /// Registry name, e.g. "euler-a".
     fn name(&self) -> &str {

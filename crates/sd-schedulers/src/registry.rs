@@ -2,8 +2,8 @@
 //! reproduces diffusers' `from_config`: keys the new class shares with the model's saved config keep the saved
 //! values, all others take the new class's defaults.
 
-use crate::custom::{Ays, AysModel};
 use crate::classes::{classes, Class, COMMON};
+use crate::custom::{Ays, AysModel};
 use crate::{Scheduler, SchedulerConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -72,7 +72,8 @@ pub struct Parsed {
 pub fn parse_sampler(name: &str) -> Result<Parsed> {
     let n = norm(name);
     let specs = specs();
-    let find = |key: &str| specs.iter().find(|s| s.name == key || s.a1111.iter().any(|a| norm(a) == key)).map(|s| s.name);
+    let find =
+        |key: &str| specs.iter().find(|s| s.name == key || s.a1111.iter().any(|a| norm(a) == key)).map(|s| s.name);
     if let Some(s) = find(&n) {
         return Ok(Parsed { spec_name: s, schedule: None });
     }
@@ -112,7 +113,10 @@ pub fn parse_sampler(name: &str) -> Result<Parsed> {
 }
 
 fn all_names() -> Vec<String> {
-    specs().iter().flat_map(|s| std::iter::once(s.name.to_string()).chain(s.a1111.iter().map(|a| a.to_string()))).collect()
+    specs()
+        .iter()
+        .flat_map(|s| std::iter::once(s.name.to_string()).chain(s.a1111.iter().map(|a| a.to_string())))
+        .collect()
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -136,21 +140,44 @@ pub fn build(sampler: &str, model_scheduler_config: &Value, schedule: Option<&st
 }
 
 /// `build` plus explicit config values applied last (e.g. `{"eta": 1.0}` for DDIM, `{"solver_order": 3}`).
-pub fn build_with(sampler: &str, model_cfg: &Value, schedule: Option<&str>, extra: &Value) -> Result<Box<dyn Scheduler>> {
+pub fn build_with(
+    sampler: &str,
+    model_cfg: &Value,
+    schedule: Option<&str>,
+    extra: &Value,
+) -> Result<Box<dyn Scheduler>> {
     let model = model_cfg.as_object().ok_or_else(|| anyhow!("the model's scheduler config is not a JSON object"))?;
     let specs = specs();
     let (spec, implied) = if norm(sampler) == "default" {
-        let class = model.get("_class_name").and_then(Value::as_str).ok_or_else(|| {
-            anyhow!("sampler \"default\" needs `_class_name` in the model's scheduler config")
-        })?;
-        let spec = specs.iter().find(|s| s.class == class && s.overrides == "{}").or_else(|| specs.iter().find(|s| s.class == class));
-        (spec.ok_or_else(|| anyhow!("the model's default scheduler class {class} is not supported; choose a sampler ({})", all_names().join(", ")))?, None)
+        let class = model
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("sampler \"default\" needs `_class_name` in the model's scheduler config"))?;
+        let spec = specs
+            .iter()
+            .find(|s| s.class == class && s.overrides == "{}")
+            .or_else(|| specs.iter().find(|s| s.class == class));
+        (
+            spec.ok_or_else(|| {
+                anyhow!(
+                    "the model's default scheduler class {class} is not supported; choose a sampler ({})",
+                    all_names().join(", ")
+                )
+            })?,
+            None,
+        )
     } else {
         let p = parse_sampler(sampler)?;
-        (specs.iter().find(|s| s.name == p.spec_name).ok_or_else(|| anyhow!("internal: spec {}", p.spec_name))?, p.schedule)
+        (
+            specs.iter().find(|s| s.name == p.spec_name).ok_or_else(|| anyhow!("internal: spec {}", p.spec_name))?,
+            p.schedule,
+        )
     };
     let classes = classes();
-    let class = classes.iter().find(|c| c.name == spec.class).ok_or_else(|| anyhow!("sampler {} ({}) is not implemented", spec.name, spec.class))?;
+    let class = classes
+        .iter()
+        .find(|c| c.name == spec.class)
+        .ok_or_else(|| anyhow!("sampler {} ({}) is not implemented", spec.name, spec.class))?;
     let mut cfg = class_config(class, model)?;
     overlay(&mut cfg, spec.overrides)?;
     let schedule = schedule.or(implied).map(norm);
@@ -158,8 +185,10 @@ pub fn build_with(sampler: &str, model_cfg: &Value, schedule: Option<&str>, extr
     for (k, v) in extra.as_object().into_iter().flatten() {
         cfg.insert(k.clone(), v.clone());
     }
-    let cfg: SchedulerConfig = serde_json::from_value(Value::Object(cfg)).context("scheduler config has a field of the wrong type")?;
-    let inner = (class.make)(spec.name, cfg).with_context(|| format!("building sampler {} ({})", spec.name, spec.class))?;
+    let cfg: SchedulerConfig =
+        serde_json::from_value(Value::Object(cfg)).context("scheduler config has a field of the wrong type")?;
+    let inner =
+        (class.make)(spec.name, cfg).with_context(|| format!("building sampler {} ({})", spec.name, spec.class))?;
     Ok(match ays {
         Some(m) => {
             if !(inner.accepts_custom_sigmas() || inner.accepts_custom_timesteps()) {
@@ -237,7 +266,8 @@ fn apply_schedule(cfg: &mut Map<String, Value>, schedule: Option<&str>, sampler:
 const SPACING_IGNORED: [&str; 2] = ["LCMScheduler", "TCDScheduler"];
 
 /// Classes whose diffusers `set_timesteps` takes custom sigmas or timesteps (what AYS needs).
-const AYS_CLASSES: [&str; 4] = ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "HeunDiscreteScheduler", "DDPMScheduler"];
+const AYS_CLASSES: [&str; 4] =
+    ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "HeunDiscreteScheduler", "DDPMScheduler"];
 
 /// Every sampler, for `sd samplers`.
 pub fn list() -> Vec<SamplerInfo> {
@@ -249,7 +279,12 @@ pub fn list() -> Vec<SamplerInfo> {
             let class = classes.iter().find(|c| c.name == s.class);
             let has = |k: &str| class.is_some_and(|c| c.defaults.contains(&format!("\"{k}\"")));
             let mut schedules = vec!["normal"];
-            for (k, n) in [("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"), ("use_beta_sigmas", "beta"), ("timestep_spacing", "sgm-uniform")] {
+            for (k, n) in [
+                ("use_karras_sigmas", "karras"),
+                ("use_exponential_sigmas", "exponential"),
+                ("use_beta_sigmas", "beta"),
+                ("timestep_spacing", "sgm-uniform"),
+            ] {
                 if has(k) && !(n == "sgm-uniform" && SPACING_IGNORED.contains(&s.class)) {
                     schedules.push(n);
                 }
@@ -257,7 +292,13 @@ pub fn list() -> Vec<SamplerInfo> {
             if class.is_some_and(|c| AYS_CLASSES.contains(&c.name)) {
                 schedules.extend(["ays", "ays-sdxl"]);
             }
-            SamplerInfo { name: s.name, a1111: s.a1111.to_vec(), diffusers_class: s.class, schedules, description: s.description }
+            SamplerInfo {
+                name: s.name,
+                a1111: s.a1111.to_vec(),
+                diffusers_class: s.class,
+                schedules,
+                description: s.description,
+            }
         })
         .collect()
 }

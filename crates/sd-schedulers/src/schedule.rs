@@ -39,7 +39,11 @@ pub fn betas(cfg: &SchedulerConfig) -> Result<Tensor> {
     ensure!(n >= 2, "scheduler config field `num_train_timesteps` is {n}; expected at least 2");
     let opts = (Kind::Float, Device::Cpu);
     let b = if let Some(tb) = &cfg.trained_betas {
-        ensure!(tb.len() == n, "scheduler config `trained_betas` has {} values but num_train_timesteps is {n}", tb.len());
+        ensure!(
+            tb.len() == n,
+            "scheduler config `trained_betas` has {} values but num_train_timesteps is {n}",
+            tb.len()
+        );
         Tensor::from_slice(&tb.iter().map(|v| *v as f32).collect::<Vec<_>>())
     } else {
         match cfg.beta_schedule.as_str() {
@@ -175,7 +179,9 @@ pub fn spaced_timesteps_int(cfg: &SchedulerConfig, n: usize) -> Result<Vec<f64>>
 }
 
 pub fn spacing_error(found: &str) -> String {
-    format!("scheduler config field `timestep_spacing` is {found:?}; expected \"linspace\", \"leading\" or \"trailing\"")
+    format!(
+        "scheduler config field `timestep_spacing` is {found:?}; expected \"linspace\", \"leading\" or \"trailing\""
+    )
 }
 
 /// The checks every `set_timesteps` starts with.

@@ -56,7 +56,16 @@ impl SamplerState {
             Family::Ddpm => TrainSchedule::new_exact_zero_snr(&cfg)?.alphas_cumprod,
             Family::KDiffusion | Family::DpmSolver => vec![],
         };
-        Ok(Self { name: name.into(), cfg, pred, family, timesteps: vec![], sigmas: vec![], alphas_cumprod, idx: StepIndex::default() })
+        Ok(Self {
+            name: name.into(),
+            cfg,
+            pred,
+            family,
+            timesteps: vec![],
+            sigmas: vec![],
+            alphas_cumprod,
+            idx: StepIndex::default(),
+        })
     }
 
     /// Install a new schedule (what `set_timesteps` ends with): the step and begin indices start over.
@@ -113,7 +122,10 @@ impl SamplerState {
 
     /// σ at schedule position `i`; an error rather than a panic past the end (a caller's stale index).
     pub fn sigma(&self, i: usize) -> Result<f64> {
-        self.sigmas.get(i).copied().ok_or_else(|| anyhow!("step {i} is past the end of the {}-sigma schedule", self.sigmas.len()))
+        self.sigmas
+            .get(i)
+            .copied()
+            .ok_or_else(|| anyhow!("step {i} is past the end of the {}-sigma schedule", self.sigmas.len()))
     }
 
     /// The integer training timestep for the f64 the pipeline passes (DDPM family).

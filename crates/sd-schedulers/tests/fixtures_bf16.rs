@@ -8,9 +8,7 @@ mod common;
 
 #[test]
 fn bf16_loops_match_diffusers() {
-    let samplers = [
-        "euler", "euler-a", "ddim", "ddpm", "dpm2-a", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-2s", "lcm", "tcd",
-    ];
+    let samplers = ["euler", "euler-a", "ddim", "ddpm", "dpm2-a", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-2s", "lcm", "tcd"];
     let n = common::run_family("bf16", &samplers, 2.5e-2);
     assert_eq!(n, samplers.len());
 }

@@ -27,7 +27,8 @@ fn dpmpp_2s_ancestral_matches_k_diffusion() {
 #[test]
 fn unset_noise_seed_is_torch_randint_from_the_generator() {
     let path = format!("{}/dpm_sde.json", dir());
-    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap();
     let shape: Vec<i64> = j["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     let mut checked = 0;
     for cs in j["cases"].as_array().unwrap() {

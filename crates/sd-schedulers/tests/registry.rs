@@ -7,8 +7,11 @@ use tch::{Device, Kind, Tensor};
 
 fn sd1() -> serde_json::Value {
     serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/sd1/scheduler/scheduler_config.json"))
-            .expect("fixtures/models/sd1/scheduler/scheduler_config.json (run gen_00_tiny_models.py)"),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/models/sd1/scheduler/scheduler_config.json"
+        ))
+        .expect("fixtures/models/sd1/scheduler/scheduler_config.json (run gen_00_tiny_models.py)"),
     )
     .unwrap()
 }
@@ -78,7 +81,10 @@ fn from_config_keeps_shared_keys_and_takes_class_defaults() {
     let s = build("Euler", &sd1(), None).unwrap();
     let c = s.config();
     assert_eq!(c.class_name, "EulerDiscreteScheduler");
-    assert_eq!((c.beta_schedule.as_str(), c.beta_start, c.beta_end, c.steps_offset), ("scaled_linear", 0.00085, 0.012, 1));
+    assert_eq!(
+        (c.beta_schedule.as_str(), c.beta_start, c.beta_end, c.steps_offset),
+        ("scaled_linear", 0.00085, 0.012, 1)
+    );
     assert_eq!(c.timestep_spacing, "leading");
     assert!(!c.use_karras_sigmas);
     let s = build("DPM++ 2M SDE Karras", &sd1(), None).unwrap();
@@ -108,7 +114,9 @@ fn schedules_a_class_lacks_are_refused() {
 
 #[test]
 fn bad_steps_and_strength_are_errors() {
-    for name in ["euler", "euler-a", "ddim", "dpmpp-2m", "heun", "lms", "dpm2", "dpm2-a", "ddpm", "plms", "unipc", "lcm", "tcd"] {
+    for name in
+        ["euler", "euler-a", "ddim", "dpmpp-2m", "heun", "lms", "dpm2", "dpm2-a", "ddpm", "plms", "unipc", "lcm", "tcd"]
+    {
         let mut s = build(name, &sd1(), None).unwrap();
         let e = err(s.set_timesteps(0, Device::Cpu));
         assert!(e.contains("at least 1"), "{name}: {e}");

@@ -10,41 +10,36 @@ use sd_pipeline::loader::{LoadOptions, StableDiffusion};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let model = args
-        .first()
-        .context("usage: shapes_eval MODEL_DIR [SIZE] [STEPS] [CFG] [IMAGE_DIR]")?;
+    let model = args.first().context("usage: shapes_eval MODEL_DIR [SIZE] [STEPS] [CFG] [IMAGE_DIR]")?;
     let size: i64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(32);
     let steps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20);
-    let cfg_scale: f64 = args
-        .get(3)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(sd_train::demo::EVAL_CFG);
+    let cfg_scale: f64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(sd_train::demo::EVAL_CFG);
     let image_dir = args.get(4).map(std::path::PathBuf::from);
     if let Some(d) = &image_dir {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let sd = StableDiffusion::load(
-        model,
-        LoadOptions {
-            load_safety_checker: false,
-            ..LoadOptions::cpu(tch::Kind::Float)
-        },
-    )?;
+    let sd =
+        StableDiffusion::load(model, LoadOptions { load_safety_checker: false, ..LoadOptions::cpu(tch::Kind::Float) })?;
     // With IMAGE_DIR: every image, and montage.png (10 per row, 3x enlarged, 2 px gaps) for the README.
     let (cell, scale) = (size as u32 + 2, 3);
     let mut montage = image::RgbImage::from_pixel(10 * cell, 5 * cell, image::Rgb([128, 128, 128]));
     let score = sd_train::demo::evaluate(&sd, size, steps, cfg_scale, |i, scene, img, reading| {
         if let Some(d) = &image_dir {
             img.save(d.join(format!("{i:02}.png")))?;
-            image::imageops::replace(&mut montage, img, ((i as u32 % 10) * cell) as i64, ((i as u32 / 10) * cell) as i64);
+            image::imageops::replace(
+                &mut montage,
+                img,
+                ((i as u32 % 10) * cell) as i64,
+                ((i as u32 / 10) * cell) as i64,
+            );
             println!("{i:02} {:<52} read {reading:?}", scene.caption());
         }
         Ok(())
     })?;
     if let Some(d) = &image_dir {
         let (w, h) = montage.dimensions();
-        image::imageops::resize(&montage, w * scale, h * scale, image::imageops::FilterType::Nearest).save(d.join("montage.png"))?;
+        image::imageops::resize(&montage, w * scale, h * scale, image::imageops::FilterType::Nearest)
+            .save(d.join("montage.png"))?;
     }
     println!("{score}");
     Ok(())

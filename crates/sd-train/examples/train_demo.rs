@@ -22,11 +22,7 @@ fn main() -> Result<()> {
     let base = work.join("base");
     let bpe = ClipTokenizer::default_bpe_path();
     demo::scaffold(&base, &bpe, seed)?;
-    let data = shapes::dataset(
-        &format!("procedural:shapes:{}", demo::EXAMPLES),
-        demo::SIZE,
-        seed,
-    )?;
+    let data = shapes::dataset(&format!("procedural:shapes:{}", demo::EXAMPLES), demo::SIZE, seed)?;
     eprintln!(
         "scaffold written to {} ({:.0} s); training the VAE for {vae_steps} steps",
         base.display(),
@@ -34,10 +30,7 @@ fn main() -> Result<()> {
     );
     let losses = demo::train_vae(&base, &data, vae_steps, 16, 1e-3, seed, |s, l| {
         if s % 250 == 0 {
-            eprintln!(
-                "vae step {s}: loss {l:.5} ({:.0} s)",
-                start.elapsed().as_secs_f64()
-            );
+            eprintln!("vae step {s}: loss {l:.5} ({:.0} s)", start.elapsed().as_secs_f64());
         }
     })?;
     eprintln!("VAE loss {:.5} -> {:.5}", losses.first().copied().unwrap_or(0.0), losses.last().copied().unwrap_or(0.0));
@@ -75,10 +68,6 @@ fn main() -> Result<()> {
         sd_core::atomic::Overwrite::Allow,
         captions.as_bytes(),
     )?;
-    eprintln!(
-        "model written to {} in {:.0} s",
-        final_dir.display(),
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("model written to {} in {:.0} s", final_dir.display(), start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -120,7 +120,8 @@ pub fn read_state(dir: &Path) -> Result<(TrainingState, BTreeMap<String, Tensor>
         bail!("{} is not a training checkpoint: {} is missing", dir.display(), json.display());
     }
     let text = std::fs::read_to_string(&json).with_context(|| format!("cannot read {}", json.display()))?;
-    let state: TrainingState = serde_json::from_str(&text).with_context(|| format!("{} is not a valid training state", json.display()))?;
+    let state: TrainingState =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid training state", json.display()))?;
     let files = SafeTensorsFiles::open(&[dir.join(STATE_TENSORS)])?;
     let mut tensors = BTreeMap::new();
     for name in files.names().map(String::from).collect::<Vec<_>>() {

@@ -95,10 +95,7 @@ impl TrainConfig {
             }
         }
         if !(0.0..=1.0).contains(&self.caption_dropout) {
-            bail!(
-                "--caption-dropout must be between 0 and 1, got {}",
-                self.caption_dropout
-            );
+            bail!("--caption-dropout must be between 0 and 1, got {}", self.caption_dropout);
         }
         if !matches!(self.dtype, Kind::Float | Kind::BFloat16) {
             bail!("training supports --dtype f32 or bf16 (f16 training needs loss scaling, which is not implemented)");

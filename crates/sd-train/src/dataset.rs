@@ -156,7 +156,9 @@ fn resize_shorter_side(img: &RgbImage, r: u32) -> RgbImage {
 }
 
 fn is_image(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// `name.png` + `name.txt` pairs, sorted by file name so the dataset order never depends on the file system.
@@ -173,9 +175,14 @@ fn read_caption_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     for img in images {
         let txt = img.with_extension("txt");
         if !txt.is_file() {
-            bail!("image {} has no caption: expected {} (or a metadata.jsonl in the folder)", img.display(), txt.display());
+            bail!(
+                "image {} has no caption: expected {} (or a metadata.jsonl in the folder)",
+                img.display(),
+                txt.display()
+            );
         }
-        let caption = std::fs::read_to_string(&txt).with_context(|| format!("cannot read caption {}", txt.display()))?;
+        let caption =
+            std::fs::read_to_string(&txt).with_context(|| format!("cannot read caption {}", txt.display()))?;
         pairs.push((img, caption.trim().to_string()));
     }
     Ok(pairs)
@@ -187,11 +194,12 @@ fn read_metadata(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut pairs = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{} line {} is not valid JSON", path.display(), i + 1))?;
-        let file = v.get("file_name").and_then(|f| f.as_str()).with_context(|| {
-            format!("{} line {} has no `file_name` string", path.display(), i + 1)
-        })?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {} is not valid JSON", path.display(), i + 1))?;
+        let file = v
+            .get("file_name")
+            .and_then(|f| f.as_str())
+            .with_context(|| format!("{} line {} has no `file_name` string", path.display(), i + 1))?;
         let caption = v.get("text").or_else(|| v.get("caption")).and_then(|t| t.as_str()).with_context(|| {
             format!("{} line {}: image {file} has no caption (`text` field)", path.display(), i + 1)
         })?;

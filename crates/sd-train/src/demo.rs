@@ -41,7 +41,8 @@ fn sorted_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 /// Write the untrained base folder at `dir` (tokenizer from `bpe`, the OpenAI `bpe_simple_vocab_16e6.txt.gz`).
 pub fn scaffold(dir: &Path, bpe: &Path, seed: u64) -> Result<()> {
-    let vocab = sd_models::clip::vocab::from_openai_bpe(bpe).with_context(|| format!("reading the CLIP BPE file {}", bpe.display()))?;
+    let vocab = sd_models::clip::vocab::from_openai_bpe(bpe)
+        .with_context(|| format!("reading the CLIP BPE file {}", bpe.display()))?;
     let tok = dir.join("tokenizer");
     std::fs::create_dir_all(&tok)?;
     let v: BTreeMap<&String, &u32> = vocab.vocab.iter().collect();
@@ -101,7 +102,15 @@ pub fn scaffold(dir: &Path, bpe: &Path, seed: u64) -> Result<()> {
 
 /// Train the scaffold's VAE on `data` for `steps` AdamW steps (batch `batch`), then save it with `scaling_factor`
 /// = 1 / std(latent means). Returns the loss of every step.
-pub fn train_vae(dir: &Path, data: &Dataset, steps: u64, batch: usize, lr: f64, seed: u64, mut on_step: impl FnMut(u64, f64)) -> Result<Vec<f64>> {
+pub fn train_vae(
+    dir: &Path,
+    data: &Dataset,
+    steps: u64,
+    batch: usize,
+    lr: f64,
+    seed: u64,
+    mut on_step: impl FnMut(u64, f64),
+) -> Result<Vec<f64>> {
     let cfg_path = dir.join("vae/config.json");
     let mut cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)?;
     let cfg = VaeConfig::from_file(&cfg_path)?;
@@ -122,7 +131,14 @@ pub fn train_vae(dir: &Path, data: &Dataset, steps: u64, batch: usize, lr: f64, 
         let rec = vae.decode(&z)?;
         let mse = rec.f_sub(&x)?.f_square()?.f_mean(Kind::Float)?;
         let var = post.logvar.f_exp()?;
-        let kl = post.mean.f_square()?.f_add(&var)?.f_sub_scalar(1.0)?.f_sub(&post.logvar)?.f_mean(Kind::Float)?.f_mul_scalar(0.5)?;
+        let kl = post
+            .mean
+            .f_square()?
+            .f_add(&var)?
+            .f_sub_scalar(1.0)?
+            .f_sub(&post.logvar)?
+            .f_mean(Kind::Float)?
+            .f_mul_scalar(0.5)?;
         let loss = mse.f_add(&kl.f_mul_scalar(1e-4)?)?;
         opt.zero_grad();
         loss.f_backward()?;
@@ -185,22 +201,13 @@ pub fn evaluate(
     size: i64,
     steps: usize,
     cfg_scale: f64,
-    mut on_image: impl FnMut(
-        usize,
-        &crate::shapes::Scene,
-        &image::RgbImage,
-        Option<crate::shapes::Reading>,
-    ) -> Result<()>,
+    mut on_image: impl FnMut(usize, &crate::shapes::Scene, &image::RgbImage, Option<crate::shapes::Reading>) -> Result<()>,
 ) -> Result<Adherence> {
     use sd_core::image_io::{tensor_to_rgb, Range};
     let scenes = crate::shapes::held_out_scenes();
-    let mut a = Adherence {
-        prompts: scenes.len(),
-        ..Adherence::default()
-    };
+    let mut a = Adherence { prompts: scenes.len(), ..Adherence::default() };
     for (i, scene) in scenes.iter().enumerate() {
-        let mut req =
-            sd_pipeline::request::GenerationRequest::txt2img(&scene.caption(), size, size);
+        let mut req = sd_pipeline::request::GenerationRequest::txt2img(&scene.caption(), size, size);
         req.steps = steps;
         req.seed = i as u64;
         req.cfg_scale = cfg_scale;
@@ -209,11 +216,7 @@ pub fn evaluate(
         let r = crate::shapes::read(&img);
         on_image(i, scene, &img, r)?;
         let (s, c, p) = r.map_or((false, false, false), |r| {
-            (
-                r.shape == scene.shape,
-                r.colour == scene.colour,
-                r.position == scene.position,
-            )
+            (r.shape == scene.shape, r.colour == scene.colour, r.position == scene.position)
         });
         a.shape += s as usize;
         a.colour += c as usize;

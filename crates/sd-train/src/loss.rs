@@ -33,8 +33,8 @@ impl NoiseSchedule {
 
     /// From a model's saved scheduler config (any scheduler class: only the shared training fields are read).
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let config: SchedulerConfig =
-            serde_json::from_value(value.clone()).context("the scheduler config is not a valid diffusers scheduler config")?;
+        let config: SchedulerConfig = serde_json::from_value(value.clone())
+            .context("the scheduler config is not a valid diffusers scheduler config")?;
         Self::new(config)
     }
 
@@ -71,7 +71,12 @@ pub struct NoisedBatch {
 }
 
 /// The (differentiable) scalar loss of one batch; `snr_gamma` enables Min-SNR-γ weighting.
-pub fn diffusion_loss(unet: &UNet2DConditionModel, sched: &NoiseSchedule, batch: &NoisedBatch, snr_gamma: Option<f64>) -> Result<Tensor> {
+pub fn diffusion_loss(
+    unet: &UNet2DConditionModel,
+    sched: &NoiseSchedule,
+    batch: &NoisedBatch,
+    snr_gamma: Option<f64>,
+) -> Result<Tensor> {
     let b = batch.latents.size().first().copied().unwrap_or(0);
     if batch.timesteps.len() as i64 != b || batch.noise.size() != batch.latents.size() {
         bail!(

@@ -172,10 +172,8 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: Option<f64>) -> Result<f64> {
     if grads.is_empty() {
         return Ok(0.0);
     }
-    let norms: Vec<Tensor> = grads
-        .iter()
-        .map(|g| g.f_to_kind(Kind::Float)?.f_norm())
-        .collect::<std::result::Result<_, _>>()?;
+    let norms: Vec<Tensor> =
+        grads.iter().map(|g| g.f_to_kind(Kind::Float)?.f_norm()).collect::<std::result::Result<_, _>>()?;
     let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
     let total_f = total.double_value(&[]);
     if let Some(max_norm) = max_norm {

@@ -28,7 +28,12 @@ pub fn save_model(trainer: &Trainer, dir: &Path, use_ema: bool, state: bool) -> 
         tensors: trainer.unet_weights(use_ema),
     }];
     if let Some(te) = trainer.text_encoder_weights() {
-        trained.push(TrainedComponent { name: "text_encoder", config: &trainer.text.config_json, weights_file: "model.safetensors", tensors: te });
+        trained.push(TrainedComponent {
+            name: "text_encoder",
+            config: &trainer.text.config_json,
+            weights_file: "model.safetensors",
+            tensors: te,
+        });
     }
     checkpoint::write_pipeline(&trainer.base.root, dir, trained)?;
     if state {
@@ -69,7 +74,10 @@ pub fn write_samples(trainer: &Trainer) -> Result<Vec<PathBuf>> {
         for (j, img) in out.images.iter().enumerate() {
             let rgb = image_io::tensor_to_rgb(img, Range::Unit)?;
             let path = cfg.output.join("samples").join(format!("step-{:06}-{i}-{j}.png", trainer.step));
-            let chunk = TextChunk::new("parameters", &format!("{prompt}\nSteps: {}, Seed: {}, Training step: {}", req.steps, req.seed, trainer.step));
+            let chunk = TextChunk::new(
+                "parameters",
+                &format!("{prompt}\nSteps: {}, Seed: {}, Training step: {}", req.steps, req.seed, trainer.step),
+            );
             write_atomic(&path, Overwrite::Allow, &encode_png(&rgb, &[chunk])?)?;
             written.push(path);
         }

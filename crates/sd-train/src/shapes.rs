@@ -79,7 +79,11 @@ impl Scene {
                 // Upright isosceles triangle: apex at the top, base at the bottom of the box.
                 _ => py >= -r && py <= r && px.abs() <= (py + r) / 2.0,
             };
-            if inside { fg } else { bg }
+            if inside {
+                fg
+            } else {
+                bg
+            }
         })
     }
 }
@@ -90,7 +94,9 @@ pub fn dataset(spec: &str, size: u32, seed: u64) -> Result<Dataset> {
         bail!("unknown procedural dataset `{spec}`: expected procedural:shapes or procedural:shapes:N");
     };
     let n: u64 = match rest.strip_prefix(':') {
-        Some(v) => v.parse().map_err(|_| anyhow::anyhow!("`{spec}`: expected procedural:shapes or procedural:shapes:N"))?,
+        Some(v) => {
+            v.parse().map_err(|_| anyhow::anyhow!("`{spec}`: expected procedural:shapes or procedural:shapes:N"))?
+        }
         None if rest.is_empty() => 400,
         None => bail!("unknown procedural dataset `{spec}`: expected procedural:shapes or procedural:shapes:N"),
     };
@@ -102,7 +108,11 @@ pub fn dataset(spec: &str, size: u32, seed: u64) -> Result<Dataset> {
     let examples = (0..n)
         .map(|i| {
             let scene = Scene::nth(training_scene(i, &train));
-            Example { source: format!("procedural:shapes #{i}"), caption: scene.caption(), image: scene.render(size, Some(&mut gen)) }
+            Example {
+                source: format!("procedural:shapes #{i}"),
+                caption: scene.caption(),
+                image: scene.render(size, Some(&mut gen)),
+            }
         })
         .collect();
     Dataset::from_examples(examples, None, Crop::Center)
@@ -181,7 +191,13 @@ pub fn read(img: &RgbImage) -> Option<Reading> {
         }
     };
     let fill = n as f64 / (((x1 - x0 + 1) * (y1 - y0 + 1)) as f64);
-    let shape = if fill > 0.89 { 1 } else if fill > 0.64 { 0 } else { 2 };
+    let shape = if fill > 0.89 {
+        1
+    } else if fill > 0.64 {
+        0
+    } else {
+        2
+    };
     Some(Reading { shape, colour, position })
 }
 

@@ -142,7 +142,11 @@ impl Trainer {
             );
         }
         if unet_cfg.in_channels != vae.config().latent_channels {
-            bail!("the UNet takes {} channels but the VAE makes {}-channel latents", unet_cfg.in_channels, vae.config().latent_channels);
+            bail!(
+                "the UNet takes {} channels but the VAE makes {}-channel latents",
+                unet_cfg.in_channels,
+                vae.config().latent_channels
+            );
         }
         let multiple = (vae.scale_factor() << (unet_cfg.block_out_channels.len().saturating_sub(1))) as u32;
         if !dataset.width.is_multiple_of(multiple) || !dataset.height.is_multiple_of(multiple) {
@@ -255,11 +259,7 @@ impl Trainer {
             }
         };
         if self.text.varstore.is_some() {
-            let caps: Vec<String> = indices
-                .iter()
-                .enumerate()
-                .map(|(k, &i)| caption(k, i))
-                .collect();
+            let caps: Vec<String> = indices.iter().enumerate().map(|(k, &i)| caption(k, i)).collect();
             return self.encode_text(&caps.iter().map(String::as_str).collect::<Vec<_>>());
         }
         let mut out = Vec::with_capacity(indices.len());
@@ -275,7 +275,12 @@ impl Trainer {
                 let caption = self.dataset.examples[i].caption.clone();
                 self.text_cache[i] = Some(self.encode_text(&[caption.as_str()])?);
             }
-            out.push(self.text_cache[i].as_ref().map(|t| t.shallow_clone()).unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, self.cfg.device))));
+            out.push(
+                self.text_cache[i]
+                    .as_ref()
+                    .map(|t| t.shallow_clone())
+                    .unwrap_or_else(|| Tensor::zeros([1], (Kind::Float, self.cfg.device))),
+            );
         }
         Ok(Tensor::f_cat(&out, 0)?)
     }
@@ -308,27 +313,16 @@ impl Trainer {
         let noise = gen.try_randn(&latents.size(), Kind::Float, self.cfg.device)?;
         let n = self.schedule.num_train_timesteps() as u32;
         // torch.randint(0, n) on a CPU generator: one 32-bit draw modulo the range.
-        let timesteps = indices
-            .iter()
-            .map(|_| (gen.next_u32() % n) as i64)
-            .collect();
+        let timesteps = indices.iter().map(|_| (gen.next_u32() % n) as i64).collect();
         // Drawn after everything else, and only when enabled, so runs without dropout keep their streams.
         let p = self.cfg.caption_dropout;
         let dropped: Vec<bool> = if p > 0.0 {
-            indices
-                .iter()
-                .map(|_| (gen.next_u32() as f64) < p * 4_294_967_296.0)
-                .collect()
+            indices.iter().map(|_| (gen.next_u32() as f64) < p * 4_294_967_296.0).collect()
         } else {
             Vec::new()
         };
         let encoder_hidden_states = self.text_states(indices, &dropped)?;
-        Ok(NoisedBatch {
-            latents,
-            encoder_hidden_states,
-            noise,
-            timesteps,
-        })
+        Ok(NoisedBatch { latents, encoder_hidden_states, noise, timesteps })
     }
 
     /// One optimizer step: `grad_accum` micro-batches, clipping, AdamW, EMA.

@@ -42,7 +42,10 @@ fn mixed_sizes_need_a_resolution() {
     items[1].1 = common::disc(24, [0, 0, 0], [255, 255, 255]);
     common::write_folder(d.path(), &items);
     let e = err(d.path(), None);
-    assert!(e.contains("different sizes") && e.contains("img0.png") && e.contains("img1.png") && e.contains("--resolution"), "{e}");
+    assert!(
+        e.contains("different sizes") && e.contains("img0.png") && e.contains("img1.png") && e.contains("--resolution"),
+        "{e}"
+    );
     // With a resolution both become 16×16; a random crop draws its offsets from the generator.
     let ds = Dataset::open(d.path(), Some(16), Crop::Random).expect("resized dataset");
     assert_eq!((ds.width, ds.height), (16, 16));
@@ -57,10 +60,18 @@ fn metadata_jsonl() {
     for (i, (_, img)) in items.iter().enumerate() {
         img.save(d.path().join(format!("x{i}.png"))).expect("save");
     }
-    std::fs::write(d.path().join("metadata.jsonl"), "{\"file_name\": \"x0.png\", \"text\": \"zero\"}\n{\"file_name\": \"x1.png\"}\n").expect("write");
+    std::fs::write(
+        d.path().join("metadata.jsonl"),
+        "{\"file_name\": \"x0.png\", \"text\": \"zero\"}\n{\"file_name\": \"x1.png\"}\n",
+    )
+    .expect("write");
     let e = err(d.path(), None);
     assert!(e.contains("line 2") && e.contains("x1.png") && e.contains("no caption"), "{e}");
-    std::fs::write(d.path().join("metadata.jsonl"), "{\"file_name\": \"x0.png\", \"text\": \"zero\"}\n{\"file_name\": \"x1.png\", \"text\": \"one\"}\n").expect("write");
+    std::fs::write(
+        d.path().join("metadata.jsonl"),
+        "{\"file_name\": \"x0.png\", \"text\": \"zero\"}\n{\"file_name\": \"x1.png\", \"text\": \"one\"}\n",
+    )
+    .expect("write");
     let ds = Dataset::open(d.path(), None, Crop::Center).expect("dataset");
     assert_eq!(ds.examples.iter().map(|e| e.caption.as_str()).collect::<Vec<_>>(), ["zero", "one"]);
 }

@@ -26,33 +26,27 @@ fn load() -> StableDiffusion {
 
 #[test]
 fn held_out_prompts_get_their_colour_and_shape() {
-    let trained =
-        std::fs::read_to_string(root().join("models/sd-tiny-shapes/training_captions.txt"))
-            .unwrap();
+    let trained = std::fs::read_to_string(root().join("models/sd-tiny-shapes/training_captions.txt")).unwrap();
     let trained: std::collections::HashSet<&str> = trained.lines().collect();
     assert_eq!(trained.len(), 400, "training caption list");
     for scene in sd_train::shapes::held_out_scenes() {
-        assert!(
-            !trained.contains(scene.caption().as_str()),
-            "held-out prompt {:?} was trained on",
-            scene.caption()
-        );
+        assert!(!trained.contains(scene.caption().as_str()), "held-out prompt {:?} was trained on", scene.caption());
     }
     let sd = load();
-    let score =
-        sd_train::demo::evaluate(&sd, 32, 20, sd_train::demo::EVAL_CFG, |_, _, _, _| Ok(()))
-            .unwrap();
+    let score = sd_train::demo::evaluate(&sd, 32, 20, sd_train::demo::EVAL_CFG, |_, _, _, _| Ok(())).unwrap();
     println!("{score}");
     assert_eq!(score.prompts, 50);
     let pct = score.percent(score.colour_and_shape);
-    assert!(pct >= MIN_ADHERENCE_PERCENT, "colour and shape right on {pct:.0} % of held-out prompts (need {MIN_ADHERENCE_PERCENT} %): {score}");
+    assert!(
+        pct >= MIN_ADHERENCE_PERCENT,
+        "colour and shape right on {pct:.0} % of held-out prompts (need {MIN_ADHERENCE_PERCENT} %): {score}"
+    );
 }
 
 #[test]
 fn diffusers_draws_the_same_pictures() {
     let dir = root().join("fixtures/demo_model");
-    let cases: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     assert_eq!(cases.len(), 4);
     let sd = load();
     for case in &cases {
@@ -62,24 +56,13 @@ fn diffusers_draws_the_same_pictures() {
         req.cfg_scale = case["cfg"].as_f64().unwrap();
         req.seed = case["seed"].as_u64().unwrap();
         let out = sd.generate(&req, &mut |_| {}).unwrap();
-        let expected = Tensor::read_safetensors(dir.join(format!("{name}.safetensors")))
-            .unwrap()
-            .remove(0)
-            .1;
+        let expected = Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().remove(0).1;
         let ours = Tensor::stack(&out.images, 0).permute([0, 2, 3, 1]);
         assert_eq!(ours.size(), expected.size(), "{name}: shape");
         let max = (&ours - &expected).abs().max().double_value(&[]);
         let q = |t: &Tensor| (t * 255.0).round();
-        let within = (q(&ours) - q(&expected))
-            .abs()
-            .le(1.0)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float)
-            .double_value(&[]);
-        println!(
-            "{name}: max|Δ| = {max:.2e}, 8-bit within one level: {:.3} %",
-            within * 100.0
-        );
+        let within = (q(&ours) - q(&expected)).abs().le(1.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        println!("{name}: max|Δ| = {max:.2e}, 8-bit within one level: {:.3} %", within * 100.0);
         assert!(
             max <= FLOAT_TOL && within >= MIN_FRACTION_WITHIN_ONE_LEVEL,
             "{name}: max|Δ| {max:.3e}, within {within:.5}"

@@ -27,7 +27,10 @@ fn scaffold_vae_unet_generate() {
     run::run(&mut t, &mut |_| {}).expect("unet step");
     let sd = sd_pipeline::loader::StableDiffusion::load(
         &work.path().join("run").to_string_lossy(),
-        sd_pipeline::loader::LoadOptions { load_safety_checker: false, ..sd_pipeline::loader::LoadOptions::cpu(tch::Kind::Float) },
+        sd_pipeline::loader::LoadOptions {
+            load_safety_checker: false,
+            ..sd_pipeline::loader::LoadOptions::cpu(tch::Kind::Float)
+        },
     )
     .expect("demo folder loads as a pipeline");
     let mut req = sd_pipeline::request::GenerationRequest::txt2img(caption, 32, 32);

@@ -30,5 +30,8 @@ fn forty_steps_reduce_the_fixed_batch_loss() {
     let after = trainer.eval_loss(&batch).expect("loss after");
     let factor = before / after;
     eprintln!("fixed-batch loss {before:.5} -> {after:.5} after {STEPS} steps: factor {factor:.3}");
-    assert!(after.is_finite() && factor >= MIN_FACTOR, "loss went {before} -> {after} (factor {factor:.3} < {MIN_FACTOR})");
+    assert!(
+        after.is_finite() && factor >= MIN_FACTOR,
+        "loss went {before} -> {after} (factor {factor:.3} < {MIN_FACTOR})"
+    );
 }

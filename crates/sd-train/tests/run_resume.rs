@@ -25,7 +25,15 @@ fn resume_continues_bit_identically() {
     assert_eq!(log.lines().count(), 6, "one loss line per step");
     for dir in ["checkpoint-3", "checkpoint-6", "."] {
         let d = full.path().join(dir);
-        for f in ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer.json", "scheduler/scheduler_config.json"] {
+        for f in [
+            "model_index.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json",
+            "text_encoder/config.json",
+            "tokenizer/tokenizer.json",
+            "scheduler/scheduler_config.json",
+        ] {
             assert!(d.join(f).is_file(), "{} lacks {f}", d.display());
         }
     }
@@ -38,13 +46,20 @@ fn resume_continues_bit_identically() {
     let mut t2 = Trainer::new(cfg2, common::dataset(common::two_images())).expect("resumed trainer");
     assert_eq!(t2.step, 3);
     run::run(&mut t2, &mut |_| {}).expect("resumed run");
-    for f in ["checkpoint-6/unet/diffusion_pytorch_model.safetensors", "checkpoint-6/training_state.safetensors", "unet/diffusion_pytorch_model.safetensors"] {
+    for f in [
+        "checkpoint-6/unet/diffusion_pytorch_model.safetensors",
+        "checkpoint-6/training_state.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+    ] {
         assert!(read(&full.path().join(f)) == read(&resumed.path().join(f)), "{f} differs after resuming");
     }
     // The final model loads as a pipeline.
     let sd = sd_pipeline::loader::StableDiffusion::load(
         &full.path().to_string_lossy(),
-        sd_pipeline::loader::LoadOptions { load_safety_checker: false, ..sd_pipeline::loader::LoadOptions::cpu(tch::Kind::Float) },
+        sd_pipeline::loader::LoadOptions {
+            load_safety_checker: false,
+            ..sd_pipeline::loader::LoadOptions::cpu(tch::Kind::Float)
+        },
     );
     assert!(sd.is_ok(), "final folder does not load: {:#}", sd.err().map(|e| e.to_string()).unwrap_or_default());
 }

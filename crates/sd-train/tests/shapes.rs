@@ -9,9 +9,13 @@ fn checker_reads_every_scene_back() {
     let mut wrong = Vec::new();
     for n in 0..450 {
         let scene = Scene::nth(n);
-        for (k, img) in [scene.render(32, None), scene.render(32, Some(&mut gen)), scene.render(64, Some(&mut gen))].iter().enumerate() {
+        for (k, img) in [scene.render(32, None), scene.render(32, Some(&mut gen)), scene.render(64, Some(&mut gen))]
+            .iter()
+            .enumerate()
+        {
             let r = read(img);
-            let ok = r.is_some_and(|r| r.shape == scene.shape && r.colour == scene.colour && r.position == scene.position);
+            let ok =
+                r.is_some_and(|r| r.shape == scene.shape && r.colour == scene.colour && r.position == scene.position);
             if !ok {
                 wrong.push(format!("{} (variant {k}) read as {r:?}", scene.caption()));
             }
@@ -29,7 +33,10 @@ fn held_out_scenes_are_not_trained_on() {
     assert!(ds.examples.iter().all(|e| !held.contains(&e.caption)), "a held-out caption is in the training set");
     let first = Scene::nth(0);
     if !held.contains(&first.caption()) {
-        assert_eq!(ds.examples[0].caption, format!("a {} {} on a {} background, {}", COLOURS[0].0, SHAPES[0], COLOURS[1].0, POSITIONS[0]));
+        assert_eq!(
+            ds.examples[0].caption,
+            format!("a {} {} on a {} background, {}", COLOURS[0].0, SHAPES[0], COLOURS[1].0, POSITIONS[0])
+        );
     }
     // The held-out set covers every shape, colour and position.
     let scenes = held_out_scenes();

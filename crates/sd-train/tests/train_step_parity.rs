@@ -15,22 +15,28 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 const TOL: f64 = 1e-5;
 
 fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/fixtures/gen_90_train.py)", path.display()));
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fixtures/gen_90_train.py)", path.display()));
     serde_json::from_str(&text).expect("valid JSON")
 }
 
 fn run_case(case: &serde_json::Value) {
     let name = case["name"].as_str().expect("name");
     let model = Path::new(FIXTURES).join(case["model"].as_str().expect("model"));
-    let data = SafeTensorsFiles::open(&[Path::new(FIXTURES).join(case["tensors"].as_str().expect("tensors"))]).expect("case tensors");
+    let data = SafeTensorsFiles::open(&[Path::new(FIXTURES).join(case["tensors"].as_str().expect("tensors"))])
+        .expect("case tensors");
     let load = |n: &str| data.load(n).unwrap_or_else(|e| panic!("{name}: {e}"));
 
     let cfg: UNetConfig = serde_json::from_value(read_json(&model.join("unet/config.json"))).expect("unet config");
     let vs = Arc::new(nn::VarStore::new(Device::Cpu));
-    let vb = VarBuilder::from_safetensors(&[model.join("unet/diffusion_pytorch_model.safetensors")], Kind::Float, Device::Cpu)
-        .expect("weights")
-        .trainable(vs.clone())
-        .expect("trainable");
+    let vb = VarBuilder::from_safetensors(
+        &[model.join("unet/diffusion_pytorch_model.safetensors")],
+        Kind::Float,
+        Device::Cpu,
+    )
+    .expect("weights")
+    .trainable(vs.clone())
+    .expect("trainable");
     let unet = UNet2DConditionModel::from_varbuilder(&vb, &cfg).expect("unet");
     vb.finish("unet", &[]).expect("all weights used");
     let sched = NoiseSchedule::from_json(&read_json(&model.join("scheduler/scheduler_config.json"))).expect("schedule");
@@ -63,7 +69,10 @@ fn run_case(case: &serde_json::Value) {
         loss.backward();
         let norm = clip_grad_norm(&plain, max_norm).expect("clip");
         let want_norm = case["grad_norms"][step].as_f64().expect("norm");
-        assert!((norm - want_norm).abs() <= TOL * want_norm.max(1.0), "{name} step {step}: grad norm {norm} vs {want_norm}");
+        assert!(
+            (norm - want_norm).abs() <= TOL * want_norm.max(1.0),
+            "{name} step {step}: grad norm {norm} vs {want_norm}"
+        );
         opt.step(lr).expect("adamw step");
         opt.zero_grad();
     }

@@ -36,10 +36,20 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("sd-rs {} — doctor", env!("CARGO_PKG_VERSION"));
     println!("LibTorch      {} ({})", version, libtorch.as_deref().unwrap_or("location unknown"));
-    println!("CUDA          {}", if cuda { format!("available, {cuda_count} device(s), cuDNN {}", tch::Cuda::cudnn_is_available()) } else { "not available".into() });
+    println!(
+        "CUDA          {}",
+        if cuda {
+            format!("available, {cuda_count} device(s), cuDNN {}", tch::Cuda::cudnn_is_available())
+        } else {
+            "not available".into()
+        }
+    );
     println!("MPS           {}", if mps { "available" } else { "not available" });
     println!("CPU threads   {threads} (LibTorch intra-op)");
-    println!("CPU features  {}", if features.names().is_empty() { "none of note".into() } else { features.names().join(" ") });
+    println!(
+        "CPU features  {}",
+        if features.names().is_empty() { "none of note".into() } else { features.names().join(" ") }
+    );
     println!(
         "auto dtype    {} on CPU ({})",
         kind_name(auto_dtype),

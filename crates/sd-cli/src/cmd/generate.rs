@@ -153,7 +153,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device_choice: ComputeDevice = args.device.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
+    let device_choice: ComputeDevice =
+        args.device.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
     let dtype_choice: DTypeChoice = args.dtype.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
     let family = match &args.family {
         Some(f) if f != "auto" => Some(f.parse::<Family>().map_err(|e| super::UsageError(e.to_string()))?),
@@ -197,12 +198,16 @@ pub fn run(args: Args) -> Result<()> {
     let device = device_choice.resolve()?;
     let dtype = dtype_choice.resolve(device, args.force_f16).map_err(|e| super::UsageError(e.to_string()))?;
     let vae_dtype = match &args.vae_dtype {
-        Some(v) => Some(v.parse::<DTypeChoice>().map_err(|e| super::UsageError(e.to_string()))?.resolve(device, args.force_f16)?),
+        Some(v) => Some(
+            v.parse::<DTypeChoice>().map_err(|e| super::UsageError(e.to_string()))?.resolve(device, args.force_f16)?,
+        ),
         None => None,
     };
     let mode = match (&args.init_image, &args.mask) {
         (None, _) => Mode::Txt2Img,
-        (Some(img), None) => Mode::Img2Img { init: sd_core::image_io::load_rgb(img)?, strength: args.strength.unwrap_or(0.75) },
+        (Some(img), None) => {
+            Mode::Img2Img { init: sd_core::image_io::load_rgb(img)?, strength: args.strength.unwrap_or(0.75) }
+        }
         (Some(img), Some(mask)) => Mode::Inpaint {
             init: sd_core::image_io::load_rgb(img)?,
             mask: sd_core::image_io::load_luma(mask)?,
@@ -341,7 +346,8 @@ pub fn run(args: Args) -> Result<()> {
 fn collect_loras(args: &Args) -> Result<Vec<(PathBuf, f64)>> {
     let mut out: Vec<(PathBuf, f64)> = Vec::new();
     for arg in &args.lora {
-        let (path, weight) = sd_pipeline::loras::parse_lora_arg(arg).map_err(|e| super::UsageError(format!("{e:#}")))?;
+        let (path, weight) =
+            sd_pipeline::loras::parse_lora_arg(arg).map_err(|e| super::UsageError(format!("{e:#}")))?;
         if !path.is_file() {
             anyhow::bail!("--lora {arg}: {} is not a file", path.display());
         }

@@ -40,10 +40,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     }
     if failed > 0 {
-        bail!(
-            "{failed} of {} image(s) could not be inspected",
-            args.images.len()
-        );
+        bail!("{failed} of {} image(s) could not be inspected", args.images.len());
     }
     Ok(())
 }

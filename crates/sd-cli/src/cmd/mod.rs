@@ -3,9 +3,9 @@
 pub mod convert;
 pub mod doctor;
 pub mod generate;
-pub mod tokenize;
 pub mod inspect;
 pub mod samplers;
+pub mod tokenize;
 pub mod train;
 
 /// An error caused by how the command was called (bad flag values, impossible combinations): exit code 2.

@@ -26,7 +26,8 @@ pub fn run(args: Args) -> Result<()> {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |c: [&str; 4]| format!("{:<a$}  {:<b$}  {:<d$}  {}", c[0], c[1], c[2], c[3], a = w[0], b = w[1], d = w[2]);
+    let line =
+        |c: [&str; 4]| format!("{:<a$}  {:<b$}  {:<d$}  {}", c[0], c[1], c[2], c[3], a = w[0], b = w[1], d = w[2]);
     println!("{}", line(head));
     for r in &rows {
         println!("{}", line([&r[0], &r[1], &r[2], &r[3]]));

@@ -1,9 +1,9 @@
 //! `sd tokenize`: how CLIP sees a prompt — ids, tokens, and how many of the 75 usable slots it takes.
 
 use anyhow::{Context, Result};
+use sd_models::clip::{ClipTokenizer, PadToken};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use sd_models::clip::{ClipTokenizer, PadToken};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -60,7 +60,12 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(out, "      + {pads} × {} {} (padding)", tok.pad(), pad[0])?;
     }
     if raw.len() > usable {
-        writeln!(out, "truncated: {} token(s) past the {usable}th are dropped: {}", raw.len() - usable, tokens[kept..].join(" "))?;
+        writeln!(
+            out,
+            "truncated: {} token(s) past the {usable}th are dropped: {}",
+            raw.len() - usable,
+            tokens[kept..].join(" ")
+        )?;
     }
     emit(&out)
 }
@@ -90,7 +95,8 @@ fn open(args: &Args) -> Result<(ClipTokenizer, String)> {
         let model = sd_core::model_dir::ModelDir::open(spec)?;
         model.component_dir(sub)?
     };
-    let tok = ClipTokenizer::from_dir(&dir).with_context(|| format!("cannot load the tokenizer in {}", dir.display()))?;
+    let tok =
+        ClipTokenizer::from_dir(&dir).with_context(|| format!("cannot load the tokenizer in {}", dir.display()))?;
     Ok((tok, dir.display().to_string()))
 }
 

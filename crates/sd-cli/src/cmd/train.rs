@@ -3,7 +3,7 @@
 use super::usage;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use sd_core::device::{CpuFeatures, ComputeDevice};
+use sd_core::device::{ComputeDevice, CpuFeatures};
 use sd_train::dataset::{Crop, Dataset};
 use sd_train::lr::LrSchedule;
 use sd_train::run::Event;
@@ -108,8 +108,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let crop: Crop = args.crop.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
-    let lr_schedule: LrSchedule = args.lr_scheduler.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
-    let device_choice: ComputeDevice = args.device.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
+    let lr_schedule: LrSchedule =
+        args.lr_scheduler.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
+    let device_choice: ComputeDevice =
+        args.device.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
     let dtype = match args.dtype.as_str() {
         "f32" | "fp32" | "float32" => Kind::Float,
         "bf16" | "bfloat16" => Kind::BFloat16,
@@ -156,7 +158,13 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         Dataset::open(&args.dataset, args.resolution, crop)?
     };
-    eprintln!("dataset: {} images of {}×{} from {}", dataset.len(), dataset.width, dataset.height, args.dataset.display());
+    eprintln!(
+        "dataset: {} images of {}×{} from {}",
+        dataset.len(),
+        dataset.width,
+        dataset.height,
+        args.dataset.display()
+    );
     let mut trainer = Trainer::new(cfg, dataset).context("setting up training")?;
     let first = trainer.step;
     let bar = ProgressBar::new(trainer.cfg.max_steps);

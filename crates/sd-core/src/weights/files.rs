@@ -58,11 +58,7 @@ impl SafeTensorsFiles {
                     end: start + data.len(),
                 };
                 if let Some(prev) = entries.insert(name.clone(), entry) {
-                    bail!(
-                        "tensor `{name}` appears in both {} and {}",
-                        paths[prev.file].display(),
-                        path.display()
-                    );
+                    bail!("tensor `{name}` appears in both {} and {}", paths[prev.file].display(), path.display());
                 }
             }
             maps.push(map);
@@ -158,7 +154,12 @@ impl SafeTensorsFiles {
     /// Run `convert` on a read-only tensor view of the mapped bytes of `name` and return its result, which must
     /// not refer to the view. Falls back to [`load`](Self::load) and a plain conversion for data that is not a
     /// floating-point kind or not aligned for its kind (legal in safetensors, rare in practice).
-    fn convert(&self, name: &str, kind: Kind, convert: impl FnOnce(&Tensor) -> Result<Tensor, tch::TchError>) -> Result<Tensor> {
+    fn convert(
+        &self,
+        name: &str,
+        kind: Kind,
+        convert: impl FnOnce(&Tensor) -> Result<Tensor, tch::TchError>,
+    ) -> Result<Tensor> {
         let entry = self.entries.get(name).ok_or_else(|| anyhow!("no tensor `{name}` in {}", self.describe()))?;
         let stored = kind_of(entry.dtype);
         let bytes = self.bytes(entry);
@@ -220,10 +221,16 @@ fn describe_st_error(e: &safetensors::SafeTensorError, file_len: usize) -> Strin
     match e {
         E::HeaderTooSmall => format!("the file is only {file_len} bytes, too short for a header"),
         E::HeaderTooLarge => "the header length field is larger than allowed (corrupt or not safetensors)".into(),
-        E::InvalidHeaderLength => format!("the header length field points past the end of the {file_len}-byte file (truncated or corrupt)"),
-        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => "the JSON header cannot be parsed (corrupt or not safetensors)".into(),
+        E::InvalidHeaderLength => {
+            format!("the header length field points past the end of the {file_len}-byte file (truncated or corrupt)")
+        }
+        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => {
+            "the JSON header cannot be parsed (corrupt or not safetensors)".into()
+        }
         E::InvalidHeaderStart => "the header does not start with `{` (not a safetensors file)".into(),
-        E::MetadataIncompleteBuffer => format!("the header promises more tensor data than the {file_len}-byte file holds (truncated download?)"),
+        E::MetadataIncompleteBuffer => {
+            format!("the header promises more tensor data than the {file_len}-byte file holds (truncated download?)")
+        }
         E::TensorInvalidInfo => "a tensor's shape and dtype do not match its byte range".into(),
         E::InvalidOffset(name) => format!("tensor `{name}` has data offsets that overlap or leave gaps"),
         other => format!("{other:?}"),

@@ -297,12 +297,25 @@ mod x86 {
     /// bf16 (zero for padded keys).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn softmax(s: &[f32], p: &mut [u32], nk: usize, valid: usize, m: &mut [f32; MQ], l: &mut [f32; MQ], o: &mut [f32], dvp: usize) {
+    unsafe fn softmax(
+        s: &[f32],
+        p: &mut [u32],
+        nk: usize,
+        valid: usize,
+        m: &mut [f32; MQ],
+        l: &mut [f32; MQ],
+        o: &mut [f32],
+        dvp: usize,
+    ) {
         debug_assert!(s.len() >= MQ * nk && p.len() >= MQ * nk / 2 && o.len() >= MQ * dvp && valid <= nk);
         let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
         let mask_of = |t: usize| -> u16 {
             let lanes = valid.saturating_sub(16 * t).min(16);
-            if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 }
+            if lanes == 16 {
+                u16::MAX
+            } else {
+                (1u16 << lanes) - 1
+            }
         };
         for i in 0..MQ {
             let (row, prow) = (s.as_ptr().add(i * nk), (p.as_mut_ptr() as *mut u16).add(i * nk));
@@ -347,15 +360,7 @@ mod x86 {
         let f = _mm512_sub_ps(x, n);
         // ln(2)^k / k!, k = 6 … 0 (Horner order).
         #[allow(clippy::excessive_precision)]
-        let coef = [
-            1.540_353e-4,
-            1.333_355_8e-3,
-            9.618_129e-3,
-            5.550_410_9e-2,
-            2.402_265e-1,
-            6.931_472e-1,
-            1.0,
-        ];
+        let coef = [1.540_353e-4, 1.333_355_8e-3, 9.618_129e-3, 5.550_410_9e-2, 2.402_265e-1, 6.931_472e-1, 1.0];
         let mut y = _mm512_set1_ps(coef[0]);
         for c in &coef[1..] {
             y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(*c));
@@ -371,7 +376,8 @@ mod x86 {
         for i0 in (0..MQ).step_by(ROWS) {
             let mut v0 = 0;
             while v0 < nv {
-                let (pp, vp, op) = (p.as_ptr().add(i0 * pstride), vb.as_ptr().add(16 * v0), o.as_mut_ptr().add(i0 * dvp + 16 * v0));
+                let (pp, vp, op) =
+                    (p.as_ptr().add(i0 * pstride), vb.as_ptr().add(16 * v0), o.as_mut_ptr().add(i0 * dvp + 16 * v0));
                 match nv - v0 {
                     1 => pv_tile::<1>(pp, pstride, vp, dvp, npairs, op),
                     2 => pv_tile::<2>(pp, pstride, vp, dvp, npairs, op),
@@ -387,7 +393,14 @@ mod x86 {
     /// pairs added, stored back.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn pv_tile<const NV: usize>(p: *const u32, pstride: usize, v: *const u32, dvp: usize, npairs: usize, o: *mut f32) {
+    unsafe fn pv_tile<const NV: usize>(
+        p: *const u32,
+        pstride: usize,
+        v: *const u32,
+        dvp: usize,
+        npairs: usize,
+        o: *mut f32,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); NV]; ROWS];
         for (r, acc_r) in acc.iter_mut().enumerate() {
             for (t, a) in acc_r.iter_mut().enumerate() {

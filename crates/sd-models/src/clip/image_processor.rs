@@ -82,8 +82,12 @@ impl ClipImageProcessor {
             p.size = match (s.as_i64(), s.get("shortest_edge"), s.get("height"), s.get("width")) {
                 (Some(n), ..) => ResizeTo::ShortestEdge(n),
                 (None, Some(e), ..) => ResizeTo::ShortestEdge(positive(e, "size.shortest_edge")?),
-                (None, None, Some(h), Some(w)) => ResizeTo::Exact { height: positive(h, "size.height")?, width: positive(w, "size.width")? },
-                _ => bail!("field `size` must be a number, {{\"shortest_edge\": n}} or {{\"height\", \"width\"}}, found {s}"),
+                (None, None, Some(h), Some(w)) => {
+                    ResizeTo::Exact { height: positive(h, "size.height")?, width: positive(w, "size.width")? }
+                }
+                _ => bail!(
+                    "field `size` must be a number, {{\"shortest_edge\": n}} or {{\"height\", \"width\"}}, found {s}"
+                ),
             };
         }
         if let Some(c) = v.get("crop_size").filter(|c| !c.is_null()) {
@@ -101,7 +105,10 @@ impl ClipImageProcessor {
             };
         }
         if let Some(f) = v.get("rescale_factor").filter(|f| !f.is_null()) {
-            p.rescale_factor = f.as_f64().filter(|f| *f > 0.0).ok_or_else(|| anyhow!("field `rescale_factor` must be a positive number, found {f}"))?;
+            p.rescale_factor = f
+                .as_f64()
+                .filter(|f| *f > 0.0)
+                .ok_or_else(|| anyhow!("field `rescale_factor` must be a positive number, found {f}"))?;
         }
         p.image_mean = triple(v, "image_mean", p.image_mean)?;
         p.image_std = triple(v, "image_std", p.image_std)?;
@@ -179,7 +186,9 @@ fn positive(v: &Value, name: &str) -> Result<i64> {
 fn triple(v: &Value, name: &str, default: [f32; 3]) -> Result<[f32; 3]> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => n.as_f64().map(|f| [f as f32; 3]).ok_or_else(|| anyhow!("field `{name}` is not a number")),
+        Some(Value::Number(n)) => {
+            n.as_f64().map(|f| [f as f32; 3]).ok_or_else(|| anyhow!("field `{name}` is not a number"))
+        }
         Some(Value::Array(a)) if a.len() == 3 => {
             let mut out = [0f32; 3];
             for (o, x) in out.iter_mut().zip(a) {

@@ -10,7 +10,7 @@ pub mod vision_model;
 pub mod vocab;
 
 pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
-pub use text_model::{ClipTextModel, ClipTextOutput};
 pub use image_processor::ClipImageProcessor;
+pub use text_model::{ClipTextModel, ClipTextOutput};
 pub use tokenizer::{ClipTokenizer, PadToken};
 pub use vision_model::{ClipVisionModel, ClipVisionOutput};

@@ -73,7 +73,11 @@ impl ClipTextModel {
         };
         Ok(Self {
             token_embedding: Embedding::new(&(&emb / "token_embedding"), cfg.vocab_size, cfg.hidden_size)?,
-            position_embedding: Embedding::new(&(&emb / "position_embedding"), cfg.max_position_embeddings, cfg.hidden_size)?,
+            position_embedding: Embedding::new(
+                &(&emb / "position_embedding"),
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+            )?,
             encoder: ClipEncoder::new(&(&tm / "encoder"), &dims)?,
             final_layer_norm: LayerNorm::new(&(&tm / "final_layer_norm"), cfg.hidden_size, cfg.layer_norm_eps)?,
             text_projection,
@@ -108,7 +112,10 @@ impl ClipTextModel {
             let n = vectors.size().first().copied().unwrap_or(0);
             let (pos, hidden) = (*position as i64, self.config.hidden_size);
             if vectors.dim() != 2 || vectors.size()[1] != hidden || pos + n > len {
-                bail!("embedding vectors of shape {:?} at position {pos} do not fit {len} tokens of width {hidden}", vectors.size());
+                bail!(
+                    "embedding vectors of shape {:?} at position {pos} do not fit {len} tokens of width {hidden}",
+                    vectors.size()
+                );
             }
             let v = vectors.to_device(device).to_kind(tokens.kind()).unsqueeze(0).expand([batch, n, hidden], false);
             tokens.narrow(1, pos, n).copy_(&v);
@@ -159,7 +166,10 @@ impl ClipTextModel {
         let ids = ids.to_kind(Kind::Int64).to_device(self.token_embedding.weight.device());
         let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
         if lo < 0 || hi >= self.config.vocab_size {
-            bail!("token id out of range: found ids in [{lo}, {hi}], the vocabulary has {} entries", self.config.vocab_size);
+            bail!(
+                "token id out of range: found ids in [{lo}, {hi}], the vocabulary has {} entries",
+                self.config.vocab_size
+            );
         }
         Ok(ids)
     }

@@ -19,7 +19,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// CLIP's word split (tokenization_clip.py): the two special tokens, English contractions, letter runs, single
 /// digits, and runs of anything else that is neither space, letter nor digit.
-const SPLIT_REGEX: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const SPLIT_REGEX: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// The file name of OpenAI's merges list, and the environment variable that can point at it.
 pub const BPE_FILE: &str = "bpe_simple_vocab_16e6.txt.gz";
@@ -77,7 +78,8 @@ impl ClipTokenizer {
             return PathBuf::from(p);
         }
         let rel = Path::new(".sd-data").join(BPE_FILE);
-        let exe_dirs = std::env::current_exe().ok().map(|e| e.ancestors().skip(1).map(Path::to_path_buf).collect::<Vec<_>>());
+        let exe_dirs =
+            std::env::current_exe().ok().map(|e| e.ancestors().skip(1).map(Path::to_path_buf).collect::<Vec<_>>());
         for dir in exe_dirs.into_iter().flatten() {
             let candidate = dir.join(&rel);
             if candidate.is_file() {
@@ -113,7 +115,8 @@ impl ClipTokenizer {
         specials.dedup();
         tok.add_special_tokens(specials.iter().map(|s| AddedToken::from(s.as_str(), true)))
             .map_err(|e| anyhow!("special tokens: {e}"))?;
-        let id = |name: &str, s: &str| tok.token_to_id(s).ok_or_else(|| anyhow!("{name} `{s}` is not in the vocabulary"));
+        let id =
+            |name: &str, s: &str| tok.token_to_id(s).ok_or_else(|| anyhow!("{name} `{s}` is not in the vocabulary"));
         let (bos, eos, pad) = (id("bos_token", &sp.bos)?, id("eos_token", &sp.eos)?, id("pad_token", &sp.pad)?);
         Ok(Self { inner: tok, bos, eos, pad, max_len: sp.model_max_length })
     }

@@ -50,7 +50,15 @@ impl ClipVisionModel {
         };
         Ok(Self {
             class_embedding: emb.get_with_init(&[c], "class_embedding", Init::Normal { std: 1.0 })?,
-            patch_embedding: Conv2d::new(&(&emb / "patch_embedding"), cfg.num_channels, c, cfg.patch_size, cfg.patch_size, 0, false)?,
+            patch_embedding: Conv2d::new(
+                &(&emb / "patch_embedding"),
+                cfg.num_channels,
+                c,
+                cfg.patch_size,
+                cfg.patch_size,
+                0,
+                false,
+            )?,
             position_embedding: Embedding::new(&(&emb / "position_embedding"), cfg.num_positions(), c)?,
             pre_layrnorm: LayerNorm::new(&(&vm / "pre_layrnorm"), c, cfg.layer_norm_eps)?,
             encoder: ClipEncoder::new(&(&vm / "encoder"), &dims)?,

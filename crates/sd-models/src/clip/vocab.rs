@@ -4,9 +4,9 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-use tokenizers::models::bpe::Vocab;
 use std::io::Read;
 use std::path::Path;
+use tokenizers::models::bpe::Vocab;
 
 /// Token → id table and the ordered merge rules of a byte-level BPE.
 pub struct BpeVocab {
@@ -48,7 +48,8 @@ impl Default for SpecialTokens {
 /// to code points from U+0100 upwards, in byte order.
 pub fn bytes_to_unicode() -> Vec<(u8, char)> {
     let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
-    let mut table: Vec<(u8, char)> = (0u32..256).filter(|&b| printable(b)).map(|b| (b as u8, char::from_u32(b).unwrap_or('?'))).collect();
+    let mut table: Vec<(u8, char)> =
+        (0u32..256).filter(|&b| printable(b)).map(|b| (b as u8, char::from_u32(b).unwrap_or('?'))).collect();
     let mut next = 256u32;
     for b in 0u32..256 {
         if !printable(b) {
@@ -74,7 +75,11 @@ pub fn from_openai_bpe(path: &Path) -> Result<BpeVocab> {
         .with_context(|| format!("{} is not a gzip-compressed UTF-8 text file", path.display()))?;
     let lines: Vec<&str> = text.split('\n').collect();
     if lines.len() < 1 + CLIP_MERGES {
-        bail!("{} holds {} lines; a CLIP BPE file has a header and at least {CLIP_MERGES} merges", path.display(), lines.len());
+        bail!(
+            "{} holds {} lines; a CLIP BPE file has a header and at least {CLIP_MERGES} merges",
+            path.display(),
+            lines.len()
+        );
     }
     let mut merges = Vec::with_capacity(CLIP_MERGES);
     for (n, line) in lines[1..=CLIP_MERGES].iter().enumerate() {
@@ -111,7 +116,10 @@ pub fn from_tokenizer_json(path: &Path) -> Result<BpeVocab> {
         let id = id.as_u64().ok_or_else(|| anyhow!("{}: model.vocab[{tok:?}] is not an integer id", path.display()))?;
         vocab.insert(tok.clone(), id as u32);
     }
-    let merges_val = model.get("merges").and_then(Value::as_array).ok_or_else(|| anyhow!("{}: model.merges is missing", path.display()))?;
+    let merges_val = model
+        .get("merges")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("{}: model.merges is missing", path.display()))?;
     let mut merges = Vec::with_capacity(merges_val.len());
     for (i, m) in merges_val.iter().enumerate() {
         let pair = match m {
@@ -122,15 +130,17 @@ pub fn from_tokenizer_json(path: &Path) -> Result<BpeVocab> {
             },
             _ => None,
         };
-        merges.push(pair.ok_or_else(|| anyhow!("{}: model.merges[{i}] is not a pair of symbols: {m}", path.display()))?);
+        merges
+            .push(pair.ok_or_else(|| anyhow!("{}: model.merges[{i}] is not a pair of symbols: {m}", path.display()))?);
     }
     Ok(BpeVocab { vocab, merges })
 }
 
 /// The `vocab.json` + `merges.txt` pair (as the original slow tokenizer saved it).
 pub fn from_vocab_and_merges(vocab_path: &Path, merges_path: &Path) -> Result<BpeVocab> {
-    let (vocab, merges) = tokenizers::models::bpe::BPE::read_file(&vocab_path.to_string_lossy(), &merges_path.to_string_lossy())
-        .map_err(|e| anyhow!("cannot read {} + {}: {e}", vocab_path.display(), merges_path.display()))?;
+    let (vocab, merges) =
+        tokenizers::models::bpe::BPE::read_file(&vocab_path.to_string_lossy(), &merges_path.to_string_lossy())
+            .map_err(|e| anyhow!("cannot read {} + {}: {e}", vocab_path.display(), merges_path.display()))?;
     Ok(BpeVocab { vocab, merges })
 }
 
@@ -142,10 +152,19 @@ pub fn special_tokens(dir: &Path) -> Result<SpecialTokens> {
     let config_path = dir.join("tokenizer_config.json");
     let config = if config_path.exists() { Some(read_json(&config_path)?) } else { None };
     let mut apply = |obj: &Value, origin: &Path| -> Result<()> {
-        for (key, slot) in [("bos_token", &mut out.bos), ("eos_token", &mut out.eos), ("unk_token", &mut out.unk), ("pad_token", &mut out.pad)] {
+        for (key, slot) in [
+            ("bos_token", &mut out.bos),
+            ("eos_token", &mut out.eos),
+            ("unk_token", &mut out.unk),
+            ("pad_token", &mut out.pad),
+        ] {
             match obj.get(key) {
                 None | Some(Value::Null) => {}
-                Some(v) => *slot = token_content(v).ok_or_else(|| anyhow!("{}: `{key}` is neither a string nor {{\"content\": ...}}", origin.display()))?,
+                Some(v) => {
+                    *slot = token_content(v).ok_or_else(|| {
+                        anyhow!("{}: `{key}` is neither a string nor {{\"content\": ...}}", origin.display())
+                    })?
+                }
             }
         }
         Ok(())

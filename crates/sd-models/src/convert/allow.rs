@@ -83,8 +83,12 @@ pub(crate) fn reduce(callable: Value, args: Value) -> Result<Value> {
             let offset = offset.as_int().ok_or_else(|| anyhow!("corrupt checkpoint: tensor offset is not an int"))?;
             let size = ints(size, "size")?;
             let stride = ints(stride, "stride")?;
-            if size.len() != stride.len() || offset < 0 || size.iter().any(|&d| d < 0) || stride.iter().any(|&d| d < 0) {
-                bail!("corrupt checkpoint: tensor in storage {} has size {size:?}, stride {stride:?}, offset {offset}", s.key);
+            if size.len() != stride.len() || offset < 0 || size.iter().any(|&d| d < 0) || stride.iter().any(|&d| d < 0)
+            {
+                bail!(
+                    "corrupt checkpoint: tensor in storage {} has size {size:?}, stride {stride:?}, offset {offset}",
+                    s.key
+                );
             }
             Ok(Value::Tensor(TensorRef { storage: s.clone(), offset, size, stride }))
         }

@@ -42,7 +42,11 @@ impl CkptFile {
             let mut s = String::new();
             f.read_to_string(&mut s).ok();
             if s.trim() != "little" {
-                bail!("{} stores tensors in `{}` byte order; only little-endian checkpoints are supported", path.display(), s.trim());
+                bail!(
+                    "{} stores tensors in `{}` byte order; only little-endian checkpoints are supported",
+                    path.display(),
+                    s.trim()
+                );
             }
         }
         let mut data = Vec::new();
@@ -62,7 +66,15 @@ impl CkptFile {
                 _ => non_tensors.push(name),
             }
         }
-        Ok(Self { path: path.to_path_buf(), prefix, zip: Mutex::new(zip), tensors, global_step, non_tensors, cache: Mutex::new(None) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            prefix,
+            zip: Mutex::new(zip),
+            tensors,
+            global_step,
+            non_tensors,
+            cache: Mutex::new(None),
+        })
     }
 
     fn storage(&self, r: &TensorRef) -> Result<Tensor> {
@@ -74,12 +86,16 @@ impl CkptFile {
         }
         let name = format!("{}data/{}", self.prefix, r.storage.key);
         let mut zip = self.zip.lock().map_err(|_| anyhow!("zip reader poisoned"))?;
-        let mut f = zip
-            .by_name(&name)
-            .map_err(|e| anyhow!("{}: storage `{name}` is missing ({e}); truncated checkpoint?", self.path.display()))?;
+        let mut f = zip.by_name(&name).map_err(|e| {
+            anyhow!("{}: storage `{name}` is missing ({e}); truncated checkpoint?", self.path.display())
+        })?;
         let need = r.storage.numel as usize * r.storage.kind.elt_size_in_bytes();
         if (f.size() as usize) < need {
-            bail!("{}: storage `{name}` holds {} bytes, {need} expected (truncated checkpoint?)", self.path.display(), f.size());
+            bail!(
+                "{}: storage `{name}` holds {} bytes, {need} expected (truncated checkpoint?)",
+                self.path.display(),
+                f.size()
+            );
         }
         let mut bytes = vec![0u8; need];
         f.read_exact(&mut bytes).with_context(|| format!("{}: cannot read storage `{name}`", self.path.display()))?;

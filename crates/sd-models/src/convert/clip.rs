@@ -119,7 +119,9 @@ fn resblock_name(rest: &str) -> Option<String> {
 pub fn count_resblocks(names: &[String], prefix: &str) -> usize {
     names
         .iter()
-        .filter_map(|n| n.strip_prefix(prefix)?.strip_prefix("transformer.resblocks.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?.strip_prefix("transformer.resblocks.")?.split('.').next()?.parse::<usize>().ok()
+        })
         .max()
         .map_or(0, |m| m + 1)
 }
@@ -128,7 +130,9 @@ pub fn count_resblocks(names: &[String], prefix: &str) -> usize {
 pub fn count_layers(names: &[String], prefix: &str) -> usize {
     names
         .iter()
-        .filter_map(|n| n.strip_prefix(prefix)?.strip_prefix("text_model.encoder.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?.strip_prefix("text_model.encoder.layers.")?.split('.').next()?.parse::<usize>().ok()
+        })
         .max()
         .map_or(0, |m| m + 1)
 }

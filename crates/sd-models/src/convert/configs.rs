@@ -92,7 +92,9 @@ impl Configs {
         if let Some(s) = shape(&format!("{p}label_emb.0.0.weight")) {
             unet["projection_class_embeddings_input_dim"] = json!(s[1]);
         }
-        if let Some(s) = names.iter().find(|n| n.starts_with(p) && n.ends_with("attn2.to_k.weight")).and_then(|n| shape(n)) {
+        if let Some(s) =
+            names.iter().find(|n| n.starts_with(p) && n.ends_with("attn2.to_k.weight")).and_then(|n| shape(n))
+        {
             unet["cross_attention_dim"] = json!(s[1]);
         }
         if family == Family::Sd2 {
@@ -181,7 +183,8 @@ fn text_configs(family: Family, src: &dyn TensorSource, names: &[String]) -> (Va
             clip_l("conditioner.embedders.0.transformer."),
             open("conditioner.embedders.1.model.", include_str!("configs/open_clip_bigg.json"), 0),
         ),
-        Family::SdxlRefiner => (Value::Null, open("conditioner.embedders.0.model.", include_str!("configs/open_clip_bigg.json"), 0)),
+        Family::SdxlRefiner => {
+            (Value::Null, open("conditioner.embedders.0.model.", include_str!("configs/open_clip_bigg.json"), 0))
+        }
     }
 }
-

@@ -116,7 +116,11 @@ pub fn detect(src: &dyn TensorSource, names: &[String]) -> Family {
     if has("cond_stage_model.transformer.") || has("conditioner.embedders.0.transformer.") {
         return if has("conditioner.") { Family::Sdxl } else { Family::Sd1 };
     }
-    let ctx = names.iter().find(|n| n.ends_with("attn2.to_k.weight")).and_then(|n| src.shape(n)).and_then(|s| s.get(1).copied());
+    let ctx = names
+        .iter()
+        .find(|n| n.ends_with("attn2.to_k.weight"))
+        .and_then(|n| src.shape(n))
+        .and_then(|s| s.get(1).copied());
     match ctx {
         Some(1024) => Family::Sd2,
         Some(2048) => Family::Sdxl,
@@ -141,7 +145,13 @@ pub fn plan_text_encoders(
     match family {
         Family::Sd1 => {
             if has("cond_stage_model.transformer.") {
-                items.extend(clip::plan_clip_l(src, names, "cond_stage_model.transformer.", Component::TextEncoder, used)?);
+                items.extend(clip::plan_clip_l(
+                    src,
+                    names,
+                    "cond_stage_model.transformer.",
+                    Component::TextEncoder,
+                    used,
+                )?);
             }
         }
         Family::Sd2 => {

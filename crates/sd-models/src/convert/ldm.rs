@@ -155,7 +155,9 @@ pub fn plan_unet(
 }
 
 fn is_unet_local(k: &str) -> bool {
-    ["time_embed.", "label_emb.", "input_blocks.", "middle_block.", "output_blocks.", "out."].iter().any(|p| k.starts_with(p))
+    ["time_embed.", "label_emb.", "input_blocks.", "middle_block.", "output_blocks.", "out."]
+        .iter()
+        .any(|p| k.starts_with(p))
 }
 
 /// The VAE prefix: `first_stage_model.` (SD checkpoints), `vae.`, or nothing (VAE-only files).

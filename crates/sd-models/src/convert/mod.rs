@@ -110,7 +110,11 @@ pub fn convert_checkpoint(src: &dyn TensorSource, opts: &ConvertOptions) -> Resu
 }
 
 /// Like [`convert_checkpoint`], taking the VAE from a separate file when given.
-pub fn convert_with_vae(src: &dyn TensorSource, vae: Option<&dyn TensorSource>, opts: &ConvertOptions) -> Result<Converted> {
+pub fn convert_with_vae(
+    src: &dyn TensorSource,
+    vae: Option<&dyn TensorSource>,
+    opts: &ConvertOptions,
+) -> Result<Converted> {
     let plan = plan_checkpoint(src, vae, opts)?;
     let mut out = Converted {
         family: plan.family,
@@ -141,7 +145,11 @@ pub fn convert_with_vae(src: &dyn TensorSource, vae: Option<&dyn TensorSource>, 
 }
 
 /// Decide family, configs and the per-tensor plan from names and shapes only.
-pub fn plan_checkpoint(src: &dyn TensorSource, vae_src: Option<&dyn TensorSource>, opts: &ConvertOptions) -> Result<Plan> {
+pub fn plan_checkpoint(
+    src: &dyn TensorSource,
+    vae_src: Option<&dyn TensorSource>,
+    opts: &ConvertOptions,
+) -> Result<Plan> {
     let names = src.names();
     let family = match opts.family {
         Some(f) => f,

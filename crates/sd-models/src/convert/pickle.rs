@@ -6,8 +6,8 @@
 //! Opcode reference: CPython `Lib/pickletools.py`; tensor layout: torch `_utils._rebuild_tensor_v2`
 //! (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata]).
 
-use super::allow::{persistent_load, reduce, resolve_global};
 pub use super::allow::Global;
+use super::allow::{persistent_load, reduce, resolve_global};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 use tch::Kind;
@@ -351,7 +351,9 @@ impl<'a> Machine<'a> {
                     let state = self.pop()?;
                     match self.top()? {
                         Value::Dict(_) | Value::NumpyDtype(_) | Value::Tensor(_) => {}
-                        other => bail!("refusing to load: BUILD on a {} (only dicts are given state)", other.type_name()),
+                        other => {
+                            bail!("refusing to load: BUILD on a {} (only dicts are given state)", other.type_name())
+                        }
                     }
                     drop(state);
                 }

@@ -42,7 +42,10 @@ pub enum Op {
     /// 2-D transpose (OpenCLIP `text_projection` is stored as x @ P, transformers as a Linear weight).
     Transpose,
     /// Rows `start..start+len` of dim 0 (q/k/v out of a fused `in_proj_weight`).
-    Rows { start: i64, len: i64 },
+    Rows {
+        start: i64,
+        len: i64,
+    },
 }
 
 /// One target tensor.
@@ -58,7 +61,14 @@ pub struct Item {
 }
 
 impl Item {
-    pub fn new(component: Component, name: String, file: usize, source: &str, op: Op, src_shape: &[i64]) -> Result<Self> {
+    pub fn new(
+        component: Component,
+        name: String,
+        file: usize,
+        source: &str,
+        op: Op,
+        src_shape: &[i64],
+    ) -> Result<Self> {
         let shape = match op {
             Op::Copy => src_shape.to_vec(),
             Op::ConvToLinear => {

@@ -82,7 +82,10 @@ pub fn sniff(path: &Path) -> Result<FileFormat> {
         );
     }
     if head.len() > 262 && &head[257..262] == b"ustar" {
-        bail!("{} is a tar-format torch.save file (PyTorch < 0.4), which is not supported; re-save it as safetensors", path.display());
+        bail!(
+            "{} is a tar-format torch.save file (PyTorch < 0.4), which is not supported; re-save it as safetensors",
+            path.display()
+        );
     }
     if n == 0 {
         bail!("{} is empty", path.display());

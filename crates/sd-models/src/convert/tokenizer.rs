@@ -28,7 +28,8 @@ fn byte_chars() -> Vec<char> {
 
 /// Write the four tokenizer files into `dest`; `pad` is `<|endoftext|>` (SD1, SDXL 1st) or `!` (SD2, SDXL 2nd).
 pub fn write_clip_tokenizer(bpe_gz: &Path, dest: &Path, pad: &str) -> Result<()> {
-    let file = std::fs::File::open(bpe_gz).with_context(|| format!("cannot open the CLIP vocabulary {}", bpe_gz.display()))?;
+    let file =
+        std::fs::File::open(bpe_gz).with_context(|| format!("cannot open the CLIP vocabulary {}", bpe_gz.display()))?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(file)
         .read_to_string(&mut text)

@@ -126,7 +126,10 @@ pub fn write_safetensors(
         let kind = target_kind(stored, dtype);
         let st = dtype_of(kind).ok_or_else(|| anyhow!("cannot store `{}` as {kind:?}", item.name))?;
         let bytes = item.shape.iter().product::<i64>() as usize * kind.elt_size_in_bytes();
-        header.insert(item.name.clone(), json!({"dtype": st, "shape": item.shape, "data_offsets": [offset, offset + bytes]}));
+        header.insert(
+            item.name.clone(),
+            json!({"dtype": st, "shape": item.shape, "data_offsets": [offset, offset + bytes]}),
+        );
         offset += bytes;
         kinds.push(kind);
     }

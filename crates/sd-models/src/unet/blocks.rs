@@ -49,7 +49,14 @@ pub struct DownBlock {
 impl DownBlock {
     pub fn new(vb: &VarBuilder, in_ch: i64, spec: &BlockSpec, downsample: bool, o: &BlockOpts) -> Result<Self> {
         let resnets = (0..spec.layers)
-            .map(|i| ResnetBlock2D::new(&(vb / "resnets" / i), if i == 0 { in_ch } else { spec.channels }, spec.channels, &o.resnet))
+            .map(|i| {
+                ResnetBlock2D::new(
+                    &(vb / "resnets" / i),
+                    if i == 0 { in_ch } else { spec.channels },
+                    spec.channels,
+                    &o.resnet,
+                )
+            })
             .collect::<Result<_>>()?;
         let downsampler = if downsample {
             Some(Downsample2D::new(&(vb / "downsamplers" / 0), spec.channels, o.downsample_padding)?)
@@ -60,7 +67,14 @@ impl DownBlock {
     }
 
     /// Returns the output and pushes every intermediate the up path will concatenate onto `skips`.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor, mode: AttentionMode, skips: &mut Vec<Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        ctx: &Tensor,
+        mode: AttentionMode,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             h = resnet.forward(&h, temb)?;
@@ -87,7 +101,14 @@ pub struct UpBlock {
 impl UpBlock {
     /// `prev_ch`: channels coming from the level below; `skip_in_ch`: channels of this level's last skip
     /// (the input width of the matching down block).
-    pub fn new(vb: &VarBuilder, prev_ch: i64, skip_in_ch: i64, spec: &BlockSpec, upsample: bool, o: &BlockOpts) -> Result<Self> {
+    pub fn new(
+        vb: &VarBuilder,
+        prev_ch: i64,
+        skip_in_ch: i64,
+        spec: &BlockSpec,
+        upsample: bool,
+        o: &BlockOpts,
+    ) -> Result<Self> {
         let out = spec.channels;
         let resnets = (0..spec.layers)
             .map(|i| {
@@ -102,17 +123,26 @@ impl UpBlock {
 
     /// Consumes one skip per resnet from the end of `skips`; `upsample_size` is the spatial size of the next
     /// level up (the skip that will be concatenated after upsampling).
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor, mode: AttentionMode, skips: &mut Vec<Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        ctx: &Tensor,
+        mode: AttentionMode,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips.pop().ok_or_else(|| anyhow!("UNet skip connections exhausted (inconsistent block layout)"))?;
+            let skip =
+                skips.pop().ok_or_else(|| anyhow!("UNet skip connections exhausted (inconsistent block layout)"))?;
             h = resnet.forward(&Tensor::f_cat(&[&h, &skip], 1)?, temb)?;
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h, ctx, mode)?;
             }
         }
         if let Some(up) = &self.upsampler {
-            let next = skips.last().ok_or_else(|| anyhow!("UNet up block has an upsampler but no skip connection left"))?;
+            let next =
+                skips.last().ok_or_else(|| anyhow!("UNet up block has an upsampler but no skip connection left"))?;
             let size = next.size();
             h = up.forward(&h, [size[2], size[3]])?;
         }

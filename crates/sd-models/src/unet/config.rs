@@ -19,7 +19,9 @@ impl<T: Clone + std::fmt::Debug> PerBlock<T> {
         match self {
             Self::One(v) => Ok(vec![v.clone(); blocks]),
             Self::Many(v) if v.len() == blocks => Ok(v.clone()),
-            Self::Many(v) => bail!("config field `{field}` has {} entries {v:?}, expected one per down block ({blocks})", v.len()),
+            Self::Many(v) => {
+                bail!("config field `{field}` has {} entries {v:?}, expected one per down block ({blocks})", v.len())
+            }
         }
     }
 }
@@ -88,9 +90,19 @@ impl Default for UNetConfig {
             center_input_sample: false,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
-            down_block_types: vec![s("CrossAttnDownBlock2D"), s("CrossAttnDownBlock2D"), s("CrossAttnDownBlock2D"), s("DownBlock2D")],
+            down_block_types: vec![
+                s("CrossAttnDownBlock2D"),
+                s("CrossAttnDownBlock2D"),
+                s("CrossAttnDownBlock2D"),
+                s("DownBlock2D"),
+            ],
             mid_block_type: Some(s("UNetMidBlock2DCrossAttn")),
-            up_block_types: vec![s("UpBlock2D"), s("CrossAttnUpBlock2D"), s("CrossAttnUpBlock2D"), s("CrossAttnUpBlock2D")],
+            up_block_types: vec![
+                s("UpBlock2D"),
+                s("CrossAttnUpBlock2D"),
+                s("CrossAttnUpBlock2D"),
+                s("CrossAttnUpBlock2D"),
+            ],
             only_cross_attention: PerBlock::One(false),
             block_out_channels: vec![320, 640, 1280, 1280],
             layers_per_block: PerBlock::One(2),
@@ -171,7 +183,8 @@ impl UNetConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         use anyhow::Context;
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid UNet2DConditionModel config", path.display()))
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid UNet2DConditionModel config", path.display()))
     }
 
     /// Validate and expand per-block values; errors name the offending config field.
@@ -187,7 +200,10 @@ impl UNetConfig {
             );
         }
         if self.up_block_types.len() != n {
-            bail!("config field `up_block_types` has {} entries, but `down_block_types` has {n}", self.up_block_types.len());
+            bail!(
+                "config field `up_block_types` has {} entries, but `down_block_types` has {n}",
+                self.up_block_types.len()
+            );
         }
         let checks: [(&str, bool, String); 12] = [
             ("class_embed_type", self.class_embed_type.is_none(), format!("{:?}", self.class_embed_type)),
@@ -199,9 +215,24 @@ impl UNetConfig {
             ("time_embedding_type", self.time_embedding_type == "positional", self.time_embedding_type.clone()),
             ("class_embeddings_concat", !self.class_embeddings_concat, "true".into()),
             ("cross_attention_norm", self.cross_attention_norm.is_none(), format!("{:?}", self.cross_attention_norm)),
-            ("reverse_transformer_layers_per_block", self.reverse_transformer_layers_per_block.is_none(), format!("{:?}", self.reverse_transformer_layers_per_block)),
-            ("num_attention_heads", self.num_attention_heads.is_none(), format!("{:?} (diffusers refuses it too; heads are given by `attention_head_dim`)", self.num_attention_heads)),
-            ("conv_in_kernel/conv_out_kernel", self.conv_in_kernel % 2 == 1 && self.conv_out_kernel % 2 == 1, format!("{}/{}", self.conv_in_kernel, self.conv_out_kernel)),
+            (
+                "reverse_transformer_layers_per_block",
+                self.reverse_transformer_layers_per_block.is_none(),
+                format!("{:?}", self.reverse_transformer_layers_per_block),
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads.is_none(),
+                format!(
+                    "{:?} (diffusers refuses it too; heads are given by `attention_head_dim`)",
+                    self.num_attention_heads
+                ),
+            ),
+            (
+                "conv_in_kernel/conv_out_kernel",
+                self.conv_in_kernel % 2 == 1 && self.conv_out_kernel % 2 == 1,
+                format!("{}/{}", self.conv_in_kernel, self.conv_out_kernel),
+            ),
         ];
         for (field, ok, value) in checks {
             if !ok {
@@ -209,7 +240,9 @@ impl UNetConfig {
             }
         }
         match self.addition_embed_type.as_deref() {
-            Some("text_time") if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() => {
+            Some("text_time")
+                if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() =>
+            {
                 bail!("config sets `addition_embed_type` = \"text_time\" but not both `addition_time_embed_dim` and `projection_class_embeddings_input_dim`");
             }
             None | Some("text_time") => {}
@@ -236,7 +269,9 @@ impl UNetConfig {
             let attention = match block_name(&self.down_block_types[i]) {
                 "CrossAttnDownBlock2D" => true,
                 "DownBlock2D" => false,
-                other => return Err(unsupported("down_block_types", other, "\"CrossAttnDownBlock2D\" and \"DownBlock2D\"")),
+                other => {
+                    return Err(unsupported("down_block_types", other, "\"CrossAttnDownBlock2D\" and \"DownBlock2D\""))
+                }
             };
             let channels = self.block_out_channels[i];
             if channels % groups != 0 {

@@ -60,7 +60,9 @@ impl TimestepEmbedding {
     pub fn forward(&self, x: &Tensor, condition: Option<&Tensor>) -> Result<Tensor> {
         let x = match (&self.cond_proj, condition) {
             (Some(p), Some(c)) => x + p.forward(&c.to_kind(x.kind())),
-            (None, Some(_)) => bail!("a timestep condition (timestep_cond) was given, but the UNet config has no `time_cond_proj_dim`"),
+            (None, Some(_)) => {
+                bail!("a timestep condition (timestep_cond) was given, but the UNet config has no `time_cond_proj_dim`")
+            }
             _ => x.shallow_clone(),
         };
         let h = self.linear_2.forward(&self.act.forward(&self.linear_1.forward(&x)));

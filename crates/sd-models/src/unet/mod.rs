@@ -56,8 +56,7 @@ pub struct UNet2DConditionModel {
 }
 
 fn activation(field: &str, name: &str) -> Result<Activation> {
-    Activation::parse(name)
-        .with_context(|| format!("unsupported UNet config: `{field}` = {name:?}"))
+    Activation::parse(name).with_context(|| format!("unsupported UNet config: `{field}` = {name:?}"))
 }
 
 impl UNet2DConditionModel {
@@ -72,8 +71,7 @@ impl UNet2DConditionModel {
     pub fn load_with(dir: &Path, kind: Kind, device: Device, channels_last: bool) -> Result<Self> {
         let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
         let weights = sd_core::model_dir::find_weights(dir, None)?;
-        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?
-            .with_channels_last(channels_last)?;
+        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?.with_channels_last(channels_last)?;
         let model = Self::from_varbuilder(&vb, &cfg)?;
         vb.finish("UNet2DConditionModel", &[])?;
         Ok(model)
@@ -94,11 +92,7 @@ impl UNet2DConditionModel {
             (cfg.conv_in_kernel - 1) / 2,
             true,
         )?;
-        let post_act = cfg
-            .timestep_post_act
-            .as_deref()
-            .map(|a| activation("timestep_post_act", a))
-            .transpose()?;
+        let post_act = cfg.timestep_post_act.as_deref().map(|a| activation("timestep_post_act", a)).transpose()?;
         let time_embedding = TimestepEmbedding::new(
             &(vb / "time_embedding"),
             c0,
@@ -107,31 +101,23 @@ impl UNet2DConditionModel {
             post_act,
             cfg.time_cond_proj_dim,
         )?;
-        let add_embedding = match (
-            cfg.addition_time_embed_dim,
-            cfg.projection_class_embeddings_input_dim,
-        ) {
-            (Some(time_dim), Some(in_dim)) if cfg.addition_embed_type.is_some() => {
-                Some(TextTimeEmbedding {
-                    time_dim,
+        let add_embedding = match (cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
+            (Some(time_dim), Some(in_dim)) if cfg.addition_embed_type.is_some() => Some(TextTimeEmbedding {
+                time_dim,
+                in_dim,
+                embedding: TimestepEmbedding::new(
+                    &(vb / "add_embedding"),
                     in_dim,
-                    embedding: TimestepEmbedding::new(
-                        &(vb / "add_embedding"),
-                        in_dim,
-                        r.time_embed_dim,
-                        Activation::Silu,
-                        None,
-                        None,
-                    )?,
-                })
-            }
+                    r.time_embed_dim,
+                    Activation::Silu,
+                    None,
+                    None,
+                )?,
+            }),
             _ => None,
         };
-        let time_embed_act = cfg
-            .time_embedding_act_fn
-            .as_deref()
-            .map(|a| activation("time_embedding_act_fn", a))
-            .transpose()?;
+        let time_embed_act =
+            cfg.time_embedding_act_fn.as_deref().map(|a| activation("time_embedding_act_fn", a)).transpose()?;
         let opts = BlockOpts {
             resnet: ResnetOpts {
                 temb: r.time_embed_dim,
@@ -149,33 +135,17 @@ impl UNet2DConditionModel {
         let mut down_blocks = Vec::with_capacity(n);
         let mut in_ch = c0;
         for (i, spec) in r.down.iter().enumerate() {
-            down_blocks.push(DownBlock::new(
-                &(vb / "down_blocks" / i),
-                in_ch,
-                spec,
-                i + 1 < n,
-                &opts,
-            )?);
+            down_blocks.push(DownBlock::new(&(vb / "down_blocks" / i), in_ch, spec, i + 1 < n, &opts)?);
             in_ch = spec.channels;
         }
         let deepest = &r.down[n - 1];
         let mid_block = if r.mid {
-            Some(MidBlock::new(
-                &(vb / "mid_block"),
-                deepest,
-                &opts,
-                cfg.mid_block_scale_factor,
-            )?)
+            Some(MidBlock::new(&(vb / "mid_block"), deepest, &opts, cfg.mid_block_scale_factor)?)
         } else {
             None
         };
-        let mut cross_dims: Vec<i64> = r
-            .down
-            .iter()
-            .chain(&r.up)
-            .filter(|b| b.attention)
-            .map(|b| b.cross_attention_dim)
-            .collect();
+        let mut cross_dims: Vec<i64> =
+            r.down.iter().chain(&r.up).filter(|b| b.attention).map(|b| b.cross_attention_dim).collect();
         if r.mid {
             cross_dims.push(deepest.cross_attention_dim);
         }
@@ -183,19 +153,8 @@ impl UNet2DConditionModel {
         let mut prev = deepest.channels;
         for (i, spec) in r.up.iter().enumerate() {
             let mirror = n - 1 - i;
-            let skip_in = if mirror == 0 {
-                c0
-            } else {
-                r.down[mirror - 1].channels
-            };
-            up_blocks.push(UpBlock::new(
-                &(vb / "up_blocks" / i),
-                prev,
-                skip_in,
-                spec,
-                i + 1 < n,
-                &opts,
-            )?);
+            let skip_in = if mirror == 0 { c0 } else { r.down[mirror - 1].channels };
+            up_blocks.push(UpBlock::new(&(vb / "up_blocks" / i), prev, skip_in, spec, i + 1 < n, &opts)?);
             prev = spec.channels;
         }
         Ok(Self {
@@ -251,18 +210,12 @@ impl UNet2DConditionModel {
         let cfg = &self.config;
         let size = sample.size();
         if size.len() != 4 || size[1] != cfg.in_channels {
-            bail!(
-                "UNet sample must be [batch, {}, height, width], got {size:?}",
-                cfg.in_channels
-            );
+            bail!("UNet sample must be [batch, {}, height, width], got {size:?}", cfg.in_channels);
         }
         let batch = size[0];
         let kind = self.conv_in.weight.kind();
         let ctx_size = encoder_hidden_states.size();
-        if ctx_size.len() != 3
-            || ctx_size[0] != batch
-            || !self.cross_dims.iter().all(|&d| d == ctx_size[2])
-        {
+        if ctx_size.len() != 3 || ctx_size[0] != batch || !self.cross_dims.iter().all(|&d| d == ctx_size[2]) {
             bail!(
                 "encoder_hidden_states must be [batch {batch}, tokens, {}] for this UNet (cross_attention_dim), got {ctx_size:?}",
                 self.cross_dims.first().copied().unwrap_or(0)
@@ -270,32 +223,23 @@ impl UNet2DConditionModel {
         }
         if let (Some(c), Some(d)) = (timestep_cond, cfg.time_cond_proj_dim) {
             if c.size() != [batch, d] {
-                bail!(
-                    "timestep_cond must be [{batch}, {d}] (time_cond_proj_dim), got {:?}",
-                    c.size()
-                );
+                bail!("timestep_cond must be [{batch}, {d}] (time_cond_proj_dim), got {:?}", c.size());
             }
         }
         let sample = sample.to_kind(kind);
         let timesteps = match timestep.numel() {
             1 => timestep.reshape([1]).expand([batch], false),
             n if n as i64 == batch && timestep.dim() == 1 => timestep.shallow_clone(),
-            _ => bail!("timestep must be a scalar or have one value per batch item ({batch}), got shape {:?}", timestep.size()),
+            _ => bail!(
+                "timestep must be a scalar or have one value per batch item ({batch}), got shape {:?}",
+                timestep.size()
+            ),
         };
-        let sample = if cfg.center_input_sample {
-            sample * 2.0 - 1.0
-        } else {
-            sample.shallow_clone()
-        };
+        let sample = if cfg.center_input_sample { sample * 2.0 - 1.0 } else { sample.shallow_clone() };
 
         let c0 = cfg.block_out_channels[0];
-        let t_emb = timestep_embedding(
-            &timesteps.to_device(sample.device()),
-            c0,
-            cfg.flip_sin_to_cos,
-            cfg.freq_shift,
-        )?
-        .to_kind(kind);
+        let t_emb = timestep_embedding(&timesteps.to_device(sample.device()), c0, cfg.flip_sin_to_cos, cfg.freq_shift)?
+            .to_kind(kind);
         let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
         if let Some(add) = &self.add_embedding {
             let Some(a) = added else {
@@ -307,11 +251,9 @@ impl UNet2DConditionModel {
                 bail!("SDXL added conditioning must be text_embeds [{batch}, {expected}] and time_ids [{batch}, 6], got {te:?} and {ti:?}");
             }
             let time_ids = a.time_ids.to_device(sample.device()).f_flatten(0, -1)?;
-            let time_embeds =
-                timestep_embedding(&time_ids, add.time_dim, cfg.flip_sin_to_cos, cfg.freq_shift)?
-                    .f_reshape([a.text_embeds.size()[0], -1])?;
-            let add_embeds = Tensor::f_cat(&[a.text_embeds.to_kind(Kind::Float), time_embeds], -1)?
-                .to_kind(emb.kind());
+            let time_embeds = timestep_embedding(&time_ids, add.time_dim, cfg.flip_sin_to_cos, cfg.freq_shift)?
+                .f_reshape([a.text_embeds.size()[0], -1])?;
+            let add_embeds = Tensor::f_cat(&[a.text_embeds.to_kind(Kind::Float), time_embeds], -1)?.to_kind(emb.kind());
             emb += add.embedding.forward(&add_embeds, None)?;
         }
         if let Some(a) = self.time_embed_act {

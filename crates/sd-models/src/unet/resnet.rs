@@ -81,7 +81,10 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn new(vb: &VarBuilder, channels: i64, padding: i64) -> Result<Self> {
-        Ok(Self { conv: Conv2d::new(&(vb / "conv"), channels, channels, 3, 2, padding, true)?, pad_asymmetric: padding == 0 })
+        Ok(Self {
+            conv: Conv2d::new(&(vb / "conv"), channels, channels, 3, 2, padding, true)?,
+            pad_asymmetric: padding == 0,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -30,7 +30,10 @@ struct FeedForward {
 impl FeedForward {
     fn new(vb: &VarBuilder, dim: i64) -> Result<Self> {
         let inner = dim * 4;
-        Ok(Self { proj: Linear::new(&(vb / "net" / 0 / "proj"), dim, inner * 2, true)?, out: Linear::new(&(vb / "net" / 2), inner, dim, true)? })
+        Ok(Self {
+            proj: Linear::new(&(vb / "net" / 0 / "proj"), dim, inner * 2, true)?,
+            out: Linear::new(&(vb / "net" / 2), inner, dim, true)?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -59,7 +62,15 @@ impl BasicTransformerBlock {
             norm1: LayerNorm::new(&(vb / "norm1"), dim, 1e-5)?,
             attn1: Attention::new(&(vb / "attn1"), dim, attn1_ctx, o.heads, head_dim, false, o.upcast_attention)?,
             norm2: LayerNorm::new(&(vb / "norm2"), dim, 1e-5)?,
-            attn2: Attention::new(&(vb / "attn2"), dim, Some(o.cross_attention_dim), o.heads, head_dim, false, o.upcast_attention)?,
+            attn2: Attention::new(
+                &(vb / "attn2"),
+                dim,
+                Some(o.cross_attention_dim),
+                o.heads,
+                head_dim,
+                false,
+                o.upcast_attention,
+            )?,
             norm3: LayerNorm::new(&(vb / "norm3"), dim, 1e-5)?,
             ff: FeedForward::new(&(vb / "ff"), dim)?,
             only_cross_attention: o.only_cross_attention,
@@ -102,14 +113,17 @@ impl Transformer2DModel {
         let blocks = (0..o.layers)
             .map(|i| BasicTransformerBlock::new(&(vb / "transformer_blocks" / i), channels, o))
             .collect::<Result<_>>()?;
-        Ok(Self { norm: GroupNorm::new(&(vb / "norm"), o.groups, channels, 1e-6)?, proj_in: proj("proj_in")?, blocks, proj_out: proj("proj_out")? })
+        Ok(Self {
+            norm: GroupNorm::new(&(vb / "norm"), o.groups, channels, 1e-6)?,
+            proj_in: proj("proj_in")?,
+            blocks,
+            proj_out: proj("proj_out")?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, context: &Tensor, mode: AttentionMode) -> Result<Tensor> {
         let (b, c, h, w) = x.size4()?;
-        let to_tokens = |t: &Tensor| -> Result<Tensor> {
-            Ok(t.permute([0, 2, 3, 1]).f_reshape([b, h * w, c])?)
-        };
+        let to_tokens = |t: &Tensor| -> Result<Tensor> { Ok(t.permute([0, 2, 3, 1]).f_reshape([b, h * w, c])?) };
         // Back to a feature map in the layout the block was given: a free view for channels-last activations.
         let keep_nhwc = sd_core::layout::is_channels_last(x);
         let to_map = |t: &Tensor| -> Result<Tensor> {

@@ -23,7 +23,8 @@ impl DiagonalGaussian {
     /// Split encoder moments `[B, 2C, h, w]` into mean and log-variance along channels.
     pub fn from_moments(moments: &Tensor) -> Result<Self> {
         let parts = moments.f_chunk(2, 1).context("splitting VAE moments")?;
-        let [mean, logvar] = <[Tensor; 2]>::try_from(parts).map_err(|_| anyhow::anyhow!("VAE moments have an odd channel count"))?;
+        let [mean, logvar] =
+            <[Tensor; 2]>::try_from(parts).map_err(|_| anyhow::anyhow!("VAE moments have an odd channel count"))?;
         Ok(Self { mean, logvar: logvar.clamp(-30.0, 20.0) })
     }
 
@@ -77,7 +78,11 @@ impl AutoencoderKL {
         Ok(Self {
             encoder: Encoder::new(&(vb / "encoder"), cfg)?,
             decoder: Decoder::new(&(vb / "decoder"), cfg)?,
-            quant_conv: if cfg.use_quant_conv { Some(Conv2d::new(&(vb / "quant_conv"), 2 * lc, 2 * lc, 1, 1, 0, true)?) } else { None },
+            quant_conv: if cfg.use_quant_conv {
+                Some(Conv2d::new(&(vb / "quant_conv"), 2 * lc, 2 * lc, 1, 1, 0, true)?)
+            } else {
+                None
+            },
             post_quant_conv: if cfg.use_post_quant_conv {
                 Some(Conv2d::new(&(vb / "post_quant_conv"), lc, lc, 1, 1, 0, true)?)
             } else {
@@ -134,7 +139,10 @@ impl AutoencoderKL {
         let z = self.check_input(z, self.cfg.latent_channels, "latents", "latent_channels")?;
         let (h, w) = (z.size()[2], z.size()[3]);
         match &self.tiling {
-            Some(t) if h > t.tile_latent_min_size(self.scale_factor()) || w > t.tile_latent_min_size(self.scale_factor()) => {
+            Some(t)
+                if h > t.tile_latent_min_size(self.scale_factor())
+                    || w > t.tile_latent_min_size(self.scale_factor()) =>
+            {
                 super::tiling::tiled_decode(&z, t, self.scale_factor(), |tile| self.decode_tile(tile))
             }
             _ => self.decode_tile(&z),

@@ -16,7 +16,15 @@ pub struct DownEncoderBlock {
 }
 
 impl DownEncoderBlock {
-    pub fn new(vb: &VarBuilder, in_ch: i64, out_ch: i64, layers: i64, groups: i64, act: Activation, down: bool) -> Result<Self> {
+    pub fn new(
+        vb: &VarBuilder,
+        in_ch: i64,
+        out_ch: i64,
+        layers: i64,
+        groups: i64,
+        act: Activation,
+        down: bool,
+    ) -> Result<Self> {
         let resnets = (0..layers)
             .map(|i| ResnetBlock::new(&(vb / "resnets" / i), if i == 0 { in_ch } else { out_ch }, out_ch, groups, act))
             .collect::<Result<_>>()?;
@@ -44,7 +52,15 @@ pub struct UpDecoderBlock {
 }
 
 impl UpDecoderBlock {
-    pub fn new(vb: &VarBuilder, in_ch: i64, out_ch: i64, layers: i64, groups: i64, act: Activation, up: bool) -> Result<Self> {
+    pub fn new(
+        vb: &VarBuilder,
+        in_ch: i64,
+        out_ch: i64,
+        layers: i64,
+        groups: i64,
+        act: Activation,
+        up: bool,
+    ) -> Result<Self> {
         let resnets = (0..layers)
             .map(|i| ResnetBlock::new(&(vb / "resnets" / i), if i == 0 { in_ch } else { out_ch }, out_ch, groups, act))
             .collect::<Result<_>>()?;
@@ -76,7 +92,11 @@ impl MidBlock {
     pub fn new(vb: &VarBuilder, channels: i64, groups: i64, act: Activation, add_attention: bool) -> Result<Self> {
         Ok(Self {
             resnet0: ResnetBlock::new(&(vb / "resnets" / 0), channels, channels, groups, act)?,
-            attention: if add_attention { Some(VaeAttention::new(&(vb / "attentions" / 0), channels, groups)?) } else { None },
+            attention: if add_attention {
+                Some(VaeAttention::new(&(vb / "attentions" / 0), channels, groups)?)
+            } else {
+                None
+            },
             resnet1: ResnetBlock::new(&(vb / "resnets" / 1), channels, channels, groups, act)?,
         })
     }

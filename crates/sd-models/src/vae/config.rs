@@ -74,9 +74,10 @@ fn size_or_pair<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i
 impl VaeConfig {
     /// Read and check `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read VAE config {}", path.display()))?;
-        let cfg: Self =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a valid AutoencoderKL config", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read VAE config {}", path.display()))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid AutoencoderKL config", path.display()))?;
         cfg.validate().with_context(|| format!("in {}", path.display()))?;
         Ok(cfg)
     }
@@ -104,7 +105,10 @@ impl VaeConfig {
             bail!("`norm_num_groups` must be positive, found {}", self.norm_num_groups);
         }
         if let Some(c) = self.block_out_channels.iter().find(|&&c| c <= 0 || c % self.norm_num_groups != 0) {
-            bail!("`block_out_channels` entry {c} is not a positive multiple of `norm_num_groups` {}", self.norm_num_groups);
+            bail!(
+                "`block_out_channels` entry {c} is not a positive multiple of `norm_num_groups` {}",
+                self.norm_num_groups
+            );
         }
         if self.latent_channels <= 0 || self.in_channels <= 0 || self.out_channels <= 0 {
             bail!("`latent_channels`, `in_channels` and `out_channels` must be positive");

@@ -89,7 +89,12 @@ fn blend(a: &Tensor, b: &Tensor, extent: i64, dim: i64) -> Result<()> {
 }
 
 /// diffusers `_tiled_encode`: tiles of `tile_sample_min_size` image pixels; blending happens in latent space.
-pub fn tiled_encode(x: &Tensor, t: &TilingConfig, scale: i64, f: impl FnMut(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+pub fn tiled_encode(
+    x: &Tensor,
+    t: &TilingConfig,
+    scale: i64,
+    f: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let latent_tile = t.tile_latent_min_size(scale);
     let stride = frac(t.tile_sample_min_size, 1.0 - t.tile_overlap_factor);
     let blend_extent = frac(latent_tile, t.tile_overlap_factor);
@@ -97,7 +102,12 @@ pub fn tiled_encode(x: &Tensor, t: &TilingConfig, scale: i64, f: impl FnMut(&Ten
 }
 
 /// diffusers `tiled_decode`: tiles of `tile_latent_min_size` latent pixels; blending happens in image space.
-pub fn tiled_decode(z: &Tensor, t: &TilingConfig, scale: i64, f: impl FnMut(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+pub fn tiled_decode(
+    z: &Tensor,
+    t: &TilingConfig,
+    scale: i64,
+    f: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let latent_tile = t.tile_latent_min_size(scale);
     let stride = frac(latent_tile, 1.0 - t.tile_overlap_factor);
     let blend_extent = frac(t.tile_sample_min_size, t.tile_overlap_factor);

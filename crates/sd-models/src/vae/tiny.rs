@@ -30,7 +30,11 @@ impl TinyBlock {
                 Conv2d::new(&(&c / 2), out_ch, out_ch, 3, 1, 1, true)?,
                 Conv2d::new(&(&c / 4), out_ch, out_ch, 3, 1, 1, true)?,
             ],
-            skip: if in_ch != out_ch { Some(Conv2d::new(&(vb / "skip"), in_ch, out_ch, 1, 1, 0, false)?) } else { None },
+            skip: if in_ch != out_ch {
+                Some(Conv2d::new(&(vb / "skip"), in_ch, out_ch, 1, 1, 0, false)?)
+            } else {
+                None
+            },
             act,
         })
     }
@@ -156,8 +160,8 @@ impl AutoencoderTiny {
     pub fn load_diffusers(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let cfg: TinyConfig =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a valid AutoencoderTiny config", path.display()))?;
+        let cfg: TinyConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid AutoencoderTiny config", path.display()))?;
         cfg.validate().with_context(|| format!("in {}", path.display()))?;
         let weights = sd_core::model_dir::find_weights(dir, None)?;
         let vb = VarBuilder::from_safetensors(&[weights], kind, device)?;
@@ -173,7 +177,12 @@ impl AutoencoderTiny {
     }
 
     /// Original taesd.py files (`taesd_encoder.safetensors`, `taesd_decoder.safetensors`); at least one is needed.
-    pub fn load_taesd_files(encoder_path: Option<&Path>, decoder_path: Option<&Path>, kind: Kind, device: Device) -> Result<Self> {
+    pub fn load_taesd_files(
+        encoder_path: Option<&Path>,
+        decoder_path: Option<&Path>,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
         if encoder_path.is_none() && decoder_path.is_none() {
             bail!("TAESD needs an encoder file, a decoder file, or both");
         }

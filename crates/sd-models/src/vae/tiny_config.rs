@@ -56,10 +56,14 @@ impl TinyConfig {
         if let Some(c) = self.class_name.as_deref().filter(|c| *c != "AutoencoderTiny") {
             bail!("`_class_name` is `{c}`, not AutoencoderTiny (a full VAE folder? load it as AutoencoderKL)");
         }
-        if self.encoder_block_out_channels.is_empty() || self.encoder_block_out_channels.len() != self.num_encoder_blocks.len() {
+        if self.encoder_block_out_channels.is_empty()
+            || self.encoder_block_out_channels.len() != self.num_encoder_blocks.len()
+        {
             bail!("`encoder_block_out_channels` and `num_encoder_blocks` must be non-empty and of equal length");
         }
-        if self.decoder_block_out_channels.is_empty() || self.decoder_block_out_channels.len() != self.num_decoder_blocks.len() {
+        if self.decoder_block_out_channels.is_empty()
+            || self.decoder_block_out_channels.len() != self.num_decoder_blocks.len()
+        {
             bail!("`decoder_block_out_channels` and `num_decoder_blocks` must be non-empty and of equal length");
         }
         if self.upsample_fn != "nearest" {

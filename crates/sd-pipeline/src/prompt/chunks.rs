@@ -70,7 +70,8 @@ pub fn tokenize_line(
     ids: ChunkIds,
     embeddings: &dyn EmbeddingFinder,
 ) -> Result<(Vec<PromptChunk>, usize)> {
-    let mut state = Chunker { ids, chunks: Vec::new(), chunk: PromptChunk::default(), token_count: 0, last_comma: None };
+    let mut state =
+        Chunker { ids, chunks: Vec::new(), chunk: PromptChunk::default(), token_count: 0, last_comma: None };
     for (text, weight) in runs {
         if text == "BREAK" && *weight == super::parser::BREAK_WEIGHT {
             state.next_chunk(false);
@@ -85,7 +86,9 @@ pub fn tokenize_line(
             let len = state.chunk.tokens.len();
             if Some(token) == ids.comma {
                 state.last_comma = Some(len);
-            } else if let Some(comma) = state.last_comma.filter(|&c| len == CHUNK_LENGTH && len - c <= COMMA_PADDING_BACKTRACK) {
+            } else if let Some(comma) =
+                state.last_comma.filter(|&c| len == CHUNK_LENGTH && len - c <= COMMA_PADDING_BACKTRACK)
+            {
                 // Move everything after the comma into the next chunk.
                 let moved_tokens = state.chunk.tokens.split_off(comma + 1);
                 let moved_mults = state.chunk.multipliers.split_off(comma + 1);
@@ -103,7 +106,10 @@ pub fn tokenize_line(
                 continue;
             };
             if found.vectors > CHUNK_LENGTH {
-                bail!("a textual-inversion embedding has {} vectors; at most {CHUNK_LENGTH} fit in a prompt chunk", found.vectors);
+                bail!(
+                    "a textual-inversion embedding has {} vectors; at most {CHUNK_LENGTH} fit in a prompt chunk",
+                    found.vectors
+                );
             }
             if state.chunk.tokens.len() + found.vectors > CHUNK_LENGTH {
                 state.next_chunk(false);
@@ -167,7 +173,11 @@ mod tests {
 
     /// Test tokenizer: each whitespace-separated word is its number, `,` is the comma token.
     fn toks(text: &str) -> Result<Vec<u32>> {
-        Ok(text.replace(',', " , ").split_whitespace().map(|w| if w == "," { 7 } else { w.parse().unwrap_or(1) }).collect())
+        Ok(text
+            .replace(',', " , ")
+            .split_whitespace()
+            .map(|w| if w == "," { 7 } else { w.parse().unwrap_or(1) })
+            .collect())
     }
 
     fn run(runs: &[(&str, f64)]) -> (Vec<PromptChunk>, usize) {
@@ -192,7 +202,11 @@ mod tests {
     #[test]
     fn comma_backtracking_moves_the_tail() {
         // 70 words, a comma at index 70, then 10 more words: the chunk is full at 75 with the comma 5 back.
-        let text = format!("{} , {}", (0..70).map(|_| "3").collect::<Vec<_>>().join(" "), (0..10).map(|_| "4").collect::<Vec<_>>().join(" "));
+        let text = format!(
+            "{} , {}",
+            (0..70).map(|_| "3").collect::<Vec<_>>().join(" "),
+            (0..10).map(|_| "4").collect::<Vec<_>>().join(" ")
+        );
         let (chunks, count) = run(&[(&text, 1.0)]);
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].tokens[71], 7);
@@ -228,7 +242,11 @@ mod tests {
     struct OneEmbedding;
     impl EmbeddingFinder for OneEmbedding {
         fn find(&self, tokens: &[u32], position: usize) -> Option<EmbeddingMatch> {
-            (tokens[position..].starts_with(&[50, 51])).then_some(EmbeddingMatch { embedding: 0, vectors: 3, name_tokens: 2 })
+            (tokens[position..].starts_with(&[50, 51])).then_some(EmbeddingMatch {
+                embedding: 0,
+                vectors: 3,
+                name_tokens: 2,
+            })
         }
     }
 

@@ -27,7 +27,9 @@ pub enum EncoderStyle {
     Sd2,
     /// `force_zeros_for_empty_prompt` (SDXL `model_index.json`/pipeline config): an empty negative prompt gives
     /// all-zero unconditional embeddings instead of the encoding of "".
-    Sdxl { force_zeros_for_empty_prompt: bool },
+    Sdxl {
+        force_zeros_for_empty_prompt: bool,
+    },
 }
 
 /// Everything besides the text that decides the conditioning.
@@ -99,13 +101,19 @@ fn select_layer(encoder: &dyn TextEncoder, out: &super::encoder::EncoderOutput, 
 }
 
 /// One encoder's `[1, 77 * chunks, D]` output, and its first chunk's projected pooled output if it has one.
-fn encode_with(enc: &TextEncoders, index: usize, chunks: &[PromptChunk], s: &PromptSettings) -> Result<(Tensor, Option<Tensor>)> {
+fn encode_with(
+    enc: &TextEncoders,
+    index: usize,
+    chunks: &[PromptChunk],
+    s: &PromptSettings,
+) -> Result<(Tensor, Option<Tensor>)> {
     let encoder = enc.encoder(index).ok_or_else(|| anyhow!("no text encoder {index}"))?;
     let special = encoder.special_ids();
     let mut zs = Vec::with_capacity(chunks.len());
     let mut pooled = None;
     for chunk in chunks {
-        let tokens: Vec<i64> = pad_after_end(&chunk.tokens, special.eos, special.pad).into_iter().map(i64::from).collect();
+        let tokens: Vec<i64> =
+            pad_after_end(&chunk.tokens, special.eos, special.pad).into_iter().map(i64::from).collect();
         let ids = Tensor::from_slice(&tokens).reshape([1, -1]);
         let replacements = super::embeddings::chunk_replacements(&enc.embeddings, &chunk.fixes, index, tokens.len())?;
         let out = encoder.encode(&ids, &replacements).with_context(|| format!("running text encoder {}", index + 1))?;
@@ -138,14 +146,19 @@ pub fn encode_prompt(enc: &TextEncoders, line: &str, s: &PromptSettings) -> Resu
     }
     if let [a, b] = hidden.as_slice() {
         if a.size()[1] != b.size()[1] {
-            bail!("the two text encoders split the prompt into different numbers of chunks ({} vs {} tokens)", a.size()[1], b.size()[1]);
+            bail!(
+                "the two text encoders split the prompt into different numbers of chunks ({} vs {} tokens)",
+                a.size()[1],
+                b.size()[1]
+            );
         }
     }
     let hidden = if hidden.len() == 1 { hidden.remove(0) } else { Tensor::f_cat(&hidden, 2)? };
     let pooled = match s.style {
-        EncoderStyle::Sdxl { .. } => {
-            Some(pooled.ok_or_else(|| anyhow!("SDXL's second text encoder gave no projected pooled output (text_embeds)"))?)
-        }
+        EncoderStyle::Sdxl { .. } => Some(
+            pooled
+                .ok_or_else(|| anyhow!("SDXL's second text encoder gave no projected pooled output (text_embeds)"))?,
+        ),
         _ => None,
     };
     Ok(Conditioning { hidden, pooled })
@@ -154,13 +167,16 @@ pub fn encode_prompt(enc: &TextEncoders, line: &str, s: &PromptSettings) -> Resu
 /// Encode prompt and negative prompt and bring them to the same number of chunks: the shorter one gets copies of
 /// the encoding of the empty prompt appended (A1111's "pad prompt/negative prompt to be same length"). With SDXL's
 /// `force_zeros_for_empty_prompt`, an empty negative prompt gives zeros shaped like the prompt (diffusers).
-pub fn encode_prompt_pair(enc: &TextEncoders, prompt: &str, negative: &str, s: &PromptSettings) -> Result<(Conditioning, Conditioning)> {
+pub fn encode_prompt_pair(
+    enc: &TextEncoders,
+    prompt: &str,
+    negative: &str,
+    s: &PromptSettings,
+) -> Result<(Conditioning, Conditioning)> {
     let cond = encode_prompt(enc, prompt, s).context("encoding the prompt")?;
     if matches!(s.style, EncoderStyle::Sdxl { force_zeros_for_empty_prompt: true }) && negative.is_empty() {
-        let uncond = Conditioning {
-            hidden: cond.hidden.zeros_like(),
-            pooled: cond.pooled.as_ref().map(|p| p.zeros_like()),
-        };
+        let uncond =
+            Conditioning { hidden: cond.hidden.zeros_like(), pooled: cond.pooled.as_ref().map(|p| p.zeros_like()) };
         return Ok((cond, uncond));
     }
     let uncond = encode_prompt(enc, negative, s).context("encoding the negative prompt")?;

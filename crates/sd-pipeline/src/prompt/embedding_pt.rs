@@ -12,8 +12,9 @@ use tch::{Kind, Tensor};
 
 pub fn read_pickled_embedding(path: &Path) -> Result<EmbeddingFile> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| anyhow!("{} is not a torch.save zip file ({e}); very old or corrupt embedding?", path.display()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
+        anyhow!("{} is not a torch.save zip file ({e}); very old or corrupt embedding?", path.display())
+    })?;
     let pkl = zip
         .file_names()
         .find(|n| *n == "data.pkl" || (n.ends_with("/data.pkl") && n.matches('/').count() == 1))
@@ -52,7 +53,10 @@ pub fn read_pickled_embedding(path: &Path) -> Result<EmbeddingFile> {
     };
     if let Some(params) = get(&entries, "string_to_param") {
         let Value::Dict(params) = params else {
-            bail!("{}: `string_to_param` is not a plain dict (an old ParameterDict file? re-save it as .safetensors)", path.display())
+            bail!(
+                "{}: `string_to_param` is not a plain dict (an old ParameterDict file? re-save it as .safetensors)",
+                path.display()
+            )
         };
         let [(_, v)] = params.as_slice() else {
             bail!("{}: `string_to_param` holds {} terms; an embedding file has one", path.display(), params.len())
@@ -60,7 +64,9 @@ pub fn read_pickled_embedding(path: &Path) -> Result<EmbeddingFile> {
         let r = tensor_of(v).ok_or_else(|| anyhow!("{}: `string_to_param` does not hold a tensor", path.display()))?;
         return Ok(EmbeddingFile::Single(load(&r)?));
     }
-    if let (Some(l), Some(g)) = (get(&entries, "clip_l").as_ref().and_then(tensor_of), get(&entries, "clip_g").as_ref().and_then(tensor_of)) {
+    if let (Some(l), Some(g)) =
+        (get(&entries, "clip_l").as_ref().and_then(tensor_of), get(&entries, "clip_g").as_ref().and_then(tensor_of))
+    {
         let (clip_l, clip_g) = (load(&l)?, load(&g)?);
         return Ok(EmbeddingFile::Sdxl { clip_l, clip_g });
     }

@@ -64,7 +64,11 @@ pub fn read_embedding_file(path: &Path) -> Result<EmbeddingFile> {
         match t.dim() {
             1 => Ok(t.unsqueeze(0)),
             2 => Ok(t),
-            _ => bail!("{}: tensor `{name}` has shape {:?}; expected [vectors, width] or [width]", path.display(), t.size()),
+            _ => bail!(
+                "{}: tensor `{name}` has shape {:?}; expected [vectors, width] or [width]",
+                path.display(),
+                t.size()
+            ),
         }
     };
     if names.iter().any(|n| n == "clip_l") && names.iter().any(|n| n == "clip_g") {
@@ -95,7 +99,8 @@ impl EmbeddingSet {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 let ext = p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-                matches!(ext.as_str(), "safetensors" | "pt" | "bin") && p.metadata().map(|m| m.len() > 0).unwrap_or(false)
+                matches!(ext.as_str(), "safetensors" | "pt" | "bin")
+                    && p.metadata().map(|m| m.len() > 0).unwrap_or(false)
             })
             .collect();
         paths.sort();
@@ -148,7 +153,8 @@ fn match_encoders(file: &EmbeddingFile, encoders: &[Box<dyn TextEncoder>]) -> st
     };
     let have: Vec<i64> = candidates.iter().map(|t| t.size()[1]).collect();
     if have != widths {
-        let kind = if candidates.len() == 2 { "an SDXL (clip_l + clip_g) embedding" } else { "a single-encoder embedding" };
+        let kind =
+            if candidates.len() == 2 { "an SDXL (clip_l + clip_g) embedding" } else { "a single-encoder embedding" };
         return Err(format!(
             "{kind} with vectors of width {have:?}; this model's text encoders take {widths:?} (made for another model family)"
         ));
@@ -173,12 +179,21 @@ impl EmbeddingFinder for Finder<'_> {
 }
 
 /// The `(position in the 77, vectors)` replacements of one chunk for encoder `encoder`.
-pub fn chunk_replacements(set: &EmbeddingSet, fixes: &[super::chunks::ChunkFix], encoder: usize, seq_len: usize) -> Result<Vec<(usize, Tensor)>> {
+pub fn chunk_replacements(
+    set: &EmbeddingSet,
+    fixes: &[super::chunks::ChunkFix],
+    encoder: usize,
+    seq_len: usize,
+) -> Result<Vec<(usize, Tensor)>> {
     fixes
         .iter()
         .map(|fix| {
-            let emb = set.items.get(fix.embedding).ok_or_else(|| anyhow!("internal: unknown embedding {}", fix.embedding))?;
-            let vectors = emb.vectors.get(encoder).ok_or_else(|| anyhow!("embedding `{}` has no vectors for encoder {encoder}", emb.name))?;
+            let emb =
+                set.items.get(fix.embedding).ok_or_else(|| anyhow!("internal: unknown embedding {}", fix.embedding))?;
+            let vectors = emb
+                .vectors
+                .get(encoder)
+                .ok_or_else(|| anyhow!("embedding `{}` has no vectors for encoder {encoder}", emb.name))?;
             // A1111 skips the start token (offset + 1) and cuts vectors that would run past the sequence.
             let position = fix.offset + 1;
             let n = (vectors.size()[0]).min(seq_len.saturating_sub(position) as i64);

@@ -63,7 +63,12 @@ struct Parts {
 
 /// Split a key into (target, module in `_` spelling, role) for every supported layout.
 fn classify(key: &str) -> Option<(LoraTarget, String, &'static str)> {
-    let kohya = [("lora_unet_", LoraTarget::Unet), ("lora_te1_", LoraTarget::TextEncoder), ("lora_te2_", LoraTarget::TextEncoder2), ("lora_te_", LoraTarget::TextEncoder)];
+    let kohya = [
+        ("lora_unet_", LoraTarget::Unet),
+        ("lora_te1_", LoraTarget::TextEncoder),
+        ("lora_te2_", LoraTarget::TextEncoder2),
+        ("lora_te_", LoraTarget::TextEncoder),
+    ];
     for (prefix, target) in kohya {
         if let Some(rest) = key.strip_prefix(prefix) {
             for (suffix, role) in [(".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha")] {
@@ -81,13 +86,20 @@ fn classify(key: &str) -> Option<(LoraTarget, String, &'static str)> {
     } else {
         (LoraTarget::Unet, key.strip_prefix("unet.").unwrap_or(key))
     };
-    let suffixes = [(".lora_A.weight", "down"), (".lora_B.weight", "up"), (".lora.down.weight", "down"), (".lora.up.weight", "up"), (".alpha", "alpha")];
+    let suffixes = [
+        (".lora_A.weight", "down"),
+        (".lora_B.weight", "up"),
+        (".lora.down.weight", "down"),
+        (".lora.up.weight", "up"),
+        (".alpha", "alpha"),
+    ];
     suffixes.iter().find_map(|(suffix, role)| rest.strip_suffix(suffix).map(|m| (target, m.replace('.', "_"), *role)))
 }
 
 /// Read a LoRA `.safetensors` file.
 pub fn load_lora(path: &Path) -> Result<Lora> {
-    let files = SafeTensorsFiles::open(&[path.to_path_buf()]).with_context(|| format!("LoRA file {}", path.display()))?;
+    let files =
+        SafeTensorsFiles::open(&[path.to_path_buf()]).with_context(|| format!("LoRA file {}", path.display()))?;
     let mut parts: BTreeMap<(LoraTarget, String), Parts> = BTreeMap::new();
     let mut unknown_keys = Vec::new();
     for key in files.names() {
@@ -100,7 +112,11 @@ pub fn load_lora(path: &Path) -> Result<Lora> {
         match role {
             "down" => entry.down = Some(t),
             "up" => entry.up = Some(t),
-            _ => entry.alpha = Some(t.f_double_value(&[]).with_context(|| format!("{}: `{key}` is not a scalar", path.display()))?),
+            _ => {
+                entry.alpha = Some(
+                    t.f_double_value(&[]).with_context(|| format!("{}: `{key}` is not a scalar", path.display()))?,
+                )
+            }
         }
     }
     let mut layers = Vec::new();
@@ -111,7 +127,11 @@ pub fn load_lora(path: &Path) -> Result<Lora> {
         }
     }
     if layers.is_empty() {
-        bail!("{} holds no LoRA layers this program can read ({} unrecognised keys)", path.display(), unknown_keys.len());
+        bail!(
+            "{} holds no LoRA layers this program can read ({} unrecognised keys)",
+            path.display(),
+            unknown_keys.len()
+        );
     }
     Ok(Lora { path: path.to_path_buf(), layers, unknown_keys })
 }
@@ -145,7 +165,12 @@ fn delta(layer: &LoraLayer, shape: &[i64]) -> Result<Tensor> {
 
 /// Merge `lora`'s layers for `target` into `weights` (a component's state dict, diffusers names) with
 /// `multiplier` (A1111's `<lora:name:multiplier>`, diffusers' `lora_scale`).
-pub fn merge_lora(weights: &mut HashMap<String, Tensor>, target: LoraTarget, lora: &Lora, multiplier: f64) -> Result<LoraMergeReport> {
+pub fn merge_lora(
+    weights: &mut HashMap<String, Tensor>,
+    target: LoraTarget,
+    lora: &Lora,
+    multiplier: f64,
+) -> Result<LoraMergeReport> {
     let index: HashMap<String, String> =
         weights.keys().filter_map(|k| module_key(k, target).map(|m| (m, k.clone()))).collect();
     let mut report = LoraMergeReport::default();
@@ -181,10 +206,16 @@ mod tests {
         let k = classify("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha").unwrap();
         assert_eq!((k.0, k.2), (LoraTarget::TextEncoder2, "alpha"));
         let k = classify("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
-        assert_eq!((k.0, k.1.as_str(), k.2), (LoraTarget::TextEncoder, "text_model_encoder_layers_0_self_attn_q_proj", "up"));
+        assert_eq!(
+            (k.0, k.1.as_str(), k.2),
+            (LoraTarget::TextEncoder, "text_model_encoder_layers_0_self_attn_q_proj", "up")
+        );
         let k = classify("unet.mid_block.attentions.0.proj_out.lora.down.weight").unwrap();
         assert_eq!((k.0, k.1.as_str()), (LoraTarget::Unet, "mid_block_attentions_0_proj_out"));
         assert!(classify("lora_unet_x.hada_w1_a").is_none());
-        assert_eq!(module_key("encoder.layers.0.self_attn.q_proj.weight", LoraTarget::TextEncoder).unwrap(), "text_model_encoder_layers_0_self_attn_q_proj");
+        assert_eq!(
+            module_key("encoder.layers.0.self_attn.q_proj.weight", LoraTarget::TextEncoder).unwrap(),
+            "text_model_encoder_layers_0_self_attn_q_proj"
+        );
     }
 }

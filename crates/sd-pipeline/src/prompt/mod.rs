@@ -17,12 +17,12 @@ pub mod conditioning;
 pub mod embedding_pt;
 pub mod embeddings;
 pub mod emphasis;
-pub mod lora;
 pub mod encoder;
+pub mod lora;
 pub mod parser;
 
+pub use clip_encoder::ClipPair;
 pub use conditioning::{encode_prompt, encode_prompt_pair, Conditioning, EncoderStyle, PromptSettings};
 pub use emphasis::Emphasis;
-pub use clip_encoder::ClipPair;
 pub use encoder::{EncoderOutput, SpecialIds, TextEncoder, TextEncoders};
 pub use parser::parse_prompt_attention;

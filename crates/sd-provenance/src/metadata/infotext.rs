@@ -36,18 +36,10 @@ pub fn unquote(value: &str) -> String {
 pub fn build(prompt: &str, negative_prompt: &str, params: &[(String, String)]) -> String {
     let line = params
         .iter()
-        .map(|(k, v)| {
-            if k == v {
-                k.clone()
-            } else {
-                format!("{k}: {}", quote(v))
-            }
-        })
+        .map(|(k, v)| if k == v { k.clone() } else { format!("{k}: {}", quote(v)) })
         .collect::<Vec<_>>()
         .join(", ");
-    format!("{prompt}\nNegative prompt: {negative_prompt}\n{line}")
-        .trim()
-        .to_string()
+    format!("{prompt}\nNegative prompt: {negative_prompt}\n{line}").trim().to_string()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -60,19 +52,14 @@ pub struct Infotext {
 
 impl Infotext {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
 fn param_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     // same pattern as A1111's re_param_code (Python `\w` is Unicode-aware, so is regex's)
-    RE.get_or_init(|| {
-        Regex::new(r#"\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#).expect("static regex")
-    })
+    RE.get_or_init(|| Regex::new(r#"\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#).expect("static regex"))
 }
 
 pub fn parse(text: &str) -> Infotext {
@@ -90,11 +77,7 @@ pub fn parse(text: &str) -> Infotext {
             done_with_prompt = true;
             line = rest.trim();
         }
-        let target = if done_with_prompt {
-            &mut out.negative_prompt
-        } else {
-            &mut out.prompt
-        };
+        let target = if done_with_prompt { &mut out.negative_prompt } else { &mut out.prompt };
         if !target.is_empty() {
             target.push('\n');
         }
@@ -103,11 +86,7 @@ pub fn parse(text: &str) -> Infotext {
     for cap in param_re().captures_iter(last) {
         let k = cap[1].to_string();
         let v = &cap[2];
-        let v = if v.starts_with('"') && v.ends_with('"') {
-            unquote(v)
-        } else {
-            v.to_string()
-        };
+        let v = if v.starts_with('"') && v.ends_with('"') { unquote(v) } else { v.to_string() };
         out.params.push((k, v));
     }
     out

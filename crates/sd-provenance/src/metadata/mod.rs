@@ -160,10 +160,7 @@ pub fn infotext_params(info: &GenerationInfo) -> Vec<(String, String)> {
     for (k, v) in &info.extra {
         push(k, v.clone());
     }
-    push(
-        "Version",
-        format!("{} {}", info.tool_name, info.tool_version),
-    );
+    push("Version", format!("{} {}", info.tool_name, info.tool_version));
     p
 }
 
@@ -185,37 +182,20 @@ pub fn new_produce_id(info: &GenerationInfo) -> String {
     b[6] = (b[6] & 0x0f) | 0x40; // version 4 layout
     b[8] = (b[8] & 0x3f) | 0x80;
     let x: String = b.iter().map(|v| format!("{v:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[0..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
 }
 
 fn chunk(keyword: &str, text: String, force_itxt: bool) -> TextChunk {
     let force_itxt = force_itxt || !text.is_ascii();
-    TextChunk {
-        keyword: keyword.into(),
-        text,
-        force_itxt,
-    }
+    TextChunk { keyword: keyword.into(), text, force_itxt }
 }
 
 /// Every text chunk the pipeline writes for one image: `parameters`, `XML:com.adobe.xmp`, `AIGC`.
 pub fn label_chunks(info: &GenerationInfo) -> Vec<TextChunk> {
     let params = infotext::build(&info.prompt, &info.negative_prompt, &infotext_params(info));
     let tool = format!("{} {}", info.tool_name, info.tool_version);
-    let produce_id = info
-        .produce_id
-        .clone()
-        .unwrap_or_else(|| new_produce_id(info));
-    let label = AigcLabel::generated(
-        info.producer.as_deref().unwrap_or(&info.tool_name),
-        &produce_id,
-    );
+    let produce_id = info.produce_id.clone().unwrap_or_else(|| new_produce_id(info));
+    let label = AigcLabel::generated(info.producer.as_deref().unwrap_or(&info.tool_name), &produce_id);
     let aigc = label.to_json();
     let wm = watermark_record(info.watermark.as_ref());
     let date = time::rfc3339_utc(time::now_nanos());
@@ -226,9 +206,5 @@ pub fn label_chunks(info: &GenerationInfo) -> Vec<TextChunk> {
         aigc_json: &aigc,
         watermark: &wm,
     });
-    vec![
-        chunk("parameters", params, false),
-        chunk(xmp::KEYWORD, packet, true),
-        chunk("AIGC", aigc, false),
-    ]
+    vec![chunk("parameters", params, false), chunk(xmp::KEYWORD, packet, true), chunk("AIGC", aigc, false)]
 }

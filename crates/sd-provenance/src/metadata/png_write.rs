@@ -21,9 +21,7 @@ pub fn encode_png(img: &RgbImage, chunks: &[TextChunk]) -> Result<Vec<u8>> {
             }
         }
         let mut writer = enc.write_header().context("cannot write PNG header")?;
-        writer
-            .write_image_data(img.as_raw())
-            .context("cannot write PNG data")?;
+        writer.write_image_data(img.as_raw()).context("cannot write PNG data")?;
         writer.finish().context("cannot finish PNG")?;
     }
     Ok(out)

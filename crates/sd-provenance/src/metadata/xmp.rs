@@ -8,8 +8,7 @@ pub const NS_TC260: &str = "http://www.tc260.org.cn/ns/AIGC/1.0/";
 /// Our own namespace for facts no standard property covers (the watermark choice).
 pub const NS_SDRS: &str = "urn:sd-rs:xmp:1.0/";
 pub const TRAINED: &str = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia";
-pub const COMPOSITE: &str =
-    "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia";
+pub const COMPOSITE: &str = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia";
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -28,11 +27,7 @@ pub fn escape(s: &str) -> String {
 }
 
 pub fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
+    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
 }
 
 pub struct XmpFields<'a> {
@@ -79,24 +74,14 @@ pub fn build(f: &XmpFields) -> String {
 /// (`<prefix:Name>v</prefix:Name>`), matched on the local name so any prefix works. Good enough for reading labels
 /// from other tools; not a general XMP parser.
 pub fn property(xmp: &str, local_name: &str) -> Option<String> {
-    let attr = regex::Regex::new(&format!(
-        r#"[\w.-]+:{}\s*=\s*("([^"]*)"|'([^']*)')"#,
-        regex::escape(local_name)
-    ))
-    .ok()?;
+    let attr =
+        regex::Regex::new(&format!(r#"[\w.-]+:{}\s*=\s*("([^"]*)"|'([^']*)')"#, regex::escape(local_name))).ok()?;
     if let Some(c) = attr.captures(xmp) {
-        let v = c
-            .get(2)
-            .or_else(|| c.get(3))
-            .map(|m| m.as_str())
-            .unwrap_or("");
+        let v = c.get(2).or_else(|| c.get(3)).map(|m| m.as_str()).unwrap_or("");
         return Some(unescape(v));
     }
-    let res = regex::Regex::new(&format!(
-        r#"<[\w.-]+:{}\s+rdf:resource\s*=\s*"([^"]*)""#,
-        regex::escape(local_name)
-    ))
-    .ok()?;
+    let res =
+        regex::Regex::new(&format!(r#"<[\w.-]+:{}\s+rdf:resource\s*=\s*"([^"]*)""#, regex::escape(local_name))).ok()?;
     if let Some(c) = res.captures(xmp) {
         return Some(unescape(&c[1]));
     }
@@ -108,10 +93,6 @@ pub fn property(xmp: &str, local_name: &str) -> Option<String> {
     let inner = elem.captures(xmp)?.get(2)?.as_str().trim().to_string();
     // `rdf:resource`-style or nested rdf:li: take the first text content
     let li = regex::Regex::new(r"<rdf:li[^>]*>([\s\S]*?)</rdf:li>").ok()?;
-    let v = li
-        .captures(&inner)
-        .and_then(|c| c.get(1))
-        .map(|m| m.as_str().to_string())
-        .unwrap_or(inner);
+    let v = li.captures(&inner).and_then(|c| c.get(1)).map(|m| m.as_str().to_string()).unwrap_or(inner);
     Some(unescape(v.trim()))
 }

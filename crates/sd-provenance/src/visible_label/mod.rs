@@ -43,7 +43,10 @@ pub fn glyphs_for(text: &str) -> Result<Vec<&'static Glyph>> {
     let missing: Vec<char> = text.chars().filter(|&c| glyph(c).is_none()).collect();
     if !missing.is_empty() {
         let list: String = missing.iter().map(|c| format!("{c:?} ")).collect();
-        bail!("the visible label supports printable ASCII plus 生 and 成 only; unsupported characters: {}", list.trim_end());
+        bail!(
+            "the visible label supports printable ASCII plus 生 and 成 only; unsupported characters: {}",
+            list.trim_end()
+        );
     }
     if text.trim().is_empty() {
         bail!("the visible label text is empty");
@@ -121,11 +124,5 @@ pub fn draw_label(img: &mut RgbImage, text: &str, corner: Corner) -> Result<Plac
             }
         }
     }
-    Ok(Placement {
-        x: bx,
-        y: by,
-        width: bw,
-        height: bh,
-        text_height: th as u32,
-    })
+    Ok(Placement { x: bx, y: by, width: bw, height: bh, text_height: th as u32 })
 }

@@ -43,9 +43,7 @@ pub fn binomial_tail(n: u32, t: u32) -> f64 {
     let ln_fact = |k: u32| (1..=k).map(|i| (i as f64).ln()).sum::<f64>();
     let ln_n = ln_fact(n);
     let ln_half_n = n as f64 * 0.5f64.ln();
-    (t..=n)
-        .map(|k| (ln_n - ln_fact(k) - ln_fact(n - k) + ln_half_n).exp())
-        .sum()
+    (t..=n).map(|k| (ln_n - ln_fact(k) - ln_fact(n - k) + ln_half_n).exp()).sum()
 }
 
 /// Matched-bit thresholds (partial, likely, very likely) for an n-bit payload.
@@ -53,9 +51,7 @@ pub fn thresholds(n: u32) -> [u32; 3] {
     let mut out = [u32::MAX; 3];
     for (slot, &r) in out.iter_mut().zip(REF_THRESHOLDS.iter()) {
         let rate = binomial_tail(REF_BITS, r) * (1.0 + 1e-9);
-        *slot = (0..=n + 1)
-            .find(|&t| binomial_tail(n, t) <= rate)
-            .unwrap_or(n + 1);
+        *slot = (0..=n + 1).find(|&t| binomial_tail(n, t) <= rate).unwrap_or(n + 1);
     }
     out
 }

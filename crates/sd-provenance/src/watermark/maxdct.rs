@@ -43,25 +43,22 @@ pub fn encode_band<T: Sample>(band: &mut [T], h: usize, w: usize, bits: &[bool])
     let scale = T::from_f64(STEP);
     let quarter = T::from_f64(0.25);
     // Each band row of blocks spans BLOCK rows of the band: split the band into such strips for rayon.
-    band[..nbr * BLOCK * w]
-        .par_chunks_mut(BLOCK * w)
-        .enumerate()
-        .for_each(|(bi, strip)| {
-            for bj in 0..nbc {
-                let vals = gather(strip, w, 0, bj);
-                let pos = argmax_abs(&vals);
-                let bit = bits[(bi * nbc + bj) % bits.len()];
-                let half_bit = T::from_f64(if bit { 0.5 } else { 0.0 });
-                let val = vals[pos];
-                let idx = (pos / BLOCK) * w + bj * BLOCK + pos % BLOCK;
-                strip[idx] = if val >= T::ZERO {
-                    (np_floor_div(val, scale) + quarter + half_bit) * scale
-                } else {
-                    let m = val.abs();
-                    (-(np_floor_div(m, scale) + quarter + half_bit)) * scale
-                };
-            }
-        });
+    band[..nbr * BLOCK * w].par_chunks_mut(BLOCK * w).enumerate().for_each(|(bi, strip)| {
+        for bj in 0..nbc {
+            let vals = gather(strip, w, 0, bj);
+            let pos = argmax_abs(&vals);
+            let bit = bits[(bi * nbc + bj) % bits.len()];
+            let half_bit = T::from_f64(if bit { 0.5 } else { 0.0 });
+            let val = vals[pos];
+            let idx = (pos / BLOCK) * w + bj * BLOCK + pos % BLOCK;
+            strip[idx] = if val >= T::ZERO {
+                (np_floor_div(val, scale) + quarter + half_bit) * scale
+            } else {
+                let m = val.abs();
+                (-(np_floor_div(m, scale) + quarter + half_bit)) * scale
+            };
+        }
+    });
 }
 
 /// Per-block votes: `votes[k]` = (ones, blocks) for payload bit k.

@@ -63,9 +63,7 @@ fn too_small(w: u32, h: u32) -> bool {
 /// cropped region. `store` maps the reconstructed float to the plane's element type.
 fn mark_plane<T: Sample>(u: &[T], w: usize, h: usize, bits: &[bool]) -> Vec<T> {
     let (ch, cw) = (h / 4 * 4, w / 4 * 4);
-    let crop: Vec<T> = (0..ch)
-        .flat_map(|i| u[i * w..i * w + cw].iter().copied())
-        .collect();
+    let crop: Vec<T> = (0..ch).flat_map(|i| u[i * w..i * w + cw].iter().copied()).collect();
     let mut b = haar::dwt2(&crop, ch, cw);
     maxdct::encode_band(&mut b.aa, b.h, b.w, bits);
     std::mem::swap(&mut b.ad, &mut b.da);
@@ -74,9 +72,7 @@ fn mark_plane<T: Sample>(u: &[T], w: usize, h: usize, bits: &[bool]) -> Vec<T> {
 
 fn decode_plane<T: Sample>(u: &[T], w: usize, h: usize, len: usize) -> Vec<bool> {
     let (ch, cw) = (h / 4 * 4, w / 4 * 4);
-    let crop: Vec<T> = (0..ch)
-        .flat_map(|i| u[i * w..i * w + cw].iter().copied())
-        .collect();
+    let crop: Vec<T> = (0..ch).flat_map(|i| u[i * w..i * w + cw].iter().copied()).collect();
     let b = haar::dwt2(&crop, ch, cw);
     maxdct::decode_band(&b.aa, b.h, b.w, len)
         .into_iter()
@@ -89,10 +85,7 @@ fn decode_plane<T: Sample>(u: &[T], w: usize, h: usize, len: usize) -> Vec<bool>
 pub fn embed(img: &mut RgbImage, payload: &Payload) -> Result<WatermarkOutcome> {
     let (w, h) = img.dimensions();
     if too_small(w, h) {
-        return Ok(WatermarkOutcome::NotAppliedTooSmall {
-            width: w,
-            height: h,
-        });
+        return Ok(WatermarkOutcome::NotAppliedTooSmall { width: w, height: h });
     }
     let bits = payload.bits();
     if bits.is_empty() {
@@ -100,52 +93,30 @@ pub fn embed(img: &mut RgbImage, payload: &Payload) -> Result<WatermarkOutcome> 
     }
     let (wu, hu) = (w as usize, h as usize);
     let raw: &mut [u8] = &mut *img;
-    let mut yuv: Vec<[u8; 3]> = raw
-        .par_chunks(3)
-        .map(|p| yuv::bgr_to_yuv_u8(p[2], p[1], p[0]))
-        .collect();
+    let mut yuv: Vec<[u8; 3]> = raw.par_chunks(3).map(|p| yuv::bgr_to_yuv_u8(p[2], p[1], p[0])).collect();
     let u: Vec<f64> = yuv.iter().map(|p| p[1] as f64).collect();
     let rec = mark_plane(&u, wu, hu, &bits);
     let cw = wu / 4 * 4;
-    yuv.par_chunks_mut(wu)
-        .take(hu / 4 * 4)
-        .enumerate()
-        .for_each(|(i, row)| {
-            for (j, px) in row.iter_mut().take(cw).enumerate() {
-                // numpy float64 → uint8: truncate toward zero, then wrap modulo 256
-                px[1] = (rec[i * cw + j] as i64) as u8;
-            }
-        });
-    raw.par_chunks_mut(3)
-        .zip(yuv.par_iter())
-        .for_each(|(p, q)| {
-            let [b, g, r] = yuv::yuv_to_bgr_u8(q[0], q[1], q[2]);
-            p.copy_from_slice(&[r, g, b]);
-        });
-    Ok(WatermarkOutcome::Applied {
-        payload: payload.name(),
-        bits: bits.len(),
-    })
+    yuv.par_chunks_mut(wu).take(hu / 4 * 4).enumerate().for_each(|(i, row)| {
+        for (j, px) in row.iter_mut().take(cw).enumerate() {
+            // numpy float64 → uint8: truncate toward zero, then wrap modulo 256
+            px[1] = (rec[i * cw + j] as i64) as u8;
+        }
+    });
+    raw.par_chunks_mut(3).zip(yuv.par_iter()).for_each(|(p, q)| {
+        let [b, g, r] = yuv::yuv_to_bgr_u8(q[0], q[1], q[2]);
+        p.copy_from_slice(&[r, g, b]);
+    });
+    Ok(WatermarkOutcome::Applied { payload: payload.name(), bits: bits.len() })
 }
 
 /// The float path diffusers' `StableDiffusionXLWatermarker` uses: `rgb` is height×width×3 RGB f32 on a 0..255
 /// scale (diffusers passes `255 * (x / 2 + 0.5)`), computed in f32 like numpy/pywt/OpenCV do on float32 input.
 /// Values are not clamped; diffusers clamps after mapping back to [-1, 1].
-pub fn embed_float_rgb(
-    rgb: &mut [f32],
-    width: u32,
-    height: u32,
-    payload: &Payload,
-) -> Result<WatermarkOutcome> {
+pub fn embed_float_rgb(rgb: &mut [f32], width: u32, height: u32, payload: &Payload) -> Result<WatermarkOutcome> {
     let (wu, hu) = (width as usize, height as usize);
     if rgb.len() != wu * hu * 3 {
-        bail!(
-            "float image buffer has {} values, expected {}×{}×3 = {}",
-            rgb.len(),
-            height,
-            width,
-            wu * hu * 3
-        );
+        bail!("float image buffer has {} values, expected {}×{}×3 = {}", rgb.len(), height, width, wu * hu * 3);
     }
     if too_small(width, height) {
         return Ok(WatermarkOutcome::NotAppliedTooSmall { width, height });
@@ -154,31 +125,20 @@ pub fn embed_float_rgb(
     if bits.is_empty() {
         bail!("watermark payload is empty");
     }
-    let mut yuv: Vec<[f32; 3]> = rgb
-        .par_chunks(3)
-        .map(|p| yuv::bgr_to_yuv_f32(p[2], p[1], p[0]))
-        .collect();
+    let mut yuv: Vec<[f32; 3]> = rgb.par_chunks(3).map(|p| yuv::bgr_to_yuv_f32(p[2], p[1], p[0])).collect();
     let u: Vec<f32> = yuv.iter().map(|p| p[1]).collect();
     let rec = mark_plane(&u, wu, hu, &bits);
     let cw = wu / 4 * 4;
-    yuv.par_chunks_mut(wu)
-        .take(hu / 4 * 4)
-        .enumerate()
-        .for_each(|(i, row)| {
-            for (j, px) in row.iter_mut().take(cw).enumerate() {
-                px[1] = rec[i * cw + j];
-            }
-        });
-    rgb.par_chunks_mut(3)
-        .zip(yuv.par_iter())
-        .for_each(|(p, q)| {
-            let [b, g, r] = yuv::yuv_to_bgr_f32(q[0], q[1], q[2]);
-            p.copy_from_slice(&[r, g, b]);
-        });
-    Ok(WatermarkOutcome::Applied {
-        payload: payload.name(),
-        bits: bits.len(),
-    })
+    yuv.par_chunks_mut(wu).take(hu / 4 * 4).enumerate().for_each(|(i, row)| {
+        for (j, px) in row.iter_mut().take(cw).enumerate() {
+            px[1] = rec[i * cw + j];
+        }
+    });
+    rgb.par_chunks_mut(3).zip(yuv.par_iter()).for_each(|(p, q)| {
+        let [b, g, r] = yuv::yuv_to_bgr_f32(q[0], q[1], q[2]);
+        p.copy_from_slice(&[r, g, b]);
+    });
+    Ok(WatermarkOutcome::Applied { payload: payload.name(), bits: bits.len() })
 }
 
 /// Decodes `len` bits exactly as `WatermarkDecoder('bits', len).decode(bgr, "dwtDct")`. Images smaller than
@@ -189,10 +149,7 @@ pub fn decode_bits(img: &RgbImage, len: usize) -> Option<Vec<bool>> {
         return None;
     }
     let raw: &[u8] = img;
-    let u: Vec<f64> = raw
-        .par_chunks(3)
-        .map(|p| yuv::bgr_to_yuv_u8(p[2], p[1], p[0])[1] as f64)
-        .collect();
+    let u: Vec<f64> = raw.par_chunks(3).map(|p| yuv::bgr_to_yuv_u8(p[2], p[1], p[0])[1] as f64).collect();
     Some(decode_plane(&u, w as usize, h as usize, len))
 }
 

@@ -23,10 +23,7 @@ impl Payload {
     pub fn bits(&self) -> Vec<bool> {
         match self {
             Payload::SdV1 => bytes_to_bits(SD_V1_BYTES),
-            Payload::Sdxl => (0..48)
-                .rev()
-                .map(|k| (SDXL_MESSAGE >> k) & 1 == 1)
-                .collect(),
+            Payload::Sdxl => (0..48).rev().map(|k| (SDXL_MESSAGE >> k) & 1 == 1).collect(),
             Payload::Bytes(b) => bytes_to_bits(b),
             Payload::Bits(b) => b.clone(),
         }
@@ -45,23 +42,12 @@ impl Payload {
         match self {
             Payload::SdV1 => "StableDiffusionV1".into(),
             Payload::Sdxl => "SDXL 0xB3EC907BB19E".into(),
-            Payload::Bytes(b) => format!(
-                "bytes {}",
-                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-            ),
-            Payload::Bits(b) => format!(
-                "bits {}",
-                b.iter()
-                    .map(|&x| if x { '1' } else { '0' })
-                    .collect::<String>()
-            ),
+            Payload::Bytes(b) => format!("bytes {}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+            Payload::Bits(b) => format!("bits {}", b.iter().map(|&x| if x { '1' } else { '0' }).collect::<String>()),
         }
     }
 }
 
 pub fn bytes_to_bits(bytes: &[u8]) -> Vec<bool> {
-    bytes
-        .iter()
-        .flat_map(|&b| (0..8).rev().map(move |k| (b >> k) & 1 == 1))
-        .collect()
+    bytes.iter().flat_map(|&b| (0..8).rev().map(move |k| (b >> k) & 1 == 1)).collect()
 }

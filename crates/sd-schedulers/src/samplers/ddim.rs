@@ -57,7 +57,13 @@ impl Scheduler for Ddim {
         self.num_inference_steps = n;
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         ensure!(self.num_inference_steps > 0, "DDIM: call set_timesteps before step");
         let st = &self.state;
         let cfg = &st.cfg;

@@ -19,7 +19,9 @@ impl Ddpm {
         let state = SamplerState::new(name, cfg, Family::Ddpm)?;
         match state.cfg.variance_type.as_deref().unwrap_or("fixed_small") {
             "fixed_small" | "fixed_small_log" | "fixed_large" => {}
-            other => bail!("DDPM variance_type {other:?} is not supported (fixed_small, fixed_small_log, fixed_large are)"),
+            other => {
+                bail!("DDPM variance_type {other:?} is not supported (fixed_small, fixed_small_log, fixed_large are)")
+            }
         }
         Ok(Self { state })
     }
@@ -38,7 +40,13 @@ impl Scheduler for Ddpm {
         self.state.set_schedule(timesteps, vec![]);
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let st = &self.state;
         let t = st.int_timestep(st.timesteps[i])?;
@@ -72,7 +80,10 @@ impl Scheduler for Ddpm {
     fn set_custom_timesteps(&mut self, timesteps: &[f64], _device: Device) -> Result<()> {
         ensure!(!timesteps.is_empty(), "a custom timestep list must not be empty");
         ensure!(timesteps.windows(2).all(|w| w[1] < w[0]), "custom timesteps must be in descending order");
-        ensure!(timesteps[0] < self.state.cfg.num_train_timesteps as f64, "custom timesteps must start below num_train_timesteps");
+        ensure!(
+            timesteps[0] < self.state.cfg.num_train_timesteps as f64,
+            "custom timesteps must start below num_train_timesteps"
+        );
         self.state.set_schedule(timesteps.iter().map(|t| t.trunc()).collect(), vec![]);
         Ok(())
     }

@@ -12,7 +12,8 @@ use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
-const FLAVOR: Flavor = Flavor { lambda_clip: false, cfg_minmax: false, final_from_respaced: true, always_round_karras: true };
+const FLAVOR: Flavor =
+    Flavor { lambda_clip: false, cfg_minmax: false, final_from_respaced: true, always_round_karras: true };
 
 pub struct Deis {
     state: SamplerState,
@@ -75,7 +76,13 @@ impl Scheduler for Deis {
         self.outputs.reset();
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        _gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let len = self.state.timesteps.len();
         let cfg = &self.state.cfg;

@@ -44,7 +44,10 @@ pub fn parse_algo(cfg: &mut SchedulerConfig) -> Result<(Algo, bool)> {
         other => bail!("scheduler config field `solver_type` is {other:?}; expected \"midpoint\" or \"heun\""),
     };
     if matches!(algo, Algo::DpmSolver | Algo::SdeDpmSolver) && cfg.final_sigmas_type == "zero" {
-        bail!("algorithm_type {} needs final_sigmas_type \"sigma_min\" (diffusers refuses \"zero\")", cfg.algorithm_type);
+        bail!(
+            "algorithm_type {} needs final_sigmas_type \"sigma_min\" (diffusers refuses \"zero\")",
+            cfg.algorithm_type
+        );
     }
     ensure!((1..=3).contains(&cfg.solver_order), "solver_order must be 1, 2 or 3 (got {})", cfg.solver_order);
     if cfg.variance_type.as_deref().is_some_and(|v| v.starts_with("learned")) {
@@ -105,18 +108,36 @@ impl DpmMultistep {
         let d1 = m0.f_sub(m1)?.f_mul_scalar(1.0 / r0)?;
         let (em, ep) = ((-h).exp(), h.exp());
         Ok(match (self.algo, self.heun) {
-            (Algo::DpmSolverPP, false) => lin(&[(sg_t / sg0, sample), (-(a_t * (em - 1.0)), m0), (-0.5 * (a_t * (em - 1.0)), &d1)])?,
-            (Algo::DpmSolverPP, true) => lin(&[(sg_t / sg0, sample), (-(a_t * (em - 1.0)), m0), (a_t * ((em - 1.0) / h + 1.0), &d1)])?,
-            (Algo::DpmSolver, false) => lin(&[(a_t / a0, sample), (-(sg_t * (ep - 1.0)), m0), (-0.5 * (sg_t * (ep - 1.0)), &d1)])?,
-            (Algo::DpmSolver, true) => lin(&[(a_t / a0, sample), (-(sg_t * (ep - 1.0)), m0), (-(sg_t * ((ep - 1.0) / h - 1.0)), &d1)])?,
+            (Algo::DpmSolverPP, false) => {
+                lin(&[(sg_t / sg0, sample), (-(a_t * (em - 1.0)), m0), (-0.5 * (a_t * (em - 1.0)), &d1)])?
+            }
+            (Algo::DpmSolverPP, true) => {
+                lin(&[(sg_t / sg0, sample), (-(a_t * (em - 1.0)), m0), (a_t * ((em - 1.0) / h + 1.0), &d1)])?
+            }
+            (Algo::DpmSolver, false) => {
+                lin(&[(a_t / a0, sample), (-(sg_t * (ep - 1.0)), m0), (-0.5 * (sg_t * (ep - 1.0)), &d1)])?
+            }
+            (Algo::DpmSolver, true) => {
+                lin(&[(a_t / a0, sample), (-(sg_t * (ep - 1.0)), m0), (-(sg_t * ((ep - 1.0) / h - 1.0)), &d1)])?
+            }
             (Algo::SdeDpmSolverPP, heun) => {
                 let e2 = (-2.0 * h).exp();
                 let c1 = if heun { a_t * ((1.0 - e2) / (-2.0 * h) + 1.0) } else { 0.5 * (a_t * (1.0 - e2)) };
-                lin(&[(sg_t / sg0 * em, sample), (a_t * (1.0 - e2), m0), (c1, &d1), (sg_t * (1.0 - e2).sqrt(), need(noise)?)])?
+                lin(&[
+                    (sg_t / sg0 * em, sample),
+                    (a_t * (1.0 - e2), m0),
+                    (c1, &d1),
+                    (sg_t * (1.0 - e2).sqrt(), need(noise)?),
+                ])?
             }
             (Algo::SdeDpmSolver, heun) => {
                 let c1 = if heun { -2.0 * (sg_t * ((ep - 1.0) / h - 1.0)) } else { -(sg_t * (ep - 1.0)) };
-                lin(&[(a_t / a0, sample), (-2.0 * (sg_t * (ep - 1.0)), m0), (c1, &d1), (sg_t * ((2.0 * h).exp() - 1.0).sqrt(), need(noise)?)])?
+                lin(&[
+                    (a_t / a0, sample),
+                    (-2.0 * (sg_t * (ep - 1.0)), m0),
+                    (c1, &d1),
+                    (sg_t * ((2.0 * h).exp() - 1.0).sqrt(), need(noise)?),
+                ])?
             }
         })
     }
@@ -167,7 +188,14 @@ fn need(noise: Option<&Tensor>) -> Result<&Tensor> {
 }
 
 /// `convert_model_output` of the DPM-Solver family: x0 for data-prediction solvers, ε for noise-prediction ones.
-pub fn convert_model_output(cfg: &SchedulerConfig, pred: Prediction, data_pred: bool, out: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
+pub fn convert_model_output(
+    cfg: &SchedulerConfig,
+    pred: Prediction,
+    data_pred: bool,
+    out: &Tensor,
+    sample: &Tensor,
+    sigma: f64,
+) -> Result<Tensor> {
     let (a, s) = alpha_sigma(sigma);
     if data_pred {
         let x0 = predicted_x0(pred, out, sample, sigma)?;
@@ -219,11 +247,18 @@ impl Scheduler for DpmMultistep {
         self.reset(s);
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let len = self.state.timesteps.len();
         let c = &self.state.cfg;
-        let lower_final = i == len - 1 && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
+        let lower_final =
+            i == len - 1 && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
         let lower_second = i + 2 == len && c.lower_order_final && len < 15;
         let order = c.solver_order;
         let out = f32(model_output)?;

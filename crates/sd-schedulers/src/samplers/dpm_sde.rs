@@ -12,8 +12,8 @@
 use crate::brownian::BrownianNoise;
 use crate::common::{f32, k_euler};
 use crate::ksched;
-use crate::schedule::{check_steps, np_linspace, spaced_timesteps_int, TrainSchedule};
 use crate::samplers::heun::interleave_tail;
+use crate::schedule::{check_steps, np_linspace, spaced_timesteps_int, TrainSchedule};
 use crate::sigmas::{interp_index, sigma_to_t};
 use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
@@ -123,7 +123,13 @@ impl Scheduler for DpmSde {
         };
         Ok(sample.f_div_scalar((s * s + 1.0).sqrt() as f64)?)
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let out = f32(model_output)?;
         let sample = f32(sample)?;
@@ -137,7 +143,8 @@ impl Scheduler for DpmSde {
             self.noise = Some(BrownianNoise::new(lo, hi, &sample.size(), seed)?);
         }
         let first = self.pending.is_none();
-        let (sigma, sigma_next) = if first { (sig[i] as f32, sig[i + 1] as f32) } else { (sig[i - 1] as f32, sig[i] as f32) };
+        let (sigma, sigma_next) =
+            if first { (sig[i] as f32, sig[i + 1] as f32) } else { (sig[i - 1] as f32, sig[i] as f32) };
         let pred = self.state.pred;
         let t = t_fn(sigma);
         let prev = if sigma_next == 0.0 {

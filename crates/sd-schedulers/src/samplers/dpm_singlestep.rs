@@ -16,7 +16,8 @@ use tch::{Device, Tensor};
 /// A coefficient and the difference term it multiplies.
 type Term = (f64, Tensor);
 
-const FLAVOR: Flavor = Flavor { lambda_clip: true, cfg_minmax: false, final_from_respaced: false, always_round_karras: true };
+const FLAVOR: Flavor =
+    Flavor { lambda_clip: true, cfg_minmax: false, final_from_respaced: false, always_round_karras: true };
 
 pub struct DpmSinglestep {
     state: SamplerState,
@@ -112,20 +113,26 @@ impl DpmSinglestep {
                 let d1 = lin(&[(r0 / (r0 - r1), &d1_0), (-r1 / (r0 - r1), &d1_1)])?;
                 let d2 = lin(&[(2.0 / (r0 - r1), &d1_1), (-2.0 / (r0 - r1), &d1_0)])?;
                 match (self.algo, self.heun) {
-                    (Algo::DpmSolverPP, false) => (m2.shallow_clone(), Some((a_t * ((em - 1.0) / h + 1.0), d1_1)), None),
+                    (Algo::DpmSolverPP, false) => {
+                        (m2.shallow_clone(), Some((a_t * ((em - 1.0) / h + 1.0), d1_1)), None)
+                    }
                     (Algo::DpmSolverPP, true) => (
                         m2.shallow_clone(),
                         Some((a_t * ((em - 1.0) / h + 1.0), d1)),
                         Some((-(a_t * ((em - 1.0 + h) / (h * h) - 0.5)), d2)),
                     ),
-                    (Algo::DpmSolver, false) => (m2.shallow_clone(), Some((-(sg_t * ((ep - 1.0) / h - 1.0)), d1_1)), None),
+                    (Algo::DpmSolver, false) => {
+                        (m2.shallow_clone(), Some((-(sg_t * ((ep - 1.0) / h - 1.0)), d1_1)), None)
+                    }
                     (Algo::DpmSolver, true) => (
                         m2.shallow_clone(),
                         Some((-(sg_t * ((ep - 1.0) / h - 1.0)), d1)),
                         Some((-(sg_t * ((ep - 1.0 - h) / (h * h) - 0.5)), d2)),
                     ),
                     (_, false) => (m2.shallow_clone(), Some((a_t * ((1.0 - e2) / (-2.0 * h) + 1.0), d1_1)), None),
-                    (_, true) => bail!("third-order singlestep sde-dpmsolver++ with solver_type heun is not implemented"),
+                    (_, true) => {
+                        bail!("third-order singlestep sde-dpmsolver++ with solver_type heun is not implemented")
+                    }
                 }
             }
         };
@@ -169,11 +176,24 @@ impl Scheduler for DpmSinglestep {
         self.group_sample = None;
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
         let data_pred = matches!(self.algo, Algo::DpmSolverPP | Algo::SdeDpmSolverPP);
-        let m = convert_model_output(&self.state.cfg, self.state.pred, data_pred, &f32(model_output)?, &sample, self.state.sigmas[i])?;
+        let m = convert_model_output(
+            &self.state.cfg,
+            self.state.pred,
+            data_pred,
+            &f32(model_output)?,
+            &sample,
+            self.state.sigmas[i],
+        )?;
         self.outputs.push(m);
         let noise = (self.algo == Algo::SdeDpmSolverPP).then(|| step_noise(model_output, gen));
         let mut order = self.orders[i];
@@ -183,7 +203,11 @@ impl Scheduler for DpmSinglestep {
         if order == 1 {
             self.group_sample = Some(sample.shallow_clone());
         }
-        let x = self.group_sample.as_ref().map(Tensor::shallow_clone).ok_or_else(|| anyhow::anyhow!("internal: no group sample"))?;
+        let x = self
+            .group_sample
+            .as_ref()
+            .map(Tensor::shallow_clone)
+            .ok_or_else(|| anyhow::anyhow!("internal: no group sample"))?;
         let prev = self.update(&x, i, order, noise.as_ref())?;
         self.state.idx.advance();
         Ok(prev.f_to_kind(model_output.kind())?)

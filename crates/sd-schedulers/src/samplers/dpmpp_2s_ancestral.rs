@@ -62,7 +62,10 @@ impl Dpmpp2sAncestral {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
         let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
-        ensure!(state.pred != Prediction::Sample, "DPM++ 2S a supports prediction_type \"epsilon\" and \"v_prediction\"");
+        ensure!(
+            state.pred != Prediction::Sample,
+            "DPM++ 2S a supports prediction_type \"epsilon\" and \"v_prediction\""
+        );
         let train = TrainSchedule::new(&state.cfg)?;
         Ok(Self { state, train, slots: vec![], plans: vec![], pending: None })
     }
@@ -109,7 +112,13 @@ impl Scheduler for Dpmpp2sAncestral {
         let s = if mid { p.mid } else { p.sigma };
         Ok(sample.f_div_scalar((s * s + 1.0).sqrt() as f64)?)
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let (_, (step, mid)) = self.slot(timestep)?;
         let p = self.plans[step];
         let out = f32(model_output)?;

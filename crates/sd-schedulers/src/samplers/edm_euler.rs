@@ -22,7 +22,10 @@ impl EdmEuler {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
         let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
         let cfg = &state.cfg;
-        ensure!(state.pred != Prediction::Sample, "EDM Euler supports prediction_type epsilon or v_prediction, not \"sample\"");
+        ensure!(
+            state.pred != Prediction::Sample,
+            "EDM Euler supports prediction_type epsilon or v_prediction, not \"sample\""
+        );
         ensure!(
             matches!(cfg.sigma_schedule.as_str(), "karras" | "exponential"),
             "EDM Euler `sigma_schedule` is {:?}; expected \"karras\" or \"exponential\"",
@@ -51,7 +54,10 @@ impl Scheduler for EdmEuler {
                 np_linspace(0.0, 1.0, n).into_iter().map(|r| ((hi + r * (lo - hi)).powf(rho) as f32) as f64).collect()
             }
             "exponential" => {
-                let v = Tensor::f_linspace(self.sigma_min.ln(), self.sigma_max.ln(), n as i64, (Kind::Float, Device::Cpu))?.f_exp()?.f_flip([0])?;
+                let v =
+                    Tensor::f_linspace(self.sigma_min.ln(), self.sigma_max.ln(), n as i64, (Kind::Float, Device::Cpu))?
+                        .f_exp()?
+                        .f_flip([0])?;
                 Vec::<f64>::try_from(v.f_to_kind(Kind::Double)?)?
             }
             other => bail!("unknown sigma_schedule {other:?}"),
@@ -60,7 +66,9 @@ impl Scheduler for EdmEuler {
         let last = match cfg.final_sigmas_type.as_str() {
             "zero" => 0.0,
             "sigma_min" => sig[sig.len() - 1],
-            other => bail!("scheduler config field `final_sigmas_type` is {other:?}; expected \"zero\" or \"sigma_min\""),
+            other => {
+                bail!("scheduler config field `final_sigmas_type` is {other:?}; expected \"zero\" or \"sigma_min\"")
+            }
         };
         sig.push(last);
         self.state.set_schedule(timesteps, sig);
@@ -77,13 +85,20 @@ impl Scheduler for EdmEuler {
         let sd = self.state.cfg.sigma_data;
         Ok(sample.f_mul_scalar(1.0 / (s * s + sd * sd).sqrt())?)
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        _gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
         let (s, next) = (self.state.sigmas[i], self.state.sigmas[i + 1]);
         let sd = self.state.cfg.sigma_data;
         let c_skip = sd * sd / (s * s + sd * sd);
-        let c_out = s * sd / (s * s + sd * sd).sqrt() * if self.state.pred == Prediction::VPrediction { -1.0 } else { 1.0 };
+        let c_out =
+            s * sd / (s * s + sd * sd).sqrt() * if self.state.pred == Prediction::VPrediction { -1.0 } else { 1.0 };
         let x0 = lin2(c_skip, &sample, c_out, &f32(model_output)?)?;
         let prev = k_euler(&sample, &x0, s, next)?;
         self.state.idx.advance();

@@ -50,7 +50,13 @@ impl Scheduler for Euler {
         self.finish(s);
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        _gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
         let (sigma, next) = (self.state.sigmas[i], self.state.sigmas[i + 1]);

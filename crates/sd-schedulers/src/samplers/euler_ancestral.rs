@@ -40,7 +40,13 @@ impl Scheduler for EulerAncestral {
         self.state.set_schedule(s.timesteps, s.sigmas);
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
         let (from, to) = (self.state.sigmas[i], self.state.sigmas[i + 1]);

@@ -58,7 +58,13 @@ impl Scheduler for Heun {
         self.install(s);
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        _gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
         let out = f32(model_output)?;

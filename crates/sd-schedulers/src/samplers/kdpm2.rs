@@ -131,7 +131,13 @@ impl Scheduler for Kdpm2 {
         };
         k_scale(sample, sigma)
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.idx.get(&self.state.timesteps, timestep)? as isize;
         let sig = &self.state.sigmas;
         ensure!((i as usize) + 1 < sig.len(), "step called after the last timestep");
@@ -153,7 +159,8 @@ impl Scheduler for Kdpm2 {
             let base = self.pending.take().ok_or_else(|| anyhow::anyhow!("internal: no pending sample"))?;
             base.f_add(&d.f_mul_scalar(next - sigma)?)?
         } else {
-            let (sigma, ip, up, down) = (at(sig, i - 1), at(&self.interpol, i - 1), at(&self.up, i - 1), at(&self.down, i - 1));
+            let (sigma, ip, up, down) =
+                (at(sig, i - 1), at(&self.interpol, i - 1), at(&self.up, i - 1), at(&self.down, i - 1));
             let x0 = k_denoised(pred, &sample, &out, ip)?;
             let d = sample.f_sub(&x0)?.f_div_scalar(ip)?;
             let base = self.pending.take().ok_or_else(|| anyhow::anyhow!("internal: no pending sample"))?;

@@ -52,7 +52,13 @@ impl Scheduler for Lcm {
         self.state.set_schedule(timesteps, vec![]);
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let st = &self.state;
         let t = st.int_timestep(st.timesteps[i])?;

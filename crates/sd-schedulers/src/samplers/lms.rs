@@ -22,8 +22,10 @@ pub struct Lms {
 
 /// ∫_{a}^{b} f with 8-point Gauss–Legendre.
 fn gauss8(a: f64, b: f64, f: impl Fn(f64) -> f64) -> f64 {
-    const X: [f64; 4] = [0.183_434_642_495_649_8, 0.525_532_409_916_329, 0.796_666_477_413_626_7, 0.960_289_856_497_536_3];
-    const W: [f64; 4] = [0.362_683_783_378_362, 0.313_706_645_877_887_3, 0.222_381_034_453_374_5, 0.101_228_536_290_376_3];
+    const X: [f64; 4] =
+        [0.183_434_642_495_649_8, 0.525_532_409_916_329, 0.796_666_477_413_626_7, 0.960_289_856_497_536_3];
+    const W: [f64; 4] =
+        [0.362_683_783_378_362, 0.313_706_645_877_887_3, 0.222_381_034_453_374_5, 0.101_228_536_290_376_3];
     let (m, h) = ((a + b) / 2.0, (b - a) / 2.0);
     let mut s = 0.0;
     for k in 0..4 {
@@ -73,7 +75,13 @@ impl Scheduler for Lms {
         self.derivatives.clear();
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        _gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let sample = f32(sample)?;
         let sigma = self.state.sigmas[i];

@@ -25,7 +25,10 @@ pub struct Pndm {
 impl Pndm {
     pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
         let state = SamplerState::new(name, cfg, Family::Ddpm)?;
-        ensure!(state.pred != Prediction::Sample, "PNDM/PLMS supports prediction_type epsilon or v_prediction, not \"sample\"");
+        ensure!(
+            state.pred != Prediction::Sample,
+            "PNDM/PLMS supports prediction_type epsilon or v_prediction, not \"sample\""
+        );
         Ok(Self { state, n: 0, prk: vec![], ets: vec![], counter: 0, cur_model_output: None, cur_sample: None })
     }
 
@@ -77,7 +80,10 @@ impl Pndm {
     }
 
     fn step_plms(&mut self, out: &Tensor, t: i64, sample: &Tensor) -> Result<Tensor> {
-        ensure!(self.state.cfg.skip_prk_steps || self.ets.len() >= 3, "PNDM: PLMS step before the Runge-Kutta warm-up finished");
+        ensure!(
+            self.state.cfg.skip_prk_steps || self.ets.len() >= 3,
+            "PNDM: PLMS step before the Runge-Kutta warm-up finished"
+        );
         let (mut t, mut prev_t) = (t, t - self.ratio());
         if self.counter != 1 {
             let keep = self.ets.len().saturating_sub(3);
@@ -101,7 +107,12 @@ impl Pndm {
         } else if k == 3 {
             lin(&[(23.0 / 12.0, &e[2]), (-16.0 / 12.0, &e[1]), (5.0 / 12.0, &e[0])])?
         } else {
-            lin(&[(55.0 / 24.0, &e[k - 1]), (-59.0 / 24.0, &e[k - 2]), (37.0 / 24.0, &e[k - 3]), (-9.0 / 24.0, &e[k - 4])])?
+            lin(&[
+                (55.0 / 24.0, &e[k - 1]),
+                (-59.0 / 24.0, &e[k - 2]),
+                (37.0 / 24.0, &e[k - 3]),
+                (-9.0 / 24.0, &e[k - 4]),
+            ])?
         };
         let prev = self.prev_sample(&sample, t, prev_t, &model_output)?;
         self.counter += 1;
@@ -123,7 +134,11 @@ impl Scheduler for Pndm {
         let base: Vec<f64> = match cfg.timestep_spacing.as_str() {
             "linspace" => np_linspace(0.0, (train - 1) as f64, n).into_iter().map(np_round).collect(),
             "leading" => (0..n).map(|i| np_round((i * (train / n)) as f64) + cfg.steps_offset as f64).collect(),
-            "trailing" => np_arange(train as f64, 0.0, -(train as f64 / n as f64)).into_iter().rev().map(|t| np_round(t) - 1.0).collect(),
+            "trailing" => np_arange(train as f64, 0.0, -(train as f64 / n as f64))
+                .into_iter()
+                .rev()
+                .map(|t| np_round(t) - 1.0)
+                .collect(),
             other => bail!(spacing_error(other)),
         };
         let m = base.len();
@@ -166,7 +181,13 @@ impl Scheduler for Pndm {
         self.cur_sample = None;
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        _gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         ensure!(self.n > 0, "PNDM: call set_timesteps before step");
         let t = self.state.int_timestep(timestep)?;
         let out = f32(model_output)?;

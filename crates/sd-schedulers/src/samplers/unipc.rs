@@ -12,7 +12,8 @@ use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
-const FLAVOR: Flavor = Flavor { lambda_clip: false, cfg_minmax: true, final_from_respaced: true, always_round_karras: true };
+const FLAVOR: Flavor =
+    Flavor { lambda_clip: false, cfg_minmax: true, final_from_respaced: true, always_round_karras: true };
 
 pub struct UniPc {
     state: SamplerState,
@@ -72,7 +73,13 @@ impl UniPc {
 
     /// (rks without the trailing 1, D1s, h, hh, h_phi_1, B_h, b-vector, R) for an update from s0 to t.
     #[allow(clippy::type_complexity)]
-    fn coefficients(&self, s_t: f64, s_s0: f64, others: &[f64], order: usize) -> Result<(Vec<f64>, Vec<Tensor>, f64, Vec<f64>, Vec<Vec<f64>>)> {
+    fn coefficients(
+        &self,
+        s_t: f64,
+        s_s0: f64,
+        others: &[f64],
+        order: usize,
+    ) -> Result<(Vec<f64>, Vec<Tensor>, f64, Vec<f64>, Vec<Vec<f64>>)> {
         let m0 = self.outputs.get(0)?;
         let (l_t, l0) = (lambda(s_t), lambda(s_s0));
         let h = l_t - l0;
@@ -170,7 +177,13 @@ impl Scheduler for UniPc {
         self.last_sample = None;
         Ok(())
     }
-    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor, _gen: &mut TorchGenerator) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: f64,
+        sample: &Tensor,
+        _gen: &mut TorchGenerator,
+    ) -> Result<Tensor> {
         let i = self.state.step_index(timestep)?;
         let len = self.state.timesteps.len();
         let out = f32(model_output)?;
@@ -180,7 +193,8 @@ impl Scheduler for UniPc {
         let order = if cfg.lower_order_final { cfg.solver_order.min(len - i) } else { cfg.solver_order };
         let converted = self.convert(&out, &sample, self.state.sigmas[i])?;
         if use_corrector {
-            let last = self.last_sample.as_ref().map(Tensor::shallow_clone).ok_or_else(|| anyhow::anyhow!("internal"))?;
+            let last =
+                self.last_sample.as_ref().map(Tensor::shallow_clone).ok_or_else(|| anyhow::anyhow!("internal"))?;
             sample = self.corrector(&converted, &last, i, self.this_order)?;
         }
         self.outputs.push(converted);

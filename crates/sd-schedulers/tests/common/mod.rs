@@ -14,8 +14,11 @@ pub fn fixture_dir() -> String {
 }
 
 fn load(dir: &str, family: &str) -> (Value, HashMap<String, Tensor>) {
-    let j = std::fs::read_to_string(format!("{dir}/{family}.json"))
-        .unwrap_or_else(|e| panic!("missing fixture {dir}/{family}.json ({e}); run the scripts/fixtures/gen_1*_schedulers*.py that writes it"));
+    let j = std::fs::read_to_string(format!("{dir}/{family}.json")).unwrap_or_else(|e| {
+        panic!(
+            "missing fixture {dir}/{family}.json ({e}); run the scripts/fixtures/gen_1*_schedulers*.py that writes it"
+        )
+    });
     let t = Tensor::read_safetensors(format!("{dir}/{family}.safetensors")).expect("fixture safetensors");
     (serde_json::from_str(&j).expect("fixture json"), t.into_iter().collect())
 }
@@ -47,9 +50,13 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
             continue;
         }
         let key = cs["key"].as_str().unwrap();
-        let what = format!("{key} {sampler} steps={} schedule={} model_over={} extra={} strength={}", cs["steps"], cs["schedule"], cs["model_over"], cs["extra"], cs["strength"]);
+        let what = format!(
+            "{key} {sampler} steps={} schedule={} model_over={} extra={} strength={}",
+            cs["steps"], cs["schedule"], cs["model_over"], cs["extra"], cs["strength"]
+        );
         let states = &tensors[key];
-        let mut s = build_with(sampler, &cs["model_config"], cs["schedule"].as_str(), &cs["extra"]).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let mut s = build_with(sampler, &cs["model_config"], cs["schedule"].as_str(), &cs["extra"])
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
         // The loop's dtype (latents and model output), as a pipeline in that dtype runs it; float32 by default.
         let kind = match cs["dtype"].as_str() {
             None => Kind::Float,
@@ -86,7 +93,11 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
             }
         }
         let ins = cs["init_noise_sigma"].as_f64().unwrap();
-        assert!((s.init_noise_sigma() - ins).abs() <= 1e-5 * ins.max(1.0), "{what}: init_noise_sigma {} vs {ins}", s.init_noise_sigma());
+        assert!(
+            (s.init_noise_sigma() - ins).abs() <= 1e-5 * ins.max(1.0),
+            "{what}: init_noise_sigma {} vs {ins}",
+            s.init_noise_sigma()
+        );
         let mut check = |i: usize, x: &Tensor| {
             let r = states.get(i as i64);
             assert_eq!(x.kind(), kind, "{what}: state {i} is {:?}, the loop runs in {kind:?}", x.kind());

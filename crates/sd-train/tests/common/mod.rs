@@ -13,7 +13,11 @@ pub fn disc(size: u32, fg: [u8; 3], bg: [u8; 3]) -> RgbImage {
     let c = size as f32 / 2.0;
     RgbImage::from_fn(size, size, |x, y| {
         let (dx, dy) = (x as f32 + 0.5 - c, y as f32 + 0.5 - c);
-        if dx * dx + dy * dy < (size as f32 * 0.3).powi(2) { Rgb(fg) } else { Rgb(bg) }
+        if dx * dx + dy * dy < (size as f32 * 0.3).powi(2) {
+            Rgb(fg)
+        } else {
+            Rgb(bg)
+        }
     })
 }
 
@@ -26,7 +30,11 @@ pub fn two_images() -> Vec<(String, RgbImage)> {
 }
 
 pub fn dataset(items: Vec<(String, RgbImage)>) -> Dataset {
-    let examples = items.into_iter().enumerate().map(|(i, (caption, image))| Example { source: format!("img{i}"), caption, image }).collect();
+    let examples = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, (caption, image))| Example { source: format!("img{i}"), caption, image })
+        .collect();
     Dataset::from_examples(examples, None, Crop::Center).expect("dataset")
 }
 
