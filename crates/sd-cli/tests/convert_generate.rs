@@ -36,7 +36,8 @@ fn converted_checkpoint_generates_the_reference_image() {
     req.steps = 6;
     req.cfg_scale = 7.0;
     req.seed = 42;
-    let image = Tensor::stack(&sd.generate(&req, &mut |_| {}).unwrap().images, 0).permute([0, 2, 3, 1]);
+    let image =
+        Tensor::stack(&sd.generate(&req, &mut sd_pipeline::generate::quiet()).unwrap().images, 0).permute([0, 2, 3, 1]);
     let expected = Tensor::read_safetensors(fixtures().join("pipeline/sd1_Euler_a.safetensors")).unwrap().remove(0).1;
     let max = (&image - &expected).abs().max().double_value(&[]);
     assert!(max <= 1e-3, "converted model differs from the diffusers reference image: max|Δ| = {max:e}");

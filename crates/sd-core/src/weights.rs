@@ -173,6 +173,11 @@ impl VarBuilder {
         Self { inner: self.inner.clone(), prefix }
     }
 
+    /// This builder's dotted prefix (`down_blocks.0.attentions.1`), empty at the root.
+    pub fn prefix(&self) -> String {
+        self.prefix.join(".")
+    }
+
     /// Full dotted name of `name` under this builder's prefix.
     pub fn path(&self, name: &str) -> String {
         if self.prefix.is_empty() {

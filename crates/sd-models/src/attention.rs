@@ -204,6 +204,31 @@ fn matmul_chunks(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, size: i64) -> R
     Ok(out.f_reshape([qs[0], qs[1], lq, dv])?)
 }
 
+/// Where an attention layer sits in its network, given to [`AttentionHook`]s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttentionSite {
+    /// The diffusers module path, e.g. `down_blocks.1.attentions.0.transformer_blocks.0.attn2`.
+    pub path: String,
+    /// Position in diffusers' `attn_processors` order (down blocks, then up blocks, then the mid block; `attn1`
+    /// before `attn2` in each transformer block): the numbering IP-Adapter weight files use, where
+    /// `"1.to_k_ip.weight"` belongs to the first cross-attention layer.
+    pub index: usize,
+    /// Keys and values come from the text states (`attn2`) rather than from the image tokens.
+    pub cross: bool,
+}
+
+/// Code that joins an attention layer's computation, as diffusers' attention processors do: IP-Adapter's
+/// decoupled cross-attention adds a second attention over image-prompt tokens with the same queries.
+///
+/// Called once per attention layer and evaluation, after softmax(q·kᵀ)·v and before the output projection
+/// `to_out`; `query` and `out` are `[batch, heads, tokens, head_dim]` in the layer's dtype. What the hook returns
+/// replaces `out` and must keep its shape. A hook that returns `out` unchanged leaves the network's output
+/// bit-identical (tested).
+pub trait AttentionHook {
+    fn after_attention(&self, site: &AttentionSite, query: &Tensor, out: Tensor, mode: AttentionMode)
+        -> Result<Tensor>;
+}
+
 /// diffusers `Attention` as used by transformer blocks: bias-free q/k/v projections, an output projection with bias,
 /// `heads` heads of `dim_head` each. Keys/values come from `context` (cross-attention) or the input (self-attention).
 #[derive(Debug)]
@@ -215,6 +240,8 @@ pub struct Attention {
     pub heads: i64,
     pub dim_head: i64,
     pub upcast: bool,
+    /// Filled in by the network that owns the layer (see [`AttentionSite`]).
+    pub site: AttentionSite,
 }
 
 impl Attention {
@@ -238,11 +265,23 @@ impl Attention {
             heads,
             dim_head,
             upcast,
+            site: AttentionSite { path: vb.prefix(), index: 0, cross: context_dim.is_some() },
         })
     }
 
     /// `x` `[B, L, query_dim]`, `context` `[B, S, context_dim]` (or `None` for self-attention) → `[B, L, query_dim]`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, mode: AttentionMode) -> Result<Tensor> {
+        self.forward_hooked(x, context, mode, None)
+    }
+
+    /// [`Self::forward`] with a hook that joins the computation before `to_out`.
+    pub fn forward_hooked(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        mode: AttentionMode,
+        hook: Option<&dyn AttentionHook>,
+    ) -> Result<Tensor> {
         let ctx = context.unwrap_or(x);
         let (b, l) = (x.size()[0], x.size()[1]);
         let split = |t: Tensor| -> Result<Tensor> {
@@ -253,6 +292,21 @@ impl Attention {
         let k = split(self.to_k.forward(ctx))?;
         let v = split(self.to_v.forward(ctx))?;
         let out = attention(&q, &k, &v, None, self.upcast, mode)?;
+        let out = match hook {
+            Some(h) => {
+                let shape = out.size();
+                let hooked = h.after_attention(&self.site, &q, out, mode)?;
+                if hooked.size() != shape {
+                    bail!(
+                        "attention hook at {} changed the output shape {shape:?} to {:?}",
+                        self.site.path,
+                        hooked.size()
+                    );
+                }
+                hooked
+            }
+            None => out,
+        };
         let out = out.transpose(1, 2).f_reshape([b, l, self.heads * self.dim_head])?;
         Ok(self.to_out.forward(&out))
     }

@@ -17,11 +17,49 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
-/// Progress reported while generating (the CLI draws bars from these).
-#[derive(Clone, Copy, Debug)]
-pub enum Event {
+/// What the pipeline reports while it works. The caller answers each event with a [`Flow`].
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A phase starts: `"encode"`, `"denoise"` or `"decode"`.
     Phase(&'static str),
-    Step { index: usize, total: usize },
+    /// A sampler step has finished.
+    Step(StepInfo<'a>),
+}
+
+/// One finished sampler step, with the latents after it (previews, prompt schedules, progress, interrupts).
+#[derive(Debug)]
+pub struct StepInfo<'a> {
+    /// Steps done so far, from 1.
+    pub index: usize,
+    /// Steps this request runs (img2img: after `strength` shortened the schedule).
+    pub total: usize,
+    /// The timestep the step started from.
+    pub timestep: f64,
+    /// The latents after this step, `[batch, channels, h, w]` in the UNet's dtype and device.
+    pub latents: &'a Tensor,
+}
+
+/// The caller's answer to an [`Event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop denoising before the next step and decode the latents reached so far (AUTOMATIC1111's "Interrupt":
+    /// the result is returned, marked [`Generated::interrupted`]). Before the first step there is nothing to decode
+    /// and the result holds no images.
+    Interrupt,
+}
+
+/// A callback for callers that neither watch nor interrupt.
+pub fn quiet() -> impl FnMut(Event<'_>) -> Flow {
+    |_| Flow::Continue
+}
+
+/// A callback that only watches (progress bars, logs) and never interrupts.
+pub fn observe(mut f: impl FnMut(&Event<'_>)) -> impl FnMut(Event<'_>) -> Flow {
+    move |e| {
+        f(&e);
+        Flow::Continue
+    }
 }
 
 /// Seconds spent per phase.
@@ -45,6 +83,10 @@ pub struct Generated {
     pub schedule_label: Option<String>,
     /// Textual-inversion embeddings the prompts used (name, file), prompt's first, for A1111's `TI hashes`.
     pub embeddings_used: Vec<(String, PathBuf)>,
+    /// The caller answered [`Flow::Interrupt`]: the images show the latents after [`Self::steps_done`] steps.
+    pub interrupted: bool,
+    /// Sampler steps run (equal to the schedule's length unless interrupted).
+    pub steps_done: usize,
 }
 
 /// A request's prompts, encoded: what the denoising loop needs from the text encoders. Encoding once lets a
@@ -64,20 +106,25 @@ fn prompt_key(req: &GenerationRequest) -> (String, String, usize, crate::prompt:
 
 impl StableDiffusion {
     /// Run one request (one batch of `batch_size` images from one seed).
-    pub fn generate(&self, req: &GenerationRequest, on_event: &mut dyn FnMut(Event)) -> Result<Generated> {
+    pub fn generate(&self, req: &GenerationRequest, on_event: &mut dyn FnMut(Event<'_>) -> Flow) -> Result<Generated> {
         let encoded = self.encode_prompts(req, on_event)?;
         self.generate_encoded(req, &encoded, on_event)
     }
 
     /// Step 1 alone: the request's prompt and negative prompt through the text encoder(s).
-    pub fn encode_prompts(&self, req: &GenerationRequest, on_event: &mut dyn FnMut(Event)) -> Result<EncodedPrompts> {
+    pub fn encode_prompts(
+        &self,
+        req: &GenerationRequest,
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
+    ) -> Result<EncodedPrompts> {
         if self.text.is_empty() {
             bail!(
                 "the text encoders of {} were released after encoding; load the model again to encode new prompts",
                 self.name
             );
         }
-        on_event(Event::Phase("encode"));
+        // An interrupt while encoding takes effect at the first step (there is nothing to stop yet).
+        let _ = on_event(Event::Phase("encode"));
         let t0 = Instant::now();
         let settings = PromptSettings { clip_skip: req.clip_skip, emphasis: req.emphasis, style: self.encoder_style() };
         let prompt = self.prompt_without_lora_tags(&req.prompt)?;
@@ -97,7 +144,7 @@ impl StableDiffusion {
         &self,
         req: &GenerationRequest,
         encoded: &EncodedPrompts,
-        on_event: &mut dyn FnMut(Event),
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<Generated> {
         let scale = self.vae_scale_factor();
         req.validate(scale)?;
@@ -220,7 +267,12 @@ impl StableDiffusion {
         let t1 = Instant::now();
         let total = timesteps.len();
         let mut unet_calls = 0;
+        let mut interrupted = on_event(Event::Phase("denoise")) == Flow::Interrupt;
+        let mut steps_done = 0;
         for (i, &t) in timesteps.iter().enumerate() {
+            if interrupted {
+                break;
+            }
             let noise_pred = tch::no_grad(|| -> Result<Tensor> {
                 let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
                 let mut input = sched.scale_model_input(&input, t)?;
@@ -262,18 +314,34 @@ impl StableDiffusion {
                     latents = (1.0 - &st.mask) * known + &st.mask * &latents;
                 }
             }
-            on_event(Event::Step { index: i + 1, total });
+            steps_done = i + 1;
+            let info = StepInfo { index: i + 1, total, timestep: t, latents: &latents };
+            interrupted = on_event(Event::Step(info)) == Flow::Interrupt;
         }
         let denoise_s = t1.elapsed().as_secs_f64();
 
-        // 6. Decode.
-        on_event(Event::Phase("decode"));
+        // 6. Decode what was reached (nothing when interrupted before the first step).
         let t2 = Instant::now();
-        let images = tch::no_grad(|| self.decode(&latents))?;
+        let images = if steps_done == 0 && interrupted {
+            Vec::new()
+        } else {
+            let _ = on_event(Event::Phase("decode"));
+            let images = tch::no_grad(|| self.decode(&latents))?;
+            (0..b).map(|i| images.get(i)).collect()
+        };
         let decode_s = t2.elapsed().as_secs_f64();
-        let images = (0..b).map(|i| images.get(i)).collect();
         let timings = Timings { encode_s, denoise_s, decode_s };
-        Ok(Generated { images, seed: req.seed, timings, unet_calls, sampler_label, schedule_label, embeddings_used })
+        Ok(Generated {
+            images,
+            seed: req.seed,
+            timings,
+            unet_calls,
+            sampler_label,
+            schedule_label,
+            embeddings_used,
+            interrupted,
+            steps_done,
+        })
     }
 
     /// The prompt text to encode: `<lora:…>` tags removed, each checked against the LoRAs merged at load (a

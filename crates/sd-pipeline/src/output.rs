@@ -38,11 +38,10 @@ impl FromStr for SafetyMode {
     }
 }
 
-/// How results are written.
+/// How each image is finished before it is stored or sent: safety decision, upscale, visible label, watermark.
+/// Shared by `sd generate` (files) and the server (bytes in a response), so both give the same image.
 #[derive(Clone, Debug)]
-pub struct OutputOptions {
-    pub pattern: String,
-    pub overwrite: bool,
+pub struct RenderOptions {
     pub watermark: bool,
     /// `Some("")` = the default label text.
     pub visible_label: Option<String>,
@@ -50,6 +49,20 @@ pub struct OutputOptions {
     /// Enlarge each image by this whole factor (Lanczos) before it is labelled and watermarked; 1 = as generated.
     /// For small models such as the 32 px demo: the watermark needs at least 256×256 pixels.
     pub upscale: u32,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self { watermark: true, visible_label: None, safety: SafetyMode::Block, upscale: 1 }
+    }
+}
+
+/// How results are written to files.
+#[derive(Clone, Debug)]
+pub struct OutputOptions {
+    pub pattern: String,
+    pub overwrite: bool,
+    pub render: RenderOptions,
 }
 
 /// One result, for messages and `--json`.
@@ -76,29 +89,47 @@ impl SavedImage {
     }
 }
 
+/// One finished image in memory: the encoded file with every label, or nothing when the safety checker blocked it.
+#[derive(Clone, Debug)]
+pub struct RenderedImage {
+    /// PNG bytes (pixels, watermark, text chunks); `None` when blocked.
+    pub png: Option<Vec<u8>>,
+    pub seed: u64,
+    pub index_in_batch: usize,
+    /// The A1111 `parameters` text stored in the file (A1111's "infotext").
+    pub infotext: String,
+    pub watermark: String,
+    pub safety_checked: bool,
+    pub flagged: bool,
+}
+
 /// Refuse a prompt that contains a term from the user's policy file (one term per line, `#` comments).
 pub fn check_policy(file: &Path, prompt: &str) -> Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read policy file {}", file.display()))?;
+    check_policy_terms(&text, &file.display().to_string(), prompt)
+}
+
+/// [`check_policy`] on a policy file's text already read (the server reads it once at start).
+pub fn check_policy_terms(policy_text: &str, source: &str, prompt: &str) -> Result<()> {
     let lower = prompt.to_lowercase();
-    for term in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for term in policy_text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         if lower.contains(&term.to_lowercase()) {
-            bail!("prompt refused by policy {}: it contains `{term}`", file.display());
+            bail!("prompt refused by policy {source}: it contains `{term}`");
         }
     }
     Ok(())
 }
 
-/// Save every image of `generated`; `counter` numbers images across batches for `{n}`.
-pub fn save_outputs(
+/// Finish every image of `generated` in memory: safety check, upscale, visible label, watermark, PNG with labels.
+pub fn render_outputs(
     sd: &StableDiffusion,
     req: &GenerationRequest,
     generated: &Generated,
-    opts: &OutputOptions,
-    counter: &mut usize,
-) -> Result<Vec<SavedImage>> {
+    opts: &RenderOptions,
+) -> Result<Vec<RenderedImage>> {
     let verdicts = match (&sd.safety, opts.safety) {
-        (Some(checker), SafetyMode::Block | SafetyMode::Warn) => {
-            let batch = tch::Tensor::stack(&generated.images, 0);
+        (Some(checker), SafetyMode::Block | SafetyMode::Warn) if !generated.images.is_empty() => {
+            let batch = tch::Tensor::f_stack(&generated.images, 0)?;
             Some(checker.check(&batch)?)
         }
         _ => None,
@@ -107,16 +138,15 @@ pub fn save_outputs(
     let hashed =
         sd.source_file.clone().or_else(|| sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None).ok());
     let model_hash = hashed.and_then(|p| crate::hash_cache::short_hash(&p));
-    let mut saved = Vec::new();
+    let mut out = Vec::new();
     for (i, image) in generated.images.iter().enumerate() {
         let flagged = verdicts.as_ref().is_some_and(|v| v.get(i).is_some_and(|v| v.flagged));
-        let n = *counter;
-        *counter += 1;
         if flagged && opts.safety == SafetyMode::Block {
-            saved.push(SavedImage {
-                path: None,
+            out.push(RenderedImage {
+                png: None,
                 seed: generated.seed,
                 index_in_batch: i,
+                infotext: String::new(),
                 watermark: "none".into(),
                 safety_checked: true,
                 flagged,
@@ -151,17 +181,50 @@ pub fn save_outputs(
             info.extra.push(("Postprocess upscale by".into(), opts.upscale.to_string()));
             info.extra.push(("Postprocess upscaler".into(), "Lanczos".into()));
         }
-        let png = encode_png(&rgb, &label_chunks(&info))?;
-        let path = render_path(&opts.pattern, generated.seed, n, &sd.name);
-        let overwrite = if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse };
-        write_atomic(&path, overwrite, &png)?;
-        saved.push(SavedImage {
-            path: Some(path),
+        let chunks = label_chunks(&info);
+        let infotext = chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.clone()).unwrap_or_default();
+        let png = encode_png(&rgb, &chunks)?;
+        out.push(RenderedImage {
+            png: Some(png),
             seed: generated.seed,
             index_in_batch: i,
+            infotext,
             watermark: sd_provenance::metadata::watermark_record(Some(&outcome)),
             safety_checked: verdicts.is_some(),
             flagged,
+        });
+    }
+    Ok(out)
+}
+
+/// Save every image of `generated`; `counter` numbers images across batches for `{n}`.
+pub fn save_outputs(
+    sd: &StableDiffusion,
+    req: &GenerationRequest,
+    generated: &Generated,
+    opts: &OutputOptions,
+    counter: &mut usize,
+) -> Result<Vec<SavedImage>> {
+    let mut saved = Vec::new();
+    for image in render_outputs(sd, req, generated, &opts.render)? {
+        let n = *counter;
+        *counter += 1;
+        let path = match &image.png {
+            Some(png) => {
+                let path = render_path(&opts.pattern, generated.seed, n, &sd.name);
+                let overwrite = if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse };
+                write_atomic(&path, overwrite, png)?;
+                Some(path)
+            }
+            None => None,
+        };
+        saved.push(SavedImage {
+            path,
+            seed: image.seed,
+            index_in_batch: image.index_in_batch,
+            watermark: image.watermark,
+            safety_checked: image.safety_checked,
+            flagged: image.flagged,
         });
     }
     Ok(saved)

@@ -60,7 +60,7 @@ fn every_case_matches_diffusers() {
         let model = case["model"].as_str().unwrap().to_string();
         let sd = models.entry(model.clone()).or_insert_with(|| load(&model));
         let req = request(case);
-        let out = sd.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let out = sd.generate(&req, &mut sd_pipeline::generate::quiet()).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let expected = Tensor::read_safetensors(fixtures().join(format!("pipeline/{name}.safetensors")))
             .unwrap()
             .into_iter()
@@ -88,16 +88,20 @@ fn prompts_encoded_once_give_the_same_image_after_the_text_encoder_is_freed() {
     req.steps = 3;
     req.sampler = "Euler a".into();
     req.seed = 5;
-    let whole = sd.generate(&req, &mut |_| {}).unwrap();
-    let encoded = sd.encode_prompts(&req, &mut |_| {}).unwrap();
+    let whole = sd.generate(&req, &mut sd_pipeline::generate::quiet()).unwrap();
+    let encoded = sd.encode_prompts(&req, &mut sd_pipeline::generate::quiet()).unwrap();
     sd.release_text_encoders();
-    let split = sd.generate_encoded(&req, &encoded, &mut |_| {}).unwrap();
+    let split = sd.generate_encoded(&req, &encoded, &mut sd_pipeline::generate::quiet()).unwrap();
     assert!(whole.images[0].equal(&split.images[0]), "encoding first must not change the image");
-    let err = sd.encode_prompts(&req, &mut |_| {}).err().expect("no encoders left").to_string();
+    let err = sd.encode_prompts(&req, &mut sd_pipeline::generate::quiet()).err().expect("no encoders left").to_string();
     assert!(err.contains("released"), "{err}");
     let mut other = req.clone();
     other.prompt = "a green square".into();
-    let err = sd.generate_encoded(&other, &encoded, &mut |_| {}).err().expect("prompt mismatch").to_string();
+    let err = sd
+        .generate_encoded(&other, &encoded, &mut sd_pipeline::generate::quiet())
+        .err()
+        .expect("prompt mismatch")
+        .to_string();
     assert!(err.contains("another request"), "{err}");
 }
 
@@ -124,7 +128,7 @@ fn bf16_pipeline_stays_close_to_the_f32_reference() {
         let expected =
             Tensor::read_safetensors(fixtures().join(format!("pipeline/{name}.safetensors"))).unwrap().remove(0).1;
         let err = |sd: &StableDiffusion| {
-            let out = sd.generate(&request(case), &mut |_| {}).unwrap();
+            let out = sd.generate(&request(case), &mut sd_pipeline::generate::quiet()).unwrap();
             let diff = (Tensor::stack(&out.images, 0).permute([0, 2, 3, 1]).to_kind(Kind::Float) - &expected).abs();
             (diff.max().double_value(&[]), diff.mean(Kind::Float).double_value(&[]))
         };

@@ -40,7 +40,7 @@ fn request(c: &Value, prompt: &str) -> GenerationRequest {
 }
 
 fn image(sd: &StableDiffusion, req: &GenerationRequest) -> Tensor {
-    let out = sd.generate(req, &mut |_| {}).unwrap();
+    let out = sd.generate(req, &mut sd_pipeline::generate::quiet()).unwrap();
     Tensor::stack(&out.images, 0).permute([0, 2, 3, 1])
 }
 
@@ -89,7 +89,10 @@ fn lora_tag_equals_lora_option_equals_diffusers_fuse() {
     let unmerged = load(Vec::new());
     assert_matches("plain", &image(&unmerged, &request(&case("plain"), c["prompt"].as_str().unwrap())), &plain);
     // A tag for a LoRA that was not merged at load is refused, not silently ignored.
-    let err = unmerged.generate(&request(&c, &tagged), &mut |_| {}).err().expect("unmerged tag must fail");
+    let err = unmerged
+        .generate(&request(&c, &tagged), &mut sd_pipeline::generate::quiet())
+        .err()
+        .expect("unmerged tag must fail");
     assert!(format!("{err:#}").contains("tiny-kohya"), "{err:#}");
 }
 
@@ -100,7 +103,7 @@ fn embedding_in_prompt_equals_diffusers_textual_inversion() {
     let notes = sd.text.load_embeddings(&fixtures().join("prompt/embeddings_sd1")).unwrap();
     assert!(notes.is_empty(), "{notes:?}");
     let req = request(&c, c["prompt"].as_str().unwrap());
-    let out = sd.generate(&req, &mut |_| {}).unwrap();
+    let out = sd.generate(&req, &mut sd_pipeline::generate::quiet()).unwrap();
     let names: Vec<&str> = out.embeddings_used.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, vec!["tiny-style"]);
     assert_matches("ti_tiny_style", &Tensor::stack(&out.images, 0).permute([0, 2, 3, 1]), &expected("ti_tiny_style"));

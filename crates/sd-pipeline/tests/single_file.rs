@@ -28,7 +28,8 @@ fn single_file_checkpoint_loads_directly_and_matches_diffusers() {
     req.sampler = "Euler a".into();
     req.steps = 6;
     req.seed = 42;
-    let image = Tensor::stack(&sd.generate(&req, &mut |_| {}).unwrap().images, 0).permute([0, 2, 3, 1]);
+    let image =
+        Tensor::stack(&sd.generate(&req, &mut sd_pipeline::generate::quiet()).unwrap().images, 0).permute([0, 2, 3, 1]);
     let expected = Tensor::read_safetensors(fixtures().join("pipeline/sd1_Euler_a.safetensors")).unwrap().remove(0).1;
     let max = (&image - &expected).abs().max().double_value(&[]);
     assert!(max <= 1e-3, "max|Δ| = {max:e}");

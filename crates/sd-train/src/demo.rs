@@ -211,7 +211,7 @@ pub fn evaluate(
         req.steps = steps;
         req.seed = i as u64;
         req.cfg_scale = cfg_scale;
-        let out = sd.generate(&req, &mut |_| {})?;
+        let out = sd.generate(&req, &mut sd_pipeline::generate::quiet())?;
         let img = tensor_to_rgb(&out.images[0], Range::Unit)?;
         let r = crate::shapes::read(&img);
         on_image(i, scene, &img, r)?;

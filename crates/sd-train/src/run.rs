@@ -70,7 +70,7 @@ pub fn write_samples(trainer: &Trainer) -> Result<Vec<PathBuf>> {
         let mut req = GenerationRequest::txt2img(prompt, trainer.dataset.width as i64, trainer.dataset.height as i64);
         req.steps = cfg.sample_steps;
         req.seed = cfg.seed;
-        let out = sd.generate(&req, &mut |_| {})?;
+        let out = sd.generate(&req, &mut sd_pipeline::generate::quiet())?;
         for (j, img) in out.images.iter().enumerate() {
             let rgb = image_io::tensor_to_rgb(img, Range::Unit)?;
             let path = cfg.output.join("samples").join(format!("step-{:06}-{i}-{j}.png", trainer.step));

@@ -55,7 +55,7 @@ fn diffusers_draws_the_same_pictures() {
         req.steps = case["steps"].as_u64().unwrap() as usize;
         req.cfg_scale = case["cfg"].as_f64().unwrap();
         req.seed = case["seed"].as_u64().unwrap();
-        let out = sd.generate(&req, &mut |_| {}).unwrap();
+        let out = sd.generate(&req, &mut sd_pipeline::generate::quiet()).unwrap();
         let expected = Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().remove(0).1;
         let ours = Tensor::stack(&out.images, 0).permute([0, 2, 3, 1]);
         assert_eq!(ours.size(), expected.size(), "{name}: shape");

@@ -35,6 +35,6 @@ fn scaffold_vae_unet_generate() {
     .expect("demo folder loads as a pipeline");
     let mut req = sd_pipeline::request::GenerationRequest::txt2img(caption, 32, 32);
     req.steps = 2;
-    let out = sd.generate(&req, &mut |_| {}).expect("generate");
+    let out = sd.generate(&req, &mut sd_pipeline::generate::quiet()).expect("generate");
     assert_eq!(out.images[0].size(), [3, 32, 32]);
 }

@@ -7,7 +7,7 @@ use sd_core::device::{ComputeDevice, DTypeChoice};
 use sd_pipeline::family::Family;
 use sd_pipeline::generate::Event;
 use sd_pipeline::loader::{LoadOptions, StableDiffusion};
-use sd_pipeline::output::{OutputOptions, SafetyMode};
+use sd_pipeline::output::{OutputOptions, RenderOptions, SafetyMode};
 use sd_pipeline::request::{GenerationRequest, Mode};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -267,10 +267,12 @@ pub fn run(args: Args) -> Result<()> {
     let out_opts = OutputOptions {
         pattern: args.output.clone(),
         overwrite: args.overwrite,
-        watermark: !args.no_watermark,
-        upscale: args.upscale,
-        visible_label: args.visible_label.clone(),
-        safety: safety.unwrap_or(SafetyMode::Block),
+        render: RenderOptions {
+            watermark: !args.no_watermark,
+            upscale: args.upscale,
+            visible_label: args.visible_label.clone(),
+            safety: safety.unwrap_or(SafetyMode::Block),
+        },
     };
     let mut summary = Vec::new();
     let mut index = 0usize;
@@ -294,18 +296,17 @@ pub fn run(args: Args) -> Result<()> {
             eprintln!("seed {}", req.seed);
         }
         let bar = (!args.quiet && !args.json).then(|| step_bar(req.steps));
-        let mut on_event = |e: Event| {
+        let mut on_event = sd_pipeline::generate::observe(|e| {
             if let Some(bar) = &bar {
                 match e {
-                    Event::Phase(p) => bar.set_message(p),
-                    Event::Step { index, total } => {
-                        bar.set_length(total as u64);
-                        bar.set_position(index as u64);
-                        bar.set_message("denoise");
+                    Event::Phase(p) => bar.set_message(*p),
+                    Event::Step(s) => {
+                        bar.set_length(s.total as u64);
+                        bar.set_position(s.index as u64);
                     }
                 }
             }
-        };
+        });
         // Every batch shares the prompts: encode them once, then free the text encoders for the rest of the run.
         if encoded.is_none() {
             encoded = Some(sd.encode_prompts(&req, &mut on_event)?);
@@ -313,6 +314,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         let enc = encoded.as_ref().context("the prompts were not encoded")?;
         let generated = sd.generate_encoded(&req, enc, &mut on_event)?;
+        drop(on_event);
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }

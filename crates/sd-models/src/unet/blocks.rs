@@ -5,7 +5,8 @@
 use super::config::BlockSpec;
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetOpts, Upsample2D};
 use super::transformer::{Transformer2DModel, TransformerOpts};
-use crate::attention::AttentionMode;
+use super::Pass;
+use crate::attention::Attention;
 use anyhow::{anyhow, Result};
 use sd_core::weights::VarBuilder;
 use tch::Tensor;
@@ -66,26 +67,56 @@ impl DownBlock {
         Ok(Self { resnets, attentions: attentions(vb, spec, o)?, downsampler })
     }
 
+    /// Skip connections this level produces: one per resnet, plus one after the downsampler.
+    pub fn skip_count(&self) -> usize {
+        self.resnets.len() + usize::from(self.downsampler.is_some())
+    }
+
+    /// Whether this level has cross-attention transformers (diffusers' `CrossAttnDownBlock2D`).
+    pub fn has_cross_attention(&self) -> bool {
+        !self.attentions.is_empty()
+    }
+
+    pub fn attentions_mut(&mut self) -> impl Iterator<Item = &mut Attention> {
+        self.attentions.iter_mut().flat_map(|t| t.attentions_mut())
+    }
+
     /// Returns the output and pushes every intermediate the up path will concatenate onto `skips`.
+    ///
+    /// `residual` is a T2I-Adapter feature for this level (diffusers' `down_intrablock_additional_residuals`):
+    /// a cross-attention level adds it after its last resnet/transformer pair, before that output becomes a skip;
+    /// a plain level adds it to its output after the downsampler, which diffusers does in place, so the last skip
+    /// (the same tensor) carries it too.
     pub fn forward(
         &self,
         x: &Tensor,
         temb: &Tensor,
         ctx: &Tensor,
-        mode: AttentionMode,
+        pass: &Pass,
         skips: &mut Vec<Tensor>,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let mut h = x.shallow_clone();
+        let last = self.resnets.len().saturating_sub(1);
         for (i, resnet) in self.resnets.iter().enumerate() {
             h = resnet.forward(&h, temb)?;
             if let Some(attn) = self.attentions.get(i) {
-                h = attn.forward(&h, ctx, mode)?;
+                h = attn.forward(&h, ctx, pass)?;
+                if let (true, Some(r)) = (i == last, residual) {
+                    h = h.f_add(r)?;
+                }
             }
             skips.push(h.shallow_clone());
         }
         if let Some(d) = &self.downsampler {
             h = d.forward(&h)?;
             skips.push(h.shallow_clone());
+        }
+        if let (false, Some(r)) = (self.has_cross_attention(), residual) {
+            h = h.f_add(r)?;
+            if let Some(s) = skips.last_mut() {
+                *s = h.shallow_clone();
+            }
         }
         Ok(h)
     }
@@ -121,6 +152,10 @@ impl UpBlock {
         Ok(Self { resnets, attentions: attentions(vb, spec, o)?, upsampler })
     }
 
+    pub fn attentions_mut(&mut self) -> impl Iterator<Item = &mut Attention> {
+        self.attentions.iter_mut().flat_map(|t| t.attentions_mut())
+    }
+
     /// Consumes one skip per resnet from the end of `skips`; `upsample_size` is the spatial size of the next
     /// level up (the skip that will be concatenated after upsampling).
     pub fn forward(
@@ -128,7 +163,7 @@ impl UpBlock {
         x: &Tensor,
         temb: &Tensor,
         ctx: &Tensor,
-        mode: AttentionMode,
+        pass: &Pass,
         skips: &mut Vec<Tensor>,
     ) -> Result<Tensor> {
         let mut h = x.shallow_clone();
@@ -137,7 +172,7 @@ impl UpBlock {
                 skips.pop().ok_or_else(|| anyhow!("UNet skip connections exhausted (inconsistent block layout)"))?;
             h = resnet.forward(&Tensor::f_cat(&[&h, &skip], 1)?, temb)?;
             if let Some(attn) = self.attentions.get(i) {
-                h = attn.forward(&h, ctx, mode)?;
+                h = attn.forward(&h, ctx, pass)?;
             }
         }
         if let Some(up) = &self.upsampler {
@@ -171,10 +206,14 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor, mode: AttentionMode) -> Result<Tensor> {
+    pub fn attentions_mut(&mut self) -> impl Iterator<Item = &mut Attention> {
+        self.layers.iter_mut().flat_map(|(t, _)| t.attentions_mut())
+    }
+
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor, pass: &Pass) -> Result<Tensor> {
         let mut h = self.first.forward(x, temb)?;
         for (attn, resnet) in &self.layers {
-            h = resnet.forward(&attn.forward(&h, ctx, mode)?, temb)?;
+            h = resnet.forward(&attn.forward(&h, ctx, pass)?, temb)?;
         }
         Ok(h)
     }

@@ -9,7 +9,7 @@ pub mod embeddings;
 pub mod resnet;
 pub mod transformer;
 
-pub use crate::attention::AttentionMode;
+pub use crate::attention::{AttentionHook, AttentionMode, AttentionSite};
 pub use config::{PerBlock, UNetConfig};
 
 use crate::nn::{Activation, Conv2d, GroupNorm};
@@ -27,6 +27,33 @@ use tch::{Device, Kind, Tensor};
 pub struct AddedCond {
     pub text_embeds: Tensor,
     pub time_ids: Tensor,
+}
+
+/// What one evaluation passes to every block: how attention runs, and an optional hook into it.
+#[derive(Clone, Copy)]
+pub struct Pass<'a> {
+    pub mode: AttentionMode,
+    pub hook: Option<&'a dyn AttentionHook>,
+}
+
+/// Everything a UNet evaluation takes besides the sample, timestep and text states: diffusers' optional
+/// `forward` arguments, with its names. All default to absent.
+///
+/// - ControlNet: `down_block_additional_residuals` (one per skip connection, added to the skips before the up
+///   path) and `mid_block_additional_residual` (added to the mid block's output).
+/// - T2I-Adapter: `down_intrablock_additional_residuals`, one per down level from the first, used as
+///   [`blocks::DownBlock::forward`] describes.
+/// - IP-Adapter and other attention processors: `attention_hook` (see [`AttentionHook`]).
+#[derive(Clone, Copy, Default)]
+pub struct UNetInputs<'a> {
+    /// SDXL's pooled text embeddings and size ids.
+    pub added: Option<&'a AddedCond>,
+    /// LCM's guidance embedding `[B, time_cond_proj_dim]`.
+    pub timestep_cond: Option<&'a Tensor>,
+    pub down_block_additional_residuals: Option<&'a [Tensor]>,
+    pub mid_block_additional_residual: Option<&'a Tensor>,
+    pub down_intrablock_additional_residuals: Option<&'a [Tensor]>,
+    pub attention_hook: Option<&'a dyn AttentionHook>,
 }
 
 /// `add_time_proj` + `add_embedding` of `addition_embed_type = "text_time"`.
@@ -157,7 +184,7 @@ impl UNet2DConditionModel {
             up_blocks.push(UpBlock::new(&(vb / "up_blocks" / i), prev, skip_in, spec, i + 1 < n, &opts)?);
             prev = spec.channels;
         }
-        Ok(Self {
+        let mut unet = Self {
             config: cfg.clone(),
             conv_in,
             time_embedding,
@@ -179,7 +206,33 @@ impl UNet2DConditionModel {
             act,
             mode: AttentionMode::default(),
             cross_dims,
-        })
+        };
+        unet.number_attention_sites();
+        Ok(unet)
+    }
+
+    /// Give every attention layer its position in diffusers' `attn_processors` order: down blocks, up blocks,
+    /// then the mid block (the order in which `UNet2DConditionModel.__init__` registers them).
+    fn number_attention_sites(&mut self) {
+        let down = self.down_blocks.iter_mut().flat_map(|b| b.attentions_mut());
+        let up = self.up_blocks.iter_mut().flat_map(|b| b.attentions_mut());
+        let mid = self.mid_block.iter_mut().flat_map(|b| b.attentions_mut());
+        for (i, attn) in down.chain(up).chain(mid).enumerate() {
+            attn.site.index = i;
+        }
+    }
+
+    /// Every attention layer's site, in diffusers' `attn_processors` order.
+    pub fn attention_sites(&mut self) -> Vec<AttentionSite> {
+        let down = self.down_blocks.iter_mut().flat_map(|b| b.attentions_mut());
+        let up = self.up_blocks.iter_mut().flat_map(|b| b.attentions_mut());
+        let mid = self.mid_block.iter_mut().flat_map(|b| b.attentions_mut());
+        down.chain(up).chain(mid).map(|a| a.site.clone()).collect()
+    }
+
+    /// Number of skip connections the down path produces: the length `down_block_additional_residuals` must have.
+    pub fn skip_count(&self) -> usize {
+        1 + self.down_blocks.iter().map(|b| b.skip_count()).sum::<usize>()
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -207,6 +260,20 @@ impl UNet2DConditionModel {
         added: Option<&AddedCond>,
         timestep_cond: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let inputs = UNetInputs { added, timestep_cond, ..Default::default() };
+        self.forward_with(sample, timestep, encoder_hidden_states, &inputs)
+    }
+
+    /// [`Self::forward`] with every optional input of [`UNetInputs`] (ControlNet and T2I-Adapter residuals,
+    /// attention hooks).
+    pub fn forward_with(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        inputs: &UNetInputs,
+    ) -> Result<Tensor> {
+        let (added, timestep_cond) = (inputs.added, inputs.timestep_cond);
         let cfg = &self.config;
         let size = sample.size();
         if size.len() != 4 || size[1] != cfg.in_channels {
@@ -261,16 +328,40 @@ impl UNet2DConditionModel {
         }
 
         let ctx = &encoder_hidden_states.to_kind(kind);
+        let pass = Pass { mode: self.mode, hook: inputs.attention_hook };
         let mut h = self.conv_in.forward(&sample);
         let mut skips = vec![h.shallow_clone()];
-        for block in &self.down_blocks {
-            h = block.forward(&h, &emb, ctx, self.mode, &mut skips)?;
+        let mut intrablock = inputs.down_intrablock_additional_residuals.unwrap_or(&[]).iter();
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            let residual = intrablock.next();
+            h = block
+                .forward(&h, &emb, ctx, &pass, &mut skips, residual)
+                .with_context(|| format!("UNet down block {i}"))?;
+        }
+        if let Some(extra) = inputs.down_block_additional_residuals {
+            if extra.len() != skips.len() {
+                bail!(
+                    "down_block_additional_residuals has {} tensors but this UNet has {} skip connections",
+                    extra.len(),
+                    skips.len()
+                );
+            }
+            for (i, (skip, r)) in skips.iter_mut().zip(extra).enumerate() {
+                *skip = skip.f_add(r).with_context(|| {
+                    format!("down_block_additional_residuals[{i}] {:?} does not fit skip {:?}", r.size(), skip.size())
+                })?;
+            }
         }
         if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, &emb, ctx, self.mode)?;
+            h = mid.forward(&h, &emb, ctx, &pass).context("UNet mid block")?;
         }
-        for block in &self.up_blocks {
-            h = block.forward(&h, &emb, ctx, self.mode, &mut skips)?;
+        if let Some(r) = inputs.mid_block_additional_residual {
+            h = h.f_add(r).with_context(|| {
+                format!("mid_block_additional_residual {:?} does not fit the mid block output {:?}", r.size(), h.size())
+            })?;
+        }
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            h = block.forward(&h, &emb, ctx, &pass, &mut skips).with_context(|| format!("UNet up block {i}"))?;
         }
         let h = self.act.forward(&self.conv_norm_out.forward(&h));
         // Channels-last activations give a channels-last output; callers get the usual layout.

@@ -1,7 +1,8 @@
 //! The spatial transformer of the cross-attention blocks (diffusers `Transformer2DModel` on continuous inputs,
 //! `BasicTransformerBlock`, `FeedForward` with GEGLU — `models/transformers/transformer_2d.py`, `models/attention.py`).
 
-use crate::attention::{Attention, AttentionMode};
+use super::Pass;
+use crate::attention::Attention;
 use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
 use anyhow::Result;
 use sd_core::weights::VarBuilder;
@@ -77,10 +78,10 @@ impl BasicTransformerBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor, mode: AttentionMode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, context: &Tensor, pass: &Pass) -> Result<Tensor> {
         let ctx1 = if self.only_cross_attention { Some(context) } else { None };
-        let x = self.attn1.forward(&self.norm1.forward(x), ctx1, mode)? + x;
-        let x = self.attn2.forward(&self.norm2.forward(&x), Some(context), mode)? + &x;
+        let x = self.attn1.forward_hooked(&self.norm1.forward(x), ctx1, pass.mode, pass.hook)? + x;
+        let x = self.attn2.forward_hooked(&self.norm2.forward(&x), Some(context), pass.mode, pass.hook)? + &x;
         Ok(self.ff.forward(&self.norm3.forward(&x))? + &x)
     }
 }
@@ -121,7 +122,12 @@ impl Transformer2DModel {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, context: &Tensor, mode: AttentionMode) -> Result<Tensor> {
+    /// Every attention layer, in diffusers' module order (`attn1` before `attn2` in each block).
+    pub fn attentions_mut(&mut self) -> impl Iterator<Item = &mut Attention> {
+        self.blocks.iter_mut().flat_map(|b| [&mut b.attn1, &mut b.attn2])
+    }
+
+    pub fn forward(&self, x: &Tensor, context: &Tensor, pass: &Pass) -> Result<Tensor> {
         let (b, c, h, w) = x.size4()?;
         let to_tokens = |t: &Tensor| -> Result<Tensor> { Ok(t.permute([0, 2, 3, 1]).f_reshape([b, h * w, c])?) };
         // Back to a feature map in the layout the block was given: a free view for channels-last activations.
@@ -136,7 +142,7 @@ impl Transformer2DModel {
             Proj::Linear(lin) => lin.forward(&to_tokens(&normed)?),
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context, mode)?;
+            tokens = block.forward(&tokens, context, pass)?;
         }
         let out = match &self.proj_out {
             Proj::Conv(conv) => conv.forward(&to_map(&tokens)?),
