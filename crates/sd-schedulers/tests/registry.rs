@@ -56,6 +56,8 @@ fn a1111_and_short_names_resolve() {
         ("DPM++ 2M SDE Karras", "dpmpp-2m-sde", Some(Karras)),
         ("dpmpp-2m-sde-karras", "dpmpp-2m-sde", Some(Karras)),
         ("DPM++ 2M SDE Exponential", "dpmpp-2m-sde", Some(Exponential)),
+        ("DPM++ 2M SDE Heun", "dpmpp-2m-sde-heun", None),
+        ("DPM++ 2M SDE Heun Exponential", "dpmpp-2m-sde-heun", Some(Exponential)),
         ("LMS Karras", "lms", Some(Karras)),
         ("DPM2 a Karras", "dpm2-a", Some(Karras)),
         ("Euler SGM Uniform", "euler", Some(SgmUniform)),
@@ -307,7 +309,7 @@ fn bad_steps_and_strength_are_errors() {
 fn unsupported_prediction_types_are_errors() {
     let mut cfg = sd1();
     cfg["prediction_type"] = json!("sample");
-    for name in ["Euler a", "DPM2", "DPM2 a", "PLMS"] {
+    for name in ["Euler a", "DPM2", "DPM2 a", "PLMS", "DPM++ 2M SDE Heun"] {
         let e = err(build(name, &cfg, None));
         assert!(e.contains("sample"), "{name}: {e}");
     }

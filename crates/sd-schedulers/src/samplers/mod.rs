@@ -20,6 +20,7 @@ sampler_table! {
     euler_ancestral: [EULER_A],
     ddim: [DDIM],
     dpm_multistep: [DPMPP_2M, DPMPP_2M_SDE, DPMPP_3M_SDE, DPM_2M],
+    dpmpp_2m_sde_heun: [DPMPP_2M_SDE_HEUN],
     heun: [HEUN],
     lms: [LMS],
     kdpm2: [DPM2, DPM2_A],
