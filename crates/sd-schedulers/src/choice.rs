@@ -274,8 +274,8 @@ impl FromStr for SamplerChoice {
                 })
                 .collect();
         bail!(
-            "unknown sampler {name:?}{hint} Valid names: {}, or \"default\"; A1111 names take a schedule suffix such as \
-             \" Karras\"",
+            "unknown sampler {name:?}{hint} Valid names: {}, or \"default\"; A1111 names take a schedule suffix \
+             such as \" Karras\"",
             valid.join(", ")
         )
     }

@@ -1,8 +1,8 @@
 //! What a sampler file declares next to its code: its `Class` (the diffusers scheduler class it reproduces: the
 //! config keys that class reads and their defaults) and one `Descriptor` per sampler built on it (names, the
 //! settings that make it that sampler, the schedules and options it takes, its constructor). `samplers::SAMPLERS`
-//! lists the descriptors (one line per sampler file); everything else (`sd samplers`, name parsing, `from_config`, the contract
-//! test) reads them from there.
+//! lists the descriptors (one line per sampler file); everything else (`sd samplers`, name parsing, `from_config`,
+//! the contract test) reads them from there.
 
 use crate::choice::Schedule;
 use crate::{Scheduler, SchedulerConfig};

@@ -6,10 +6,10 @@
 //! | `samplers/*.rs` | one file per sampler family: its step math next to its `Class` and `Descriptor`s |
 //! | `samplers/mod.rs` | `SAMPLERS`, the table: one line per sampler file |
 //! | `registry` | lookups in the table, `build` (choice + model config + options → sampler), `list` |
-//! | `descriptor` | what a sampler file declares: `Class` (config keys, defaults), `Descriptor` (names, schedules, options) |
+//! | `descriptor` | what a sampler file declares: `Class` (keys, defaults), `Descriptor` (names, schedules, options) |
 //! | `choice` | `SamplerChoice` / `Schedule` / `SamplerOptions`: the typed request, parsed from A1111 or short names |
 //! | `config` | `SchedulerConfig`, the typed config (enums for every string choice) |
-//! | `from_config` | diffusers' `from_config` semantics on the typed config (saved values, class defaults, hidden keys) |
+//! | `from_config` | diffusers' `from_config` on the typed config (saved values, class defaults, hidden keys) |
 //! | `state` | what every sampler holds, and the trait bodies a sampler family shares |
 //! | `schedule` | betas → ᾱ, timestep spacing |
 //! | `sigmas` | Karras / exponential / beta sigmas, sigma → t, AYS constants |
