@@ -5,7 +5,7 @@ use crate::choice::Schedule;
 use crate::common::{f32, lin2, step_noise};
 use crate::config::{TimestepSpacing, VarianceType};
 use crate::ddpm_math::{clip_x0, x0_eps};
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::schedule::{check_steps, spaced_timesteps_int};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -44,7 +44,7 @@ pub static DDPM: Descriptor = Descriptor {
     name: "ddpm",
     a1111: &["DDPM"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::SgmUniform, Schedule::Ays, Schedule::AysSdxl],
     options: &[],
     description: "DDPM ancestral sampling (needs many steps)",

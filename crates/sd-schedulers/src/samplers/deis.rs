@@ -4,7 +4,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, lin};
 use crate::config::{AlgorithmType, FinalSigmas, SolverType};
-use crate::descriptor::{boxed, Class, Descriptor, Lit};
+use crate::descriptor::{boxed, Class, Descriptor, Lit, NO_PRESET};
 use crate::dpm_math::convert_model_output;
 use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
 use crate::multistep::ModelOutputs;
@@ -56,7 +56,7 @@ pub static DEIS: Descriptor = Descriptor {
     name: "deis",
     a1111: &["DEIS"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
     description: "DEIS multistep (log-rho), second order",

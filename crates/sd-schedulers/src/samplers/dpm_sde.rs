@@ -13,7 +13,7 @@ use crate::brownian::BrownianNoise;
 use crate::choice::Schedule;
 use crate::common::{f32, k_euler};
 use crate::config::TimestepSpacing;
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::kdiff::{denoised32, sigma_fn, t_expm1, t_fn};
 use crate::ksched::{self, interleave_tail};
 use crate::schedule::{check_steps, np_linspace, spaced_timesteps_int, TrainSchedule};
@@ -51,7 +51,7 @@ pub static DPMPP_SDE: Descriptor = Descriptor {
     name: "dpmpp-sde",
     a1111: &["DPM++ SDE"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
     description: "DPM-Solver++ SDE (two model calls per step, Brownian-tree noise seeded once per run)",

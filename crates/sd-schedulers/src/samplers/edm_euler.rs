@@ -5,7 +5,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, k_euler, lin2};
 use crate::config::{FinalSigmas, SigmaSchedule};
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::schedule::np_linspace;
 use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
@@ -36,7 +36,7 @@ pub static EDM_EULER: Descriptor = Descriptor {
     name: "edm-euler",
     a1111: &["EDM Euler"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal],
     options: &[],
     description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets",

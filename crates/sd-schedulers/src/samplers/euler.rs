@@ -3,7 +3,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler};
 use crate::config::TimestepType;
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched::{self, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -41,7 +41,7 @@ pub static EULER: Descriptor = Descriptor {
     name: "euler",
     a1111: &["Euler"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &Schedule::ALL,
     options: &[],
     description: "Euler (first order, deterministic)",

@@ -3,7 +3,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler, step_noise};
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -33,7 +33,7 @@ pub static EULER_A: Descriptor = Descriptor {
     name: "euler-a",
     a1111: &["Euler a"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::SgmUniform],
     options: &[],
     description: "Euler ancestral (adds fresh noise every step)",

@@ -3,7 +3,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised};
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched::{self, interleave_tail, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -40,7 +40,7 @@ pub static HEUN: Descriptor = Descriptor {
     name: "heun",
     a1111: &["Heun"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &Schedule::ALL,
     options: &[],
     description: "Heun (second order, two model calls per step)",

@@ -5,7 +5,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler, k_scale, step_noise};
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched::{self, interleave_tail, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::sigmas::sigma_to_t;
@@ -63,7 +63,7 @@ pub static DPM2: Descriptor = Descriptor {
     name: "dpm2",
     a1111: &["DPM2"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
     description: "DPM-Solver-2 (k-diffusion, two model calls per step)",
@@ -74,7 +74,7 @@ pub static DPM2_A: Descriptor = Descriptor {
     name: "dpm2-a",
     a1111: &["DPM2 a"],
     class: &ANCESTRAL_CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
     description: "DPM-Solver-2 ancestral",

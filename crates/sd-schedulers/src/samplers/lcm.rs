@@ -7,7 +7,7 @@ use crate::choice::Schedule;
 use crate::common::{f32, lin, lin2, step_noise};
 use crate::config::{BetaSchedule, TimestepSpacing};
 use crate::ddpm_math::{clip_x0, x0_eps};
-use crate::descriptor::{boxed, Class, Descriptor, SamplerOption};
+use crate::descriptor::{boxed, Class, Descriptor, SamplerOption, NO_PRESET};
 use crate::schedule::check_steps;
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -79,7 +79,7 @@ pub static LCM: Descriptor = Descriptor {
     name: "lcm",
     a1111: &["LCM"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal],
     options: &[],
     description: "Latent consistency sampling (LCM-distilled models / LCM-LoRA, 2-8 steps)",
@@ -90,7 +90,7 @@ pub static TCD: Descriptor = Descriptor {
     name: "tcd",
     a1111: &["TCD"],
     class: &TCD_CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal],
     options: &[SamplerOption::Eta],
     description: "Trajectory consistency sampling (TCD models; gamma via eta, default 0)",

@@ -4,7 +4,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised};
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -39,7 +39,7 @@ pub static LMS: Descriptor = Descriptor {
     name: "lms",
     a1111: &["LMS"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
     description: "Linear multistep, order 4",

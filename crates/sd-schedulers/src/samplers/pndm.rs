@@ -5,7 +5,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, lin, lin2};
 use crate::config::TimestepSpacing;
-use crate::descriptor::{boxed, Class, Descriptor};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::schedule::{check_steps, np_arange, np_linspace, np_round};
 use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
@@ -49,7 +49,7 @@ pub static PNDM: Descriptor = Descriptor {
     name: "pndm",
     a1111: &[],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::SgmUniform],
     options: &[],
     description: "PNDM as the model config says (Runge-Kutta warm-up unless skip_prk_steps)",

@@ -4,7 +4,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, lin};
 use crate::config::{FinalSigmas, SolverType};
-use crate::descriptor::{boxed, Class, Descriptor, Lit};
+use crate::descriptor::{boxed, Class, Descriptor, Lit, NO_PRESET};
 use crate::dpm_math::{convert_model_output, predicted_noise};
 use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
 use crate::multistep::ModelOutputs;
@@ -60,7 +60,7 @@ pub static UNIPC: Descriptor = Descriptor {
     name: "unipc",
     a1111: &["UniPC"],
     class: &CLASS,
-    preset: crate::descriptor::NO_PRESET,
+    preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
     description: "UniPC predictor-corrector (bh2)",
