@@ -16,7 +16,8 @@ fn sampler_loop(c: &mut Criterion) {
     let mut group = c.benchmark_group("sampler_step_2x4x128x128");
     group.sample_size(10);
     for name in ["euler", "euler-a", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc", "heun"] {
-        let mut s = sd_schedulers::build(name, &cfg, None).expect("build");
+        let choice: sd_schedulers::SamplerChoice = name.parse().expect("sampler name");
+        let mut s = choice.build(&cfg, &sd_schedulers::SamplerOptions::default()).expect("build");
         let mut g = TorchGenerator::new(0);
         let x0 = g.randn(&shape, Kind::Float, Device::Cpu);
         let out = g.randn(&shape, Kind::Float, Device::Cpu);

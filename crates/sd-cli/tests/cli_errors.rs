@@ -58,8 +58,28 @@ fn unknown_sampler_lists_valid_names() {
     let dir = tempfile::tempdir().unwrap();
     let (code, err) =
         run(generate(dir.path()).args(["a cat", "--sampler", "eulr-a", "--width", "64", "--height", "64"]));
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("eulr-a") && err.to_lowercase().contains("did you mean"), "{err}");
+    assert!(files_in(dir.path()).is_empty());
+}
+
+/// Refused before the model loads: the model path below does not exist, and the error is still the schedule's.
+#[test]
+fn unknown_schedule_is_a_usage_error_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sd();
+    c.args(["generate", "a cat", "--model"]).arg(dir.path().join("no-such-model"));
+    c.args(["--sampler", "Euler", "--schedule", "karas", "-q", "--device", "cpu", "--output"]);
+    c.arg(dir.path().join("x.png"));
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--schedule") && err.contains("did you mean \"karras\""), "{err}");
+    let mut c = sd();
+    c.args(["generate", "a cat", "--model"]).arg(dir.path().join("no-such-model"));
+    c.args(["--sampler", "DPM++ 2M Karas", "-q", "--device", "cpu", "--output"]).arg(dir.path().join("x.png"));
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--sampler") && err.contains("did you mean"), "{err}");
     assert!(files_in(dir.path()).is_empty());
 }
 

@@ -81,6 +81,8 @@ pub struct Generated {
     pub sampler_label: String,
     /// A1111 "Schedule type" ("Karras", "Exponential", ...), `None` for the sampler's own default.
     pub schedule_label: Option<String>,
+    /// What building the sampler let pass (scheduler config keys no sampler reads, an `eta` it does not take).
+    pub sampler_warnings: Vec<String>,
     /// Textual-inversion embeddings the prompts used (name, file), prompt's first, for A1111's `TI hashes`.
     pub embeddings_used: Vec<(String, PathBuf)>,
     /// The caller answered [`Flow::Interrupt`]: the images show the latents after [`Self::steps_done`] steps.
@@ -155,14 +157,13 @@ impl StableDiffusion {
             bail!("these encoded prompts belong to another request (prompt, negative prompt, clip skip or emphasis differ)");
         }
         let device = self.opts.device;
-        let extra = match req.eta {
-            Some(eta) => serde_json::json!({ "eta": eta }),
-            None => serde_json::json!({}),
-        };
+        let schedule = req.schedule.as_deref().map(str::parse::<sd_schedulers::Schedule>).transpose()?;
+        let choice = req.sampler.parse::<sd_schedulers::SamplerChoice>()?.with_schedule(schedule);
+        let opts = sd_schedulers::SamplerOptions { eta: req.eta, ..Default::default() };
         let mut sched =
-            sd_schedulers::build_with(&req.sampler, &self.scheduler_config, req.schedule.as_deref(), &extra)
-                .with_context(|| format!("sampler `{}`", req.sampler))?;
-        let (sampler_label, schedule_label) = labels(sched.as_ref(), req.schedule.as_deref());
+            choice.build(&self.scheduler_config, &opts).with_context(|| format!("sampler `{}`", req.sampler))?;
+        let (sampler_label, schedule_label) = labels(sched.as_ref());
+        let sampler_warnings = sched.warnings().to_vec();
         let (cond, uncond, encode_s) = (&encoded.cond, &encoded.uncond, encoded.encode_s);
         let embeddings_used = encoded.embeddings_used.clone();
         let cfg = req.cfg_scale > 1.0;
@@ -171,24 +172,14 @@ impl StableDiffusion {
         let dtype = hidden.kind();
 
         // 2. Timesteps (img2img/inpaint start part-way, as diffusers' get_timesteps).
-        sched.set_timesteps(req.steps, device)?;
-        let all: Vec<f64> = sched.timesteps().to_vec();
-        let timesteps: Vec<f64> = match req.mode.strength() {
-            None => all,
-            Some(strength) => {
-                let init = ((req.steps as f64 * strength) as usize).min(req.steps);
-                let t_start = req.steps - init;
-                let begin = t_start * sched.order();
-                if begin >= all.len() {
-                    bail!(
-                        "--strength {strength} with --steps {} leaves no denoising step; raise --strength or --steps",
-                        req.steps
-                    );
-                }
-                sched.set_begin_index(begin);
-                all[begin..].to_vec()
+        let begin = match req.mode.strength() {
+            None => {
+                sched.set_timesteps(req.steps, device)?;
+                0
             }
+            Some(strength) => sd_schedulers::img2img_timesteps(sched.as_mut(), req.steps, strength)?,
         };
+        let timesteps: Vec<f64> = sched.timesteps()[begin..].to_vec();
 
         // 3. Latents.
         let mut gen = TorchGenerator::new(req.seed);
@@ -338,6 +329,7 @@ impl StableDiffusion {
             unet_calls,
             sampler_label,
             schedule_label,
+            sampler_warnings,
             embeddings_used,
             interrupted,
             steps_done,
@@ -418,22 +410,9 @@ impl StableDiffusion {
 }
 
 /// A1111's names for the sampler and schedule a built scheduler really uses.
-fn labels(sched: &dyn sd_schedulers::Scheduler, schedule: Option<&str>) -> (String, Option<String>) {
-    let sampler = sd_schedulers::list()
-        .into_iter()
-        .find(|i| i.name == sched.name())
-        .and_then(|i| i.a1111.first().map(|s| s.to_string()))
-        .unwrap_or_else(|| sched.name().to_string());
-    let cfg = sched.config();
-    let schedule = match schedule.map(|s| s.to_ascii_lowercase()) {
-        Some(s) if s.starts_with("ays") => Some("Align Your Steps"),
-        Some(s) if s == "sgm-uniform" || s == "sgm_uniform" => Some("SGM Uniform"),
-        _ if cfg.use_karras_sigmas => Some("Karras"),
-        _ if cfg.use_exponential_sigmas => Some("Exponential"),
-        _ if cfg.use_beta_sigmas => Some("Beta"),
-        _ => None,
-    };
-    (sampler, schedule.map(String::from))
+fn labels(sched: &dyn sd_schedulers::Scheduler) -> (String, Option<String>) {
+    let schedule = sched.schedule().and_then(|s| s.a1111_label()).map(String::from);
+    (sched.descriptor().label().to_string(), schedule)
 }
 
 struct InpaintState {

@@ -2,11 +2,11 @@
 //! integer timesteps spaced over `n + 1` points (the last dropped), sigmas interpolated or Karras / exponential /
 //! beta re-spaced over the whole training range.
 
-use crate::config::SchedulerConfig;
+use crate::config::{BetaSchedule, FinalSigmas, SchedulerConfig, TimestepSpacing};
 use crate::ksched::respace;
-use crate::schedule::{np_arange, np_linspace, np_round, spacing_error, TrainSchedule};
+use crate::schedule::{np_arange, np_linspace, np_round, TrainSchedule};
 use crate::sigmas::{interp_index, sigma_to_t};
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 #[derive(Debug, Clone, Default)]
 pub struct DpmSchedule {
@@ -27,7 +27,7 @@ pub fn lambda(sigma: f64) -> f64 {
     a.ln() - s.ln()
 }
 
-pub fn final_sigma(cfg: &SchedulerConfig, train: &TrainSchedule) -> Result<f64> {
+pub fn final_sigma(cfg: &SchedulerConfig, train: &TrainSchedule) -> f64 {
     crate::ksched::final_sigma(cfg, train)
 }
 
@@ -75,30 +75,30 @@ pub fn spaced(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize) -> Result<
 
 pub fn spaced_as(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize, fl: Flavor) -> Result<DpmSchedule> {
     let last = if fl.lambda_clip { last_timestep(cfg, train) } else { cfg.num_train_timesteps };
-    let timesteps: Vec<f64> = match cfg.timestep_spacing.as_str() {
-        "linspace" => {
+    let timesteps: Vec<f64> = match cfg.timestep_spacing {
+        TimestepSpacing::Linspace => {
             let mut v: Vec<f64> = np_linspace(0.0, last as f64 - 1.0, n + 1).into_iter().map(np_round).rev().collect();
             v.pop();
             v
         }
-        "leading" => {
+        TimestepSpacing::Leading => {
             let ratio = (last / (n + 1)) as f64;
             let mut v: Vec<f64> = (0..=n).rev().map(|i| np_round(i as f64 * ratio)).collect();
             v.pop();
             v.into_iter().map(|t| t + cfg.steps_offset as f64).collect()
         }
-        "trailing" => {
+        TimestepSpacing::Trailing => {
             let ratio = cfg.num_train_timesteps as f64 / n as f64;
             np_arange(last as f64, 0.0, -ratio).into_iter().map(|t| np_round(t) - 1.0).collect()
         }
-        other => bail!(spacing_error(other)),
     };
     let full_desc: Vec<f64> = train.sigmas.iter().rev().cloned().collect();
     let minmax_cfg = if fl.cfg_minmax { cfg.clone() } else { no_minmax(cfg) };
     let mut respaced = false;
     let (timesteps, mut sigmas) = if let Some(s) = respace(&minmax_cfg, &full_desc, n) {
         respaced = true;
-        let round = cfg.use_karras_sigmas && (fl.always_round_karras || cfg.beta_schedule != "squaredcos_cap_v2");
+        let round =
+            cfg.use_karras_sigmas && (fl.always_round_karras || cfg.beta_schedule != BetaSchedule::SquaredcosCapV2);
         let t = s
             .iter()
             .map(|&x| {
@@ -115,10 +115,10 @@ pub fn spaced_as(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize, fl: Fla
         let s = timesteps.iter().map(|&t| interp_index(t, &train.sigmas)).collect();
         (timesteps, s)
     };
-    let last_sigma = if respaced && fl.final_from_respaced && cfg.final_sigmas_type == "sigma_min" {
+    let last_sigma = if respaced && fl.final_from_respaced && cfg.final_sigmas_type == FinalSigmas::SigmaMin {
         sigmas[sigmas.len() - 1]
     } else {
-        final_sigma(cfg, train)?
+        final_sigma(cfg, train)
     };
     sigmas.push(last_sigma);
     Ok(DpmSchedule { timesteps, sigmas: sigmas.into_iter().map(|x| x as f32 as f64).collect() })
@@ -138,6 +138,6 @@ pub fn custom(cfg: &SchedulerConfig, train: &TrainSchedule, timesteps: &[f64]) -
     cfg.check_custom_timesteps()?;
     let ts: Vec<f64> = timesteps.iter().map(|t| t.trunc()).collect();
     let mut sigmas: Vec<f64> = ts.iter().map(|&t| interp_index(t, &train.sigmas)).collect();
-    sigmas.push(final_sigma(cfg, train)?);
+    sigmas.push(final_sigma(cfg, train));
     Ok(DpmSchedule { timesteps: ts, sigmas: sigmas.into_iter().map(|x| x as f32 as f64).collect() })
 }

@@ -2,10 +2,10 @@
 //! `EulerDiscreteScheduler.set_timesteps`: spaced timesteps → interpolated training sigmas → optional
 //! Karras / exponential / beta re-spacing (timesteps recovered with `sigma_to_t`) → final sigma appended.
 
-use crate::config::SchedulerConfig;
+use crate::config::{FinalSigmas, Interpolation, SchedulerConfig, TimestepSpacing};
 use crate::schedule::{spaced_timesteps_f32, TrainSchedule};
 use crate::sigmas;
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// Timesteps (float32 values) and sigmas (float32 values, one longer: the final sigma).
 #[derive(Debug, Clone, Default)]
@@ -34,27 +34,35 @@ pub fn respace(cfg: &SchedulerConfig, in_sigmas: &[f64], n: usize) -> Option<Vec
     }
 }
 
-pub fn final_sigma(cfg: &SchedulerConfig, train: &TrainSchedule) -> Result<f64> {
-    match cfg.final_sigmas_type.as_str() {
-        "zero" => Ok(0.0),
-        "sigma_min" => Ok(train.sigmas[0]),
-        other => bail!("scheduler config field `final_sigmas_type` is {other:?}; expected \"zero\" or \"sigma_min\""),
+/// The sigma after the last step: 0, or the training schedule's smallest.
+pub fn final_sigma(cfg: &SchedulerConfig, train: &TrainSchedule) -> f64 {
+    match cfg.final_sigmas_type {
+        FinalSigmas::Zero => 0.0,
+        FinalSigmas::SigmaMin => train.sigmas[0],
     }
+}
+
+/// `[x0, x1, x1, x2, x2, …]` (diffusers' `cat([x[:1], x[1:].repeat_interleave(2)])`): the layout of the
+/// second-order classes, whose every step after the first takes two model evaluations.
+pub fn interleave_tail(v: &[f64]) -> Vec<f64> {
+    let mut out = vec![v[0]];
+    for x in &v[1..] {
+        out.push(*x);
+        out.push(*x);
+    }
+    out
 }
 
 /// `EulerDiscreteScheduler.set_timesteps(num_inference_steps)`.
 pub fn euler_schedule(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize, final_sigma: f64) -> Result<KSchedule> {
     let ts = spaced_timesteps_f32(cfg, n)?;
-    let mut sig: Vec<f64> = match cfg.interpolation_type.as_str() {
-        "linear" => ts.iter().map(|&t| sigmas::interp_index(t, &train.sigmas)).collect(),
-        "log_linear" => {
+    let mut sig: Vec<f64> = match cfg.interpolation_type {
+        Interpolation::Linear => ts.iter().map(|&t| sigmas::interp_index(t, &train.sigmas)).collect(),
+        Interpolation::LogLinear => {
             let (a, b) = (train.sigmas[train.sigmas.len() - 1].ln(), train.sigmas[0].ln());
             // torch.linspace in float32 of n + 1 log-sigmas, then exp
             let v = tch::Tensor::f_linspace(a, b, (n + 1) as i64, (tch::Kind::Float, tch::Device::Cpu))?.f_exp()?;
             Vec::<f64>::try_from(v.f_to_kind(tch::Kind::Double)?)?
-        }
-        other => {
-            bail!("scheduler config field `interpolation_type` is {other:?}; expected \"linear\" or \"log_linear\"")
         }
     };
     let mut timesteps = ts;
@@ -70,7 +78,7 @@ pub fn euler_schedule(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize, fi
 /// EulerAncestral, LMS, KDPM2 (ancestral), and DPM++ 2S a, which follows EulerAncestral.
 pub fn linear_schedule(cfg: &SchedulerConfig, train: &TrainSchedule, n: usize) -> Result<KSchedule> {
     let mut plain = cfg.clone();
-    plain.interpolation_type = "linear".into();
+    plain.interpolation_type = Interpolation::Linear;
     euler_schedule(&plain, train, n, 0.0)
 }
 
@@ -100,7 +108,7 @@ pub fn from_timesteps(
 /// Largest sigma (`init_noise_sigma` of the k-samplers: sqrt(σ²+1) for "leading" spacing, σ otherwise).
 pub fn init_noise_sigma(cfg: &SchedulerConfig, sigmas: &[f64]) -> f64 {
     let max = sigmas.iter().cloned().fold(0.0, f64::max);
-    if matches!(cfg.timestep_spacing.as_str(), "linspace" | "trailing") {
+    if matches!(cfg.timestep_spacing, TimestepSpacing::Linspace | TimestepSpacing::Trailing) {
         max
     } else {
         f32r((max * max + 1.0).sqrt())

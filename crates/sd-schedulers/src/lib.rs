@@ -1,16 +1,39 @@
-//! sd-schedulers: every Stable Diffusion sampler behind one trait, step-exact with diffusers 0.42.1.
+//! sd-schedulers: every Stable Diffusion sampler behind one trait, step-exact with diffusers 0.42.1 (and with
+//! k-diffusion for the samplers diffusers lacks).
 //!
-//! Each sampler mirrors one diffusers scheduler class (`samplers/*.rs`); the shared schedule math lives in
-//! `schedule.rs` (betas, spacing) and `sigmas.rs` (Karras / exponential / beta / AYS), the trait bodies a sampler
-//! family shares (tables, input scaling, forward noising) in `state.rs`. `build` turns an A1111 or short
-//! sampler name plus a model's saved `scheduler_config.json` into a ready sampler the way diffusers' `from_config` does.
+//! | module | what |
+//! |---|---|
+//! | `samplers/*.rs` | one file per sampler family: its step math next to its `Class` and `Descriptor`s |
+//! | `samplers/mod.rs` | `SAMPLERS`, the table: one line per sampler file |
+//! | `registry` | lookups in the table, `build` (choice + model config + options → sampler), `list` |
+//! | `descriptor` | what a sampler file declares: `Class` (keys, defaults), `Descriptor` (names, schedules, options) |
+//! | `choice` | `SamplerChoice` / `Schedule` / `SamplerOptions`: the typed request, parsed from A1111 or short names |
+//! | `config` | `SchedulerConfig`, the typed config (enums for every string choice) |
+//! | `from_config` | diffusers' `from_config` on the typed config (saved values, class defaults, hidden keys) |
+//! | `state` | what every sampler holds, and the trait bodies a sampler family shares |
+//! | `schedule` | betas → ᾱ, timestep spacing |
+//! | `sigmas` | Karras / exponential / beta sigmas, sigma → t, AYS constants |
+//! | `ksched`, `dpm_sched` | the sigma schedules of the k-diffusion-style and DPM-Solver-style classes |
+//! | `kdiff`, `dpm_math`, `ddpm_math`, `multistep` | step math several samplers share |
+//! | `brownian` | torchsde's Brownian tree (the Brownian-noise samplers) |
+//! | `custom` | Align Your Steps over any sampler that takes custom sigmas or timesteps |
+//! | `common` | step index, float32 upcasting, step noise, thresholding |
+//! | `training` | batched forward noising and v targets for training |
+//!
+//! Adding a sampler: one file in `samplers/` declaring its descriptor, one line in the table of `samplers/mod.rs`,
+//! a fixture (CONTRIBUTING.md, "Add a sampler"); `tests/contract.rs` then checks it with every other sampler.
 
 pub mod brownian;
-pub mod classes;
+pub mod choice;
 pub mod common;
 pub mod config;
 pub mod custom;
+pub mod ddpm_math;
+pub mod descriptor;
+pub mod dpm_math;
 pub mod dpm_sched;
+pub mod from_config;
+pub mod kdiff;
 pub mod ksched;
 pub mod multistep;
 pub mod registry;
@@ -20,8 +43,13 @@ pub mod sigmas;
 pub mod state;
 pub mod training;
 
-pub use config::{Prediction, SchedulerConfig};
-pub use registry::{build, build_with, list, parse_sampler, SamplerInfo};
+pub use choice::{Sampler, SamplerChoice, SamplerOptions, Schedule};
+pub use config::{
+    AlgorithmType, BetaSchedule, FinalSigmas, Interpolation, Prediction, SchedulerConfig, SigmaSchedule, SolverType,
+    TimestepSpacing, TimestepType, VarianceType,
+};
+pub use descriptor::{Class, Descriptor, SamplerOption};
+pub use registry::{list, lookup, SamplerInfo, SAMPLERS};
 pub use state::{Family, SamplerState};
 pub use training::{add_noise_batch, get_velocity};
 
@@ -51,7 +79,25 @@ pub trait Scheduler: Send {
 
     /// Registry name, e.g. "euler-a".
     fn name(&self) -> &str {
-        &self.state().name
+        self.state().descriptor.name
+    }
+    /// The sampler this is (names, class, schedules, options).
+    fn descriptor(&self) -> &'static Descriptor {
+        self.state().descriptor
+    }
+    /// The schedule it runs: the one requested, else the one the model's config flags select (`None`: the class's
+    /// own spacing).
+    fn schedule(&self) -> Option<Schedule> {
+        self.state().schedule
+    }
+    /// What `build` noticed and let pass: config keys no sampler reads, an `eta` this sampler does not take.
+    fn warnings(&self) -> &[String] {
+        &self.state().warnings
+    }
+    /// The config as diffusers would save it (`scheduler_config.json` of this sampler's class); building any
+    /// sampler from it is diffusers' `from_config` on `scheduler.config`.
+    fn saved_config(&self) -> serde_json::Value {
+        self.config().to_json(self.descriptor().class.keys)
     }
     /// The loop the pipeline runs, as diffusers' `scheduler.timesteps` (2nd-order samplers repeat entries).
     fn timesteps(&self) -> &[f64] {

@@ -2,8 +2,8 @@
 //! tensors diffusers builds with torch in float32 are built here with LibTorch in float32 (bit-identical), numpy
 //! float64 steps are done in f64. Values diffusers stores as float32 are kept as f64 holding that float32 value.
 
-use crate::config::SchedulerConfig;
-use anyhow::{bail, ensure, Result};
+use crate::config::{BetaSchedule, SchedulerConfig, TimestepSpacing};
+use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 
 /// The training schedule every sampler derives its tables from.
@@ -46,13 +46,13 @@ pub fn betas(cfg: &SchedulerConfig) -> Result<Tensor> {
         );
         Tensor::from_slice(&tb.iter().map(|v| *v as f32).collect::<Vec<_>>())
     } else {
-        match cfg.beta_schedule.as_str() {
-            "linear" => Tensor::f_linspace(cfg.beta_start, cfg.beta_end, n as i64, opts)?,
-            "scaled_linear" => Tensor::f_linspace(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n as i64, opts)?.f_pow_tensor_scalar(2)?,
-            "squaredcos_cap_v2" => Tensor::from_slice(&cosine_betas(n)),
-            other => bail!(
-                "scheduler config field `beta_schedule` is {other:?}; expected \"linear\", \"scaled_linear\" or \"squaredcos_cap_v2\""
-            ),
+        match cfg.beta_schedule {
+            BetaSchedule::Linear => Tensor::f_linspace(cfg.beta_start, cfg.beta_end, n as i64, opts)?,
+            BetaSchedule::ScaledLinear => {
+                Tensor::f_linspace(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n as i64, opts)?
+                    .f_pow_tensor_scalar(2)?
+            }
+            BetaSchedule::SquaredcosCapV2 => Tensor::from_slice(&cosine_betas(n)),
         }
     };
     if cfg.rescale_betas_zero_snr {
@@ -145,43 +145,32 @@ pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
 /// The spacing used by Euler-family schedulers (float32 timesteps, descending), `timestep_spacing` +
 /// `steps_offset` as in e.g. `EulerDiscreteScheduler.set_timesteps`.
 pub fn spaced_timesteps_f32(cfg: &SchedulerConfig, n: usize) -> Result<Vec<f64>> {
-    let train = cfg.num_train_timesteps;
     let f32r = |x: f64| x as f32 as f64;
-    Ok(match cfg.timestep_spacing.as_str() {
-        "linspace" => np_linspace(0.0, (train - 1) as f64, n).into_iter().rev().map(f32r).collect(),
-        "leading" => {
-            let ratio = (train / n) as f64;
-            (0..n).rev().map(|i| np_round(i as f64 * ratio) + cfg.steps_offset as f64).map(f32r).collect()
+    Ok(match cfg.timestep_spacing {
+        // not rounded, unlike the integer spacing below
+        TimestepSpacing::Linspace => {
+            np_linspace(0.0, (cfg.num_train_timesteps - 1) as f64, n).into_iter().rev().map(f32r).collect()
         }
-        "trailing" => {
-            let ratio = train as f64 / n as f64;
-            np_arange(train as f64, 0.0, -ratio).into_iter().map(|t| np_round(t) - 1.0).map(f32r).collect()
+        TimestepSpacing::Leading | TimestepSpacing::Trailing => {
+            spaced_timesteps_int(cfg, n)?.into_iter().map(f32r).collect()
         }
-        other => bail!(spacing_error(other)),
     })
 }
 
 /// The spacing used by DDIM/DDPM/PNDM-style schedulers (integer timesteps, descending).
 pub fn spaced_timesteps_int(cfg: &SchedulerConfig, n: usize) -> Result<Vec<f64>> {
     let train = cfg.num_train_timesteps;
-    Ok(match cfg.timestep_spacing.as_str() {
-        "linspace" => np_linspace(0.0, (train - 1) as f64, n).into_iter().rev().map(np_round).collect(),
-        "leading" => {
+    Ok(match cfg.timestep_spacing {
+        TimestepSpacing::Linspace => np_linspace(0.0, (train - 1) as f64, n).into_iter().rev().map(np_round).collect(),
+        TimestepSpacing::Leading => {
             let ratio = (train / n) as f64;
             (0..n).rev().map(|i| np_round(i as f64 * ratio) + cfg.steps_offset as f64).collect()
         }
-        "trailing" => {
+        TimestepSpacing::Trailing => {
             let ratio = train as f64 / n as f64;
             np_arange(train as f64, 0.0, -ratio).into_iter().map(|t| np_round(t) - 1.0).collect()
         }
-        other => bail!(spacing_error(other)),
     })
-}
-
-pub fn spacing_error(found: &str) -> String {
-    format!(
-        "scheduler config field `timestep_spacing` is {found:?}; expected \"linspace\", \"leading\" or \"trailing\""
-    )
 }
 
 /// The checks every `set_timesteps` starts with.

@@ -4,7 +4,9 @@
 //! and reached through `Scheduler::state`, so a sampler file holds just its constructor, its `set_timesteps` and its
 //! step math. Those bodies differ only by how a family relates the noisy sample to the clean one (`Family`).
 
+use crate::choice::Schedule;
 use crate::common::{k_scale, lin, lin2, noise_index, StepIndex};
+use crate::descriptor::Descriptor;
 use crate::dpm_sched::alpha_sigma;
 use crate::ksched;
 use crate::schedule::{alpha_at, TrainSchedule};
@@ -31,8 +33,8 @@ pub enum Family {
 /// crates read them through the `Scheduler` methods.
 #[derive(Debug)]
 pub struct SamplerState {
-    /// Registry name, e.g. "euler-a".
-    pub(crate) name: String,
+    /// The sampler this state belongs to.
+    pub(crate) descriptor: &'static Descriptor,
     pub(crate) cfg: SchedulerConfig,
     pub(crate) pred: Prediction,
     pub(crate) family: Family,
@@ -45,19 +47,23 @@ pub struct SamplerState {
     /// they need just for `set_timesteps`).
     pub(crate) alphas_cumprod: Vec<f64>,
     pub(crate) idx: StepIndex,
+    /// The schedule `build` set up (see `Scheduler::schedule`).
+    pub(crate) schedule: Option<Schedule>,
+    /// What `build` let pass (see `Scheduler::warnings`).
+    pub(crate) warnings: Vec<String>,
 }
 
 impl SamplerState {
     /// An empty schedule for `family`, with the prediction type read from `cfg`. The DDPM family's ᾱ table keeps
     /// ᾱ_T = 0 under zero-SNR rescaling, as DDIM / DDPM / LCM / TCD / PNDM do in diffusers.
-    pub fn new(name: &str, cfg: SchedulerConfig, family: Family) -> Result<Self> {
-        let pred = cfg.prediction()?;
+    pub fn new(descriptor: &'static Descriptor, cfg: SchedulerConfig, family: Family) -> Result<Self> {
+        let pred = cfg.prediction_type;
         let alphas_cumprod = match family {
             Family::Ddpm => TrainSchedule::new_exact_zero_snr(&cfg)?.alphas_cumprod,
             Family::KDiffusion | Family::DpmSolver => vec![],
         };
         Ok(Self {
-            name: name.into(),
+            descriptor,
             cfg,
             pred,
             family,
@@ -65,6 +71,8 @@ impl SamplerState {
             sigmas: vec![],
             alphas_cumprod,
             idx: StepIndex::default(),
+            schedule: None,
+            warnings: vec![],
         })
     }
 

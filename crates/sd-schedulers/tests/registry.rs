@@ -1,11 +1,15 @@
-//! Name parsing (A1111 names, short forms, schedule suffixes, did-you-mean), from_config semantics and bad inputs.
+//! Name parsing (A1111 names, short forms, schedule suffixes, did-you-mean), the typed choice's string and serde
+//! forms, diffusers' `from_config` semantics on the typed config, and bad inputs.
 
 use sd_core::TorchGenerator;
-use sd_schedulers::{build, build_with, get_velocity, img2img_timesteps, list, parse_sampler};
-use serde_json::json;
+use sd_schedulers::{
+    get_velocity, img2img_timesteps, list, AlgorithmType, Sampler, SamplerChoice, SamplerOptions, Schedule, Scheduler,
+    SolverType, TimestepSpacing, SAMPLERS,
+};
+use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-fn sd1() -> serde_json::Value {
+fn sd1() -> Value {
     serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -16,44 +20,131 @@ fn sd1() -> serde_json::Value {
     .unwrap()
 }
 
-fn err(r: anyhow::Result<impl Sized>) -> String {
+fn err<T>(r: anyhow::Result<T>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),
         Err(e) => format!("{e:#}"),
     }
 }
 
+/// `name` (with an optional `--schedule`) built for `cfg`.
+fn build(name: &str, cfg: &Value, schedule: Option<&str>) -> anyhow::Result<Box<dyn Scheduler>> {
+    build_opts(name, cfg, schedule, json!({}))
+}
+
+fn build_opts(name: &str, cfg: &Value, schedule: Option<&str>, opts: Value) -> anyhow::Result<Box<dyn Scheduler>> {
+    let schedule = schedule.map(str::parse::<Schedule>).transpose()?;
+    let choice = name.parse::<SamplerChoice>()?.with_schedule(schedule);
+    choice.build(cfg, &serde_json::from_value::<SamplerOptions>(opts)?)
+}
+
+fn parsed(name: &str) -> (&'static str, Option<Schedule>) {
+    let c: SamplerChoice = name.parse().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    match c.sampler {
+        Sampler::Named(d) => (d.name, c.schedule),
+        Sampler::ModelDefault => ("default", c.schedule),
+    }
+}
+
 #[test]
 fn a1111_and_short_names_resolve() {
-    for (name, spec, sched) in [
+    use Schedule::*;
+    for (name, want, sched) in [
         ("Euler a", "euler-a", None),
         ("euler_a", "euler-a", None),
-        ("DPM++ 2M Karras", "dpmpp-2m", Some("karras")),
-        ("DPM++ 2M SDE Karras", "dpmpp-2m-sde", Some("karras")),
-        ("dpmpp-2m-sde-karras", "dpmpp-2m-sde", Some("karras")),
-        ("DPM++ 2M SDE Exponential", "dpmpp-2m-sde", Some("exponential")),
-        ("LMS Karras", "lms", Some("karras")),
-        ("DPM2 a Karras", "dpm2-a", Some("karras")),
+        ("DPM++ 2M Karras", "dpmpp-2m", Some(Karras)),
+        ("DPM++ 2M SDE Karras", "dpmpp-2m-sde", Some(Karras)),
+        ("dpmpp-2m-sde-karras", "dpmpp-2m-sde", Some(Karras)),
+        ("DPM++ 2M SDE Exponential", "dpmpp-2m-sde", Some(Exponential)),
+        ("DPM++ 2M SDE Heun", "dpmpp-2m-sde-heun", None),
+        ("DPM++ 2M SDE Heun Exponential", "dpmpp-2m-sde-heun", Some(Exponential)),
+        ("LMS Karras", "lms", Some(Karras)),
+        ("DPM2 a Karras", "dpm2-a", Some(Karras)),
+        ("Euler SGM Uniform", "euler", Some(SgmUniform)),
+        ("euler_sgm_uniform", "euler", Some(SgmUniform)),
+        ("Euler Align Your Steps", "euler", Some(Ays)),
+        ("dpmpp-2m-ays-sdxl", "dpmpp-2m", Some(AysSdxl)),
         ("DDIM", "ddim", None),
         ("PLMS", "plms", None),
         ("UniPC", "unipc", None),
         ("LCM", "lcm", None),
         ("heun", "heun", None),
+        ("default", "default", None),
+        ("Default", "default", None),
+        ("default karras", "default", Some(Karras)),
     ] {
-        let p = parse_sampler(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!((p.spec_name, p.schedule), (spec, sched), "{name}");
+        assert_eq!(parsed(name), (want, sched), "{name}");
+    }
+}
+
+#[test]
+fn display_parses_back_and_serde_uses_the_string() {
+    for d in SAMPLERS {
+        for s in std::iter::once(None).chain(Schedule::ALL.into_iter().map(Some)) {
+            let c = SamplerChoice::new(d).with_schedule(s);
+            let text = c.to_string();
+            assert_eq!(text.parse::<SamplerChoice>().unwrap(), c, "{text}");
+            let j = serde_json::to_value(c).unwrap();
+            assert_eq!(j, json!(text));
+            assert_eq!(serde_json::from_value::<SamplerChoice>(j).unwrap(), c);
+        }
+    }
+    assert_eq!(SamplerChoice::default().to_string(), "default");
+    let c: SamplerChoice = "dpmpp-2m-karras".parse().unwrap();
+    assert_eq!(c.to_string(), "DPM++ 2M Karras");
+    assert!(serde_json::from_value::<SamplerChoice>(json!("Eular a")).is_err());
+    for s in Schedule::ALL {
+        assert_eq!(s.to_string().parse::<Schedule>().unwrap(), s);
+        assert_eq!(serde_json::from_value::<Schedule>(serde_json::to_value(s).unwrap()).unwrap(), s);
     }
 }
 
 #[test]
 fn unknown_names_list_valid_ones_and_suggest() {
-    let e = err(parse_sampler("Eular a"));
+    let e = err("Eular a".parse::<SamplerChoice>());
     assert!(e.contains("did you mean \"Euler a\""), "{e}");
     assert!(e.contains("dpmpp-2m") && e.contains("DDIM"), "error should list valid names: {e}");
-    let e = err(parse_sampler("DPM++ 2M Karas"));
+    let e = err("DPM++ 2M Karas".parse::<SamplerChoice>());
     assert!(e.contains("did you mean"), "{e}");
-    let e = err(build("no-such-sampler-at-all", &sd1(), None));
+    let e = err("no-such-sampler-at-all".parse::<SamplerChoice>());
     assert!(e.contains("unknown sampler"), "{e}");
+    let e = err("karas".parse::<Schedule>());
+    assert!(e.contains("unknown schedule") && e.contains("did you mean \"karras\""), "{e}");
+}
+
+#[test]
+fn a1111_scheduler_field_maps_or_is_refused_by_name() {
+    use Schedule::*;
+    for (api, want) in [
+        ("automatic", None),
+        ("Automatic", None),
+        ("", None),
+        ("karras", Some(Karras)),
+        ("Karras", Some(Karras)),
+        ("exponential", Some(Exponential)),
+        ("sgm_uniform", Some(SgmUniform)),
+        ("SGM Uniform", Some(SgmUniform)),
+        ("SGMUniform", Some(SgmUniform)),
+        ("beta", Some(Beta)),
+        ("align_your_steps", Some(Ays)),
+        ("Align Your Steps", Some(Ays)),
+    ] {
+        assert_eq!(Schedule::from_a1111(api).unwrap_or_else(|e| panic!("{api}: {e:#}")), want, "{api}");
+    }
+    for api in ["uniform", "polyexponential", "kl_optimal", "simple", "normal", "ddim", "align_your_steps_GITS"] {
+        let e = err(Schedule::from_a1111(api));
+        assert!(e.contains(api) && e.contains("cannot reproduce"), "{api}: {e}");
+    }
+    let e = err(Schedule::from_a1111("wobbly"));
+    assert!(e.contains("unknown A1111 scheduler"), "{e}");
+    // labels for metadata: the A1111 "Schedule type" values
+    assert_eq!(Karras.a1111_label(), Some("Karras"));
+    assert_eq!(SgmUniform.a1111_label(), Some("SGM Uniform"));
+    assert_eq!(AysSdxl.a1111_label(), Some("Align Your Steps"));
+    assert_eq!(Normal.a1111_label(), None);
+    for s in [Karras, Exponential, Beta, SgmUniform, Ays] {
+        assert_eq!(Schedule::from_a1111(s.a1111_label().unwrap()).unwrap(), Some(s));
+    }
 }
 
 #[test]
@@ -69,11 +160,10 @@ fn sde_and_2s_ancestral_resolve_from_a1111_names() {
         let s = build(name, &sd1(), None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(s.name(), want, "{name}");
         assert_eq!(s.config().use_karras_sigmas, karras, "{name}");
+        assert_eq!(s.schedule(), karras.then_some(Schedule::Karras), "{name}");
         assert_eq!(s.order(), 2, "{name}");
     }
     assert_eq!(build("DPM++ SDE", &sd1(), None).unwrap().config().class_name, "DPMSolverSDEScheduler");
-    let names: Vec<&str> = sd_schedulers::list().iter().map(|i| i.name).collect();
-    assert!(names.contains(&"dpmpp-sde") && names.contains(&"dpmpp-2s-a"), "{names:?}");
 }
 
 #[test]
@@ -81,47 +171,128 @@ fn from_config_keeps_shared_keys_and_takes_class_defaults() {
     let s = build("Euler", &sd1(), None).unwrap();
     let c = s.config();
     assert_eq!(c.class_name, "EulerDiscreteScheduler");
-    assert_eq!(
-        (c.beta_schedule.as_str(), c.beta_start, c.beta_end, c.steps_offset),
-        ("scaled_linear", 0.00085, 0.012, 1)
-    );
-    assert_eq!(c.timestep_spacing, "leading");
+    assert_eq!((c.beta_start, c.beta_end, c.steps_offset), (0.00085, 0.012, 1));
+    assert_eq!(c.beta_schedule, sd_schedulers::BetaSchedule::ScaledLinear);
+    assert_eq!(c.timestep_spacing, TimestepSpacing::Leading);
     assert!(!c.use_karras_sigmas);
     let s = build("DPM++ 2M SDE Karras", &sd1(), None).unwrap();
     assert!(s.config().use_karras_sigmas);
-    assert_eq!(s.config().algorithm_type, "sde-dpmsolver++");
+    assert_eq!(s.config().algorithm_type, AlgorithmType::SdeDpmSolverPlusPlus);
     // --schedule overrides the name's schedule
     let s = build("DPM++ 2M Karras", &sd1(), Some("exponential")).unwrap();
     assert!(!s.config().use_karras_sigmas && s.config().use_exponential_sigmas);
-    // "default" = the model's class
+    assert_eq!(s.schedule(), Some(Schedule::Exponential));
+    // "default" = the model's class with its saved settings, reported as the sampler those settings make
     let s = build("default", &sd1(), None).unwrap();
     assert_eq!(s.config().class_name, "PNDMScheduler");
     assert!(s.config().skip_prk_steps);
+    assert_eq!(s.name(), "plms");
     // DDIM from an SD config: set_alpha_to_one is the model's (false), clip_sample the class default (true)
     let s = build("DDIM", &sd1(), None).unwrap();
     assert!(!s.config().set_alpha_to_one && s.config().clip_sample);
+    // keys of other classes are kept (hidden), not warned about; the saved config carries them on
+    let s = build("Euler", &sd1(), None).unwrap();
+    assert_eq!(s.config().hidden.get("skip_prk_steps"), Some(&json!(true)));
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+    assert_eq!(s.saved_config()["skip_prk_steps"], json!(true));
+    assert_eq!(s.saved_config()["_class_name"], json!("EulerDiscreteScheduler"));
+}
+
+#[test]
+fn model_default_keeps_the_saved_settings_of_its_class() {
+    let mut cfg = sd1();
+    cfg["_class_name"] = json!("DPMSolverMultistepScheduler");
+    cfg["algorithm_type"] = json!("sde-dpmsolver++");
+    cfg["use_karras_sigmas"] = json!(true);
+    let s = build("default", &cfg, None).unwrap();
+    assert_eq!(s.name(), "dpmpp-2m-sde");
+    assert_eq!(s.schedule(), Some(Schedule::Karras));
+    // a setting no named sampler has is kept, not replaced by the class's first sampler's preset
+    cfg["algorithm_type"] = json!("dpmsolver++");
+    cfg["solver_order"] = json!(3);
+    let s = build("default", &cfg, None).unwrap();
+    assert_eq!((s.name(), s.config().solver_order), ("dpmpp-2m", 3));
+    cfg["_class_name"] = json!("FlowMatchEulerDiscreteScheduler");
+    let e = err(build("default", &cfg, None));
+    assert!(e.contains("FlowMatchEulerDiscreteScheduler") && e.contains("not supported"), "{e}");
+}
+
+/// diffusers' `test_default_arguments_not_in_config` and `test_default_solver_type_after_switch`: a class default
+/// recorded in `_use_default_values` does not travel to the next class; an explicit value does.
+#[test]
+fn class_defaults_do_not_travel_but_explicit_values_do() {
+    let mut cfg = sd1();
+    cfg.as_object_mut().unwrap().remove("timestep_spacing");
+    cfg["_class_name"] = json!("DDIMScheduler");
+    let ddim = build("ddim", &cfg, None).unwrap();
+    assert_eq!(ddim.config().timestep_spacing, TimestepSpacing::Leading);
+    let saved = ddim.saved_config();
+    assert!(saved["_use_default_values"].as_array().unwrap().contains(&json!("timestep_spacing")), "{saved}");
+    let euler = build("euler", &saved, None).unwrap();
+    assert_eq!(euler.config().timestep_spacing, TimestepSpacing::Linspace);
+    let euler = build_opts("euler", &saved, None, json!({"timestep_spacing": "trailing"})).unwrap();
+    let lms = build("lms", &euler.saved_config(), None).unwrap();
+    assert_eq!(lms.config().timestep_spacing, TimestepSpacing::Trailing);
+    let lms = build("lms", &lms.saved_config(), None).unwrap();
+    assert_eq!(lms.config().timestep_spacing, TimestepSpacing::Trailing);
+
+    let deis = build("deis", &ddim.saved_config(), None).unwrap();
+    assert_eq!(deis.config().solver_type, SolverType::Logrho);
+    let unipc = build("unipc", &deis.saved_config(), None).unwrap();
+    assert_eq!(unipc.config().solver_type, SolverType::Bh2);
+}
+
+#[test]
+fn unknown_keys_are_kept_and_reported_unimplemented_ones_refused() {
+    let mut cfg = sd1();
+    cfg["use_fancy_sigmas"] = json!(true);
+    let s = build("euler", &cfg, None).unwrap();
+    assert_eq!(s.config().hidden.get("use_fancy_sigmas"), Some(&json!(true)));
+    assert_eq!(s.warnings().len(), 1, "{:?}", s.warnings());
+    assert!(s.warnings()[0].contains("use_fancy_sigmas"), "{:?}", s.warnings());
+    assert_eq!(s.saved_config()["use_fancy_sigmas"], json!(true));
+    // a diffusers option sd-rs does not implement: its default passes, anything else is refused for that class
+    let mut cfg = sd1();
+    cfg["use_lu_lambdas"] = json!(false);
+    assert!(build("dpmpp-2m", &cfg, None).unwrap().warnings().is_empty());
+    cfg["use_lu_lambdas"] = json!(true);
+    let e = err(build("dpmpp-2m", &cfg, None));
+    assert!(e.contains("use_lu_lambdas") && e.contains("does not implement"), "{e}");
+    // ... but not for a class that does not have it (diffusers drops it there too)
+    assert!(build("euler", &cfg, None).unwrap().warnings().is_empty());
+    // explicit config values must be options of the class
+    let e = err(build_opts("euler", &sd1(), None, json!({"solver_order": 3})));
+    assert!(e.contains("solver_order") && e.contains("EulerDiscreteScheduler"), "{e}");
+    // eta for a sampler without one is ignored with a warning (as diffusers ignores it), used where declared
+    let s = build_opts("euler", &sd1(), None, json!({"eta": 0.5})).unwrap();
+    assert!(s.warnings().iter().any(|w| w.contains("eta") && w.contains("ddim")), "{:?}", s.warnings());
+    let s = build_opts("ddim", &sd1(), None, json!({"eta": 0.5})).unwrap();
+    assert!(s.warnings().is_empty() && s.config().eta == 0.5);
+    let e = err(build_opts("ddim", &sd1(), None, json!({"eta": -1.0})));
+    assert!(e.contains("eta"), "{e}");
 }
 
 #[test]
 fn schedules_a_class_lacks_are_refused() {
     let e = err(build("Euler a", &sd1(), Some("karras")));
-    assert!(e.contains("karras"), "{e}");
+    assert!(e.contains("karras") && e.contains("euler-a"), "{e}");
     let e = err(build("DDIM", &sd1(), Some("ays")));
-    assert!(e.contains("AYS"), "{e}");
+    assert!(e.contains("no ays schedule"), "{e}");
     let e = err(build("Euler", &sd1(), Some("fancy")));
     assert!(e.contains("unknown schedule"), "{e}");
 }
 
 #[test]
 fn bad_steps_and_strength_are_errors() {
-    for name in
-        ["euler", "euler-a", "ddim", "dpmpp-2m", "heun", "lms", "dpm2", "dpm2-a", "ddpm", "plms", "unipc", "lcm", "tcd"]
-    {
+    for d in SAMPLERS {
+        let name = d.name;
         let mut s = build(name, &sd1(), None).unwrap();
         let e = err(s.set_timesteps(0, Device::Cpu));
         assert!(e.contains("at least 1"), "{name}: {e}");
-        let e = err(s.set_timesteps(1001, Device::Cpu));
-        assert!(e.contains("num_train_timesteps"), "{name}: {e}");
+        if name != "edm-euler" {
+            let e = err(s.set_timesteps(1001, Device::Cpu));
+            assert!(e.contains("num_train_timesteps"), "{name}: {e}");
+        }
         for strength in [0.0, -0.5, 1.5, f64::NAN] {
             let e = err(img2img_timesteps(s.as_mut(), 20, strength));
             assert!(e.contains("strength"), "{name} {strength}: {e}");
@@ -138,24 +309,26 @@ fn bad_steps_and_strength_are_errors() {
 fn unsupported_prediction_types_are_errors() {
     let mut cfg = sd1();
     cfg["prediction_type"] = json!("sample");
-    for name in ["Euler a", "DPM2", "DPM2 a", "PLMS"] {
+    for name in ["Euler a", "DPM2", "DPM2 a", "PLMS", "DPM++ 2M SDE Heun"] {
         let e = err(build(name, &cfg, None));
         assert!(e.contains("sample"), "{name}: {e}");
     }
     cfg["prediction_type"] = json!("flow");
     let e = err(build("Euler", &cfg, None));
-    assert!(e.contains("prediction_type"), "{e}");
-    let e = err(build_with("dpm-2m", &sd1(), None, &json!({"final_sigmas_type": "zero"})));
+    assert!(e.contains("prediction_type") && e.contains("flow"), "{e}");
+    let e = err(build_opts("dpm-2m", &sd1(), None, json!({"final_sigmas_type": "zero"})));
     assert!(e.contains("sigma_min"), "{e}");
+    let e = err(build_opts("dpmpp-2m", &sd1(), None, json!({"algorithm_type": "dpmsolver+++"})));
+    assert!(e.contains("algorithm_type"), "{e}");
 }
 
 #[test]
 fn step_before_set_timesteps_is_an_error_not_a_panic() {
     let x = Tensor::zeros([1, 4, 2, 2], (Kind::Float, Device::Cpu));
     let mut g = TorchGenerator::new(0);
-    for name in ["euler", "ddim", "dpmpp-2m", "heun", "unipc", "plms", "lcm"] {
-        let mut s = build(name, &sd1(), None).unwrap();
-        assert!(s.step(&x, 999.0, &x, &mut g).is_err(), "{name}");
+    for d in SAMPLERS {
+        let mut s = build(d.name, &sd1(), None).unwrap();
+        assert!(s.step(&x, 999.0, &x, &mut g).is_err(), "{}", d.name);
     }
 }
 
@@ -183,13 +356,16 @@ fn begin_index_past_the_schedule_is_an_error_not_a_panic() {
 #[test]
 fn list_covers_every_registered_sampler() {
     let l = list();
-    assert!(l.len() >= 17, "{}", l.len());
+    assert_eq!(l.len(), SAMPLERS.len());
+    assert!(l.len() >= 22, "{}", l.len());
     for info in &l {
         build(info.name, &sd1(), None).unwrap_or_else(|e| panic!("{}: {e:#}", info.name));
         for a in &info.a1111 {
-            assert_eq!(parse_sampler(a).unwrap().spec_name, info.name);
+            assert_eq!(parsed(a).0, info.name);
         }
     }
+    let ddim = l.iter().find(|i| i.name == "ddim").unwrap();
+    assert_eq!(ddim.options, vec!["--eta"]);
 }
 
 #[test]
@@ -206,4 +382,16 @@ fn velocity_matches_definition() {
     assert!(v[1] < 0.0 && v[1] > -1.0, "{v:?}");
     let e = err(get_velocity(&cfg, &x0, &eps, &Tensor::from_slice(&[0i64, 1000])));
     assert!(e.contains("1000"), "{e}");
+}
+
+/// The training code reads any scheduler config through `Deserialize`: typed, with a bad value naming its field.
+#[test]
+fn any_config_deserializes_typed() {
+    let c: sd_schedulers::SchedulerConfig = serde_json::from_value(sd1()).unwrap();
+    assert_eq!(c.steps_offset, 1);
+    assert_eq!(c.hidden.get("skip_prk_steps"), None, "skip_prk_steps is a field");
+    let mut bad = sd1();
+    bad["beta_schedule"] = json!("cubic");
+    let e = serde_json::from_value::<sd_schedulers::SchedulerConfig>(bad).unwrap_err().to_string();
+    assert!(e.contains("beta_schedule"), "{e}");
 }

@@ -26,7 +26,7 @@ pub struct NoiseSchedule {
 
 impl NoiseSchedule {
     pub fn new(config: SchedulerConfig) -> Result<Self> {
-        let prediction = config.prediction()?;
+        let prediction = config.prediction_type;
         let alphas_cumprod = TrainSchedule::new_exact_zero_snr(&config)?.alphas_cumprod;
         Ok(Self { config, prediction, alphas_cumprod })
     }

@@ -44,10 +44,10 @@ pub struct Args {
     /// Sampler: A1111 name ("Euler a", "DPM++ 2M Karras") or short form (euler-a, dpmpp-2m); see `sd samplers`
     #[arg(long, default_value = "default")]
     pub sampler: String,
-    /// Sigma schedule: karras, exponential, beta, ays, sgm-uniform, normal
+    /// Sigma schedule: karras, exponential, beta, ays, ays-sdxl, sgm-uniform, normal (overrides a name's suffix)
     #[arg(long)]
     pub schedule: Option<String>,
-    /// DDIM eta
+    /// Fresh noise per step, for the samplers `sd samplers` lists with --eta (DDIM η, TCD γ, k-diffusion SDE η)
     #[arg(long)]
     pub eta: Option<f64>,
     /// Seed; random when omitted (always printed)
@@ -186,6 +186,15 @@ pub fn run(args: Args) -> Result<()> {
     }
     let emphasis: sd_pipeline::prompt::Emphasis =
         args.emphasis.parse().map_err(|e: anyhow::Error| super::UsageError(format!("--emphasis: {e}")))?;
+    let schedule: Option<sd_schedulers::Schedule> = args
+        .schedule
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| super::UsageError(format!("--schedule: {e:#}")))?;
+    let sampler = (args.sampler.parse::<sd_schedulers::SamplerChoice>())
+        .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?
+        .with_schedule(schedule);
     let loras = collect_loras(&args)?;
     if let Some(dir) = &args.embeddings_dir {
         if !dir.is_dir() {
@@ -283,8 +292,8 @@ pub fn run(args: Args) -> Result<()> {
         req.steps = args.steps;
         req.cfg_scale = args.cfg_scale;
         req.guidance_rescale = args.guidance_rescale;
-        req.sampler = args.sampler.clone();
-        req.schedule = args.schedule.clone();
+        req.sampler = sampler.to_string(); // the choice's own string form, schedule included
+        req.schedule = None;
         req.eta = args.eta;
         req.seed = base_seed.wrapping_add(batch);
         req.batch_size = args.batch_size;
@@ -317,6 +326,11 @@ pub fn run(args: Args) -> Result<()> {
         drop(on_event);
         if let Some(bar) = bar {
             bar.finish_and_clear();
+        }
+        if batch == 0 {
+            for w in &generated.sampler_warnings {
+                eprintln!("warning: {w}");
+            }
         }
         let saved = sd_pipeline::output::save_outputs(&sd, &req, &generated, &out_opts, &mut index)?;
         for s in &saved {

@@ -1,13 +1,54 @@
 //! DDIM (Song et al. 2020, arXiv 2010.02502, eq. 12) — diffusers `DDIMScheduler`. `eta` (not a diffusers config
 //! field but a `step` argument there) is read from `SchedulerConfig::eta`; eta > 0 draws one `randn` per step.
 
-use crate::common::{f32, lin2, step_noise, threshold_sample};
+use crate::choice::Schedule;
+use crate::common::{f32, lin2, step_noise};
+use crate::config::TimestepSpacing;
+use crate::ddpm_math::{clip_x0, x0_eps};
+use crate::descriptor::{boxed, Class, Descriptor, SamplerOption, NO_PRESET};
 use crate::schedule::{check_steps, spaced_timesteps_int};
 use crate::state::{Family, SamplerState};
-use crate::{Prediction, Scheduler, SchedulerConfig};
+use crate::{Scheduler, SchedulerConfig};
 use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
+
+pub static CLASS: Class = Class {
+    name: "DDIMScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "clip_sample",
+        "set_alpha_to_one",
+        "steps_offset",
+        "prediction_type",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "clip_sample_range",
+        "sample_max_value",
+        "timestep_spacing",
+        "rescale_betas_zero_snr",
+    ],
+    defaults: |c| {
+        c.clip_sample = true;
+        c.timestep_spacing = TimestepSpacing::Leading;
+    },
+    unsupported: &[],
+};
+
+pub static DDIM: Descriptor = Descriptor {
+    name: "ddim",
+    a1111: &["DDIM"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::SgmUniform],
+    options: &[SamplerOption::Eta],
+    description: "DDIM (deterministic with eta = 0)",
+    build: |d, c| boxed(Ddim::new(d, c)),
+};
 
 /// Reads no step index (so a begin index changes nothing): the previous timestep follows from the one passed in,
 /// t − num_train_timesteps / n, as in diffusers' `DDIMScheduler.step`.
@@ -16,30 +57,9 @@ pub struct Ddim {
     num_inference_steps: usize,
 }
 
-/// x0 and ε from the model output for the alpha-parameterised samplers (DDIM, DDPM, LCM, TCD).
-pub fn x0_eps(pred: Prediction, sample: &Tensor, out: &Tensor, alpha_prod_t: f64) -> Result<(Tensor, Tensor)> {
-    let (a, b) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
-    Ok(match pred {
-        Prediction::Epsilon => (lin2(1.0 / a, sample, -b / a, out)?, out.shallow_clone()),
-        Prediction::Sample => (out.shallow_clone(), lin2(1.0 / b, sample, -a / b, out)?),
-        Prediction::VPrediction => (lin2(a, sample, -b, out)?, lin2(a, out, b, sample)?),
-    })
-}
-
-/// Thresholding or clipping of x0, as the alpha-parameterised diffusers schedulers do.
-pub fn clip_x0(cfg: &SchedulerConfig, x0: Tensor) -> Result<Tensor> {
-    if cfg.thresholding {
-        threshold_sample(&x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-    } else if cfg.clip_sample {
-        Ok(x0.f_clamp(-cfg.clip_sample_range, cfg.clip_sample_range)?)
-    } else {
-        Ok(x0)
-    }
-}
-
 impl Ddim {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
-        Ok(Self { state: SamplerState::new(name, cfg, Family::Ddpm)?, num_inference_steps: 0 })
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
+        Ok(Self { state: SamplerState::new(d, cfg, Family::Ddpm)?, num_inference_steps: 0 })
     }
 }
 

@@ -1,8 +1,11 @@
 //! DDPM ancestral sampling (Ho et al. 2020, arXiv 2006.11239, eqs. 6–7) — diffusers `DDPMScheduler`. Draws one
 //! `randn` per step while t > 0. The previous timestep is the next entry of the schedule.
 
+use crate::choice::Schedule;
 use crate::common::{f32, lin2, step_noise};
-use crate::samplers::ddim::{clip_x0, x0_eps};
+use crate::config::{TimestepSpacing, VarianceType};
+use crate::ddpm_math::{clip_x0, x0_eps};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::schedule::{check_steps, spaced_timesteps_int};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -10,18 +13,57 @@ use anyhow::{bail, ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
+pub static CLASS: Class = Class {
+    name: "DDPMScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "variance_type",
+        "clip_sample",
+        "prediction_type",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "clip_sample_range",
+        "sample_max_value",
+        "timestep_spacing",
+        "steps_offset",
+        "rescale_betas_zero_snr",
+    ],
+    defaults: |c| {
+        c.variance_type = Some(VarianceType::FixedSmall);
+        c.clip_sample = true;
+        c.timestep_spacing = TimestepSpacing::Leading;
+    },
+    unsupported: &[],
+};
+
+pub static DDPM: Descriptor = Descriptor {
+    name: "ddpm",
+    a1111: &["DDPM"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::SgmUniform, Schedule::Ays, Schedule::AysSdxl],
+    options: &[],
+    description: "DDPM ancestral sampling (needs many steps)",
+    build: |d, c| boxed(Ddpm::new(d, c)),
+};
+
 pub struct Ddpm {
     state: SamplerState,
 }
 
 impl Ddpm {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
-        let state = SamplerState::new(name, cfg, Family::Ddpm)?;
-        match state.cfg.variance_type.as_deref().unwrap_or("fixed_small") {
-            "fixed_small" | "fixed_small_log" | "fixed_large" => {}
-            other => {
-                bail!("DDPM variance_type {other:?} is not supported (fixed_small, fixed_small_log, fixed_large are)")
-            }
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
+        let state = SamplerState::new(d, cfg, Family::Ddpm)?;
+        match state.cfg.variance_type.unwrap_or(VarianceType::FixedSmall) {
+            VarianceType::FixedSmall | VarianceType::FixedSmallLog | VarianceType::FixedLarge => {}
+            other => bail!(
+                "DDPM variance_type {} is not supported (fixed_small, fixed_small_log, fixed_large are)",
+                crate::config::json_name(&other)
+            ),
         }
         Ok(Self { state })
     }
@@ -64,9 +106,9 @@ impl Scheduler for Ddpm {
         if t > 0 {
             let noise = step_noise(model_output, gen);
             let variance = (b_prev / b_t * cur_beta).max(1e-20);
-            let std = match st.cfg.variance_type.as_deref().unwrap_or("fixed_small") {
-                "fixed_small_log" => (0.5 * variance.ln()).exp(),
-                "fixed_large" => cur_beta.sqrt(),
+            let std = match st.cfg.variance_type.unwrap_or(VarianceType::FixedSmall) {
+                VarianceType::FixedSmallLog => (0.5 * variance.ln()).exp(),
+                VarianceType::FixedLarge => cur_beta.sqrt(),
                 _ => variance.sqrt(),
             };
             prev = prev.f_add(&noise.f_mul_scalar(std)?)?;

@@ -1,10 +1,13 @@
 //! DEIS multistep with the log-ρ polynomial extrapolation (Zhang & Chen 2022, arXiv 2204.13902) — diffusers
 //! `DEISMultistepScheduler` (orders 1–3; the only algorithm diffusers implements, "deis"/"logrho").
 
+use crate::choice::Schedule;
 use crate::common::{f32, lin};
+use crate::config::{AlgorithmType, FinalSigmas, SolverType};
+use crate::descriptor::{boxed, Class, Descriptor, Lit, NO_PRESET};
+use crate::dpm_math::convert_model_output;
 use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
 use crate::multistep::ModelOutputs;
-use crate::samplers::dpm_multistep::convert_model_output;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -14,6 +17,51 @@ use tch::{Device, Tensor};
 
 const FLAVOR: Flavor =
     Flavor { lambda_clip: false, cfg_minmax: false, final_from_respaced: true, always_round_karras: true };
+
+pub static CLASS: Class = Class {
+    name: "DEISMultistepScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "solver_order",
+        "prediction_type",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "algorithm_type",
+        "solver_type",
+        "lower_order_final",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "timestep_spacing",
+        "steps_offset",
+    ],
+    defaults: |c| {
+        c.algorithm_type = AlgorithmType::Deis;
+        c.solver_type = SolverType::Logrho;
+    },
+    unsupported: &[
+        ("use_flow_sigmas", Lit::Bool(false)),
+        ("flow_shift", Lit::Num(1.0)),
+        ("use_dynamic_shifting", Lit::Bool(false)),
+        ("time_shift_type", Lit::Str("exponential")),
+    ],
+};
+
+pub static DEIS: Descriptor = Descriptor {
+    name: "deis",
+    a1111: &["DEIS"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
+    options: &[],
+    description: "DEIS multistep (log-rho), second order",
+    build: |d, c| boxed(Deis::new(d, c)),
+};
 
 pub struct Deis {
     state: SamplerState,
@@ -42,20 +90,23 @@ fn ind3(t: f32, b: f32, c: f32, d: f32) -> f32 {
 }
 
 impl Deis {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let mut state = SamplerState::new(name, cfg, Family::DpmSolver)?;
+        let mut state = SamplerState::new(d, cfg, Family::DpmSolver)?;
         let cfg = &mut state.cfg;
         ensure!(
-            matches!(cfg.algorithm_type.as_str(), "deis" | "dpmsolver" | "dpmsolver++"),
-            "DEIS `algorithm_type` {:?} is not implemented (diffusers has only \"deis\")",
-            cfg.algorithm_type
+            matches!(
+                cfg.algorithm_type,
+                AlgorithmType::Deis | AlgorithmType::DpmSolver | AlgorithmType::DpmSolverPlusPlus
+            ),
+            "DEIS `algorithm_type` {} is not implemented (diffusers has only \"deis\")",
+            crate::config::json_name(&cfg.algorithm_type)
         );
         ensure!((1..=3).contains(&cfg.solver_order), "solver_order must be 1, 2 or 3 (got {})", cfg.solver_order);
-        cfg.algorithm_type = "deis".into();
-        cfg.solver_type = "logrho".into();
+        cfg.algorithm_type = AlgorithmType::Deis;
+        cfg.solver_type = SolverType::Logrho;
         // DEIS always ends at the smallest sigma of its schedule (never 0)
-        cfg.final_sigmas_type = "sigma_min".into();
+        cfg.final_sigmas_type = FinalSigmas::SigmaMin;
         let train = TrainSchedule::new(cfg)?;
         let outputs = ModelOutputs::new(cfg.solver_order);
         Ok(Self { state, train, outputs })

@@ -1,23 +1,117 @@
 //! DPM-Solver / DPM-Solver++ multistep (Lu et al., arXiv 2206.00927 and 2211.01095), including the SDE variants
 //! (DPM++ 2M SDE) — diffusers `DPMSolverMultistepScheduler`. SDE variants draw one `randn` per step, before the update.
 
-use crate::common::{f32, lin, step_noise, threshold_sample};
+use crate::choice::Schedule;
+use crate::common::{f32, lin, step_noise};
+use crate::config::{AlgorithmType, FinalSigmas, SchedulerConfig};
+use crate::descriptor::{boxed, Class, Descriptor, Lit};
+use crate::dpm_math::{convert_model_output, parse_algo, Algo};
 use crate::dpm_sched::{self, alpha_sigma, lambda, DpmSchedule};
 use crate::multistep::ModelOutputs;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
-use crate::{Prediction, Scheduler, SchedulerConfig};
-use anyhow::{bail, ensure, Result};
+use crate::Scheduler;
+use anyhow::{bail, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
-#[derive(Clone, Copy, PartialEq)]
-pub enum Algo {
-    DpmSolver,
-    DpmSolverPP,
-    SdeDpmSolver,
-    SdeDpmSolverPP,
+pub static CLASS: Class = Class {
+    name: "DPMSolverMultistepScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "solver_order",
+        "prediction_type",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "algorithm_type",
+        "solver_type",
+        "lower_order_final",
+        "euler_at_final",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "final_sigmas_type",
+        "lambda_min_clipped",
+        "variance_type",
+        "timestep_spacing",
+        "steps_offset",
+        "rescale_betas_zero_snr",
+    ],
+    defaults: |_| {},
+    unsupported: &[
+        ("use_lu_lambdas", Lit::Bool(false)),
+        ("use_flow_sigmas", Lit::Bool(false)),
+        ("flow_shift", Lit::Num(1.0)),
+        ("use_dynamic_shifting", Lit::Bool(false)),
+        ("time_shift_type", Lit::Str("exponential")),
+    ],
+};
+
+fn build(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Box<dyn Scheduler>> {
+    boxed(DpmMultistep::new(d, cfg))
 }
+
+pub static DPMPP_2M: Descriptor = Descriptor {
+    name: "dpmpp-2m",
+    a1111: &["DPM++ 2M"],
+    class: &CLASS,
+    preset: |c| {
+        c.algorithm_type = AlgorithmType::DpmSolverPlusPlus;
+        c.solver_order = 2;
+    },
+    schedules: &Schedule::ALL,
+    options: &[],
+    description: "DPM-Solver++ second-order multistep",
+    build,
+};
+
+pub static DPMPP_2M_SDE: Descriptor = Descriptor {
+    name: "dpmpp-2m-sde",
+    a1111: &["DPM++ 2M SDE"],
+    class: &CLASS,
+    preset: |c| {
+        c.algorithm_type = AlgorithmType::SdeDpmSolverPlusPlus;
+        c.solver_order = 2;
+    },
+    schedules: &Schedule::ALL,
+    options: &[],
+    description: "DPM-Solver++ 2M, stochastic (SDE) variant (diffusers' fresh noise every step)",
+    build,
+};
+
+pub static DPMPP_3M_SDE: Descriptor = Descriptor {
+    name: "dpmpp-3m-sde",
+    a1111: &["DPM++ 3M SDE"],
+    class: &CLASS,
+    preset: |c| {
+        c.algorithm_type = AlgorithmType::SdeDpmSolverPlusPlus;
+        c.solver_order = 3;
+    },
+    schedules: &Schedule::ALL,
+    options: &[],
+    description: "DPM-Solver++ third-order multistep, SDE variant",
+    build,
+};
+
+pub static DPM_2M: Descriptor = Descriptor {
+    name: "dpm-2m",
+    a1111: &[],
+    class: &CLASS,
+    preset: |c| {
+        c.algorithm_type = AlgorithmType::DpmSolver;
+        c.solver_order = 2;
+        c.final_sigmas_type = FinalSigmas::SigmaMin;
+    },
+    schedules: &Schedule::ALL,
+    options: &[],
+    description: "DPM-Solver (noise prediction) second-order multistep",
+    build,
+};
 
 pub struct DpmMultistep {
     state: SamplerState,
@@ -27,40 +121,11 @@ pub struct DpmMultistep {
     outputs: ModelOutputs,
 }
 
-/// Parse `algorithm_type` / `solver_type` the way the DPM-Solver classes normalise them.
-pub fn parse_algo(cfg: &mut SchedulerConfig) -> Result<(Algo, bool)> {
-    let algo = match cfg.algorithm_type.as_str() {
-        "dpmsolver" => Algo::DpmSolver,
-        "dpmsolver++" | "deis" => Algo::DpmSolverPP,
-        "sde-dpmsolver" => Algo::SdeDpmSolver,
-        "sde-dpmsolver++" => Algo::SdeDpmSolverPP,
-        other => bail!(
-            "scheduler config field `algorithm_type` is {other:?}; expected dpmsolver, dpmsolver++, sde-dpmsolver or sde-dpmsolver++"
-        ),
-    };
-    let heun = match cfg.solver_type.as_str() {
-        "midpoint" | "logrho" | "bh1" | "bh2" => false,
-        "heun" => true,
-        other => bail!("scheduler config field `solver_type` is {other:?}; expected \"midpoint\" or \"heun\""),
-    };
-    if matches!(algo, Algo::DpmSolver | Algo::SdeDpmSolver) && cfg.final_sigmas_type == "zero" {
-        bail!(
-            "algorithm_type {} needs final_sigmas_type \"sigma_min\" (diffusers refuses \"zero\")",
-            cfg.algorithm_type
-        );
-    }
-    ensure!((1..=3).contains(&cfg.solver_order), "solver_order must be 1, 2 or 3 (got {})", cfg.solver_order);
-    if cfg.variance_type.as_deref().is_some_and(|v| v.starts_with("learned")) {
-        bail!("variance_type {:?} (learned variance models) is not supported", cfg.variance_type);
-    }
-    Ok((algo, heun))
-}
-
 impl DpmMultistep {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let mut state = SamplerState::new(name, cfg, Family::DpmSolver)?;
-        let (algo, heun) = parse_algo(&mut state.cfg)?;
+        let state = SamplerState::new(d, cfg, Family::DpmSolver)?;
+        let (algo, heun) = parse_algo(&state.cfg)?;
         let train = TrainSchedule::new(&state.cfg)?;
         let outputs = ModelOutputs::new(state.cfg.solver_order);
         Ok(Self { state, algo, heun, train, outputs })
@@ -187,53 +252,6 @@ fn need(noise: Option<&Tensor>) -> Result<&Tensor> {
     noise.ok_or_else(|| anyhow::anyhow!("internal: SDE update without noise"))
 }
 
-/// `convert_model_output` of the DPM-Solver family: x0 for data-prediction solvers, ε for noise-prediction ones.
-pub fn convert_model_output(
-    cfg: &SchedulerConfig,
-    pred: Prediction,
-    data_pred: bool,
-    out: &Tensor,
-    sample: &Tensor,
-    sigma: f64,
-) -> Result<Tensor> {
-    let (a, s) = alpha_sigma(sigma);
-    if data_pred {
-        let x0 = predicted_x0(pred, out, sample, sigma)?;
-        if cfg.thresholding {
-            return threshold_sample(&x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value);
-        }
-        Ok(x0)
-    } else {
-        let eps = predicted_noise(pred, out, sample, sigma)?;
-        if cfg.thresholding {
-            let x0 = sample.f_sub(&eps.f_mul_scalar(s)?)?.f_div_scalar(a)?;
-            let x0 = threshold_sample(&x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)?;
-            return Ok(sample.f_sub(&x0.f_mul_scalar(a)?)?.f_div_scalar(s)?);
-        }
-        Ok(eps)
-    }
-}
-
-/// x0 from the model output at VP sigma `sigma` (no thresholding).
-pub fn predicted_x0(pred: Prediction, out: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
-    let (a, s) = alpha_sigma(sigma);
-    Ok(match pred {
-        Prediction::Epsilon => sample.f_sub(&out.f_mul_scalar(s)?)?.f_div_scalar(a)?,
-        Prediction::Sample => out.shallow_clone(),
-        Prediction::VPrediction => lin(&[(a, sample), (-s, out)])?,
-    })
-}
-
-/// ε from the model output at VP sigma `sigma` (no thresholding).
-pub fn predicted_noise(pred: Prediction, out: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
-    let (a, s) = alpha_sigma(sigma);
-    Ok(match pred {
-        Prediction::Epsilon => out.shallow_clone(),
-        Prediction::Sample => sample.f_sub(&out.f_mul_scalar(a)?)?.f_div_scalar(s)?,
-        Prediction::VPrediction => lin(&[(a, out), (s, sample)])?,
-    })
-}
-
 impl Scheduler for DpmMultistep {
     fn state(&self) -> &SamplerState {
         &self.state
@@ -257,8 +275,8 @@ impl Scheduler for DpmMultistep {
         let i = self.state.step_index(timestep)?;
         let len = self.state.timesteps.len();
         let c = &self.state.cfg;
-        let lower_final =
-            i == len - 1 && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == "zero");
+        let lower_final = i == len - 1
+            && (c.euler_at_final || (c.lower_order_final && len < 15) || c.final_sigmas_type == FinalSigmas::Zero);
         let lower_second = i + 2 == len && c.lower_order_final && len < 15;
         let order = c.solver_order;
         let out = f32(model_output)?;

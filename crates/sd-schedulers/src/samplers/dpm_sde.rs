@@ -10,9 +10,12 @@
 //! query times depend on those exact values.
 
 use crate::brownian::BrownianNoise;
+use crate::choice::Schedule;
 use crate::common::{f32, k_euler};
-use crate::ksched;
-use crate::samplers::heun::interleave_tail;
+use crate::config::TimestepSpacing;
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::kdiff::{denoised32, sigma_fn, t_expm1, t_fn};
+use crate::ksched::{self, interleave_tail};
 use crate::schedule::{check_steps, np_linspace, spaced_timesteps_int, TrainSchedule};
 use crate::sigmas::{interp_index, sigma_to_t};
 use crate::state::{Family, SamplerState};
@@ -21,34 +24,39 @@ use anyhow::{ensure, Context, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
-/// torch float32 scalar ops (0-d tensors), so results match diffusers to the bit.
-pub(crate) fn t_log(x: f32) -> f32 {
-    Tensor::from(x).log().double_value(&[]) as f32
-}
-pub(crate) fn t_exp(x: f32) -> f32 {
-    Tensor::from(x).exp().double_value(&[]) as f32
-}
-pub(crate) fn t_expm1(x: f32) -> f32 {
-    Tensor::from(x).expm1().double_value(&[]) as f32
-}
-/// k-diffusion's `t_fn` (−log σ) and `sigma_fn` (exp(−t)).
-pub(crate) fn t_fn(sigma: f32) -> f32 {
-    -t_log(sigma)
-}
-pub(crate) fn sigma_fn(t: f32) -> f32 {
-    t_exp(-t)
-}
+pub static CLASS: Class = Class {
+    name: "DPMSolverSDEScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "prediction_type",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "noise_sampler_seed",
+        "timestep_spacing",
+        "steps_offset",
+    ],
+    defaults: |c| {
+        c.beta_start = 0.00085;
+        c.beta_end = 0.012;
+    },
+    unsupported: &[],
+};
 
-/// x0 from the model output at `sigma`, in diffusers' float32 op order.
-pub(crate) fn denoised32(pred: Prediction, sample: &Tensor, out: &Tensor, sigma: f32) -> Result<Tensor> {
-    Ok(match pred {
-        Prediction::VPrediction => {
-            let s2 = sigma * sigma + 1.0;
-            out.f_mul_scalar((-sigma / s2.sqrt()) as f64)?.f_add(&sample.f_div_scalar(s2 as f64)?)?
-        }
-        _ => sample.f_sub(&out.f_mul_scalar(sigma as f64)?)?,
-    })
-}
+pub static DPMPP_SDE: Descriptor = Descriptor {
+    name: "dpmpp-sde",
+    a1111: &["DPM++ SDE"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
+    options: &[],
+    description: "DPM-Solver++ SDE (two model calls per step, Brownian-tree noise seeded once per run)",
+    build: |d, c| boxed(DpmSde::new(d, c)),
+};
 
 /// The state's sigmas are float32 values laid out as diffusers' (`[s0, s1, s1, …, s_last, s_last, 0]`).
 pub struct DpmSde {
@@ -60,9 +68,9 @@ pub struct DpmSde {
 }
 
 impl DpmSde {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let state = SamplerState::new(d, cfg, Family::KDiffusion)?;
         ensure!(
             state.pred != Prediction::Sample,
             "DPM++ SDE (DPMSolverSDEScheduler) does not support prediction_type \"sample\" (diffusers neither)"
@@ -83,8 +91,10 @@ impl Scheduler for DpmSde {
         let cfg = &self.state.cfg;
         check_steps(cfg, n)?;
         // this class spaces "linspace" timesteps in float64 (not float32 like Euler)
-        let mut ts = match cfg.timestep_spacing.as_str() {
-            "linspace" => np_linspace(0.0, (cfg.num_train_timesteps - 1) as f64, n).into_iter().rev().collect(),
+        let mut ts = match cfg.timestep_spacing {
+            TimestepSpacing::Linspace => {
+                np_linspace(0.0, (cfg.num_train_timesteps - 1) as f64, n).into_iter().rev().collect()
+            }
             _ => spaced_timesteps_int(cfg, n)?,
         };
         let mut sig: Vec<f64> = ts.iter().map(|&t| interp_index(t, &self.train.sigmas)).collect();

@@ -2,10 +2,13 @@
 //! Steps are grouped by an order list ([1, 2, 1, 2, …] for order 2): inside a group every update restarts from the
 //! sample at the group's start, using the model outputs gathered so far in the group.
 
+use crate::choice::Schedule;
 use crate::common::{f32, lin, step_noise};
+use crate::config::{AlgorithmType, FinalSigmas, TimestepSpacing};
+use crate::descriptor::{boxed, Class, Descriptor, Lit};
+use crate::dpm_math::{convert_model_output, parse_algo, Algo};
 use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
 use crate::multistep::ModelOutputs;
-use crate::samplers::dpm_multistep::{convert_model_output, parse_algo, Algo};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -18,6 +21,53 @@ type Term = (f64, Tensor);
 
 const FLAVOR: Flavor =
     Flavor { lambda_clip: true, cfg_minmax: false, final_from_respaced: false, always_round_karras: true };
+
+pub static CLASS: Class = Class {
+    name: "DPMSolverSinglestepScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "solver_order",
+        "prediction_type",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "algorithm_type",
+        "solver_type",
+        "lower_order_final",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "final_sigmas_type",
+        "lambda_min_clipped",
+        "variance_type",
+    ],
+    defaults: |c| c.lower_order_final = false,
+    unsupported: &[
+        ("use_flow_sigmas", Lit::Bool(false)),
+        ("flow_shift", Lit::Num(1.0)),
+        ("use_dynamic_shifting", Lit::Bool(false)),
+        ("time_shift_type", Lit::Str("exponential")),
+    ],
+};
+
+pub static DPMPP_2S: Descriptor = Descriptor {
+    name: "dpmpp-2s",
+    a1111: &[],
+    class: &CLASS,
+    preset: |c| {
+        c.algorithm_type = AlgorithmType::DpmSolverPlusPlus;
+        c.solver_order = 2;
+    },
+    schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta],
+    options: &[],
+    description:
+        "DPM-Solver++ singlestep, second order (diffusers' closest to A1111 DPM++ 2S a, without the ancestral noise)",
+    build: |d, c| boxed(DpmSinglestep::new(d, c)),
+};
 
 pub struct DpmSinglestep {
     state: SamplerState,
@@ -64,16 +114,16 @@ fn order_list(steps: usize, order: usize, lower_order_final: bool, final_zero: b
 }
 
 impl DpmSinglestep {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let mut state = SamplerState::new(name, cfg, Family::DpmSolver)?;
+        let mut state = SamplerState::new(d, cfg, Family::DpmSolver)?;
         let cfg = &mut state.cfg;
         let (algo, heun) = parse_algo(cfg)?;
         if algo == Algo::SdeDpmSolver {
             bail!("DPM-Solver singlestep has no sde-dpmsolver variant (diffusers neither)");
         }
         // the class has no spacing option: its schedule is always "linspace"
-        cfg.timestep_spacing = "linspace".into();
+        cfg.timestep_spacing = TimestepSpacing::Linspace;
         let train = TrainSchedule::new(cfg)?;
         let outputs = ModelOutputs::new(cfg.solver_order);
         Ok(Self { state, algo, heun, train, orders: vec![], outputs, group_sample: None })
@@ -166,10 +216,10 @@ impl Scheduler for DpmSinglestep {
         check_steps(cfg, n)?;
         let s = dpm_sched::spaced_as(cfg, &self.train, n, FLAVOR)?;
         let mut lof = cfg.lower_order_final;
-        if !lof && (!n.is_multiple_of(cfg.solver_order) || cfg.final_sigmas_type == "zero") {
+        if !lof && (!n.is_multiple_of(cfg.solver_order) || cfg.final_sigmas_type == FinalSigmas::Zero) {
             lof = true; // diffusers switches lower_order_final on in these cases
         }
-        self.orders = order_list(n, cfg.solver_order, lof, cfg.final_sigmas_type == "zero");
+        self.orders = order_list(n, cfg.solver_order, lof, cfg.final_sigmas_type == FinalSigmas::Zero);
         ensure!(self.orders.len() == n, "internal: order list has {} entries for {n} steps", self.orders.len());
         self.state.set_schedule(s.timesteps, s.sigmas);
         self.outputs.reset();

@@ -10,9 +10,11 @@
 //! `init_noise_sigma` is σ_max, as k-diffusion (and A1111) scale the initial noise.
 //! The scalar sigma arithmetic is float32 with LibTorch's log/exp, as k-diffusion computes on 0-d tensors.
 
+use crate::choice::Schedule;
 use crate::common::{f32, noise_index, step_noise};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::kdiff::{denoised32, sigma_fn, t_expm1, t_fn};
 use crate::ksched;
-use crate::samplers::dpm_sde::{denoised32, sigma_fn, t_expm1, t_fn};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::sigmas::sigma_to_t;
 use crate::state::{Family, SamplerState};
@@ -47,6 +49,38 @@ fn plan(sigma: f32, next: f32) -> StepPlan {
     StepPlan { sigma, next, up, down, mid }
 }
 
+/// No diffusers class: k-diffusion's sampler over `EulerDiscreteScheduler`'s sigma options.
+pub static CLASS: Class = Class {
+    name: "k-diffusion sample_dpmpp_2s_ancestral",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "prediction_type",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "timestep_spacing",
+        "steps_offset",
+        "rescale_betas_zero_snr",
+    ],
+    defaults: |_| {},
+    unsupported: &[],
+};
+
+pub static DPMPP_2S_A: Descriptor = Descriptor {
+    name: "dpmpp-2s-a",
+    a1111: &["DPM++ 2S a"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
+    options: &[],
+    description: "DPM++ 2S ancestral (k-diffusion; two model calls per step, fresh noise every step)",
+    build: |d, c| boxed(Dpmpp2sAncestral::new(d, c)),
+};
+
 /// The state's sigmas are the k-diffusion sigmas (n + 1 values, last 0), one per step rather than per timestep.
 pub struct Dpmpp2sAncestral {
     state: SamplerState,
@@ -59,9 +93,9 @@ pub struct Dpmpp2sAncestral {
 }
 
 impl Dpmpp2sAncestral {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let state = SamplerState::new(d, cfg, Family::KDiffusion)?;
         ensure!(
             state.pred != Prediction::Sample,
             "DPM++ 2S a supports prediction_type \"epsilon\" and \"v_prediction\""

@@ -2,13 +2,46 @@
 //! `EDMEulerScheduler`, for EDM-trained models (e.g. Playground v2.5). Timesteps are c_noise = ¼·ln σ, not
 //! discrete training steps, so it does not suit ordinary SD 1.x/2.x/XL UNets.
 
+use crate::choice::Schedule;
 use crate::common::{f32, k_euler, lin2};
+use crate::config::{FinalSigmas, SigmaSchedule};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::schedule::np_linspace;
 use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Kind, Tensor};
+
+pub static CLASS: Class = Class {
+    name: "EDMEulerScheduler",
+    keys: &[
+        "sigma_min",
+        "sigma_max",
+        "sigma_data",
+        "sigma_schedule",
+        "num_train_timesteps",
+        "prediction_type",
+        "rho",
+        "final_sigmas_type",
+    ],
+    defaults: |c| {
+        c.sigma_min = Some(0.002);
+        c.sigma_max = Some(80.0);
+    },
+    unsupported: &[],
+};
+
+pub static EDM_EULER: Descriptor = Descriptor {
+    name: "edm-euler",
+    a1111: &["EDM Euler"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal],
+    options: &[],
+    description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets",
+    build: |d, c| boxed(EdmEuler::new(d, c)),
+};
 
 /// A k-diffusion-family sampler (x_t = x_0 + σ·ε, so the family's `add_noise`), with EDM's own starting noise and
 /// input scaling, and no training schedule.
@@ -19,17 +52,12 @@ pub struct EdmEuler {
 }
 
 impl EdmEuler {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
-        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
+        let state = SamplerState::new(d, cfg, Family::KDiffusion)?;
         let cfg = &state.cfg;
         ensure!(
             state.pred != Prediction::Sample,
             "EDM Euler supports prediction_type epsilon or v_prediction, not \"sample\""
-        );
-        ensure!(
-            matches!(cfg.sigma_schedule.as_str(), "karras" | "exponential"),
-            "EDM Euler `sigma_schedule` is {:?}; expected \"karras\" or \"exponential\"",
-            cfg.sigma_schedule
         );
         let (sigma_min, sigma_max) = (cfg.sigma_min.unwrap_or(0.002), cfg.sigma_max.unwrap_or(80.0));
         ensure!(sigma_min > 0.0 && sigma_max > sigma_min, "EDM Euler needs 0 < sigma_min < sigma_max");
@@ -47,28 +75,24 @@ impl Scheduler for EdmEuler {
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
         ensure!(n > 0, "number of inference steps must be at least 1 (got 0)");
         let cfg = &self.state.cfg;
-        let mut sig: Vec<f64> = match cfg.sigma_schedule.as_str() {
-            "karras" => {
+        let mut sig: Vec<f64> = match cfg.sigma_schedule {
+            SigmaSchedule::Karras => {
                 let rho = cfg.rho;
                 let (lo, hi) = (self.sigma_min.powf(1.0 / rho), self.sigma_max.powf(1.0 / rho));
                 np_linspace(0.0, 1.0, n).into_iter().map(|r| ((hi + r * (lo - hi)).powf(rho) as f32) as f64).collect()
             }
-            "exponential" => {
+            SigmaSchedule::Exponential => {
                 let v =
                     Tensor::f_linspace(self.sigma_min.ln(), self.sigma_max.ln(), n as i64, (Kind::Float, Device::Cpu))?
                         .f_exp()?
                         .f_flip([0])?;
                 Vec::<f64>::try_from(v.f_to_kind(Kind::Double)?)?
             }
-            other => bail!("unknown sigma_schedule {other:?}"),
         };
         let timesteps = sig.iter().map(|s| (0.25 * (*s as f32).ln()) as f64).collect();
-        let last = match cfg.final_sigmas_type.as_str() {
-            "zero" => 0.0,
-            "sigma_min" => sig[sig.len() - 1],
-            other => {
-                bail!("scheduler config field `final_sigmas_type` is {other:?}; expected \"zero\" or \"sigma_min\"")
-            }
+        let last = match cfg.final_sigmas_type {
+            FinalSigmas::Zero => 0.0,
+            FinalSigmas::SigmaMin => sig[sig.len() - 1],
         };
         sig.push(last);
         self.state.set_schedule(timesteps, sig);

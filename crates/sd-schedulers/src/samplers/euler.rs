@@ -1,6 +1,9 @@
 //! Euler (Karras et al. 2022, Algorithm 2 without churn) — diffusers `EulerDiscreteScheduler`.
 
+use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler};
+use crate::config::TimestepType;
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched::{self, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -9,21 +12,57 @@ use anyhow::Result;
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
+pub static CLASS: Class = Class {
+    name: "EulerDiscreteScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "prediction_type",
+        "interpolation_type",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "sigma_min",
+        "sigma_max",
+        "timestep_spacing",
+        "timestep_type",
+        "steps_offset",
+        "rescale_betas_zero_snr",
+        "final_sigmas_type",
+    ],
+    defaults: |_| {},
+    unsupported: &[],
+};
+
+pub static EULER: Descriptor = Descriptor {
+    name: "euler",
+    a1111: &["Euler"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &Schedule::ALL,
+    options: &[],
+    description: "Euler (first order, deterministic)",
+    build: |d, c| boxed(Euler::new(d, c)),
+};
+
 pub struct Euler {
     state: SamplerState,
     train: TrainSchedule,
 }
 
 impl Euler {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let state = SamplerState::new(d, cfg, Family::KDiffusion)?;
         let train = TrainSchedule::new(&state.cfg)?;
         Ok(Self { state, train })
     }
 
     fn continuous_v(&self) -> bool {
-        self.state.cfg.timestep_type == "continuous" && self.state.pred == Prediction::VPrediction
+        self.state.cfg.timestep_type == TimestepType::Continuous && self.state.pred == Prediction::VPrediction
     }
 
     fn finish(&mut self, mut s: KSchedule) {
@@ -45,7 +84,7 @@ impl Scheduler for Euler {
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
         let cfg = &self.state.cfg;
         check_steps(cfg, n)?;
-        let last = ksched::final_sigma(cfg, &self.train)?;
+        let last = ksched::final_sigma(cfg, &self.train);
         let s = ksched::euler_schedule(cfg, &self.train, n, last)?;
         self.finish(s);
         Ok(())
@@ -78,7 +117,7 @@ impl Scheduler for Euler {
     }
     fn set_custom_timesteps(&mut self, timesteps: &[f64], _device: Device) -> Result<()> {
         let cfg = &self.state.cfg;
-        let last = ksched::final_sigma(cfg, &self.train)?;
+        let last = ksched::final_sigma(cfg, &self.train);
         let s = ksched::from_timesteps(cfg, &self.train, timesteps, last)?;
         self.finish(s);
         Ok(())

@@ -1,7 +1,9 @@
 //! Euler ancestral (k-diffusion `sample_euler_ancestral`, eta = 1) — diffusers `EulerAncestralDiscreteScheduler`.
 //! Step noise: one `randn` of the sample's shape per step, after the deterministic part (diffusers' order).
 
+use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler, step_noise};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -10,14 +12,42 @@ use anyhow::Result;
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
+pub static CLASS: Class = Class {
+    name: "EulerAncestralDiscreteScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "prediction_type",
+        "timestep_spacing",
+        "steps_offset",
+        "rescale_betas_zero_snr",
+    ],
+    defaults: |_| {},
+    unsupported: &[],
+};
+
+pub static EULER_A: Descriptor = Descriptor {
+    name: "euler-a",
+    a1111: &["Euler a"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::SgmUniform],
+    options: &[],
+    description: "Euler ancestral (adds fresh noise every step)",
+    build: |d, c| boxed(EulerAncestral::new(d, c)),
+};
+
 pub struct EulerAncestral {
     state: SamplerState,
     train: TrainSchedule,
 }
 
 impl EulerAncestral {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
-        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
+        let state = SamplerState::new(d, cfg, Family::KDiffusion)?;
         anyhow::ensure!(
             state.pred != Prediction::Sample,
             "Euler a (EulerAncestralDiscreteScheduler) does not support prediction_type \"sample\" (diffusers neither)"

@@ -1,14 +1,51 @@
 //! Heun's 2nd-order method (Karras et al. 2022, Algorithm 1 without churn) — diffusers `HeunDiscreteScheduler`.
 //! Every timestep after the first appears twice in `timesteps()`: the predictor then the corrector evaluation.
 
+use crate::choice::Schedule;
 use crate::common::{f32, k_denoised};
-use crate::ksched::{self, KSchedule};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::ksched::{self, interleave_tail, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
 use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
+
+pub static CLASS: Class = Class {
+    name: "HeunDiscreteScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "prediction_type",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "clip_sample",
+        "clip_sample_range",
+        "timestep_spacing",
+        "steps_offset",
+    ],
+    defaults: |c| {
+        c.beta_start = 0.00085;
+        c.beta_end = 0.012;
+    },
+    unsupported: &[],
+};
+
+pub static HEUN: Descriptor = Descriptor {
+    name: "heun",
+    a1111: &["Heun"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &Schedule::ALL,
+    options: &[],
+    description: "Heun (second order, two model calls per step)",
+    build: |d, c| boxed(Heun::new(d, c)),
+};
 
 pub struct Heun {
     state: SamplerState,
@@ -17,20 +54,10 @@ pub struct Heun {
     first: Option<(Tensor, f64, Tensor)>,
 }
 
-/// `[x0, x1, x1, x2, x2, …]` (diffusers' `cat([x[:1], x[1:].repeat_interleave(2)])`).
-pub fn interleave_tail(v: &[f64]) -> Vec<f64> {
-    let mut out = vec![v[0]];
-    for x in &v[1..] {
-        out.push(*x);
-        out.push(*x);
-    }
-    out
-}
-
 impl Heun {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let state = SamplerState::new(d, cfg, Family::KDiffusion)?;
         let train = TrainSchedule::new(&state.cfg)?;
         Ok(Self { state, train, first: None })
     }

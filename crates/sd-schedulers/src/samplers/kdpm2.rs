@@ -3,9 +3,10 @@
 //! midpoint evaluation (at the geometric mean sigma) and the full step; the ancestral variant draws one `randn`
 //! at the end of every full step. Tables are laid out exactly as diffusers' (including its index arithmetic).
 
+use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler, k_scale, step_noise};
-use crate::ksched::{self, KSchedule};
-use crate::samplers::heun::interleave_tail;
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::ksched::{self, interleave_tail, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::sigmas::sigma_to_t;
 use crate::state::{Family, SamplerState};
@@ -13,6 +14,72 @@ use crate::{Prediction, Scheduler, SchedulerConfig};
 use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
+
+pub static CLASS: Class = Class {
+    name: "KDPM2DiscreteScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "prediction_type",
+        "timestep_spacing",
+        "steps_offset",
+    ],
+    defaults: |c| {
+        c.beta_start = 0.00085;
+        c.beta_end = 0.012;
+    },
+    unsupported: &[],
+};
+
+pub static ANCESTRAL_CLASS: Class = Class {
+    name: "KDPM2AncestralDiscreteScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "prediction_type",
+        "timestep_spacing",
+        "steps_offset",
+    ],
+    defaults: |c| {
+        c.beta_start = 0.00085;
+        c.beta_end = 0.012;
+    },
+    unsupported: &[],
+};
+
+pub static DPM2: Descriptor = Descriptor {
+    name: "dpm2",
+    a1111: &["DPM2"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
+    options: &[],
+    description: "DPM-Solver-2 (k-diffusion, two model calls per step)",
+    build: |d, c| boxed(Kdpm2::new(d, c, false)),
+};
+
+pub static DPM2_A: Descriptor = Descriptor {
+    name: "dpm2-a",
+    a1111: &["DPM2 a"],
+    class: &ANCESTRAL_CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
+    options: &[],
+    description: "DPM-Solver-2 ancestral",
+    build: |d, c| boxed(Kdpm2::new(d, c, true)),
+};
 
 pub struct Kdpm2 {
     state: SamplerState,
@@ -48,9 +115,9 @@ fn layout(v: &[f64]) -> Vec<f64> {
 }
 
 impl Kdpm2 {
-    pub fn new(name: &str, cfg: SchedulerConfig, ancestral: bool) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig, ancestral: bool) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let state = SamplerState::new(d, cfg, Family::KDiffusion)?;
         ensure!(
             state.pred != Prediction::Sample,
             "DPM2 samplers (KDPM2*DiscreteScheduler) do not support prediction_type \"sample\" (diffusers neither)"

@@ -3,8 +3,11 @@
 //! diffusers `TCDScheduler`. Both pick `n` of the distilled model's `original_inference_steps` timesteps and draw one
 //! `randn` per step except the last (TCD only when its gamma, `SchedulerConfig::eta`, is > 0).
 
+use crate::choice::Schedule;
 use crate::common::{f32, lin, lin2, step_noise};
-use crate::samplers::ddim::{clip_x0, x0_eps};
+use crate::config::{BetaSchedule, TimestepSpacing};
+use crate::ddpm_math::{clip_x0, x0_eps};
+use crate::descriptor::{boxed, Class, Descriptor, SamplerOption, NO_PRESET};
 use crate::schedule::check_steps;
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -12,14 +15,96 @@ use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
+pub static CLASS: Class = Class {
+    name: "LCMScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "original_inference_steps",
+        "clip_sample",
+        "clip_sample_range",
+        "set_alpha_to_one",
+        "steps_offset",
+        "prediction_type",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "timestep_spacing",
+        "timestep_scaling",
+        "rescale_betas_zero_snr",
+    ],
+    defaults: |c| {
+        c.beta_start = 0.00085;
+        c.beta_end = 0.012;
+        c.beta_schedule = BetaSchedule::ScaledLinear;
+        c.timestep_spacing = TimestepSpacing::Leading;
+    },
+    unsupported: &[],
+};
+
+pub static TCD_CLASS: Class = Class {
+    name: "TCDScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "original_inference_steps",
+        "clip_sample",
+        "clip_sample_range",
+        "set_alpha_to_one",
+        "steps_offset",
+        "prediction_type",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "timestep_spacing",
+        "timestep_scaling",
+        "rescale_betas_zero_snr",
+    ],
+    defaults: |c| {
+        c.beta_start = 0.00085;
+        c.beta_end = 0.012;
+        c.beta_schedule = BetaSchedule::ScaledLinear;
+        c.timestep_spacing = TimestepSpacing::Leading;
+    },
+    unsupported: &[],
+};
+
+pub static LCM: Descriptor = Descriptor {
+    name: "lcm",
+    a1111: &["LCM"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal],
+    options: &[],
+    description: "Latent consistency sampling (LCM-distilled models / LCM-LoRA, 2-8 steps)",
+    build: |d, c| boxed(Lcm::new(d, c, false)),
+};
+
+pub static TCD: Descriptor = Descriptor {
+    name: "tcd",
+    a1111: &["TCD"],
+    class: &TCD_CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal],
+    options: &[SamplerOption::Eta],
+    description: "Trajectory consistency sampling (TCD models; gamma via eta, default 0)",
+    build: |d, c| boxed(Lcm::new(d, c, true)),
+};
+
 pub struct Lcm {
     state: SamplerState,
     tcd: bool,
 }
 
 impl Lcm {
-    pub fn new(name: &str, cfg: SchedulerConfig, tcd: bool) -> Result<Self> {
-        let state = SamplerState::new(name, cfg, Family::Ddpm)?;
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig, tcd: bool) -> Result<Self> {
+        let state = SamplerState::new(d, cfg, Family::Ddpm)?;
         if tcd {
             ensure!((0.0..=1.0).contains(&state.cfg.eta), "TCD gamma (eta) must be in [0, 1], got {}", state.cfg.eta);
         }

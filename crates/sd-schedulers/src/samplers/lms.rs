@@ -2,7 +2,9 @@
 //! integrals of Lagrange basis polynomials over [σ_i, σ_{i+1}]; diffusers integrates them numerically
 //! (scipy `quad`), here 8-point Gauss–Legendre integrates the ≤ cubic polynomials exactly.
 
+use crate::choice::Schedule;
 use crate::common::{f32, k_denoised};
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -13,6 +15,36 @@ use std::collections::VecDeque;
 use tch::{Device, Tensor};
 
 const ORDER: usize = 4;
+
+pub static CLASS: Class = Class {
+    name: "LMSDiscreteScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "prediction_type",
+        "timestep_spacing",
+        "steps_offset",
+    ],
+    defaults: |_| {},
+    unsupported: &[],
+};
+
+pub static LMS: Descriptor = Descriptor {
+    name: "lms",
+    a1111: &["LMS"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
+    options: &[],
+    description: "Linear multistep, order 4",
+    build: |d, c| boxed(Lms::new(d, c)),
+};
 
 pub struct Lms {
     state: SamplerState,
@@ -35,9 +67,9 @@ fn gauss8(a: f64, b: f64, f: impl Fn(f64) -> f64) -> f64 {
 }
 
 impl Lms {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let state = SamplerState::new(name, cfg, Family::KDiffusion)?;
+        let state = SamplerState::new(d, cfg, Family::KDiffusion)?;
         let train = TrainSchedule::new(&state.cfg)?;
         Ok(Self { state, train, derivatives: VecDeque::new() })
     }

@@ -2,13 +2,59 @@
 //! default, A1111 "PLMS") only the linear multistep part runs; otherwise 4 Runge–Kutta warm-up rounds come first.
 //! Like diffusers, the state is a call counter and the timestep passed in, so img2img simply skips the first entries.
 
+use crate::choice::Schedule;
 use crate::common::{f32, lin, lin2};
-use crate::schedule::{check_steps, np_arange, np_linspace, np_round, spacing_error};
+use crate::config::TimestepSpacing;
+use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::schedule::{check_steps, np_arange, np_linspace, np_round};
 use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
+
+pub static CLASS: Class = Class {
+    name: "PNDMScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "skip_prk_steps",
+        "set_alpha_to_one",
+        "prediction_type",
+        "timestep_spacing",
+        "steps_offset",
+    ],
+    defaults: |c| {
+        c.set_alpha_to_one = false;
+        c.timestep_spacing = TimestepSpacing::Leading;
+    },
+    unsupported: &[],
+};
+
+pub static PLMS: Descriptor = Descriptor {
+    name: "plms",
+    a1111: &["PLMS"],
+    class: &CLASS,
+    preset: |c| c.skip_prk_steps = true,
+    schedules: &[Schedule::Normal, Schedule::SgmUniform],
+    options: &[],
+    description: "Pseudo linear multistep (PNDM without Runge-Kutta warm-up)",
+    build: |d, c| boxed(Pndm::new(d, c)),
+};
+
+pub static PNDM: Descriptor = Descriptor {
+    name: "pndm",
+    a1111: &[],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::SgmUniform],
+    options: &[],
+    description: "PNDM as the model config says (Runge-Kutta warm-up unless skip_prk_steps)",
+    build: |d, c| boxed(Pndm::new(d, c)),
+};
 
 /// diffusers' PNDMScheduler has no begin index: img2img passes the remaining timesteps and the counter starts at 0,
 /// so the state's step and begin indices go unused.
@@ -23,8 +69,8 @@ pub struct Pndm {
 }
 
 impl Pndm {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
-        let state = SamplerState::new(name, cfg, Family::Ddpm)?;
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
+        let state = SamplerState::new(d, cfg, Family::Ddpm)?;
         ensure!(
             state.pred != Prediction::Sample,
             "PNDM/PLMS supports prediction_type epsilon or v_prediction, not \"sample\""
@@ -131,15 +177,16 @@ impl Scheduler for Pndm {
         let cfg = &self.state.cfg;
         check_steps(cfg, n)?;
         let train = cfg.num_train_timesteps;
-        let base: Vec<f64> = match cfg.timestep_spacing.as_str() {
-            "linspace" => np_linspace(0.0, (train - 1) as f64, n).into_iter().map(np_round).collect(),
-            "leading" => (0..n).map(|i| np_round((i * (train / n)) as f64) + cfg.steps_offset as f64).collect(),
-            "trailing" => np_arange(train as f64, 0.0, -(train as f64 / n as f64))
+        let base: Vec<f64> = match cfg.timestep_spacing {
+            TimestepSpacing::Linspace => np_linspace(0.0, (train - 1) as f64, n).into_iter().map(np_round).collect(),
+            TimestepSpacing::Leading => {
+                (0..n).map(|i| np_round((i * (train / n)) as f64) + cfg.steps_offset as f64).collect()
+            }
+            TimestepSpacing::Trailing => np_arange(train as f64, 0.0, -(train as f64 / n as f64))
                 .into_iter()
                 .rev()
                 .map(|t| np_round(t) - 1.0)
                 .collect(),
-            other => bail!(spacing_error(other)),
         };
         let m = base.len();
         let timesteps = if cfg.skip_prk_steps {

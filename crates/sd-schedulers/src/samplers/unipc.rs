@@ -1,10 +1,13 @@
 //! UniPC (Zhao et al. 2023, arXiv 2302.04867): a multistep predictor (UniP) plus a corrector (UniC) that reuses
 //! the next model evaluation — diffusers `UniPCMultistepScheduler` (bh1 / bh2 variants, data or noise prediction).
 
+use crate::choice::Schedule;
 use crate::common::{f32, lin};
+use crate::config::{FinalSigmas, SolverType};
+use crate::descriptor::{boxed, Class, Descriptor, Lit, NO_PRESET};
+use crate::dpm_math::{convert_model_output, predicted_noise};
 use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
 use crate::multistep::ModelOutputs;
-use crate::samplers::dpm_multistep::{convert_model_output, predicted_noise};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -14,6 +17,55 @@ use tch::{Device, Tensor};
 
 const FLAVOR: Flavor =
     Flavor { lambda_clip: false, cfg_minmax: true, final_from_respaced: true, always_round_karras: true };
+
+pub static CLASS: Class = Class {
+    name: "UniPCMultistepScheduler",
+    keys: &[
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "solver_order",
+        "prediction_type",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "predict_x0",
+        "solver_type",
+        "lower_order_final",
+        "disable_corrector",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "timestep_spacing",
+        "steps_offset",
+        "final_sigmas_type",
+        "rescale_betas_zero_snr",
+        "sigma_min",
+        "sigma_max",
+    ],
+    defaults: |c| c.solver_type = SolverType::Bh2,
+    unsupported: &[
+        ("solver_p", Lit::Null),
+        ("use_flow_sigmas", Lit::Bool(false)),
+        ("flow_shift", Lit::Num(1.0)),
+        ("use_dynamic_shifting", Lit::Bool(false)),
+        ("time_shift_type", Lit::Str("exponential")),
+        ("shift_terminal", Lit::Null),
+    ],
+};
+
+pub static UNIPC: Descriptor = Descriptor {
+    name: "unipc",
+    a1111: &["UniPC"],
+    class: &CLASS,
+    preset: NO_PRESET,
+    schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
+    options: &[],
+    description: "UniPC predictor-corrector (bh2)",
+    build: |d, c| boxed(UniPc::new(d, c)),
+};
 
 pub struct UniPc {
     state: SamplerState,
@@ -51,21 +103,21 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
 }
 
 impl UniPc {
-    pub fn new(name: &str, cfg: SchedulerConfig) -> Result<Self> {
+    pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let mut state = SamplerState::new(name, cfg, Family::DpmSolver)?;
+        let mut state = SamplerState::new(d, cfg, Family::DpmSolver)?;
         let cfg = &mut state.cfg;
-        if !matches!(cfg.solver_type.as_str(), "bh1" | "bh2") {
+        if !matches!(cfg.solver_type, SolverType::Bh1 | SolverType::Bh2) {
             // diffusers: other solver types (e.g. "midpoint" from a DPM config) become bh2
-            cfg.solver_type = "bh2".into();
+            cfg.solver_type = SolverType::Bh2;
         }
         ensure!(cfg.solver_order >= 1, "solver_order must be at least 1");
         // diffusers would return NaN on the last step (0 · ∞); refuse instead
         ensure!(
-            cfg.predict_x0 || cfg.final_sigmas_type == "sigma_min",
+            cfg.predict_x0 || cfg.final_sigmas_type == FinalSigmas::SigmaMin,
             "UniPC with predict_x0 = false needs final_sigmas_type \"sigma_min\" (a final sigma of 0 is undefined for noise prediction)"
         );
-        let bh1 = cfg.solver_type == "bh1";
+        let bh1 = cfg.solver_type == SolverType::Bh1;
         let train = TrainSchedule::new(cfg)?;
         let outputs = ModelOutputs::new(cfg.solver_order);
         Ok(Self { state, bh1, train, outputs, last_sample: None, this_order: 0 })

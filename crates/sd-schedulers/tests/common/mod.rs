@@ -1,10 +1,10 @@
 //! Replays the reference sampler loops recorded by `scripts/fixtures/gen_10_schedulers.py` (diffusers 0.42.1 with a
-//! deterministic stand-in model) through `sd_schedulers::build_with` and compares every step.
+//! deterministic stand-in model) through `SamplerChoice::build` and compares every step.
 
 #![allow(dead_code)] // each test binary uses part of this module
 
 use sd_core::TorchGenerator;
-use sd_schedulers::{build_with, img2img_timesteps};
+use sd_schedulers::{img2img_timesteps, SamplerChoice, SamplerOptions, Scheduler};
 use serde_json::Value;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -21,6 +21,19 @@ fn load(dir: &str, family: &str) -> (Value, HashMap<String, Tensor>) {
     });
     let t = Tensor::read_safetensors(format!("{dir}/{family}.safetensors")).expect("fixture safetensors");
     (serde_json::from_str(&j).expect("fixture json"), t.into_iter().collect())
+}
+
+/// A fixture case's sampler: its name, schedule (short names) and `extra` (eta and diffusers config kwargs).
+pub fn build_case(
+    sampler: &str,
+    model_config: &Value,
+    schedule: Option<&str>,
+    extra: &Value,
+) -> anyhow::Result<Box<dyn Scheduler>> {
+    let schedule = schedule.map(str::parse).transpose()?;
+    let choice = sampler.parse::<SamplerChoice>()?.with_schedule(schedule);
+    let opts: SamplerOptions = serde_json::from_value(extra.clone())?;
+    choice.build(model_config, &opts)
 }
 
 fn max_abs(t: &Tensor) -> f64 {
@@ -55,7 +68,7 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
             cs["steps"], cs["schedule"], cs["model_over"], cs["extra"], cs["strength"]
         );
         let states = &tensors[key];
-        let mut s = build_with(sampler, &cs["model_config"], cs["schedule"].as_str(), &cs["extra"])
+        let mut s = build_case(sampler, &cs["model_config"], cs["schedule"].as_str(), &cs["extra"])
             .unwrap_or_else(|e| panic!("{what}: {e:#}"));
         // The loop's dtype (latents and model output), as a pipeline in that dtype runs it; float32 by default.
         let kind = match cs["dtype"].as_str() {
