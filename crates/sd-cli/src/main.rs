@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Generate images: txt2img, img2img (--init-image) and inpainting (--mask)
     Generate(Box<cmd::generate::Args>),
+    /// Keep a model loaded and serve AUTOMATIC1111's API, OpenAI's images API, a jobs API and a web page
+    Serve(Box<cmd::serve::Args>),
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
     /// List the samplers (A1111 names, diffusers classes, schedules)
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(*args),
+        Command::Serve(args) => cmd::serve::run(*args),
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Samplers(args) => cmd::samplers::run(args),
         Command::Convert(args) => cmd::convert::run(*args),

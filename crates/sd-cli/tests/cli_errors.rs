@@ -40,7 +40,7 @@ fn width_not_multiple_of_8_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let (code, err) = run(generate(dir.path()).args(["a cat", "--width", "500", "--height", "64"]));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--width 500") && err.contains("multiple of 8"), "{err}");
+    assert!(err.contains("width 500") && err.contains("multiple of 8"), "{err}");
     assert!(files_in(dir.path()).is_empty());
 }
 
@@ -155,7 +155,7 @@ fn mask_of_the_wrong_size_is_a_usage_error() {
     std::fs::create_dir_all(&out).unwrap();
     let (code, err) = run(generate(&out).args(["a cat", "--init-image", &init_png()]).arg("--mask").arg(&mask));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--mask is 32x32") && err.contains("64x64"), "{err}");
+    assert!(err.contains("mask is 32x32") && err.contains("64x64"), "{err}");
     assert!(files_in(&out).is_empty());
 }
 

@@ -32,7 +32,7 @@ fn converted_checkpoint_generates_the_reference_image() {
     let sd = StableDiffusion::load(out.to_str().unwrap(), opts).unwrap();
     let mut req = GenerationRequest::txt2img("a red circle on a blue background", 64, 64);
     req.negative_prompt = "blurry, low quality".into();
-    req.sampler = "Euler a".into();
+    req.sampler = "Euler a".parse().unwrap();
     req.steps = 6;
     req.cfg_scale = 7.0;
     req.seed = 42;

@@ -157,11 +157,9 @@ impl StableDiffusion {
             bail!("these encoded prompts belong to another request (prompt, negative prompt, clip skip or emphasis differ)");
         }
         let device = self.opts.device;
-        let schedule = req.schedule.as_deref().map(str::parse::<sd_schedulers::Schedule>).transpose()?;
-        let choice = req.sampler.parse::<sd_schedulers::SamplerChoice>()?.with_schedule(schedule);
         let opts = sd_schedulers::SamplerOptions { eta: req.eta, ..Default::default() };
         let mut sched =
-            choice.build(&self.scheduler_config, &opts).with_context(|| format!("sampler `{}`", req.sampler))?;
+            req.sampler.build(&self.scheduler_config, &opts).with_context(|| format!("sampler `{}`", req.sampler))?;
         let (sampler_label, schedule_label) = labels(sched.as_ref());
         let sampler_warnings = sched.warnings().to_vec();
         let (cond, uncond, encode_s) = (&encoded.cond, &encoded.uncond, encoded.encode_s);

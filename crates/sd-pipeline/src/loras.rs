@@ -84,6 +84,10 @@ pub fn resolve_lora(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
     if !dir.is_dir() {
         bail!("--lora-dir {} is not a folder", dir.display());
     }
+    // A tag names a file *in* the folder: no separators, no `..`, nothing absolute (prompts can come from a network).
+    if name.is_empty() || name.contains(['/', '\\', '\0']) || name == ".." || name.starts_with('.') {
+        bail!("<lora:{name}>: a LoRA name is a file name inside the LoRA folder, without `/`, `\\` or a leading `.`");
+    }
     for ext in LORA_EXTENSIONS {
         let p = dir.join(format!("{name}.{ext}"));
         if p.is_file() {

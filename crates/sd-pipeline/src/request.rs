@@ -3,6 +3,7 @@
 use crate::prompt::Emphasis;
 use anyhow::{bail, Result};
 use image::{GrayImage, RgbImage};
+use sd_schedulers::SamplerChoice;
 
 /// txt2img, img2img or inpainting.
 #[derive(Clone, Debug)]
@@ -48,10 +49,8 @@ pub struct GenerationRequest {
     pub cfg_scale: f64,
     /// arXiv 2305.08891 §3.4; 0 disables.
     pub guidance_rescale: f64,
-    /// Sampler name as users write it ("Euler a", "dpmpp-2m", "default").
-    pub sampler: String,
-    /// Sigma schedule override ("karras", "exponential", ...).
-    pub schedule: Option<String>,
+    /// Sampler and sigma schedule, parsed once from what users write ("Euler a", "DPM++ 2M Karras", "default").
+    pub sampler: SamplerChoice,
     /// DDIM eta (stochasticity), when the sampler supports it.
     pub eta: Option<f64>,
     pub seed: u64,
@@ -78,8 +77,7 @@ impl GenerationRequest {
             steps: 20,
             cfg_scale: 7.0,
             guidance_rescale: 0.0,
-            sampler: "default".into(),
-            schedule: None,
+            sampler: SamplerChoice::default(),
             eta: None,
             seed: 0,
             width,
@@ -99,42 +97,42 @@ impl GenerationRequest {
         for (name, v) in [("width", self.width), ("height", self.height)] {
             if v <= 0 || v % multiple != 0 {
                 bail!(
-                    "--{name} {v} is not a positive multiple of {multiple} (the latent grid needs it); try {}",
+                    "{name} {v} is not a positive multiple of {multiple} (the latent grid needs it); try {}",
                     (v.max(multiple) / multiple) * multiple
                 );
             }
             if v > 8192 {
-                bail!("--{name} {v} is larger than 8192 pixels");
+                bail!("{name} {v} is larger than 8192 pixels");
             }
         }
         if self.steps == 0 {
-            bail!("--steps must be at least 1");
+            bail!("steps must be at least 1");
         }
         if self.batch_size < 1 {
-            bail!("--batch-size must be at least 1");
+            bail!("batch size must be at least 1");
         }
         if !(self.cfg_scale.is_finite()) || self.cfg_scale < 0.0 {
-            bail!("--cfg-scale must be a finite number ≥ 0 (got {})", self.cfg_scale);
+            bail!("the CFG scale must be a finite number ≥ 0 (got {})", self.cfg_scale);
         }
         if !(0.0..=1.0).contains(&self.guidance_rescale) {
-            bail!("--guidance-rescale must be within [0, 1] (got {})", self.guidance_rescale);
+            bail!("guidance rescale must be within [0, 1] (got {})", self.guidance_rescale);
         }
         if self.clip_skip == 0 {
-            bail!("--clip-skip counts from 1 (A1111 numbering: 1 = last layer)");
+            bail!("clip skip counts from 1 (A1111 numbering: 1 = last layer)");
         }
         if let Some(s) = self.mode.strength() {
             if !(s > 0.0 && s <= 1.0) {
-                bail!("--strength must be in (0, 1] (got {s}): 0 would return the input image unchanged");
+                bail!("strength must be in (0, 1] (got {s}): 0 would return the input image unchanged");
             }
         }
         match &self.mode {
             Mode::Txt2Img => {}
-            Mode::Img2Img { init, .. } => check_size("--init-image", init.width(), init.height(), self)?,
+            Mode::Img2Img { init, .. } => check_size("the init image", init.width(), init.height(), self)?,
             Mode::Inpaint { init, mask, .. } => {
-                check_size("--init-image", init.width(), init.height(), self)?;
+                check_size("the init image", init.width(), init.height(), self)?;
                 if (mask.width(), mask.height()) != (init.width(), init.height()) {
                     bail!(
-                        "--mask is {}x{} but --init-image is {}x{}: the mask must have the image's size (white = repaint)",
+                        "the mask is {}x{} but the init image is {}x{}: the mask must have the image's size (white = repaint)",
                         mask.width(), mask.height(), init.width(), init.height()
                     );
                 }

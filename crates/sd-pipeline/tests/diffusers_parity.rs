@@ -30,7 +30,7 @@ fn request(case: &Value) -> GenerationRequest {
     req.steps = f("steps", 1.0) as usize;
     req.cfg_scale = f("cfg", 7.0);
     req.guidance_rescale = f("guidance_rescale", 0.0);
-    req.sampler = s("sampler");
+    req.sampler = s("sampler").parse().unwrap();
     req.seed = f("seed", 0.0) as u64;
     req.batch_size = f("batch_size", 1.0) as i64;
     req.clip_skip = f("clip_skip", 1.0) as usize;
@@ -86,7 +86,7 @@ fn prompts_encoded_once_give_the_same_image_after_the_text_encoder_is_freed() {
     let mut req = GenerationRequest::txt2img("a red circle on a blue background", 64, 64);
     req.negative_prompt = "blurry".into();
     req.steps = 3;
-    req.sampler = "Euler a".into();
+    req.sampler = "Euler a".parse().unwrap();
     req.seed = 5;
     let whole = sd.generate(&req, &mut sd_pipeline::generate::quiet()).unwrap();
     let encoded = sd.encode_prompts(&req, &mut sd_pipeline::generate::quiet()).unwrap();

@@ -34,7 +34,7 @@ fn request(c: &Value, prompt: &str) -> GenerationRequest {
     req.negative_prompt = c["negative"].as_str().unwrap().to_string();
     req.steps = c["steps"].as_u64().unwrap() as usize;
     req.cfg_scale = c["cfg"].as_f64().unwrap();
-    req.sampler = c["sampler"].as_str().unwrap().to_string();
+    req.sampler = c["sampler"].as_str().unwrap().parse().unwrap();
     req.seed = c["seed"].as_u64().unwrap();
     req
 }

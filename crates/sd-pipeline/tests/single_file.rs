@@ -25,7 +25,7 @@ fn single_file_checkpoint_loads_directly_and_matches_diffusers() {
 
     let mut req = GenerationRequest::txt2img("a red circle on a blue background", 64, 64);
     req.negative_prompt = "blurry, low quality".into();
-    req.sampler = "Euler a".into();
+    req.sampler = "Euler a".parse().unwrap();
     req.steps = 6;
     req.seed = 42;
     let image =

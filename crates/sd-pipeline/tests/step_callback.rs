@@ -16,7 +16,7 @@ fn load() -> StableDiffusion {
 fn request() -> GenerationRequest {
     let mut req = GenerationRequest::txt2img("a red square", 64, 64);
     req.steps = 6;
-    req.sampler = "euler-a".into();
+    req.sampler = "euler-a".parse().unwrap();
     req.seed = 7;
     req
 }

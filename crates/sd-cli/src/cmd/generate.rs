@@ -1,13 +1,12 @@
 //! `sd generate`: txt2img, and img2img / inpainting when `--init-image` / `--mask` are given.
 
+use super::model_args::{LoadArgs, RenderArgs};
 use super::usage;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use sd_core::device::{ComputeDevice, DTypeChoice};
-use sd_pipeline::family::Family;
 use sd_pipeline::generate::Event;
-use sd_pipeline::loader::{LoadOptions, StableDiffusion};
-use sd_pipeline::output::{OutputOptions, RenderOptions, SafetyMode};
+use sd_pipeline::loader::StableDiffusion;
+use sd_pipeline::output::OutputOptions;
 use sd_pipeline::request::{GenerationRequest, Mode};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,13 +22,10 @@ use std::time::Instant;
 pub struct Args {
     /// The prompt (A1111 syntax: (word:1.2), [word], BREAK, embedding names, <lora:name:weight>)
     pub prompt: String,
-    /// Model: a diffusers folder, a single-file .safetensors/.ckpt checkpoint (converted once, cached), or an
-    /// org/name repo id present in the Hugging Face cache
-    #[arg(long, short = 'm', env = "SD_MODEL")]
-    pub model: String,
-    /// Component configs for a single-file checkpoint whose architecture is not standard SD1/SD2/SDXL
-    #[arg(long)]
-    pub config_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub render: RenderArgs,
     /// What the image should not contain
     #[arg(long, short = 'n', default_value = "")]
     pub negative_prompt: String,
@@ -71,15 +67,9 @@ pub struct Args {
     /// How (word:1.2) weights act: original (A1111 default), no-norm, ignore (syntax parsed, weights unused), none
     #[arg(long, default_value = "original")]
     pub emphasis: String,
-    /// Folder of textual-inversion embeddings (.safetensors/.pt/.bin), used by file name in prompts
-    #[arg(long)]
-    pub embeddings_dir: Option<PathBuf>,
     /// Merge a LoRA file into the model: FILE or FILE:WEIGHT (repeatable)
     #[arg(long, value_name = "FILE:WEIGHT")]
     pub lora: Vec<String>,
-    /// Folder where <lora:name:weight> prompt tags find name.safetensors
-    #[arg(long)]
-    pub lora_dir: Option<PathBuf>,
     /// Start from this image (img2img); with --mask, inpaint
     #[arg(long)]
     pub init_image: Option<PathBuf>,
@@ -89,61 +79,15 @@ pub struct Args {
     /// How much of the init image to repaint, (0, 1]
     #[arg(long)]
     pub strength: Option<f64>,
-    /// cpu, cuda, cuda:N, mps or auto
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// f32, bf16, f16 or auto (bf16 on CPUs with native bf16)
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// VAE dtype (default: the compute dtype; f32 for f16 models whose VAE needs upcasting)
-    #[arg(long)]
-    pub vae_dtype: Option<String>,
-    /// Allow f16 on the CPU (very slow)
-    #[arg(long)]
-    pub force_f16: bool,
     /// Decode with TAESD weights from this folder (fast previews)
     #[arg(long)]
     pub taesd: Option<PathBuf>,
-    /// Override the detected family: sd1, sd2, sdxl
-    #[arg(long)]
-    pub family: Option<String>,
-    /// Override the prediction type: epsilon, v (v_prediction), sample
-    #[arg(long)]
-    pub prediction: Option<String>,
     /// Output path pattern: {date}, {time}, {seed}, {n} (index within the run), {model}
     #[arg(long, short = 'o', default_value = "outputs/{date}-{seed}-{n}.png")]
     pub output: String,
     /// Replace existing files
     #[arg(long)]
     pub overwrite: bool,
-    /// Do not embed the invisible watermark (recorded in the metadata)
-    #[arg(long)]
-    pub no_watermark: bool,
-    /// Enlarge the result by this factor (Lanczos) before labelling and watermarking, e.g. 8 for the 32 px demo
-    /// model (the watermark needs 256×256 pixels)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
-    pub upscale: u32,
-    /// Draw a visible "AI生成 / AI-generated" label (or TEXT) in a corner
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
-    pub visible_label: Option<String>,
-    /// Safety checker: block (default when the model ships one), warn or off
-    #[arg(long)]
-    pub safety: Option<String>,
-    /// A file of terms (one per line) that make sd refuse a prompt
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
-    /// Attention backend: auto (per shape), sdpa, matmul[:N] or sliced[:N] (N = queries per chunk)
-    #[arg(long, default_value = "auto")]
-    pub attention: String,
-    /// UNet memory layout: auto (channels-last for bf16 on the CPU), nchw or nhwc (channels-last)
-    #[arg(long, default_value = "auto", value_parser = ["auto", "nchw", "nhwc"])]
-    pub memory_format: String,
-    /// Intra-op threads (default: the number of physical cores)
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Use less memory at some cost in speed: tiled VAE decode/encode
-    #[arg(long)]
-    pub low_memory: bool,
     /// No progress bars
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -153,37 +97,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device_choice: ComputeDevice =
-        args.device.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
-    let dtype_choice: DTypeChoice = args.dtype.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
-    let family = match &args.family {
-        Some(f) if f != "auto" => Some(f.parse::<Family>().map_err(|e| super::UsageError(e.to_string()))?),
-        _ => None,
-    };
-    let prediction = match args.prediction.as_deref() {
-        None | Some("auto") => None,
-        Some("epsilon") | Some("eps") => Some("epsilon".to_string()),
-        Some("v") | Some("v_prediction") | Some("v-prediction") => Some("v_prediction".to_string()),
-        Some("sample") => Some("sample".to_string()),
-        Some(other) => usage!("--prediction {other}: expected epsilon, v or sample"),
-    };
-    let safety: Option<SafetyMode> = match &args.safety {
-        Some(s) => Some(s.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?),
-        None => None,
-    };
     if args.mask.is_some() && args.init_image.is_none() {
         usage!("--mask needs --init-image");
     }
     if args.strength.is_some() && args.init_image.is_none() {
         usage!("--strength only applies with --init-image");
     }
-    let attention: sd_models::attention::AttentionMode =
-        args.attention.parse().map_err(|e: anyhow::Error| super::UsageError(e.to_string()))?;
-    match args.threads {
-        Some(0) => usage!("--threads must be at least 1"),
-        Some(n) => sd_core::device::set_compute_threads(n),
-        None => sd_core::device::set_compute_threads(sd_core::device::physical_cores()),
-    }
+    let safety = args.load.safety()?;
+    let mut opts = args.load.load_options()?;
     let emphasis: sd_pipeline::prompt::Emphasis =
         args.emphasis.parse().map_err(|e: anyhow::Error| super::UsageError(format!("--emphasis: {e}")))?;
     let schedule: Option<sd_schedulers::Schedule> = args
@@ -196,22 +117,9 @@ pub fn run(args: Args) -> Result<()> {
         .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?
         .with_schedule(schedule);
     let loras = collect_loras(&args)?;
-    if let Some(dir) = &args.embeddings_dir {
-        if !dir.is_dir() {
-            anyhow::bail!("--embeddings-dir {}: no such folder", dir.display());
-        }
-    }
-    if let Some(policy) = &args.policy {
+    if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
     }
-    let device = device_choice.resolve()?;
-    let dtype = dtype_choice.resolve(device, args.force_f16).map_err(|e| super::UsageError(e.to_string()))?;
-    let vae_dtype = match &args.vae_dtype {
-        Some(v) => Some(
-            v.parse::<DTypeChoice>().map_err(|e| super::UsageError(e.to_string()))?.resolve(device, args.force_f16)?,
-        ),
-        None => None,
-    };
     let mode = match (&args.init_image, &args.mask) {
         (None, _) => Mode::Txt2Img,
         (Some(img), None) => {
@@ -225,25 +133,11 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let t_load = Instant::now();
-    let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.model)));
-    let mut opts = LoadOptions::cpu(dtype);
-    opts.device = device;
-    opts.vae_dtype = vae_dtype;
+    let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.load.model)));
     opts.taesd = args.taesd.clone();
-    opts.family = family;
-    opts.prediction_type = prediction;
-    opts.load_safety_checker = safety != Some(SafetyMode::Off);
-    opts.attention = attention;
-    opts.channels_last = match args.memory_format.as_str() {
-        "nhwc" => Some(true),
-        "nchw" => Some(false),
-        _ => None,
-    };
-    opts.low_memory = args.low_memory;
     opts.loras = loras;
-    opts.config_dir = args.config_dir.clone();
-    let mut sd = StableDiffusion::load(&args.model, opts)?;
-    if let Some(dir) = &args.embeddings_dir {
+    let mut sd = StableDiffusion::load(&args.load.model, opts)?;
+    if let Some(dir) = &args.load.embeddings_dir {
         for note in sd.text.load_embeddings(dir)? {
             eprintln!("embedding skipped: {note}");
         }
@@ -273,16 +167,8 @@ pub fn run(args: Args) -> Result<()> {
     let width = args.width.or(init_w).unwrap_or(sd.info.default_size);
     let height = args.height.or(init_h).unwrap_or(sd.info.default_size);
     let base_seed = args.seed.unwrap_or_else(random_seed);
-    let out_opts = OutputOptions {
-        pattern: args.output.clone(),
-        overwrite: args.overwrite,
-        render: RenderOptions {
-            watermark: !args.no_watermark,
-            upscale: args.upscale,
-            visible_label: args.visible_label.clone(),
-            safety: safety.unwrap_or(SafetyMode::Block),
-        },
-    };
+    let out_opts =
+        OutputOptions { pattern: args.output.clone(), overwrite: args.overwrite, render: args.render.options(safety) };
     let mut summary = Vec::new();
     let mut index = 0usize;
     let mut encoded = None;
@@ -292,8 +178,7 @@ pub fn run(args: Args) -> Result<()> {
         req.steps = args.steps;
         req.cfg_scale = args.cfg_scale;
         req.guidance_rescale = args.guidance_rescale;
-        req.sampler = sampler.to_string(); // the choice's own string form, schedule included
-        req.schedule = None;
+        req.sampler = sampler;
         req.eta = args.eta;
         req.seed = base_seed.wrapping_add(batch);
         req.batch_size = args.batch_size;
@@ -371,7 +256,7 @@ fn collect_loras(args: &Args) -> Result<Vec<(PathBuf, f64)>> {
     }
     let (_, tags) = sd_pipeline::loras::strip_lora_tags(&args.prompt)?;
     for tag in tags {
-        let path = sd_pipeline::loras::resolve_lora(&tag.name, args.lora_dir.as_deref())?;
+        let path = sd_pipeline::loras::resolve_lora(&tag.name, args.load.lora_dir.as_deref())?;
         out.push((path, tag.weight));
     }
     for (i, (p, _)) in out.iter().enumerate() {

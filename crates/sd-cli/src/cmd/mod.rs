@@ -4,7 +4,9 @@ pub mod convert;
 pub mod doctor;
 pub mod generate;
 pub mod inspect;
+pub mod model_args;
 pub mod samplers;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
 

@@ -1,0 +1,154 @@
+//! The flags that say how to load a model and finish its images, shared by `sd generate` and `sd serve` so the two
+//! load the same way and write the same pixels and labels.
+
+use super::UsageError;
+use anyhow::Result;
+use sd_core::device::{ComputeDevice, DTypeChoice};
+use sd_pipeline::family::Family;
+use sd_pipeline::loader::LoadOptions;
+use sd_pipeline::output::{RenderOptions, SafetyMode};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// Model: a diffusers folder, a single-file .safetensors/.ckpt checkpoint (converted once, cached), or an
+    /// org/name repo id present in the Hugging Face cache
+    #[arg(long, short = 'm', env = "SD_MODEL")]
+    pub model: String,
+    /// Component configs for a single-file checkpoint whose architecture is not standard SD1/SD2/SDXL
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// cpu, cuda, cuda:N, mps or auto
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16, f16 or auto (bf16 on CPUs with native bf16)
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// VAE dtype (default: the compute dtype; f32 for f16 models whose VAE needs upcasting)
+    #[arg(long)]
+    pub vae_dtype: Option<String>,
+    /// Allow f16 on the CPU (very slow)
+    #[arg(long)]
+    pub force_f16: bool,
+    /// Override the detected family: sd1, sd2, sdxl
+    #[arg(long)]
+    pub family: Option<String>,
+    /// Override the prediction type: epsilon, v (v_prediction), sample
+    #[arg(long)]
+    pub prediction: Option<String>,
+    /// Attention backend: auto (per shape), sdpa, matmul[:N] or sliced[:N] (N = queries per chunk)
+    #[arg(long, default_value = "auto")]
+    pub attention: String,
+    /// UNet memory layout: auto (channels-last for bf16 on the CPU), nchw or nhwc (channels-last)
+    #[arg(long, default_value = "auto", value_parser = ["auto", "nchw", "nhwc"])]
+    pub memory_format: String,
+    /// Intra-op threads (default: the number of physical cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use less memory at some cost in speed: tiled VAE decode/encode
+    #[arg(long)]
+    pub low_memory: bool,
+    /// Folder of textual-inversion embeddings (.safetensors/.pt/.bin), used by file name in prompts
+    #[arg(long)]
+    pub embeddings_dir: Option<PathBuf>,
+    /// Folder where <lora:name:weight> prompt tags find name.safetensors
+    #[arg(long)]
+    pub lora_dir: Option<PathBuf>,
+    /// Safety checker: block (default when the model ships one), warn or off
+    #[arg(long)]
+    pub safety: Option<String>,
+    /// A file of terms (one per line) that make sd refuse a prompt
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RenderArgs {
+    /// Do not embed the invisible watermark (recorded in the metadata)
+    #[arg(long)]
+    pub no_watermark: bool,
+    /// Enlarge the result by this factor (Lanczos) before labelling and watermarking, e.g. 8 for the 32 px demo
+    /// model (the watermark needs 256×256 pixels)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub upscale: u32,
+    /// Draw a visible "AI生成 / AI-generated" label (or TEXT) in a corner
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub visible_label: Option<String>,
+}
+
+impl RenderArgs {
+    pub fn options(&self, safety: Option<SafetyMode>) -> RenderOptions {
+        RenderOptions {
+            watermark: !self.no_watermark,
+            upscale: self.upscale,
+            visible_label: self.visible_label.clone(),
+            safety: safety.unwrap_or(SafetyMode::Block),
+        }
+    }
+}
+
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(UsageError(e.to_string()))
+}
+
+impl LoadArgs {
+    /// The safety mode asked for (`None`: the default, block when the model ships a checker).
+    pub fn safety(&self) -> Result<Option<SafetyMode>> {
+        self.safety.as_deref().map(|s| s.parse::<SafetyMode>().map_err(usage)).transpose()
+    }
+
+    /// Check every flag and turn them into load options (sets the intra-op thread count as a side effect).
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let device_choice: ComputeDevice = self.device.parse().map_err(usage)?;
+        let dtype_choice: DTypeChoice = self.dtype.parse().map_err(usage)?;
+        let family = match &self.family {
+            Some(f) if f != "auto" => Some(f.parse::<Family>().map_err(usage)?),
+            _ => None,
+        };
+        let prediction = match self.prediction.as_deref() {
+            None | Some("auto") => None,
+            Some("epsilon") | Some("eps") => Some("epsilon".to_string()),
+            Some("v") | Some("v_prediction") | Some("v-prediction") => Some("v_prediction".to_string()),
+            Some("sample") => Some("sample".to_string()),
+            Some(other) => return Err(usage(format!("--prediction {other}: expected epsilon, v or sample"))),
+        };
+        let safety = self.safety()?;
+        let attention: sd_models::attention::AttentionMode = self.attention.parse().map_err(usage)?;
+        match self.threads {
+            Some(0) => return Err(usage("--threads must be at least 1")),
+            Some(n) => sd_core::device::set_compute_threads(n),
+            None => sd_core::device::set_compute_threads(sd_core::device::physical_cores()),
+        }
+        if let Some(dir) = &self.embeddings_dir {
+            if !dir.is_dir() {
+                anyhow::bail!("--embeddings-dir {}: no such folder", dir.display());
+            }
+        }
+        if let Some(dir) = &self.lora_dir {
+            if !dir.is_dir() {
+                anyhow::bail!("--lora-dir {}: no such folder", dir.display());
+            }
+        }
+        let device = device_choice.resolve()?;
+        let dtype = dtype_choice.resolve(device, self.force_f16).map_err(usage)?;
+        let vae_dtype = match &self.vae_dtype {
+            Some(v) => Some(v.parse::<DTypeChoice>().map_err(usage)?.resolve(device, self.force_f16)?),
+            None => None,
+        };
+        let mut opts = LoadOptions::cpu(dtype);
+        opts.device = device;
+        opts.vae_dtype = vae_dtype;
+        opts.family = family;
+        opts.prediction_type = prediction;
+        opts.load_safety_checker = safety != Some(SafetyMode::Off);
+        opts.attention = attention;
+        opts.channels_last = match self.memory_format.as_str() {
+            "nhwc" => Some(true),
+            "nchw" => Some(false),
+            _ => None,
+        };
+        opts.low_memory = self.low_memory;
+        opts.config_dir = self.config_dir.clone();
+        Ok(opts)
+    }
+}

@@ -1,0 +1,389 @@
+//! The inference thread: it owns the loaded model and runs one [`Task`] at a time from the [`Store`]'s queue, so
+//! LibTorch work never runs on the async runtime. A job runs exactly as `sd generate` runs the same parameters —
+//! prompts encoded once, batch `b` seeded `seed + b`, every image finished by
+//! [`sd_pipeline::output::render_outputs`] — so the pixels, watermark and labels are the same.
+
+use crate::catalog::Catalog;
+use crate::images;
+use crate::job::{JobId, JobKind, JobRequest, JobResult, Progress, ResultImage};
+use crate::metrics::Metrics;
+use crate::store::{Control, Store, Task};
+use anyhow::{anyhow, bail, Context, Result};
+use sd_models::vae::AutoencoderTiny;
+use sd_pipeline::family::Family;
+use sd_pipeline::generate::{Event, Flow};
+use sd_pipeline::loader::{LoadOptions, StableDiffusion};
+use sd_pipeline::output::RenderOptions;
+use sd_pipeline::request::{GenerationRequest, Mode};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// How the inference thread loads models and finishes images (the `sd generate` flags `sd serve` shares).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Device, dtype, attention, safety checker...; `loras` is filled per request from `<lora:…>` tags.
+    pub load: LoadOptions,
+    /// Where `<lora:name:weight>` finds `name.safetensors`.
+    pub lora_dir: Option<PathBuf>,
+    pub embeddings_dir: Option<PathBuf>,
+    pub render: RenderOptions,
+    /// Policy file (path as given, text read at start): prompts containing a listed term are refused.
+    pub policy: Option<(String, String)>,
+    /// TAESD folder for live previews (`current_image`); final images always use the model's own VAE.
+    pub preview_taesd: Option<PathBuf>,
+    /// A preview every N steps (0 = none).
+    pub preview_every: usize,
+}
+
+/// What the HTTP side may read about the engine.
+#[derive(Clone, Debug, Default)]
+pub struct EngineStatus {
+    /// Catalog index of the loaded model.
+    pub loaded: Option<usize>,
+    /// Catalog index of the model requests run on unless they name another (A1111's `sd_model_checkpoint`).
+    pub selected: usize,
+    pub loading: bool,
+    /// The last load failed (the model stays unloaded until another load succeeds).
+    pub load_error: Option<String>,
+    pub load_s: f64,
+    /// LoRAs merged into the loaded model.
+    pub loras: Vec<(PathBuf, f64)>,
+    /// Family of the loaded model.
+    pub family: Option<Family>,
+    /// Textual-inversion embeddings the loaded model knows, by name.
+    pub embeddings: Vec<String>,
+    /// The loaded model's native image size.
+    pub default_size: Option<i64>,
+}
+
+pub type SharedStatus = Arc<Mutex<EngineStatus>>;
+
+pub struct Engine {
+    cfg: EngineConfig,
+    catalog: Arc<Catalog>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    status: SharedStatus,
+    sd: Option<StableDiffusion>,
+    preview: Option<AutoencoderTiny>,
+}
+
+fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, EngineStatus> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    /// Start the inference thread; it loads catalog entry 0 first, then serves the queue until the store stops.
+    pub fn spawn(
+        cfg: EngineConfig,
+        catalog: Arc<Catalog>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        status: SharedStatus,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        lock(&status).loading = true;
+        // Built on the thread itself: a loaded model holds LibTorch handles that never cross threads.
+        std::thread::Builder::new()
+            .name("sd-inference".into())
+            .spawn(move || Engine { cfg, catalog, store, metrics, status, sd: None, preview: None }.run())
+            .context("cannot start the inference thread")
+    }
+
+    fn run(mut self) {
+        if let Err(e) = self.ensure(0, Vec::new()) {
+            tracing::error!("loading {} failed: {e:#}", self.catalog.entries[0].spec);
+        }
+        while let Some(task) = self.store.next_task() {
+            match task {
+                Task::Job { id, request, control } => self.run_job(&id, &request, &control),
+                Task::Load { model, reply } => {
+                    let result = self.switch(&model);
+                    let _ = reply.send(result.map_err(|e| format!("{e:#}")));
+                }
+            }
+            self.metrics.queue_depth.set(self.store.queue_depth() as i64);
+        }
+        tracing::info!("inference thread stopped");
+    }
+
+    /// `POST /sdapi/v1/options {"sd_model_checkpoint": …}`: load and make it the default.
+    fn switch(&mut self, model: &str) -> Result<String> {
+        let idx = self
+            .catalog
+            .find(model)
+            .ok_or_else(|| anyhow!("unknown model {model:?}; available: {}", self.catalog.names().join(", ")))?;
+        self.ensure(idx, Vec::new())?;
+        lock(&self.status).selected = idx;
+        Ok(self.catalog.entries[idx].title())
+    }
+
+    /// Make sure catalog entry `idx` is loaded with exactly these LoRAs.
+    fn ensure(&mut self, idx: usize, loras: Vec<(PathBuf, f64)>) -> Result<()> {
+        {
+            let st = lock(&self.status);
+            if self.sd.is_some() && st.loaded == Some(idx) && st.loras == loras {
+                return Ok(());
+            }
+        }
+        // Free the old weights first: two full models at once could exceed the memory one needs.
+        self.sd = None;
+        self.preview = None;
+        {
+            let mut st = lock(&self.status);
+            st.loading = true;
+            st.loaded = None;
+        }
+        let entry = &self.catalog.entries[idx];
+        tracing::info!(model = %entry.spec, loras = loras.len(), "loading model");
+        let t0 = Instant::now();
+        let result = (|| -> Result<(StableDiffusion, Option<AutoencoderTiny>, Vec<String>)> {
+            let mut opts = self.cfg.load.clone();
+            opts.loras = loras.clone();
+            let mut sd = StableDiffusion::load(&entry.spec, opts)?;
+            if let Some(dir) = &self.cfg.embeddings_dir {
+                for note in sd.text.load_embeddings(dir)? {
+                    tracing::warn!("embedding skipped: {note}");
+                }
+            }
+            let names = sd.text.embeddings().items.iter().map(|e| e.name.clone()).collect();
+            let preview = match &self.cfg.preview_taesd {
+                Some(dir) if self.cfg.preview_every > 0 => Some(AutoencoderTiny::load_taesd_dir(
+                    dir,
+                    sd.info.family == Family::Sdxl,
+                    tch::Kind::Float,
+                    sd.opts.device,
+                )?),
+                _ => None,
+            };
+            Ok((sd, preview, names))
+        })();
+        let load_s = t0.elapsed().as_secs_f64();
+        let mut st = lock(&self.status);
+        st.loading = false;
+        match result {
+            Ok((sd, preview, names)) => {
+                self.metrics.model_load_seconds.set(load_s);
+                st.loaded = Some(idx);
+                st.loras = loras;
+                st.load_s = load_s;
+                st.load_error = None;
+                st.family = Some(sd.info.family);
+                st.default_size = Some(sd.info.default_size);
+                st.embeddings = names;
+                self.sd = Some(sd);
+                self.preview = preview;
+                tracing::info!(seconds = load_s, "model loaded");
+                Ok(())
+            }
+            Err(e) => {
+                st.load_error = Some(format!("{e:#}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn run_job(&mut self, id: &JobId, req: &JobRequest, ctl: &Control) {
+        let t0 = Instant::now();
+        // LibTorch reports some errors by panicking through tch; a panic fails this job, not the server.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.generate(id, req, ctl)));
+        let outcome = match outcome {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                let first = msg.lines().next().unwrap_or(msg);
+                tracing::error!(job = %id, "generation panicked: {first}");
+                Err(format!("internal error while generating: {first}"))
+            }
+        };
+        let label = match &outcome {
+            _ if ctl.cancel.load(Ordering::SeqCst) => "cancelled",
+            Ok(r) if r.interrupted => "interrupted",
+            Ok(_) => "done",
+            Err(_) => "failed",
+        };
+        if let Ok(r) = &outcome {
+            self.metrics.images.inc_by(r.images.len() as u64);
+        }
+        self.metrics.job_finished(label);
+        self.metrics.job_seconds.observe(t0.elapsed().as_secs_f64());
+        tracing::info!(job = %id, outcome = label, seconds = t0.elapsed().as_secs_f64(), "job finished");
+        self.store.finish(id, outcome);
+    }
+
+    fn generate(&mut self, id: &JobId, req: &JobRequest, ctl: &Control) -> Result<JobResult> {
+        let started = timestamp();
+        let t0 = Instant::now();
+        let idx = match &req.model {
+            Some(m) => self
+                .catalog
+                .find(m)
+                .ok_or_else(|| anyhow!("unknown model {m:?}; available: {}", self.catalog.names().join(", ")))?,
+            None => lock(&self.status).selected,
+        };
+        if let Some((source, text)) = &self.cfg.policy {
+            sd_pipeline::output::check_policy_terms(text, source, &req.prompt)?;
+        }
+        let loras = lora_tags(&req.prompt, self.cfg.lora_dir.as_deref())?;
+        self.ensure(idx, loras)?;
+        let sd = self.sd.as_ref().context("no model is loaded")?;
+        let base = to_generation_request(req, sd)?;
+        base.validate(sd.vae_scale_factor())?;
+
+        let mut out = JobResult {
+            model: self.catalog.entries[idx].title(),
+            model_hash: self.catalog.entries[idx].hash(),
+            started,
+            ..Default::default()
+        };
+        let mut encoded = None;
+        for batch in 0..req.n_iter {
+            if ctl.interrupt.load(Ordering::SeqCst) || ctl.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            ctl.skip.store(false, Ordering::SeqCst);
+            let mut g = base.clone();
+            g.seed = req.seed.wrapping_add(u64::from(batch));
+            let mut last_step = Instant::now();
+            let preview = self.preview.as_ref();
+            let every = self.cfg.preview_every;
+            let store = &self.store;
+            let metrics = &self.metrics;
+            let batches = req.n_iter;
+            let mut on_event = |e: Event<'_>| -> Flow {
+                if let Event::Step(s) = e {
+                    metrics.step_seconds.observe(last_step.elapsed().as_secs_f64());
+                    last_step = Instant::now();
+                    let mut p = Progress { step: s.index, steps: s.total, batch, batches, ..Default::default() };
+                    if let Some(taesd) = preview {
+                        if every > 0 && s.index % every == 0 && s.index < s.total {
+                            if let Some(png) = preview_of(taesd, s.latents) {
+                                p.preview = Some(images::b64(&png));
+                                p.preview_step = s.index;
+                            }
+                        }
+                    }
+                    store.set_progress(id, p);
+                }
+                let stop = ctl.interrupt.load(Ordering::SeqCst)
+                    || ctl.cancel.load(Ordering::SeqCst)
+                    || ctl.skip.load(Ordering::SeqCst);
+                if stop {
+                    Flow::Interrupt
+                } else {
+                    Flow::Continue
+                }
+            };
+            if encoded.is_none() {
+                encoded = Some(sd.encode_prompts(&g, &mut on_event)?);
+            }
+            let enc = encoded.as_ref().context("the prompts were not encoded")?;
+            let generated = sd.generate_encoded(&g, enc, &mut on_event)?;
+            if ctl.cancel.load(Ordering::SeqCst) {
+                bail!("cancelled");
+            }
+            let skipped = ctl.skip.load(Ordering::SeqCst);
+            if generated.interrupted && !skipped {
+                out.interrupted = true;
+            }
+            let rendered = sd_pipeline::output::render_outputs(sd, &g, &generated, &self.cfg.render)?;
+            for r in rendered {
+                let index = batch as usize * req.batch_size as usize + r.index_in_batch;
+                match r.png {
+                    Some(png) => out.images.push(ResultImage {
+                        png: images::b64(&png),
+                        seed: r.seed,
+                        infotext: r.infotext,
+                        index,
+                    }),
+                    None => out.blocked.push(index),
+                }
+            }
+            if out.interrupted {
+                break;
+            }
+        }
+        out.run_s = t0.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
+
+/// The `<lora:name:weight>` tags of a prompt, resolved inside the LoRA folder (names cannot leave it).
+pub fn lora_tags(prompt: &str, dir: Option<&std::path::Path>) -> Result<Vec<(PathBuf, f64)>> {
+    let (_, tags) = sd_pipeline::loras::strip_lora_tags(prompt)?;
+    let mut out: Vec<(PathBuf, f64)> = Vec::new();
+    for tag in tags {
+        let path = sd_pipeline::loras::resolve_lora(&tag.name, dir)?;
+        if out.iter().any(|(p, _)| p == &path) {
+            bail!("<lora:{}> appears twice in the prompt; give it once", tag.name);
+        }
+        out.push((path, tag.weight));
+    }
+    Ok(out)
+}
+
+/// The pipeline request a job describes (images decoded, names parsed), before per-batch seeds.
+pub fn to_generation_request(req: &JobRequest, sd: &StableDiffusion) -> Result<GenerationRequest> {
+    let mut g = GenerationRequest::txt2img(&req.prompt, req.width, req.height);
+    g.negative_prompt = req.negative_prompt.clone();
+    g.steps = req.steps;
+    g.cfg_scale = req.cfg_scale;
+    let schedule = req.schedule.as_deref().map(str::parse).transpose()?;
+    g.sampler = req.sampler.parse::<sd_schedulers::SamplerChoice>()?.with_schedule(schedule);
+    g.eta = req.eta;
+    g.seed = req.seed;
+    g.batch_size = req.batch_size;
+    g.clip_skip = req.clip_skip;
+    g.emphasis = req.emphasis.parse()?;
+    g.mode = match req.kind {
+        JobKind::Txt2img => Mode::Txt2Img,
+        JobKind::Img2img => {
+            let max = u64::MAX;
+            let text = req.init_image.as_deref().context("img2img needs an init image")?;
+            let init = images::decode("init_images[0]", &images::b64_bytes("init_images[0]", text).map_err(api)?, max)
+                .map_err(api)?
+                .to_rgb8();
+            match &req.mask {
+                None => Mode::Img2Img { init, strength: req.denoising_strength },
+                Some(m) => {
+                    let mut mask = images::decode("mask", &images::b64_bytes("mask", m).map_err(api)?, max)
+                        .map_err(api)?
+                        .to_luma8();
+                    if req.mask_invert {
+                        image::imageops::invert(&mut mask);
+                    }
+                    Mode::Inpaint { init, mask, strength: req.denoising_strength }
+                }
+            }
+        }
+    };
+    let _ = sd;
+    Ok(g)
+}
+
+fn api(e: crate::error::ApiError) -> anyhow::Error {
+    anyhow!(e.message)
+}
+
+/// First image of a latent batch through TAESD, as a PNG.
+fn preview_of(taesd: &AutoencoderTiny, latents: &tch::Tensor) -> Option<Vec<u8>> {
+    let first = latents.f_narrow(0, 0, 1).ok()?.f_to_kind(tch::Kind::Float).ok()?;
+    let img = tch::no_grad(|| taesd.decode(&first)).ok()?;
+    let img = img.f_clamp(0.0, 1.0).ok()?.f_select(0, 0).ok()?.to_device(tch::Device::Cpu);
+    let rgb = sd_core::image_io::tensor_to_rgb(&img, sd_core::image_io::Range::Unit).ok()?;
+    images::preview_png(&rgb)
+}
+
+/// UTC now as `YYYYMMDDhhmmss` (A1111's `job_timestamp`).
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (y, m, d) = sd_pipeline::output::civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}", t / 3600, t % 3600 / 60, t % 60)
+}
