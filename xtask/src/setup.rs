@@ -8,6 +8,14 @@
 //!
 //! Data files go to `.sd-data/`: the real CLIP BPE vocabulary from the PyPI package `open-clip-torch`, and
 //! scikit-image's public-domain astronaut photo (NASA) from its wheel, used by the TAESD round-trip test.
+//!
+//! The `sd serve` tests talk to the server the way its users do, so they need programs cargo cannot build:
+//! Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`) drive the web page
+//! in a headless browser, and `redis-server` backs the shared job queue (`--queue redis://…`). As root on Debian
+//! the missing ones are installed with apt-get; elsewhere set-up stops and names the packages. The real API
+//! clients (`webuiapi` for the AUTOMATIC1111 API, `openai` for the OpenAI one) go into a virtualenv at
+//! `target/clients` at the versions pinned in `scripts/clients/requirements.txt`, so a client release cannot
+//! change what the compatibility test checks.
 
 use crate::util::{have, is_root, root, run_cmd};
 use anyhow::{bail, Context, Result};
@@ -25,12 +33,14 @@ pub const PHOTO_FILE: &str = "astronaut.png";
 
 pub fn run() -> Result<()> {
     let root = root();
-    // torch-sys compiles a small C++ shim against LibTorch's headers, and some crates build C code.
-    ensure_tools(&["g++"])?;
+    // torch-sys compiles a small C++ shim against LibTorch's headers, and some crates build C code. The others are
+    // for the server tests (see the module comment); asking for all of them at once means one apt-get run.
+    ensure_tools(&["g++", "chromium", "chromedriver", "redis-server"])?;
     libtorch(&root)?;
     data(&root)?;
     photo(&root)?;
     demo_tokenizer(&root)?;
+    api_clients(&root)?;
     // The wheels are only containers for the files taken out above (the torch wheel alone is 0.5 GB); keeping them
     // would only eat the disk that the test build needs.
     let _ = fs::remove_dir_all(root.join("target/wheels"));
@@ -210,27 +220,90 @@ fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
     bail!("no wheel starting with {prefix} in {}", dir.display())
 }
 
-/// Make sure `tools` exist; on Debian as root, install the missing ones with apt-get.
-fn ensure_tools(tools: &[&str]) -> Result<()> {
-    let mut missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
-    let pip_ok = have("python3")
-        && std::process::Command::new("python3")
-            .args(["-m", "pip", "--version"])
+/// The virtualenv `target/clients` with the pinned API client libraries, used by the server's client test.
+///
+/// It is rebuilt only when the pins changed (a copy of the requirements file is kept as a stamp) or the packages
+/// no longer import, so a second set-up costs one Python start.
+fn api_clients(root: &Path) -> Result<()> {
+    let venv = root.join("target/clients");
+    let py = venv.join("bin/python");
+    let req = root.join("scripts/clients/requirements.txt");
+    let stamp = venv.join(".requirements");
+    let wanted = fs::read_to_string(&req).with_context(|| format!("cannot read {}", req.display()))?;
+    let imports = || {
+        std::process::Command::new(&py)
+            .args(["-c", "import webuiapi, openai"])
             .output()
-            .is_ok_and(|o| o.status.success());
-    if !pip_ok {
+            .is_ok_and(|o| o.status.success())
+    };
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) && imports() {
+        return Ok(());
+    }
+    ensure_tools(&["python3", "python3-venv"])?;
+    // A virtualenv whose Python no longer starts (the system Python it links to was replaced) is made anew.
+    let runs = std::process::Command::new(&py).args(["-c", "pass"]).output().is_ok_and(|o| o.status.success());
+    if !runs {
+        run_cmd(root, "python3", &["-m", "venv", "--clear", venv.to_str().context("path")?])
+            .context("cannot create the API clients virtualenv (on Debian: apt-get install python3-venv)")?;
+    }
+    let py_s = py.to_str().context("path")?;
+    run_cmd(
+        root,
+        py_s,
+        &["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", req.to_str().context("path")?],
+    )
+    .context("pip could not install the API clients (is PyPI reachable?)")?;
+    if !imports() {
+        bail!("{} cannot import webuiapi and openai after installing {}", py.display(), req.display());
+    }
+    fs::write(&stamp, wanted)?;
+    eprintln!("setup: API clients ready in {}", venv.display());
+    Ok(())
+}
+
+/// Whether `tool` is usable. Two entries are not programs but parts of Python that Debian ships separately:
+/// `python3-pip` (`python3 -m pip`) and `python3-venv` (`python3 -m venv` needs `ensurepip`).
+fn present(tool: &str) -> bool {
+    let python = |args: &[&str]| {
+        have("python3") && std::process::Command::new("python3").args(args).output().is_ok_and(|o| o.status.success())
+    };
+    match tool {
+        "python3-pip" => python(&["-m", "pip", "--version"]),
+        "python3-venv" => python(&["-c", "import ensurepip"]),
+        program => have(program),
+    }
+}
+
+/// The Debian package that provides `tool`, where its name differs from the tool's.
+fn debian_package(tool: &str) -> &str {
+    match tool {
+        "chromedriver" => "chromium-driver",
+        other => other,
+    }
+}
+
+/// Make sure `tools` exist (and pip, which every Python step needs); on Debian as root, install the packages of
+/// the missing ones with apt-get.
+fn ensure_tools(tools: &[&str]) -> Result<()> {
+    let mut missing: Vec<&str> = tools.iter().copied().filter(|t| !present(t)).collect();
+    if !missing.contains(&"python3-pip") && !present("python3-pip") {
         missing.push("python3-pip");
     }
     if missing.is_empty() {
         return Ok(());
     }
-    let packages = missing.clone();
+    let mut packages: Vec<&str> = missing.iter().map(|t| debian_package(t)).collect();
+    packages.dedup();
     if is_root() && have("apt-get") {
         eprintln!("setup: installing {} with apt-get", packages.join(" "));
         run_cmd(Path::new("/"), "apt-get", &["update", "-q"])?;
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
         args.extend(packages.iter().copied());
         run_cmd(Path::new("/"), "apt-get", &args)?;
+        let still: Vec<&str> = missing.iter().copied().filter(|t| !present(t)).collect();
+        if !still.is_empty() {
+            bail!("apt-get installed {} but {} still missing", packages.join(" "), still.join(", "));
+        }
         return Ok(());
     }
     bail!("missing tools: {} (on Debian: sudo apt-get install {})", missing.join(", "), packages.join(" "))

@@ -20,6 +20,8 @@ enum Command {
     Generate(Box<cmd::generate::Args>),
     /// Keep a model loaded and serve AUTOMATIC1111's API, OpenAI's images API, a jobs API and a web page
     Serve(Box<cmd::serve::Args>),
+    /// Run jobs from a Redis queue filled by `sd serve --queue` front ends
+    Worker(Box<cmd::worker::Args>),
     /// Report LibTorch, devices, threads, CPU features and where models are searched for
     Doctor(cmd::doctor::Args),
     /// List the samplers (A1111 names, diffusers classes, schedules)
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => cmd::generate::run(*args),
         Command::Serve(args) => cmd::serve::run(*args),
+        Command::Worker(args) => cmd::worker::run(*args),
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Samplers(args) => cmd::samplers::run(args),
         Command::Convert(args) => cmd::convert::run(*args),

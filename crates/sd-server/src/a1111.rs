@@ -454,6 +454,8 @@ pub fn info_json(state: &AppState, view: &JobView) -> Value {
         "version": concat!("sd-rs ", env!("CARGO_PKG_VERSION")),
         "interrupted": result.interrupted,
         "blocked_by_safety_checker": result.blocked,
+        // Time on the inference thread (generation and PNG encoding), for measuring what HTTP adds.
+        "run_seconds": result.run_s,
     })
 }
 
@@ -463,10 +465,10 @@ struct ProgressQuery {
     skip_current_image: bool,
 }
 
-async fn progress(State(state): State<AppState>, Query(q): Query<ProgressQuery>) -> Json<Value> {
-    let running = state.store.running();
+async fn progress(State(state): State<AppState>, Query(q): Query<ProgressQuery>) -> ApiResult<Json<Value>> {
+    let running = state.queue.running().await?;
     let Some(v) = running else {
-        return Json(json!({
+        return Ok(Json(json!({
             "progress": 0.0,
             "eta_relative": 0.0,
             "state": {
@@ -476,11 +478,11 @@ async fn progress(State(state): State<AppState>, Query(q): Query<ProgressQuery>)
             "current_image": null,
             "textinfo": null,
             "current_task": null,
-        }));
+        })));
     };
     let p = &v.progress;
     let current = if q.skip_current_image { None } else { p.preview.clone() };
-    Json(json!({
+    Ok(Json(json!({
         "progress": p.fraction(),
         "eta_relative": p.eta_s(),
         "state": {
@@ -497,17 +499,17 @@ async fn progress(State(state): State<AppState>, Query(q): Query<ProgressQuery>)
         "current_image": current,
         "textinfo": null,
         "current_task": v.id.0,
-    }))
+    })))
 }
 
-async fn interrupt(State(state): State<AppState>) -> Json<Value> {
-    state.store.signal_running(false);
-    Json(json!({}))
+async fn interrupt(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    state.queue.signal_running(false).await?;
+    Ok(Json(json!({})))
 }
 
-async fn skip(State(state): State<AppState>) -> Json<Value> {
-    state.store.signal_running(true);
-    Json(json!({}))
+async fn skip(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    state.queue.signal_running(true).await?;
+    Ok(Json(json!({})))
 }
 
 async fn samplers() -> Json<Value> {
@@ -596,7 +598,7 @@ async fn upscalers() -> Json<Value> {
 
 async fn get_options(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let s = state.settings();
-    let selected = state.engine_status().selected;
+    let selected = state.selected_model().await?;
     let catalog = state.catalog.clone();
     let (title, hash) = tokio::task::spawn_blocking(move || {
         let e = &catalog.entries[selected];
@@ -640,11 +642,20 @@ async fn set_options(
             ))
             .with_param("sd_model_checkpoint"));
         }
-        let rx = state.store.submit_load(name).map_err(crate::submit_error)?;
-        match rx.await {
-            Ok(Ok(title)) => tracing::info!("model switched to {title}"),
-            Ok(Err(e)) => return Err(ApiError::internal(format!("loading the model failed: {e}"))),
-            Err(_) => return Err(ApiError::internal("the inference thread stopped")),
+        match (&state.queue, &state.local) {
+            (crate::queue::Queue::Redis(r), _) => {
+                // Workers load models per job; the choice is shared by every front end.
+                r.select_model(&name).await.map_err(|e| ApiError::internal(format!("Redis: {e}")))?;
+            }
+            (_, Some(store)) => {
+                let rx = store.submit_load(name).map_err(crate::submit_error)?;
+                match rx.await {
+                    Ok(Ok(title)) => tracing::info!("model switched to {title}"),
+                    Ok(Err(e)) => return Err(ApiError::internal(format!("loading the model failed: {e}"))),
+                    Err(_) => return Err(ApiError::internal("the inference thread stopped")),
+                }
+            }
+            _ => return Err(ApiError::internal("no queue")),
         }
     }
     *state.settings.lock().unwrap_or_else(|p| p.into_inner()) = s;

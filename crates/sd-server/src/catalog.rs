@@ -43,6 +43,17 @@ impl ModelEntry {
         }
     }
 
+    /// Native image size from the configs (UNet `sample_size` × 2^(VAE levels − 1)), without loading weights.
+    pub fn native_size(&self) -> Option<i64> {
+        let root = Path::new(&self.spec);
+        let read = |c: &str| -> Option<serde_json::Value> {
+            serde_json::from_str(&std::fs::read_to_string(root.join(c).join("config.json")).ok()?).ok()
+        };
+        let sample = read("unet")?.get("sample_size")?.as_i64()?;
+        let levels = read("vae")?.get("block_out_channels")?.as_array()?.len() as u32;
+        Some(sample * 2i64.pow(levels.saturating_sub(1)))
+    }
+
     /// The short hash (blocking: may read the whole file once).
     pub fn hash(&self) -> Option<String> {
         self.hash.get_or_init(|| self.hashed_file().and_then(|f| sd_pipeline::hash_cache::short_hash(&f))).clone()

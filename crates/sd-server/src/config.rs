@@ -62,6 +62,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// How long a finished job stays readable.
     pub job_ttl: Duration,
+    /// `redis://…`: enqueue jobs on Redis for `sd worker`s instead of running them in this process.
+    pub queue: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(30),
             job_ttl: Duration::from_secs(3600),
+            queue: None,
         }
     }
 }

@@ -60,10 +60,11 @@ pub struct EngineStatus {
 
 pub type SharedStatus = Arc<Mutex<EngineStatus>>;
 
+/// The model-owning half of the inference thread: loads models and runs jobs. Where jobs come from — the local
+/// [`Store`] ([`Engine::spawn`]) or a Redis stream (`crate::redis_queue::run_worker`) — is up to the caller.
 pub struct Engine {
     cfg: EngineConfig,
     catalog: Arc<Catalog>,
-    store: Arc<Store>,
     metrics: Arc<Metrics>,
     status: SharedStatus,
     sd: Option<StableDiffusion>,
@@ -87,29 +88,47 @@ impl Engine {
         // Built on the thread itself: a loaded model holds LibTorch handles that never cross threads.
         std::thread::Builder::new()
             .name("sd-inference".into())
-            .spawn(move || Engine { cfg, catalog, store, metrics, status, sd: None, preview: None }.run())
+            .spawn(move || Engine::new(cfg, catalog, metrics, status).serve_local(&store))
             .context("cannot start the inference thread")
     }
 
-    fn run(mut self) {
-        if let Err(e) = self.ensure(0, Vec::new()) {
-            tracing::error!("loading {} failed: {e:#}", self.catalog.entries[0].spec);
+    /// An engine with nothing loaded yet (call [`Self::load_initial`] on the thread that will use it).
+    pub fn new(cfg: EngineConfig, catalog: Arc<Catalog>, metrics: Arc<Metrics>, status: SharedStatus) -> Self {
+        lock(&status).loading = true;
+        Engine { cfg, catalog, metrics, status, sd: None, preview: None }
+    }
+
+    /// Load catalog entry 0 (the `--model`); failures are logged and reported by `/ready`.
+    pub fn load_initial(&mut self) -> bool {
+        match self.ensure(0, Vec::new()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("loading {} failed: {e:#}", self.catalog.entries[0].spec);
+                false
+            }
         }
-        while let Some(task) = self.store.next_task() {
+    }
+
+    fn serve_local(mut self, store: &Store) {
+        self.load_initial();
+        while let Some(task) = store.next_task() {
             match task {
-                Task::Job { id, request, control } => self.run_job(&id, &request, &control),
+                Task::Job { id, request, control } => {
+                    let outcome = self.execute(&id, &request, &control, &mut |p| store.set_progress(&id, p));
+                    store.finish(&id, outcome);
+                }
                 Task::Load { model, reply } => {
                     let result = self.switch(&model);
                     let _ = reply.send(result.map_err(|e| format!("{e:#}")));
                 }
             }
-            self.metrics.queue_depth.set(self.store.queue_depth() as i64);
+            self.metrics.queue_depth.set(store.queue_depth() as i64);
         }
         tracing::info!("inference thread stopped");
     }
 
     /// `POST /sdapi/v1/options {"sd_model_checkpoint": …}`: load and make it the default.
-    fn switch(&mut self, model: &str) -> Result<String> {
+    pub fn switch(&mut self, model: &str) -> Result<String> {
         let idx = self
             .catalog
             .find(model)
@@ -184,10 +203,17 @@ impl Engine {
         }
     }
 
-    fn run_job(&mut self, id: &JobId, req: &JobRequest, ctl: &Control) {
+    /// Run one job, reporting progress after every step; a panic inside LibTorch fails the job, not the process.
+    pub fn execute(
+        &mut self,
+        id: &JobId,
+        req: &JobRequest,
+        ctl: &Control,
+        on_progress: &mut dyn FnMut(Progress),
+    ) -> Result<JobResult, String> {
         let t0 = Instant::now();
         // LibTorch reports some errors by panicking through tch; a panic fails this job, not the server.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.generate(id, req, ctl)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.generate(req, ctl, on_progress)));
         let outcome = match outcome {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(format!("{e:#}")),
@@ -214,10 +240,15 @@ impl Engine {
         self.metrics.job_finished(label);
         self.metrics.job_seconds.observe(t0.elapsed().as_secs_f64());
         tracing::info!(job = %id, outcome = label, seconds = t0.elapsed().as_secs_f64(), "job finished");
-        self.store.finish(id, outcome);
+        outcome
     }
 
-    fn generate(&mut self, id: &JobId, req: &JobRequest, ctl: &Control) -> Result<JobResult> {
+    fn generate(
+        &mut self,
+        req: &JobRequest,
+        ctl: &Control,
+        on_progress: &mut dyn FnMut(Progress),
+    ) -> Result<JobResult> {
         let started = timestamp();
         let t0 = Instant::now();
         let idx = match &req.model {
@@ -253,7 +284,6 @@ impl Engine {
             let mut last_step = Instant::now();
             let preview = self.preview.as_ref();
             let every = self.cfg.preview_every;
-            let store = &self.store;
             let metrics = &self.metrics;
             let batches = req.n_iter;
             let mut on_event = |e: Event<'_>| -> Flow {
@@ -269,7 +299,7 @@ impl Engine {
                             }
                         }
                     }
-                    store.set_progress(id, p);
+                    on_progress(p);
                 }
                 let stop = ctl.interrupt.load(Ordering::SeqCst)
                     || ctl.cancel.load(Ordering::SeqCst)

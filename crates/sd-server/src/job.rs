@@ -202,6 +202,9 @@ pub struct JobView {
     pub error: Option<String>,
     /// Unix seconds.
     pub created: f64,
-    /// Position in the queue (0 = next), while queued.
+    /// Position in the queue (0 = next), while queued (known for the in-process queue only).
     pub queue_position: Option<usize>,
+    /// The `sd worker` that runs or ran the job (Redis queue only).
+    #[serde(default)]
+    pub worker: Option<String>,
 }

@@ -4,7 +4,7 @@
 use crate::a1111::{info_json, A1111Request};
 use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::job::{JobId, JobKind, JobStatus, JobView};
-use crate::{submit_error, AppState};
+use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -44,6 +44,7 @@ pub fn job_json(state: &AppState, v: &JobView, with_images: bool) -> Value {
         "created": v.created,
         "preview": p.preview,
         "error": v.error,
+        "worker": v.worker,
     });
     if let Some(r) = &v.result {
         out["interrupted"] = json!(r.interrupted);
@@ -75,9 +76,8 @@ async fn create(State(state): State<AppState>, JsonBody(body): JsonBody<Value>) 
     let job = tokio::task::spawn_blocking(move || crate::a1111::to_job(&st, parsed, kind))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
-    let id = state.store.submit(job).map_err(submit_error)?;
-    state.metrics.queue_depth.set(state.store.queue_depth() as i64);
-    let view = state.store.view(&id).ok_or_else(|| ApiError::internal("the job vanished"))?;
+    let id = crate::submit(&state, job).await?;
+    let view = state.queue.view(&id).await?.ok_or_else(|| ApiError::internal("the job vanished"))?;
     let mut resp = (StatusCode::ACCEPTED, Json(job_json(&state, &view, false))).into_response();
     if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -87,7 +87,7 @@ async fn create(State(state): State<AppState>, JsonBody(body): JsonBody<Value>) 
 
 async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&id)?;
-    let v = state.store.view(&id).ok_or_else(|| {
+    let v = state.queue.view(&id).await?.ok_or_else(|| {
         ApiError::not_found(format!("no job {id} (finished jobs are kept for a while, then forgotten)"))
     })?;
     Ok(Json(job_json(&state, &v, true)))
@@ -95,8 +95,8 @@ async fn read(State(state): State<AppState>, Path(id): Path<String>) -> ApiResul
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&id)?;
-    state.store.cancel(&id).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-    let v = state.store.view(&id).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    state.queue.cancel(&id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    let v = state.queue.view(&id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
     Ok(Json(job_json(&state, &v, false)))
 }
 
@@ -107,7 +107,7 @@ async fn image(State(state): State<AppState>, Path((id, file)): Path<(String, St
         .unwrap_or(&file)
         .parse()
         .map_err(|_| ApiError::not_found(format!("no image {file:?}: images are numbered 0.png, 1.png, …")))?;
-    let v = state.store.view(&id).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    let v = state.queue.view(&id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
     let img = v
         .result
         .as_ref()
@@ -130,26 +130,35 @@ async fn events(
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let id = parse_id(&id)?;
-    let rx = state.store.subscribe(&id).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-    // State: the receiver, whether an event was sent already, whether the final one was.
-    let stream = futures_util::stream::unfold((rx, false, false), move |(mut rx, started, done)| {
+    let watch = state.queue.watch(&id).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    if state.queue.view(&id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no job {id}")));
+    }
+    // State: the change watcher, the last event's data (nothing is sent twice), whether the final one was sent.
+    let stream = futures_util::stream::unfold((watch, None::<String>, false), move |(mut watch, last, done)| {
         let state = state.clone();
         let id = id.clone();
         async move {
             if done {
                 return None;
             }
-            if started {
-                // A closed channel means the job is gone or final: read the view once more either way.
-                let _ = rx.changed().await;
+            loop {
+                if last.is_some() {
+                    watch.changed().await;
+                }
+                let view = match state.queue.view(&id).await {
+                    Ok(Some(v)) => v,
+                    _ => return None,
+                };
+                let final_ = view.status.is_final();
+                let data = job_json(&state, &view, final_).to_string();
+                if last.as_deref() == Some(data.as_str()) && !final_ {
+                    continue;
+                }
+                let event =
+                    Event::default().event(if final_ { view.status.as_str() } else { "progress" }).data(data.clone());
+                return Some((Ok(event), (watch, Some(data), final_)));
             }
-            let view = state.store.view(&id)?;
-            let final_ = view.status.is_final();
-            let event = Event::default()
-                .event(if final_ { view.status.as_str() } else { "progress" })
-                .json_data(job_json(&state, &view, final_))
-                .unwrap_or_else(|_| Event::default().comment("unserialisable"));
-            Some((Ok(event), (rx, true, final_)))
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))

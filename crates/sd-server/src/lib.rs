@@ -6,6 +6,8 @@
 //! | [`config`] | [`config::ServeConfig`]: address, authentication, CORS, [`config::Limits`] |
 //! | [`job`] | the job model every API shares: a serialisable request with an id, its progress and its result |
 //! | [`store`] | jobs by id, the bounded queue, interrupt/skip/cancel flags, change notifications |
+//! | [`queue`] | [`queue::Queue`]: the in-process store or Redis, behind one interface for the handlers |
+//! | [`redis_queue`] | Redis Streams: the front end's side and the `sd worker` loop |
 //! | [`engine`] | the inference thread: model (re)loading, LoRA tags, runs a job as `sd generate` would |
 //! | [`catalog`] | models of `--model` and `--models-dir`, named as A1111 names checkpoints |
 //! | [`a1111`] | `/sdapi/v1/...`: AUTOMATIC1111's API |
@@ -27,6 +29,8 @@ pub mod jobs_api;
 pub mod metrics;
 pub mod openai;
 pub mod ops;
+pub mod queue;
+pub mod redis_queue;
 pub mod store;
 
 use crate::catalog::Catalog;
@@ -35,6 +39,7 @@ use crate::engine::{Engine, EngineConfig, EngineStatus, SharedStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::job::{JobKind, JobRequest, JobStatus, JobView};
 use crate::metrics::Metrics;
+use crate::queue::Queue;
 use crate::store::{Store, SubmitError};
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
@@ -42,13 +47,16 @@ use axum::http::StatusCode;
 use axum::Router;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 /// What every handler reaches.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<Store>,
+    pub queue: Queue,
+    /// The in-process store, when this process runs jobs itself (not with `--queue redis://…`).
+    pub local: Option<Arc<Store>>,
     pub catalog: Arc<Catalog>,
     pub status: SharedStatus,
     pub metrics: Arc<Metrics>,
@@ -66,9 +74,21 @@ impl AppState {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The loaded model's native size (OpenAI `size: "auto"`), 512 until one is loaded.
+    /// The loaded model's native size (OpenAI `size: "auto"`), read from the model's configs where this process
+    /// loads no model (Redis front end), 512 if neither says.
     pub fn default_size(&self) -> i64 {
-        self.engine_status().default_size.unwrap_or(512)
+        self.engine_status().default_size.or_else(|| self.catalog.entries[0].native_size()).unwrap_or(512)
+    }
+
+    /// Catalog index of the model requests use unless they name one (A1111's `sd_model_checkpoint`).
+    pub async fn selected_model(&self) -> ApiResult<usize> {
+        match &self.queue {
+            Queue::Local(_) => Ok(self.engine_status().selected),
+            Queue::Redis(r) => {
+                let name = r.selected_model().await.map_err(|e| ApiError::internal(format!("Redis: {e}")))?;
+                Ok(name.and_then(|n| self.catalog.find(&n)).unwrap_or(0))
+            }
+        }
     }
 }
 
@@ -86,6 +106,11 @@ pub fn submit_error(e: SubmitError) -> ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("the queue is full ({limit} jobs waiting, --max-queue); try again shortly"),
             );
+            err.retry_after = Some(5);
+            err
+        }
+        SubmitError::Unavailable(e) => {
+            let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the job queue is unavailable: {e}"));
             err.retry_after = Some(5);
             err
         }
@@ -205,12 +230,26 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
     Ok(())
 }
 
+/// Queue a job. On Redis, a job that names no model gets the selected one, since its worker may have another.
+pub async fn submit(state: &AppState, mut job: JobRequest) -> ApiResult<job::JobId> {
+    if job.model.is_none() {
+        if let Queue::Redis(r) = &state.queue {
+            job.model = r.selected_model().await.map_err(|e| ApiError::internal(format!("Redis: {e}")))?;
+            if job.model.is_none() {
+                job.model = Some(state.catalog.entries[0].model_name.clone());
+            }
+        }
+    }
+    let id = state.queue.submit(job).await.map_err(submit_error)?;
+    state.metrics.queue_depth.set(state.queue.depth().await as i64);
+    Ok(id)
+}
+
 /// Queue a job and wait for its end. A failed job is a 400 (its error names the cause), except an internal error.
 pub async fn submit_and_wait(state: &AppState, job: JobRequest) -> ApiResult<JobView> {
-    let id = state.store.submit(job).map_err(submit_error)?;
-    state.metrics.queue_depth.set(state.store.queue_depth() as i64);
+    let id = submit(state, job).await?;
     let view =
-        state.store.wait(&id).await.ok_or_else(|| ApiError::internal("the job was forgotten before it ended"))?;
+        state.queue.wait(&id).await?.ok_or_else(|| ApiError::internal("the job was forgotten before it ended"))?;
     match view.status {
         JobStatus::Done => Ok(view),
         JobStatus::Cancelled => {
@@ -253,9 +292,10 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-/// Everything `sd serve` runs: the model catalog, the inference thread, the HTTP server until `shutdown`
-/// resolves, then a graceful stop (queued jobs cancelled, the running one given `shutdown_timeout` to finish
-/// before it is interrupted). `on_listen` receives the bound address (port 0 picks a free one).
+/// Everything `sd serve` runs: the model catalog, the inference thread (or, with `cfg.queue`, a connection to the
+/// Redis queue that `sd worker`s drain), the HTTP server until `shutdown` resolves, then a graceful stop (queued
+/// jobs cancelled, the running one given `shutdown_timeout` to finish before it is interrupted). `on_listen`
+/// receives the bound address (port 0 picks a free one).
 pub async fn serve(
     cfg: ServeConfig,
     engine_cfg: EngineConfig,
@@ -266,15 +306,27 @@ pub async fn serve(
 ) -> Result<()> {
     cfg.check()?;
     let catalog = Arc::new(Catalog::scan(model, models_dir)?);
-    let store = Store::new(cfg.limits.max_queue, cfg.limits.max_finished_jobs, cfg.job_ttl);
     let metrics = Arc::new(Metrics::default());
     let status: SharedStatus = Arc::new(Mutex::new(EngineStatus::default()));
+    let (queue, local, engine) = match &cfg.queue {
+        Some(url) => {
+            let r = redis_queue::RedisQueue::connect(url, cfg.limits.max_queue, cfg.job_ttl).await?;
+            tracing::info!(queue = %url, "front end on a Redis queue: jobs run on `sd worker` processes");
+            (Queue::Redis(Arc::new(r)), None, None)
+        }
+        None => {
+            let store = Store::new(cfg.limits.max_queue, cfg.limits.max_finished_jobs, cfg.job_ttl);
+            let engine =
+                Engine::spawn(engine_cfg.clone(), catalog.clone(), store.clone(), metrics.clone(), status.clone())?;
+            (Queue::Local(store.clone()), Some(store), Some(engine))
+        }
+    };
     let listener =
         tokio::net::TcpListener::bind(cfg.addr()).await.with_context(|| format!("cannot listen on {}", cfg.addr()))?;
     let addr = listener.local_addr()?;
-    let engine = Engine::spawn(engine_cfg.clone(), catalog.clone(), store.clone(), metrics.clone(), status.clone())?;
     let state = AppState {
-        store: store.clone(),
+        queue: queue.clone(),
+        local: local.clone(),
         catalog,
         status,
         metrics,
@@ -285,24 +337,37 @@ pub async fn serve(
     on_listen(addr);
     let app = router(state);
     let grace = cfg.shutdown_timeout;
-    let store_for_signal = store.clone();
+    let (force_tx, force_rx) = tokio::sync::oneshot::channel::<()>();
+    let q = queue.clone();
     let graceful = async move {
         shutdown.await;
         tracing::info!("shutting down: no new jobs; the running job has {grace:?} to finish");
-        store_for_signal.begin_shutdown();
-        let s = store_for_signal.clone();
+        q.begin_shutdown();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            if s.signal_running(false) {
-                tracing::warn!("the running job did not finish in time and was interrupted");
+            if let Queue::Local(s) = &q {
+                if s.signal_running(false) {
+                    tracing::warn!("the running job did not finish in time and was interrupted");
+                }
             }
+            // Requests still waiting (on a worker's job, or a stuck client) do not hold the process forever.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let _ = force_tx.send(());
         });
     };
-    axum::serve(listener, app).with_graceful_shutdown(graceful).await.context("the HTTP server failed")?;
-    store.stop();
-    let joined = tokio::task::spawn_blocking(move || engine.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
-        tracing::error!("the inference thread ended abnormally");
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    tokio::select! {
+        r = server => r.context("the HTTP server failed")?,
+        _ = force_rx => tracing::warn!("connections still open after the shutdown deadline were closed"),
+    }
+    if let Some(store) = local {
+        store.stop();
+    }
+    if let Some(engine) = engine {
+        let joined = tokio::task::spawn_blocking(move || engine.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("the inference thread ended abnormally");
+        }
     }
     Ok(())
 }

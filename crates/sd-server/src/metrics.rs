@@ -68,3 +68,50 @@ impl Metrics {
         out
     }
 }
+
+/// Append the Redis queue's figures (read at scrape time, from Redis itself, so every front end reports the same)
+/// to an exposition from [`Metrics::render`].
+pub fn with_queue_stats(text: String, s: &crate::redis_queue::QueueStats) -> String {
+    use std::fmt::Write;
+    let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
+    let mut out = body;
+    let mut gauge = |name: &str, help: &str, rows: Vec<(Option<String>, f64)>| {
+        let _ = writeln!(out, "# HELP sd_{name} {help}\n# TYPE sd_{name} gauge");
+        for (label, v) in rows {
+            match label {
+                Some(w) => {
+                    let w = w.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                    let _ = writeln!(out, "sd_{name}{{worker=\"{w}\"}} {v}");
+                }
+                None => {
+                    let _ = writeln!(out, "sd_{name} {v}");
+                }
+            }
+        }
+    };
+    gauge(
+        "redis_stream_length",
+        "Entries in the job stream (acknowledged ones until trimmed)",
+        vec![(None, s.length as f64)],
+    );
+    gauge("redis_queue_lag", "Jobs no worker has claimed yet", vec![(None, s.lag as f64)]);
+    gauge("redis_queue_pending", "Jobs claimed by a worker and not yet acknowledged", vec![(None, s.pending as f64)]);
+    gauge(
+        "redis_queue_oldest_pending_age_seconds",
+        "Age of the oldest claimed, unacknowledged job",
+        vec![(None, s.oldest_pending_age_s)],
+    );
+    gauge("redis_dead_letters", "Jobs in the dead-letter stream", vec![(None, s.dead as f64)]);
+    gauge(
+        "worker_jobs",
+        "Jobs each worker has finished (per-worker throughput: rate of this)",
+        s.worker_jobs.iter().map(|(w, n)| (Some(w.clone()), *n as f64)).collect(),
+    );
+    gauge(
+        "worker_last_seen_timestamp_seconds",
+        "When each worker last asked for work",
+        s.workers_seen.iter().map(|(w, t)| (Some(w.clone()), *t)).collect(),
+    );
+    out.push_str("# EOF\n");
+    out
+}

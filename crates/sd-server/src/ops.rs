@@ -50,14 +50,22 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let st = state.engine_status();
-    let shutting = state.store.is_shutting_down();
+    let shutting = state.queue.is_shutting_down();
+    if let crate::queue::Queue::Redis(r) = &state.queue {
+        // A front end is ready when it can reach the queue; the workers own the models.
+        let up = r.ping().await;
+        let body =
+            json!({ "ready": up && !shutting, "queue": r.url, "queue_reachable": up, "shutting_down": shutting });
+        let code = if up && !shutting { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        return (code, Json(body)).into_response();
+    }
     let body = json!({
         "ready": st.loaded.is_some() && !shutting,
         "loading": st.loading,
         "model": st.loaded.map(|i| state.catalog.entries[i].model_name.clone()),
         "load_s": st.load_s,
         "load_error": st.load_error,
-        "queue_depth": state.store.queue_depth(),
+        "queue_depth": state.queue.depth().await,
         "shutting_down": shutting,
     });
     let code = if st.loaded.is_some() && !shutting { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -65,9 +73,15 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    state.metrics.queue_depth.set(state.store.queue_depth() as i64);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
-        .into_response()
+    state.metrics.queue_depth.set(state.queue.depth().await as i64);
+    let mut text = state.metrics.render();
+    if let crate::queue::Queue::Redis(r) = &state.queue {
+        match r.stats().await {
+            Ok(s) => text = crate::metrics::with_queue_stats(text, &s),
+            Err(e) => tracing::warn!("cannot read queue statistics from Redis: {e}"),
+        }
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 pub async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

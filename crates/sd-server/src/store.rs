@@ -39,8 +39,12 @@ pub enum Task {
 /// Why a job was not accepted.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubmitError {
-    QueueFull { limit: usize },
+    QueueFull {
+        limit: usize,
+    },
     ShuttingDown,
+    /// The queue backend (Redis) could not be reached.
+    Unavailable(String),
 }
 
 struct Entry {
@@ -108,6 +112,7 @@ impl Store {
             error: None,
             created: unix_now(),
             queue_position: Some(waiting),
+            worker: None,
         };
         g.jobs.insert(id.clone(), Entry { view, control: control.clone(), tx, started: None, finished: None });
         g.queue.push_back(Task::Job { id: id.clone(), request, control });

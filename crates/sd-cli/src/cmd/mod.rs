@@ -9,6 +9,7 @@ pub mod samplers;
 pub mod serve;
 pub mod tokenize;
 pub mod train;
+pub mod worker;
 
 /// An error caused by how the command was called (bad flag values, impossible combinations): exit code 2.
 #[derive(Debug)]

@@ -68,6 +68,9 @@ pub struct Args {
     /// Seconds the running job may continue after SIGTERM/Ctrl-C before it is interrupted
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Enqueue jobs on Redis (redis://HOST:PORT[/DB]) for `sd worker` processes instead of running them here
+    #[arg(long, value_name = "URL")]
+    pub queue: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -81,6 +84,11 @@ pub fn run(args: Args) -> Result<()> {
         )),
         None => None,
     };
+    if let Some(q) = &args.queue {
+        if !q.starts_with("redis://") && !q.starts_with("rediss://") && !q.starts_with("unix://") {
+            usage!("--queue {q}: expected a Redis URL (redis://HOST:PORT[/DB])");
+        }
+    }
     if args.preview_every == 0 && args.taesd.is_some() {
         usage!("--preview-every must be at least 1");
     }
@@ -111,6 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         cors_origins: args.cors_origin.clone(),
         limits,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        queue: args.queue.clone(),
         ..ServeConfig::default()
     };
     cfg.check().map_err(|e| super::UsageError(format!("{e:#}")))?;
@@ -143,7 +152,7 @@ pub fn run(args: Args) -> Result<()> {
     ))
 }
 
-fn init_logging() {
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
