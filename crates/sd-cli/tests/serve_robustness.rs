@@ -213,6 +213,19 @@ fn credentials_are_required_when_configured() {
     assert_eq!(post(Some(("basic", "anyone:key-12345678")), "/sdapi/v1/txt2img").0, 200);
     assert_eq!(c.get(format!("{}/sdapi/v1/sd-models", s.url)).send().unwrap().status().as_u16(), 401);
     assert_eq!(c.get(format!("{}/metrics", s.url)).send().unwrap().status().as_u16(), 401);
+    assert_eq!(c.get(format!("{}/v1/jobs/00000000-0000-4000-8000-000000000000", s.url)).send().unwrap().status().as_u16(), 401);
+    // An OpenAI `url` response is fetched without credentials (the random job id in it is the capability).
+    let r: Value = c
+        .post(format!("{}/v1/images/generations", s.url))
+        .bearer_auth("key-12345678")
+        .json(&json!({"prompt": "a red square", "size": "32x32", "steps": 2, "response_format": "url"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let img = c.get(r["data"][0]["url"].as_str().unwrap()).send().unwrap();
+    assert_eq!(img.status().as_u16(), 200);
+    assert_eq!(img.headers()["content-type"], "image/png");
     // Probes and the page itself stay open.
     assert_eq!(c.get(format!("{}/health", s.url)).send().unwrap().status().as_u16(), 200);
     assert_eq!(c.get(format!("{}/ready", s.url)).send().unwrap().status().as_u16(), 200);

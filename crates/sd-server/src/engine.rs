@@ -11,7 +11,7 @@ use crate::store::{Control, Store, Task};
 use anyhow::{anyhow, bail, Context, Result};
 use sd_models::vae::AutoencoderTiny;
 use sd_pipeline::family::Family;
-use sd_pipeline::generate::{Event, Flow};
+use sd_pipeline::generate::{EncodedPrompts, Event, Flow};
 use sd_pipeline::loader::{LoadOptions, StableDiffusion};
 use sd_pipeline::output::RenderOptions;
 use sd_pipeline::request::{GenerationRequest, Mode};
@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// What a set of encoded prompts depends on besides the model: prompt, negative prompt, clip skip, emphasis.
+type PromptKey = (String, String, usize, String);
 
 /// How the inference thread loads models and finishes images (the `sd generate` flags `sd serve` shares).
 #[derive(Clone, Debug)]
@@ -69,6 +72,9 @@ pub struct Engine {
     status: SharedStatus,
     sd: Option<StableDiffusion>,
     preview: Option<AutoencoderTiny>,
+    /// The last job's encoded prompts, reused when the next job has the same prompts and settings (A1111 keeps
+    /// the same cache): clients often send one prompt many times, and encoding is a fixed cost per request.
+    prompt_cache: Option<(PromptKey, EncodedPrompts)>,
 }
 
 fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, EngineStatus> {
@@ -95,7 +101,7 @@ impl Engine {
     /// An engine with nothing loaded yet (call [`Self::load_initial`] on the thread that will use it).
     pub fn new(cfg: EngineConfig, catalog: Arc<Catalog>, metrics: Arc<Metrics>, status: SharedStatus) -> Self {
         lock(&status).loading = true;
-        Engine { cfg, catalog, metrics, status, sd: None, preview: None }
+        Engine { cfg, catalog, metrics, status, sd: None, preview: None, prompt_cache: None }
     }
 
     /// Load catalog entry 0 (the `--model`); failures are logged and reported by `/ready`.
@@ -148,6 +154,7 @@ impl Engine {
         }
         // Free the old weights first: two full models at once could exceed the memory one needs.
         self.sd = None;
+        self.prompt_cache = None;
         self.preview = None;
         {
             let mut st = lock(&self.status);
@@ -273,7 +280,11 @@ impl Engine {
             started,
             ..Default::default()
         };
-        let mut encoded = None;
+        let key: PromptKey = (base.prompt.clone(), base.negative_prompt.clone(), base.clip_skip, base.emphasis.to_string());
+        let mut encoded = match self.prompt_cache.take() {
+            Some((k, e)) if k == key => Some(e),
+            _ => None,
+        };
         for batch in 0..req.n_iter {
             if ctl.interrupt.load(Ordering::SeqCst) || ctl.cancel.load(Ordering::SeqCst) {
                 break;
@@ -338,6 +349,9 @@ impl Engine {
             if out.interrupted {
                 break;
             }
+        }
+        if let Some(e) = encoded {
+            self.prompt_cache = Some((key, e));
         }
         out.run_s = t0.elapsed().as_secs_f64();
         Ok(out)

@@ -137,10 +137,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `--api-key` (Bearer) and `--api-auth` (Basic). `/health`, `/ready`, the page and its script stay open: they
-/// reveal nothing and load balancers and browsers need them.
+/// reveal nothing and load balancers and browsers need them. Image files of a job (`/v1/jobs/{id}/images/…`) stay
+/// open too: they are what OpenAI's `url` responses point at, which clients fetch without credentials, and the
+/// job id in the path is a random UUID that only the submitter learnt, so the URL itself is the capability.
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let cfg = &state.cfg;
-    if !cfg.auth_enabled() || matches!(req.uri().path(), "/health" | "/ready" | "/" | "/app.js") {
+    let path = req.uri().path();
+    let open = matches!(path, "/health" | "/ready" | "/" | "/app.js")
+        || (path.starts_with("/v1/jobs/") && path.contains("/images/"));
+    if !cfg.auth_enabled() || open {
         return next.run(req).await;
     }
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -26,7 +26,7 @@ pub struct Control {
 pub enum Task {
     Job {
         id: JobId,
-        request: JobRequest,
+        request: Box<JobRequest>,
         control: Arc<Control>,
     },
     /// Make this catalog entry the loaded model (A1111 `POST /options` with `sd_model_checkpoint`).
@@ -115,7 +115,7 @@ impl Store {
             worker: None,
         };
         g.jobs.insert(id.clone(), Entry { view, control: control.clone(), tx, started: None, finished: None });
-        g.queue.push_back(Task::Job { id: id.clone(), request, control });
+        g.queue.push_back(Task::Job { id: id.clone(), request: Box::new(request), control });
         drop(g);
         self.wake.notify_all();
         Ok(id)
