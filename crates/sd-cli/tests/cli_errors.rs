@@ -49,7 +49,7 @@ fn strength_zero_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let (code, err) = run(generate(dir.path()).args(["a cat", "--init-image", &init_png(), "--strength", "0"]));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--strength"), "{err}");
+    assert!(err.contains("strength must be in (0, 1]"), "{err}");
     assert!(files_in(dir.path()).is_empty());
 }
 
