@@ -522,3 +522,31 @@ fn openai_generations_and_edits() {
     let (code, e) = post(&s, "/v1/images/generations", &json!({"prompt": "x", "model": "no-such-model"}));
     assert_eq!(code, 404, "{e}");
 }
+
+#[test]
+fn taesd_previews_reach_progress_and_the_jobs_api() {
+    // Real TAESD weights from the shared data folder (not committed here).
+    let taesd = server::root().join("../shared/data/taesd");
+    assert!(taesd.join("taesd_decoder.safetensors").is_file(), "missing {}: the shared data folder", taesd.display());
+    let s = Server::start(&["--taesd", taesd.to_str().unwrap(), "--preview-every", "1"]);
+    let (code, job) = post(&s, "/v1/jobs", &json!({"prompt": "a blue circle", "seed": 2, "steps": 150, "width": 128, "height": 128}));
+    assert_eq!(code, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    let preview = loop {
+        let (_, p) = get(&s, "/sdapi/v1/progress");
+        if let Some(img) = p["current_image"].as_str() {
+            break img.to_string();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no preview within 60 s: {p}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // TAESD decodes 8× the latent size: 128 px images have 64×64 latents in this 1/2-scale demo model.
+    let img = image::load_from_memory(&b64(&preview)).expect("the preview is a PNG");
+    assert_eq!((img.width(), img.height()), (512, 512));
+    let (_, p) = get(&s, "/sdapi/v1/progress?skip_current_image=true");
+    assert!(p["current_image"].is_null(), "skip_current_image leaves the preview out: {p}");
+    let (_, v) = get(&s, &format!("/v1/jobs/{id}"));
+    assert!(v["preview"].as_str().is_some_and(|p| !p.is_empty()), "the jobs API shows the preview: {}", v["status"]);
+    post(&s, "/sdapi/v1/interrupt", &json!({}));
+}
