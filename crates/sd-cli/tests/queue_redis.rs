@@ -317,3 +317,22 @@ fn a_job_failing_on_every_worker_is_dead_lettered_with_its_error() {
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().unwrap().contains("refused by policy"));
 }
+
+#[test]
+fn without_persistence_a_redis_restart_loses_queued_jobs_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(dir.path(), false);
+    let front = Server::start(&["--queue", &redis.url()]);
+    let id = submit(&front, &body(1, 4));
+    redis.restart();
+    // The front end reconnects; the job is gone, and asking for it is an honest 404, not a hang.
+    let t0 = Instant::now();
+    loop {
+        let r = client().get(format!("{}/v1/jobs/{id}", front.url)).send().unwrap();
+        if r.status().as_u16() == 404 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "expected 404 after the restart, got {}", r.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
