@@ -371,7 +371,7 @@ async fn generate(state: AppState, body: Value, kind: JobKind) -> ApiResult<Json
     let job = tokio::task::spawn_blocking(move || to_job(&st, parsed, kind))
         .await
         .map_err(|e| ApiError::internal(format!("request check failed: {e}")))??;
-    let view = submit_and_wait(&state, job).await?;
+    let view = submit_and_wait(&state, job, false).await?;
     let mut parameters = body;
     if let Some(obj) = parameters.as_object_mut() {
         if !include_init {

@@ -246,10 +246,15 @@ pub async fn submit(state: &AppState, mut job: JobRequest) -> ApiResult<job::Job
 }
 
 /// Queue a job and wait for its end. A failed job is a 400 (its error names the cause), except an internal error.
-pub async fn submit_and_wait(state: &AppState, job: JobRequest) -> ApiResult<JobView> {
+/// Unless `keep` (a response that points at the job's image files), the finished job is forgotten at once: a
+/// synchronous caller has its images in the response, and keeping them would hold memory for nobody.
+pub async fn submit_and_wait(state: &AppState, job: JobRequest, keep: bool) -> ApiResult<JobView> {
     let id = submit(state, job).await?;
     let view =
         state.queue.wait(&id).await?.ok_or_else(|| ApiError::internal("the job was forgotten before it ended"))?;
+    if !keep {
+        state.queue.forget(&id).await;
+    }
     match view.status {
         JobStatus::Done => Ok(view),
         JobStatus::Cancelled => {

@@ -199,7 +199,7 @@ async fn generations(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    let view = submit_and_wait(&state, job).await?;
+    let view = submit_and_wait(&state, job, url.is_some()).await?;
     Ok(response(&view, url))
 }
 
@@ -301,7 +301,7 @@ async fn edits(State(state): State<AppState>, headers: HeaderMap, mut form: Mult
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    let view = submit_and_wait(&state, job).await?;
+    let view = submit_and_wait(&state, job, url.is_some()).await?;
     Ok(response(&view, url))
 }
 

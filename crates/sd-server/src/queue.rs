@@ -88,6 +88,18 @@ impl Queue {
         }
     }
 
+    /// Drop a finished job's record (its result has been delivered).
+    pub async fn forget(&self, id: &JobId) {
+        match self {
+            Queue::Local(s) => s.forget(id),
+            Queue::Redis(r) => {
+                if let Err(e) = r.forget(id).await {
+                    tracing::warn!(job = %id, "cannot delete a delivered job from Redis (it expires anyway): {e}");
+                }
+            }
+        }
+    }
+
     pub fn watch(&self, id: &JobId) -> Option<Watch> {
         match self {
             Queue::Local(s) => s.subscribe(id).map(Watch::Local),

@@ -224,6 +224,15 @@ impl RedisQueue {
         Ok(view_from_hash(id, &h))
     }
 
+    /// Delete a finished job's hash (its result was delivered synchronously).
+    pub async fn forget(&self, id: &JobId) -> redis::RedisResult<()> {
+        let v = self.view(id).await?;
+        if v.is_some_and(|v| v.status.is_final()) {
+            let _: () = self.con().del(job_key(id)).await?;
+        }
+        Ok(())
+    }
+
     pub async fn cancel(&self, id: &JobId) -> redis::RedisResult<Option<JobStatus>> {
         let s: Option<String> =
             redis::Script::new(CANCEL_SCRIPT).key(job_key(id)).arg(self.ttl_s).invoke_async(&mut self.con()).await?;

@@ -267,6 +267,15 @@ impl Store {
         true
     }
 
+    /// Remove a finished job (no-op for a job still queued or running).
+    pub fn forget(&self, id: &JobId) {
+        let mut g = self.lock();
+        if g.jobs.get(id).is_some_and(|e| e.view.status.is_final()) {
+            g.jobs.remove(id);
+            g.finished.retain(|f| f != id);
+        }
+    }
+
     pub fn view(&self, id: &JobId) -> Option<JobView> {
         self.lock().jobs.get(id).map(|e| e.view.clone())
     }
