@@ -341,7 +341,7 @@ fn jobs_api_queue_events_images_cancel_and_the_queue_limit() {
     let text = client().get(format!("{}/v1/jobs/{d_id}/events", s.url)).send().unwrap().text().unwrap();
     let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
     assert_eq!(events.last(), Some(&"done"), "the stream ends with `done`: {events:?}");
-    let last_data = text.lines().filter_map(|l| l.strip_prefix("data: ")).last().unwrap();
+    let last_data = text.lines().rev().find_map(|l| l.strip_prefix("data: ")).unwrap();
     let done: Value = serde_json::from_str(last_data).unwrap();
     assert_eq!(done["images"].as_array().map(Vec::len), Some(1));
     let (_, v) = get(&s, &format!("/v1/jobs/{d_id}"));
@@ -529,7 +529,8 @@ fn taesd_previews_reach_progress_and_the_jobs_api() {
     let taesd = server::root().join("../shared/data/taesd");
     assert!(taesd.join("taesd_decoder.safetensors").is_file(), "missing {}: the shared data folder", taesd.display());
     let s = Server::start(&["--taesd", taesd.to_str().unwrap(), "--preview-every", "1"]);
-    let (code, job) = post(&s, "/v1/jobs", &json!({"prompt": "a blue circle", "seed": 2, "steps": 150, "width": 128, "height": 128}));
+    let (code, job) =
+        post(&s, "/v1/jobs", &json!({"prompt": "a blue circle", "seed": 2, "steps": 150, "width": 128, "height": 128}));
     assert_eq!(code, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
     let t0 = Instant::now();

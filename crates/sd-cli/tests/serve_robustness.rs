@@ -213,7 +213,10 @@ fn credentials_are_required_when_configured() {
     assert_eq!(post(Some(("basic", "anyone:key-12345678")), "/sdapi/v1/txt2img").0, 200);
     assert_eq!(c.get(format!("{}/sdapi/v1/sd-models", s.url)).send().unwrap().status().as_u16(), 401);
     assert_eq!(c.get(format!("{}/metrics", s.url)).send().unwrap().status().as_u16(), 401);
-    assert_eq!(c.get(format!("{}/v1/jobs/00000000-0000-4000-8000-000000000000", s.url)).send().unwrap().status().as_u16(), 401);
+    assert_eq!(
+        c.get(format!("{}/v1/jobs/00000000-0000-4000-8000-000000000000", s.url)).send().unwrap().status().as_u16(),
+        401
+    );
     // An OpenAI `url` response is fetched without credentials (the random job id in it is the capability).
     let r: Value = c
         .post(format!("{}/v1/images/generations", s.url))

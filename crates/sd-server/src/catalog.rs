@@ -1,6 +1,6 @@
 //! The models `sd serve` can switch between: the `--model` it started with and every diffusers folder or
 //! `.safetensors`/`.ckpt` checkpoint directly inside `--models-dir`, named as AUTOMATIC1111 names checkpoints
-//! (`title` = "name [hash]", `model_name` = name without extension).
+//! (`title` = `"name [hash]"`, `model_name` = name without extension).
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
@@ -59,7 +59,7 @@ impl ModelEntry {
         self.hash.get_or_init(|| self.hashed_file().and_then(|f| sd_pipeline::hash_cache::short_hash(&f))).clone()
     }
 
-    /// A1111's title, "name [hash]" (blocking, see [`Self::hash`]).
+    /// A1111's title, `"name [hash]"` (blocking, see [`Self::hash`]).
     pub fn title(&self) -> String {
         match self.hash() {
             Some(h) => format!("{} [{h}]", self.file_name),

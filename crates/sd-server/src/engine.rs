@@ -280,7 +280,8 @@ impl Engine {
             started,
             ..Default::default()
         };
-        let key: PromptKey = (base.prompt.clone(), base.negative_prompt.clone(), base.clip_skip, base.emphasis.to_string());
+        let key: PromptKey =
+            (base.prompt.clone(), base.negative_prompt.clone(), base.clip_skip, base.emphasis.to_string());
         let mut encoded = match self.prompt_cache.take() {
             Some((k, e)) if k == key => Some(e),
             _ => None,
