@@ -36,7 +36,26 @@ enum Command {
     Train(Box<cmd::train::Args>),
 }
 
+/// Let a closed pipe end the process quietly, as it does for other Unix tools (`sd samplers | head`): Rust ignores
+/// SIGPIPE, so without this every later write fails and `println!` panics.
+#[cfg(unix)]
+fn default_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: restoring the default disposition of one signal before any thread is started; no handler runs.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     sd_core::alloc::reuse_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -207,3 +207,24 @@ fn taesd_with_a_vae_of_another_scale_is_refused() {
     assert!(err.contains("--taesd") && err.contains("1/2"), "{err}");
     assert!(files_in(dir.path()).is_empty());
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    for args in [&["samplers"][..], &["samplers", "--json"][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sd"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close our end before sd writes anything (it is still loading LibTorch), as a reader that quits early does.
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!err.contains("panicked"), "sd {args:?} panicked on a closed pipe: {err}");
+        assert_ne!(status.code(), Some(101), "sd {args:?}: {status:?} {err}");
+    }
+}
