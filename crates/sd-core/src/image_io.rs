@@ -75,6 +75,12 @@ pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbIma
     if img.width() == width && img.height() == height {
         return img.clone();
     }
+    if filter == Filter::Lanczos {
+        // Pillow's exact bytes; the buffer sizes are consistent by construction, so the fallback never runs.
+        if let Ok(out) = crate::resample::lanczos_rgb(img, width, height) {
+            return out;
+        }
+    }
     image::imageops::resize(img, width, height, filter.to_image())
 }
 

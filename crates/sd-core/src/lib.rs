@@ -6,6 +6,7 @@
 //! | [`rng`] | [`rng::TorchGenerator`]: seeded noise bit-identical to `torch.randn(..., generator=torch.Generator("cpu"))` |
 //! | [`weights`] | memory-mapped safetensors → tensors through a [`weights::VarBuilder`] that reports every problem at once |
 //! | [`image_io`] | images ↔ NCHW tensors, loading PNG/JPEG/WebP, resizing |
+//! | [`resample`] | Lanczos resizing byte-identical to Pillow's (what diffusers and A1111 resize with) |
 //! | [`layout`] | channels-last (NHWC) memory order for convolution weights and activations |
 //! | [`model_dir`] | finding diffusers model folders on disk or in the offline Hugging Face cache |
 //! | [`alloc`] | allocator tuning so activations reuse freed memory instead of fresh zeroed pages |
@@ -22,6 +23,7 @@ pub mod hash;
 pub mod image_io;
 pub mod layout;
 pub mod model_dir;
+pub mod resample;
 pub mod rng;
 pub mod weights;
 

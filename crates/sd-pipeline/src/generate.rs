@@ -89,6 +89,8 @@ pub struct Generated {
     pub interrupted: bool,
     /// Sampler steps run (equal to the schedule's length unless interrupted).
     pub steps_done: usize,
+    /// Set when a hires-fix second pass made these images (its strength and infotext pairs).
+    pub hires: Option<crate::hires::HiresApplied>,
 }
 
 /// A request's prompts, encoded: what the denoising loop needs from the text encoders. Encoding once lets a
@@ -331,6 +333,7 @@ impl StableDiffusion {
             embeddings_used,
             interrupted,
             steps_done,
+            hires: None,
         })
     }
 

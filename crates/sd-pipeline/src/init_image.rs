@@ -14,11 +14,8 @@ pub struct Prepared {
 
 /// The init image as `[1, 3, H, W]` in [-1, 1].
 pub fn prepare_init(init: &RgbImage, width: i64, height: i64, kind: Kind, device: Device) -> Tensor {
-    let img = if init.width() as i64 == width && init.height() as i64 == height {
-        init.clone()
-    } else {
-        image::imageops::resize(init, width as u32, height as u32, FilterType::Lanczos3)
-    };
+    // Pillow's Lanczos, byte for byte: diffusers' VaeImageProcessor resizes with it.
+    let img = sd_core::image_io::resize(init, width as u32, height as u32, sd_core::image_io::Filter::Lanczos);
     rgb_to_tensor(&img, Range::Signed, Kind::Float, device).to_kind(kind)
 }
 
@@ -35,9 +32,11 @@ pub fn prepare_mask(
     let mask = if mask.width() as i64 == width && mask.height() as i64 == height {
         mask.clone()
     } else {
-        DynamicImage::ImageLuma8(mask.clone())
-            .resize_exact(width as u32, height as u32, FilterType::Lanczos3)
-            .to_luma8()
+        sd_core::resample::lanczos_luma(mask, width as u32, height as u32).unwrap_or_else(|_| {
+            DynamicImage::ImageLuma8(mask.clone())
+                .resize_exact(width as u32, height as u32, FilterType::Lanczos3)
+                .to_luma8()
+        })
     };
     let m =
         Tensor::from_slice(mask.as_raw()).reshape([1, 1, height, width]).to_kind(Kind::Float).to_device(device) / 255.0;

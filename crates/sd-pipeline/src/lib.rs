@@ -9,12 +9,14 @@
 //! | [`prompt`] | prompt text → conditioning tensors (A1111 syntax, chunking, clip skip, SDXL pooled embeds) |
 //! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
+//! | [`hires`] | A1111's hires fix: first pass, enlarge, img2img second pass |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
 //! | [`single_file`] | `.safetensors`/`.ckpt` checkpoints loaded through the `sd convert` mapping (cached) |
 
 pub mod family;
 pub mod generate;
 pub mod hash_cache;
+pub mod hires;
 pub mod init_image;
 pub mod loader;
 pub mod loras;

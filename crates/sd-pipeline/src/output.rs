@@ -255,7 +255,7 @@ fn generation_info(
     info.model_name = Some(sd.name.clone());
     info.model_hash = model_hash;
     info.clip_skip = (req.clip_skip > 1).then_some(req.clip_skip as u32);
-    info.denoising_strength = req.mode.strength();
+    info.denoising_strength = req.mode.strength().or(generated.hires.as_ref().map(|h| h.strength));
     info.mode = match req.mode {
         Mode::Txt2Img => sd_provenance::metadata::Mode::Txt2Img,
         Mode::Img2Img { .. } => sd_provenance::metadata::Mode::Img2Img,
@@ -268,6 +268,9 @@ fn generation_info(
     }
     if req.guidance_rescale > 0.0 {
         info.extra.push(("Guidance rescale".into(), req.guidance_rescale.to_string()));
+    }
+    if let Some(h) = &generated.hires {
+        info.extra.extend(h.params.iter().cloned());
     }
     info.extra.extend(prompt_params(sd, req, generated));
     info

@@ -1,0 +1,106 @@
+//! The hires fix against its reference (scripts/fixtures/gen_87_hires.py): diffusers' txt2img at 32 px, PIL's
+//! Lanczos enlargement to 64 px, diffusers' img2img from it with the same seed. Each pass and the whole fix are held
+//! to the pipeline tolerances (float within 1e-3, 8-bit within one level on ≥ 99.9 % of values; measured: ~1e-6),
+//! and the enlargement must equal Pillow's byte for byte.
+
+use sd_pipeline::hires::{Hires, Upscaler};
+use sd_pipeline::loader::{LoadOptions, StableDiffusion};
+use sd_pipeline::request::{GenerationRequest, Mode};
+use serde_json::Value;
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
+}
+
+fn reference(name: &str) -> Tensor {
+    Tensor::read_safetensors(fixtures().join("pipeline/hires.safetensors"))
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .unwrap()
+        .1
+}
+
+/// (max |Δ| on floats, fraction of 8-bit values within one level)
+fn compare(ours: &[Tensor], expected: &Tensor) -> (f64, f64) {
+    let ours = Tensor::stack(ours, 0).permute([0, 2, 3, 1]);
+    assert_eq!(ours.size(), expected.size());
+    let max = (&ours - expected).abs().max().double_value(&[]);
+    let q = |t: &Tensor| (t * 255.0).round();
+    let within = (q(&ours) - q(expected)).abs().le(1.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    (max, within)
+}
+
+#[test]
+fn hires_fix_matches_the_diffusers_composition() {
+    let case: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("pipeline/hires.json")).unwrap()).unwrap();
+    let mut opts = LoadOptions::cpu(Kind::Float);
+    opts.load_safety_checker = false;
+    let sd = StableDiffusion::load(fixtures().join("models/sd1").to_str().unwrap(), opts).unwrap();
+    let n = |k: &str| case[k].as_f64().unwrap();
+    let mut req = GenerationRequest::txt2img(case["prompt"].as_str().unwrap(), n("width") as i64, n("height") as i64);
+    req.negative_prompt = case["negative"].as_str().unwrap().into();
+    req.steps = n("steps") as usize;
+    req.cfg_scale = n("cfg");
+    req.seed = n("seed") as u64;
+    req.sampler = "Euler".parse().unwrap();
+    let hires = Hires {
+        scale: n("scale"),
+        resize: None,
+        steps: Some(n("hires_steps") as usize),
+        strength: n("strength"),
+        upscaler: Upscaler::Lanczos,
+    };
+    let mut quiet = sd_pipeline::generate::quiet();
+    let enc = sd.encode_prompts(&req, &mut quiet).unwrap();
+
+    // First pass: the ordinary pipeline.
+    let first = sd.generate_encoded(&req, &enc, &mut quiet).unwrap();
+    let (max, within) = compare(&first.images, &reference("first"));
+    println!("first pass: max|Δ| {max:.2e}, within one level {:.4} %", within * 100.0);
+    assert!(max <= 1e-3 && within >= 0.999, "first pass differs from diffusers");
+
+    // Second pass from the reference's enlarged image: the same img2img as diffusers'.
+    let upscaled = sd_core::image_io::load_rgb(&fixtures().join("pipeline/hires_upscaled.png")).unwrap();
+    let mut second = req.clone();
+    second.width = 64;
+    second.height = 64;
+    second.steps = hires.steps.unwrap();
+    second.mode = Mode::Img2Img { init: upscaled.clone(), strength: hires.strength };
+    let g2 = sd.generate_encoded(&second, &enc, &mut quiet).unwrap();
+    let (max, within) = compare(&g2.images, &reference("final"));
+    println!("second pass from PIL's enlargement: max|Δ| {max:.2e}, within one level {:.4} %", within * 100.0);
+    assert!(max <= 1e-3 && within >= 0.999, "second pass differs from diffusers");
+
+    // Our Lanczos is Pillow's, byte for byte.
+    let small = sd_core::image_io::tensor_to_rgb(&first.images[0], sd_core::image_io::Range::Unit).unwrap();
+    let ours = sd_core::resample::lanczos_rgb(&small, 64, 64).unwrap();
+    assert!(ours.as_raw() == upscaled.as_raw(), "the enlargement differs from Pillow's Lanczos");
+
+    // The whole fix, through its own entry point.
+    let all = sd.generate_hires_encoded(&req, &enc, &hires, &mut quiet).unwrap();
+    assert_eq!(all.images[0].size(), vec![3, 64, 64]);
+    let (max, within) = compare(&all.images, &reference("final"));
+    println!("whole hires fix: max|Δ| {max:.2e}, within one level {:.4} %", within * 100.0);
+    assert!(max <= 1e-3 && within >= 0.999, "hires fix differs from the diffusers composition: {max} {within}");
+    let params = &all.hires.as_ref().unwrap().params;
+    assert_eq!(params[0], ("Hires upscale".to_string(), "2".to_string()));
+    assert_eq!(all.steps_done, req.steps + (hires.steps.unwrap() as f64 * hires.strength) as usize);
+}
+
+#[test]
+fn hires_settings_are_checked() {
+    let base = Hires { scale: 2.0, resize: None, steps: None, strength: 0.5, upscaler: Upscaler::Lanczos };
+    assert_eq!(base.target(512, 768).unwrap(), (1024, 1536));
+    assert_eq!(Hires { scale: 1.5, ..base.clone() }.target(100, 100).unwrap(), (144, 144));
+    assert_eq!(Hires { resize: Some((1000, 700)), ..base.clone() }.target(8, 8).unwrap(), (1000, 696));
+    assert!(Hires { scale: 9.0, ..base.clone() }.validate().is_err());
+    assert!(Hires { strength: 0.0, ..base.clone() }.validate().is_err());
+    assert!(Hires { steps: Some(0), ..base.clone() }.validate().is_err());
+    assert!("Latent".parse::<Upscaler>().unwrap_err().to_string().contains("latent upscaling"));
+    assert_eq!("None".parse::<Upscaler>().unwrap(), Upscaler::Lanczos);
+    assert!("R-ESRGAN 4x+".parse::<Upscaler>().is_err());
+}
