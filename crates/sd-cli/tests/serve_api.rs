@@ -551,3 +551,51 @@ fn taesd_previews_reach_progress_and_the_jobs_api() {
     assert!(v["preview"].as_str().is_some_and(|p| !p.is_empty()), "the jobs API shows the preview: {}", v["status"]);
     post(&s, "/sdapi/v1/interrupt", &json!({}));
 }
+
+#[test]
+fn hires_fix_through_a1111_gives_sd_generates_pixels() {
+    let s = Server::start(&[]);
+    let body = json!({"prompt": "a red square", "seed": 12, "steps": 6, "width": 32, "height": 32, "sampler_name": "Euler",
+        "enable_hr": true, "hr_upscaler": "Lanczos", "hr_scale": 2, "hr_second_pass_steps": 8, "denoising_strength": 0.5,
+        "hr_sampler_name": null, "hr_prompt": "", "hr_negative_prompt": "", "hr_checkpoint_name": null});
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{r}");
+    let (w, h, px) = pixels(r["images"][0].as_str().unwrap());
+    assert_eq!((w, h), (64, 64));
+    let info: Value = serde_json::from_str(r["info"].as_str().unwrap()).unwrap();
+    let infotext = info["infotexts"][0].as_str().unwrap();
+    for want in
+        ["Size: 32x32", "Denoising strength: 0.5", "Hires upscale: 2", "Hires steps: 8", "Hires upscaler: Lanczos"]
+    {
+        assert!(infotext.contains(want), "{want} missing: {infotext}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("{n}.png");
+    sd_generate(&[
+        "a red square",
+        "--seed",
+        "12",
+        "--steps",
+        "6",
+        "-W",
+        "32",
+        "-H",
+        "32",
+        "--sampler",
+        "Euler",
+        "--hires-scale",
+        "2",
+        "--hires-steps",
+        "8",
+        "--hires-strength",
+        "0.5",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let file = dir.path().join("000.png");
+    assert_eq!(px, file_pixels(&file), "served hires pixels differ from sd generate's");
+    assert_eq!(
+        parameters_chunk(&b64(r["images"][0].as_str().unwrap())),
+        parameters_chunk(&std::fs::read(&file).unwrap())
+    );
+}

@@ -15,6 +15,14 @@ fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().expect("client")
 }
 
+fn merge(base: &Value, extra: Value) -> String {
+    let mut b = base.clone();
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b.to_string()
+}
+
 fn png(w: u32, h: u32) -> Vec<u8> {
     let mut out = Vec::new();
     image::RgbImage::new(w, h).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
@@ -82,7 +90,15 @@ fn bad_input_on_every_endpoint_gets_a_4xx_json_error_and_the_server_stays_health
         ("POST", t2i, with("sampler_name", json!("Nope Sampler")), 400, "unknown sampler"),
         ("POST", t2i, with("scheduler", json!("polyexponential")), 400, "scheduler"),
         ("POST", t2i, with("restore_faces", json!(true)), 422, "restore_faces"),
-        ("POST", t2i, with("enable_hr", json!(true)), 422, "enable_hr"),
+        ("POST", t2i, with("enable_hr", json!(true)), 422, "latent upscaling"),
+        ("POST", t2i, merge(&ok, json!({"enable_hr": true, "hr_upscaler": "Lanczos", "hr_scale": 64})), 400, "hires"),
+        (
+            "POST",
+            t2i,
+            merge(&ok, json!({"enable_hr": true, "hr_upscaler": "Lanczos", "hr_sampler_name": "DDIM"})),
+            422,
+            "hr_sampler_name",
+        ),
         ("POST", t2i, with("styles", json!(["cinematic"])), 422, "styles"),
         ("POST", t2i, with("script_name", json!("x/y/z plot")), 422, "script_name"),
         ("POST", t2i, with("alwayson_scripts", json!({"ADetailer": {"args": []}})), 422, "ADetailer"),

@@ -175,8 +175,10 @@ impl StableDiffusion {
         g.unet_calls += first.unet_calls;
         g.steps_done += first.steps_done;
         g.seed = req.seed;
-        g.hires = Some(HiresApplied { strength: hires.strength, params: hires.params((req.width, req.height), second.steps) });
+        g.hires = Some(HiresApplied {
+            strength: hires.strength,
+            params: hires.params((req.width, req.height), second.steps),
+        });
         Ok(g)
     }
 }
-

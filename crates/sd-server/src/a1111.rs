@@ -84,6 +84,16 @@ pub struct A1111Request {
     pub refiner_switch_at: Option<f64>,
     pub disable_extra_networks: Option<bool>,
     pub enable_hr: Option<bool>,
+    pub hr_scale: Option<f64>,
+    pub hr_upscaler: Option<String>,
+    pub hr_second_pass_steps: Option<i64>,
+    pub hr_resize_x: Option<i64>,
+    pub hr_resize_y: Option<i64>,
+    pub hr_sampler_name: Option<String>,
+    pub hr_scheduler: Option<String>,
+    pub hr_prompt: Option<String>,
+    pub hr_negative_prompt: Option<String>,
+    pub hr_checkpoint_name: Option<String>,
     pub script_name: Option<String>,
     pub script_args: Option<Vec<Value>>,
     pub send_images: Option<bool>,
@@ -183,11 +193,68 @@ fn must_be_false(field: &str, got: Option<bool>, what: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A1111's hires-fix fields: the second pass runs with the first pass's sampler, prompts and model; other values
+/// for those are refused rather than ignored.
+fn hires_spec(r: &A1111Request, job: &JobRequest) -> ApiResult<crate::job::HiresSpec> {
+    if job.kind != JobKind::Txt2img {
+        return Err(ApiError::unsupported("enable_hr", "`enable_hr`: the hires fix applies to txt2img"));
+    }
+    let same_or_empty = |field: &str, v: &Option<String>, same: &str, what: &str| -> ApiResult<()> {
+        match v.as_deref() {
+            None | Some("") => Ok(()),
+            Some(x)
+                if x == same || x == "Use same sampler" || x == "Use same checkpoint" || x == "Use same scheduler" =>
+            {
+                Ok(())
+            }
+            Some(x) => Err(ApiError::unsupported(
+                field,
+                format!("`{field}` {x:?}: a hires pass with another {what} is not supported"),
+            )),
+        }
+    };
+    same_or_empty("hr_sampler_name", &r.hr_sampler_name, r.sampler_name.as_deref().unwrap_or("Euler"), "sampler")?;
+    same_or_empty("hr_scheduler", &r.hr_scheduler, r.scheduler.as_deref().unwrap_or("Automatic"), "scheduler")?;
+    same_or_empty("hr_prompt", &r.hr_prompt, &job.prompt, "prompt")?;
+    same_or_empty("hr_negative_prompt", &r.hr_negative_prompt, &job.negative_prompt, "negative prompt")?;
+    same_or_empty("hr_checkpoint_name", &r.hr_checkpoint_name, "", "checkpoint")?;
+    let upscaler = r.hr_upscaler.clone().unwrap_or_else(|| "Latent".into());
+    upscaler
+        .parse::<sd_pipeline::hires::Upscaler>()
+        .map_err(|e| ApiError::unsupported("hr_upscaler", format!("`hr_upscaler`: {e:#}")))?;
+    let resize = match (r.hr_resize_x.unwrap_or(0), r.hr_resize_y.unwrap_or(0)) {
+        (0, 0) => None,
+        (x, 0) if x > 0 => Some((x, x * job.height / job.width.max(1))),
+        (0, y) if y > 0 => Some((y * job.width / job.height.max(1), y)),
+        (x, y) => Some((x, y)),
+    };
+    let steps = match r.hr_second_pass_steps.unwrap_or(0) {
+        0 => None,
+        s if s > 0 => Some(s as usize),
+        s => {
+            return Err(ApiError::bad_request(format!(
+                "`hr_second_pass_steps` {s}: expected 0 (same as steps) or more"
+            ))
+            .with_param("hr_second_pass_steps"))
+        }
+    };
+    let spec = crate::job::HiresSpec {
+        scale: r.hr_scale.unwrap_or(2.0),
+        resize,
+        steps,
+        strength: r.denoising_strength.unwrap_or(0.7),
+        upscaler,
+    };
+    spec.to_hires()
+        .and_then(|h| h.validate())
+        .map_err(|e| ApiError::bad_request(format!("hires fix: {e:#}")).with_param("enable_hr"))?;
+    Ok(spec)
+}
+
 /// Map a body onto a job, refusing what sd-rs would do differently.
 pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<JobRequest> {
     must_be_false("restore_faces", r.restore_faces, "face restoration")?;
     must_be_false("tiling", r.tiling, "tiling")?;
-    must_be_false("enable_hr", r.enable_hr, "hires fix")?;
     if let Some(s) = r.styles.as_ref().filter(|s| !s.is_empty()) {
         return Err(ApiError::unsupported("styles", format!("`styles` {s:?}: saved prompt styles are not supported")));
     }
@@ -336,8 +403,8 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
     };
     let job = JobRequest {
         kind,
-        prompt: r.prompt.unwrap_or_default(),
-        negative_prompt: r.negative_prompt.unwrap_or_default(),
+        prompt: r.prompt.clone().unwrap_or_default(),
+        negative_prompt: r.negative_prompt.clone().unwrap_or_default(),
         steps: usize::try_from(steps)
             .map_err(|_| ApiError::bad_request(format!("`steps` {steps} must be ≥ 1")).with_param("steps"))?,
         cfg_scale: r.cfg_scale.unwrap_or(7.0),
@@ -357,7 +424,12 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
         mask,
         denoising_strength: strength,
         mask_invert,
+        hires: None,
     };
+    let mut job = job;
+    if r.enable_hr == Some(true) {
+        job.hires = Some(hires_spec(&r, &job)?);
+    }
     validate_job(state, &job)?;
     Ok(job)
 }

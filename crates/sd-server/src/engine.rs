@@ -273,6 +273,7 @@ impl Engine {
         let sd = self.sd.as_ref().context("no model is loaded")?;
         let base = to_generation_request(req, sd)?;
         base.validate(sd.vae_scale_factor())?;
+        let hires = req.hires.as_ref().map(|h| h.to_hires()).transpose()?;
 
         let mut out = JobResult {
             model: self.catalog.entries[idx].title(),
@@ -326,7 +327,10 @@ impl Engine {
                 encoded = Some(sd.encode_prompts(&g, &mut on_event)?);
             }
             let enc = encoded.as_ref().context("the prompts were not encoded")?;
-            let generated = sd.generate_encoded(&g, enc, &mut on_event)?;
+            let generated = match &hires {
+                Some(h) => sd.generate_hires_encoded(&g, enc, h, &mut on_event)?,
+                None => sd.generate_encoded(&g, enc, &mut on_event)?,
+            };
             if ctl.cancel.load(Ordering::SeqCst) {
                 bail!("cancelled");
             }

@@ -78,6 +78,31 @@ pub struct JobRequest {
     pub denoising_strength: f64,
     /// Swap black and white in the mask (A1111's `inpainting_mask_invert`).
     pub mask_invert: bool,
+    /// A1111's hires fix (`enable_hr`): a second, img2img pass at a larger size.
+    #[serde(default)]
+    pub hires: Option<HiresSpec>,
+}
+
+/// The hires fix as a job carries it (see `sd_pipeline::hires::Hires`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HiresSpec {
+    pub scale: f64,
+    pub resize: Option<(i64, i64)>,
+    pub steps: Option<usize>,
+    pub strength: f64,
+    pub upscaler: String,
+}
+
+impl HiresSpec {
+    pub fn to_hires(&self) -> anyhow::Result<sd_pipeline::hires::Hires> {
+        Ok(sd_pipeline::hires::Hires {
+            scale: self.scale,
+            resize: self.resize,
+            steps: self.steps,
+            strength: self.strength,
+            upscaler: self.upscaler.parse()?,
+        })
+    }
 }
 
 impl JobRequest {

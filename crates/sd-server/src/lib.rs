@@ -166,6 +166,25 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
             ),
         );
     }
+    if let Some(spec) = &job.hires {
+        let h = spec.to_hires().map_err(|e| ApiError::unsupported("hr_upscaler", format!("{e:#}")))?;
+        h.validate().map_err(|e| ApiError::bad_request(format!("hires fix: {e:#}")).with_param("enable_hr"))?;
+        let (w, hh) =
+            h.target(job.width, job.height).map_err(|e| ApiError::bad_request(format!("hires fix: {e:#}")))?;
+        let px = w as u64 * hh as u64;
+        if px > l.max_pixels {
+            return bad(
+                "hr_scale",
+                format!("the hires size {w}x{hh} = {px} pixels is over this server's {} (--max-pixels)", l.max_pixels),
+            );
+        }
+        if h.steps.is_some_and(|s| s > l.max_steps) {
+            return bad(
+                "hr_second_pass_steps",
+                format!("`hr_second_pass_steps`: at most {} (--max-steps)", l.max_steps),
+            );
+        }
+    }
     if !job.cfg_scale.is_finite() || !(0.0..=100.0).contains(&job.cfg_scale) {
         return bad("cfg_scale", format!("`cfg_scale` {}: expected a number from 0 to 100", job.cfg_scale));
     }

@@ -151,6 +151,7 @@ fn to_job(state: &AppState, b: &GenerationBody, kind: JobKind, default_size: (i6
         mask: None,
         denoising_strength: 1.0,
         mask_invert: false,
+        hires: None,
     };
     if !(1..=state.cfg.limits.max_batch_size).contains(&n) {
         return Err(ApiError::bad_request(format!("`n` {n}: expected 1 to {}", state.cfg.limits.max_batch_size))

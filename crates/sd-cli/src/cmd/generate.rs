@@ -79,6 +79,21 @@ pub struct Args {
     /// How much of the init image to repaint, (0, 1]
     #[arg(long)]
     pub strength: Option<f64>,
+    /// Hires fix (A1111): draw at the given size, enlarge by this factor (1–4), repaint with img2img
+    #[arg(long, value_name = "FACTOR")]
+    pub hires_scale: Option<f64>,
+    /// Hires fix to an explicit final size instead of a factor
+    #[arg(long, value_name = "WxH")]
+    pub hires_resize: Option<String>,
+    /// Steps of the hires second pass (default: --steps), shortened by --hires-strength as img2img is
+    #[arg(long)]
+    pub hires_steps: Option<usize>,
+    /// How much of the enlarged picture the second pass repaints, (0, 1]
+    #[arg(long, default_value_t = 0.7)]
+    pub hires_strength: f64,
+    /// How the first pass is enlarged: lanczos (Pillow's, byte for byte)
+    #[arg(long, default_value = "lanczos")]
+    pub hires_upscaler: String,
     /// Decode with TAESD weights from this folder (fast previews)
     #[arg(long)]
     pub taesd: Option<PathBuf>,
@@ -116,6 +131,7 @@ pub fn run(args: Args) -> Result<()> {
     let sampler = (args.sampler.parse::<sd_schedulers::SamplerChoice>())
         .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?
         .with_schedule(schedule);
+    let hires = hires_settings(&args)?;
     let loras = collect_loras(&args)?;
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
@@ -207,7 +223,10 @@ pub fn run(args: Args) -> Result<()> {
             sd.release_text_encoders();
         }
         let enc = encoded.as_ref().context("the prompts were not encoded")?;
-        let generated = sd.generate_encoded(&req, enc, &mut on_event)?;
+        let generated = match &hires {
+            Some(h) => sd.generate_hires_encoded(&req, enc, h, &mut on_event)?,
+            None => sd.generate_encoded(&req, enc, &mut on_event)?,
+        };
         drop(on_event);
         if let Some(bar) = bar {
             bar.finish_and_clear();
@@ -241,6 +260,37 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
+}
+
+/// The hires-fix flags, checked before any model loads.
+fn hires_settings(args: &Args) -> Result<Option<sd_pipeline::hires::Hires>> {
+    if args.hires_scale.is_none() && args.hires_resize.is_none() {
+        return Ok(None);
+    }
+    if args.init_image.is_some() {
+        usage!("the hires fix (--hires-scale/--hires-resize) applies to txt2img, not with --init-image");
+    }
+    let resize = match &args.hires_resize {
+        Some(s) => {
+            let parsed =
+                s.split_once(['x', 'X']).and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+            match parsed {
+                Some(wh) => Some(wh),
+                None => usage!("--hires-resize {s}: expected WIDTHxHEIGHT, e.g. 1024x1024"),
+            }
+        }
+        None => None,
+    };
+    let upscaler = args.hires_upscaler.parse().map_err(|e: anyhow::Error| super::UsageError(format!("{e:#}")))?;
+    let h = sd_pipeline::hires::Hires {
+        scale: args.hires_scale.unwrap_or(1.0),
+        resize,
+        steps: args.hires_steps,
+        strength: args.hires_strength,
+        upscaler,
+    };
+    h.validate().map_err(|e| super::UsageError(format!("{e:#}")))?;
+    Ok(Some(h))
 }
 
 /// `--lora FILE:WEIGHT` flags, then the prompt's `<lora:name:weight>` tags looked up in `--lora-dir`.
