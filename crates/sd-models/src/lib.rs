@@ -7,12 +7,14 @@
 //! | [`attention`] | scaled-dot-product attention shared by CLIP, the UNet transformer blocks and the VAE mid-block |
 //! | [`clip`] | CLIP BPE tokenizer, CLIPTextModel / CLIPTextModelWithProjection, CLIP vision tower |
 //! | [`unet`] | UNet2DConditionModel (SD1.x, SD2.x, SDXL, inpainting, LCM) from its config |
+//! | [`controlnet`] | ControlNetModel: the UNet's contracting half with a conditioning embedding and zero convolutions |
 //! | [`vae`] | AutoencoderKL (encode/decode, tiling) and AutoencoderTiny (TAESD) |
 //! | [`safety`] | StableDiffusionSafetyChecker |
 //! | [`convert`] | single-file (LDM) checkpoints → diffusers state dicts, and the safe pickle reader |
 
 pub mod attention;
 pub mod clip;
+pub mod controlnet;
 pub mod convert;
 pub mod nn;
 pub mod safety;

@@ -6,6 +6,7 @@
 mod blocks;
 pub mod config;
 pub mod embeddings;
+pub mod encoder;
 pub mod resnet;
 pub mod transformer;
 
@@ -14,9 +15,8 @@ pub use config::{PerBlock, UNetConfig};
 
 use crate::nn::{Activation, Conv2d, GroupNorm};
 use anyhow::{bail, Context, Result};
-use blocks::{BlockOpts, DownBlock, MidBlock, UpBlock};
-use embeddings::{timestep_embedding, TimestepEmbedding};
-use resnet::ResnetOpts;
+use blocks::UpBlock;
+use encoder::{activation, Encoded, UNetEncoder};
 use sd_core::weights::VarBuilder;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -58,21 +58,9 @@ pub struct UNetInputs<'a> {
 
 /// `add_time_proj` + `add_embedding` of `addition_embed_type = "text_time"`.
 #[derive(Debug)]
-struct TextTimeEmbedding {
-    time_dim: i64,
-    in_dim: i64,
-    embedding: TimestepEmbedding,
-}
-
-#[derive(Debug)]
 pub struct UNet2DConditionModel {
     config: UNetConfig,
-    conv_in: Conv2d,
-    time_embedding: TimestepEmbedding,
-    add_embedding: Option<TextTimeEmbedding>,
-    time_embed_act: Option<Activation>,
-    down_blocks: Vec<DownBlock>,
-    mid_block: Option<MidBlock>,
+    encoder: UNetEncoder,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -80,10 +68,6 @@ pub struct UNet2DConditionModel {
     mode: AttentionMode,
     /// Key/value widths of every transformer (must all equal the text states' width).
     cross_dims: Vec<i64>,
-}
-
-fn activation(field: &str, name: &str) -> Result<Activation> {
-    Activation::parse(name).with_context(|| format!("unsupported UNet config: `{field}` = {name:?}"))
 }
 
 impl UNet2DConditionModel {
@@ -110,67 +94,9 @@ impl UNet2DConditionModel {
         let r = cfg.resolve()?;
         let act = activation("act_fn", &cfg.act_fn)?;
         let c0 = cfg.block_out_channels[0];
-        let conv_in = Conv2d::new(
-            &(vb / "conv_in"),
-            cfg.in_channels,
-            c0,
-            cfg.conv_in_kernel,
-            1,
-            (cfg.conv_in_kernel - 1) / 2,
-            true,
-        )?;
-        let post_act = cfg.timestep_post_act.as_deref().map(|a| activation("timestep_post_act", a)).transpose()?;
-        let time_embedding = TimestepEmbedding::new(
-            &(vb / "time_embedding"),
-            c0,
-            r.time_embed_dim,
-            act,
-            post_act,
-            cfg.time_cond_proj_dim,
-        )?;
-        let add_embedding = match (cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
-            (Some(time_dim), Some(in_dim)) if cfg.addition_embed_type.is_some() => Some(TextTimeEmbedding {
-                time_dim,
-                in_dim,
-                embedding: TimestepEmbedding::new(
-                    &(vb / "add_embedding"),
-                    in_dim,
-                    r.time_embed_dim,
-                    Activation::Silu,
-                    None,
-                    None,
-                )?,
-            }),
-            _ => None,
-        };
-        let time_embed_act =
-            cfg.time_embedding_act_fn.as_deref().map(|a| activation("time_embedding_act_fn", a)).transpose()?;
-        let opts = BlockOpts {
-            resnet: ResnetOpts {
-                temb: r.time_embed_dim,
-                groups: r.groups,
-                eps: cfg.norm_eps,
-                act,
-                scale_shift: r.scale_shift,
-                output_scale_factor: 1.0,
-            },
-            linear_projection: cfg.use_linear_projection,
-            upcast_attention: cfg.upcast_attention,
-            downsample_padding: cfg.downsample_padding,
-        };
+        let encoder = UNetEncoder::new(vb, cfg, &r, act)?;
         let n = r.down.len();
-        let mut down_blocks = Vec::with_capacity(n);
-        let mut in_ch = c0;
-        for (i, spec) in r.down.iter().enumerate() {
-            down_blocks.push(DownBlock::new(&(vb / "down_blocks" / i), in_ch, spec, i + 1 < n, &opts)?);
-            in_ch = spec.channels;
-        }
         let deepest = &r.down[n - 1];
-        let mid_block = if r.mid {
-            Some(MidBlock::new(&(vb / "mid_block"), deepest, &opts, cfg.mid_block_scale_factor)?)
-        } else {
-            None
-        };
         let mut cross_dims: Vec<i64> =
             r.down.iter().chain(&r.up).filter(|b| b.attention).map(|b| b.cross_attention_dim).collect();
         if r.mid {
@@ -181,17 +107,12 @@ impl UNet2DConditionModel {
         for (i, spec) in r.up.iter().enumerate() {
             let mirror = n - 1 - i;
             let skip_in = if mirror == 0 { c0 } else { r.down[mirror - 1].channels };
-            up_blocks.push(UpBlock::new(&(vb / "up_blocks" / i), prev, skip_in, spec, i + 1 < n, &opts)?);
+            up_blocks.push(UpBlock::new(&(vb / "up_blocks" / i), prev, skip_in, spec, i + 1 < n, &encoder.opts)?);
             prev = spec.channels;
         }
         let mut unet = Self {
             config: cfg.clone(),
-            conv_in,
-            time_embedding,
-            add_embedding,
-            time_embed_act,
-            down_blocks,
-            mid_block,
+            encoder,
             up_blocks,
             conv_norm_out: GroupNorm::new(&(vb / "conv_norm_out"), r.groups, c0, cfg.norm_eps)?,
             conv_out: Conv2d::new(
@@ -214,9 +135,8 @@ impl UNet2DConditionModel {
     /// Give every attention layer its position in diffusers' `attn_processors` order: down blocks, up blocks,
     /// then the mid block (the order in which `UNet2DConditionModel.__init__` registers them).
     fn number_attention_sites(&mut self) {
-        let down = self.down_blocks.iter_mut().flat_map(|b| b.attentions_mut());
+        let (down, mid) = self.encoder.attentions_mut();
         let up = self.up_blocks.iter_mut().flat_map(|b| b.attentions_mut());
-        let mid = self.mid_block.iter_mut().flat_map(|b| b.attentions_mut());
         for (i, attn) in down.chain(up).chain(mid).enumerate() {
             attn.site.index = i;
         }
@@ -224,15 +144,14 @@ impl UNet2DConditionModel {
 
     /// Every attention layer's site, in diffusers' `attn_processors` order.
     pub fn attention_sites(&mut self) -> Vec<AttentionSite> {
-        let down = self.down_blocks.iter_mut().flat_map(|b| b.attentions_mut());
+        let (down, mid) = self.encoder.attentions_mut();
         let up = self.up_blocks.iter_mut().flat_map(|b| b.attentions_mut());
-        let mid = self.mid_block.iter_mut().flat_map(|b| b.attentions_mut());
         down.chain(up).chain(mid).map(|a| a.site.clone()).collect()
     }
 
     /// Number of skip connections the down path produces: the length `down_block_additional_residuals` must have.
     pub fn skip_count(&self) -> usize {
-        1 + self.down_blocks.iter().map(|b| b.skip_count()).sum::<usize>()
+        1 + self.encoder.down_blocks.iter().map(|b| b.skip_count()).sum::<usize>()
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -280,7 +199,7 @@ impl UNet2DConditionModel {
             bail!("UNet sample must be [batch, {}, height, width], got {size:?}", cfg.in_channels);
         }
         let batch = size[0];
-        let kind = self.conv_in.weight.kind();
+        let kind = self.encoder.conv_in.weight.kind();
         let ctx_size = encoder_hidden_states.size();
         if ctx_size.len() != 3 || ctx_size[0] != batch || !self.cross_dims.iter().all(|&d| d == ctx_size[2]) {
             bail!(
@@ -304,40 +223,11 @@ impl UNet2DConditionModel {
         };
         let sample = if cfg.center_input_sample { sample * 2.0 - 1.0 } else { sample.shallow_clone() };
 
-        let c0 = cfg.block_out_channels[0];
-        let t_emb = timestep_embedding(&timesteps.to_device(sample.device()), c0, cfg.flip_sin_to_cos, cfg.freq_shift)?
-            .to_kind(kind);
-        let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
-        if let Some(add) = &self.add_embedding {
-            let Some(a) = added else {
-                bail!("this UNet (addition_embed_type = \"text_time\", e.g. SDXL) needs added conditioning: text_embeds and time_ids");
-            };
-            let (te, ti) = (a.text_embeds.size(), a.time_ids.size());
-            let expected = add.in_dim - 6 * add.time_dim;
-            if te != [batch, expected] || ti != [batch, 6] {
-                bail!("SDXL added conditioning must be text_embeds [{batch}, {expected}] and time_ids [{batch}, 6], got {te:?} and {ti:?}");
-            }
-            let time_ids = a.time_ids.to_device(sample.device()).f_flatten(0, -1)?;
-            let time_embeds = timestep_embedding(&time_ids, add.time_dim, cfg.flip_sin_to_cos, cfg.freq_shift)?
-                .f_reshape([a.text_embeds.size()[0], -1])?;
-            let add_embeds = Tensor::f_cat(&[a.text_embeds.to_kind(Kind::Float), time_embeds], -1)?.to_kind(emb.kind());
-            emb += add.embedding.forward(&add_embeds, None)?;
-        }
-        if let Some(a) = self.time_embed_act {
-            emb = a.forward(&emb);
-        }
-
+        let emb = self.encoder.embed(cfg, &timesteps.to_device(sample.device()), batch, kind, added, timestep_cond)?;
         let ctx = &encoder_hidden_states.to_kind(kind);
         let pass = Pass { mode: self.mode, hook: inputs.attention_hook };
-        let mut h = self.conv_in.forward(&sample);
-        let mut skips = vec![h.shallow_clone()];
-        let mut intrablock = inputs.down_intrablock_additional_residuals.unwrap_or(&[]).iter();
-        for (i, block) in self.down_blocks.iter().enumerate() {
-            let residual = intrablock.next();
-            h = block
-                .forward(&h, &emb, ctx, &pass, &mut skips, residual)
-                .with_context(|| format!("UNet down block {i}"))?;
-        }
+        let Encoded { mut h, mut skips, emb } =
+            self.encoder.forward(&sample, emb, ctx, &pass, None, inputs.down_intrablock_additional_residuals)?;
         if let Some(extra) = inputs.down_block_additional_residuals {
             if extra.len() != skips.len() {
                 bail!(
@@ -351,9 +241,6 @@ impl UNet2DConditionModel {
                     format!("down_block_additional_residuals[{i}] {:?} does not fit skip {:?}", r.size(), skip.size())
                 })?;
             }
-        }
-        if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, &emb, ctx, &pass).context("UNet mid block")?;
         }
         if let Some(r) = inputs.mid_block_additional_residual {
             h = h.f_add(r).with_context(|| {

@@ -1,0 +1,218 @@
+//! `ControlNetModel`: the UNet's contracting half (shared with [`crate::unet`]) fed with an extra picture — edges,
+//! a pose, depth — through a small convolutional embedding, whose skips and mid output leave through zero-initialised
+//! 1×1 convolutions as residuals for the UNet (`down_block_additional_residuals`,
+//! `mid_block_additional_residual`). Built from diffusers' `config.json` and state-dict names.
+//! Reference: diffusers 0.42.1 `models/controlnets/controlnet.py`.
+
+use crate::nn::{Activation, Conv2d};
+use crate::unet::encoder::{activation, Encoded, UNetEncoder};
+use crate::unet::{AddedCond, AttentionMode, Pass, UNetConfig};
+use anyhow::{bail, Context, Result};
+use sd_core::weights::VarBuilder;
+use serde::Deserialize;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// The ControlNet-only fields of its `config.json` (the rest is read as a [`UNetConfig`]).
+#[derive(Deserialize, Clone, Debug)]
+#[serde(default)]
+pub struct ControlNetExtra {
+    pub conditioning_channels: i64,
+    pub conditioning_embedding_out_channels: Vec<i64>,
+    pub controlnet_conditioning_channel_order: String,
+    pub global_pool_conditions: bool,
+}
+
+impl Default for ControlNetExtra {
+    fn default() -> Self {
+        Self {
+            conditioning_channels: 3,
+            conditioning_embedding_out_channels: vec![16, 32, 96, 256],
+            controlnet_conditioning_channel_order: "rgb".into(),
+            global_pool_conditions: false,
+        }
+    }
+}
+
+/// `ControlNetConditioningEmbedding`: the picture down to the latent grid, SiLU between convolutions.
+#[derive(Debug)]
+struct ConditioningEmbedding {
+    conv_in: Conv2d,
+    blocks: Vec<Conv2d>,
+    conv_out: Conv2d,
+}
+
+impl ConditioningEmbedding {
+    fn new(vb: &VarBuilder, in_ch: i64, channels: &[i64], out_ch: i64) -> Result<Self> {
+        let conv_in = Conv2d::new(&(vb / "conv_in"), in_ch, channels[0], 3, 1, 1, true)?;
+        let mut blocks = Vec::new();
+        for i in 0..channels.len() - 1 {
+            let (a, b) = (channels[i], channels[i + 1]);
+            blocks.push(Conv2d::new(&(vb / "blocks" / (2 * i)), a, a, 3, 1, 1, true)?);
+            blocks.push(Conv2d::new(&(vb / "blocks" / (2 * i + 1)), a, b, 3, 2, 1, true)?);
+        }
+        let conv_out = Conv2d::new(&(vb / "conv_out"), channels[channels.len() - 1], out_ch, 3, 1, 1, true)?;
+        Ok(Self { conv_in, blocks, conv_out })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = self.conv_in.forward(x).silu();
+        for b in &self.blocks {
+            h = b.forward(&h).silu();
+        }
+        self.conv_out.forward(&h)
+    }
+}
+
+/// The residuals one ControlNet evaluation gives the UNet.
+pub struct ControlResiduals {
+    pub down: Vec<Tensor>,
+    pub mid: Tensor,
+}
+
+#[derive(Debug)]
+pub struct ControlNetModel {
+    config: UNetConfig,
+    extra: ControlNetExtra,
+    encoder: UNetEncoder,
+    cond_embedding: ConditioningEmbedding,
+    controlnet_down_blocks: Vec<Conv2d>,
+    controlnet_mid_block: Conv2d,
+    mode: AttentionMode,
+}
+
+impl ControlNetModel {
+    /// Load a diffusers ControlNet folder (`config.json` + weights); every weight problem is reported at once.
+    pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        let text = std::fs::read_to_string(dir.join("config.json"))
+            .with_context(|| format!("cannot read {}", dir.join("config.json").display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", dir.display()))?;
+        let class = json.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
+        if class != "ControlNetModel" {
+            bail!(
+                "{} is not a ControlNet folder: its config's _class_name is {class:?}, expected \"ControlNetModel\"",
+                dir.display()
+            );
+        }
+        let mut cfg: UNetConfig = serde_json::from_value(json.clone())
+            .with_context(|| format!("{} is not a valid ControlNetModel config", dir.display()))?;
+        let extra: ControlNetExtra = serde_json::from_value(json)
+            .with_context(|| format!("{} is not a valid ControlNetModel config", dir.display()))?;
+        // A ControlNet has no expanding half; the UNet config's checks want one, so mirror the contracting half.
+        cfg.up_block_types = cfg
+            .down_block_types
+            .iter()
+            .rev()
+            .map(|t| if t.contains("CrossAttn") { "CrossAttnUpBlock2D".to_string() } else { "UpBlock2D".to_string() })
+            .collect();
+        cfg.out_channels = cfg.in_channels;
+        let weights = sd_core::model_dir::find_weights(dir, None)?;
+        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?;
+        let model = Self::from_varbuilder(&vb, &cfg, extra)?;
+        vb.finish("ControlNetModel", &[])?;
+        Ok(model)
+    }
+
+    pub fn from_varbuilder(vb: &VarBuilder, cfg: &UNetConfig, extra: ControlNetExtra) -> Result<Self> {
+        if extra.global_pool_conditions {
+            bail!("unsupported ControlNet config: `global_pool_conditions` = true (shuffle-style ControlNets)");
+        }
+        if !matches!(extra.controlnet_conditioning_channel_order.as_str(), "rgb" | "bgr") {
+            bail!(
+                "unsupported ControlNet config: `controlnet_conditioning_channel_order` = {:?} (expected rgb or bgr)",
+                extra.controlnet_conditioning_channel_order
+            );
+        }
+        if extra.conditioning_embedding_out_channels.is_empty() {
+            bail!("ControlNet config field `conditioning_embedding_out_channels` is empty");
+        }
+        let r = cfg.resolve()?;
+        let act: Activation = activation("act_fn", &cfg.act_fn)?;
+        let c0 = cfg.block_out_channels[0];
+        let encoder = UNetEncoder::new(vb, cfg, &r, act)?;
+        let cond_embedding = ConditioningEmbedding::new(
+            &(vb / "controlnet_cond_embedding"),
+            extra.conditioning_channels,
+            &extra.conditioning_embedding_out_channels,
+            c0,
+        )?;
+        // One zero convolution per skip connection: conv_in's output, then each resnet and each downsampler.
+        let mut widths = vec![c0];
+        for (i, block) in encoder.down_blocks.iter().enumerate() {
+            let ch = r.down[i].channels;
+            widths.extend(std::iter::repeat_n(ch, block.skip_count()));
+        }
+        let controlnet_down_blocks = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &ch)| Conv2d::new(&(vb / "controlnet_down_blocks" / i), ch, ch, 1, 1, 0, true))
+            .collect::<Result<Vec<_>>>()?;
+        let deepest = r.down[r.down.len() - 1].channels;
+        let controlnet_mid_block = Conv2d::new(&(vb / "controlnet_mid_block"), deepest, deepest, 1, 1, 0, true)?;
+        Ok(Self {
+            config: cfg.clone(),
+            extra,
+            encoder,
+            cond_embedding,
+            controlnet_down_blocks,
+            controlnet_mid_block,
+            mode: AttentionMode::default(),
+        })
+    }
+
+    pub fn set_attention_mode(&mut self, mode: AttentionMode) {
+        self.mode = mode;
+    }
+
+    /// Residuals for one evaluation: `sample` and `timestep` as the UNet gets them, `cond` the control picture
+    /// `[B, 3, H, W]` in [0, 1] at the image size, `scale` diffusers' `conditioning_scale`.
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        cond: &Tensor,
+        scale: f64,
+        added: Option<&AddedCond>,
+    ) -> Result<ControlResiduals> {
+        let cfg = &self.config;
+        let size = sample.size();
+        if size.len() != 4 || size[1] != cfg.in_channels {
+            bail!("ControlNet sample must be [batch, {}, height, width], got {size:?}", cfg.in_channels);
+        }
+        let batch = size[0];
+        let csize = cond.size();
+        if csize.len() != 4 || csize[0] != batch || csize[1] != self.extra.conditioning_channels {
+            bail!(
+                "the control image must be [batch {batch}, {}, height, width], got {csize:?}",
+                self.extra.conditioning_channels
+            );
+        }
+        let kind = self.encoder.conv_in.weight.kind();
+        let sample = sample.to_kind(kind);
+        let timesteps = match timestep.numel() {
+            1 => timestep.reshape([1]).expand([batch], false),
+            n if n as i64 == batch && timestep.dim() == 1 => timestep.shallow_clone(),
+            _ => {
+                bail!("timestep must be a scalar or have one value per batch item ({batch}), got {:?}", timestep.size())
+            }
+        };
+        let emb = self.encoder.embed(cfg, &timesteps.to_device(sample.device()), batch, kind, added, None)?;
+        let cond = if self.extra.controlnet_conditioning_channel_order == "bgr" {
+            cond.flip([1])
+        } else {
+            cond.shallow_clone()
+        };
+        let embedded = self.cond_embedding.forward(&cond.to_kind(kind));
+        let ctx = &encoder_hidden_states.to_kind(kind);
+        let pass = Pass { mode: self.mode, hook: None };
+        let Encoded { h, skips, .. } = self
+            .encoder
+            .forward(&sample, emb, ctx, &pass, Some(&embedded), None)
+            .context("ControlNet (is the control image the generated image's size?)")?;
+        let down = skips.iter().zip(&self.controlnet_down_blocks).map(|(s, conv)| conv.forward(s) * scale).collect();
+        let mid = self.controlnet_mid_block.forward(&h) * scale;
+        Ok(ControlResiduals { down, mid })
+    }
+}
