@@ -228,3 +228,53 @@ fn a_closed_pipe_ends_output_quietly() {
         assert_ne!(status.code(), Some(101), "sd {args:?}: {status:?} {err}");
     }
 }
+
+#[test]
+fn controlnet_flags_are_checked_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+    // A control image without a ControlNet is a usage error before any model loads.
+    let (code, err) = run(generate(dir.path()).args(["a cat", "--control-image", &init_png()]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--controlnet"), "{err}");
+    let (code, err) = run(generate(dir.path()).args([
+        "a cat",
+        "--controlnet",
+        &format!("{fixtures}/models/controlnet-sd1"),
+        "--control-image",
+        &init_png(),
+        "--control-start",
+        "0.9",
+        "--control-end",
+        "0.1",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("control window"), "{err}");
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[test]
+fn controlnet_generation_records_its_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+    let mut c = sd();
+    c.args([
+        "generate",
+        "a red circle",
+        "--model",
+        &format!("{fixtures}/models/sd1"),
+        "--steps",
+        "3",
+        "--dtype",
+        "f32",
+    ]);
+    c.args(["-q", "--seed", "5", "-W", "32", "-H", "32", "--sampler", "Euler", "--safety", "off"]);
+    c.args(["--controlnet", &format!("{fixtures}/models/controlnet-sd1")]);
+    c.args(["--control-image", &format!("{fixtures}/controlnet/control.png"), "--control-scale", "0.7"]);
+    c.arg("--output").arg(dir.path().join("{seed}.png"));
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let report = sd_provenance::inspect::inspect_file(&dir.path().join("5.png")).unwrap();
+    let params = report.parameters_raw.unwrap();
+    assert!(params.contains("ControlNet 0: \"Module: none, Model: controlnet-sd1, Weight: 0.7"), "{params}");
+}

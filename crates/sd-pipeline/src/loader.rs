@@ -46,6 +46,8 @@ pub struct LoadOptions {
     pub loras: Vec<(PathBuf, f64)>,
     /// Component configs for single-file checkpoints of unusual architectures (`--config-dir`).
     pub config_dir: Option<PathBuf>,
+    /// A diffusers `ControlNetModel` folder, loaded beside the UNet (requests then give a control image).
+    pub controlnet: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -63,6 +65,7 @@ impl LoadOptions {
             channels_last: None,
             loras: Vec::new(),
             config_dir: None,
+            controlnet: None,
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct StableDiffusion {
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     pub taesd: Option<AutoencoderTiny>,
+    /// The ControlNet given at load, with its folder name (for image metadata).
+    pub controlnet: Option<(String, sd_models::controlnet::ControlNetModel)>,
     pub safety: Option<SafetyChecker>,
     /// The model's saved `scheduler_config.json` (samplers are built from it, as diffusers' `from_config`).
     pub scheduler_config: serde_json::Value,
@@ -170,6 +175,16 @@ impl StableDiffusion {
             }
             None => None,
         };
+        let controlnet = match &opts.controlnet {
+            Some(p) => {
+                let mut cn = sd_models::controlnet::ControlNetModel::load(p, dtype, device)
+                    .with_context(|| format!("loading the ControlNet {}", p.display()))?;
+                cn.set_attention_mode(opts.attention);
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                Some((name, cn))
+            }
+            None => None,
+        };
         let safety = if opts.load_safety_checker { SafetyChecker::load(&root, dtype, device)? } else { None };
         let mut scheduler_config = dir.component_config("scheduler")?;
         if let (Some(p), Some(obj)) = (&opts.prediction_type, scheduler_config.as_object_mut()) {
@@ -189,6 +204,7 @@ impl StableDiffusion {
             unet,
             vae,
             taesd,
+            controlnet,
             safety,
             scheduler_config,
             force_zeros_for_empty_prompt,

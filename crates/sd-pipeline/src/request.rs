@@ -66,6 +66,19 @@ pub struct GenerationRequest {
     /// SDXL micro-conditioning; `None` = the target size, as diffusers defaults.
     pub original_size: Option<(i64, i64)>,
     pub crop_top_left: (i64, i64),
+    /// A control picture for the ControlNet loaded with the model.
+    pub control: Option<ControlInput>,
+}
+
+/// diffusers' `image`, `controlnet_conditioning_scale`, `control_guidance_start` / `_end`.
+#[derive(Clone, Debug)]
+pub struct ControlInput {
+    /// Resized to the request's size as diffusers does (Pillow's Lanczos), used in [0, 1].
+    pub image: RgbImage,
+    pub scale: f64,
+    /// Fraction of the steps from which the ControlNet acts, and up to which it acts.
+    pub start: f64,
+    pub end: f64,
 }
 
 impl GenerationRequest {
@@ -88,6 +101,7 @@ impl GenerationRequest {
             mode: Mode::Txt2Img,
             original_size: None,
             crop_top_left: (0, 0),
+            control: None,
         }
     }
 
@@ -124,6 +138,15 @@ impl GenerationRequest {
             if !(s > 0.0 && s <= 1.0) {
                 bail!("strength must be in (0, 1] (got {s}): 0 would return the input image unchanged");
             }
+        }
+        if let Some(c) = &self.control {
+            if !c.scale.is_finite() || !(0.0..=10.0).contains(&c.scale) {
+                bail!("the control scale must be within [0, 10] (got {})", c.scale);
+            }
+            if !(0.0..=1.0).contains(&c.start) || !(0.0..=1.0).contains(&c.end) || c.start >= c.end {
+                bail!("the control window must satisfy 0 ≤ start < end ≤ 1 (got {} to {})", c.start, c.end);
+            }
+            check_size("the control image", c.image.width(), c.image.height(), self)?;
         }
         match &self.mode {
             Mode::Txt2Img => {}

@@ -79,6 +79,21 @@ pub struct Args {
     /// How much of the init image to repaint, (0, 1]
     #[arg(long)]
     pub strength: Option<f64>,
+    /// A diffusers ControlNet folder (ControlNetModel) to steer generation with --control-image
+    #[arg(long, requires = "control_image")]
+    pub controlnet: Option<PathBuf>,
+    /// The control picture (edges, pose, depth…) for --controlnet; resized to the output size
+    #[arg(long, requires = "controlnet")]
+    pub control_image: Option<PathBuf>,
+    /// ControlNet strength (diffusers' controlnet_conditioning_scale)
+    #[arg(long, default_value_t = 1.0)]
+    pub control_scale: f64,
+    /// Fraction of the steps at which the ControlNet starts acting
+    #[arg(long, default_value_t = 0.0)]
+    pub control_start: f64,
+    /// Fraction of the steps after which it stops
+    #[arg(long, default_value_t = 1.0)]
+    pub control_end: f64,
     /// Hires fix (A1111): draw at the given size, enlarge by this factor (1–4), repaint with img2img
     #[arg(long, value_name = "FACTOR")]
     pub hires_scale: Option<f64>,
@@ -132,6 +147,20 @@ pub fn run(args: Args) -> Result<()> {
         .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?
         .with_schedule(schedule);
     let hires = hires_settings(&args)?;
+    let control = match &args.control_image {
+        Some(p) => Some(sd_pipeline::request::ControlInput {
+            image: sd_core::image_io::load_rgb(p)?,
+            scale: args.control_scale,
+            start: args.control_start,
+            end: args.control_end,
+        }),
+        None => None,
+    };
+    if let Some(dir) = &args.controlnet {
+        if !dir.join("config.json").is_file() {
+            usage!("--controlnet {}: not a ControlNet folder (config.json missing)", dir.display());
+        }
+    }
     let loras = collect_loras(&args)?;
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
@@ -152,6 +181,7 @@ pub fn run(args: Args) -> Result<()> {
     let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.load.model)));
     opts.taesd = args.taesd.clone();
     opts.loras = loras;
+    opts.controlnet = args.controlnet.clone();
     let mut sd = StableDiffusion::load(&args.load.model, opts)?;
     if let Some(dir) = &args.load.embeddings_dir {
         for note in sd.text.load_embeddings(dir)? {
@@ -201,6 +231,7 @@ pub fn run(args: Args) -> Result<()> {
         req.clip_skip = args.clip_skip;
         req.emphasis = emphasis;
         req.mode = mode.clone();
+        req.control = control.clone();
         req.validate(sd.vae_scale_factor()).map_err(|e| super::UsageError(format!("{e:#}")))?;
         if !args.json {
             eprintln!("seed {}", req.seed);
