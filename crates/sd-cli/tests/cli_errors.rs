@@ -227,6 +227,7 @@ fn a_closed_pipe_ends_output_quietly() {
         assert!(!err.contains("panicked"), "sd {args:?} panicked on a closed pipe: {err}");
         assert_ne!(status.code(), Some(101), "sd {args:?}: {status:?} {err}");
     }
+}
 
 /// clap turns a literal `{n}` in help text into a line break; the `--output` help must still show the placeholder,
 /// and the bracketed usage notation of help texts written as attributes must come through unchanged.
