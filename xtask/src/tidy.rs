@@ -319,7 +319,7 @@ fn declared_modules(lines: &[Line]) -> BTreeSet<String> {
 }
 
 /// The modules the map names: every backticked name in the first cell of each table row of the leading `//!`
-/// comment, reduced to its first path segment (`samplers/mod.rs` → `samplers`, [`a::B`] → `a`).
+/// comment, reduced to its first path segment (`samplers/mod.rs` → `samplers`, `a::B` → `a`).
 fn mapped_modules(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
