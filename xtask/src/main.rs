@@ -3,7 +3,9 @@
 //! | task | what |
 //! |---|---|
 //! | `setup` | LibTorch 2.13.0 from PyPI wheels into `.libtorch/`, the CLIP vocabulary and sample images into `.sd-data/` |
-//! | `test` | setup, then every test, doctest and bench (in test mode) of the workspace |
+//! | `test` | setup, `check`, then every test, doctest and bench (in test mode) of the workspace |
+//! | `check` | the checks CI runs before the tests: rustfmt, `tidy`, clippy, rustdoc, all with warnings as errors |
+//! | `tidy` | project rules read from the sources: no `unwrap`/`expect` in library code, module maps, file length |
 //! | `demo` | setup, release build, then the main job |
 //! | `fixtures` | regenerate the committed PyTorch reference fixtures (Python venv under `target/pyenv`) |
 //! | `compare` | sd-rs vs diffusers speed and peak memory on a full-size random-weight SD1.5 (`--quick`: 256 px) |
@@ -17,9 +19,10 @@ mod compare;
 mod fixtures;
 mod parity;
 mod setup;
+mod tidy;
 mod util;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 fn main() {
     if let Err(e) = run() {
@@ -38,6 +41,8 @@ fn run() -> Result<()> {
     match task.as_str() {
         "setup" => setup::run(),
         "test" => test(rest),
+        "check" => check(rest),
+        "tidy" => tidy::run(rest),
         "demo" => demo(rest),
         "fixtures" => fixtures::run(rest),
         "convert-weights" => convert_weights(rest),
@@ -60,7 +65,9 @@ fn print_help() {
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
          setup      install LibTorch 2.13.0 (from PyPI wheels) and data files into this checkout\n  \
-         test       setup, then run every test of the workspace\n  \
+         test       setup, the checks of `check`, then run every test of the workspace\n  \
+         check      cargo fmt --check, tidy, clippy -D warnings, rustdoc -D warnings (what CI runs before tests)\n  \
+         tidy       no unwrap/expect in library code, lib.rs module maps complete, no over-long file\n  \
          demo       setup, build in release mode and run the main job\n  \
          fixtures   regenerate reference fixtures with PyTorch/diffusers (needs network access to PyPI)\n  \
          compare [--quick]  time sd-rs against diffusers (UNet step, whole txt2img; wall time, peak RSS)\n  \
@@ -81,11 +88,29 @@ fn test(extra: &[String]) -> Result<()> {
         );
     }
     setup::run()?;
+    check(&[])?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(|s| s.as_str()));
     util::cargo(&root, &args)?;
     // Doctests are not part of --all-targets.
     util::cargo(&root, &["test", "--workspace", "--doc"])?;
+    Ok(())
+}
+
+/// The habits CI enforces before it runs a test, cheapest first so a formatting slip fails in seconds:
+/// formatting (`rustfmt.toml`), `tidy`, clippy on every target with warnings as errors, and rustdoc with warnings
+/// as errors (a broken intra-doc link fails).
+fn check(extra: &[String]) -> Result<()> {
+    if !extra.is_empty() {
+        bail!("`cargo xtask check` takes no arguments");
+    }
+    let root = util::root();
+    util::cargo(&root, &["fmt", "--all", "--check"]).context("code is not formatted: run `cargo fmt --all`")?;
+    tidy::run(&[])?;
+    // clippy and rustdoc build torch-sys, which needs LibTorch.
+    setup::run()?;
+    util::cargo(&root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    util::cargo_env(&root, &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])?;
     Ok(())
 }
 

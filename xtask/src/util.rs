@@ -11,9 +11,16 @@ pub fn root() -> PathBuf {
 
 /// Run a command, failing with its name and exit status.
 pub fn run_cmd(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
-    eprintln!("+ {program} {}", args.join(" "));
+    run_cmd_env(dir, program, args, &[])
+}
+
+/// [`run_cmd`] with extra environment variables.
+pub fn run_cmd_env(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
+    eprintln!("+ {}{program} {}", shown.concat(), args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .status()
         .with_context(|| format!("cannot start `{program}`"))?;
@@ -27,6 +34,12 @@ pub fn run_cmd(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
 pub fn cargo(dir: &Path, args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_cmd(dir, &cargo, args)
+}
+
+/// [`cargo`] with extra environment variables (e.g. `RUSTDOCFLAGS`).
+pub fn cargo_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd_env(dir, &cargo, args, env)
 }
 
 /// Whether a program is on PATH.

@@ -229,6 +229,23 @@ fn a_closed_pipe_ends_output_quietly() {
     }
 }
 
+/// clap turns a literal `{n}` in help text into a line break; the `--output` help must still show the placeholder,
+/// and the bracketed usage notation of help texts written as attributes must come through unchanged.
+#[test]
+fn help_shows_every_output_placeholder() {
+    let out = sd().args(["generate", "--help"]).output().expect("run sd");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let joined = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        joined.contains("Output path pattern: {date}, {time}, {seed}, {n} (index within the run), {model}"),
+        "{help}"
+    );
+    assert!(!help.contains('\u{1b}'), "no terminal styling in piped help: {help}");
+    assert!(joined.contains("A1111 syntax: (word:1.2), [word], BREAK"), "{help}");
+    assert!(joined.contains("matmul[:N] or sliced[:N]"), "{help}");
+}
+
 #[test]
 fn controlnet_flags_are_checked_and_recorded() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tch::{nn, Device, Kind, Tensor};
 
 /// How a tensor is initialised when the builder has no file behind it (training from a config).
@@ -239,7 +239,7 @@ impl VarBuilder {
                                 entry.dtype
                             ),
                         });
-                        inner.used.lock().expect("poisoned").insert(full);
+                        lock(&inner.used).insert(full);
                         return Ok(placeholder());
                     }
                     Some(match kind {
@@ -251,7 +251,7 @@ impl VarBuilder {
             },
             Source::Tensors(map) => map.get(&full).map(|t| t.shallow_clone()),
             Source::Init { seed_offset } => {
-                *seed_offset.lock().expect("poisoned") += 1;
+                *lock(seed_offset) += 1;
                 let t = init_tensor(shape, init, target_kind, inner.device);
                 return Ok(if nhwc { layout::to_channels_last(&t) } else { t });
             }
@@ -260,7 +260,7 @@ impl VarBuilder {
             self.problem(Problem::Missing { name: full, expected: shape.to_vec() });
             return Ok(placeholder());
         };
-        inner.used.lock().expect("poisoned").insert(full.clone());
+        lock(&inner.used).insert(full.clone());
         if t.size() != shape {
             self.problem(Problem::Shape { name: full, expected: shape.to_vec(), found: t.size() });
             return Ok(placeholder());
@@ -285,19 +285,19 @@ impl VarBuilder {
     }
 
     fn problem(&self, p: Problem) {
-        self.inner.problems.lock().expect("poisoned").push(p);
+        lock(&self.inner.problems).push(p);
     }
 
     /// Problems recorded so far.
     pub fn problems(&self) -> Vec<Problem> {
-        self.inner.problems.lock().expect("poisoned").clone()
+        lock(&self.inner.problems).clone()
     }
 
     /// Tensors in the source that no module asked for, ignoring names matching any of `ignore`
     /// (a name matches when it equals the pattern, or starts with it when the pattern ends in `.`/`*`,
     /// or ends with it when the pattern starts with `*`).
     pub fn unused(&self, ignore: &[&str]) -> Vec<String> {
-        let used = self.inner.used.lock().expect("poisoned");
+        let used = lock(&self.inner.used);
         let names: Vec<String> = match &self.inner.source {
             Source::Files(f) => f.names().map(String::from).collect(),
             Source::Tensors(t) => t.keys().cloned().collect(),
@@ -314,7 +314,7 @@ impl VarBuilder {
         let problems = self.problems();
         let unused = self.unused(ignore_unused);
         if problems.is_empty() && unused.is_empty() {
-            let loaded = self.inner.used.lock().expect("poisoned").len();
+            let loaded = lock(&self.inner.used).len();
             return Ok(LoadReport { loaded, unused });
         }
         let mut msg = format!("cannot load {what} from {}:", self.inner.origin);
@@ -430,4 +430,11 @@ pub fn dtype_of(kind: Kind) -> Option<Dtype> {
         Kind::Bool => Dtype::BOOL,
         _ => return None,
     })
+}
+
+/// The bookkeeping behind a [`VarBuilder`] (used names, problems, the init seed offset) is only ever appended to or
+/// incremented while locked, so a panic elsewhere that poisoned the lock cannot leave it half-updated: keep using it
+/// rather than turning one panic into two.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

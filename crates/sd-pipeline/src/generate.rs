@@ -168,7 +168,7 @@ impl StableDiffusion {
         let embeddings_used = encoded.embeddings_used.clone();
         let cfg = req.cfg_scale > 1.0;
         let b = req.batch_size;
-        let hidden = batch_condition(cond, uncond, b, cfg, |c| &c.hidden);
+        let hidden = batch_condition(cond, uncond, b, cfg, "hidden states", |c| Some(&c.hidden))?;
         let dtype = hidden.kind();
 
         // 2. Timesteps (img2img/inpaint start part-way, as diffusers' get_timesteps).
@@ -229,7 +229,8 @@ impl StableDiffusion {
         // 4. Extra conditioning: SDXL pooled text + size ids, LCM guidance embedding.
         let added = match (&cond.pooled, &uncond.pooled) {
             (Some(_), _) => {
-                let text_embeds = batch_condition(cond, uncond, b, cfg, |c| c.pooled.as_ref().expect("pooled checked"));
+                let text_embeds =
+                    batch_condition(cond, uncond, b, cfg, "pooled text embeddings", |c| c.pooled.as_ref())?;
                 let (oh, ow) = req.original_size.unwrap_or((req.height, req.width));
                 let (ct, cl) = req.crop_top_left;
                 let ids = Tensor::from_slice(&[
@@ -467,18 +468,20 @@ fn batch_condition(
     uncond: &Conditioning,
     b: i64,
     cfg: bool,
-    pick: impl Fn(&Conditioning) -> &Tensor,
-) -> Tensor {
+    what: &str,
+    pick: impl Fn(&Conditioning) -> Option<&Tensor>,
+) -> Result<Tensor> {
     let rep = |t: &Tensor| {
         let mut dims = vec![b];
         dims.extend(std::iter::repeat_n(1, t.dim() - 1));
         t.repeat(dims.as_slice())
     };
-    let c = rep(pick(cond));
+    let c = rep(pick(cond).with_context(|| format!("the prompt's conditioning has no {what}"))?);
     if cfg {
-        Tensor::cat(&[rep(pick(uncond)), c], 0)
+        let u = pick(uncond).with_context(|| format!("the negative prompt's conditioning has no {what}"))?;
+        Ok(Tensor::cat(&[rep(u), c], 0))
     } else {
-        c
+        Ok(c)
     }
 }
 

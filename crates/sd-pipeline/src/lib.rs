@@ -11,6 +11,9 @@
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
 //! | [`hires`] | A1111's hires fix: first pass, enlarge, img2img second pass |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
+//! | [`init_image`] | img2img / inpainting images and masks → tensors, as diffusers' `VaeImageProcessor` |
+//! | [`memory`] | whether a full-image VAE decode fits in memory, else tiled decoding |
+//! | [`hash_cache`] | A1111's "Model hash", cached by path, size and mtime |
 //! | [`single_file`] | `.safetensors`/`.ckpt` checkpoints loaded through the `sd convert` mapping (cached) |
 
 pub mod family;

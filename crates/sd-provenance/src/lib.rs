@@ -1,5 +1,14 @@
 //! sd-provenance: disclosure of AI-generated images — invisible watermark, A1111 parameters, XMP / AIGC labels,
 //! a visible label, and an inspector that reads all of them back. Pure Rust (no LibTorch).
+//!
+//! | module | what |
+//! |---|---|
+//! | [`watermark`] | invisible watermark, bit-compatible with PyPI `invisible-watermark` (dwtDct): embed, detect |
+//! | [`metadata`] | A1111 `parameters`, XMP source type, GB 45438 `AIGC` label: written into PNGs, parsed back |
+//! | [`visible_label`] | the visible "AI generated" corner label, drawn from embedded glyphs |
+//! | [`png_chunks`] | a CRC-checked PNG chunk reader (text chunks, header, which other chunks exist) |
+//! | [`jpeg_meta`] | JPEG metadata (EXIF, XMP, comments) read from marker segments, no pixel decoding |
+//! | [`inspect`] | `sd inspect`: everything an image says about how it was made |
 
 pub mod inspect;
 pub mod jpeg_meta;

@@ -11,6 +11,14 @@ use sd_pipeline::request::{GenerationRequest, Mode};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The `--output` help. clap replaces every `{n}` in help text with a line break and has no escape for it, so the
+/// `{` of the `{n}` placeholder is followed by a style reset: invisible on a terminal, and stripped (with all
+/// styling) when help goes to a pipe or file, which leaves exactly `{n}`.
+fn output_help() -> clap::builder::StyledStr {
+    let reset = clap::builder::styling::Reset;
+    format!("Output path pattern: {{date}}, {{time}}, {{seed}}, {{{reset}n}} (index within the run), {{model}}").into()
+}
+
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   sd generate --model ./stable-diffusion-v1-5 \"a lighthouse at dawn, oil painting\" --steps 25 --seed 42
@@ -20,7 +28,8 @@ use std::time::Instant;
   sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0
   sd generate --model ./sd15 \"a knight, my-style <lora:ink:0.7>\" --lora-dir ./loras --embeddings-dir ./embeddings")]
 pub struct Args {
-    /// The prompt (A1111 syntax: (word:1.2), [word], BREAK, embedding names, <lora:name:weight>)
+    // Help as an attribute: in a doc comment rustdoc would read its brackets as intra-doc links.
+    #[arg(help = "The prompt (A1111 syntax: (word:1.2), [word], BREAK, embedding names, <lora:name:weight>)")]
     pub prompt: String,
     #[command(flatten)]
     pub load: LoadArgs,
@@ -112,8 +121,8 @@ pub struct Args {
     /// Decode with TAESD weights from this folder (fast previews)
     #[arg(long)]
     pub taesd: Option<PathBuf>,
-    /// Output path pattern: {date}, {time}, {seed}, {n} (index within the run), {model}
-    #[arg(long, short = 'o', default_value = "outputs/{date}-{seed}-{n}.png")]
+    // Help through `output_help`: clap's help formatter turns a literal `{n}` into a line break.
+    #[arg(long, short = 'o', default_value = "outputs/{date}-{seed}-{n}.png", help = output_help())]
     pub output: String,
     /// Replace existing files
     #[arg(long)]

@@ -36,8 +36,12 @@ pub struct LoadArgs {
     /// Override the prediction type: epsilon, v (v_prediction), sample
     #[arg(long)]
     pub prediction: Option<String>,
-    /// Attention backend: auto (per shape), sdpa, matmul[:N] or sliced[:N] (N = queries per chunk)
-    #[arg(long, default_value = "auto")]
+    // Help as an attribute: in a doc comment rustdoc would read its brackets as intra-doc links.
+    #[arg(
+        long,
+        default_value = "auto",
+        help = "Attention backend: auto (per shape), sdpa, matmul[:N] or sliced[:N] (N = queries per chunk)"
+    )]
     pub attention: String,
     /// UNet memory layout: auto (channels-last for bf16 on the CPU), nchw or nhwc (channels-last)
     #[arg(long, default_value = "auto", value_parser = ["auto", "nchw", "nhwc"])]

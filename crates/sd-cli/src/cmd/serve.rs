@@ -32,8 +32,12 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` (what OpenAI clients send); at least 8 characters
     #[arg(long, env = "SD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Require HTTP Basic credentials, A1111 style: USER:PASS[,USER2:PASS2]
-    #[arg(long, value_name = "USER:PASS")]
+    // Help as an attribute: in a doc comment rustdoc would read its brackets as intra-doc links.
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        help = "Require HTTP Basic credentials, A1111 style: USER:PASS[,USER2:PASS2]"
+    )]
     pub api_auth: Option<String>,
     /// Allow a non-loopback --host without authentication (e.g. behind an authenticating proxy)
     #[arg(long)]

@@ -28,8 +28,11 @@ pub struct Args {
     /// Train a freshly initialised UNet from this config.json instead of fine-tuning the model's UNet
     #[arg(long)]
     pub unet_config: Option<PathBuf>,
-    /// Dataset folder (image + .txt caption pairs, or metadata.jsonl), or procedural:shapes[:N] (demo data)
-    #[arg(long)]
+    // Help as an attribute: in a doc comment rustdoc would read its brackets as intra-doc links.
+    #[arg(
+        long,
+        help = "Dataset folder (image + .txt caption pairs, or metadata.jsonl), or procedural:shapes[:N] (demo data)"
+    )]
     pub dataset: PathBuf,
     /// Output folder
     #[arg(long, short = 'o')]

@@ -42,7 +42,7 @@ pub struct Pass<'a> {
 /// - ControlNet: `down_block_additional_residuals` (one per skip connection, added to the skips before the up
 ///   path) and `mid_block_additional_residual` (added to the mid block's output).
 /// - T2I-Adapter: `down_intrablock_additional_residuals`, one per down level from the first, used as
-///   [`blocks::DownBlock::forward`] describes.
+///   `blocks::DownBlock::forward` describes.
 /// - IP-Adapter and other attention processors: `attention_hook` (see [`AttentionHook`]).
 #[derive(Clone, Copy, Default)]
 pub struct UNetInputs<'a> {

@@ -59,6 +59,7 @@ impl Infotext {
 fn param_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     // same pattern as A1111's re_param_code (Python `\w` is Unicode-aware, so is regex's)
+    // invariant: the pattern is a literal, compiled by every test that parses infotext
     RE.get_or_init(|| Regex::new(r#"\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)"#).expect("static regex"))
 }
 

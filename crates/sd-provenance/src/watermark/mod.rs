@@ -1,7 +1,7 @@
 //! Invisible watermark, bit-compatible with PyPI `invisible-watermark` 0.2.0, method "dwtDct".
 //!
 //! Pipeline (as the package does it): BGR → YUV (OpenCV), one-level Haar transform of the U plane cropped to a
-//! multiple of 4 on both sides, block rule of [`maxdct`] on the LL band, inverse Haar called with the two detail
+//! multiple of 4 on both sides, block rule of `maxdct` on the LL band, inverse Haar called with the two detail
 //! bands swapped (a quirk of the package: it transposes each 2×2 pixel block of U's detail), U written back, whole
 //! image YUV → BGR. On the uint8 path the float U is stored into uint8 by truncation with wrap-around (numpy's
 //! cast), so values just below 0 become ~255: the package does that and so do we.
