@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long, default_value_t = Limits::default().max_input_pixels)]
     pub max_input_pixels: u64,
     /// Largest request body in MiB
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = (sd_core::limits::SERVE_MAX_BODY_BYTES / (1024 * 1024)) as usize)]
     pub max_body_mb: usize,
     /// Seconds the running job may continue after SIGTERM/Ctrl-C before it is interrupted
     #[arg(long, default_value_t = 30)]
