@@ -13,6 +13,8 @@ fn root() -> PathBuf {
 }
 
 /// Run `sd ARGS`, returning (exit code, stderr, peak RSS in KiB of the child).
+// The child is reaped by `wait4` (which also reports its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn sd(args: &[&str]) -> (i32, String, i64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(args)

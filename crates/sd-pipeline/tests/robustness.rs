@@ -19,10 +19,14 @@ fn every_malformed_file_gives_its_expected_error() {
     let rows = corpus();
     assert!(rows.iter().filter(|(_, _, e)| e != "ok").count() >= 50, "the corpus holds at least 50 malformed files");
     let mut failures = Vec::new();
+    let mut times = Vec::new();
     for (path, name, expected) in &rows {
         let r = reader(name).unwrap_or_else(|| panic!("EXPECTED.tsv names unknown reader `{name}`"));
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        match (run_caught(r, path), expected.as_str()) {
+        let start = std::time::Instant::now();
+        let outcome = run_caught(r, path);
+        times.push((start.elapsed(), file.clone()));
+        match (outcome, expected.as_str()) {
             (Err(panic), _) => failures.push(format!("{file} ({name}): PANIC {panic}")),
             (Ok(Ok(())), "ok") => {}
             (Ok(Ok(())), _) => failures.push(format!("{file} ({name}): read without error, expected `{expected}`")),
@@ -35,6 +39,8 @@ fn every_malformed_file_gives_its_expected_error() {
             }
         }
     }
+    times.sort();
+    eprintln!("slowest corpus files: {:?}", &times[times.len().saturating_sub(3)..]);
     assert!(
         failures.is_empty(),
         "{} of {} corpus files misbehaved:\n{}",
