@@ -144,6 +144,10 @@ fn absurd_thread_count_is_a_usage_error() {
         assert_eq!(code, 2, "{flag} {value}: {err}");
         assert!(err.contains(flag) && err.contains(bound), "{flag} {value}: {err}");
     }
+    // An operator may raise a server limit, but not past the hard bound.
+    let (code, err, _) = sd(&["serve", "--model", "x", "--max-steps", "100000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-steps") && err.contains("1..=1000"), "{err}");
 }
 
 /// Rewrite one tensor's dtype in a safetensors header (same byte width, so the data stays valid).

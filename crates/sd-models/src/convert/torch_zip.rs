@@ -46,12 +46,7 @@ impl TorchZip {
     /// The inflated `data.pkl`, at most [`limits::ZIP_MAX_PICKLE_BYTES`].
     pub fn read_pickle(&mut self) -> Result<Vec<u8>> {
         let name = self.pkl.clone();
-        self.read_member(&name, limits::ZIP_MAX_PICKLE_BYTES, "zip data.pkl size")
-    }
-
-    /// Whether the archive has a member of this name.
-    pub fn has(&self, name: &str) -> bool {
-        self.zip.index_for_name(name).is_some()
+        self.read_member(&name, limits::ZIP_MAX_PICKLE_BYTES, Some("zip data.pkl size"))
     }
 
     /// A small text member (`byteorder`, `version`), at most 64 bytes are read.
@@ -66,36 +61,35 @@ impl TorchZip {
     pub fn read_storage(&mut self, key: &str, need: u64) -> Result<Vec<u8>> {
         let name = format!("{}data/{key}", self.prefix);
         let path = self.path.display().to_string();
-        let f = self
+        let size = self
             .zip
             .by_name(&name)
-            .map_err(|e| anyhow!("{path}: storage `{name}` is missing ({e}); truncated checkpoint?"))?;
-        if f.size() < need {
-            bail!("{path}: storage `{name}` holds {} bytes, {need} expected (truncated checkpoint?)", f.size());
+            .map_err(|e| anyhow!("{path}: storage `{name}` is missing ({e}); truncated checkpoint?"))?
+            .size();
+        if size < need {
+            bail!("{path}: storage `{name}` holds {size} bytes, {need} expected (truncated checkpoint?)");
         }
-        drop(f);
-        let bytes = self.read_member(&name, need, "storage size")?;
+        let bytes = self.read_member(&name, need, None)?;
         if (bytes.len() as u64) < need {
             bail!("{path}: storage `{name}` holds {} bytes, {need} expected (truncated checkpoint?)", bytes.len());
         }
         Ok(bytes)
     }
 
-    /// Inflate at most `max` bytes of member `name`, after checking its declared sizes and inflation ratio.
-    fn read_member(&mut self, name: &str, max: u64, bound: &str) -> Result<Vec<u8>> {
+    /// Inflate at most `max` bytes of member `name`, after checking its declared sizes and inflation ratio. With a
+    /// `bound` name, a member larger than `max` is an error naming that bound; without, only `max` bytes are read.
+    fn read_member(&mut self, name: &str, max: u64, bound: Option<&str>) -> Result<Vec<u8>> {
         let path = self.path.display().to_string();
         let file_len = self.file_len;
         let f = self.zip.by_name(name).map_err(|e| anyhow!("{path}: cannot read `{name}` ({e})"))?;
         let (size, packed) = (f.size(), f.compressed_size());
-        if bound != "storage size" && size > max {
+        if let Some(bound) = bound.filter(|_| size > max) {
             bail!("{path}: `{name}`: {}", limits::exceeded(format!("{size} bytes"), bound, max, "bytes"));
         }
         let ratio = limits::ZIP_MAX_INFLATION_RATIO;
         if packed > file_len || (size > limits::ZIP_RATIO_EXEMPT_BYTES && size / packed.max(1) > ratio) {
-            bail!(
-                "{path}: `{name}`: {} (zip bomb?)",
-                limits::exceeded(format!("{size} bytes from {packed} compressed"), "zip inflation ratio", ratio, "×")
-            );
+            let what = format!("{size} bytes from {packed} compressed");
+            bail!("{path}: `{name}`: {} (zip bomb?)", limits::exceeded(what, "zip inflation ratio", ratio, "×"));
         }
         // The declared size may lie: read through a bound, one byte past it to tell "exactly max" from "more".
         let cap = max.min(size);
@@ -104,7 +98,7 @@ impl TorchZip {
             .read_to_end(&mut out)
             .with_context(|| format!("{path}: cannot inflate `{name}` (truncated or corrupt)"))?;
         if out.len() as u64 > cap {
-            if cap == max && bound != "storage size" {
+            if let Some(bound) = bound.filter(|_| cap == max) {
                 bail!("{path}: `{name}`: {}", limits::exceeded("its inflated data", bound, max, "bytes"));
             }
             out.truncate(cap as usize);
