@@ -11,6 +11,7 @@
 //! | `compare` | sd-rs vs diffusers speed and peak memory on a full-size random-weight SD1.5 (`--quick`: 256 px) |
 //! | `parity --full` | full-size random-weight SD1.5 (`--sdxl`: and SDXL) against diffusers, f32, max abs error ≤ 1e-3 |
 //! | `convert-weights` | release-build `sd` and run `sd convert ARGS…` (single-file checkpoint → diffusers folder) |
+//! | `fuzz --minutes N` | mutation fuzzer over `fixtures/malformed/` for every reader of untrusted input |
 //! | `train-demo` | train the `sd-tiny-shapes` demo model into `models/sd-tiny-shapes/` and score its prompt adherence |
 //!
 //! This crate uses only std and anyhow, because it must build before LibTorch exists.
@@ -49,6 +50,7 @@ fn run() -> Result<()> {
         "compare" => compare::run(rest),
         "parity" => parity::run(rest),
         "train-demo" => train_demo(rest),
+        "fuzz" => fuzz(rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -73,7 +75,8 @@ fn print_help() {
          compare [--quick]  time sd-rs against diffusers (UNet step, whole txt2img; wall time, peak RSS)\n  \
          parity --full [--sdxl]  full-size random-weight models against diffusers (slow; not in CI)\n  \
          convert-weights ARGS  build `sd` (release) and run `sd convert ARGS` (see `sd convert --help`)\n  \
-         train-demo [VAE_STEPS UNET_STEPS]  train models/sd-tiny-shapes on procedural shapes, then score it"
+         train-demo [VAE_STEPS UNET_STEPS]  train models/sd-tiny-shapes on procedural shapes, then score it\n  \
+         fuzz [--minutes N] [--seed S] [--release]  mutation-fuzz every reader of untrusted input (stable toolchain)"
     );
 }
 
@@ -167,6 +170,21 @@ fn convert_weights(extra: &[String]) -> Result<()> {
     args.extend(extra.iter().map(|s| s.as_str()));
     let cwd = std::env::current_dir().unwrap_or(root);
     util::run_cmd(&cwd, sd.to_str().unwrap_or("sd"), &args)
+}
+
+/// `cargo xtask fuzz [--minutes N] [--seed S] [--release]`: sd-pipeline's `fuzz` example (see its docs). Crashes
+/// are minimised into `fixtures/malformed/crashes/`, where the `robustness` test replays them.
+fn fuzz(extra: &[String]) -> Result<()> {
+    let root = util::root();
+    let mut args = vec!["run", "-p", "sd-pipeline", "--example", "fuzz"];
+    if extra.iter().any(|a| a == "--release") {
+        args.push("--release");
+    }
+    args.push("--");
+    args.extend(extra.iter().filter(|a| *a != "--release").map(|s| s.as_str()));
+    util::cargo(&root, &args).map_err(|e| {
+        anyhow::anyhow!("{e:#}\n(an abort that could not be caught leaves its input in target/fuzz/<reader>.<ext>)")
+    })
 }
 
 /// `cargo xtask train-demo [VAE_STEPS UNET_STEPS]`: scaffold, VAE, UNet (sd-train's `train_demo` example), then the

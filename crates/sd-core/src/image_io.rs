@@ -7,8 +7,9 @@ use std::path::Path;
 use std::str::FromStr;
 use tch::{Device, Kind, Tensor};
 
-/// Largest side we accept when decoding (a 32k-pixel PNG header is more likely an attack than a photo).
-pub const MAX_SIDE: u32 = 16_384;
+/// Largest side we accept when decoding (a 32k-pixel PNG header is more likely an attack than a photo);
+/// see [`crate::limits::IMAGE_MAX_SIDE`].
+pub const MAX_SIDE: u32 = crate::limits::IMAGE_MAX_SIDE as u32;
 
 /// Decode a PNG/JPEG/WebP file to 8-bit RGB (alpha is dropped, greyscale expanded).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
@@ -24,7 +25,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(2 * 1024 * 1024 * 1024);
+    limits.max_alloc = Some(crate::limits::IMAGE_MAX_ALLOC_BYTES);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| anyhow!("{format:?} data is invalid or truncated: {e}"))?;
     Ok(img.to_rgb8())

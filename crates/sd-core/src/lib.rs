@@ -12,6 +12,7 @@
 //! | [`alloc`] | allocator tuning so activations reuse freed memory instead of fresh zeroed pages |
 //! | [`atomic`] | write-to-temp-then-rename, so no reader ever sees half a file |
 //! | [`hash`] | file hashes (A1111 "Model hash") |
+//! | [`limits`] | every bound on input (pickle depth, zip sizes, image pixels, steps, threads…), with its reason |
 //!
 //! Nothing here knows about Stable Diffusion networks or samplers: those live in `sd-models` and
 //! `sd-schedulers`, which depend on this crate and never the other way round.
@@ -22,6 +23,7 @@ pub mod device;
 pub mod hash;
 pub mod image_io;
 pub mod layout;
+pub mod limits;
 pub mod model_dir;
 pub mod resample;
 pub mod rng;

@@ -226,21 +226,40 @@ impl VarBuilder {
         let target_kind = kind.unwrap_or(inner.kind);
         // Convolution weights (4-D, float) in channels-last order when asked for; see `with_channels_last`.
         let nhwc = inner.channels_last && shape.len() == 4 && kind.is_some();
-        let placeholder = || Tensor::zeros(shape, (target_kind, inner.device));
+        // A stand-in for a tensor that could not be loaded: one zero broadcast to the expected shape, so a config
+        // that describes a far bigger model than its weights costs no memory before `finish` reports it.
+        let placeholder =
+            || -> Result<Tensor> { Ok(Tensor::f_zeros([], (target_kind, inner.device))?.f_expand(shape, false)?) };
         let loaded = match &inner.source {
             Source::Files(files) => match files.entry(&full) {
                 None => None,
                 Some(entry) => {
-                    if kind_of(entry.dtype).is_none() {
-                        self.problem(Problem::Unsupported {
+                    // Dtype and shape come from the header: a mismatch is recorded before anything is read.
+                    let stored = kind_of(entry.dtype);
+                    let detail = match stored {
+                        None => Some(format!(
+                            "dtype {:?} is not supported (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
+                            entry.dtype
+                        )),
+                        Some(k) if kind.is_some() && !files::is_float_kind(k) => Some(format!(
+                            "stored as {:?}, but the model needs floating-point weights here (F32, F16, BF16 or F64)",
+                            entry.dtype
+                        )),
+                        _ => None,
+                    };
+                    if let Some(detail) = detail {
+                        self.problem(Problem::Unsupported { name: full.clone(), detail });
+                        lock(&inner.used).insert(full);
+                        return placeholder();
+                    }
+                    if entry.shape != shape {
+                        self.problem(Problem::Shape {
                             name: full.clone(),
-                            detail: format!(
-                                "dtype {:?} is not supported (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
-                                entry.dtype
-                            ),
+                            expected: shape.to_vec(),
+                            found: entry.shape.clone(),
                         });
                         lock(&inner.used).insert(full);
-                        return Ok(placeholder());
+                        return placeholder();
                     }
                     Some(match kind {
                         Some(k) if nhwc => files.load_as_channels_last(&full, k)?,
@@ -258,15 +277,22 @@ impl VarBuilder {
         };
         let Some(t) = loaded else {
             self.problem(Problem::Missing { name: full, expected: shape.to_vec() });
-            return Ok(placeholder());
+            return placeholder();
         };
         lock(&inner.used).insert(full.clone());
         if t.size() != shape {
             self.problem(Problem::Shape { name: full, expected: shape.to_vec(), found: t.size() });
-            return Ok(placeholder());
+            return placeholder();
         }
         let t = match kind {
             Some(k) if t.kind() != k && t.is_floating_point() => t.to_kind(k),
+            Some(_) if !files::is_float_kind(t.kind()) => {
+                self.problem(Problem::Unsupported {
+                    name: full,
+                    detail: format!("holds {:?} values, but the model needs floating-point weights here", t.kind()),
+                });
+                return placeholder();
+            }
             _ => t,
         };
         let t = if nhwc && !layout::is_channels_last(&t) { layout::to_channels_last(&t) } else { t };

@@ -2,10 +2,12 @@
 //! for. Every bound is named here so an error can quote it.
 
 use anyhow::{bail, Result};
+use sd_core::limits;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// Upper bounds on what one request may ask for, checked before any memory is spent on it.
+/// Upper bounds on what one request may ask for, checked before any memory is spent on it. The defaults are the
+/// `SERVE_*` constants of [`sd_core::limits`], where every bound sd-rs applies is named with its reason.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Limits {
     /// Bytes of one HTTP body (JSON with base64 images, or a multipart form).
@@ -31,15 +33,15 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_body_bytes: 48 * 1024 * 1024,
-            max_pixels: 2048 * 2048,
-            max_steps: 150,
-            max_batch_size: 8,
-            max_n_iter: 16,
-            max_input_pixels: 4096 * 4096,
-            max_prompt_chars: 20_000,
-            max_queue: 32,
-            max_finished_jobs: 256,
+            max_body_bytes: limits::SERVE_MAX_BODY_BYTES as usize,
+            max_pixels: limits::SERVE_MAX_PIXELS,
+            max_steps: limits::SERVE_MAX_STEPS as usize,
+            max_batch_size: limits::SERVE_MAX_BATCH as i64,
+            max_n_iter: limits::SERVE_MAX_N_ITER as u32,
+            max_input_pixels: limits::INPUT_MAX_PIXELS,
+            max_prompt_chars: limits::PROMPT_MAX_CHARS as usize,
+            max_queue: limits::SERVE_MAX_QUEUE as usize,
+            max_finished_jobs: limits::SERVE_MAX_FINISHED_JOBS as usize,
         }
     }
 }

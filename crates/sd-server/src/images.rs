@@ -116,3 +116,39 @@ mod tests {
         assert!(decode("mask", b"GIF89a....", 100).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn magic() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"\x89PNG\r\n\x1a\n".to_vec()),
+            Just(vec![0xff, 0xd8, 0xff]),
+            Just(b"RIFF\0\0\0\0WEBPVP8 ".to_vec()),
+            Just(Vec::new())
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Request bodies carry images as base64 text: any text is decoded or refused, never a panic.
+        #[test]
+        fn base64_field_never_panics(text in "(data:image/png;base64,)?[A-Za-z0-9+/= \n-]{0,200}") {
+            let _ = b64_bytes("init_images[0]", &text);
+        }
+
+        /// Any bytes behind an image signature are decoded or refused with a request error, never a panic, and
+        /// never decoded past the pixel bound.
+        #[test]
+        fn uploaded_image_bytes_never_panic(head in magic(), body in prop::collection::vec(any::<u8>(), 0..600)) {
+            let mut bytes = head;
+            bytes.extend(body);
+            if let Ok(img) = decode("image", &bytes, 64 * 64) {
+                prop_assert!(u64::from(img.width()) * u64::from(img.height()) <= 64 * 64);
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@ use super::model_args::{LoadArgs, RenderArgs};
 use super::usage;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use sd_core::limits;
 use sd_pipeline::generate::Event;
 use sd_pipeline::loader::StableDiffusion;
 use sd_pipeline::output::OutputOptions;
@@ -38,7 +39,8 @@ pub struct Args {
     /// What the image should not contain
     #[arg(long, short = 'n', default_value = "")]
     pub negative_prompt: String,
-    #[arg(long, default_value_t = 20)]
+    /// Sampler steps (1 to 1000)
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=limits::GENERATE_MAX_STEPS))]
     pub steps: usize,
     /// Classifier-free guidance; ≤ 1 disables the unconditional pass (Turbo/LCM)
     #[arg(long, default_value_t = 7.0)]
@@ -58,17 +60,17 @@ pub struct Args {
     /// Seed; random when omitted (always printed)
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Width in pixels (multiple of 8); default: the model's native size
-    #[arg(long, short = 'W')]
+    /// Width in pixels (multiple of 8, at most 8192); default: the model's native size
+    #[arg(long, short = 'W', value_parser = clap::value_parser!(i64).range(8..=limits::GENERATE_MAX_SIDE as i64))]
     pub width: Option<i64>,
-    /// Height in pixels (multiple of 8); default: the model's native size
-    #[arg(long, short = 'H')]
+    /// Height in pixels (multiple of 8, at most 8192); default: the model's native size
+    #[arg(long, short = 'H', value_parser = clap::value_parser!(i64).range(8..=limits::GENERATE_MAX_SIDE as i64))]
     pub height: Option<i64>,
-    /// Images generated together from one seed
-    #[arg(long, default_value_t = 1)]
+    /// Images generated together from one seed (1 to 64)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=limits::GENERATE_MAX_BATCH as i64))]
     pub batch_size: i64,
     /// Batches run one after the other, seed + 1 each
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=limits::GENERATE_MAX_BATCH_COUNT))]
     pub batch_count: u64,
     /// Clip skip, A1111 numbering (1 = last layer, 2 = penultimate)
     #[arg(long, default_value_t = 1)]
@@ -136,6 +138,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    for (flag, text) in [("prompt", &args.prompt), ("--negative-prompt", &args.negative_prompt)] {
+        let n = text.chars().count() as u64;
+        if n > limits::PROMPT_MAX_CHARS {
+            usage!(
+                "{}",
+                limits::exceeded(
+                    format!("the {flag} ({n} characters)"),
+                    "prompt length",
+                    limits::PROMPT_MAX_CHARS,
+                    "characters"
+                )
+            );
+        }
+    }
     if args.mask.is_some() && args.init_image.is_none() {
         usage!("--mask needs --init-image");
     }

@@ -4,6 +4,7 @@
 use super::UsageError;
 use anyhow::Result;
 use sd_core::device::{ComputeDevice, DTypeChoice};
+use sd_core::limits;
 use sd_pipeline::family::Family;
 use sd_pipeline::loader::LoadOptions;
 use sd_pipeline::output::{RenderOptions, SafetyMode};
@@ -46,8 +47,8 @@ pub struct LoadArgs {
     /// UNet memory layout: auto (channels-last for bf16 on the CPU), nchw or nhwc (channels-last)
     #[arg(long, default_value = "auto", value_parser = ["auto", "nchw", "nhwc"])]
     pub memory_format: String,
-    /// Intra-op threads (default: the number of physical cores)
-    #[arg(long)]
+    /// Intra-op threads (default: the number of physical cores; at most 1024)
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=limits::MAX_THREADS))]
     pub threads: Option<usize>,
     /// Use less memory at some cost in speed: tiled VAE decode/encode
     #[arg(long)]
@@ -119,7 +120,6 @@ impl LoadArgs {
         let safety = self.safety()?;
         let attention: sd_models::attention::AttentionMode = self.attention.parse().map_err(usage)?;
         match self.threads {
-            Some(0) => return Err(usage("--threads must be at least 1")),
             Some(n) => sd_core::device::set_compute_threads(n),
             None => sd_core::device::set_compute_threads(sd_core::device::physical_cores()),
         }

@@ -3,6 +3,7 @@
 use super::model_args::{LoadArgs, RenderArgs};
 use super::usage;
 use anyhow::{Context, Result};
+use sd_core::limits;
 use sd_server::config::{parse_api_auth, Limits, ServeConfig};
 use sd_server::engine::EngineConfig;
 use std::io::Write;
@@ -52,22 +53,25 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub preview_every: usize,
     /// Jobs that may wait behind the running one; more get 429 with Retry-After
-    #[arg(long, default_value_t = Limits::default().max_queue)]
+    #[arg(long, default_value_t = Limits::default().max_queue, value_parser = ranged_usize(1, 100_000))]
     pub max_queue: usize,
     /// Most sampler steps per request
-    #[arg(long, default_value_t = Limits::default().max_steps)]
+    #[arg(long, default_value_t = Limits::default().max_steps, value_parser = ranged_usize(1, limits::GENERATE_MAX_STEPS))]
     pub max_steps: usize,
     /// Most images per batch (batch_size, OpenAI n)
-    #[arg(long, default_value_t = Limits::default().max_batch_size)]
+    #[arg(long, default_value_t = Limits::default().max_batch_size,
+          value_parser = clap::value_parser!(i64).range(1..=limits::GENERATE_MAX_BATCH as i64))]
     pub max_batch: i64,
     /// Most pixels per generated image (width × height)
-    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    #[arg(long, default_value_t = Limits::default().max_pixels,
+          value_parser = clap::value_parser!(u64).range(64..=limits::GENERATE_MAX_SIDE * limits::GENERATE_MAX_SIDE))]
     pub max_pixels: u64,
     /// Most pixels of an uploaded image, checked from its header before decoding
-    #[arg(long, default_value_t = Limits::default().max_input_pixels)]
+    #[arg(long, default_value_t = Limits::default().max_input_pixels,
+          value_parser = clap::value_parser!(u64).range(64..=limits::IMAGE_MAX_SIDE * limits::IMAGE_MAX_SIDE))]
     pub max_input_pixels: u64,
     /// Largest request body in MiB
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = (limits::SERVE_MAX_BODY_BYTES / (1024 * 1024)) as usize, value_parser = ranged_usize(1, 4096))]
     pub max_body_mb: usize,
     /// Seconds the running job may continue after SIGTERM/Ctrl-C before it is interrupted
     #[arg(long, default_value_t = 30)]
@@ -75,6 +79,11 @@ pub struct Args {
     /// Enqueue jobs on Redis (redis://HOST:PORT[/DB]) for `sd worker` processes instead of running them here
     #[arg(long, value_name = "URL")]
     pub queue: Option<String>,
+}
+
+/// An operator may raise a server limit up to the hard bound of [`sd_core::limits`], not past it.
+fn ranged_usize(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(lo..=hi)
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -39,12 +39,42 @@ impl SafeTensorsFiles {
             // SAFETY: the map is read-only; a file truncated by another process while mapped would fault, the
             // same risk every mmap-based loader (safetensors, candle, diffusers via safetensors) accepts.
             let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map {}", path.display()))?;
+            // The header length is the file's first 8 bytes; checked against the named bound before the JSON
+            // behind it is parsed (the format's own reader has a bound too, but its message names neither).
+            if let Some(len) = map.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) {
+                let max = crate::limits::SAFETENSORS_MAX_HEADER_BYTES;
+                if len > max {
+                    bail!(
+                        "{} is not a valid safetensors file: {}",
+                        path.display(),
+                        crate::limits::exceeded(
+                            format!("its header length field ({len})"),
+                            "safetensors header",
+                            max,
+                            "bytes"
+                        )
+                    );
+                }
+            }
             let st = SafeTensors::deserialize(&map).map_err(|e| {
                 anyhow!("{} is not a valid safetensors file: {}", path.display(), describe_st_error(&e, map.len()))
             })?;
             let (header_len, _) = SafeTensors::read_metadata(&map)
                 .map_err(|e| anyhow!("{}: bad safetensors header: {e:?}", path.display()))?;
             let data_start = 8 + header_len;
+            let max = crate::limits::SAFETENSORS_MAX_TENSORS;
+            if (entries.len() + st.len()) as u64 > max {
+                bail!(
+                    "{}: {}",
+                    path.display(),
+                    crate::limits::exceeded(
+                        format!("{} tensors", entries.len() + st.len()),
+                        "safetensors tensors",
+                        max,
+                        "tensors"
+                    )
+                );
+            }
             for (name, view) in st.tensors() {
                 // `data()` is a slice of the mapped buffer; recover its offsets to avoid re-parsing later.
                 let data = view.data();
@@ -248,7 +278,7 @@ fn owned_as(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
     Ok(out)
 }
 
-fn is_float_kind(kind: Kind) -> bool {
+pub(crate) fn is_float_kind(kind: Kind) -> bool {
     matches!(kind, Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double)
 }
 

@@ -59,7 +59,13 @@ pub(crate) fn persistent_load(pid: Value) -> Result<Value> {
             }
             Ok(Value::Storage(StorageRef { key: key.clone(), kind: *kind, numel: *numel }))
         }
-        _ => bail!("refusing to load: unknown persistent id {t:?} (expected ('storage', torch.XStorage, key, location, numel))"),
+        _ => {
+            let kinds: Vec<&str> = t.iter().map(Value::type_name).collect();
+            bail!(
+                "refusing to load: unknown persistent id ({}) (expected ('storage', torch.XStorage, key, location, numel))",
+                kinds.join(", ")
+            )
+        }
     }
 }
 
@@ -90,7 +96,11 @@ pub(crate) fn reduce(callable: Value, args: Value) -> Result<Value> {
                     s.key
                 );
             }
-            Ok(Value::Tensor(TensorRef { storage: s.clone(), offset, size, stride }))
+            let t = TensorRef { storage: s.clone(), offset, size, stride };
+            if t.end().is_none() {
+                bail!("corrupt checkpoint: tensor in storage {} has sizes whose product overflows", s.key);
+            }
+            Ok(Value::Tensor(t))
         }
         (Global::RebuildParameter | Global::RebuildParameterWithState, [t @ Value::Tensor(_), ..]) => Ok(t.clone()),
         (Global::OrderedDict, []) => Ok(Value::Dict(Vec::new())),

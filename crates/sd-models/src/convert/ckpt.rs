@@ -5,10 +5,9 @@
 
 use super::pickle::{self, TensorRef, Value};
 use super::source::TensorSource;
+use super::torch_zip::TorchZip;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tch::{Kind, Tensor};
@@ -16,8 +15,7 @@ use tch::{Kind, Tensor};
 /// An opened torch zip checkpoint: the tensor table is parsed, storages are read on demand.
 pub struct CkptFile {
     path: PathBuf,
-    prefix: String,
-    zip: Mutex<zip::ZipArchive<File>>,
+    zip: Mutex<TorchZip>,
     tensors: BTreeMap<String, TensorRef>,
     global_step: Option<i64>,
     /// Non-tensor entries found inside the state dict (reported, never used).
@@ -28,19 +26,9 @@ pub struct CkptFile {
 
 impl CkptFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut zip = zip::ZipArchive::new(file).map_err(|e| {
-            anyhow!("{} is not a readable zip checkpoint ({e}); truncated download or corrupt file?", path.display())
-        })?;
-        let pkl = zip
-            .file_names()
-            .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1 || *n == "data.pkl")
-            .map(String::from)
-            .ok_or_else(|| anyhow!("{} is a zip file but not a PyTorch checkpoint (no data.pkl)", path.display()))?;
-        let prefix = pkl.trim_end_matches("data.pkl").to_string();
-        if let Ok(mut f) = zip.by_name(&format!("{prefix}byteorder")) {
-            let mut s = String::new();
-            f.read_to_string(&mut s).ok();
+        let mut zip = TorchZip::open(path, "zip checkpoint")?;
+        let prefix = zip.prefix.clone();
+        if let Some(s) = zip.read_small_text(&format!("{prefix}byteorder")) {
             if s.trim() != "little" {
                 bail!(
                     "{} stores tensors in `{}` byte order; only little-endian checkpoints are supported",
@@ -49,16 +37,15 @@ impl CkptFile {
                 );
             }
         }
-        let mut data = Vec::new();
-        zip.by_name(&pkl)
-            .and_then(|mut f| f.read_to_end(&mut data).map_err(Into::into))
-            .with_context(|| format!("cannot read {pkl} in {}", path.display()))?;
+        let data = zip.read_pickle()?;
         let root = pickle::load(&data).with_context(|| format!("cannot read {}", path.display()))?;
         let (dict, global_step) = unwrap_state_dict(root).with_context(|| format!("in {}", path.display()))?;
         let mut tensors = BTreeMap::new();
         let mut non_tensors = Vec::new();
         for (k, v) in dict {
-            let Value::Str(name) = k else { bail!("{}: state dict key {k:?} is not a string", path.display()) };
+            let Value::Str(name) = k else {
+                bail!("{}: a state dict key is a {}, not a string", path.display(), k.type_name())
+            };
             match v {
                 Value::Tensor(t) => {
                     tensors.insert(name, t);
@@ -68,7 +55,6 @@ impl CkptFile {
         }
         Ok(Self {
             path: path.to_path_buf(),
-            prefix,
             zip: Mutex::new(zip),
             tensors,
             global_step,
@@ -84,21 +70,9 @@ impl CkptFile {
                 return Ok(t.shallow_clone());
             }
         }
-        let name = format!("{}data/{}", self.prefix, r.storage.key);
         let mut zip = self.zip.lock().map_err(|_| anyhow!("zip reader poisoned"))?;
-        let mut f = zip.by_name(&name).map_err(|e| {
-            anyhow!("{}: storage `{name}` is missing ({e}); truncated checkpoint?", self.path.display())
-        })?;
-        let need = r.storage.numel as usize * r.storage.kind.elt_size_in_bytes();
-        if (f.size() as usize) < need {
-            bail!(
-                "{}: storage `{name}` holds {} bytes, {need} expected (truncated checkpoint?)",
-                self.path.display(),
-                f.size()
-            );
-        }
-        let mut bytes = vec![0u8; need];
-        f.read_exact(&mut bytes).with_context(|| format!("{}: cannot read storage `{name}`", self.path.display()))?;
+        let need = storage_bytes(r).with_context(|| format!("in {}", self.path.display()))?;
+        let bytes = zip.read_storage(&r.storage.key, need)?;
         let t = Tensor::f_from_data_size(&bytes, &[r.storage.numel], r.storage.kind)?;
         *cache = Some((r.storage.key.clone(), t.shallow_clone()));
         Ok(t)
@@ -111,7 +85,7 @@ type Entries = Vec<(Value, Value)>;
 fn unwrap_state_dict(mut v: Value) -> Result<(Entries, Option<i64>)> {
     let mut step = None;
     loop {
-        let Value::Dict(d) = v else { bail!("the checkpoint holds a {v:?}-like value, not a dict of tensors") };
+        let Value::Dict(d) = v else { bail!("the checkpoint holds a {}, not a dict of tensors", v.type_name()) };
         if step.is_none() {
             step = d.iter().find(|(k, _)| k.as_str() == Some("global_step")).and_then(|(_, v)| v.as_int());
         }
@@ -134,19 +108,15 @@ impl TensorSource for CkptFile {
     }
     fn load(&self, name: &str) -> Result<Tensor> {
         let r = self.tensors.get(name).ok_or_else(|| anyhow!("no tensor `{name}` in {}", self.path.display()))?;
-        let numel: i64 = r.size.iter().product();
-        if numel > 0 {
-            let last = r.offset + r.size.iter().zip(&r.stride).map(|(s, st)| (s - 1) * st).sum::<i64>();
-            if last >= r.storage.numel {
-                bail!(
-                    "{}: tensor `{name}` (size {:?}, stride {:?}, offset {}) reaches past its storage of {} elements",
-                    self.path.display(),
-                    r.size,
-                    r.stride,
-                    r.offset,
-                    r.storage.numel
-                );
-            }
+        if r.end().is_none_or(|end| end > r.storage.numel) {
+            bail!(
+                "{}: tensor `{name}` (size {:?}, stride {:?}, offset {}) reaches past its storage of {} elements",
+                self.path.display(),
+                r.size,
+                r.stride,
+                r.offset,
+                r.storage.numel
+            );
         }
         let storage = self.storage(r)?;
         let view = storage
@@ -160,4 +130,12 @@ impl TensorSource for CkptFile {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+}
+
+/// Bytes a storage's elements take, refusing counts that do not fit in memory arithmetic.
+pub(crate) fn storage_bytes(r: &TensorRef) -> Result<u64> {
+    u64::try_from(r.storage.numel)
+        .ok()
+        .and_then(|n| n.checked_mul(r.storage.kind.elt_size_in_bytes() as u64))
+        .ok_or_else(|| anyhow!("storage `{}` declares {} elements", r.storage.key, r.storage.numel))
 }

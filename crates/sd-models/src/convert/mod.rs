@@ -5,6 +5,7 @@
 //! | [`pickle`] | pickle reader that never executes code |
 //! | [`allow`] | the globals a pickle may name (tensor rebuild, OrderedDict, storages, numpy scalars), modelled not called |
 //! | [`ckpt`] | the torch zip container (`archive/data.pkl` + `archive/data/<key>` storages) |
+//! | [`torch_zip`] | opening that zip with bounds: member count, inflated sizes, inflation ratio |
 //! | [`source`] | [`TensorSource`]: safetensors (mmap) or ckpt, one tensor at a time; format sniffing |
 //! | [`ldm`] | UNet and VAE name mapping |
 //! | [`clip`] | CLIP-L and OpenCLIP-H/bigG text encoder mapping |
@@ -25,6 +26,7 @@ pub mod pickle;
 pub mod plan;
 pub mod source;
 pub mod tokenizer;
+pub mod torch_zip;
 pub mod writer;
 
 pub use family::{Family, IGNORED_KEYS};

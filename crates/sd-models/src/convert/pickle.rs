@@ -9,6 +9,7 @@
 pub use super::allow::Global;
 use super::allow::{persistent_load, reduce, resolve_global};
 use anyhow::{anyhow, bail, Result};
+use sd_core::limits;
 use std::collections::HashMap;
 use tch::Kind;
 
@@ -27,6 +28,24 @@ pub struct TensorRef {
     pub offset: i64,
     pub size: Vec<i64>,
     pub stride: Vec<i64>,
+}
+
+impl TensorRef {
+    /// Elements in the view, `None` when the sizes overflow.
+    pub fn numel(&self) -> Option<i64> {
+        self.size.iter().try_fold(1i64, |a, &d| a.checked_mul(d))
+    }
+
+    /// One past the last storage element the view touches (its offset when empty), `None` on overflow.
+    pub fn end(&self) -> Option<i64> {
+        if self.numel()? == 0 {
+            return Some(self.offset);
+        }
+        self.size
+            .iter()
+            .zip(&self.stride)
+            .try_fold(self.offset.checked_add(1)?, |a, (&s, &st)| a.checked_add(s.checked_sub(1)?.checked_mul(st)?))
+    }
 }
 
 /// A Python value as far as a state dict needs it.
@@ -81,21 +100,31 @@ impl Value {
     }
 }
 
-const MAX_DEPTH_ITEMS: usize = 50_000_000;
-
 /// Interpret a pickle stream and return the value it builds.
+///
+/// The machine is a loop over opcodes (no recursion on input structure), and every container records its nesting
+/// depth as it is built, so a pickle nested past [`PICKLE_MAX_DEPTH`] is refused before any recursive consumer
+/// (drop, clone, the state-dict walk) could overflow the stack. The stack, the memo and the values built (memo
+/// copies included) are bounded by the other `PICKLE_*` limits of [`sd_core::limits`].
 pub fn load(data: &[u8]) -> Result<Value> {
-    Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), cloned: 0 }.run()
+    Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), values: 0 }.run()
 }
+
+/// A value on the machine's stack with its nesting depth (0 for scalars, 1 for a container of scalars).
+type Item = (Value, usize);
 
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
-    stack: Vec<Value>,
+    stack: Vec<Item>,
     marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
-    /// Elements copied out of the memo so far (bounds a "billion laughs" pickle).
-    cloned: usize,
+    memo: HashMap<u32, Item>,
+    /// Values built so far, copies out of the memo included (bounds a "billion laughs" pickle).
+    values: usize,
+}
+
+fn limit_error(what: &str, name: &str, limit: usize, unit: &str) -> anyhow::Error {
+    anyhow!("refusing to load: {}", limits::exceeded(what, name, limit as u64, unit))
 }
 
 impl<'a> Machine<'a> {
@@ -126,37 +155,83 @@ impl<'a> Machine<'a> {
         self.pos += n + 1;
         Ok(s)
     }
-    fn pop(&mut self) -> Result<Value> {
+    /// Count `n` more values against [`PICKLE_MAX_VALUES`].
+    fn spend(&mut self, n: usize) -> Result<()> {
+        self.values = self.values.saturating_add(n);
+        if self.values > limits::PICKLE_MAX_VALUES {
+            return Err(limit_error("the pickle's values", "pickle values", limits::PICKLE_MAX_VALUES, "values"));
+        }
+        Ok(())
+    }
+    fn check_depth(&self, depth: usize) -> Result<()> {
+        if depth > limits::PICKLE_MAX_DEPTH {
+            return Err(anyhow!(
+                "refusing to load: {} (at byte {})",
+                limits::exceeded("container nesting", "pickle depth", limits::PICKLE_MAX_DEPTH as u64, "levels"),
+                self.pos
+            ));
+        }
+        Ok(())
+    }
+    /// Push a scalar.
+    fn push(&mut self, v: Value) -> Result<()> {
+        self.push_item((v, 0))
+    }
+    /// Push a container built from items whose deepest has depth `inner`.
+    fn push_container(&mut self, v: Value, inner: usize) -> Result<()> {
+        self.push_item((v, inner + 1))
+    }
+    fn push_item(&mut self, item: Item) -> Result<()> {
+        self.check_depth(item.1)?;
+        if self.stack.len() >= limits::PICKLE_MAX_STACK {
+            return Err(limit_error("the pickle's stack", "pickle stack", limits::PICKLE_MAX_STACK, "values"));
+        }
+        self.spend(1)?;
+        self.stack.push(item);
+        Ok(())
+    }
+    fn pop(&mut self) -> Result<Item> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             bail!("corrupt pickle: pop across a MARK at byte {}", self.pos);
         }
         self.stack.pop().ok_or_else(|| anyhow!("corrupt pickle: stack underflow at byte {}", self.pos))
     }
-    fn top(&mut self) -> Result<&mut Value> {
-        self.stack.last_mut().ok_or_else(|| anyhow!("corrupt pickle: empty stack at byte {}", self.pos))
+    /// The top of the stack, which is about to receive items of depth up to `inner`.
+    fn top_receiving(&mut self, inner: usize) -> Result<&mut Value> {
+        let pos = self.pos;
+        self.check_depth(inner + 1)?;
+        let (v, d) = self.stack.last_mut().ok_or_else(|| anyhow!("corrupt pickle: empty stack at byte {pos}"))?;
+        *d = (*d).max(inner + 1);
+        Ok(v)
     }
-    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+    fn pop_mark(&mut self) -> Result<(Vec<Value>, usize)> {
         let m = self.marks.pop().ok_or_else(|| anyhow!("corrupt pickle: no MARK at byte {}", self.pos))?;
         if m > self.stack.len() {
             bail!("corrupt pickle: MARK beyond stack");
         }
-        Ok(self.stack.split_off(m))
+        let items = self.stack.split_off(m);
+        let depth = items.iter().map(|(_, d)| *d).max().unwrap_or(0);
+        Ok((items.into_iter().map(|(v, _)| v).collect(), depth))
     }
     fn string(&mut self, n: usize) -> Result<Value> {
         let b = self.take(n)?;
         Ok(Value::Str(String::from_utf8(b.to_vec()).map_err(|_| anyhow!("pickle string is not UTF-8"))?))
     }
-    fn memo_get(&mut self, idx: u32) -> Result<Value> {
-        let v = self.memo.get(&idx).cloned().ok_or_else(|| anyhow!("corrupt pickle: memo {idx} not set"))?;
-        self.cloned += count(&v);
-        if self.cloned > MAX_DEPTH_ITEMS {
-            bail!("refusing to load: the pickle duplicates containers excessively (memory bomb?)");
-        }
-        Ok(v)
+    fn memo_get(&mut self, idx: u32) -> Result<Item> {
+        let item = self.memo.get(&idx).ok_or_else(|| anyhow!("corrupt pickle: memo {idx} not set"))?;
+        let n = count(&item.0);
+        self.spend(n)?;
+        Ok(self.memo.get(&idx).cloned().unwrap_or((Value::None, 0)))
     }
     fn memo_put(&mut self, idx: u32) -> Result<()> {
-        let v = self.stack.last().cloned().ok_or_else(|| anyhow!("corrupt pickle: PUT on empty stack"))?;
-        self.memo.insert(idx, v);
+        if self.memo.len() >= limits::PICKLE_MAX_MEMO && !self.memo.contains_key(&idx) {
+            return Err(limit_error("the pickle's memo", "pickle memo", limits::PICKLE_MAX_MEMO, "entries"));
+        }
+        let n =
+            self.stack.last().map(|(v, _)| count(v)).ok_or_else(|| anyhow!("corrupt pickle: PUT on empty stack"))?;
+        self.spend(n)?;
+        let item = self.stack.last().cloned().ok_or_else(|| anyhow!("corrupt pickle: PUT on empty stack"))?;
+        self.memo.insert(idx, item);
         Ok(())
     }
 
@@ -173,25 +248,25 @@ impl<'a> Machine<'a> {
                 0x95 => {
                     self.u64()?; // FRAME: length hint only
                 }
-                b'.' => return self.pop(),
+                b'.' => return self.pop().map(|(v, _)| v),
                 b'(' => self.marks.push(self.stack.len()),
-                b'}' => self.stack.push(Value::Dict(Vec::new())),
-                b']' => self.stack.push(Value::List(Vec::new())),
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'}' => self.push_container(Value::Dict(Vec::new()), 0)?,
+                b']' => self.push_container(Value::List(Vec::new()), 0)?,
+                b')' => self.push_container(Value::Tuple(Vec::new()), 0)?,
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'J' => {
                     let v = i32::from_le_bytes(self.take(4)?.try_into()?);
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.stack.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 0x8a => {
                     let n = self.u8()? as usize;
@@ -201,36 +276,36 @@ impl<'a> Machine<'a> {
                     }
                     let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
                     buf[..n].copy_from_slice(b);
-                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
+                    self.push(Value::Int(i64::from_le_bytes(buf)))?;
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.take(8)?.try_into()?);
-                    self.stack.push(Value::Float(v));
+                    self.push(Value::Float(v))?;
                 }
                 0x8c => {
                     let n = self.u8()? as usize;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8d => {
                     let n = self.u64()? as usize;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'C' => {
                     let n = self.u8()? as usize;
                     let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b));
+                    self.push(Value::Bytes(b))?;
                 }
                 b'B' => {
                     let n = self.u32()? as usize;
                     let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b));
+                    self.push(Value::Bytes(b))?;
                 }
                 b'q' => {
                     let i = self.u8()? as u32;
@@ -246,68 +321,68 @@ impl<'a> Machine<'a> {
                 }
                 b'h' => {
                     let i = self.u8()? as u32;
-                    let v = self.memo_get(i)?;
-                    self.stack.push(v);
+                    let item = self.memo_get(i)?;
+                    self.push_item(item)?;
                 }
                 b'j' => {
                     let i = self.u32()?;
-                    let v = self.memo_get(i)?;
-                    self.stack.push(v);
+                    let item = self.memo_get(i)?;
+                    self.push_item(item)?;
                 }
                 b't' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    let (items, d) = self.pop_mark()?;
+                    self.push_container(Value::Tuple(items), d)?;
                 }
                 0x85 => {
-                    let a = self.pop()?;
-                    self.stack.push(Value::Tuple(vec![a]));
+                    let (a, da) = self.pop()?;
+                    self.push_container(Value::Tuple(vec![a]), da)?;
                 }
                 0x86 => {
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.stack.push(Value::Tuple(vec![a, b]));
+                    let (b, db) = self.pop()?;
+                    let (a, da) = self.pop()?;
+                    self.push_container(Value::Tuple(vec![a, b]), da.max(db))?;
                 }
                 0x87 => {
-                    let c = self.pop()?;
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.stack.push(Value::Tuple(vec![a, b, c]));
+                    let (c, dc) = self.pop()?;
+                    let (b, db) = self.pop()?;
+                    let (a, da) = self.pop()?;
+                    self.push_container(Value::Tuple(vec![a, b, c]), da.max(db).max(dc))?;
                 }
                 b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::List(items));
+                    let (items, d) = self.pop_mark()?;
+                    self.push_container(Value::List(items), d)?;
                 }
                 b'd' => {
-                    let items = self.pop_mark()?;
+                    let (items, d) = self.pop_mark()?;
                     let dict = pairs(items)?;
-                    self.stack.push(Value::Dict(dict));
+                    self.push_container(Value::Dict(dict), d)?;
                 }
                 b'a' => {
-                    let v = self.pop()?;
-                    match self.top()? {
+                    let (v, d) = self.pop()?;
+                    match self.top_receiving(d)? {
                         Value::List(l) => l.push(v),
                         other => bail!("corrupt pickle: APPEND to a {}", other.type_name()),
                     }
                 }
                 b'e' => {
-                    let items = self.pop_mark()?;
-                    match self.top()? {
+                    let (items, d) = self.pop_mark()?;
+                    match self.top_receiving(d)? {
                         Value::List(l) => l.extend(items),
                         other => bail!("corrupt pickle: APPENDS to a {}", other.type_name()),
                     }
                 }
                 b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    match self.top()? {
+                    let (v, dv) = self.pop()?;
+                    let (k, dk) = self.pop()?;
+                    match self.top_receiving(dv.max(dk))? {
                         Value::Dict(d) => d.push((k, v)),
                         other => bail!("corrupt pickle: SETITEM on a {}", other.type_name()),
                     }
                 }
                 b'u' => {
-                    let items = self.pop_mark()?;
+                    let (items, d) = self.pop_mark()?;
                     let new = pairs(items)?;
-                    match self.top()? {
+                    match self.top_receiving(d)? {
                         Value::Dict(d) => d.extend(new),
                         other => bail!("corrupt pickle: SETITEMS on a {}", other.type_name()),
                     }
@@ -316,40 +391,40 @@ impl<'a> Machine<'a> {
                     let module = self.line()?;
                     let name = self.line()?;
                     let g = resolve_global(&module, &name)?;
-                    self.stack.push(Value::Global(g));
+                    self.push(Value::Global(g))?;
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let (name, _) = self.pop()?;
+                    let (module, _) = self.pop()?;
                     let (Some(m), Some(n)) = (module.as_str(), name.as_str()) else {
                         bail!("corrupt pickle: STACK_GLOBAL with non-string names");
                     };
                     let g = resolve_global(m, n)?;
-                    self.stack.push(Value::Global(g));
+                    self.push(Value::Global(g))?;
                 }
                 b'Q' => {
-                    let pid = self.pop()?;
+                    let (pid, d) = self.pop()?;
                     let v = persistent_load(pid)?;
-                    self.stack.push(v);
+                    self.push_container(v, d)?;
                 }
                 b'R' => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
+                    let (args, d) = self.pop()?;
+                    let (callable, _) = self.pop()?;
                     let v = reduce(callable, args)?;
-                    self.stack.push(v);
+                    self.push_container(v, d)?;
                 }
                 0x81 => {
                     // NEWOBJ cls.__new__(cls, *args): only OrderedDict is a class we model.
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
+                    let (args, d) = self.pop()?;
+                    let (cls, _) = self.pop()?;
                     let v = reduce(cls, args)?;
-                    self.stack.push(v);
+                    self.push_container(v, d)?;
                 }
                 b'b' => {
                     // BUILD: set state on the object below. Dict attributes (`_metadata`) and numpy dtype
                     // state carry nothing a state dict needs, so the state is checked for type and dropped.
-                    let state = self.pop()?;
-                    match self.top()? {
+                    let (state, _) = self.pop()?;
+                    match self.top_receiving(0)? {
                         Value::Dict(_) | Value::NumpyDtype(_) | Value::Tensor(_) => {}
                         other => {
                             bail!("refusing to load: BUILD on a {} (only dicts are given state)", other.type_name())
@@ -361,13 +436,16 @@ impl<'a> Machine<'a> {
                     self.pop()?;
                 }
                 b'2' => {
-                    let v = self.top()?.clone();
-                    self.stack.push(v);
+                    let (v, d) = self.stack.last().ok_or_else(|| anyhow!("corrupt pickle: DUP on empty stack"))?;
+                    let n = count(v);
+                    let item = (v.clone(), *d);
+                    self.spend(n)?;
+                    self.push_item(item)?;
                 }
-                0x8f => self.stack.push(Value::List(Vec::new())), // EMPTY_SET: kept as a list
+                0x8f => self.push_container(Value::List(Vec::new()), 0)?, // EMPTY_SET: kept as a list
                 0x90 => {
-                    let items = self.pop_mark()?;
-                    match self.top()? {
+                    let (items, d) = self.pop_mark()?;
+                    match self.top_receiving(d)? {
                         Value::List(l) => l.extend(items),
                         other => bail!("corrupt pickle: ADDITEMS on a {}", other.type_name()),
                     }
@@ -399,4 +477,56 @@ fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
         out.push((k, v));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(data: &[u8]) -> String {
+        load(data).map(|_| ()).map_err(|e| e.to_string()).expect_err("must be refused")
+    }
+
+    #[test]
+    fn a_stack_flood_is_refused_at_the_stack_bound() {
+        let mut p = vec![0x80, 2];
+        p.extend(std::iter::repeat_n(b'N', limits::PICKLE_MAX_STACK + 1));
+        assert!(err(&p).contains("pickle stack limit of 1000000 values"));
+    }
+
+    #[test]
+    fn a_memo_flood_is_refused_at_the_memo_bound() {
+        let mut p = vec![0x80, 2, b'N'];
+        for i in 0..=limits::PICKLE_MAX_MEMO as u32 {
+            p.push(b'r');
+            p.extend(i.to_le_bytes());
+        }
+        assert!(err(&p).contains("pickle memo limit of 2000000 entries"));
+    }
+
+    #[test]
+    fn depth_is_counted_through_every_way_of_nesting() {
+        let deep = |open: &[u8], close: &[u8], n: usize| {
+            let mut p = vec![0x80, 2];
+            p.extend(open.repeat(n));
+            p.extend(close.repeat(n - 1));
+            p.push(b'.');
+            p
+        };
+        let at = |n| limits::PICKLE_MAX_DEPTH + n;
+        // Lists by APPEND, dicts by SETITEM, tuples by MARK, then one level under the bound reads fine.
+        assert!(err(&deep(b"]", b"a", at(1))).contains("pickle depth limit"));
+        let mut dicts = vec![0x80, 2, b'}'];
+        dicts.extend(b"K\x00}".repeat(at(0)));
+        dicts.extend(b"s".repeat(at(0)));
+        dicts.push(b'.');
+        assert!(err(&dicts).contains("pickle depth limit"));
+        assert!(err(&deep(b"(", b"t", at(2))).contains("pickle depth limit"));
+        assert!(load(&deep(b"]", b"a", limits::PICKLE_MAX_DEPTH)).is_ok());
+        // Memo copies keep the depth of what they copy.
+        let mut p = vec![0x80, 2, b']'];
+        p.extend(b"\x85".repeat(limits::PICKLE_MAX_DEPTH - 1));
+        p.extend(b"q\x00h\x00\x85.");
+        assert!(err(&p).contains("pickle depth limit"));
+    }
 }

@@ -5,38 +5,32 @@
 use super::embeddings::EmbeddingFile;
 use anyhow::{anyhow, bail, Context, Result};
 use sd_models::convert::pickle::{self, TensorRef, Value};
-use std::fs::File;
-use std::io::Read;
+use sd_models::convert::torch_zip::TorchZip;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
 pub fn read_pickled_embedding(path: &Path) -> Result<EmbeddingFile> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
-        anyhow!("{} is not a torch.save zip file ({e}); very old or corrupt embedding?", path.display())
-    })?;
-    let pkl = zip
-        .file_names()
-        .find(|n| *n == "data.pkl" || (n.ends_with("/data.pkl") && n.matches('/').count() == 1))
-        .map(String::from)
-        .ok_or_else(|| anyhow!("{} is a zip file but not a torch.save file (no data.pkl)", path.display()))?;
-    let prefix = pkl.trim_end_matches("data.pkl").to_string();
-    let mut data = Vec::new();
-    zip.by_name(&pkl)
-        .map_err(|e| anyhow!("{e}"))
-        .and_then(|mut f| f.read_to_end(&mut data).map_err(Into::into))
-        .with_context(|| format!("cannot read {pkl} in {}", path.display()))?;
+    let mut zip = TorchZip::open(path, "torch.save file")?;
+    let data = zip.read_pickle()?;
     let root = pickle::load(&data).with_context(|| format!("cannot read {}", path.display()))?;
     let Value::Dict(entries) = root else { bail!("{} does not hold a dict", path.display()) };
     let get = |d: &[(Value, Value)], key: &str| d.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v.clone());
     let mut load = |r: &TensorRef| -> Result<Tensor> {
-        let name = format!("{prefix}data/{}", r.storage.key);
-        let mut f = zip.by_name(&name).map_err(|e| anyhow!("{}: storage `{name}` is missing ({e})", path.display()))?;
-        let need = r.storage.numel as usize * r.storage.kind.elt_size_in_bytes();
-        let mut bytes = vec![0u8; need];
-        f.read_exact(&mut bytes).with_context(|| format!("{}: storage `{name}` is truncated", path.display()))?;
-        let last = r.offset + r.size.iter().zip(&r.stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>();
-        if last >= r.storage.numel.max(1) {
+        let need = (r.storage.numel.max(0) as u64).saturating_mul(r.storage.kind.elt_size_in_bytes() as u64);
+        if need > sd_core::limits::EMBEDDING_MAX_BYTES {
+            bail!(
+                "{}: {}",
+                path.display(),
+                sd_core::limits::exceeded(
+                    format!("an embedding storage of {need} bytes"),
+                    "embedding size",
+                    sd_core::limits::EMBEDDING_MAX_BYTES,
+                    "bytes"
+                )
+            );
+        }
+        let bytes = zip.read_storage(&r.storage.key, need)?;
+        if r.end().is_none_or(|end| end > r.storage.numel) {
             bail!("{}: a tensor view reaches past its storage", path.display());
         }
         let storage = Tensor::f_from_data_size(&bytes, &[r.storage.numel], r.storage.kind)?;
