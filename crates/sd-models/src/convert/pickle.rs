@@ -103,7 +103,7 @@ impl Value {
 /// Interpret a pickle stream and return the value it builds.
 ///
 /// The machine is a loop over opcodes (no recursion on input structure), and every container records its nesting
-/// depth as it is built, so a pickle nested past [`PICKLE_MAX_DEPTH`] is refused before any recursive consumer
+/// depth as it is built, so a pickle nested past [`limits::PICKLE_MAX_DEPTH`] is refused before any recursive consumer
 /// (drop, clone, the state-dict walk) could overflow the stack. The stack, the memo and the values built (memo
 /// copies included) are bounded by the other `PICKLE_*` limits of [`sd_core::limits`].
 pub fn load(data: &[u8]) -> Result<Value> {
@@ -155,7 +155,7 @@ impl<'a> Machine<'a> {
         self.pos += n + 1;
         Ok(s)
     }
-    /// Count `n` more values against [`PICKLE_MAX_VALUES`].
+    /// Count `n` more values against [`limits::PICKLE_MAX_VALUES`].
     fn spend(&mut self, n: usize) -> Result<()> {
         self.values = self.values.saturating_add(n);
         if self.values > limits::PICKLE_MAX_VALUES {
