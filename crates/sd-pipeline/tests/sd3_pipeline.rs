@@ -2,8 +2,8 @@
 //! scripts/fixtures/gen_82_sd3_pipeline.py: a tiny random SD3.5-Medium-like pipeline). Checked: the encoded prompt
 //! and pooled embedding (CLIP-L + CLIP-G + T5), and whole txt2img runs with and without T5, with a negative prompt,
 //! non-square, without CFG and at the default 256-token T5 length: final latents within 1e-4 absolute, images within
-//! 1e-3 (float). Measured worst: embeddings 7.8e-7, latents 2.1e-6 (of up to 4.9),
-//! images 1.1e-6; the run without T5 bit-identical.
+//! 1e-3 (float). Measured worst: embeddings 4.8e-7, latents 3.1e-6 (of up to 5.9),
+//! images 8.9e-7; the run without T5 bit-identical.
 
 use sd_pipeline::sd3::{Sd3Pipeline, Sd3Request};
 use std::path::{Path, PathBuf};
