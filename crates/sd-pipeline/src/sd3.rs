@@ -203,7 +203,8 @@ impl Sd3Pipeline {
         Ok((images, latents))
     }
 
-    fn check(&self, req: &Sd3Request) -> Result<()> {
+    /// Whether the request can run on this model (sizes, counts, a flow-matching sampler), before any work.
+    pub fn check(&self, req: &Sd3Request) -> Result<()> {
         let f = self.vae.scale_factor() * self.transformer.config.patch_size;
         for (v, what) in [(req.width, "width"), (req.height, "height")] {
             ensure!((f..=MAX_SIDE).contains(&v), "{what} {v} is outside {f}..={MAX_SIDE}");
@@ -212,6 +213,13 @@ impl Sd3Pipeline {
         ensure!((1..=MAX_BATCH).contains(&req.batch_size), "batch size {} is outside 1..={MAX_BATCH}", req.batch_size);
         ensure!((1..=MAX_STEPS).contains(&req.steps), "steps {} is outside 1..={MAX_STEPS}", req.steps);
         ensure!(req.guidance_scale.is_finite(), "the guidance scale must be a finite number");
+        let sched = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?;
+        if !sched.descriptor().class.name.starts_with("FlowMatch") {
+            bail!(
+                "sampler {} is not a flow-matching sampler; SD3 models need one (flow-euler, or \"default\")",
+                sched.name()
+            );
+        }
         Ok(())
     }
 
@@ -230,12 +238,6 @@ impl Sd3Pipeline {
             None => (rep(&cond.prompt_embeds)?, rep(&cond.pooled)?),
         };
         let mut sched = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?;
-        if !sched.descriptor().class.name.starts_with("FlowMatch") {
-            bail!(
-                "sampler {} is not a flow-matching sampler; SD3 models need one (flow-euler, or \"default\")",
-                sched.name()
-            );
-        }
         sched.set_timesteps(req.steps, self.device)?;
         let f = self.vae.scale_factor();
         let c = self.transformer.config.in_channels;
@@ -265,5 +267,85 @@ impl Sd3Pipeline {
         let z = latents.f_to_kind(Kind::Float)? / cfg.scaling_factor + cfg.shift_factor.unwrap_or(0.0);
         let x = self.vae.decode(&z.f_to_kind(self.vae.kind())?)?;
         Ok((x.f_to_kind(Kind::Float)? / 2.0 + 0.5).f_clamp(0.0, 1.0)?.to_device(Device::Cpu))
+    }
+}
+
+impl Sd3Pipeline {
+    /// Write each image of `images` `[B, 3, H, W]` as `sd generate` writes the UNet families' (visible label and
+    /// invisible watermark unless turned off, A1111 `parameters` and the provenance chunks); SD3 ships no safety
+    /// checker, so none runs. `counter` numbers images across batches for `{n}`.
+    pub fn save_images(
+        &self,
+        model_name: &str,
+        req: &Sd3Request,
+        images: &Tensor,
+        opts: &crate::output::OutputOptions,
+        counter: &mut usize,
+    ) -> Result<Vec<crate::output::SavedImage>> {
+        use sd_core::atomic::{write_atomic, Overwrite};
+        use sd_core::image_io::{tensor_to_rgb, Range};
+        use sd_provenance::metadata::{encode_png, label_chunks, GenerationInfo};
+        use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
+        let label = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?.descriptor().label();
+        let mut saved = Vec::new();
+        for i in 0..images.size()[0] {
+            let mut rgb = tensor_to_rgb(&images.get(i), Range::Unit)?;
+            let r = &opts.render;
+            if r.upscale > 1 {
+                let (w, h) = rgb.dimensions();
+                rgb =
+                    image::imageops::resize(&rgb, w * r.upscale, h * r.upscale, image::imageops::FilterType::Lanczos3);
+            }
+            if let Some(text) = &r.visible_label {
+                use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
+                draw_label(&mut rgb, if text.is_empty() { DEFAULT_TEXT } else { text }, Corner::BottomRight)?;
+            }
+            // diffusers' SD3 pipelines carry no watermarker; sd-rs marks every image, with the non-XL payload
+            let outcome =
+                if r.watermark { watermark::embed(&mut rgb, &Payload::SdV1)? } else { WatermarkOutcome::Disabled };
+            let mut info = GenerationInfo {
+                prompt: req.prompt.clone(),
+                negative_prompt: req.negative_prompt.clone(),
+                tool_name: "sd-rs".into(),
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            };
+            info.steps = req.steps as u32;
+            info.sampler = label.to_string();
+            info.cfg_scale = req.guidance_scale;
+            info.seed = req.seed;
+            info.width = req.width as u32;
+            info.height = req.height as u32;
+            info.model_name = Some(model_name.to_string());
+            info.watermark = Some(outcome.clone());
+            if self.t5.is_none() {
+                info.extra.push(("T5".into(), "off".into()));
+            } else if req.max_sequence_length != DEFAULT_MAX_SEQUENCE_LENGTH {
+                info.extra.push(("T5 max length".into(), req.max_sequence_length.to_string()));
+            }
+            if req.batch_size > 1 {
+                info.extra.push(("Batch size".into(), req.batch_size.to_string()));
+                info.extra.push(("Batch pos".into(), i.to_string()));
+            }
+            let png = encode_png(&rgb, &label_chunks(&info))?;
+            let n = *counter;
+            *counter += 1;
+            let path = crate::output::render_path(&opts.pattern, req.seed, n, model_name);
+            write_atomic(&path, if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse }, &png)?;
+            saved.push(crate::output::SavedImage {
+                path: Some(path),
+                seed: req.seed,
+                index_in_batch: i as usize,
+                watermark: sd_provenance::metadata::watermark_record(Some(&outcome)),
+                safety_checked: false,
+                flagged: false,
+            });
+        }
+        Ok(saved)
+    }
+
+    /// The native resolution: the transformer's `sample_size` latents times the VAE factor (1024 for SD3).
+    pub fn default_size(&self) -> i64 {
+        self.transformer.config.sample_size * self.vae.scale_factor()
     }
 }
