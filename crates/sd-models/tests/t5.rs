@@ -64,6 +64,8 @@ fn encoder_matches_transformers() {
     println!("bf16: max abs err vs transformers bf16 {err:.3e}, transformers bf16 vs f32 {spread:.3e}");
     assert!(err <= spread.max(0.05), "bf16 off by {err} (reference bf16 spread {spread})");
     assert!(model.forward(&Tensor::zeros([3], (Kind::Int64, Device::Cpu))).is_err());
+    let e = format!("{:#}", model.forward(&Tensor::from_slice(&[1i64, 100_000]).view([1, 2])).unwrap_err());
+    assert!(e.contains("vocabulary"), "{e}");
 }
 
 /// T5's bidirectional buckets (32 buckets, max distance 128, as T5-XXL): values from transformers'

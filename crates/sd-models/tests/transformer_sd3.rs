@@ -98,4 +98,6 @@ fn bad_inputs_are_clear_errors() {
     assert!(msg.contains("text states"), "{msg}");
     let msg = format!("{:#}", model.forward(&x.narrow(1, 0, 4), &ts, &e, &p, &[]).unwrap_err());
     assert!(msg.contains("latents"), "{msg}");
+    let msg = format!("{:#}", model.forward(&x, &ts.narrow(0, 0, 1), &e, &p, &[]).unwrap_err());
+    assert!(msg.contains("timestep"), "{msg}");
 }

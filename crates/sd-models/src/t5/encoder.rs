@@ -164,6 +164,15 @@ impl T5EncoderModel {
         let s = input_ids.size();
         ensure!(s.len() == 2, "T5 input ids must be [batch, tokens], got {s:?}");
         let (b, l) = (s[0], s[1]);
+        ensure!(b > 0 && l > 0, "T5 input ids must be non-empty, got shape {s:?}");
+        ensure!(!input_ids.is_floating_point(), "T5 input ids must be integers, got {:?}", input_ids.kind());
+        let (lo, hi) = (input_ids.f_min()?.int64_value(&[]), input_ids.f_max()?.int64_value(&[]));
+        ensure!(
+            lo >= 0 && hi < self.config.vocab_size,
+            "T5 token ids in [{lo}, {hi}] are outside the model's vocabulary of {} (tokenizer and encoder differ?)",
+            self.config.vocab_size
+        );
+        let input_ids = &input_ids.f_to_kind(Kind::Int64)?.f_to_device(self.shared.weight.device())?;
         let heads = self.config.num_heads;
         let mut h = self.shared.forward(input_ids);
         let bias = self.position_bias(l, h.kind(), h.device())?;

@@ -101,7 +101,7 @@ impl JointTransformerBlock {
         match (&self.attn2, &n.x2) {
             (Some(a2), Some((x2, gate2))) => {
                 let (o, _) = a2.forward(x2, None)?;
-                h = h + gate2.unsqueeze(1) * o;
+                h = h.f_add(&(gate2.unsqueeze(1) * o))?;
             }
             (None, None) => {}
             _ => bail!("internal: dual attention without its modulation"),

@@ -206,6 +206,12 @@ impl SD3Transformer2DModel {
             cfg.pooled_projection_dim,
             pooled_projections.size()
         );
+        ensure!(
+            timestep.dim() == 1 && timestep.size()[0] == s[0],
+            "timestep must be [{}] (one per latent), got {:?}",
+            s[0],
+            timestep.size()
+        );
         let (h, w) = (s[2] / p, s[3] / p);
         let mut x = self.pos_embed.forward(sample)?;
         let temb = self.time_text_embed.forward(timestep, pooled_projections)?;
