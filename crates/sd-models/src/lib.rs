@@ -8,6 +8,8 @@
 //! | [`clip`] | CLIP BPE tokenizer, CLIPTextModel / CLIPTextModelWithProjection, CLIP vision tower |
 //! | [`unet`] | UNet2DConditionModel (SD1.x, SD2.x, SDXL, inpainting, LCM) from its config |
 //! | [`controlnet`] | ControlNetModel: the UNet's contracting half with a conditioning embedding and zero convolutions |
+//! | [`t5`] | T5EncoderModel and its Unigram tokenizer (SD3's third text encoder) |
+//! | [`transformer_sd3`] | SD3Transformer2DModel (MMDiT of SD3 / SD3.5, incl. qk RMS norm and dual attention) |
 //! | [`vae`] | AutoencoderKL (encode/decode, tiling) and AutoencoderTiny (TAESD) |
 //! | [`safety`] | StableDiffusionSafetyChecker |
 //! | [`convert`] | single-file (LDM) checkpoints → diffusers state dicts, and the safe pickle reader |
@@ -18,5 +20,7 @@ pub mod controlnet;
 pub mod convert;
 pub mod nn;
 pub mod safety;
+pub mod t5;
+pub mod transformer_sd3;
 pub mod unet;
 pub mod vae;

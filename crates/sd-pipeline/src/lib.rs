@@ -8,6 +8,7 @@
 //! | [`loras`] | `<lora:name:weight>` tags, LoRA files merged at load, A1111 `Lora hashes` |
 //! | [`prompt`] | prompt text → conditioning tensors (A1111 syntax, chunking, clip skip, SDXL pooled embeds) |
 //! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
+//! | [`sd3`] | Stable Diffusion 3 / 3.5 (`StableDiffusion3Pipeline`): MMDiT, CLIP-L + CLIP-G + T5, flow matching |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
 //! | [`hires`] | A1111's hires fix: first pass, enlarge, img2img second pass |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
@@ -27,4 +28,5 @@ pub mod memory;
 pub mod output;
 pub mod prompt;
 pub mod request;
+pub mod sd3;
 pub mod single_file;

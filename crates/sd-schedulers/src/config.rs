@@ -222,6 +222,8 @@ scheduler_config! {
     sigma_data: f64 = 0.5,
     sigma_schedule: SigmaSchedule = SigmaSchedule::Karras,
     rho: f64 = 7.0,
+    /// Flow matching's static timestep shift (SD3: 3.0).
+    shift: f64 = 1.0,
     /// Not a diffusers config field but a `step` argument there (DDIM's η, TCD's γ, k-diffusion's SDE η): set
     /// from `SamplerOptions::eta` for the samplers that declare it.
     eta: f64 = 0.0,

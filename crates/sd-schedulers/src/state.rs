@@ -27,6 +27,9 @@ pub enum Family {
     /// DDPM-style samplers (DDPM, DDIM, LCM, TCD, PNDM): x_t = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε at the integer training
     /// timestep t; unit noise, unscaled model input.
     Ddpm,
+    /// Rectified flow (SD3): x_σ = (1 − σ)·x_0 + σ·ε with σ ∈ [0, 1]; unit noise, unscaled model input, and the model
+    /// is shown σ·T as its timestep.
+    FlowMatch,
 }
 
 /// The schedule a sampler holds. Fields are crate-private so that only this crate's samplers change them; other
@@ -60,7 +63,7 @@ impl SamplerState {
         let pred = cfg.prediction_type;
         let alphas_cumprod = match family {
             Family::Ddpm => TrainSchedule::new_exact_zero_snr(&cfg)?.alphas_cumprod,
-            Family::KDiffusion | Family::DpmSolver => vec![],
+            Family::KDiffusion | Family::DpmSolver | Family::FlowMatch => vec![],
         };
         Ok(Self {
             descriptor,
@@ -87,7 +90,7 @@ impl SamplerState {
     /// a DDPM-family one at its last timestep.
     pub fn step_index(&mut self, timestep: f64) -> Result<usize> {
         let steps = match self.family {
-            Family::KDiffusion | Family::DpmSolver => self.sigmas.len().saturating_sub(1),
+            Family::KDiffusion | Family::DpmSolver | Family::FlowMatch => self.sigmas.len().saturating_sub(1),
             Family::Ddpm => self.timesteps.len(),
         };
         self.idx.for_step(&self.timesteps, timestep, steps)
@@ -96,7 +99,7 @@ impl SamplerState {
     pub fn init_noise_sigma(&self) -> f64 {
         match self.family {
             Family::KDiffusion => ksched::init_noise_sigma(&self.cfg, &self.sigmas),
-            Family::DpmSolver | Family::Ddpm => 1.0,
+            Family::DpmSolver | Family::Ddpm | Family::FlowMatch => 1.0,
         }
     }
 
@@ -106,7 +109,7 @@ impl SamplerState {
                 let i = self.idx.get(&self.timesteps, timestep)?;
                 k_scale(sample, self.sigma(i)?)
             }
-            Family::DpmSolver | Family::Ddpm => Ok(sample.shallow_clone()),
+            Family::DpmSolver | Family::Ddpm | Family::FlowMatch => Ok(sample.shallow_clone()),
         }
     }
 
@@ -120,6 +123,10 @@ impl SamplerState {
                 let i = noise_index(&self.idx, &self.timesteps, timestep)?;
                 let (a, s) = alpha_sigma(self.sigma(i)?);
                 lin(&[(a, original), (s, noise)])
+            }
+            Family::FlowMatch => {
+                let i = noise_index(&self.idx, &self.timesteps, timestep)?;
+                crate::samplers::flow_euler::scale_noise(original, noise, self.sigma(i)?)
             }
             Family::Ddpm => {
                 let a = self.alpha_cumprod(self.int_timestep(timestep)?)?;

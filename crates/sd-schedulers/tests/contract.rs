@@ -73,6 +73,12 @@ fn run_loop_unchecked(s: &mut dyn Scheduler, steps: usize, seed: u64, kind: Kind
     out
 }
 
+/// Samplers whose timesteps are not training indices in [0, T): EDM's ¼·ln σ, flow matching's σ·T (which starts
+/// at T itself).
+fn continuous_timesteps(d: &Descriptor) -> bool {
+    d.name == "edm-euler" || d.class.name.starts_with("FlowMatch")
+}
+
 fn same(a: &[Tensor], b: &[Tensor]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.equal(y))
 }
@@ -129,8 +135,7 @@ fn timesteps_are_counted_ordered_and_repeatable() {
             let most = n * s.order() + 1;
             assert!(ts.len() >= n && ts.len() <= most, "{what}: {} timesteps, order {}", ts.len(), s.order());
             assert!(ts.iter().all(|t| t.is_finite()), "{what}: {ts:?}");
-            if d.name != "edm-euler" {
-                // EDM's timesteps are ¼·ln σ, not training indices
+            if !continuous_timesteps(d) {
                 assert!(ts.iter().all(|t| (0.0..1000.0).contains(t)), "{what}: {ts:?}");
             }
             let max = ts.iter().cloned().fold(f64::MIN, f64::max);
@@ -169,7 +174,7 @@ fn config_sweep_builds_or_refuses_and_runs_finite() {
                         // (checked with diffusers 0.42.1; its midpoint timestep is NaN).
                         let diffusers_nan = d.name == "dpm2-a" && betas == "squaredcos_cap_v2" && train == 1000;
                         assert!(diffusers_nan || out.iter().all(finite), "{what}: non-finite output");
-                        if d.name != "edm-euler" {
+                        if !continuous_timesteps(d) {
                             assert!(s.timesteps().iter().all(|t| *t < train as f64), "{what}: {:?}", s.timesteps());
                         }
                         assert_eq!(out.len(), s.timesteps().len(), "{what}");
@@ -336,7 +341,7 @@ fn preset_keys(d: &Descriptor) -> BTreeSet<&'static str> {
 fn every_sampler_matches_its_reference_fixtures() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
     let mut covered: BTreeSet<String> = BTreeSet::new();
-    for dir in ["schedulers", "schedulers_sde"] {
+    for dir in ["schedulers", "schedulers_sde", "schedulers_flow"] {
         let dir = format!("{root}/{dir}");
         let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")).flatten().collect();
         files.sort_by_key(|f| f.path());

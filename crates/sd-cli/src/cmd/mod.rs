@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod doctor;
 pub mod generate;
+pub mod generate_sd3;
 pub mod inspect;
 pub mod model_args;
 pub mod samplers;

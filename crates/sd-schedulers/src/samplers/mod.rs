@@ -33,4 +33,5 @@ sampler_table! {
     dpm_singlestep: [DPMPP_2S],
     dpmpp_2s_ancestral: [DPMPP_2S_A],
     dpm_sde: [DPMPP_SDE],
+    flow_euler: [FLOW_EULER],
 }

@@ -1,0 +1,351 @@
+//! Stable Diffusion 3 / 3.5 as diffusers' `StableDiffusion3Pipeline` runs it, so the same seed gives the same image:
+//!
+//! - prompt encoding (`encode_prompt`): CLIP-L and CLIP-G penultimate hidden states (no final layer norm)
+//!   concatenated on the feature axis and zero-padded to T5's width, T5's last hidden state appended along the
+//!   sequence (`max_sequence_length` tokens, default 256), pooled = CLIP-L and CLIP-G projected pooled outputs
+//!   concatenated. Without T5 (`no_t5`, as diffusers with `text_encoder_3=None`) its part is zeros of the
+//!   transformer's `joint_attention_dim`, so the 4.7 B-parameter encoder need not be loaded. The negative prompt
+//!   (default "") is encoded the same way.
+//! - latents: unit noise `[B, 16, H/8, W/8]` drawn from the one seeded generator in the transformer's dtype;
+//! - loop: the transformer on [uncond, cond] with timestep σ·1000, classifier-free guidance when the scale > 1, the
+//!   flow-matching sampler's step (the model's own `FlowMatchEulerDiscreteScheduler` unless another is chosen);
+//! - decode: latents / scaling_factor + shift_factor through the 16-channel VAE, then (x / 2 + 0.5) clamped.
+
+use anyhow::{bail, ensure, Context, Result};
+use sd_core::model_dir::ModelDir;
+use sd_core::TorchGenerator;
+use sd_models::clip::{ClipTextModel, ClipTokenizer};
+use sd_models::t5::{T5EncoderModel, T5Tokenizer};
+use sd_models::transformer_sd3::SD3Transformer2DModel;
+use sd_models::vae::AutoencoderKL;
+use sd_schedulers::{SamplerChoice, SamplerOptions};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// SD3's default T5 sequence length (`max_sequence_length`).
+pub const DEFAULT_MAX_SEQUENCE_LENGTH: usize = 256;
+/// Largest image side accepted, in pixels (SD3.5's positional grid covers 192 patches × 2 × 8 = 3072 px).
+pub const MAX_SIDE: i64 = 4096;
+/// Largest batch accepted.
+pub const MAX_BATCH: i64 = 64;
+/// Largest step count accepted.
+pub const MAX_STEPS: usize = 1000;
+
+/// Whether a folder holds an SD3 / SD3.5 pipeline (its `model_index.json` class, or an `SD3Transformer2DModel`).
+pub fn is_sd3(dir: &ModelDir) -> bool {
+    dir.pipeline_class().is_some_and(|c| c.starts_with("StableDiffusion3"))
+        || dir.component_class("transformer").as_deref() == Some("SD3Transformer2DModel")
+}
+
+/// One CLIP encoder with its tokenizer.
+pub struct ClipEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub model: ClipTextModel,
+}
+
+impl ClipEncoder {
+    fn load(root: &Path, tok: &str, enc: &str, kind: Kind, device: Device) -> Result<Self> {
+        let tokenizer = ClipTokenizer::from_dir(&root.join(tok)).with_context(|| format!("loading {tok}/"))?;
+        let model = ClipTextModel::load(&root.join(enc), kind, device).with_context(|| format!("loading {enc}/"))?;
+        ensure!(
+            model.has_projection(),
+            "{enc}/ must be a CLIPTextModelWithProjection (SD3 uses its pooled projection)"
+        );
+        Ok(Self { tokenizer, model })
+    }
+
+    /// (penultimate hidden state `[1, 77, width]`, projected pooled output `[1, projection]`).
+    fn encode(&self, text: &str) -> Result<(Tensor, Tensor)> {
+        let ids = Tensor::from_slice(&self.tokenizer.encode(text)?).unsqueeze(0);
+        let out = self.model.forward(&ids)?;
+        let n = out.hidden_states.len();
+        ensure!(n >= 2, "the CLIP encoder has no penultimate layer");
+        let pooled = out.text_embeds.context("CLIP encoder without projection")?;
+        Ok((out.hidden_states[n - 2].shallow_clone(), pooled))
+    }
+}
+
+/// The loaded pipeline.
+pub struct Sd3Pipeline {
+    pub clip_l: ClipEncoder,
+    pub clip_g: ClipEncoder,
+    /// `None`: run without T5 (zeros in its place).
+    pub t5: Option<(T5Tokenizer, T5EncoderModel)>,
+    pub transformer: SD3Transformer2DModel,
+    pub vae: AutoencoderKL,
+    pub scheduler_config: serde_json::Value,
+    pub device: Device,
+    pub kind: Kind,
+}
+
+/// One SD3 request.
+#[derive(Clone, Debug)]
+pub struct Sd3Request {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: i64,
+    pub height: i64,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub seed: u64,
+    pub batch_size: i64,
+    pub max_sequence_length: usize,
+    pub sampler: SamplerChoice,
+}
+
+impl Sd3Request {
+    /// diffusers' defaults for a prompt (1024 px, 28 steps, guidance 7.0).
+    pub fn new(prompt: &str) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            width: 1024,
+            height: 1024,
+            steps: 28,
+            guidance_scale: 7.0,
+            seed: 0,
+            batch_size: 1,
+            max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
+            sampler: SamplerChoice::default(),
+        }
+    }
+}
+
+/// Prompt embeddings as the transformer takes them.
+pub struct Sd3Conditioning {
+    /// `[1, 77 + max_sequence_length, joint_attention_dim]`.
+    pub prompt_embeds: Tensor,
+    /// `[1, pooled_projection_dim]`.
+    pub pooled: Tensor,
+}
+
+impl Sd3Pipeline {
+    /// From a diffusers SD3 folder; `no_t5` leaves `text_encoder_3` unloaded.
+    pub fn load(root: &Path, kind: Kind, device: Device, no_t5: bool) -> Result<Self> {
+        let dir = ModelDir::open_folder(root)?;
+        ensure!(is_sd3(&dir), "{} is not a Stable Diffusion 3 pipeline folder", root.display());
+        let clip_l = ClipEncoder::load(root, "tokenizer", "text_encoder", kind, device)?;
+        let clip_g = ClipEncoder::load(root, "tokenizer_2", "text_encoder_2", kind, device)?;
+        let has_t5 = root.join("text_encoder_3").is_dir();
+        let t5 = if no_t5 || !has_t5 {
+            None
+        } else {
+            let tok = T5Tokenizer::load(&root.join("tokenizer_3")).context("loading tokenizer_3/")?;
+            let model =
+                T5EncoderModel::load(&root.join("text_encoder_3"), kind, device).context("loading text_encoder_3/")?;
+            Some((tok, model))
+        };
+        let transformer = SD3Transformer2DModel::load(&dir.component_dir("transformer")?, kind, device)
+            .context("loading transformer/")?;
+        let vae = AutoencoderKL::load(&dir.component_dir("vae")?, kind, device).context("loading vae/")?;
+        let cfg = transformer.config.clone();
+        let (l, g) = (clip_l.model.config().hidden_size, clip_g.model.config().hidden_size);
+        ensure!(
+            l + g <= cfg.joint_attention_dim,
+            "the CLIP widths {l} + {g} exceed the transformer's joint_attention_dim {}",
+            cfg.joint_attention_dim
+        );
+        if let Some((_, t5)) = &t5 {
+            ensure!(
+                t5.config.d_model == cfg.joint_attention_dim,
+                "T5's d_model {} differs from the transformer's joint_attention_dim {}",
+                t5.config.d_model,
+                cfg.joint_attention_dim
+            );
+        }
+        ensure!(
+            vae.config().latent_channels == cfg.in_channels,
+            "the VAE has {} latent channels, the transformer {}",
+            vae.config().latent_channels,
+            cfg.in_channels
+        );
+        let scheduler_config = dir.component_config("scheduler")?;
+        Ok(Self { clip_l, clip_g, t5, transformer, vae, scheduler_config, device, kind })
+    }
+
+    /// diffusers' `encode_prompt` for one prompt.
+    pub fn encode_prompt(&self, text: &str, max_sequence_length: usize) -> Result<Sd3Conditioning> {
+        tch::no_grad(|| {
+            let (l, pl) = self.clip_l.encode(text)?;
+            let (g, pg) = self.clip_g.encode(text)?;
+            let clip = Tensor::f_cat(&[l, g], -1)?;
+            let width = self.transformer.config.joint_attention_dim;
+            let t5 = match &self.t5 {
+                Some((tok, model)) => {
+                    let ids: Vec<i64> = tok.encode(text, max_sequence_length)?.into_iter().map(i64::from).collect();
+                    model.forward(&Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device))?
+                }
+                None => {
+                    ensure!(
+                        (1..=sd_models::t5::tokenizer::MAX_SEQUENCE_LENGTH).contains(&max_sequence_length),
+                        "max_sequence_length {max_sequence_length} is outside 1..={}",
+                        sd_models::t5::tokenizer::MAX_SEQUENCE_LENGTH
+                    );
+                    Tensor::zeros([1, max_sequence_length as i64, width], (self.kind, self.device))
+                }
+            };
+            let clip = clip.f_constant_pad_nd([0, width - clip.size()[2]])?.f_to_kind(self.kind)?;
+            let prompt_embeds = Tensor::f_cat(&[clip, t5.f_to_kind(self.kind)?], 1)?;
+            let pooled = Tensor::f_cat(&[pl, pg], -1)?.f_to_kind(self.kind)?;
+            Ok(Sd3Conditioning { prompt_embeds, pooled })
+        })
+    }
+
+    /// Images `[B, 3, H, W]` in [0, 1] (f32, CPU) and the final latents.
+    pub fn generate(&self, req: &Sd3Request) -> Result<(Tensor, Tensor)> {
+        self.check(req)?;
+        let cond = self.encode_prompt(&req.prompt, req.max_sequence_length)?;
+        let cfg_on = req.guidance_scale > 1.0;
+        let uncond =
+            if cfg_on { Some(self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?) } else { None };
+        let latents = tch::no_grad(|| self.denoise(req, &cond, uncond.as_ref()))?;
+        let images = tch::no_grad(|| self.decode(&latents))?;
+        Ok((images, latents))
+    }
+
+    /// Whether the request can run on this model (sizes, counts, a flow-matching sampler), before any work.
+    pub fn check(&self, req: &Sd3Request) -> Result<()> {
+        let f = self.vae.scale_factor() * self.transformer.config.patch_size;
+        for (v, what) in [(req.width, "width"), (req.height, "height")] {
+            ensure!((f..=MAX_SIDE).contains(&v), "{what} {v} is outside {f}..={MAX_SIDE}");
+            ensure!(v % f == 0, "{what} {v} must be a multiple of {f} (VAE factor × patch size)");
+        }
+        ensure!((1..=MAX_BATCH).contains(&req.batch_size), "batch size {} is outside 1..={MAX_BATCH}", req.batch_size);
+        ensure!((1..=MAX_STEPS).contains(&req.steps), "steps {} is outside 1..={MAX_STEPS}", req.steps);
+        ensure!(req.guidance_scale.is_finite(), "the guidance scale must be a finite number");
+        let sched = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?;
+        if !sched.descriptor().class.name.starts_with("FlowMatch") {
+            bail!(
+                "sampler {} is not a flow-matching sampler; SD3 models need one (flow-euler, or \"default\")",
+                sched.name()
+            );
+        }
+        Ok(())
+    }
+
+    fn denoise(&self, req: &Sd3Request, cond: &Sd3Conditioning, uncond: Option<&Sd3Conditioning>) -> Result<Tensor> {
+        let b = req.batch_size;
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            let mut shape = vec![b];
+            shape.extend(std::iter::repeat_n(1, t.dim() - 1));
+            Ok(t.f_repeat(&shape)?)
+        };
+        let (embeds, pooled) = match uncond {
+            Some(u) => (
+                Tensor::f_cat(&[rep(&u.prompt_embeds)?, rep(&cond.prompt_embeds)?], 0)?,
+                Tensor::f_cat(&[rep(&u.pooled)?, rep(&cond.pooled)?], 0)?,
+            ),
+            None => (rep(&cond.prompt_embeds)?, rep(&cond.pooled)?),
+        };
+        let mut sched = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?;
+        sched.set_timesteps(req.steps, self.device)?;
+        let f = self.vae.scale_factor();
+        let c = self.transformer.config.in_channels;
+        let mut gen = TorchGenerator::new(req.seed);
+        let mut latents =
+            gen.randn(&[b, c, req.height / f, req.width / f], self.kind, Device::Cpu).to_device(self.device);
+        for t in sched.timesteps().to_vec() {
+            let x = if uncond.is_some() { Tensor::f_cat(&[&latents, &latents], 0)? } else { latents.shallow_clone() };
+            let n = x.size()[0] as usize;
+            let ts = Tensor::from_slice(&vec![t as f32; n]).to_device(self.device);
+            let v = self.transformer.forward(&x, &ts, &embeds, &pooled, &[])?;
+            let v = match uncond {
+                Some(_) => {
+                    let parts = v.f_chunk(2, 0)?;
+                    (&parts[0] + (&parts[1] - &parts[0]) * req.guidance_scale).f_to_kind(v.kind())?
+                }
+                None => v,
+            };
+            latents = sched.step(&v, t, &latents, &mut gen)?;
+        }
+        Ok(latents)
+    }
+
+    /// Latents → images in [0, 1], `[B, 3, H, W]` f32 on the CPU.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let cfg = self.vae.config();
+        let z = latents.f_to_kind(Kind::Float)? / cfg.scaling_factor + cfg.shift_factor.unwrap_or(0.0);
+        let x = self.vae.decode(&z.f_to_kind(self.vae.kind())?)?;
+        Ok((x.f_to_kind(Kind::Float)? / 2.0 + 0.5).f_clamp(0.0, 1.0)?.to_device(Device::Cpu))
+    }
+}
+
+impl Sd3Pipeline {
+    /// Write each image of `images` `[B, 3, H, W]` as `sd generate` writes the UNet families' (visible label and
+    /// invisible watermark unless turned off, A1111 `parameters` and the provenance chunks); SD3 ships no safety
+    /// checker, so none runs. `counter` numbers images across batches for `{n}`.
+    pub fn save_images(
+        &self,
+        model_name: &str,
+        req: &Sd3Request,
+        images: &Tensor,
+        opts: &crate::output::OutputOptions,
+        counter: &mut usize,
+    ) -> Result<Vec<crate::output::SavedImage>> {
+        use sd_core::atomic::{write_atomic, Overwrite};
+        use sd_core::image_io::{tensor_to_rgb, Range};
+        use sd_provenance::metadata::{encode_png, label_chunks, GenerationInfo};
+        use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
+        let label = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?.descriptor().label();
+        let mut saved = Vec::new();
+        for i in 0..images.size()[0] {
+            let mut rgb = tensor_to_rgb(&images.get(i), Range::Unit)?;
+            let r = &opts.render;
+            if r.upscale > 1 {
+                let (w, h) = rgb.dimensions();
+                rgb =
+                    image::imageops::resize(&rgb, w * r.upscale, h * r.upscale, image::imageops::FilterType::Lanczos3);
+            }
+            if let Some(text) = &r.visible_label {
+                use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
+                draw_label(&mut rgb, if text.is_empty() { DEFAULT_TEXT } else { text }, Corner::BottomRight)?;
+            }
+            // diffusers' SD3 pipelines carry no watermarker; sd-rs marks every image, with the non-XL payload
+            let outcome =
+                if r.watermark { watermark::embed(&mut rgb, &Payload::SdV1)? } else { WatermarkOutcome::Disabled };
+            let mut info = GenerationInfo {
+                prompt: req.prompt.clone(),
+                negative_prompt: req.negative_prompt.clone(),
+                tool_name: "sd-rs".into(),
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            };
+            info.steps = req.steps as u32;
+            info.sampler = label.to_string();
+            info.cfg_scale = req.guidance_scale;
+            info.seed = req.seed;
+            info.width = req.width as u32;
+            info.height = req.height as u32;
+            info.model_name = Some(model_name.to_string());
+            info.watermark = Some(outcome.clone());
+            if self.t5.is_none() {
+                info.extra.push(("T5".into(), "off".into()));
+            } else if req.max_sequence_length != DEFAULT_MAX_SEQUENCE_LENGTH {
+                info.extra.push(("T5 max length".into(), req.max_sequence_length.to_string()));
+            }
+            if req.batch_size > 1 {
+                info.extra.push(("Batch size".into(), req.batch_size.to_string()));
+                info.extra.push(("Batch pos".into(), i.to_string()));
+            }
+            let png = encode_png(&rgb, &label_chunks(&info))?;
+            let n = *counter;
+            *counter += 1;
+            let path = crate::output::render_path(&opts.pattern, req.seed, n, model_name);
+            write_atomic(&path, if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse }, &png)?;
+            saved.push(crate::output::SavedImage {
+                path: Some(path),
+                seed: req.seed,
+                index_in_batch: i as usize,
+                watermark: sd_provenance::metadata::watermark_record(Some(&outcome)),
+                safety_checked: false,
+                flagged: false,
+            });
+        }
+        Ok(saved)
+    }
+
+    /// The native resolution: the transformer's `sample_size` latents times the VAE factor (1024 for SD3).
+    pub fn default_size(&self) -> i64 {
+        self.transformer.config.sample_size * self.vae.scale_factor()
+    }
+}
