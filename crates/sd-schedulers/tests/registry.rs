@@ -213,8 +213,10 @@ fn model_default_keeps_the_saved_settings_of_its_class() {
     let s = build("default", &cfg, None).unwrap();
     assert_eq!((s.name(), s.config().solver_order), ("dpmpp-2m", 3));
     cfg["_class_name"] = json!("FlowMatchEulerDiscreteScheduler");
+    assert_eq!(build("default", &cfg, None).unwrap().name(), "flow-euler");
+    cfg["_class_name"] = json!("FlowMatchHeunDiscreteScheduler");
     let e = err(build("default", &cfg, None));
-    assert!(e.contains("FlowMatchEulerDiscreteScheduler") && e.contains("not supported"), "{e}");
+    assert!(e.contains("FlowMatchHeunDiscreteScheduler") && e.contains("not supported"), "{e}");
 }
 
 /// diffusers' `test_default_arguments_not_in_config` and `test_default_solver_type_after_switch`: a class default

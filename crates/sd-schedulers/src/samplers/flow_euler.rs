@@ -10,7 +10,7 @@ use crate::choice::Schedule;
 use crate::common::{f32, lin2};
 use crate::descriptor::{boxed, Class, Descriptor, Lit, NO_PRESET};
 use crate::ksched;
-use crate::schedule::np_linspace;
+use crate::schedule::{check_steps, np_linspace};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
 use anyhow::{ensure, Result};
@@ -79,7 +79,8 @@ impl Scheduler for FlowEuler {
         &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        ensure!(n > 0, "number of inference steps must be at least 1 (got 0)");
+        // diffusers would space more steps than training timesteps; like the other samplers, refuse them
+        check_steps(&self.state.cfg, n)?;
         let cfg = &self.state.cfg;
         let t_train = cfg.num_train_timesteps as f64;
         // float64 like diffusers' numpy, rounded to float32 once at the end
