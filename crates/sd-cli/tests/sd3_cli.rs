@@ -62,7 +62,7 @@ fn flags_sd3_does_not_take_are_usage_errors() {
         (vec!["--init-image", init.to_str().unwrap()], "--init-image"),
         (vec!["--sampler", "euler"], "flow-matching"),
         (vec!["--clip-skip", "2"], "--clip-skip"),
-        (vec!["--batch-size", "0"], "batch size"),
+        (vec!["--batch-size", "0"], "--batch-size"),
     ] {
         let (code, err) = run(generate(dir.path()).args(&extra));
         assert_eq!(code, 2, "{extra:?}: {err}");
