@@ -1,5 +1,5 @@
-//! The flags that say how to load a model and finish its images, shared by `sd generate` and `sd serve` so the two
-//! load the same way and write the same pixels and labels.
+//! The flags that say how to load a model and finish its images, shared by `sd generate`, `sd serve` and
+//! `sd worker` so they load the same way and write the same pixels and labels.
 
 use super::UsageError;
 use anyhow::Result;
@@ -155,4 +155,41 @@ impl LoadArgs {
         opts.config_dir = self.config_dir.clone();
         Ok(opts)
     }
+}
+
+/// The inference engine's settings for `sd serve` and `sd worker`: load options, rendering, the policy file read
+/// once, and TAESD previews (every `preview_every` steps when `taesd` is given).
+pub fn engine_config(
+    load: &LoadArgs,
+    render: &RenderArgs,
+    taesd: Option<&PathBuf>,
+    preview_every: usize,
+) -> Result<sd_server::engine::EngineConfig> {
+    use anyhow::Context;
+    let safety = load.safety()?;
+    let options = load.load_options()?;
+    let policy = match &load.policy {
+        Some(p) => Some((
+            p.display().to_string(),
+            std::fs::read_to_string(p).with_context(|| format!("cannot read policy file {}", p.display()))?,
+        )),
+        None => None,
+    };
+    Ok(sd_server::engine::EngineConfig {
+        load: options,
+        lora_dir: load.lora_dir.clone(),
+        embeddings_dir: load.embeddings_dir.clone(),
+        render: render.options(safety),
+        policy,
+        preview_taesd: taesd.cloned(),
+        preview_every: if taesd.is_some() { preview_every } else { 0 },
+    })
+}
+
+/// `--queue`: a Redis URL (a usage error otherwise), for `sd serve` and `sd worker`.
+pub fn check_queue_url(url: &str) -> Result<()> {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") && !url.starts_with("unix://") {
+        return Err(usage(format!("--queue {url}: expected a Redis URL (redis://HOST:PORT[/DB])")));
+    }
+    Ok(())
 }

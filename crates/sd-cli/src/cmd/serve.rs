@@ -1,11 +1,10 @@
 //! `sd serve`: keep a model loaded and serve AUTOMATIC1111's API, OpenAI's images API, a jobs API and a web page.
 
-use super::model_args::{LoadArgs, RenderArgs};
+use super::model_args::{check_queue_url, engine_config, LoadArgs, RenderArgs};
 use super::usage;
 use anyhow::{Context, Result};
 use sd_core::limits;
 use sd_server::config::{parse_api_auth, Limits, ServeConfig};
-use sd_server::engine::EngineConfig;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -88,19 +87,9 @@ fn ranged_usize(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> 
 
 pub fn run(args: Args) -> Result<()> {
     init_logging();
-    let safety = args.load.safety()?;
-    let load = args.load.load_options()?;
-    let policy = match &args.load.policy {
-        Some(p) => Some((
-            p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("cannot read policy file {}", p.display()))?,
-        )),
-        None => None,
-    };
+    let engine = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every)?;
     if let Some(q) = &args.queue {
-        if !q.starts_with("redis://") && !q.starts_with("rediss://") && !q.starts_with("unix://") {
-            usage!("--queue {q}: expected a Redis URL (redis://HOST:PORT[/DB])");
-        }
+        check_queue_url(q)?;
     }
     if args.preview_every == 0 && args.taesd.is_some() {
         usage!("--preview-every must be at least 1");
@@ -136,15 +125,6 @@ pub fn run(args: Args) -> Result<()> {
         ..ServeConfig::default()
     };
     cfg.check().map_err(|e| super::UsageError(format!("{e:#}")))?;
-    let engine = EngineConfig {
-        load,
-        lora_dir: args.load.lora_dir.clone(),
-        embeddings_dir: args.load.embeddings_dir.clone(),
-        render: args.render.options(safety),
-        policy,
-        preview_taesd: args.taesd.clone(),
-        preview_every: if args.taesd.is_some() { args.preview_every } else { 0 },
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,11 +1,11 @@
 //! `sd worker`: run jobs from a Redis queue that `sd serve --queue` front ends fill; start as many as there are
 //! machines (or GPUs) to share the work.
 
-use super::model_args::{LoadArgs, RenderArgs};
+use super::model_args::{check_queue_url, engine_config, LoadArgs, RenderArgs};
 use super::usage;
 use anyhow::{Context, Result};
 use sd_server::catalog::Catalog;
-use sd_server::engine::{Engine, EngineConfig, EngineStatus};
+use sd_server::engine::{Engine, EngineStatus};
 use sd_server::metrics::Metrics;
 use sd_server::redis_queue::{run_worker, WorkerConfig};
 use std::path::PathBuf;
@@ -53,31 +53,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     super::serve::init_logging();
-    if !args.queue.starts_with("redis://") && !args.queue.starts_with("rediss://") && !args.queue.starts_with("unix://")
-    {
-        usage!("--queue {}: expected a Redis URL (redis://HOST:PORT[/DB])", args.queue);
-    }
+    check_queue_url(&args.queue)?;
     if args.visibility_timeout == 0 || args.max_attempts == 0 {
         usage!("--visibility-timeout and --max-attempts must be at least 1");
     }
-    let safety = args.load.safety()?;
-    let load = args.load.load_options()?;
-    let policy = match &args.load.policy {
-        Some(p) => Some((
-            p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("cannot read policy file {}", p.display()))?,
-        )),
-        None => None,
-    };
-    let engine_cfg = EngineConfig {
-        load,
-        lora_dir: args.load.lora_dir.clone(),
-        embeddings_dir: args.load.embeddings_dir.clone(),
-        render: args.render.options(safety),
-        policy,
-        preview_taesd: args.taesd.clone(),
-        preview_every: if args.taesd.is_some() { args.preview_every } else { 0 },
-    };
+    let engine_cfg = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every)?;
     let catalog = Arc::new(Catalog::scan(&args.load.model, args.models_dir.as_deref())?);
     let engine =
         Engine::new(engine_cfg, catalog, Arc::new(Metrics::default()), Arc::new(Mutex::new(EngineStatus::default())));
