@@ -2,10 +2,11 @@
 //! source type, the GB 45438 `AIGC` label, whether a C2PA manifest is present (presence only: nothing here
 //! validates signatures), and the invisible-watermark verdict for each known payload.
 
+use crate::formats;
 use crate::jpeg_meta;
 use crate::metadata::{infotext, xmp, AigcLabel, Infotext};
 use crate::png_chunks::{self, PngText};
-use crate::watermark::{self, Detection, Payload};
+use crate::watermark::{self, Detection, Method, Payload};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -37,7 +38,7 @@ pub struct Report {
     pub aigc_source: Option<String>,
     /// A C2PA manifest store chunk/segment exists. Its signature is NOT validated.
     pub c2pa_manifest_present: bool,
-    /// None when the image is under 256×256 pixels (too small to carry the mark).
+    /// One verdict per payload and method (dwtDct, dwtDctSvd). None when the image is under 256×256 pixels.
     pub watermark: Option<Vec<Detection>>,
     pub watermark_note: Option<String>,
 }
@@ -130,6 +131,34 @@ fn read_jpeg_meta(bytes: &[u8], r: &mut Report) -> Result<()> {
     Ok(())
 }
 
+fn read_webp_meta(bytes: &[u8], r: &mut Report) -> Result<()> {
+    r.format = "webp".into();
+    let mut m = jpeg_meta::JpegMeta::default();
+    let mut packet = None;
+    for (fourcc, data) in formats::webp_chunks(bytes)? {
+        match &fourcc {
+            b"EXIF" => {
+                // the chunk holds the TIFF block; some writers keep JPEG's "Exif\0\0" prefix
+                jpeg_meta::read_exif(data.strip_prefix(b"Exif\0\0").unwrap_or(data), &mut m)
+            }
+            b"XMP " => packet = Some(String::from_utf8_lossy(data).into_owned()),
+            b"C2PA" => r.c2pa_manifest_present = true,
+            _ => {}
+        }
+    }
+    let dims = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::WebP)
+        .into_dimensions()
+        .context("cannot read the WebP frame size")?;
+    (r.width, r.height) = dims;
+    if let Some(uc) = m.user_comment {
+        set_parameters(r, uc);
+    }
+    if let Some(p) = packet {
+        apply_xmp(r, &p);
+    }
+    Ok(())
+}
+
 /// Inspects image bytes (`name` is only used in messages and the report).
 pub fn inspect_bytes(name: &str, bytes: &[u8]) -> Result<Report> {
     let mut r = Report { path: name.to_string(), ..Default::default() };
@@ -137,18 +166,26 @@ pub fn inspect_bytes(name: &str, bytes: &[u8]) -> Result<Report> {
         read_png_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read PNG"))?;
     } else if jpeg_meta::is_jpeg(bytes) {
         read_jpeg_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read JPEG"))?;
+    } else if formats::is_webp(bytes) {
+        read_webp_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read WebP"))?;
     } else {
-        bail!("{name}: not a PNG or JPEG image");
+        bail!("{name}: not a PNG, JPEG or WebP image");
     }
     check_size(r.width, r.height).with_context(|| format!("{name}: refusing to decode"))?;
     let img = image::load_from_memory(bytes).with_context(|| format!("{name}: cannot decode the pixels"))?.to_rgb8();
     let payloads = [Payload::SdV1, Payload::Sdxl];
-    let found: Option<Vec<Detection>> = payloads.iter().map(|p| watermark::detect(&img, p)).collect();
+    let found: Option<Vec<Detection>> = Method::ALL
+        .iter()
+        .flat_map(|&m| payloads.iter().map(move |p| (m, p)))
+        .map(|(m, p)| watermark::detect_with(&img, p, m))
+        .collect();
     if found.is_none() {
         r.watermark_note =
             Some(format!("image is {}x{}, under 256x256 pixels: no watermark can be read", r.width, r.height));
     } else if r.format == "jpeg" {
-        r.watermark_note = Some("JPEG compression usually erases this watermark; a miss proves nothing".into());
+        r.watermark_note = Some(
+            "JPEG compression usually erases the dwtDct mark (dwtDctSvd survives it); a miss proves nothing".into(),
+        );
     }
     r.watermark = found;
     Ok(r)
@@ -212,11 +249,12 @@ pub fn render(r: &Report) -> String {
     if let Some(w) = &r.watermark_record {
         line(format!("    watermark recorded in metadata: {w}"));
     }
-    line("  invisible watermark (dwtDct):".into());
+    line("  invisible watermark:".into());
     if let Some(ds) = &r.watermark {
         for d in ds {
             line(format!(
-                "    {}: {}/{} bits match — {}",
+                "    {} {}: {}/{} bits match — {}",
+                d.method,
                 d.payload,
                 d.matched_bits,
                 d.total_bits,

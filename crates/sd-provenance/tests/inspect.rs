@@ -158,8 +158,8 @@ fn err(name: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn bad_input_gives_clear_errors() {
-    assert!(err("notes.txt", b"hello, I am text").contains("not a PNG or JPEG image"));
-    assert!(err("empty.png", b"").contains("not a PNG or JPEG"));
+    assert!(err("notes.txt", b"hello, I am text").contains("not a PNG, JPEG or WebP image"));
+    assert!(err("empty.png", b"").contains("not a PNG, JPEG or WebP"));
     let png = encode_png(&smooth(300, 300), &[]).unwrap();
     let e = err("cut.png", &png[..png.len() / 2]);
     assert!(e.contains("cut.png") && e.contains("truncated PNG"), "{e}");
