@@ -9,8 +9,10 @@
 //! | [`png_chunks`] | a CRC-checked PNG chunk reader (text chunks, header, which other chunks exist) |
 //! | [`jpeg_meta`] | JPEG metadata (EXIF, XMP, comments) read from marker segments, no pixel decoding |
 //! | [`formats`] | PNG / JPEG / WebP output carrying the same labels (EXIF UserComment as A1111 writes it, XMP) |
+//! | [`credentials`] | C2PA Content Credentials (c2pa crate): signing, local signing CA, validation, opt-outs |
 //! | [`inspect`] | `sd inspect`: everything an image says about how it was made |
 
+pub mod credentials;
 pub mod formats;
 pub mod inspect;
 pub mod jpeg_meta;

@@ -341,7 +341,7 @@ impl Engine {
             let rendered = sd_pipeline::output::render_outputs(sd, &g, &generated, &self.cfg.render)?;
             for r in rendered {
                 let index = batch as usize * req.batch_size as usize + r.index_in_batch;
-                match r.png {
+                match r.bytes {
                     Some(png) => out.images.push(ResultImage {
                         png: images::b64(&png),
                         seed: r.seed,
