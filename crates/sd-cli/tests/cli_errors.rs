@@ -291,7 +291,7 @@ fn controlnet_generation_records_its_unit() {
     c.arg("--output").arg(dir.path().join("{seed}.png"));
     let (code, err) = run(&mut c);
     assert_eq!(code, 0, "{err}");
-    let report = sd_provenance::inspect::inspect_file(&dir.path().join("5.png")).unwrap();
+    let report = sd_provenance::inspect::inspect_file(&dir.path().join("5.png"), None).unwrap();
     let params = report.parameters_raw.unwrap();
     assert!(params.contains("ControlNet 0: \"Module: none, Model: controlnet-sd1, Weight: 0.7"), "{params}");
 }
