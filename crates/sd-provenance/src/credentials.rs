@@ -102,13 +102,38 @@ impl Identity {
         if chain.exists() && key.exists() {
             return Ok((Self::from_pem_files(&chain, &key)?, None));
         }
+        // Several processes may start at once on a fresh machine (a test suite, workers): each writes a complete
+        // identity into its own folder and renames it into place; the first rename wins and the others use it.
         let made = local_ca::make("sd-rs local C2PA signer")?;
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-        write_private(&key, made.ee_key_pem.as_bytes())?;
-        std::fs::write(&root, &made.ca_pem).with_context(|| format!("cannot write {}", root.display()))?;
-        let chain_pem = format!("{}{}", made.ee_pem, made.ca_pem);
-        std::fs::write(&chain, &chain_pem).with_context(|| format!("cannot write {}", chain.display()))?;
-        Ok((Self::from_pem_files(&chain, &key)?, Some(root)))
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
+        let tmp = dir.join(format!(".c2pa-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let written = (|| -> Result<()> {
+            write_private(&tmp.join("signer-key.pem"), made.ee_key_pem.as_bytes())?;
+            std::fs::write(tmp.join("root-ca.pem"), &made.ca_pem).context("cannot write the CA root")?;
+            let chain_pem = format!("{}{}", made.ee_pem, made.ca_pem);
+            std::fs::write(tmp.join("signer-chain.pem"), chain_pem).context("cannot write the certificate chain")
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e.context(format!("cannot make the local C2PA identity in {}", dir.display())));
+        }
+        match std::fs::rename(&tmp, &d) {
+            Ok(()) => Ok((Self::from_pem_files(&chain, &key)?, Some(root))),
+            Err(_) if chain.exists() && key.exists() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok((Self::from_pem_files(&chain, &key)?, None))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(anyhow!(
+                    "cannot put the local C2PA identity in {}: {e} (a folder without signer-chain.pem and \
+                     signer-key.pem is in the way; remove it to make a new identity)",
+                    d.display()
+                ))
+            }
+        }
     }
 
     fn signer(&self) -> Result<c2pa::BoxedSigner> {

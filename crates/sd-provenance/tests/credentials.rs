@@ -125,3 +125,18 @@ fn reserved_inference_is_refused() {
     // images without credentials are not affected
     check_inference_allowed(&encoded(OutputFormat::Png), "plain.png").unwrap();
 }
+
+#[test]
+fn processes_starting_together_share_one_local_identity() {
+    // A test suite or a fleet of workers on a fresh machine: every caller gets the same identity, one made it.
+    let dir = tempfile::tempdir().unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| Identity::local(dir.path()))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok: Vec<_> = results.into_iter().map(|r| r.expect("every caller gets an identity")).collect();
+    assert_eq!(ok.iter().filter(|(_, made)| made.is_some()).count(), 1, "exactly one caller made the CA");
+    assert!(ok.iter().all(|(id, _)| id.chain_pem == ok[0].0.chain_pem), "all callers sign with the same chain");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, [std::ffi::OsString::from("c2pa")], "no temporary folders are left behind");
+}

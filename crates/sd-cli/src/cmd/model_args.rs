@@ -176,6 +176,7 @@ pub fn engine_config(
     render: &RenderArgs,
     taesd: Option<&PathBuf>,
     preview_every: usize,
+    sign: Option<sd_provenance::credentials::Identity>,
 ) -> Result<sd_server::engine::EngineConfig> {
     use anyhow::Context;
     let safety = load.safety()?;
@@ -191,7 +192,7 @@ pub fn engine_config(
         load: options,
         lora_dir: load.lora_dir.clone(),
         embeddings_dir: load.embeddings_dir.clone(),
-        render: render.options(safety),
+        render: RenderOptions { c2pa: sign.map(std::sync::Arc::new), ..render.options(safety) },
         policy,
         preview_taesd: taesd.cloned(),
         preview_every: if taesd.is_some() { preview_every } else { 0 },
