@@ -30,8 +30,10 @@ enum Command {
     Convert(Box<cmd::convert::Args>),
     /// Show the CLIP token ids and tokens of a prompt, and how much of the 75-token window it uses
     Tokenize(cmd::tokenize::Args),
-    /// Show generation parameters, AI labels and watermark verdicts of PNG/JPEG images
+    /// Show generation parameters, AI labels, C2PA Content Credentials and watermark verdicts of PNG/JPEG/WebP images
     Inspect(cmd::inspect::Args),
+    /// Print the root certificate of the local C2PA signing CA (PEM), for others to trust
+    C2paRoot(cmd::c2pa::RootArgs),
     /// Fine-tune a model's UNet (or train one from a config) on captioned images
     Train(Box<cmd::train::Args>),
 }
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Train(args) => cmd::train::run(*args),
+        Command::C2paRoot(args) => cmd::c2pa::run_root(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

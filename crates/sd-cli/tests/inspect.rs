@@ -30,7 +30,7 @@ fn bad_files_exit_1_with_a_message() {
     let out = sd().arg("inspect").arg(&txt).arg(&cut).arg(dir.path().join("missing.png")).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a PNG or JPEG image"), "{err}");
+    assert!(err.contains("not a PNG, JPEG or WebP image"), "{err}");
     assert!(err.contains("truncated PNG"), "{err}");
     assert!(err.contains("missing.png"), "{err}");
     assert!(err.contains("3 of 3 image(s) could not be inspected"), "{err}");

@@ -526,7 +526,10 @@ fn openai_generations_and_edits() {
 #[test]
 fn taesd_previews_reach_progress_and_the_jobs_api() {
     // Real TAESD weights from the shared data folder (not committed here).
-    let taesd = server::root().join("../shared/data/taesd");
+    // SD_TAESD_DIR overrides the location (a git worktree outside the workspace's parent).
+    let taesd = std::env::var_os("SD_TAESD_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| server::root().join("../shared/data/taesd"));
     assert!(taesd.join("taesd_decoder.safetensors").is_file(), "missing {}: the shared data folder", taesd.display());
     let s = Server::start(&["--taesd", taesd.to_str().unwrap(), "--preview-every", "1"]);
     let (code, job) =
@@ -598,4 +601,115 @@ fn hires_fix_through_a1111_gives_sd_generates_pixels() {
         parameters_chunk(&b64(r["images"][0].as_str().unwrap())),
         parameters_chunk(&std::fs::read(&file).unwrap())
     );
+}
+
+/// `sd inspect --json FILE`: the report of a file the server sent.
+fn inspect_json(bytes: &[u8], name: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join(name);
+    std::fs::write(&f, bytes).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(["inspect", "--json"])
+        .arg(&f)
+        .env("SD_RS_CONFIG_DIR", dir.path().join("config"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "sd inspect: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice::<Value>(&o.stdout).unwrap()[0].clone()
+}
+
+/// A PNG signed by "another tool" (the c2pa crate used directly) whose creator sets `c2pa.ai_inference`.
+fn signed_by_another_tool(inference: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, _) = sd_provenance::credentials::Identity::local(dir.path()).unwrap();
+    let key = std::fs::read(dir.path().join("c2pa/signer-key.pem")).unwrap();
+    let def = json!({
+        "claim_generator_info": [{"name": "a camera app", "version": "2.0"}],
+        "assertions": [
+            {"label": "c2pa.actions", "data": {"actions": [{"action": "c2pa.created",
+                "digitalSourceType": "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"}]}},
+            {"label": "c2pa.training-mining", "data": {"entries": {"c2pa.ai_inference": {"use": inference}}}},
+        ],
+    });
+    let mut png = Vec::new();
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 90]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let mut b = c2pa::Builder::from_context(c2pa::Context::new()).with_definition(def.to_string().as_str()).unwrap();
+    let signer = c2pa::create_signer::from_keys(id.chain_pem.as_bytes(), &key, id.alg, None).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    b.sign(signer.as_ref(), "image/png", &mut std::io::Cursor::new(png), &mut out).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn output_formats_content_credentials_and_creators_opt_outs() {
+    let s = Server::start(&[]);
+    // A1111 encodes its API images in the `samples_format` option, with the parameters in EXIF for JPEG/WebP.
+    let (code, r) = post(&s, "/sdapi/v1/options", &json!({"samples_format": "jpg", "jpeg_quality": 85}));
+    assert_eq!(code, 200, "{r}");
+    let (_, o) = get(&s, "/sdapi/v1/options");
+    assert_eq!((o["samples_format"].as_str(), o["jpeg_quality"].as_i64()), (Some("jpg"), Some(85)), "{o}");
+    let body = merge(
+        webuiapi_defaults(),
+        json!({"prompt": "a red square", "seed": 7, "steps": 4, "width": 32, "height": 32, "sampler_name": "Euler"}),
+    );
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{r}");
+    let jpeg = b64(r["images"][0].as_str().unwrap());
+    assert_eq!(&jpeg[..3], &[0xff, 0xd8, 0xff], "a JPEG");
+    let info: Value = serde_json::from_str(r["info"].as_str().unwrap()).unwrap();
+    let (code, p) = post(&s, "/sdapi/v1/png-info", &json!({"image": r["images"][0]}));
+    assert_eq!(code, 200, "{p}");
+    assert_eq!(p["info"], info["infotexts"][0], "PNG Info reads the EXIF parameters back");
+    // The pixels `sd generate` writes to a .jpg at the same quality (signing changes no pixel).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x.jpg");
+    #[rustfmt::skip]
+    sd_generate(&["a red square", "--seed", "7", "--steps", "4", "-W", "32", "-H", "32", "--sampler", "Euler",
+        "--cfg-scale", "7", "--quality", "85", "--no-c2pa", "-o", file.to_str().unwrap()]);
+    let served = image::load_from_memory(&jpeg).unwrap().to_rgb8().into_raw();
+    assert_eq!(served, file_pixels(&file), "served JPEG pixels differ from sd generate's");
+    // Signed Content Credentials, valid (the server's local CA is not a trust anchor here).
+    let report = inspect_json(&jpeg, "served.jpg");
+    assert_eq!(report["c2pa"]["state"], "Valid", "{report}");
+    assert_eq!(report["c2pa"]["actions"], json!(["c2pa.created"]), "{report}");
+
+    // OpenAI: `output_format` webp, and its `url` answer names the file with its extension and type.
+    let (code, r) = post(
+        &s,
+        "/v1/images/generations",
+        &json!({"prompt": "a blue circle", "size": "32x32", "steps": 3, "output_format": "webp",
+                "response_format": "url"}),
+    );
+    assert_eq!(code, 200, "{r}");
+    let url = r["data"][0]["url"].as_str().unwrap();
+    assert!(url.ends_with("/images/0.webp"), "{url}");
+    let resp = client().get(url).send().unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/webp");
+    let webp = resp.bytes().unwrap().to_vec();
+    assert_eq!((&webp[..4], &webp[8..12]), (&b"RIFF"[..], &b"WEBP"[..]));
+    assert_eq!(inspect_json(&webp, "served.webp")["c2pa"]["state"], "Valid");
+    let png_url = url.replace("0.webp", "0.png");
+    assert_eq!(client().get(png_url).send().unwrap().status().as_u16(), 404, "the stored format only");
+
+    // img2img from an image whose creator reserved AI inference: 403 naming the reason; allowed: its manifest
+    // becomes the output's parent ingredient.
+    let img2img = |init: &[u8]| {
+        let body = merge(
+            webuiapi_defaults(),
+            json!({"init_images": [base64::engine::general_purpose::STANDARD.encode(init)], "prompt": "a red square",
+                   "seed": 1, "steps": 4, "width": 32, "height": 32, "denoising_strength": 0.5}),
+        );
+        post(&s, "/sdapi/v1/img2img", &body)
+    };
+    let (code, e) = img2img(&signed_by_another_tool("notAllowed"));
+    assert_eq!(code, 403, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("c2pa.ai_inference: notAllowed"), "{e}");
+    let (code, r) = img2img(&signed_by_another_tool("allowed"));
+    assert_eq!(code, 200, "{r}");
+    let report = inspect_json(&b64(r["images"][0].as_str().unwrap()), "edit.jpg");
+    assert_eq!(report["c2pa"]["ingredients"][0], "init image (parentOf, with its own manifest)", "{report}");
+    let (code, _) = get(&s, "/health");
+    assert_eq!(code, 200);
 }

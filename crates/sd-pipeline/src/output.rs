@@ -9,11 +9,14 @@ use crate::request::{GenerationRequest, Mode};
 use anyhow::{bail, Context, Result};
 use sd_core::atomic::{write_atomic, Overwrite};
 use sd_core::image_io::{tensor_to_rgb, Range};
-use sd_provenance::metadata::{encode_png, label_chunks, GenerationInfo};
-use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
+use sd_provenance::credentials::{self, ClaimInfo, Identity};
+use sd_provenance::formats::{self, OutputFormat};
+use sd_provenance::metadata::{label_chunks, GenerationInfo};
+use sd_provenance::watermark::{self, Method, Payload, WatermarkOutcome};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// What to do with images the safety checker flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,11 +52,39 @@ pub struct RenderOptions {
     /// Enlarge each image by this whole factor (Lanczos) before it is labelled and watermarked; 1 = as generated.
     /// For small models such as the 32 px demo: the watermark needs at least 256×256 pixels.
     pub upscale: u32,
+    /// `None`: dwtDct for lossless formats (what Stable Diffusion's tools write and read), dwtDctSvd for JPEG,
+    /// whose compression erases dwtDct.
+    pub watermark_method: Option<Method>,
+    /// The encoded file's format; the server keeps PNG.
+    pub format: OutputFormat,
+    /// JPEG quality 1–100.
+    pub quality: u8,
+    /// Sign each file with C2PA Content Credentials as this identity; `None` = no manifest.
+    pub c2pa: Option<Arc<Identity>>,
+    /// img2img / inpainting: the init image file, recorded as the manifest's parent ingredient.
+    pub init_file: Option<Arc<Vec<u8>>>,
 }
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        Self { watermark: true, visible_label: None, safety: SafetyMode::Block, upscale: 1 }
+        Self {
+            watermark: true,
+            visible_label: None,
+            safety: SafetyMode::Block,
+            upscale: 1,
+            watermark_method: None,
+            format: OutputFormat::Png,
+            quality: formats::DEFAULT_JPEG_QUALITY,
+            c2pa: None,
+            init_file: None,
+        }
+    }
+}
+
+impl RenderOptions {
+    /// The watermark method used for this format.
+    pub fn method(&self) -> Method {
+        self.watermark_method.unwrap_or(if self.format.is_lossy() { Method::DwtDctSvd } else { Method::DwtDct })
     }
 }
 
@@ -92,8 +123,9 @@ impl SavedImage {
 /// One finished image in memory: the encoded file with every label, or nothing when the safety checker blocked it.
 #[derive(Clone, Debug)]
 pub struct RenderedImage {
-    /// PNG bytes (pixels, watermark, text chunks); `None` when blocked.
-    pub png: Option<Vec<u8>>,
+    /// The encoded file in `format` (pixels, watermark, labels); `None` when blocked.
+    pub bytes: Option<Vec<u8>>,
+    pub format: OutputFormat,
     pub seed: u64,
     pub index_in_batch: usize,
     /// The A1111 `parameters` text stored in the file (A1111's "infotext").
@@ -143,7 +175,8 @@ pub fn render_outputs(
         let flagged = verdicts.as_ref().is_some_and(|v| v.get(i).is_some_and(|v| v.flagged));
         if flagged && opts.safety == SafetyMode::Block {
             out.push(RenderedImage {
-                png: None,
+                bytes: None,
+                format: opts.format,
                 seed: generated.seed,
                 index_in_batch: i,
                 infotext: String::new(),
@@ -171,7 +204,7 @@ pub fn render_outputs(
         }
         let outcome = if opts.watermark {
             let payload = if sd.info.family == Family::Sdxl { Payload::Sdxl } else { Payload::SdV1 };
-            watermark::embed(&mut rgb, &payload)?
+            watermark::embed_with(&mut rgb, &payload, opts.method())?
         } else {
             WatermarkOutcome::Disabled
         };
@@ -183,9 +216,21 @@ pub fn render_outputs(
         }
         let chunks = label_chunks(&info);
         let infotext = chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.clone()).unwrap_or_default();
-        let png = encode_png(&rgb, &chunks)?;
+        let mut bytes = formats::encode(&rgb, opts.format, opts.quality, &chunks)?;
+        if let Some(id) = &opts.c2pa {
+            let claim = ClaimInfo {
+                generator_name: "sd-rs",
+                generator_version: env!("CARGO_PKG_VERSION"),
+                model: Some(&sd.name),
+                model_hash: model_hash.as_deref(),
+                parameters: &infotext,
+                parent: opts.init_file.as_ref().map(|b| b.as_slice()),
+            };
+            bytes = credentials::sign(&bytes, opts.format, &claim, id)?;
+        }
         out.push(RenderedImage {
-            png: Some(png),
+            bytes: Some(bytes),
+            format: opts.format,
             seed: generated.seed,
             index_in_batch: i,
             infotext,
@@ -209,11 +254,11 @@ pub fn save_outputs(
     for image in render_outputs(sd, req, generated, &opts.render)? {
         let n = *counter;
         *counter += 1;
-        let path = match &image.png {
-            Some(png) => {
+        let path = match &image.bytes {
+            Some(bytes) => {
                 let path = render_path(&opts.pattern, generated.seed, n, &sd.name);
                 let overwrite = if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse };
-                write_atomic(&path, overwrite, png)?;
+                write_atomic(&path, overwrite, bytes)?;
                 Some(path)
             }
             None => None,

@@ -284,7 +284,7 @@ impl Sd3Pipeline {
     ) -> Result<Vec<crate::output::SavedImage>> {
         use sd_core::atomic::{write_atomic, Overwrite};
         use sd_core::image_io::{tensor_to_rgb, Range};
-        use sd_provenance::metadata::{encode_png, label_chunks, GenerationInfo};
+        use sd_provenance::metadata::{label_chunks, GenerationInfo};
         use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
         let label = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?.descriptor().label();
         let mut saved = Vec::new();
@@ -301,8 +301,11 @@ impl Sd3Pipeline {
                 draw_label(&mut rgb, if text.is_empty() { DEFAULT_TEXT } else { text }, Corner::BottomRight)?;
             }
             // diffusers' SD3 pipelines carry no watermarker; sd-rs marks every image, with the non-XL payload
-            let outcome =
-                if r.watermark { watermark::embed(&mut rgb, &Payload::SdV1)? } else { WatermarkOutcome::Disabled };
+            let outcome = if r.watermark {
+                watermark::embed_with(&mut rgb, &Payload::SdV1, r.method())?
+            } else {
+                WatermarkOutcome::Disabled
+            };
             let mut info = GenerationInfo {
                 prompt: req.prompt.clone(),
                 negative_prompt: req.negative_prompt.clone(),
@@ -327,7 +330,20 @@ impl Sd3Pipeline {
                 info.extra.push(("Batch size".into(), req.batch_size.to_string()));
                 info.extra.push(("Batch pos".into(), i.to_string()));
             }
-            let png = encode_png(&rgb, &label_chunks(&info))?;
+            let chunks = label_chunks(&info);
+            let mut png = sd_provenance::formats::encode(&rgb, r.format, r.quality, &chunks)?;
+            if let Some(id) = &r.c2pa {
+                let params = chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.as_str()).unwrap_or("");
+                let claim = sd_provenance::credentials::ClaimInfo {
+                    generator_name: "sd-rs",
+                    generator_version: env!("CARGO_PKG_VERSION"),
+                    model: Some(model_name),
+                    model_hash: None,
+                    parameters: params,
+                    parent: r.init_file.as_ref().map(|b| b.as_slice()),
+                };
+                png = sd_provenance::credentials::sign(&png, r.format, &claim, id)?;
+            }
             let n = *counter;
             *counter += 1;
             let path = crate::output::render_path(&opts.pattern, req.seed, n, model_name);

@@ -1,11 +1,14 @@
 //! `sd inspect`: everything an image says about how it was made — A1111 / ComfyUI parameters, the XMP digital
-//! source type, the GB 45438 `AIGC` label, whether a C2PA manifest is present (presence only: nothing here
-//! validates signatures), and the invisible-watermark verdict for each known payload.
+//! source type, the GB 45438 `AIGC` label, its C2PA Content Credentials validated by the `c2pa` crate (signature,
+//! hashes, trust against given anchors; see [`crate::credentials`]), and the invisible-watermark verdict for each
+//! known payload and method.
 
+use crate::credentials::{self, C2paReport};
+use crate::formats;
 use crate::jpeg_meta;
 use crate::metadata::{infotext, xmp, AigcLabel, Infotext};
 use crate::png_chunks::{self, PngText};
-use crate::watermark::{self, Detection, Payload};
+use crate::watermark::{self, Detection, Method, Payload};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -35,9 +38,11 @@ pub struct Report {
     pub aigc: Option<AigcLabel>,
     /// Where the AIGC label was found ("PNG chunk AIGC", "XMP TC260:AIGC").
     pub aigc_source: Option<String>,
-    /// A C2PA manifest store chunk/segment exists. Its signature is NOT validated.
+    /// A C2PA manifest store chunk/segment exists.
     pub c2pa_manifest_present: bool,
-    /// None when the image is under 256×256 pixels (too small to carry the mark).
+    /// The manifest store validated: state, failures (tampering shows here), actions, signer, ingredients.
+    pub c2pa: Option<C2paReport>,
+    /// One verdict per payload and method (dwtDct, dwtDctSvd). None when the image is under 256×256 pixels.
     pub watermark: Option<Vec<Detection>>,
     pub watermark_note: Option<String>,
 }
@@ -130,33 +135,77 @@ fn read_jpeg_meta(bytes: &[u8], r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Inspects image bytes (`name` is only used in messages and the report).
+fn read_webp_meta(bytes: &[u8], r: &mut Report) -> Result<()> {
+    r.format = "webp".into();
+    let mut m = jpeg_meta::JpegMeta::default();
+    let mut packet = None;
+    for (fourcc, data) in formats::webp_chunks(bytes)? {
+        match &fourcc {
+            b"EXIF" => {
+                // the chunk holds the TIFF block; some writers keep JPEG's "Exif\0\0" prefix
+                jpeg_meta::read_exif(data.strip_prefix(b"Exif\0\0").unwrap_or(data), &mut m)
+            }
+            b"XMP " => packet = Some(String::from_utf8_lossy(data).into_owned()),
+            b"C2PA" => r.c2pa_manifest_present = true,
+            _ => {}
+        }
+    }
+    let dims = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::WebP)
+        .into_dimensions()
+        .context("cannot read the WebP frame size")?;
+    (r.width, r.height) = dims;
+    if let Some(uc) = m.user_comment {
+        set_parameters(r, uc);
+    }
+    if let Some(p) = packet {
+        apply_xmp(r, &p);
+    }
+    Ok(())
+}
+
+/// Inspects image bytes (`name` is only used in messages and the report); C2PA trust without anchors.
 pub fn inspect_bytes(name: &str, bytes: &[u8]) -> Result<Report> {
+    inspect_bytes_with(name, bytes, None)
+}
+
+/// [`inspect_bytes`] with C2PA trust anchors (PEM) to validate signers against.
+pub fn inspect_bytes_with(name: &str, bytes: &[u8], anchors_pem: Option<&str>) -> Result<Report> {
     let mut r = Report { path: name.to_string(), ..Default::default() };
     if png_chunks::is_png(bytes) {
         read_png_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read PNG"))?;
     } else if jpeg_meta::is_jpeg(bytes) {
         read_jpeg_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read JPEG"))?;
+    } else if formats::is_webp(bytes) {
+        read_webp_meta(bytes, &mut r).with_context(|| format!("{name}: cannot read WebP"))?;
     } else {
-        bail!("{name}: not a PNG or JPEG image");
+        bail!("{name}: not a PNG, JPEG or WebP image");
     }
     check_size(r.width, r.height).with_context(|| format!("{name}: refusing to decode"))?;
+    if r.c2pa_manifest_present {
+        r.c2pa = credentials::inspect(bytes, anchors_pem)?;
+    }
     let img = image::load_from_memory(bytes).with_context(|| format!("{name}: cannot decode the pixels"))?.to_rgb8();
     let payloads = [Payload::SdV1, Payload::Sdxl];
-    let found: Option<Vec<Detection>> = payloads.iter().map(|p| watermark::detect(&img, p)).collect();
+    let found: Option<Vec<Detection>> = Method::ALL
+        .iter()
+        .flat_map(|&m| payloads.iter().map(move |p| (m, p)))
+        .map(|(m, p)| watermark::detect_with(&img, p, m))
+        .collect();
     if found.is_none() {
         r.watermark_note =
             Some(format!("image is {}x{}, under 256x256 pixels: no watermark can be read", r.width, r.height));
     } else if r.format == "jpeg" {
-        r.watermark_note = Some("JPEG compression usually erases this watermark; a miss proves nothing".into());
+        r.watermark_note = Some(
+            "JPEG compression usually erases the dwtDct mark (dwtDctSvd survives it); a miss proves nothing".into(),
+        );
     }
     r.watermark = found;
     Ok(r)
 }
 
-pub fn inspect_file(path: &Path) -> Result<Report> {
+pub fn inspect_file(path: &Path, anchors_pem: Option<&str>) -> Result<Report> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    inspect_bytes(&path.display().to_string(), &bytes)
+    inspect_bytes_with(&path.display().to_string(), &bytes, anchors_pem)
 }
 
 fn short(s: &str, max: usize) -> String {
@@ -205,18 +254,52 @@ pub fn render(r: &Report) -> String {
         Some(a) => line(format!("    AIGC label ({}): {}", r.aigc_source.as_deref().unwrap_or("?"), a.to_json())),
         None => line("    AIGC label: none".into()),
     }
-    line(format!(
-        "    C2PA manifest: {}",
-        if r.c2pa_manifest_present { "present (not validated by sd inspect)" } else { "absent" }
-    ));
+    match &r.c2pa {
+        None if r.c2pa_manifest_present => line("    C2PA Content Credentials: present, unreadable".into()),
+        None => line("    C2PA Content Credentials: absent".into()),
+        Some(c) => {
+            let verdict = match c.state.as_str() {
+                "Trusted" => "signature and hashes valid, signer trusted",
+                "Valid" => "signature and hashes valid, signer not in the trust anchors",
+                _ => "INVALID (the file was changed after signing, or the manifest is broken)",
+            };
+            line(format!("    C2PA Content Credentials: {} — {verdict}", c.state));
+            for f in &c.failures {
+                line(format!("      failure: {f}"));
+            }
+            if let Some(s) = &c.signer {
+                line(format!(
+                    "      signed by: {s}{}{}",
+                    c.issuer.as_deref().map(|i| format!(" (issuer {i})")).unwrap_or_default(),
+                    c.signed_at.as_deref().map(|t| format!(" at {t}")).unwrap_or_default()
+                ));
+            }
+            if let Some(g) = &c.claim_generator {
+                line(format!("      generator: {g}"));
+            }
+            if !c.actions.is_empty() {
+                line(format!("      actions: {}", c.actions.join(", ")));
+            }
+            for t in &c.digital_source_types {
+                line(format!("      digital source type: {t}"));
+            }
+            for i in &c.ingredients {
+                line(format!("      ingredient: {i}"));
+            }
+            for (k, v) in &c.training_mining {
+                line(format!("      training/mining: {k} = {v}"));
+            }
+        }
+    }
     if let Some(w) = &r.watermark_record {
         line(format!("    watermark recorded in metadata: {w}"));
     }
-    line("  invisible watermark (dwtDct):".into());
+    line("  invisible watermark:".into());
     if let Some(ds) = &r.watermark {
         for d in ds {
             line(format!(
-                "    {}: {}/{} bits match — {}",
+                "    {} {}: {}/{} bits match — {}",
+                d.method,
                 d.payload,
                 d.matched_bits,
                 d.total_bits,

@@ -148,7 +148,7 @@ fn user_comment(d: &[u8]) -> Option<String> {
     (!s.trim().is_empty()).then_some(s)
 }
 
-fn read_exif(tiff: &[u8], m: &mut JpegMeta) {
+pub(crate) fn read_exif(tiff: &[u8], m: &mut JpegMeta) {
     let le = match tiff.get(..2) {
         Some(b"II") => true,
         Some(b"MM") => false,

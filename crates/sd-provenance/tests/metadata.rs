@@ -22,7 +22,11 @@ fn info(prompt: &str, negative: &str, mode: Mode) -> GenerationInfo {
         clip_skip: Some(2),
         denoising_strength: (mode != Mode::Txt2Img).then_some(0.75),
         mode,
-        watermark: Some(WatermarkOutcome::Applied { payload: Payload::SdV1.name(), bits: 136 }),
+        watermark: Some(WatermarkOutcome::Applied {
+            payload: Payload::SdV1.name(),
+            bits: 136,
+            method: Default::default(),
+        }),
         extra: vec![("Lora hashes".into(), "detail: abc123, style: def456".into())],
         ..Default::default()
     }

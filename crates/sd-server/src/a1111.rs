@@ -16,6 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use sd_provenance::formats::OutputFormat;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -123,11 +124,21 @@ pub struct Settings {
     /// `None` = A1111's default 0 (deterministic DDIM).
     pub eta_ddim: f64,
     pub emphasis: String,
+    /// The format of the images sent back (A1111 encodes its API images in `samples_format` too).
+    pub samples_format: OutputFormat,
+    /// `None` = sd-rs's default (90), at which the dwtDctSvd watermark survives; A1111's own default is 80.
+    pub jpeg_quality: Option<u8>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { clip_skip: 1, eta_ddim: 0.0, emphasis: "Original".into() }
+        Self {
+            clip_skip: 1,
+            eta_ddim: 0.0,
+            emphasis: "Original".into(),
+            samples_format: OutputFormat::Png,
+            jpeg_quality: None,
+        }
     }
 }
 
@@ -157,10 +168,17 @@ fn apply_setting(s: &mut Settings, key: &str, v: &Value, field: &str) -> ApiResu
             s.emphasis = name.to_string();
         }
         "samples_format" => {
-            if !v.as_str().is_some_and(|f| f.eq_ignore_ascii_case("png")) {
-                return bad(format!("`{field}`: this server returns PNG only, got {v}"));
+            s.samples_format = match v.as_str().map(str::to_ascii_lowercase).as_deref() {
+                Some("png") => OutputFormat::Png,
+                Some("jpg" | "jpeg") => OutputFormat::Jpeg,
+                Some("webp") => OutputFormat::Webp,
+                _ => return bad(format!("`{field}`: expected \"png\", \"jpg\" or \"webp\", got {v}")),
             }
         }
+        "jpeg_quality" => match v.as_i64() {
+            Some(q @ 1..=100) => s.jpeg_quality = Some(q as u8),
+            _ => return bad(format!("`{field}` must be a whole number from 1 to 100, got {v}")),
+        },
         "sd_vae" => {
             if !matches!(v.as_str(), Some("Automatic" | "None" | "")) {
                 return bad(format!("`{field}`: only the model's own VAE (\"Automatic\") is supported, got {v}"));
@@ -425,6 +443,9 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
         denoising_strength: strength,
         mask_invert,
         hires: None,
+        format: settings.samples_format,
+        quality: settings.jpeg_quality,
+        init_file: None,
     };
     let mut job = job;
     if r.enable_hr == Some(true) {
@@ -456,7 +477,7 @@ async fn generate(state: AppState, body: Value, kind: JobKind) -> ApiResult<Json
         obj.insert("seed".into(), json!(view.request.seed));
     }
     let images: Vec<String> = match (&view.result, send_images) {
-        (Some(r), true) => r.images.iter().map(|i| i.png.clone()).collect(),
+        (Some(r), true) => r.images.iter().map(|i| i.data.clone()).collect(),
         _ => Vec::new(),
     };
     let info = info_json(&state, &view);
@@ -685,7 +706,8 @@ async fn get_options(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "eta_ddim": s.eta_ddim,
         "eta_ancestral": 1.0,
         "emphasis": s.emphasis,
-        "samples_format": "png",
+        "samples_format": crate::jobs_api::file_extension(s.samples_format),
+        "jpeg_quality": s.jpeg_quality.unwrap_or(sd_provenance::formats::DEFAULT_JPEG_QUALITY),
         "sd_vae": "Automatic",
         "eta_noise_seed_delta": 0,
     })))

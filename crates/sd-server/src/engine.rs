@@ -250,6 +250,23 @@ impl Engine {
         outcome
     }
 
+    /// The server's rendering with this job's format and quality, and its init image as the C2PA parent
+    /// ingredient (the uploaded file itself, so the parent keeps its own manifest).
+    fn render_options(&self, req: &JobRequest) -> Result<RenderOptions> {
+        let mut render = self.cfg.render.clone();
+        render.format = req.format;
+        if let Some(q) = req.quality {
+            render.quality = q;
+        }
+        render.init_file = match req.init_file.as_deref().or(req.init_image.as_deref()) {
+            Some(text) if req.kind == JobKind::Img2img && render.c2pa.is_some() => {
+                Some(Arc::new(images::b64_bytes("init_images[0]", text).map_err(api)?))
+            }
+            _ => None,
+        };
+        Ok(render)
+    }
+
     fn generate(
         &mut self,
         req: &JobRequest,
@@ -274,6 +291,7 @@ impl Engine {
         let base = to_generation_request(req, sd)?;
         base.validate(sd.vae_scale_factor())?;
         let hires = req.hires.as_ref().map(|h| h.to_hires()).transpose()?;
+        let render = self.render_options(req)?;
 
         let mut out = JobResult {
             model: self.catalog.entries[idx].title(),
@@ -338,12 +356,13 @@ impl Engine {
             if generated.interrupted && !skipped {
                 out.interrupted = true;
             }
-            let rendered = sd_pipeline::output::render_outputs(sd, &g, &generated, &self.cfg.render)?;
+            let rendered = sd_pipeline::output::render_outputs(sd, &g, &generated, &render)?;
             for r in rendered {
                 let index = batch as usize * req.batch_size as usize + r.index_in_batch;
-                match r.png {
-                    Some(png) => out.images.push(ResultImage {
-                        png: images::b64(&png),
+                match r.bytes {
+                    Some(bytes) => out.images.push(ResultImage {
+                        data: images::b64(&bytes),
+                        format: r.format,
                         seed: r.seed,
                         infotext: r.infotext,
                         index,

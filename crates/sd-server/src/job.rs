@@ -2,6 +2,7 @@
 //! result. A job travels unchanged through the in-process queue and (with `--queue redis://…`) through Redis, so
 //! everything here is plain data (images as base64 PNG), never tensors or handles.
 
+use sd_provenance::formats::OutputFormat;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -81,6 +82,17 @@ pub struct JobRequest {
     /// A1111's hires fix (`enable_hr`): a second, img2img pass at a larger size.
     #[serde(default)]
     pub hires: Option<HiresSpec>,
+    /// The encoded images' format: A1111's `samples_format` option, OpenAI's `output_format`.
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// JPEG quality 1–100 (A1111's `jpeg_quality`, OpenAI's `output_compression`); `None` = the default that keeps
+    /// the watermark readable.
+    #[serde(default)]
+    pub quality: Option<u8>,
+    /// The file the client uploaded, base64, when `init_image` is a re-encoding of it (OpenAI edits fold the mask
+    /// out of its alpha channel): the C2PA parent ingredient and the creator's opt-out are read from the original.
+    #[serde(default)]
+    pub init_file: Option<String>,
 }
 
 /// The hires fix as a job carries it (see `sd_pipeline::hires::Hires`).
@@ -189,8 +201,12 @@ impl Progress {
 /// One returned image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultImage {
-    /// base64 PNG with the parameters, labels and watermark `sd generate` writes.
-    pub png: String,
+    /// The base64 file (PNG, JPEG or WebP) with the parameters, labels, watermark and Content Credentials
+    /// `sd generate` writes.
+    #[serde(alias = "png")]
+    pub data: String,
+    #[serde(default)]
+    pub format: OutputFormat,
     pub seed: u64,
     /// The A1111 `parameters` text stored in the PNG.
     pub infotext: String,

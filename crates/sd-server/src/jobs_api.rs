@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::Stream;
+use sd_provenance::formats::OutputFormat;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 
@@ -51,7 +52,8 @@ pub fn job_json(state: &AppState, v: &JobView, with_images: bool) -> Value {
         out["info"] = json!(info_json(state, v).to_string());
         out["image_count"] = json!(r.images.len());
         if with_images {
-            out["images"] = json!(r.images.iter().map(|i| i.png.clone()).collect::<Vec<_>>());
+            out["images"] = json!(r.images.iter().map(|i| i.data.clone()).collect::<Vec<_>>());
+            out["format"] = json!(r.images.first().map(|i| i.format.name()));
         }
     }
     out
@@ -102,26 +104,45 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
 
 async fn image(State(state): State<AppState>, Path((id, file)): Path<(String, String)>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
-    let n: usize = file
-        .strip_suffix(".png")
-        .unwrap_or(&file)
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("no image {file:?}: images are numbered 0.png, 1.png, …")))?;
+    // `3.png`, `3.jpg`, `3.webp` or a bare `3`; the extension must be the stored format's.
+    let (stem, ext) = file.rsplit_once('.').map_or((file.as_str(), None), |(s, e)| (s, Some(e)));
+    let n: usize = stem.parse().map_err(|_| {
+        ApiError::not_found(format!("no image {file:?}: images are numbered 0.png, 1.png, … (or .jpg/.webp)"))
+    })?;
     let v = state.queue.view(&id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
     let img = v
         .result
         .as_ref()
         .and_then(|r| r.images.get(n))
         .ok_or_else(|| ApiError::not_found(format!("job {id} has no image {n} (status: {})", v.status.as_str())))?;
-    let bytes = crate::images::b64_bytes("png", &img.png)?;
+    let want = file_extension(img.format);
+    if let Some(e) = ext {
+        let same = e.eq_ignore_ascii_case(want) || (want == "jpg" && e.eq_ignore_ascii_case("jpeg"));
+        if !same {
+            return Err(ApiError::not_found(format!(
+                "image {n} of job {id} is {}: ask for {n}.{want}",
+                img.format.name()
+            )));
+        }
+    }
+    let bytes = crate::images::b64_bytes("image", &img.data)?;
     Ok((
         [
-            (header::CONTENT_TYPE, "image/png".to_string()),
-            (header::CONTENT_DISPOSITION, format!("inline; filename=\"{id}-{n}.png\"")),
+            (header::CONTENT_TYPE, img.format.mime().to_string()),
+            (header::CONTENT_DISPOSITION, format!("inline; filename=\"{id}-{n}.{want}\"")),
         ],
         bytes,
     )
         .into_response())
+}
+
+/// The file extension of an image URL: A1111's spelling `jpg` for JPEG.
+pub fn file_extension(format: OutputFormat) -> &'static str {
+    match format {
+        OutputFormat::Png => "png",
+        OutputFormat::Jpeg => "jpg",
+        OutputFormat::Webp => "webp",
+    }
 }
 
 /// `progress` events while the job waits and runs, then one event named after its final status.

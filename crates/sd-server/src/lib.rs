@@ -214,7 +214,16 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
             return bad("denoising_strength", format!("`denoising_strength` {s}: expected a number in (0, 1]"));
         }
         let text = job.init_image.as_deref().ok_or_else(|| ApiError::bad_request("img2img needs `init_images`"))?;
-        let init = images::decode("init_images[0]", &images::b64_bytes("init_images[0]", text)?, l.max_input_pixels)?;
+        let init_bytes = images::b64_bytes("init_images[0]", text)?;
+        let init = images::decode("init_images[0]", &init_bytes, l.max_input_pixels)?;
+        // Creators' opt-outs: Content Credentials that reserve AI inference refuse the image (403), as in
+        // `sd generate`. The upload itself is read when `init_images` is a re-encoding of it (OpenAI edits).
+        let (original, param) = match &job.init_file {
+            Some(f) => (images::b64_bytes("image", f)?, "image"),
+            None => (init_bytes, "init_images[0]"),
+        };
+        sd_provenance::credentials::check_inference_allowed(&original, param)
+            .map_err(|e| ApiError::new(axum::http::StatusCode::FORBIDDEN, format!("{e:#}")).with_param(param))?;
         if let Some(m) = &job.mask {
             let mask = images::decode("mask", &images::b64_bytes("mask", m)?, l.max_input_pixels)?;
             if (mask.width(), mask.height()) != (init.width(), init.height()) {

@@ -1,7 +1,8 @@
 //! OpenAI's images API (`/v1/images/generations`, `/v1/images/edits`, `/v1/models`), so the official `openai`
 //! clients and chat front ends work with `base_url` pointed here. Fields OpenAI's models take that mean nothing for
 //! Stable Diffusion (`quality`, `style`, `user`, `moderation`) are accepted; ones that would change the output in a
-//! way we cannot (`background: "transparent"`, a non-PNG `output_format`) are refused. `negative_prompt`, `seed`,
+//! way we cannot (`background: "transparent"`) are refused; `output_format` png/jpeg/webp and `output_compression`
+//! (the JPEG quality) pick the encoding. `negative_prompt`, `seed`,
 //! `steps`, `cfg_scale`, `sampler` and `strength` are accepted as extensions.
 
 use crate::error::{ApiError, ApiResult, JsonBody};
@@ -11,6 +12,7 @@ use axum::extract::{Multipart, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use sd_provenance::formats::OutputFormat;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -89,11 +91,31 @@ fn model_choice(state: &AppState, model: Option<&str>) -> ApiResult<Option<Strin
     }
 }
 
+/// OpenAI's `output_format` and `output_compression` (0–100, used as the JPEG quality; WebP here is lossless).
+fn output_format(b: &GenerationBody) -> ApiResult<(OutputFormat, Option<u8>)> {
+    let format = match b.output_format.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("png") => OutputFormat::Png,
+        Some("jpeg" | "jpg") => OutputFormat::Jpeg,
+        Some("webp") => OutputFormat::Webp,
+        Some(f) => {
+            return Err(ApiError::bad_request(format!("`output_format` {f:?}: expected \"png\", \"jpeg\" or \"webp\""))
+                .with_param("output_format"))
+        }
+    };
+    let quality = match b.output_compression {
+        None => None,
+        // JPEG has no quality 0; OpenAI's 0 (most compressed) becomes 1.
+        Some(c @ 0..=100) => Some(c.max(1) as u8),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!("`output_compression` {c}: expected 0 to 100"))
+                .with_param("output_compression"))
+        }
+    };
+    Ok((format, quality))
+}
+
 fn check_format(b: &GenerationBody) -> ApiResult<bool> {
-    if let Some(f) = b.output_format.as_deref().filter(|f| !f.eq_ignore_ascii_case("png")) {
-        return Err(ApiError::bad_request(format!("`output_format` {f:?}: this server returns PNG"))
-            .with_param("output_format"));
-    }
+    output_format(b)?;
     if b.background.as_deref() == Some("transparent") {
         return Err(
             ApiError::bad_request("`background`: transparent backgrounds are not supported").with_param("background")
@@ -130,6 +152,7 @@ fn to_job(state: &AppState, b: &GenerationBody, kind: JobKind, default_size: (i6
         .parse()
         .map_err(|e| ApiError::bad_request(format!("`sampler`: {e:#}")).with_param("sampler"))?;
     let settings = state.settings();
+    let (format, quality) = output_format(b)?;
     let job = JobRequest {
         kind,
         prompt,
@@ -152,6 +175,9 @@ fn to_job(state: &AppState, b: &GenerationBody, kind: JobKind, default_size: (i6
         denoising_strength: 1.0,
         mask_invert: false,
         hires: None,
+        format,
+        quality,
+        init_file: None,
     };
     if !(1..=state.cfg.limits.max_batch_size).contains(&n) {
         return Err(ApiError::bad_request(format!("`n` {n}: expected 1 to {}", state.cfg.limits.max_batch_size))
@@ -175,9 +201,10 @@ fn response(view: &JobView, url: Option<String>) -> Json<Value> {
                 .enumerate()
                 .map(|(i, img)| match &url {
                     Some(base) => {
-                        json!({ "url": format!("{base}/v1/jobs/{}/images/{i}.png", view.id), "revised_prompt": null })
+                        let ext = crate::jobs_api::file_extension(img.format);
+                        json!({ "url": format!("{base}/v1/jobs/{}/images/{i}.{ext}", view.id), "revised_prompt": null })
                     }
-                    None => json!({ "b64_json": img.png, "revised_prompt": null }),
+                    None => json!({ "b64_json": img.data, "revised_prompt": null }),
                 })
                 .collect()
         })
@@ -266,6 +293,7 @@ async fn edits(State(state): State<AppState>, headers: HeaderMap, mut form: Mult
             "size" => body.size = Some(text()),
             "response_format" => body.response_format = Some(text()),
             "output_format" => body.output_format = Some(text()),
+            "output_compression" => body.output_compression = Some(num("output_compression")?),
             "background" => body.background = Some(text()),
             "seed" => body.seed = Some(num("seed")?),
             "steps" => body.steps = Some(num("steps")?),
@@ -292,6 +320,8 @@ async fn edits(State(state): State<AppState>, headers: HeaderMap, mut form: Mult
         let default = ((init.width() / scale * scale) as i64, (init.height() / scale * scale) as i64);
         let mut job = to_job(&st, &body, JobKind::Img2img, default)?;
         job.init_image = Some(png_b64(&init.to_rgb8())?);
+        // The upload itself, not the re-encoding, carries the creator's Content Credentials.
+        job.init_file = Some(crate::images::b64(&image));
         job.denoising_strength = body.strength.unwrap_or(if mask_img.is_some() { 1.0 } else { 0.75 });
         job.mask = match &mask_img {
             Some(m) => Some(png_b64(m)?),

@@ -37,6 +37,8 @@ pub struct Args {
     pub load: LoadArgs,
     #[command(flatten)]
     pub render: RenderArgs,
+    #[command(flatten)]
+    pub sign: super::c2pa::SignArgs,
     /// What the image should not contain
     #[arg(long, short = 'n', default_value = "")]
     pub negative_prompt: String,
@@ -165,6 +167,12 @@ pub fn run(args: Args) -> Result<()> {
     if args.strength.is_some() && args.init_image.is_none() {
         usage!("--strength only applies with --init-image");
     }
+    // the format comes from the pattern's extension, checked before anything is loaded
+    let format = sd_provenance::formats::OutputFormat::from_path(std::path::Path::new(&args.output))
+        .map_err(|e| super::UsageError(format!("--output: {e:#}")))?;
+    if args.render.quality.is_some() && format != sd_provenance::formats::OutputFormat::Jpeg {
+        usage!("--quality applies to JPEG output only (.jpg, .jpeg); WebP is written lossless");
+    }
     let safety = args.load.safety()?;
     let mut opts = args.load.load_options()?;
     let emphasis: sd_pipeline::prompt::Emphasis =
@@ -197,6 +205,16 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
     }
+    let c2pa = args.sign.identity()?;
+    // creators' opt-outs: an init image whose Content Credentials reserve AI inference is refused
+    let init_file = match &args.init_image {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            sd_provenance::credentials::check_inference_allowed(&bytes, &p.display().to_string())?;
+            Some(std::sync::Arc::new(bytes))
+        }
+        None => None,
+    };
     let mode = match (&args.init_image, &args.mask) {
         (None, _) => Mode::Txt2Img,
         (Some(img), None) => {
@@ -252,8 +270,16 @@ pub fn run(args: Args) -> Result<()> {
     let width = args.width.or(init_w).unwrap_or(sd.info.default_size);
     let height = args.height.or(init_h).unwrap_or(sd.info.default_size);
     let base_seed = args.seed.unwrap_or_else(random_seed);
-    let out_opts =
-        OutputOptions { pattern: args.output.clone(), overwrite: args.overwrite, render: args.render.options(safety) };
+    let out_opts = OutputOptions {
+        pattern: args.output.clone(),
+        overwrite: args.overwrite,
+        render: sd_pipeline::output::RenderOptions {
+            format,
+            c2pa: c2pa.map(std::sync::Arc::new),
+            init_file,
+            ..args.render.options(safety)
+        },
+    };
     let mut summary = Vec::new();
     let mut index = 0usize;
     let mut encoded = None;

@@ -45,8 +45,14 @@ pub fn run(args: &Args, opts: LoadOptions, sampler: SamplerChoice) -> Result<()>
         s.finish_and_clear();
     }
     let name = Path::new(&root).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let out_opts =
-        OutputOptions { pattern: args.output.clone(), overwrite: args.overwrite, render: args.render.options(safety) };
+    // the same format, watermark method and Content Credentials as the other families (checked earlier in generate)
+    let format = sd_provenance::formats::OutputFormat::from_path(Path::new(&args.output))?;
+    let render = sd_pipeline::output::RenderOptions {
+        format,
+        c2pa: args.sign.identity()?.map(std::sync::Arc::new),
+        ..args.render.options(safety)
+    };
+    let out_opts = OutputOptions { pattern: args.output.clone(), overwrite: args.overwrite, render };
     let base_seed = args.seed.unwrap_or_else(random_seed);
     let mut summary = Vec::new();
     let mut counter = 0usize;

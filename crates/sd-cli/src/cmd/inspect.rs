@@ -1,5 +1,5 @@
 //! `sd inspect`: generation parameters, AI labels, C2PA presence and the invisible-watermark verdict of images
-//! (PNG or JPEG, from any tool). Every image is reported; the exit code is 1 if any could not be read.
+//! (PNG, JPEG or WebP, from any tool). Every image is reported; the exit code is 1 if any could not be read.
 
 use anyhow::{bail, Result};
 use sd_provenance::inspect::{inspect_file, render};
@@ -7,19 +7,33 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Images to inspect (PNG or JPEG)
+    /// Images to inspect (PNG, JPEG or WebP)
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Print a JSON array (one object per image; unreadable ones carry `error`)
     #[arg(long)]
     json: bool,
+    /// PEM file of C2PA trust anchors (root certificates): signers that chain to one read as trusted
+    #[arg(long, value_name = "ROOTS.pem")]
+    trust_anchors: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let anchors = match &args.trust_anchors {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read trust anchors {}: {e}", p.display()))?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                bail!("trust anchors {}: no PEM certificate in it", p.display());
+            }
+            Some(text)
+        }
+        None => None,
+    };
     let mut failed = 0usize;
     let mut json = Vec::new();
     for path in &args.images {
-        match inspect_file(path) {
+        match inspect_file(path, anchors.as_deref()) {
             Ok(report) => {
                 if args.json {
                     json.push(serde_json::to_value(&report)?);

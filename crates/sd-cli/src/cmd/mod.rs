@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod c2pa;
 pub mod convert;
 pub mod doctor;
 pub mod generate;

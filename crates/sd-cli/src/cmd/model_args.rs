@@ -79,15 +79,27 @@ pub struct RenderArgs {
     /// Draw a visible "AI生成 / AI-generated" label (or TEXT) in a corner
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub visible_label: Option<String>,
+    /// Invisible watermark method: dwtDct (Stable Diffusion's) or dwtDctSvd (survives JPEG and resizing);
+    /// default: dwtDct for PNG/WebP, dwtDctSvd for JPEG
+    #[arg(long, value_parser = ["dwtDct", "dwtDctSvd"])]
+    pub watermark_method: Option<String>,
+    /// JPEG quality, 1–100 (default 90)
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: Option<u8>,
 }
 
 impl RenderArgs {
+    /// Render options for PNG output (the server's); `sd generate` sets the format from `--output`.
     pub fn options(&self, safety: Option<SafetyMode>) -> RenderOptions {
         RenderOptions {
             watermark: !self.no_watermark,
             upscale: self.upscale,
             visible_label: self.visible_label.clone(),
             safety: safety.unwrap_or(SafetyMode::Block),
+            // clap restricts the values to the two names
+            watermark_method: self.watermark_method.as_deref().and_then(|m| m.parse().ok()),
+            quality: self.quality.unwrap_or(sd_provenance::formats::DEFAULT_JPEG_QUALITY),
+            ..Default::default()
         }
     }
 }
@@ -164,6 +176,7 @@ pub fn engine_config(
     render: &RenderArgs,
     taesd: Option<&PathBuf>,
     preview_every: usize,
+    sign: Option<sd_provenance::credentials::Identity>,
 ) -> Result<sd_server::engine::EngineConfig> {
     use anyhow::Context;
     let safety = load.safety()?;
@@ -179,7 +192,7 @@ pub fn engine_config(
         load: options,
         lora_dir: load.lora_dir.clone(),
         embeddings_dir: load.embeddings_dir.clone(),
-        render: render.options(safety),
+        render: RenderOptions { c2pa: sign.map(std::sync::Arc::new), ..render.options(safety) },
         policy,
         preview_taesd: taesd.cloned(),
         preview_every: if taesd.is_some() { preview_every } else { 0 },

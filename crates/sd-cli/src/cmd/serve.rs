@@ -20,6 +20,8 @@ pub struct Args {
     pub load: LoadArgs,
     #[command(flatten)]
     pub render: RenderArgs,
+    #[command(flatten)]
+    pub sign: super::c2pa::SignArgs,
     /// Folder of further models (diffusers folders, .safetensors/.ckpt) clients may switch to
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
@@ -87,7 +89,9 @@ fn ranged_usize(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> 
 
 pub fn run(args: Args) -> Result<()> {
     init_logging();
-    let engine = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every)?;
+    // A front end on a Redis queue renders nothing: its workers sign.
+    let sign = if args.queue.is_some() { None } else { args.sign.identity()? };
+    let engine = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, sign)?;
     if let Some(q) = &args.queue {
         check_queue_url(q)?;
     }

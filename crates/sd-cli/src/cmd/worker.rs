@@ -25,6 +25,8 @@ pub struct Args {
     pub load: LoadArgs,
     #[command(flatten)]
     pub render: RenderArgs,
+    #[command(flatten)]
+    pub sign: super::c2pa::SignArgs,
     /// Folder of further models jobs may name (as `sd serve --models-dir`)
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
@@ -57,7 +59,8 @@ pub fn run(args: Args) -> Result<()> {
     if args.visibility_timeout == 0 || args.max_attempts == 0 {
         usage!("--visibility-timeout and --max-attempts must be at least 1");
     }
-    let engine_cfg = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every)?;
+    let engine_cfg =
+        engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, args.sign.identity()?)?;
     let catalog = Arc::new(Catalog::scan(&args.load.model, args.models_dir.as_deref())?);
     let engine =
         Engine::new(engine_cfg, catalog, Arc::new(Metrics::default()), Arc::new(Mutex::new(EngineStatus::default())));

@@ -40,6 +40,10 @@ impl Server {
             .args(["--port", "0", "--dtype", "f32", "--threads", "1"])
             .args(extra)
             .env("SD_LOG", "info")
+            // each server its own C2PA signing identity, away from the user's
+            .env("SD_RS_CONFIG_DIR", logdir.path().join("config"))
+            .env_remove("SD_C2PA_CERT")
+            .env_remove("SD_C2PA_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
             .spawn()

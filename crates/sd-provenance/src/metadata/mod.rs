@@ -121,8 +121,8 @@ fn num(v: f64) -> String {
 /// How the watermark decision reads in metadata.
 pub fn watermark_record(w: Option<&WatermarkOutcome>) -> String {
     match w {
-        Some(WatermarkOutcome::Applied { payload, .. }) => {
-            format!("invisible-watermark dwtDct {payload}")
+        Some(WatermarkOutcome::Applied { payload, method, .. }) => {
+            format!("invisible-watermark {method} {payload}")
         }
         Some(WatermarkOutcome::NotAppliedTooSmall { width, height }) => {
             format!("not applied (image {width}x{height} is under 256x256 pixels)")

@@ -81,15 +81,18 @@ async function follow(id) {
 function show(v) {
   $("preview").style.display = "none";
   const info = JSON.parse(v.info);
+  // the server's format (A1111's samples_format option): png, jpeg or webp
+  const format = v.format || "png";
+  const ext = format === "jpeg" ? "jpg" : format;
   v.images.forEach((b64, n) => {
     const fig = document.createElement("figure");
     const img = document.createElement("img");
-    img.src = "data:image/png;base64," + b64;
+    img.src = `data:image/${format};base64,` + b64;
     img.alt = info.infotexts[n] || "";
     img.className = "result";
     const link = document.createElement("a");
     link.href = img.src;
-    link.download = `sd-${info.all_seeds[n]}-${n}.png`;
+    link.download = `sd-${info.all_seeds[n]}-${n}.${ext}`;
     link.textContent = "download";
     const cap = document.createElement("figcaption");
     cap.textContent = info.infotexts[n] || "";
