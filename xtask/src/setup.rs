@@ -15,7 +15,8 @@
 //! the missing ones are installed with apt-get; elsewhere set-up stops and names the packages. The real API
 //! clients (`webuiapi` for the AUTOMATIC1111 API, `openai` for the OpenAI one) go into a virtualenv at
 //! `target/clients` at the versions pinned in `scripts/clients/requirements.txt`, so a client release cannot
-//! change what the compatibility test checks.
+//! change what the compatibility test checks; the independent readers the output tests use (c2pa-python,
+//! piexif) live there too, so the tests need no 5 GB fixtures environment.
 
 use crate::util::{have, is_root, root, run_cmd};
 use anyhow::{bail, Context, Result};
@@ -220,7 +221,8 @@ fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
     bail!("no wheel starting with {prefix} in {}", dir.display())
 }
 
-/// The virtualenv `target/clients` with the pinned API client libraries, used by the server's client test.
+/// The virtualenv `target/clients` with the pinned API client libraries (the server's client test) and the
+/// independent readers of our output files (c2pa-python, piexif).
 ///
 /// It is rebuilt only when the pins changed (a copy of the requirements file is kept as a stamp) or the packages
 /// no longer import, so a second set-up costs one Python start.
@@ -232,7 +234,7 @@ fn api_clients(root: &Path) -> Result<()> {
     let wanted = fs::read_to_string(&req).with_context(|| format!("cannot read {}", req.display()))?;
     let imports = || {
         std::process::Command::new(&py)
-            .args(["-c", "import webuiapi, openai"])
+            .args(["-c", "import webuiapi, openai, c2pa, piexif"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -254,7 +256,7 @@ fn api_clients(root: &Path) -> Result<()> {
     )
     .context("pip could not install the API clients (is PyPI reachable?)")?;
     if !imports() {
-        bail!("{} cannot import webuiapi and openai after installing {}", py.display(), req.display());
+        bail!("{} cannot import webuiapi, openai, c2pa and piexif after installing {}", py.display(), req.display());
     }
     fs::write(&stamp, wanted)?;
     eprintln!("setup: API clients ready in {}", venv.display());

@@ -1,5 +1,5 @@
 //! C2PA Content Credentials end to end, checked by the C2PA consortium's own reader (PyPI c2pa-python, in the
-//! fixtures virtualenv target/pyenv; a missing virtualenv fails the test): `sd generate` signs PNG, JPEG and WebP
+//! set-up's virtualenv target/clients; a missing virtualenv fails the test): `sd generate` signs PNG, JPEG and WebP
 //! (local CA made on first use in SD_RS_CONFIG_DIR, or the user's chain via --c2pa-cert/--c2pa-key), the reader
 //! validates them and trusts them once the root is given as an anchor, a flipped byte is reported by both readers,
 //! an init image signed by another tool (c2pa-python, scripts/c2pa_other_tool.py) becomes the parent ingredient,
@@ -12,10 +12,10 @@ use std::process::{Command, Output};
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn python() -> PathBuf {
-    let p = Path::new(ROOT).join("target/pyenv/bin/python");
+    let p = Path::new(ROOT).join("target/clients/bin/python");
     assert!(
         p.exists(),
-        "{} is missing: the fixtures virtualenv (scripts/fixtures/requirements.txt) has c2pa-python",
+        "{} is missing: `cargo xtask setup` makes it (scripts/clients/requirements.txt has c2pa-python)",
         p.display()
     );
     p

@@ -1,7 +1,7 @@
 //! `sd generate -o x.{png,jpg,webp}`: the extension picks the format, every format carries the A1111 parameters
 //! and the XMP source type as independent readers see them (Pillow + piexif, the way A1111's PNG Info reads
-//! them: scripts/check_formats_readers.py in the fixtures virtualenv target/pyenv, pinned in
-//! scripts/fixtures/requirements.txt; a missing virtualenv fails the test), the watermark method follows the
+//! them: scripts/check_formats_readers.py in the set-up's virtualenv target/clients, pinned in
+//! scripts/clients/requirements.txt; a missing virtualenv fails the test), the watermark method follows the
 //! format, and any other extension is a usage error before the model loads.
 
 use serde_json::Value;
@@ -32,10 +32,10 @@ fn inspect(path: &Path) -> Value {
 }
 
 fn python() -> PathBuf {
-    let p = Path::new(ROOT).join("target/pyenv/bin/python");
+    let p = Path::new(ROOT).join("target/clients/bin/python");
     assert!(
         p.exists(),
-        "{} is missing: the fixtures virtualenv (scripts/fixtures/requirements.txt) reads the files",
+        "{} is missing: `cargo xtask setup` makes it (scripts/clients/requirements.txt has the readers)",
         p.display()
     );
     p
