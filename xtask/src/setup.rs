@@ -234,7 +234,7 @@ fn api_clients(root: &Path) -> Result<()> {
     let wanted = fs::read_to_string(&req).with_context(|| format!("cannot read {}", req.display()))?;
     let imports = || {
         std::process::Command::new(&py)
-            .args(["-c", "import webuiapi, openai, c2pa, piexif"])
+            .args(["-c", "import webuiapi, openai, c2pa, piexif, defusedxml"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
