@@ -1,7 +1,8 @@
 //! `sd generate` on an SD3 folder through the real binary: the image equals diffusers' StableDiffusion3Pipeline
 //! output for the same request (fixtures/sd3_pipeline/no_t5, from scripts/fixtures/gen_82_sd3_pipeline.py) to ±1 in
-//! 8 bits on at least 99.9 % of the values, `--no-t5` is recorded in the parameters, and the flags SD3 does not take
-//! are refused with exit code 2.
+//! 8 bits on at least 99.9 % of the values, `--no-t5` is recorded in the parameters, img2img equals
+//! StableDiffusion3Img2ImgPipeline's (fixtures/sd3_img2img, gen_83_sd3_img2img.py) the same way, and the flags SD3
+//! does not take are refused with exit code 2.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,12 +12,19 @@ fn fixtures() -> PathBuf {
 }
 
 fn generate(out: &Path) -> Command {
+    let mut c = base(&out.join("{seed}.png"));
+    c.args(["--steps", "4", "--cfg-scale", "5", "--seed", "1"]);
+    c
+}
+
+/// The model, prompts, size and output flags every case shares.
+fn base(pattern: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
     c.args(["generate", "a photograph of an astronaut riding a horse", "-n", "blurry, low quality"]);
-    c.args(["--steps", "4", "--cfg-scale", "5", "--seed", "1", "--width", "16", "--height", "16"]);
+    c.args(["--width", "16", "--height", "16"]);
     c.args(["--dtype", "f32", "--device", "cpu", "-q", "--no-watermark", "--no-t5", "--max-sequence-length", "16"]);
     c.arg("--model").arg(fixtures().join("models/sd3"));
-    c.arg("--output").arg(out.join("{seed}.png"));
+    c.arg("--output").arg(pattern);
     c
 }
 
@@ -27,39 +35,62 @@ fn run(cmd: &mut Command) -> (i32, String) {
     (out.status.code().unwrap_or(-1), stderr)
 }
 
+/// Values of `png` more than 1 away from the reference image (N,H,W,3 floats in [0, 1]) of `batch_index`.
+fn values_off(png: &Path, reference: &Path, batch_index: usize) -> (usize, usize) {
+    let got = image::open(png).unwrap().to_rgb8();
+    let bytes = std::fs::read(reference).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let all: Vec<f32> =
+        st.tensor("image").unwrap().data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let n = got.as_raw().len();
+    let reference = &all[batch_index * n..(batch_index + 1) * n];
+    let off =
+        got.as_raw().iter().zip(reference).filter(|(g, r)| (**g as f32 - (**r * 255.0).round()).abs() > 1.0).count();
+    (off, n)
+}
+
 #[test]
 fn generate_matches_diffusers_without_t5() {
     let dir = tempfile::tempdir().unwrap();
     let (code, err) = run(&mut generate(dir.path()));
     assert_eq!(code, 0, "{err}");
     let png = dir.path().join("1.png");
-    let got = image::open(&png).unwrap().to_rgb8();
-    let reference = safetensors::SafeTensors::deserialize(
-        &std::fs::read(fixtures().join("sd3_pipeline/no_t5.safetensors")).unwrap(),
-    )
-    .unwrap()
-    .tensor("image")
-    .unwrap()
-    .data()
-    .chunks(4)
-    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    .collect::<Vec<f32>>();
-    assert_eq!(got.as_raw().len(), reference.len());
-    let off =
-        got.as_raw().iter().zip(&reference).filter(|(g, r)| (**g as f32 - (**r * 255.0).round()).abs() > 1.0).count();
-    println!("values off by more than 1: {off} of {}", reference.len());
-    assert!(off as f64 <= 0.001 * reference.len() as f64, "{off} values differ by more than 1");
+    let (off, n) = values_off(&png, &fixtures().join("sd3_pipeline/no_t5.safetensors"), 0);
+    println!("values off by more than 1: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
     let bytes = std::fs::read(&png).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("T5: off") && text.contains("Steps: 4"), "parameters chunk lacks the SD3 settings");
 }
 
 #[test]
+fn img2img_matches_diffusers() {
+    // the fixture case strength_055_no_t5_batch2: 10 steps at 0.55 (6 run), CFG 4, two images from one seed
+    let dir = tempfile::tempdir().unwrap();
+    let init = fixtures().join("sd3_img2img/init.png");
+    let mut c = base(&dir.path().join("{n}.png"));
+    c.args(["--init-image", init.to_str().unwrap(), "--strength", "0.55", "--steps", "10", "--cfg-scale", "4"]);
+    c.args(["--seed", "8", "--batch-size", "2"]);
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    for i in 0..2 {
+        let png = dir.path().join(format!("{i:03}.png"));
+        let (off, n) = values_off(&png, &fixtures().join("sd3_img2img/strength_055_no_t5_batch2.safetensors"), i);
+        println!("image {i}: values off by more than 1: {off} of {n}");
+        assert!(off as f64 <= 0.001 * n as f64, "image {i}: {off} values differ by more than 1");
+        let text = String::from_utf8_lossy(&std::fs::read(&png).unwrap()).to_string();
+        assert!(text.contains("Denoising strength: 0.55"), "the parameters record the strength");
+    }
+    // inpainting is refused by name
+    let (code, err) = run(generate(dir.path()).args(["--init-image", init.to_str().unwrap(), "--mask"]).arg(&init));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--mask"), "{err}");
+}
+
+#[test]
 fn flags_sd3_does_not_take_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let init = fixtures().join("pipeline/init.png");
     for (extra, needle) in [
-        (vec!["--init-image", init.to_str().unwrap()], "--init-image"),
         (vec!["--sampler", "euler"], "flow-matching"),
         (vec!["--clip-skip", "2"], "--clip-skip"),
         (vec!["--batch-size", "0"], "--batch-size"),

@@ -6,7 +6,9 @@
 //!   concatenated. Without T5 (`no_t5`, as diffusers with `text_encoder_3=None`) its part is zeros of the
 //!   transformer's `joint_attention_dim`, so the 4.7 B-parameter encoder need not be loaded. The negative prompt
 //!   (default "") is encoded the same way.
-//! - latents: unit noise `[B, 16, H/8, W/8]` drawn from the one seeded generator in the transformer's dtype;
+//! - latents: unit noise `[B, 16, H/8, W/8]` drawn from the one seeded generator in the transformer's dtype; for
+//!   img2img (`StableDiffusion3Img2ImgPipeline`) the init image's VAE posterior sample (the generator's first
+//!   draw), shifted and scaled, then noised to the first kept timestep with `scale_noise` (the second draw);
 //! - loop: the transformer on [uncond, cond] with timestep σ·1000, classifier-free guidance when the scale > 1, the
 //!   flow-matching sampler's step (the model's own `FlowMatchEulerDiscreteScheduler` unless another is chosen);
 //! - decode: latents / scaling_factor + shift_factor through the 16-channel VAE, then (x / 2 + 0.5) clamped.
@@ -91,6 +93,31 @@ pub struct Sd3Request {
     pub batch_size: i64,
     pub max_sequence_length: usize,
     pub sampler: SamplerChoice,
+    /// img2img: the picture to start from (resized to `width`×`height` with Lanczos, as diffusers' image
+    /// processor does) and how much of it to repaint.
+    pub init: Option<Sd3Init>,
+}
+
+/// The init image of an SD3 img2img request.
+#[derive(Clone, Debug)]
+pub struct Sd3Init {
+    pub image: image::RgbImage,
+    /// diffusers' `strength`, (0, 1]: the share of the schedule that runs.
+    pub strength: f64,
+}
+
+/// The first schedule position SD3 img2img runs, as diffusers' `StableDiffusion3Img2ImgPipeline.get_timesteps`:
+/// unlike the UNet pipelines it does not round `steps × strength` down before subtracting, so 10 steps at 0.55 run
+/// 6 steps there (5 in `StableDiffusionImg2ImgPipeline`).
+pub fn img2img_start(steps: usize, strength: f64) -> Result<usize> {
+    ensure!(strength > 0.0 && strength <= 1.0, "strength {strength} is outside (0, 1]");
+    let n = steps as f64;
+    let start = (n - (n * strength).min(n)).max(0.0) as usize;
+    ensure!(
+        start < steps,
+        "strength {strength} with {steps} steps leaves no denoising step; raise the strength or the step count"
+    );
+    Ok(start)
 }
 
 impl Sd3Request {
@@ -107,6 +134,7 @@ impl Sd3Request {
             batch_size: 1,
             max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
             sampler: SamplerChoice::default(),
+            init: None,
         }
     }
 }
@@ -213,6 +241,15 @@ impl Sd3Pipeline {
         ensure!((1..=MAX_BATCH).contains(&req.batch_size), "batch size {} is outside 1..={MAX_BATCH}", req.batch_size);
         ensure!((1..=MAX_STEPS).contains(&req.steps), "steps {} is outside 1..={MAX_STEPS}", req.steps);
         ensure!(req.guidance_scale.is_finite(), "the guidance scale must be a finite number");
+        if let Some(init) = &req.init {
+            img2img_start(req.steps, init.strength)?;
+            let (w, h) = init.image.dimensions();
+            let max = sd_core::limits::INPUT_MAX_PIXELS;
+            ensure!(
+                w > 0 && h > 0 && u64::from(w) * u64::from(h) <= max,
+                "the init image is {w}x{h}: expected 1 to {max} pixels"
+            );
+        }
         let sched = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?;
         if !sched.descriptor().class.name.starts_with("FlowMatch") {
             bail!(
@@ -241,10 +278,25 @@ impl Sd3Pipeline {
         sched.set_timesteps(req.steps, self.device)?;
         let f = self.vae.scale_factor();
         let c = self.transformer.config.in_channels;
+        let shape = [b, c, req.height / f, req.width / f];
         let mut gen = TorchGenerator::new(req.seed);
-        let mut latents =
-            gen.randn(&[b, c, req.height / f, req.width / f], self.kind, Device::Cpu).to_device(self.device);
-        for t in sched.timesteps().to_vec() {
+        let (mut latents, start) = match &req.init {
+            None => (gen.randn(&shape, self.kind, Device::Cpu).to_device(self.device), 0),
+            Some(init) => {
+                let start = img2img_start(req.steps, init.strength)? * sched.order();
+                ensure!(start < sched.timesteps().len(), "img2img start {start} is past the end of the schedule");
+                sched.set_begin_index(start);
+                let image =
+                    crate::init_image::prepare_init(&init.image, req.width, req.height, self.vae.kind(), self.device);
+                let cfg = self.vae.config();
+                let z = self.vae.encode(&image)?.sample(&mut gen);
+                let z = ((z - cfg.shift_factor.unwrap_or(0.0)) * cfg.scaling_factor).f_to_kind(self.kind)?;
+                let z = z.f_repeat([b, 1, 1, 1])?;
+                let noise = gen.randn(&shape, self.kind, Device::Cpu).to_device(self.device);
+                (sched.add_noise(&z, &noise, sched.timesteps()[start])?, start)
+            }
+        };
+        for t in sched.timesteps()[start..].to_vec() {
             let x = if uncond.is_some() { Tensor::f_cat(&[&latents, &latents], 0)? } else { latents.shallow_clone() };
             let n = x.size()[0] as usize;
             let ts = Tensor::from_slice(&vec![t as f32; n]).to_device(self.device);
@@ -320,6 +372,9 @@ impl Sd3Pipeline {
             info.width = req.width as u32;
             info.height = req.height as u32;
             info.model_name = Some(model_name.to_string());
+            if let Some(init) = &req.init {
+                info.extra.push(("Denoising strength".into(), init.strength.to_string()));
+            }
             info.watermark = Some(outcome.clone());
             if self.t5.is_none() {
                 info.extra.push(("T5".into(), "off".into()));
@@ -361,6 +416,11 @@ impl Sd3Pipeline {
     }
 
     /// The native resolution: the transformer's `sample_size` latents times the VAE factor (1024 for SD3).
+    /// Image sides must be multiples of this (VAE factor × patch size).
+    pub fn size_multiple(&self) -> i64 {
+        self.vae.scale_factor() * self.transformer.config.patch_size
+    }
+
     pub fn default_size(&self) -> i64 {
         self.transformer.config.sample_size * self.vae.scale_factor()
     }

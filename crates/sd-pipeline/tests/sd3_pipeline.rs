@@ -4,8 +4,11 @@
 //! non-square, without CFG and at the default 256-token T5 length: final latents within 1e-4 absolute, images within
 //! 1e-3 (float). Measured worst: embeddings 4.8e-7, latents 3.1e-6 (of up to 5.9),
 //! images 8.9e-7; the run without T5 bit-identical.
+//! img2img against StableDiffusion3Img2ImgPipeline (scripts/fixtures/gen_83_sd3_img2img.py): an init picture
+//! resized from 24×20, strengths with whole and fractional `steps × strength`, with and without T5 and CFG, two
+//! images per prompt; the same tolerances.
 
-use sd_pipeline::sd3::{Sd3Pipeline, Sd3Request};
+use sd_pipeline::sd3::{Sd3Init, Sd3Pipeline, Sd3Request};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -95,4 +98,50 @@ fn bad_requests_are_clear_errors() {
     let e = format!("{:#}", pipe.generate(&req).unwrap_err());
     assert!(e.contains("flow-matching"), "{e}");
     assert!(Sd3Pipeline::load(Path::new(&fixtures().join("models/sd1")), Kind::Float, Device::Cpu, false).is_err());
+}
+
+#[test]
+fn img2img_matches_diffusers() {
+    let dir = fixtures().join("sd3_img2img");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).expect("gen_83_sd3_img2img.py")).unwrap();
+    let init = image::open(dir.join("init.png")).unwrap().to_rgb8();
+    let with_t5 = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, false).unwrap();
+    let no_t5 = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, true).unwrap();
+    for c in cases["cases"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let pipe = if c["t5"].as_bool().unwrap() { &with_t5 } else { &no_t5 };
+        let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
+        req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
+        req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
+        req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
+        req.width = c["width"].as_i64().unwrap();
+        req.height = c["height"].as_i64().unwrap();
+        req.seed = c["seed"].as_u64().unwrap();
+        req.batch_size = c["num_images_per_prompt"].as_i64().unwrap();
+        req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
+        req.init = Some(Sd3Init { image: init.clone(), strength: c["strength"].as_f64().unwrap() });
+        let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
+        let dl = max_abs(&latents, &r["latents"]);
+        let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
+        println!("{name:28} latents err {dl:.2e}   image err {di:.2e}");
+        assert!(dl <= 1e-4, "{name}: latents off by {dl}");
+        assert!(di <= 1e-3, "{name}: image off by {di}");
+    }
+}
+
+#[test]
+fn img2img_start_follows_sd3s_rounding() {
+    use sd_pipeline::sd3::img2img_start;
+    // 10 × 0.55 = 5.5: SD3 starts at int(10 − 5.5) = 4 (6 steps run); the UNet pipelines at 10 − int(5.5) = 5
+    assert_eq!(img2img_start(10, 0.55).unwrap(), 4);
+    assert_eq!(img2img_start(5, 0.6).unwrap(), 2);
+    assert_eq!(img2img_start(3, 1.0).unwrap(), 0);
+    // a small strength still runs one step (int(4 − 0.4) = 3), as in diffusers
+    assert_eq!(img2img_start(4, 0.1).unwrap(), 3);
+    for (steps, strength) in [(4, 0.0), (4, 1.5), (4, -0.5), (4, f64::NAN)] {
+        assert!(img2img_start(steps, strength).is_err(), "{steps} steps at {strength} must be refused");
+    }
 }

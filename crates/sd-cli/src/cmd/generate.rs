@@ -228,7 +228,7 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     if super::generate_sd3::is_sd3_model(&args.load.model) {
-        return super::generate_sd3::run(&args, opts, sampler);
+        return super::generate_sd3::run(&args, opts, sampler, mode, init_file);
     }
     if args.no_t5 || args.max_sequence_length != 256 {
         usage!("--no-t5 and --max-sequence-length apply to SD3 models only");

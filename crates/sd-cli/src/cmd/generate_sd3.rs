@@ -1,12 +1,13 @@
-//! `sd generate` on a Stable Diffusion 3 / 3.5 folder: txt2img through `sd_pipeline::sd3` (the flags the UNet
-//! families take and SD3 does not yet are refused by name).
+//! `sd generate` on a Stable Diffusion 3 / 3.5 folder: txt2img and img2img through `sd_pipeline::sd3` (the flags
+//! the UNet families take and SD3 does not yet are refused by name).
 
 use super::generate::{phase_spinner, random_seed, Args};
 use super::usage;
 use anyhow::Result;
 use sd_pipeline::loader::LoadOptions;
 use sd_pipeline::output::OutputOptions;
-use sd_pipeline::sd3::{Sd3Pipeline, Sd3Request};
+use sd_pipeline::request::Mode;
+use sd_pipeline::sd3::{Sd3Init, Sd3Pipeline, Sd3Request};
 use sd_schedulers::SamplerChoice;
 use std::path::Path;
 use std::time::Instant;
@@ -16,9 +17,20 @@ pub fn is_sd3_model(spec: &str) -> bool {
     sd_core::model_dir::ModelDir::open(spec).is_ok_and(|d| sd_pipeline::sd3::is_sd3(&d))
 }
 
-pub fn run(args: &Args, opts: LoadOptions, sampler: SamplerChoice) -> Result<()> {
-    let refused: [(bool, &str); 10] = [
-        (args.init_image.is_some(), "--init-image (img2img / inpainting)"),
+/// `mode` and `init_file` as `sd generate` read them (the init image's own bytes: the C2PA parent ingredient).
+pub fn run(
+    args: &Args,
+    opts: LoadOptions,
+    sampler: SamplerChoice,
+    mode: Mode,
+    init_file: Option<std::sync::Arc<Vec<u8>>>,
+) -> Result<()> {
+    let init = match mode {
+        Mode::Txt2Img => None,
+        Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength }),
+        Mode::Inpaint { .. } => usage!("--mask (inpainting) is not supported for SD3 models yet; img2img is"),
+    };
+    let refused: [(bool, &str); 9] = [
         (!args.lora.is_empty() || args.load.lora_dir.is_some(), "LoRAs"),
         (args.load.embeddings_dir.is_some(), "--embeddings-dir"),
         (args.taesd.is_some(), "--taesd"),
@@ -30,7 +42,9 @@ pub fn run(args: &Args, opts: LoadOptions, sampler: SamplerChoice) -> Result<()>
         (opts.low_memory, "--low-memory"),
     ];
     if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
-        usage!("{what} is not supported for SD3 models yet (SD3 runs txt2img with the flow-matching samplers)");
+        usage!(
+            "{what} is not supported for SD3 models yet (SD3 runs txt2img and img2img with the flow-matching samplers)"
+        );
     }
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
@@ -50,6 +64,7 @@ pub fn run(args: &Args, opts: LoadOptions, sampler: SamplerChoice) -> Result<()>
     let render = sd_pipeline::output::RenderOptions {
         format,
         c2pa: args.sign.identity()?.map(std::sync::Arc::new),
+        init_file,
         ..args.render.options(safety)
     };
     let out_opts = OutputOptions { pattern: args.output.clone(), overwrite: args.overwrite, render };
@@ -59,8 +74,12 @@ pub fn run(args: &Args, opts: LoadOptions, sampler: SamplerChoice) -> Result<()>
     for batch in 0..args.batch_count {
         let mut req = Sd3Request::new(&args.prompt);
         req.negative_prompt = args.negative_prompt.clone();
-        req.width = args.width.unwrap_or(pipe.default_size());
-        req.height = args.height.unwrap_or(pipe.default_size());
+        // img2img without -W/-H keeps the init image's size, rounded down to what the transformer takes
+        let f = pipe.size_multiple();
+        let init_size = init.as_ref().map(|i| ((i.image.width() as i64 / f * f), (i.image.height() as i64 / f * f)));
+        req.width = args.width.or(init_size.map(|s| s.0)).unwrap_or(pipe.default_size());
+        req.height = args.height.or(init_size.map(|s| s.1)).unwrap_or(pipe.default_size());
+        req.init = init.clone();
         req.steps = args.steps;
         req.guidance_scale = args.cfg_scale;
         req.seed = base_seed.wrapping_add(batch);
