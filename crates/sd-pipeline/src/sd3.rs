@@ -296,7 +296,8 @@ impl Sd3Pipeline {
                 (sched.add_noise(&z, &noise, sched.timesteps()[start])?, start)
             }
         };
-        for t in sched.timesteps()[start..].to_vec() {
+        let timesteps: Vec<f64> = sched.timesteps().iter().skip(start).copied().collect();
+        for t in timesteps {
             let x = if uncond.is_some() { Tensor::f_cat(&[&latents, &latents], 0)? } else { latents.shallow_clone() };
             let n = x.size()[0] as usize;
             let ts = Tensor::from_slice(&vec![t as f32; n]).to_device(self.device);
