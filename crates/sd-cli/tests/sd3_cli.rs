@@ -1,8 +1,8 @@
 //! `sd generate` on an SD3 folder through the real binary: the image equals diffusers' StableDiffusion3Pipeline
 //! output for the same request (fixtures/sd3_pipeline/no_t5, from scripts/fixtures/gen_82_sd3_pipeline.py) to ±1 in
-//! 8 bits on at least 99.9 % of the values, `--no-t5` is recorded in the parameters, img2img equals
-//! StableDiffusion3Img2ImgPipeline's (fixtures/sd3_img2img, gen_83_sd3_img2img.py) the same way, and the flags SD3
-//! does not take are refused with exit code 2.
+//! 8 bits on at least 99.9 % of the values, `--no-t5` is recorded in the parameters, img2img and inpainting equal
+//! StableDiffusion3Img2ImgPipeline's and StableDiffusion3InpaintPipeline's (fixtures/sd3_img2img,
+//! gen_83_sd3_img2img.py) the same way, and the flags SD3 does not take are refused with exit code 2.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,7 +64,7 @@ fn generate_matches_diffusers_without_t5() {
 }
 
 #[test]
-fn img2img_matches_diffusers() {
+fn img2img_and_inpainting_match_diffusers() {
     // the fixture case strength_055_no_t5_batch2: 10 steps at 0.55 (6 run), CFG 4, two images from one seed
     let dir = tempfile::tempdir().unwrap();
     let init = fixtures().join("sd3_img2img/init.png");
@@ -81,10 +81,20 @@ fn img2img_matches_diffusers() {
         let text = String::from_utf8_lossy(&std::fs::read(&png).unwrap()).to_string();
         assert!(text.contains("Denoising strength: 0.55"), "the parameters record the strength");
     }
-    // inpainting is refused by name
-    let (code, err) = run(generate(dir.path()).args(["--init-image", init.to_str().unwrap(), "--mask"]).arg(&init));
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--mask"), "{err}");
+    // inpainting: the case inpaint_strength_07_no_t5_batch2 (5 steps at 0.7, CFG 4, two images)
+    let mask = fixtures().join("sd3_img2img/mask.png");
+    let mut c = base(&dir.path().join("inpaint-{n}.png"));
+    c.args(["--init-image", init.to_str().unwrap(), "--mask", mask.to_str().unwrap(), "--strength", "0.7"]);
+    c.args(["--steps", "5", "--cfg-scale", "4", "--seed", "11", "--batch-size", "2"]);
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    for i in 0..2 {
+        let png = dir.path().join(format!("inpaint-{i:03}.png"));
+        let reference = fixtures().join("sd3_img2img/inpaint_strength_07_no_t5_batch2.safetensors");
+        let (off, n) = values_off(&png, &reference, i);
+        println!("inpainted image {i}: values off by more than 1: {off} of {n}");
+        assert!(off as f64 <= 0.001 * n as f64, "inpainted image {i}: {off} values differ by more than 1");
+    }
 }
 
 #[test]

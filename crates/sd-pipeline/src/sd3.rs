@@ -9,6 +9,8 @@
 //! - latents: unit noise `[B, 16, H/8, W/8]` drawn from the one seeded generator in the transformer's dtype; for
 //!   img2img (`StableDiffusion3Img2ImgPipeline`) the init image's VAE posterior sample (the generator's first
 //!   draw), shifted and scaled, then noised to the first kept timestep with `scale_noise` (the second draw);
+//!   inpainting (`StableDiffusion3InpaintPipeline`, 16-channel transformers) also re-imposes the kept region after
+//!   every step: the init latents noised to the next timestep, blended in through the binarised mask;
 //! - loop: the transformer on [uncond, cond] with timestep σ·1000, classifier-free guidance when the scale > 1, the
 //!   flow-matching sampler's step (the model's own `FlowMatchEulerDiscreteScheduler` unless another is chosen);
 //! - decode: latents / scaling_factor + shift_factor through the 16-channel VAE, then (x / 2 + 0.5) clamped.
@@ -98,12 +100,22 @@ pub struct Sd3Request {
     pub init: Option<Sd3Init>,
 }
 
-/// The init image of an SD3 img2img request.
+/// The init image of an SD3 img2img or inpainting request.
 #[derive(Clone, Debug)]
 pub struct Sd3Init {
     pub image: image::RgbImage,
     /// diffusers' `strength`, (0, 1]: the share of the schedule that runs.
     pub strength: f64,
+    /// Inpainting: white = repaint (binarised at half grey after the Lanczos resize), the init image's size.
+    pub mask: Option<image::GrayImage>,
+}
+
+/// What inpainting re-imposes after each step: the init image's latents, the noise they are noised with, and the
+/// latent-size mask (1 = repaint).
+struct KeptRegion {
+    image_latents: Tensor,
+    noise: Tensor,
+    mask: Tensor,
 }
 
 /// The first schedule position SD3 img2img runs, as diffusers' `StableDiffusion3Img2ImgPipeline.get_timesteps`:
@@ -249,6 +261,21 @@ impl Sd3Pipeline {
                 w > 0 && h > 0 && u64::from(w) * u64::from(h) <= max,
                 "the init image is {w}x{h}: expected 1 to {max} pixels"
             );
+            if let Some(m) = &init.mask {
+                ensure!(
+                    m.dimensions() == (w, h),
+                    "the mask is {}x{} but the init image is {w}x{h}: the mask must have the image's size",
+                    m.width(),
+                    m.height()
+                );
+                ensure!(
+                    self.transformer.config.in_channels == self.vae.config().latent_channels,
+                    "inpainting needs a transformer with {} input channels (this one has {}: a dedicated inpainting \
+                     transformer, not supported yet)",
+                    self.vae.config().latent_channels,
+                    self.transformer.config.in_channels
+                );
+            }
         }
         let sched = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?;
         if !sched.descriptor().class.name.starts_with("FlowMatch") {
@@ -280,24 +307,59 @@ impl Sd3Pipeline {
         let c = self.transformer.config.in_channels;
         let shape = [b, c, req.height / f, req.width / f];
         let mut gen = TorchGenerator::new(req.seed);
-        let (mut latents, start) = match &req.init {
-            None => (gen.randn(&shape, self.kind, Device::Cpu).to_device(self.device), 0),
+        let (mut latents, start, kept) = match &req.init {
+            None => (gen.randn(&shape, self.kind, Device::Cpu).to_device(self.device), 0, None),
             Some(init) => {
                 let start = img2img_start(req.steps, init.strength)? * sched.order();
                 ensure!(start < sched.timesteps().len(), "img2img start {start} is past the end of the schedule");
                 sched.set_begin_index(start);
-                let image =
-                    crate::init_image::prepare_init(&init.image, req.width, req.height, self.vae.kind(), self.device);
+                let vae_kind = self.vae.kind();
+                let (image, mask) = match &init.mask {
+                    None => (
+                        crate::init_image::prepare_init(&init.image, req.width, req.height, vae_kind, self.device),
+                        None,
+                    ),
+                    Some(m) => {
+                        let p = crate::init_image::prepare_mask(
+                            &init.image,
+                            m,
+                            req.width,
+                            req.height,
+                            vae_kind,
+                            self.device,
+                        );
+                        (p.image, Some(p.mask))
+                    }
+                };
                 let cfg = self.vae.config();
                 let z = self.vae.encode(&image)?.sample(&mut gen);
                 let z = ((z - cfg.shift_factor.unwrap_or(0.0)) * cfg.scaling_factor).f_to_kind(self.kind)?;
                 let z = z.f_repeat([b, 1, 1, 1])?;
                 let noise = gen.randn(&shape, self.kind, Device::Cpu).to_device(self.device);
-                (sched.add_noise(&z, &noise, sched.timesteps()[start])?, start)
+                // at full strength inpainting starts from the noise itself, as diffusers does
+                let latents = if mask.is_some() && init.strength == 1.0 {
+                    noise.shallow_clone()
+                } else {
+                    sched.add_noise(&z, &noise, sched.timesteps()[start])?
+                };
+                // diffusers also encodes the masked image here (a third draw); a 16-channel transformer never reads
+                // it and the flow-matching Euler step draws nothing after it, so it is left out
+                let kept = match mask {
+                    Some(m) => Some(KeptRegion {
+                        image_latents: z,
+                        noise,
+                        mask: m
+                            .f_upsample_nearest2d([shape[2], shape[3]], None::<f64>, None::<f64>)?
+                            .f_to_kind(self.kind)?
+                            .f_repeat([b, 1, 1, 1])?,
+                    }),
+                    None => None,
+                };
+                (latents, start, kept)
             }
         };
         let timesteps: Vec<f64> = sched.timesteps().iter().skip(start).copied().collect();
-        for t in timesteps {
+        for (i, &t) in timesteps.iter().enumerate() {
             let x = if uncond.is_some() { Tensor::f_cat(&[&latents, &latents], 0)? } else { latents.shallow_clone() };
             let n = x.size()[0] as usize;
             let ts = Tensor::from_slice(&vec![t as f32; n]).to_device(self.device);
@@ -310,6 +372,15 @@ impl Sd3Pipeline {
                 None => v,
             };
             latents = sched.step(&v, t, &latents, &mut gen)?;
+            if let Some(k) = &kept {
+                // the kept region at the next step's noise level (clean after the last step)
+                let proper = match timesteps.get(i + 1) {
+                    Some(&next) => sched.add_noise(&k.image_latents, &k.noise, next)?,
+                    None => k.image_latents.shallow_clone(),
+                };
+                let keep = k.mask.f_neg()?.f_add_scalar(1.0)?;
+                latents = keep.f_mul(&proper)?.f_add(&k.mask.f_mul(&latents)?)?;
+            }
         }
         Ok(latents)
     }

@@ -6,7 +6,8 @@
 //! images 8.9e-7; the run without T5 bit-identical.
 //! img2img against StableDiffusion3Img2ImgPipeline (scripts/fixtures/gen_83_sd3_img2img.py): an init picture
 //! resized from 24×20, strengths with whole and fractional `steps × strength`, with and without T5 and CFG, two
-//! images per prompt; the same tolerances.
+//! images per prompt; inpainting against StableDiffusion3InpaintPipeline (same script: a mask of the init's size, full
+//! and partial strength, with and without T5); the same tolerances.
 
 use sd_pipeline::sd3::{Sd3Init, Sd3Pipeline, Sd3Request};
 use std::path::{Path, PathBuf};
@@ -97,15 +98,24 @@ fn bad_requests_are_clear_errors() {
     req.sampler = "euler".parse().unwrap();
     let e = format!("{:#}", pipe.generate(&req).unwrap_err());
     assert!(e.contains("flow-matching"), "{e}");
+    req.sampler = Default::default();
+    let init = image::RgbImage::new(16, 16);
+    req.init = Some(Sd3Init { image: init.clone(), strength: 0.5, mask: Some(image::GrayImage::new(8, 16)) });
+    let e = format!("{:#}", pipe.generate(&req).unwrap_err());
+    assert!(e.contains("the mask is 8x16 but the init image is 16x16"), "{e}");
+    req.init = Some(Sd3Init { image: init, strength: 0.0, mask: None });
+    let e = format!("{:#}", pipe.generate(&req).unwrap_err());
+    assert!(e.contains("strength 0 is outside (0, 1]"), "{e}");
     assert!(Sd3Pipeline::load(Path::new(&fixtures().join("models/sd1")), Kind::Float, Device::Cpu, false).is_err());
 }
 
 #[test]
-fn img2img_matches_diffusers() {
+fn img2img_and_inpainting_match_diffusers() {
     let dir = fixtures().join("sd3_img2img");
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).expect("gen_83_sd3_img2img.py")).unwrap();
     let init = image::open(dir.join("init.png")).unwrap().to_rgb8();
+    let mask = image::open(dir.join("mask.png")).unwrap().to_luma8();
     let with_t5 = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, false).unwrap();
     let no_t5 = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, true).unwrap();
     for c in cases["cases"].as_array().unwrap() {
@@ -120,13 +130,17 @@ fn img2img_matches_diffusers() {
         req.seed = c["seed"].as_u64().unwrap();
         req.batch_size = c["num_images_per_prompt"].as_i64().unwrap();
         req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
-        req.init = Some(Sd3Init { image: init.clone(), strength: c["strength"].as_f64().unwrap() });
+        req.init = Some(Sd3Init {
+            image: init.clone(),
+            strength: c["strength"].as_f64().unwrap(),
+            mask: c["mask"].as_bool().unwrap_or(false).then(|| mask.clone()),
+        });
         let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let r: std::collections::HashMap<String, Tensor> =
             Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
         let dl = max_abs(&latents, &r["latents"]);
         let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
-        println!("{name:28} latents err {dl:.2e}   image err {di:.2e}");
+        println!("{name:34} latents err {dl:.2e}   image err {di:.2e}");
         assert!(dl <= 1e-4, "{name}: latents off by {dl}");
         assert!(di <= 1e-3, "{name}: image off by {di}");
     }

@@ -1,4 +1,4 @@
-//! `sd generate` on a Stable Diffusion 3 / 3.5 folder: txt2img and img2img through `sd_pipeline::sd3` (the flags
+//! `sd generate` on a Stable Diffusion 3 / 3.5 folder: txt2img, img2img and inpainting through `sd_pipeline::sd3` (the flags
 //! the UNet families take and SD3 does not yet are refused by name).
 
 use super::generate::{phase_spinner, random_seed, Args};
@@ -27,8 +27,8 @@ pub fn run(
 ) -> Result<()> {
     let init = match mode {
         Mode::Txt2Img => None,
-        Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength }),
-        Mode::Inpaint { .. } => usage!("--mask (inpainting) is not supported for SD3 models yet; img2img is"),
+        Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength, mask: None }),
+        Mode::Inpaint { init, mask, strength } => Some(Sd3Init { image: init, strength, mask: Some(mask) }),
     };
     let refused: [(bool, &str); 9] = [
         (!args.lora.is_empty() || args.load.lora_dir.is_some(), "LoRAs"),
@@ -43,7 +43,7 @@ pub fn run(
     ];
     if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
         usage!(
-            "{what} is not supported for SD3 models yet (SD3 runs txt2img and img2img with the flow-matching samplers)"
+            "{what} is not supported for SD3 models yet (SD3 runs txt2img, img2img and inpainting with the flow-matching samplers)"
         );
     }
     if let Some(policy) = &args.load.policy {
