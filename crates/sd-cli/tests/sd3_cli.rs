@@ -98,6 +98,22 @@ fn img2img_and_inpainting_match_diffusers() {
 }
 
 #[test]
+fn skip_layer_guidance_matches_diffusers() {
+    // fixtures/sd3_slg/layer1_default (gen_84_sd3_slg.py): block 1 skipped, diffusers' default window and scale
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = base(&dir.path().join("slg.png"));
+    c.args(["--slg-layers", "1", "--steps", "10", "--cfg-scale", "4.5", "--seed", "21"]);
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let png = dir.path().join("slg.png");
+    let (off, n) = values_off(&png, &fixtures().join("sd3_slg/layer1_default.safetensors"), 0);
+    println!("values off by more than 1: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
+    let text = String::from_utf8_lossy(&std::fs::read(&png).unwrap()).to_string();
+    assert!(text.contains("SLG layers: 1, SLG scale: 2.8"), "the parameters record skip-layer guidance");
+}
+
+#[test]
 fn flags_sd3_does_not_take_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     for (extra, needle) in [
@@ -109,7 +125,14 @@ fn flags_sd3_does_not_take_are_usage_errors() {
         assert_eq!(code, 2, "{extra:?}: {err}");
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
-    // and --no-t5 on a UNet model
+    // and --no-t5 or --slg-layers on a UNet model
+    for flag in [["--slg-layers", "7"], ["--max-sequence-length", "77"]] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
+        c.args(["generate", "x"]).args(flag).arg("--model").arg(fixtures().join("models/sd1"));
+        let (code, err) = run(&mut c);
+        assert_eq!(code, 2, "{flag:?}: {err}");
+        assert!(err.contains("SD3"), "{flag:?}: {err}");
+    }
     let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
     c.args(["generate", "x", "--no-t5", "--model"]).arg(fixtures().join("models/sd1"));
     let (code, err) = run(&mut c);

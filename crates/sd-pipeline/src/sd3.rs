@@ -98,6 +98,31 @@ pub struct Sd3Request {
     /// img2img: the picture to start from (resized to `width`×`height` with Lanczos, as diffusers' image
     /// processor does) and how much of it to repaint.
     pub init: Option<Sd3Init>,
+    /// Skip-layer guidance (SD3.5 Medium's recommended setting), txt2img with CFG only, as in diffusers.
+    pub slg: Option<SkipLayerGuidance>,
+}
+
+/// diffusers' `skip_guidance_layers` and its scale and window: in the steps `i` with
+/// `start·steps < i < stop·steps` the transformer runs once more on the conditional text with these blocks left
+/// out, and the guided velocity moves by `scale · (v_cond − v_skipped)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SkipLayerGuidance {
+    pub layers: Vec<usize>,
+    pub scale: f64,
+    pub start: f64,
+    pub stop: f64,
+}
+
+impl SkipLayerGuidance {
+    /// diffusers' defaults for the window and scale (SD3.5 Medium uses layers 7, 8, 9).
+    pub fn new(layers: Vec<usize>) -> Self {
+        Self { layers, scale: 2.8, start: 0.01, stop: 0.2 }
+    }
+
+    fn active(&self, i: usize, steps: usize) -> bool {
+        let (i, n) = (i as f64, steps as f64);
+        i > n * self.start && i < n * self.stop
+    }
 }
 
 /// The init image of an SD3 img2img or inpainting request.
@@ -147,6 +172,7 @@ impl Sd3Request {
             max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
             sampler: SamplerChoice::default(),
             init: None,
+            slg: None,
         }
     }
 }
@@ -253,6 +279,25 @@ impl Sd3Pipeline {
         ensure!((1..=MAX_BATCH).contains(&req.batch_size), "batch size {} is outside 1..={MAX_BATCH}", req.batch_size);
         ensure!((1..=MAX_STEPS).contains(&req.steps), "steps {} is outside 1..={MAX_STEPS}", req.steps);
         ensure!(req.guidance_scale.is_finite(), "the guidance scale must be a finite number");
+        if let Some(slg) = &req.slg {
+            let n = self.transformer.config.num_layers.max(0) as usize;
+            ensure!(!slg.layers.is_empty(), "skip-layer guidance needs at least one layer");
+            if let Some(bad) = slg.layers.iter().find(|&&l| l >= n) {
+                bail!(
+                    "skip-layer guidance layer {bad} does not exist: this transformer has {n} layers (0 to {})",
+                    n.saturating_sub(1)
+                );
+            }
+            ensure!(
+                slg.scale.is_finite() && slg.start.is_finite() && slg.stop.is_finite(),
+                "the skip-layer guidance scale, start and stop must be finite numbers"
+            );
+            ensure!(
+                req.guidance_scale > 1.0,
+                "skip-layer guidance acts through classifier-free guidance: use a guidance scale above 1"
+            );
+            ensure!(req.init.is_none(), "skip-layer guidance applies to txt2img (diffusers has it there only)");
+        }
         if let Some(init) = &req.init {
             img2img_start(req.steps, init.strength)?;
             let (w, h) = init.image.dimensions();
@@ -367,7 +412,21 @@ impl Sd3Pipeline {
             let v = match uncond {
                 Some(_) => {
                     let parts = v.f_chunk(2, 0)?;
-                    (&parts[0] + (&parts[1] - &parts[0]) * req.guidance_scale).f_to_kind(v.kind())?
+                    let guided = (&parts[0] + (&parts[1] - &parts[0]) * req.guidance_scale).f_to_kind(v.kind())?;
+                    match &req.slg {
+                        Some(slg) if slg.active(i, req.steps) => {
+                            let ts = Tensor::from_slice(&vec![t as f32; b as usize]).to_device(self.device);
+                            let skipped = self.transformer.forward(
+                                &latents,
+                                &ts,
+                                &rep(&cond.prompt_embeds)?,
+                                &rep(&cond.pooled)?,
+                                &slg.layers,
+                            )?;
+                            (guided + (&parts[1] - skipped) * slg.scale).f_to_kind(v.kind())?
+                        }
+                        _ => guided,
+                    }
                 }
                 None => v,
             };
@@ -444,6 +503,13 @@ impl Sd3Pipeline {
             info.width = req.width as u32;
             info.height = req.height as u32;
             info.model_name = Some(model_name.to_string());
+            if let Some(slg) = &req.slg {
+                let layers: Vec<String> = slg.layers.iter().map(usize::to_string).collect();
+                info.extra.push(("SLG layers".into(), layers.join(",")));
+                info.extra.push(("SLG scale".into(), slg.scale.to_string()));
+                info.extra.push(("SLG start".into(), slg.start.to_string()));
+                info.extra.push(("SLG stop".into(), slg.stop.to_string()));
+            }
             if let Some(init) = &req.init {
                 info.extra.push(("Denoising strength".into(), init.strength.to_string()));
             }

@@ -9,7 +9,7 @@
 //! images per prompt; inpainting against StableDiffusion3InpaintPipeline (same script: a mask of the init's size, full
 //! and partial strength, with and without T5); the same tolerances.
 
-use sd_pipeline::sd3::{Sd3Init, Sd3Pipeline, Sd3Request};
+use sd_pipeline::sd3::{Sd3Init, Sd3Pipeline, Sd3Request, SkipLayerGuidance};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -158,4 +158,56 @@ fn img2img_start_follows_sd3s_rounding() {
     for (steps, strength) in [(4, 0.0), (4, 1.5), (4, -0.5), (4, f64::NAN)] {
         assert!(img2img_start(steps, strength).is_err(), "{steps} steps at {strength} must be refused");
     }
+}
+
+#[test]
+fn skip_layer_guidance_matches_diffusers() {
+    // scripts/fixtures/gen_84_sd3_slg.py: one block at diffusers' default window and scale, both blocks wider
+    let dir = fixtures().join("sd3_slg");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).expect("gen_84_sd3_slg.py")).unwrap();
+    let pipe = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, true).unwrap();
+    for c in cases["cases"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
+        req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
+        req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
+        req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
+        req.width = 16;
+        req.height = 16;
+        req.seed = c["seed"].as_u64().unwrap();
+        req.max_sequence_length = 16;
+        let layers = c["skip_guidance_layers"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap() as usize);
+        let mut slg = SkipLayerGuidance::new(layers.collect());
+        if let Some(s) = c["skip_layer_guidance_scale"].as_f64() {
+            slg.scale = s;
+            slg.start = c["skip_layer_guidance_start"].as_f64().unwrap();
+            slg.stop = c["skip_layer_guidance_stop"].as_f64().unwrap();
+        }
+        req.slg = Some(slg);
+        let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
+        let dl = max_abs(&latents, &r["latents"]);
+        let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
+        req.slg = None;
+        let (_, plain) = pipe.generate(&req).unwrap();
+        let moved = max_abs(&plain, &r["latents"]);
+        println!(
+            "{name:16} latents err {dl:.2e}   image err {di:.2e}   (without SLG the latents differ by {moved:.2e})"
+        );
+        assert!(dl <= 1e-4, "{name}: latents off by {dl}");
+        assert!(di <= 1e-3, "{name}: image off by {di}");
+        assert!(moved > 1e-2, "{name}: skip-layer guidance changed nothing ({moved})");
+    }
+    // refused: a block that does not exist, no CFG, img2img
+    let mut req = Sd3Request::new("x");
+    (req.width, req.height, req.steps) = (16, 16, 2);
+    req.slg = Some(SkipLayerGuidance::new(vec![2]));
+    let e = format!("{:#}", pipe.generate(&req).unwrap_err());
+    assert!(e.contains("layer 2 does not exist"), "{e}");
+    req.slg = Some(SkipLayerGuidance::new(vec![1]));
+    req.guidance_scale = 1.0;
+    let e = format!("{:#}", pipe.generate(&req).unwrap_err());
+    assert!(e.contains("guidance scale above 1"), "{e}");
 }

@@ -144,6 +144,18 @@ pub struct Args {
     /// SD3: T5 tokens per prompt (diffusers' max_sequence_length)
     #[arg(long, default_value_t = 256)]
     pub max_sequence_length: usize,
+    /// SD3: skip-layer guidance on these transformer blocks, e.g. 7,8,9 for SD3.5 Medium (txt2img with CFG)
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...", num_args = 1..)]
+    pub slg_layers: Vec<usize>,
+    /// SD3: skip-layer guidance scale (diffusers' skip_layer_guidance_scale)
+    #[arg(long, default_value_t = 2.8, requires = "slg_layers")]
+    pub slg_scale: f64,
+    /// SD3: fraction of the steps where skip-layer guidance starts
+    #[arg(long, default_value_t = 0.01, requires = "slg_layers")]
+    pub slg_start: f64,
+    /// SD3: fraction of the steps where skip-layer guidance stops
+    #[arg(long, default_value_t = 0.2, requires = "slg_layers")]
+    pub slg_stop: f64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -229,6 +241,9 @@ pub fn run(args: Args) -> Result<()> {
 
     if super::generate_sd3::is_sd3_model(&args.load.model) {
         return super::generate_sd3::run(&args, opts, sampler, mode, init_file);
+    }
+    if !args.slg_layers.is_empty() {
+        usage!("--slg-layers (skip-layer guidance) applies to SD3 models only");
     }
     if args.no_t5 || args.max_sequence_length != 256 {
         usage!("--no-t5 and --max-sequence-length apply to SD3 models only");

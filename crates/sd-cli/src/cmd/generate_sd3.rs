@@ -80,6 +80,12 @@ pub fn run(
         req.width = args.width.or(init_size.map(|s| s.0)).unwrap_or(pipe.default_size());
         req.height = args.height.or(init_size.map(|s| s.1)).unwrap_or(pipe.default_size());
         req.init = init.clone();
+        req.slg = (!args.slg_layers.is_empty()).then(|| sd_pipeline::sd3::SkipLayerGuidance {
+            layers: args.slg_layers.clone(),
+            scale: args.slg_scale,
+            start: args.slg_start,
+            stop: args.slg_stop,
+        });
         req.steps = args.steps;
         req.guidance_scale = args.cfg_scale;
         req.seed = base_seed.wrapping_add(batch);
