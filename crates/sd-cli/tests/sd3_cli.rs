@@ -125,6 +125,12 @@ fn flags_sd3_does_not_take_are_usage_errors() {
         assert_eq!(code, 2, "{extra:?}: {err}");
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
+    // sd serve says it does not serve SD3 yet, before binding a port
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
+    c.args(["serve", "--port", "0", "--no-c2pa", "--model"]).arg(fixtures().join("models/sd3"));
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("Stable Diffusion 3") && err.contains("sd generate"), "{err}");
     // and --no-t5 or --slg-layers on a UNet model
     for flag in [["--slg-layers", "7"], ["--max-sequence-length", "77"]] {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));

@@ -105,6 +105,12 @@ impl StableDiffusion {
             }
             None => ModelDir::open(spec)?,
         };
+        if crate::sd3::is_sd3(&dir) {
+            anyhow::bail!(
+                "{spec} is a Stable Diffusion 3 pipeline (SD3Transformer2DModel, no UNet): it runs through \
+                 sd_pipeline::sd3 (`sd generate` does), not the UNet pipeline; `sd serve` does not serve SD3 yet"
+            );
+        }
         let mut info = ModelInfo::detect(&dir)?;
         if let Some(f) = opts.family {
             info.family = f;
