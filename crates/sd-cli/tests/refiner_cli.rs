@@ -92,6 +92,12 @@ fn refiner_misuse_is_refused() {
     let (code, err) = run(&mut c);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--refiner-switch needs --refiner"), "{err}");
+    // Combinations the refiner does not follow.
+    let mut c = generate("sdxl", &out);
+    c.args(["--refiner", &model("sdxl-refiner-tiny"), "--hires-scale", "2"]);
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("hires fix is not supported"), "{err}");
     // A refiner folder that does not exist.
     let mut c = generate("sdxl", &out);
     c.arg("--refiner").arg(dir.path().join("nowhere"));

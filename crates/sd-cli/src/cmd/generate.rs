@@ -202,7 +202,7 @@ pub fn run(args: Args) -> Result<()> {
         .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?
         .with_schedule(schedule);
     let hires = hires_settings(&args)?;
-    args.refine.check(args.mask.is_some(), hires.is_some())?;
+    args.refine.check(args.mask.is_some(), hires.is_some(), args.controlnet.is_some())?;
     let control = match &args.control_image {
         Some(p) => Some(sd_pipeline::request::ControlInput {
             image: sd_core::image_io::load_rgb(p)?,

@@ -27,7 +27,7 @@ pub struct Refiner {
 
 impl RefinerArgs {
     /// Flag checks that need no model: the switch point, and what the refiner cannot follow.
-    pub fn check(&self, inpaint: bool, hires: bool) -> Result<()> {
+    pub fn check(&self, inpaint: bool, hires: bool, controlnet: bool) -> Result<()> {
         if self.refiner.is_none() {
             if self.refiner_switch != 0.8 {
                 usage!("--refiner-switch needs --refiner");
@@ -42,6 +42,9 @@ impl RefinerArgs {
         }
         if hires {
             usage!("--refiner with the hires fix is not supported: use one or the other");
+        }
+        if controlnet {
+            usage!("--refiner with --controlnet is not supported");
         }
         // A folder's configs are read now, so a wrong path fails before the base model loads.
         if let Some(spec) = &self.refiner {
