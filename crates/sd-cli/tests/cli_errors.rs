@@ -102,38 +102,6 @@ fn missing_model_pieces_are_named() {
 }
 
 #[test]
-fn sdxl_refiner_folder_is_refused_by_name() {
-    // The refiner's model_index.json as diffusers writes it: no first text encoder, an aesthetic-score flag.
-    let dir = tempfile::tempdir().unwrap();
-    let refiner = dir.path().join("refiner");
-    let sdxl = Path::new(&model()).with_file_name("sdxl");
-    for c in ["scheduler", "text_encoder_2", "tokenizer_2", "unet", "vae"] {
-        std::fs::create_dir_all(refiner.join(c)).unwrap();
-        for f in std::fs::read_dir(sdxl.join(c)).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, refiner.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    let mut index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(sdxl.join("model_index.json")).unwrap()).unwrap();
-    index["_class_name"] = "StableDiffusionXLImg2ImgPipeline".into();
-    index["text_encoder"] = serde_json::json!([null, null]);
-    index["tokenizer"] = serde_json::json!([null, null]);
-    index["requires_aesthetics_score"] = true.into();
-    std::fs::write(refiner.join("model_index.json"), index.to_string()).unwrap();
-    let out = dir.path().join("out");
-    let mut c = sd();
-    c.args(["generate", "a cat", "--model"])
-        .arg(&refiner)
-        .args(["-q", "--device", "cpu", "--output"])
-        .arg(out.join("x.png"));
-    let (code, err) = run(&mut c);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("SDXL refiner") && err.contains("refiner"), "{err}");
-    assert!(!out.exists());
-}
-
-#[test]
 fn unreadable_image_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.png");

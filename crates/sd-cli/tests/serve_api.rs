@@ -713,3 +713,58 @@ fn output_formats_content_credentials_and_creators_opt_outs() {
     let (code, _) = get(&s, "/health");
     assert_eq!(code, 200);
 }
+
+#[test]
+fn latent_hires_fix_with_its_own_sampler_and_prompt_matches_sd_generate() {
+    let s = Server::start(&[]);
+    let body = json!({"prompt": "a red square", "seed": 13, "steps": 6, "width": 32, "height": 32, "sampler_name": "Euler",
+        "enable_hr": true, "hr_upscaler": "Latent (bicubic)", "hr_scale": 2, "hr_second_pass_steps": 8,
+        "denoising_strength": 0.6, "hr_sampler_name": "Euler a", "hr_prompt": "a blue circle",
+        "hr_negative_prompt": "", "hr_checkpoint_name": null});
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{r}");
+    let (w, h, px) = pixels(r["images"][0].as_str().unwrap());
+    assert_eq!((w, h), (64, 64));
+    let info: Value = serde_json::from_str(r["info"].as_str().unwrap()).unwrap();
+    let infotext = info["infotexts"][0].as_str().unwrap();
+    for want in
+        ["Sampler: Euler,", "Hires upscaler: Latent (bicubic)", "Hires sampler: Euler a", "Hires prompt: a blue circle"]
+    {
+        assert!(infotext.contains(want), "{want} missing: {infotext}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("{n}.png");
+    sd_generate(&[
+        "a red square",
+        "--seed",
+        "13",
+        "--steps",
+        "6",
+        "-W",
+        "32",
+        "-H",
+        "32",
+        "--sampler",
+        "Euler",
+        "--hires-scale",
+        "2",
+        "--hires-steps",
+        "8",
+        "--hires-strength",
+        "0.6",
+        "--hires-upscaler",
+        "Latent (bicubic)",
+        "--hires-sampler",
+        "Euler a",
+        "--hires-prompt",
+        "a blue circle",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let file = dir.path().join("000.png");
+    assert_eq!(px, file_pixels(&file), "served latent-hires pixels differ from sd generate's");
+    assert_eq!(
+        parameters_chunk(&b64(r["images"][0].as_str().unwrap())),
+        parameters_chunk(&std::fs::read(&file).unwrap())
+    );
+}

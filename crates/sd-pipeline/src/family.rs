@@ -50,6 +50,9 @@ pub struct ModelInfo {
     pub turbo: bool,
     /// Native resolution (UNet sample_size × VAE scale factor).
     pub default_size: i64,
+    /// An SDXL refiner (diffusers' `requires_aesthetics_score`): one text encoder (`text_encoder_2`, OpenCLIP G)
+    /// and an aesthetic score in place of the target size among its time ids. Its family is [`Family::Sdxl`].
+    pub refiner: bool,
 }
 
 impl ModelInfo {
@@ -61,14 +64,8 @@ impl ModelInfo {
         let has_te2 = components.iter().any(|c| c == "text_encoder_2");
         let refiner = dir.index.get("requires_aesthetics_score").and_then(|v| v.as_bool()) == Some(true)
             || (has_te2 && !components.iter().any(|c| c == "text_encoder"));
-        if refiner {
-            bail!(
-                "{} is an SDXL refiner (it has only text_encoder_2 and conditions on an aesthetic score); sd-rs runs \
-                 SD 1.x, SD 2.x and SDXL base models, not the refiner yet: generate with the SDXL base model instead",
-                dir.root.display()
-            );
-        }
-        let family = if pipeline.contains("XL")
+        let family = if refiner
+            || pipeline.contains("XL")
             || has_te2
             || unet.get("addition_embed_type").and_then(|v| v.as_str()) == Some("text_time")
         {
@@ -100,6 +97,6 @@ impl ModelInfo {
             .and_then(|c| c.get("block_out_channels").and_then(|b| b.as_array()).map(|a| a.len()))
             .unwrap_or(4);
         let default_size = sample * (1i64 << (vae_blocks.saturating_sub(1)));
-        Ok(Self { family, inpainting, prediction_type, turbo, default_size })
+        Ok(Self { family, inpainting, prediction_type, turbo, default_size, refiner })
     }
 }

@@ -91,6 +91,8 @@ pub struct Generated {
     pub steps_done: usize,
     /// Set when a hires-fix second pass made these images (its strength and infotext pairs).
     pub hires: Option<crate::hires::HiresApplied>,
+    /// Set when an SDXL refiner finished these images (its infotext pairs).
+    pub refiner: Option<crate::refiner::RefinerApplied>,
 }
 
 /// A request's prompts, encoded: what the denoising loop needs from the text encoders. Encoding once lets a
@@ -150,10 +152,27 @@ impl StableDiffusion {
         encoded: &EncodedPrompts,
         on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<Generated> {
+        Ok(self.generate_stage(req, encoded, &crate::stage::Stage::default(), on_event)?.0)
+    }
+
+    /// [`Self::generate_encoded`] for one [`crate::stage::Stage`]; also returns the final latents.
+    pub fn generate_stage(
+        &self,
+        req: &GenerationRequest,
+        encoded: &EncodedPrompts,
+        stage: &crate::stage::Stage,
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
+    ) -> Result<(Generated, Tensor)> {
         let scale = self.vae_scale_factor();
         req.validate(scale)?;
         if self.info.inpainting && !matches!(req.mode, Mode::Inpaint { .. }) {
             bail!("{} is an inpainting model (9-channel UNet): give --init-image and --mask", self.name);
+        }
+        if self.info.refiner && matches!(req.mode, Mode::Txt2Img) && stage.latents.is_none() {
+            bail!(
+                "{} is an SDXL refiner: it repaints an image (--init-image) or finishes an SDXL base (--refiner)",
+                self.name
+            );
         }
         if encoded.key != prompt_key(req) {
             bail!("these encoded prompts belong to another request (prompt, negative prompt, clip skip or emphasis differ)");
@@ -171,15 +190,9 @@ impl StableDiffusion {
         let hidden = batch_condition(cond, uncond, b, cfg, "hidden states", |c| Some(&c.hidden))?;
         let dtype = hidden.kind();
 
-        // 2. Timesteps (img2img/inpaint start part-way, as diffusers' get_timesteps).
-        let begin = match req.mode.strength() {
-            None => {
-                sched.set_timesteps(req.steps, device)?;
-                0
-            }
-            Some(strength) => sd_schedulers::img2img_timesteps(sched.as_mut(), req.steps, strength)?,
-        };
-        let timesteps: Vec<f64> = sched.timesteps()[begin..].to_vec();
+        // 2. Timesteps (img2img/inpaint start part-way, as diffusers' get_timesteps; a stage may cut both ends).
+        let (begin, end) = stage.timestep_range(sched.as_mut(), req, device)?;
+        let timesteps: Vec<f64> = sched.timesteps()[begin..end].to_vec();
 
         // 3. Latents.
         let mut gen = TorchGenerator::new(req.seed);
@@ -190,6 +203,9 @@ impl StableDiffusion {
         let vae_kind = self.vae_kind();
         let mut inpaint: Option<InpaintState> = None;
         let mut latents = match &req.mode {
+            _ if stage.latents.is_some() => {
+                stage.start_latents(sched.as_ref(), &mut gen, shape, dtype, timesteps[0])?
+            }
             Mode::Txt2Img => gen.randn(&shape, dtype, device) * sched.init_noise_sigma(),
             Mode::Img2Img { init, .. } => {
                 let image = prepare_init(init, req.width, req.height, vae_kind, device);
@@ -231,20 +247,7 @@ impl StableDiffusion {
             (Some(_), _) => {
                 let text_embeds =
                     batch_condition(cond, uncond, b, cfg, "pooled text embeddings", |c| c.pooled.as_ref())?;
-                let (oh, ow) = req.original_size.unwrap_or((req.height, req.width));
-                let (ct, cl) = req.crop_top_left;
-                let ids = Tensor::from_slice(&[
-                    oh as f32,
-                    ow as f32,
-                    ct as f32,
-                    cl as f32,
-                    req.height as f32,
-                    req.width as f32,
-                ])
-                .to_kind(dtype)
-                .to_device(device)
-                .unsqueeze(0)
-                .repeat([text_embeds.size()[0], 1]);
+                let ids = crate::stage::sdxl_time_ids(self, req, b, cfg).to_kind(dtype).to_device(device);
                 Some(AddedCond { text_embeds, time_ids: ids })
             }
             _ => None,
@@ -352,7 +355,7 @@ impl StableDiffusion {
 
         // 6. Decode what was reached (nothing when interrupted before the first step).
         let t2 = Instant::now();
-        let images = if steps_done == 0 && interrupted {
+        let images = if (steps_done == 0 && interrupted) || stage.output_latents {
             Vec::new()
         } else {
             let _ = on_event(Event::Phase("decode"));
@@ -361,7 +364,7 @@ impl StableDiffusion {
         };
         let decode_s = t2.elapsed().as_secs_f64();
         let timings = Timings { encode_s, denoise_s, decode_s };
-        Ok(Generated {
+        let generated = Generated {
             images,
             seed: req.seed,
             timings,
@@ -373,7 +376,9 @@ impl StableDiffusion {
             interrupted,
             steps_done,
             hires: None,
-        })
+            refiner: None,
+        };
+        Ok((generated, latents))
     }
 
     /// The prompt text to encode: `<lora:…>` tags removed, each checked against the LoRAs merged at load (a

@@ -12,6 +12,14 @@ fn cache_file() -> Option<PathBuf> {
     Some(base.join("sd-rs/hashes.json"))
 }
 
+/// A1111's "Model hash" of a loaded model: its checkpoint file's, or for a diffusers folder (which has none) its
+/// UNet weights'.
+pub fn model_hash(sd: &crate::loader::StableDiffusion) -> Option<String> {
+    let hashed =
+        sd.source_file.clone().or_else(|| sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None).ok());
+    hashed.and_then(|p| short_hash(&p))
+}
+
 /// Short A1111 hash of `path`, or `None` if the file cannot be read.
 pub fn short_hash(path: &Path) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;

@@ -10,7 +10,9 @@
 //! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
 //! | [`sd3`] | Stable Diffusion 3 / 3.5 (`StableDiffusion3Pipeline`): MMDiT, CLIP-L + CLIP-G + T5, flow matching |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
-//! | [`hires`] | A1111's hires fix: first pass, enlarge, img2img second pass |
+//! | [`hires`] | A1111's hires fix: first pass, enlarge (image or latents), img2img second pass |
+//! | [`stage`] | one loop run that starts from given latents, stops at a switch point or returns latents |
+//! | [`refiner`] | the SDXL refiner after the base model (diffusers' ensemble of experts) |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
 //! | [`init_image`] | img2img / inpainting images and masks → tensors, as diffusers' `VaeImageProcessor` |
 //! | [`memory`] | whether a full-image VAE decode fits in memory, else tiled decoding |
@@ -27,6 +29,8 @@ pub mod loras;
 pub mod memory;
 pub mod output;
 pub mod prompt;
+pub mod refiner;
 pub mod request;
 pub mod sd3;
 pub mod single_file;
+pub mod stage;

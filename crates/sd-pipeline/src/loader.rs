@@ -121,16 +121,21 @@ impl StableDiffusion {
         let root = dir.root.clone();
         let (device, dtype) = (opts.device, opts.dtype);
         let mut merger = if opts.loras.is_empty() { None } else { Some(LoraMerger::open(&opts.loras)?) };
-        let mut present = vec![LoraTarget::TextEncoder, LoraTarget::Unet];
-        let mut pairs = vec![load_text_pair(
-            &root,
-            "tokenizer",
-            "text_encoder",
-            LoraTarget::TextEncoder,
-            merger.as_mut(),
-            dtype,
-            device,
-        )?];
+        let mut present = vec![LoraTarget::Unet];
+        let mut pairs = Vec::new();
+        if !info.refiner {
+            present.push(LoraTarget::TextEncoder);
+            pairs.push(load_text_pair(
+                &root,
+                "tokenizer",
+                "text_encoder",
+                LoraTarget::TextEncoder,
+                merger.as_mut(),
+                dtype,
+                device,
+            )?);
+        }
+        // The refiner's only encoder is the base's second one (OpenCLIP G).
         if info.family == Family::Sdxl {
             present.push(LoraTarget::TextEncoder2);
             pairs.push(load_text_pair(

@@ -166,10 +166,7 @@ pub fn render_outputs(
         }
         _ => None,
     };
-    // A1111 hashes the checkpoint file; a diffusers folder has none, so its UNet weights stand in.
-    let hashed =
-        sd.source_file.clone().or_else(|| sd_core::model_dir::find_weights(&sd.dir.root.join("unet"), None).ok());
-    let model_hash = hashed.and_then(|p| crate::hash_cache::short_hash(&p));
+    let model_hash = crate::hash_cache::model_hash(sd);
     let mut out = Vec::new();
     for (i, image) in generated.images.iter().enumerate() {
         let flagged = verdicts.as_ref().is_some_and(|v| v.get(i).is_some_and(|v| v.flagged));
@@ -324,6 +321,9 @@ fn generation_info(
     }
     if let Some(h) = &generated.hires {
         info.extra.extend(h.params.iter().cloned());
+    }
+    if let Some(r) = &generated.refiner {
+        info.extra.extend(r.params.iter().cloned());
     }
     info.extra.extend(prompt_params(sd, req, generated));
     info

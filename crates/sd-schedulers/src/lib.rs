@@ -17,6 +17,7 @@
 //! | `kdiff`, `dpm_math`, `ddpm_math`, `multistep` | step math several samplers share |
 //! | `brownian` | torchsde's Brownian tree (the Brownian-noise samplers) |
 //! | `custom` | Align Your Steps over any sampler that takes custom sigmas or timesteps |
+//! | `split` | one schedule split between two models (diffusers' `denoising_end` / `denoising_start`) |
 //! | `common` | step index, float32 upcasting, step noise, thresholding |
 //! | `training` | batched forward noising and v targets for training |
 //!
@@ -40,6 +41,7 @@ pub mod registry;
 pub mod samplers;
 pub mod schedule;
 pub mod sigmas;
+pub mod split;
 pub mod state;
 pub mod training;
 

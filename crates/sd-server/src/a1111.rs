@@ -211,8 +211,9 @@ fn must_be_false(field: &str, got: Option<bool>, what: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// A1111's hires-fix fields: the second pass runs with the first pass's sampler, prompts and model; other values
-/// for those are refused rather than ignored.
+/// A1111's hires-fix fields: the second pass may have its own sampler (`hr_sampler_name`, with the first pass's
+/// schedule unless its name carries one) and prompts (`hr_prompt`, `hr_negative_prompt`); another scheduler or
+/// checkpoint for it is refused rather than ignored.
 fn hires_spec(r: &A1111Request, job: &JobRequest) -> ApiResult<crate::job::HiresSpec> {
     if job.kind != JobKind::Txt2img {
         return Err(ApiError::unsupported("enable_hr", "`enable_hr`: the hires fix applies to txt2img"));
@@ -231,10 +232,30 @@ fn hires_spec(r: &A1111Request, job: &JobRequest) -> ApiResult<crate::job::Hires
             )),
         }
     };
-    same_or_empty("hr_sampler_name", &r.hr_sampler_name, r.sampler_name.as_deref().unwrap_or("Euler"), "sampler")?;
     same_or_empty("hr_scheduler", &r.hr_scheduler, r.scheduler.as_deref().unwrap_or("Automatic"), "scheduler")?;
-    same_or_empty("hr_prompt", &r.hr_prompt, &job.prompt, "prompt")?;
-    same_or_empty("hr_negative_prompt", &r.hr_negative_prompt, &job.negative_prompt, "negative prompt")?;
+    let first = r.sampler_name.as_deref().or(r.sampler_index.as_deref()).unwrap_or("Euler");
+    let sampler = match r.hr_sampler_name.as_deref() {
+        None | Some("") | Some("Use same sampler") => None,
+        Some(x) if x == first => None,
+        Some(x) => {
+            let choice: sd_schedulers::SamplerChoice = x.parse().map_err(|e| {
+                ApiError::bad_request(format!("`hr_sampler_name`: {e:#}")).with_param("hr_sampler_name")
+            })?;
+            let first_schedule = job.sampler.parse::<sd_schedulers::SamplerChoice>().ok().and_then(|c| c.schedule);
+            Some(choice.with_schedule(choice.schedule.or(first_schedule)).to_string())
+        }
+    };
+    let own = |v: &Option<String>| v.clone().filter(|p| !p.is_empty());
+    for (field, v) in [("hr_prompt", &r.hr_prompt), ("hr_negative_prompt", &r.hr_negative_prompt)] {
+        let n = v.as_deref().map_or(0, |p| p.chars().count() as u64);
+        if n > sd_core::limits::PROMPT_MAX_CHARS {
+            return Err(ApiError::bad_request(format!(
+                "`{field}` has {n} characters; the limit is {}",
+                sd_core::limits::PROMPT_MAX_CHARS
+            ))
+            .with_param(field));
+        }
+    }
     same_or_empty("hr_checkpoint_name", &r.hr_checkpoint_name, "", "checkpoint")?;
     let upscaler = r.hr_upscaler.clone().unwrap_or_else(|| "Latent".into());
     upscaler
@@ -262,6 +283,9 @@ fn hires_spec(r: &A1111Request, job: &JobRequest) -> ApiResult<crate::job::Hires
         steps,
         strength: r.denoising_strength.unwrap_or(0.7),
         upscaler,
+        sampler,
+        prompt: own(&r.hr_prompt),
+        negative_prompt: own(&r.hr_negative_prompt),
     };
     spec.to_hires()
         .and_then(|h| h.validate())
@@ -286,7 +310,10 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
         ));
     }
     if r.refiner_checkpoint.as_deref().is_some_and(|c| !c.is_empty() && c != "None") {
-        return Err(ApiError::unsupported("refiner_checkpoint", "`refiner_checkpoint`: the refiner is not supported"));
+        return Err(ApiError::unsupported(
+            "refiner_checkpoint",
+            "`refiner_checkpoint`: the refiner is not supported by the server yet (`sd generate --refiner` runs it)",
+        ));
     }
     float_default("subseed_strength", r.subseed_strength, 0.0)?;
     float_default("s_min_uncond", r.s_min_uncond, 0.0)?;

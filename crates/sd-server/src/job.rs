@@ -103,6 +103,13 @@ pub struct HiresSpec {
     pub steps: Option<usize>,
     pub strength: f64,
     pub upscaler: String,
+    /// The second pass's sampler (A1111 form), prompt and negative prompt; `None` = the first pass's.
+    #[serde(default)]
+    pub sampler: Option<String>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
 }
 
 impl HiresSpec {
@@ -113,6 +120,9 @@ impl HiresSpec {
             steps: self.steps,
             strength: self.strength,
             upscaler: self.upscaler.parse()?,
+            sampler: self.sampler.as_deref().map(str::parse).transpose()?,
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
         })
     }
 }

@@ -25,6 +25,8 @@ fn output_help() -> clap::builder::StyledStr {
   sd generate --model ./stable-diffusion-v1-5 \"a lighthouse at dawn, oil painting\" --steps 25 --seed 42
   sd generate --model ./sdxl-base \"a red fox\" --sampler \"DPM++ 2M Karras\" --width 1024 --height 1024
   sd generate --model ./sd15 \"a castle\" --init-image sketch.png --strength 0.6
+  sd generate --model ./sdxl-base \"a red fox\" --refiner ./sdxl-refiner --refiner-switch 0.8
+  sd generate --model ./sd15 \"a castle\" --hires-scale 2 --hires-upscaler Latent --hires-strength 0.6
   sd generate --model ./sd15-inpainting \"a cat\" --init-image photo.png --mask mask.png
   sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0
   sd generate --model ./sd15 \"a knight, my-style <lora:ink:0.7>\" --lora-dir ./loras --embeddings-dir ./embeddings
@@ -39,6 +41,8 @@ pub struct Args {
     pub render: RenderArgs,
     #[command(flatten)]
     pub sign: super::c2pa::SignArgs,
+    #[command(flatten)]
+    pub refine: super::refine::RefinerArgs,
     /// What the image should not contain
     #[arg(long, short = 'n', default_value = "")]
     pub negative_prompt: String,
@@ -120,9 +124,20 @@ pub struct Args {
     /// How much of the enlarged picture the second pass repaints, (0, 1]
     #[arg(long, default_value_t = 0.7)]
     pub hires_strength: f64,
-    /// How the first pass is enlarged: lanczos (Pillow's, byte for byte)
+    /// How the first pass is enlarged: "Lanczos" (the image, Pillow's filter) or A1111's latent modes: "Latent",
+    /// "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
+    /// "Latent (nearest-exact)"
     #[arg(long, default_value = "lanczos")]
     pub hires_upscaler: String,
+    /// Sampler of the hires second pass (default: --sampler)
+    #[arg(long)]
+    pub hires_sampler: Option<String>,
+    /// Prompt of the hires second pass (default: the prompt)
+    #[arg(long)]
+    pub hires_prompt: Option<String>,
+    /// Negative prompt of the hires second pass (default: --negative-prompt)
+    #[arg(long)]
+    pub hires_negative_prompt: Option<String>,
     /// Decode with TAESD weights from this folder (fast previews)
     #[arg(long)]
     pub taesd: Option<PathBuf>,
@@ -199,6 +214,7 @@ pub fn run(args: Args) -> Result<()> {
         .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?
         .with_schedule(schedule);
     let hires = hires_settings(&args)?;
+    args.refine.check(args.mask.is_some(), hires.is_some(), args.controlnet.is_some())?;
     let control = match &args.control_image {
         Some(p) => Some(sd_pipeline::request::ControlInput {
             image: sd_core::image_io::load_rgb(p)?,
@@ -240,6 +256,9 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     if super::generate_sd3::is_sd3_model(&args.load.model) {
+        if args.refine.refiner.is_some() {
+            usage!("--refiner applies to SDXL base models, not SD3");
+        }
         return super::generate_sd3::run(&args, opts, sampler, mode, init_file);
     }
     if !args.slg_layers.is_empty() {
@@ -254,7 +273,8 @@ pub fn run(args: Args) -> Result<()> {
     opts.taesd = args.taesd.clone();
     opts.loras = loras;
     opts.controlnet = args.controlnet.clone();
-    let mut sd = StableDiffusion::load(&args.load.model, opts)?;
+    let mut sd = StableDiffusion::load(&args.load.model, opts.clone())?;
+    let mut refiner = args.refine.load(&sd, &opts)?;
     if let Some(dir) = &args.load.embeddings_dir {
         for note in sd.text.load_embeddings(dir)? {
             eprintln!("embedding skipped: {note}");
@@ -330,13 +350,25 @@ pub fn run(args: Args) -> Result<()> {
         });
         // Every batch shares the prompts: encode them once, then free the text encoders for the rest of the run.
         if encoded.is_none() {
-            encoded = Some(sd.encode_prompts(&req, &mut on_event)?);
+            let first = sd.encode_prompts(&req, &mut on_event)?;
+            let hires_enc = match &hires {
+                Some(h) => sd.encode_hires_prompts(&req, h, &mut on_event)?,
+                None => None,
+            };
+            encoded = Some((first, hires_enc));
             sd.release_text_encoders();
         }
-        let enc = encoded.as_ref().context("the prompts were not encoded")?;
-        let generated = match &hires {
-            Some(h) => sd.generate_hires_encoded(&req, enc, h, &mut on_event)?,
-            None => sd.generate_encoded(&req, enc, &mut on_event)?,
+        if let Some(r) = refiner.as_mut() {
+            r.encode(&req, &mut on_event)?;
+        }
+        let (enc, hires_enc) = encoded.as_ref().context("the prompts were not encoded")?;
+        let generated = match (&hires, &refiner) {
+            (Some(h), _) => sd.generate_hires_with(&req, enc, hires_enc.as_ref(), h, &mut on_event)?,
+            (None, Some(r)) => {
+                let renc = r.encoded.as_ref().context("the refiner did not encode the prompts")?;
+                sd.generate_refined_encoded(&req, enc, &r.model, renc, r.switch, &mut on_event)?
+            }
+            (None, None) => sd.generate_encoded(&req, enc, &mut on_event)?,
         };
         drop(on_event);
         if let Some(bar) = bar {
@@ -376,6 +408,9 @@ pub fn run(args: Args) -> Result<()> {
 /// The hires-fix flags, checked before any model loads.
 fn hires_settings(args: &Args) -> Result<Option<sd_pipeline::hires::Hires>> {
     if args.hires_scale.is_none() && args.hires_resize.is_none() {
+        if args.hires_sampler.is_some() || args.hires_prompt.is_some() || args.hires_negative_prompt.is_some() {
+            usage!("--hires-sampler, --hires-prompt and --hires-negative-prompt need --hires-scale or --hires-resize");
+        }
         return Ok(None);
     }
     if args.init_image.is_some() {
@@ -392,13 +427,23 @@ fn hires_settings(args: &Args) -> Result<Option<sd_pipeline::hires::Hires>> {
         }
         None => None,
     };
-    let upscaler = args.hires_upscaler.parse().map_err(|e: anyhow::Error| super::UsageError(format!("{e:#}")))?;
+    let upscaler = args
+        .hires_upscaler
+        .parse()
+        .map_err(|e: anyhow::Error| super::UsageError(format!("--hires-upscaler: {e:#}")))?;
+    let sampler = match &args.hires_sampler {
+        Some(s) => Some(s.parse().map_err(|e: anyhow::Error| super::UsageError(format!("--hires-sampler: {e:#}")))?),
+        None => None,
+    };
     let h = sd_pipeline::hires::Hires {
         scale: args.hires_scale.unwrap_or(1.0),
         resize,
         steps: args.hires_steps,
         strength: args.hires_strength,
         upscaler,
+        sampler,
+        prompt: args.hires_prompt.clone(),
+        negative_prompt: args.hires_negative_prompt.clone(),
     };
     h.validate().map_err(|e| super::UsageError(format!("{e:#}")))?;
     Ok(Some(h))

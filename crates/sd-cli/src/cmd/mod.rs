@@ -7,6 +7,7 @@ pub mod generate;
 pub mod generate_sd3;
 pub mod inspect;
 pub mod model_args;
+pub mod refine;
 pub mod samplers;
 pub mod serve;
 pub mod tokenize;

@@ -133,9 +133,11 @@ impl UNetEncoder {
                 bail!("this UNet (addition_embed_type = \"text_time\", e.g. SDXL) needs added conditioning: text_embeds and time_ids");
             };
             let (te, ti) = (a.text_embeds.size(), a.time_ids.size());
-            let expected = add.in_dim - 6 * add.time_dim;
-            if te != [batch, expected] || ti != [batch, 6] {
-                bail!("SDXL added conditioning must be text_embeds [{batch}, {expected}] and time_ids [{batch}, 6], got {te:?} and {ti:?}");
+            // Six ids for SDXL base (sizes and crop), five for the refiner (sizes, crop and an aesthetic score).
+            let ids = if ti.len() == 2 && ti[1] == 5 { 5 } else { 6 };
+            let expected = add.in_dim - ids * add.time_dim;
+            if te != [batch, expected] || ti != [batch, ids] {
+                bail!("SDXL added conditioning must be text_embeds [{batch}, {expected}] and time_ids [{batch}, {ids}] (5 ids for a refiner), got {te:?} and {ti:?}");
             }
             let time_ids = a.time_ids.to_device(timesteps.device()).f_flatten(0, -1)?;
             let time_embeds = timestep_embedding(&time_ids, add.time_dim, cfg.flip_sin_to_cos, cfg.freq_shift)?

@@ -130,6 +130,8 @@ fn encode_with(
 /// Encode one prompt (A1111 semantics; equals diffusers for plain prompts of at most 75 tokens).
 pub fn encode_prompt(enc: &TextEncoders, line: &str, s: &PromptSettings) -> Result<Conditioning> {
     let expected = match s.style {
+        // The SDXL refiner has only the second (OpenCLIP G) encoder.
+        EncoderStyle::Sdxl { .. } if enc.len() == 1 => 1,
         EncoderStyle::Sdxl { .. } => 2,
         _ => 1,
     };
