@@ -165,6 +165,16 @@ impl ControlNetModel {
         self.mode = mode;
     }
 
+    /// The UNet-shaped part of the config (cross-attention width and added conditioning decide which base
+    /// models this ControlNet fits).
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    pub fn extra(&self) -> &ControlNetExtra {
+        &self.extra
+    }
+
     /// Residuals for one evaluation: `sample` and `timestep` as the UNet gets them, `cond` the control picture
     /// `[B, 3, H, W]` in [0, 1] at the image size, `scale` diffusers' `conditioning_scale`.
     pub fn forward(
@@ -174,6 +184,23 @@ impl ControlNetModel {
         encoder_hidden_states: &Tensor,
         cond: &Tensor,
         scale: f64,
+        added: Option<&AddedCond>,
+    ) -> Result<ControlResiduals> {
+        self.forward_with_mode(sample, timestep, encoder_hidden_states, cond, scale, false, added)
+    }
+
+    /// [`Self::forward`], with diffusers' `guess_mode`: the residuals are weighted from 0.1 (first skip) to 1.0
+    /// (mid block) on a log scale — `logspace(-1, 0, skips + 1)`, 13 weights for SD1/SD2/SDXL — times `scale`, so
+    /// the ControlNet's coarse features dominate when it runs without the unconditional half.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_mode(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        cond: &Tensor,
+        scale: f64,
+        guess_mode: bool,
         added: Option<&AddedCond>,
     ) -> Result<ControlResiduals> {
         let cfg = &self.config;
@@ -211,8 +238,18 @@ impl ControlNetModel {
             .encoder
             .forward(&sample, emb, ctx, &pass, Some(&embedded), None)
             .context("ControlNet (is the control image the generated image's size?)")?;
-        let down = skips.iter().zip(&self.controlnet_down_blocks).map(|(s, conv)| conv.forward(s) * scale).collect();
-        let mid = self.controlnet_mid_block.forward(&h) * scale;
-        Ok(ControlResiduals { down, mid })
+        let down: Vec<Tensor> =
+            skips.iter().zip(&self.controlnet_down_blocks).map(|(s, conv)| conv.forward(s)).collect();
+        let mid = self.controlnet_mid_block.forward(&h);
+        if guess_mode {
+            // As diffusers: an f32 weight vector on the device, multiplied by the scale, one 0-d weight per output.
+            let n = down.len() as i64 + 1;
+            let weights = Tensor::logspace(-1.0, 0.0, n, 10.0, (Kind::Float, sample.device())) * scale;
+            let down = down.iter().enumerate().map(|(i, d)| d * weights.get(i as i64)).collect();
+            let mid = mid * weights.get(n - 1);
+            return Ok(ControlResiduals { down, mid });
+        }
+        let down = down.into_iter().map(|d| d * scale).collect();
+        Ok(ControlResiduals { down, mid: mid * scale })
     }
 }

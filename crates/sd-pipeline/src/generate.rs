@@ -258,23 +258,8 @@ impl StableDiffusion {
             .time_cond_proj_dim
             .map(|dim| guidance_scale_embedding(req.cfg_scale - 1.0, dim, b).to_kind(dtype).to_device(device));
 
-        // ControlNet picture: at the image size, [0, 1], once per batch item and per guidance half.
-        let control = match (&req.control, &self.controlnet) {
-            (None, _) => None,
-            (Some(_), None) => bail!("the request has a control image but no ControlNet was loaded (--controlnet)"),
-            (Some(c), Some((_, cn))) => {
-                let img = sd_core::image_io::resize(
-                    &c.image,
-                    req.width as u32,
-                    req.height as u32,
-                    sd_core::image_io::Filter::Lanczos,
-                );
-                let t = sd_core::image_io::rgb_to_tensor(&img, sd_core::image_io::Range::Unit, dtype, device)
-                    .repeat([b, 1, 1, 1]);
-                let t = if cfg { Tensor::cat(&[&t, &t], 0) } else { t };
-                Some((c, cn, t))
-            }
-        };
+        // ControlNet maps: at the image size, [0, 1], once per batch item (and per guidance half).
+        let control = crate::control::prepare(self, req, cfg, dtype, device)?;
 
         // 5. Denoising loop.
         let t1 = Instant::now();
@@ -290,19 +275,8 @@ impl StableDiffusion {
                 let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
                 let mut input = sched.scale_model_input(&input, t)?;
                 let t_tensor = Tensor::from(t as f32).to_device(device);
-                // diffusers' controlnet_keep: the ControlNet acts on the steps inside [start, end].
-                let residuals = match &control {
-                    Some((c, cn, image)) => {
-                        let n = total as f64;
-                        let off = (i as f64) / n < c.start || (i as f64 + 1.0) / n > c.end;
-                        if off || c.scale == 0.0 {
-                            None
-                        } else {
-                            Some(cn.forward(&input, &t_tensor, &hidden, image, c.scale, added.as_ref())?)
-                        }
-                    }
-                    None => None,
-                };
+                let residuals =
+                    crate::control::residuals(&control, i, total, cfg, &input, &t_tensor, &hidden, added.as_ref())?;
                 if let Some(st) = &inpaint {
                     if let Some(masked) = &st.masked_latents {
                         let (m, z) = if cfg {

@@ -7,6 +7,8 @@
 //! | [`loader`] | [`loader::StableDiffusion`]: every component of a model folder, loaded per device/dtype |
 //! | [`loras`] | `<lora:name:weight>` tags, LoRA files merged at load, A1111 `Lora hashes` |
 //! | [`prompt`] | prompt text → conditioning tensors (A1111 syntax, chunking, clip skip, SDXL pooled embeds) |
+//! | [`control`] | ControlNet units: loading beside the UNet, resize modes, guess mode, summed residuals |
+//! | [`canny`] | Canny edge maps as OpenCV computes them (the `canny` preprocessor) |
 //! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
 //! | [`sd3`] | Stable Diffusion 3 / 3.5 (`StableDiffusion3Pipeline`): MMDiT, CLIP-L + CLIP-G + T5, flow matching |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
@@ -19,6 +21,8 @@
 //! | [`hash_cache`] | A1111's "Model hash", cached by path, size and mtime |
 //! | [`single_file`] | `.safetensors`/`.ckpt` checkpoints loaded through the `sd convert` mapping (cached) |
 
+pub mod canny;
+pub mod control;
 pub mod family;
 pub mod generate;
 pub mod hash_cache;

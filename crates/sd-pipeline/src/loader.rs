@@ -46,8 +46,9 @@ pub struct LoadOptions {
     pub loras: Vec<(PathBuf, f64)>,
     /// Component configs for single-file checkpoints of unusual architectures (`--config-dir`).
     pub config_dir: Option<PathBuf>,
-    /// A diffusers `ControlNetModel` folder, loaded beside the UNet (requests then give a control image).
-    pub controlnet: Option<PathBuf>,
+    /// Diffusers `ControlNetModel` folders loaded beside the UNet (request units name them by folder name); more
+    /// can be added later with [`StableDiffusion::load_controlnet`].
+    pub controlnets: Vec<PathBuf>,
 }
 
 impl LoadOptions {
@@ -65,7 +66,7 @@ impl LoadOptions {
             channels_last: None,
             loras: Vec::new(),
             config_dir: None,
-            controlnet: None,
+            controlnets: Vec::new(),
         }
     }
 }
@@ -78,8 +79,8 @@ pub struct StableDiffusion {
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     pub taesd: Option<AutoencoderTiny>,
-    /// The ControlNet given at load, with its folder name (for image metadata).
-    pub controlnet: Option<(String, sd_models::controlnet::ControlNetModel)>,
+    /// ControlNets loaded beside the UNet, by name (see [`crate::control`]).
+    pub controlnets: Vec<crate::control::LoadedControlNet>,
     pub safety: Option<SafetyChecker>,
     /// The model's saved `scheduler_config.json` (samplers are built from it, as diffusers' `from_config`).
     pub scheduler_config: serde_json::Value,
@@ -186,16 +187,6 @@ impl StableDiffusion {
             }
             None => None,
         };
-        let controlnet = match &opts.controlnet {
-            Some(p) => {
-                let mut cn = sd_models::controlnet::ControlNetModel::load(p, dtype, device)
-                    .with_context(|| format!("loading the ControlNet {}", p.display()))?;
-                cn.set_attention_mode(opts.attention);
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                Some((name, cn))
-            }
-            None => None,
-        };
         let safety = if opts.load_safety_checker { SafetyChecker::load(&root, dtype, device)? } else { None };
         let mut scheduler_config = dir.component_config("scheduler")?;
         if let (Some(p), Some(obj)) = (&opts.prediction_type, scheduler_config.as_object_mut()) {
@@ -208,14 +199,15 @@ impl StableDiffusion {
             .unwrap_or(info.family == Family::Sdxl);
         let named = source_file.as_ref().and_then(|f| f.file_stem()).or(root.file_name());
         let name = named.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string());
-        Ok(Self {
+        let controlnet_paths = opts.controlnets.clone();
+        let mut sd = Self {
             dir,
             info,
             text,
             unet,
             vae,
             taesd,
-            controlnet,
+            controlnets: Vec::new(),
             safety,
             scheduler_config,
             force_zeros_for_empty_prompt,
@@ -223,7 +215,11 @@ impl StableDiffusion {
             name,
             source_file,
             loras,
-        })
+        };
+        for p in &controlnet_paths {
+            sd.load_controlnet(p)?;
+        }
+        Ok(sd)
     }
 
     /// The prompt-encoding style this model needs.

@@ -311,13 +311,8 @@ fn generation_info(
     if req.guidance_rescale > 0.0 {
         info.extra.push(("Guidance rescale".into(), req.guidance_rescale.to_string()));
     }
-    if let (Some(c), Some((name, _))) = (&req.control, &sd.controlnet) {
-        // As the A1111 ControlNet extension records a unit.
-        let unit = format!(
-            "Module: none, Model: {name}, Weight: {}, Guidance Start: {}, Guidance End: {}",
-            c.scale, c.start, c.end
-        );
-        info.extra.push(("ControlNet 0".into(), unit));
+    for (i, c) in req.control.iter().enumerate() {
+        info.extra.push(crate::control::infotext(i, c));
     }
     if let Some(h) = &generated.hires {
         info.extra.extend(h.params.iter().cloned());

@@ -92,7 +92,7 @@ impl StableDiffusion {
         if matches!(req.mode, Mode::Inpaint { .. }) {
             bail!("the refiner runs after txt2img or img2img, not after inpainting");
         }
-        if req.control.is_some() {
+        if !req.control.is_empty() {
             bail!("the refiner with a ControlNet is not supported (the refiner has no ControlNet to follow the control image)");
         }
         let base_stage = Stage { denoising_end: Some(switch), output_latents: true, ..Default::default() };

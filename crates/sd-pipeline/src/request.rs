@@ -66,20 +66,11 @@ pub struct GenerationRequest {
     /// SDXL micro-conditioning; `None` = the target size, as diffusers defaults.
     pub original_size: Option<(i64, i64)>,
     pub crop_top_left: (i64, i64),
-    /// A control picture for the ControlNet loaded with the model.
-    pub control: Option<ControlInput>,
+    /// ControlNet units (empty: none), their residuals summed; see [`crate::control`].
+    pub control: Vec<ControlInput>,
 }
 
-/// diffusers' `image`, `controlnet_conditioning_scale`, `control_guidance_start` / `_end`.
-#[derive(Clone, Debug)]
-pub struct ControlInput {
-    /// Resized to the request's size as diffusers does (Pillow's Lanczos), used in [0, 1].
-    pub image: RgbImage,
-    pub scale: f64,
-    /// Fraction of the steps from which the ControlNet acts, and up to which it acts.
-    pub start: f64,
-    pub end: f64,
-}
+pub use crate::control::ControlInput;
 
 impl GenerationRequest {
     /// A txt2img request with diffusers' defaults.
@@ -101,7 +92,7 @@ impl GenerationRequest {
             mode: Mode::Txt2Img,
             original_size: None,
             crop_top_left: (0, 0),
-            control: None,
+            control: Vec::new(),
         }
     }
 
@@ -139,15 +130,7 @@ impl GenerationRequest {
                 bail!("strength must be in (0, 1] (got {s}): 0 would return the input image unchanged");
             }
         }
-        if let Some(c) = &self.control {
-            if !c.scale.is_finite() || !(0.0..=10.0).contains(&c.scale) {
-                bail!("the control scale must be within [0, 10] (got {})", c.scale);
-            }
-            if !(0.0..=1.0).contains(&c.start) || !(0.0..=1.0).contains(&c.end) || c.start >= c.end {
-                bail!("the control window must satisfy 0 ≤ start < end ≤ 1 (got {} to {})", c.start, c.end);
-            }
-            check_size("the control image", c.image.width(), c.image.height(), self)?;
-        }
+        crate::control::validate(&self.control)?;
         match &self.mode {
             Mode::Txt2Img => {}
             Mode::Img2Img { init, .. } => check_size("the init image", init.width(), init.height(), self)?,

@@ -17,7 +17,7 @@ fn fixtures() -> PathBuf {
 fn controlnet_pipeline_matches_diffusers() {
     let mut opts = LoadOptions::cpu(Kind::Float);
     opts.load_safety_checker = false;
-    opts.controlnet = Some(fixtures().join("models/controlnet-sd1"));
+    opts.controlnets = vec![fixtures().join("models/controlnet-sd1")];
     let sd = StableDiffusion::load(fixtures().join("models/sd1").to_str().unwrap(), opts).unwrap();
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("controlnet/cases.json")).unwrap()).unwrap();
@@ -32,8 +32,9 @@ fn controlnet_pipeline_matches_diffusers() {
         req.cfg_scale = n("cfg");
         req.seed = n("seed") as u64;
         req.sampler = "Euler".parse().unwrap();
-        req.control =
-            Some(ControlInput { image: control.clone(), scale: n("scale"), start: n("start"), end: n("end") });
+        let mut unit = ControlInput::new("controlnet-sd1", control.clone());
+        (unit.scale, unit.start, unit.end) = (n("scale"), n("start"), n("end"));
+        req.control = vec![unit];
         req.validate(sd.vae_scale_factor()).unwrap();
         let out = sd.generate(&req, &mut sd_pipeline::generate::quiet()).unwrap();
         let expected = Tensor::read_safetensors(fixtures().join(format!("controlnet/pipeline_{name}.safetensors")))
@@ -48,7 +49,7 @@ fn controlnet_pipeline_matches_diffusers() {
         assert!(max <= 1e-3 && within >= 0.999, "{name}: differs from diffusers ({max}, {within})");
         // Without the control picture the image differs: the ControlNet really steers.
         let mut plain = req.clone();
-        plain.control = None;
+        plain.control.clear();
         let p = sd.generate(&plain, &mut sd_pipeline::generate::quiet()).unwrap();
         assert!((Tensor::stack(&p.images, 0).permute([0, 2, 3, 1]) - &expected).abs().max().double_value(&[]) > 1e-2);
     }

@@ -303,10 +303,13 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
     if let Some(name) = r.script_name.as_deref().filter(|s| !s.is_empty() && *s != "None") {
         return Err(ApiError::unsupported("script_name", format!("`script_name` {name:?}: scripts are not supported")));
     }
-    if let Some(name) = r.alwayson_scripts.as_ref().and_then(|m| m.keys().next()) {
+    // The ControlNet extension is the one always-on script served (see crate::controlnet).
+    if let Some(name) =
+        r.alwayson_scripts.as_ref().and_then(|m| m.keys().find(|k| !k.eq_ignore_ascii_case("controlnet")))
+    {
         return Err(ApiError::unsupported(
             "alwayson_scripts",
-            format!("`alwayson_scripts.{name}`: extensions and scripts are not supported"),
+            format!("`alwayson_scripts.{name}`: extensions and scripts other than controlnet are not supported"),
         ));
     }
     if r.refiner_checkpoint.as_deref().is_some_and(|c| !c.is_empty() && c != "None") {
@@ -473,8 +476,14 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
         format: settings.samples_format,
         quality: settings.jpeg_quality,
         init_file: None,
+        controlnet: Vec::new(),
     };
     let mut job = job;
+    let controlnet =
+        r.alwayson_scripts.as_ref().and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("controlnet")));
+    if let Some((_, script)) = controlnet {
+        job.controlnet = crate::controlnet::parse(state, script, kind, job.init_image.as_deref())?;
+    }
     if r.enable_hr == Some(true) {
         job.hires = Some(hires_spec(&r, &job)?);
     }

@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub load: LoadOptions,
     /// Where `<lora:name:weight>` finds `name.safetensors`.
     pub lora_dir: Option<PathBuf>,
+    /// Where ControlNet units find their ControlNet folders, by folder name (`crate::controlnet`).
+    pub controlnet_dir: Option<PathBuf>,
     pub embeddings_dir: Option<PathBuf>,
     pub render: RenderOptions,
     /// Policy file (path as given, text read at start): prompts containing a listed term are refused.
@@ -287,6 +289,11 @@ impl Engine {
         }
         let loras = lora_tags(&req.prompt, self.cfg.lora_dir.as_deref())?;
         self.ensure(idx, loras)?;
+        let sd = self.sd.as_mut().context("no model is loaded")?;
+        for unit in &req.controlnet {
+            let dir = crate::controlnet::resolve(self.cfg.controlnet_dir.as_deref(), &unit.model)?;
+            sd.load_controlnet(&dir)?;
+        }
         let sd = self.sd.as_ref().context("no model is loaded")?;
         let base = to_generation_request(req, sd)?;
         base.validate(sd.vae_scale_factor())?;
@@ -431,6 +438,7 @@ pub fn to_generation_request(req: &JobRequest, sd: &StableDiffusion) -> Result<G
             }
         }
     };
+    g.control = req.controlnet.iter().map(crate::controlnet::to_input).collect::<Result<_>>()?;
     let _ = sd;
     Ok(g)
 }

@@ -93,6 +93,29 @@ pub struct JobRequest {
     /// out of its alpha channel): the C2PA parent ingredient and the creator's opt-out are read from the original.
     #[serde(default)]
     pub init_file: Option<String>,
+    /// ControlNet units (A1111's ControlNet extension), run on ControlNets of `--controlnet-dir`.
+    #[serde(default)]
+    pub controlnet: Vec<ControlUnitSpec>,
+}
+
+/// One ControlNet unit as a job carries it (see `crate::controlnet`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ControlUnitSpec {
+    /// Folder name under `--controlnet-dir`.
+    pub model: String,
+    /// The control picture, base64 image bytes.
+    pub image: String,
+    pub weight: f64,
+    pub guidance_start: f64,
+    pub guidance_end: f64,
+    /// "ControlNet is more important" (diffusers' guess mode).
+    pub guess_mode: bool,
+    /// just, crop or fill.
+    pub resize_mode: String,
+    /// none or canny.
+    pub module: String,
+    pub threshold_a: f64,
+    pub threshold_b: f64,
 }
 
 /// The hires fix as a job carries it (see `sd_pipeline::hires::Hires`).

@@ -11,6 +11,7 @@
 //! | [`engine`] | the inference thread: model (re)loading, LoRA tags, runs a job as `sd generate` would |
 //! | [`catalog`] | models of `--model` and `--models-dir`, named as A1111 names checkpoints |
 //! | [`a1111`] | `/sdapi/v1/...`: AUTOMATIC1111's API |
+//! | [`controlnet`] | the A1111 ControlNet extension's API: `alwayson_scripts.controlnet` units, `/controlnet/...` |
 //! | [`openai`] | `/v1/images/...`, `/v1/models`: OpenAI's images API |
 //! | [`jobs_api`] | `/v1/jobs...`: submit, poll, stream (SSE), fetch images, cancel |
 //! | [`ops`] | `/health`, `/ready`, `/metrics`, the web page, authentication |
@@ -21,6 +22,7 @@
 pub mod a1111;
 pub mod catalog;
 pub mod config;
+pub mod controlnet;
 pub mod engine;
 pub mod error;
 pub mod images;
@@ -306,6 +308,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .nest("/sdapi/v1", a1111::routes().layer(axum::middleware::map_response(error::a1111_error_shape)))
         .nest("/v1", openai::routes().merge(jobs_api::routes()))
+        .nest("/controlnet", controlnet::routes())
         .merge(ops::routes())
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), ops::auth))

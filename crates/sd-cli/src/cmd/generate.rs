@@ -30,6 +30,7 @@ fn output_help() -> clap::builder::StyledStr {
   sd generate --model ./sd15-inpainting \"a cat\" --init-image photo.png --mask mask.png
   sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0
   sd generate --model ./sd15 \"a knight, my-style <lora:ink:0.7>\" --lora-dir ./loras --embeddings-dir ./embeddings
+  sd generate --model ./sd15 \"a house\" --controlnet ./cn-canny --control-image photo.jpg --control-preprocess canny
   sd generate --model ./stable-diffusion-3.5-medium \"a red fox\" --steps 28 --cfg-scale 4.5 --no-t5")]
 pub struct Args {
     // Help as an attribute: in a doc comment rustdoc would read its brackets as intra-doc links.
@@ -97,21 +98,8 @@ pub struct Args {
     /// How much of the init image to repaint, (0, 1]
     #[arg(long)]
     pub strength: Option<f64>,
-    /// A diffusers ControlNet folder (ControlNetModel) to steer generation with --control-image
-    #[arg(long, requires = "control_image")]
-    pub controlnet: Option<PathBuf>,
-    /// The control picture (edges, pose, depth…) for --controlnet; resized to the output size
-    #[arg(long, requires = "controlnet")]
-    pub control_image: Option<PathBuf>,
-    /// ControlNet strength (diffusers' controlnet_conditioning_scale)
-    #[arg(long, default_value_t = 1.0)]
-    pub control_scale: f64,
-    /// Fraction of the steps at which the ControlNet starts acting
-    #[arg(long, default_value_t = 0.0)]
-    pub control_start: f64,
-    /// Fraction of the steps after which it stops
-    #[arg(long, default_value_t = 1.0)]
-    pub control_end: f64,
+    #[command(flatten)]
+    pub control: super::control_args::ControlArgs,
     /// Hires fix (A1111): draw at the given size, enlarge by this factor (1–4), repaint with img2img
     #[arg(long, value_name = "FACTOR")]
     pub hires_scale: Option<f64>,
@@ -214,21 +202,8 @@ pub fn run(args: Args) -> Result<()> {
         .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?
         .with_schedule(schedule);
     let hires = hires_settings(&args)?;
-    args.refine.check(args.mask.is_some(), hires.is_some(), args.controlnet.is_some())?;
-    let control = match &args.control_image {
-        Some(p) => Some(sd_pipeline::request::ControlInput {
-            image: sd_core::image_io::load_rgb(p)?,
-            scale: args.control_scale,
-            start: args.control_start,
-            end: args.control_end,
-        }),
-        None => None,
-    };
-    if let Some(dir) = &args.controlnet {
-        if !dir.join("config.json").is_file() {
-            usage!("--controlnet {}: not a ControlNet folder (config.json missing)", dir.display());
-        }
-    }
+    args.refine.check(args.mask.is_some(), hires.is_some(), !args.control.controlnet.is_empty())?;
+    let mut control = args.control.units()?;
     let loras = collect_loras(&args)?;
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
@@ -256,6 +231,9 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     if super::generate_sd3::is_sd3_model(&args.load.model) {
+        if !control.is_empty() {
+            usage!("--controlnet: ControlNets are supported for SD1, SD2 and SDXL models, not SD3");
+        }
         if args.refine.refiner.is_some() {
             usage!("--refiner applies to SDXL base models, not SD3");
         }
@@ -272,8 +250,12 @@ pub fn run(args: Args) -> Result<()> {
     let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.load.model)));
     opts.taesd = args.taesd.clone();
     opts.loras = loras;
-    opts.controlnet = args.controlnet.clone();
+    opts.controlnets = args.control.controlnet.clone();
     let mut sd = StableDiffusion::load(&args.load.model, opts.clone())?;
+    for (unit, path) in control.iter_mut().zip(&args.control.controlnet) {
+        let loaded = sd.controlnets.iter().find(|c| &c.path == path);
+        unit.model = loaded.map(|c| c.name.clone()).context("a --controlnet was not loaded")?;
+    }
     let mut refiner = args.refine.load(&sd, &opts)?;
     if let Some(dir) = &args.load.embeddings_dir {
         for note in sd.text.load_embeddings(dir)? {

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod c2pa;
+pub mod control_args;
 pub mod convert;
 pub mod doctor;
 pub mod generate;

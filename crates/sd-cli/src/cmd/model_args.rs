@@ -191,6 +191,7 @@ pub fn engine_config(
     Ok(sd_server::engine::EngineConfig {
         load: options,
         lora_dir: load.lora_dir.clone(),
+        controlnet_dir: None,
         embeddings_dir: load.embeddings_dir.clone(),
         render: RenderOptions { c2pa: sign.map(std::sync::Arc::new), ..render.options(safety) },
         policy,

@@ -61,7 +61,7 @@ impl RefinerArgs {
         let Some(spec) = &self.refiner else { return Ok(None) };
         let mut opts = base_opts.clone();
         opts.loras.clear();
-        opts.controlnet = None;
+        opts.controlnets.clear();
         opts.load_safety_checker = false;
         opts.family = None;
         let model = sd_pipeline::refiner::load_refiner(base, spec, opts)?;

@@ -47,6 +47,9 @@ pub struct Args {
     /// Allow browser pages from this origin to call the API (repeatable; "*" for any)
     #[arg(long)]
     pub cors_origin: Vec<String>,
+    /// Folder of diffusers ControlNet folders that A1111 ControlNet units name by folder name
+    #[arg(long, value_name = "DIR")]
+    pub controlnet_dir: Option<PathBuf>,
     /// TAESD folder for live previews in /sdapi/v1/progress and the web page (final images use the model's VAE)
     #[arg(long)]
     pub taesd: Option<PathBuf>,
@@ -98,7 +101,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     // A front end on a Redis queue renders nothing: its workers sign.
     let sign = if args.queue.is_some() { None } else { args.sign.identity()? };
-    let engine = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, sign)?;
+    let mut engine = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, sign)?;
+    if let Some(dir) = &args.controlnet_dir {
+        if !dir.is_dir() {
+            usage!("--controlnet-dir {}: no such folder", dir.display());
+        }
+    }
+    engine.controlnet_dir = args.controlnet_dir.clone();
     if let Some(q) = &args.queue {
         check_queue_url(q)?;
     }

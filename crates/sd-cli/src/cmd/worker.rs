@@ -42,6 +42,9 @@ pub struct Args {
     /// Seconds finished jobs stay readable in Redis
     #[arg(long, default_value_t = 3600)]
     pub result_ttl: u64,
+    /// Folder of diffusers ControlNet folders that A1111 ControlNet units name by folder name
+    #[arg(long, value_name = "DIR")]
+    pub controlnet_dir: Option<PathBuf>,
     /// TAESD folder for live previews
     #[arg(long)]
     pub taesd: Option<PathBuf>,
@@ -59,8 +62,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.visibility_timeout == 0 || args.max_attempts == 0 {
         usage!("--visibility-timeout and --max-attempts must be at least 1");
     }
-    let engine_cfg =
+    let mut engine_cfg =
         engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, args.sign.identity()?)?;
+    if let Some(dir) = &args.controlnet_dir {
+        if !dir.is_dir() {
+            usage!("--controlnet-dir {}: no such folder", dir.display());
+        }
+    }
+    engine_cfg.controlnet_dir = args.controlnet_dir.clone();
     let catalog = Arc::new(Catalog::scan(&args.load.model, args.models_dir.as_deref())?);
     let engine =
         Engine::new(engine_cfg, catalog, Arc::new(Metrics::default()), Arc::new(Mutex::new(EngineStatus::default())));

@@ -1,0 +1,271 @@
+//! The A1111 ControlNet extension's API (sd-webui-controlnet, what `webuiapi.ControlNetUnit` sends):
+//! `alwayson_scripts: {"controlnet": {"args": [unit, …]}}` on txt2img/img2img, and `GET /controlnet/model_list`,
+//! `GET /controlnet/module_list`. ControlNets are diffusers `ControlNetModel` folders under `--controlnet-dir`,
+//! named by folder name (a model name's ` [hash]` suffix, as the extension lists them, is ignored).
+//!
+//! A unit's fields: `enabled`, `image` (base64, or `{"image": …}`; `input_image` is the older name; img2img falls
+//! back on the init image as the extension does), `model`, `weight`, `guidance_start`, `guidance_end`,
+//! `control_mode` (0 / "Balanced", 2 / "ControlNet is more important" = diffusers' guess mode; 1 / "My prompt is
+//! more important" is refused), `resize_mode` (0–2 or the extension's labels), `module` ("none" or "canny"),
+//! `threshold_a` / `threshold_b` (Canny's thresholds; absent or negative: 100 / 200). Units that are disabled or
+//! name no model are skipped, as the extension skips them. Preprocessors run on the picture at its own size:
+//! `processor_res` and `pixel_perfect` are accepted and not used; a `mask` is refused.
+
+use crate::error::{ApiError, ApiResult};
+use crate::images;
+use crate::job::{ControlUnitSpec, JobKind};
+use crate::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use sd_pipeline::control::{ControlInput, Preprocess, ResizeMode};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Routes under `/controlnet`.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/model_list", get(model_list)).route("/module_list", get(module_list))
+}
+
+/// ControlNet folders under `dir` (those whose `config.json` says `ControlNetModel`), sorted by name.
+pub fn available(dir: Option<&Path>) -> Vec<String> {
+    let Some(dir) = dir else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| is_controlnet(&e.path()))
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+fn is_controlnet(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return false };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else { return false };
+    v.get("_class_name").and_then(|c| c.as_str()) == Some("ControlNetModel")
+}
+
+/// The folder of ControlNet `name` inside `dir`: a plain folder name (never a path out of it) that holds a
+/// ControlNet; the error lists what is available.
+pub fn resolve(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
+    let Some(dir) = dir else {
+        anyhow::bail!("ControlNet {name:?} requested, but this server has no --controlnet-dir")
+    };
+    let plain = !name.is_empty()
+        && !name.contains(['/', '\\'])
+        && name != "."
+        && name != ".."
+        && Path::new(name).components().count() == 1;
+    let path = dir.join(name);
+    if !plain || !is_controlnet(&path) {
+        anyhow::bail!(
+            "unknown ControlNet {name:?}; available: {:?} (folders of {})",
+            available(Some(dir)),
+            dir.display()
+        );
+    }
+    Ok(path)
+}
+
+async fn model_list(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "model_list": available(state.engine_cfg.controlnet_dir.as_deref()) }))
+}
+
+async fn module_list() -> Json<Value> {
+    Json(json!({
+        "module_list": ["none", "canny"],
+        "module_detail": {
+            "none": { "model_free": false, "sliders": [] },
+            "canny": { "model_free": false, "sliders": [
+                { "name": "Canny Low Threshold", "value": 100, "min": 1, "max": 255 },
+                { "name": "Canny High Threshold", "value": 200, "min": 1, "max": 255 }
+            ] }
+        }
+    }))
+}
+
+fn field(i: usize, name: &str) -> String {
+    format!("alwayson_scripts.controlnet.args[{i}].{name}")
+}
+
+fn number(u: &Value, i: usize, name: &str, default: f64) -> ApiResult<f64> {
+    match u.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_f64().ok_or_else(|| {
+            ApiError::bad_request(format!("`{}` must be a number", field(i, name))).with_param(&field(i, name))
+        }),
+    }
+}
+
+/// One of the extension's enumerations, given as an index or as one of its labels.
+fn choice(u: &Value, i: usize, name: &str, labels: &[&[&str]], default: usize) -> ApiResult<usize> {
+    let bad = || {
+        let names: Vec<&str> = labels.iter().map(|l| l[0]).collect();
+        ApiError::bad_request(format!("`{}`: expected 0 to {} or one of {names:?}", field(i, name), labels.len() - 1))
+            .with_param(&field(i, name))
+    };
+    match u.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n.as_u64().map(|n| n as usize).filter(|&n| n < labels.len()).ok_or_else(bad),
+        Some(Value::String(s)) => {
+            labels.iter().position(|l| l.iter().any(|x| x.eq_ignore_ascii_case(s.trim()))).ok_or_else(bad)
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+/// `alwayson_scripts.controlnet` → the job's units (checked: images decode within the limits, models exist).
+pub fn parse(state: &AppState, script: &Value, kind: JobKind, init: Option<&str>) -> ApiResult<Vec<ControlUnitSpec>> {
+    let args = match script.get("args") {
+        Some(Value::Array(a)) => a,
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(_) => {
+            return Err(ApiError::bad_request("`alwayson_scripts.controlnet.args` must be a list of units")
+                .with_param("alwayson_scripts.controlnet.args"))
+        }
+    };
+    let mut out = Vec::new();
+    for (i, u) in args.iter().enumerate() {
+        if !u.is_object() {
+            return Err(ApiError::bad_request(format!("`alwayson_scripts.controlnet.args[{i}]` must be an object")));
+        }
+        if u.get("enabled").and_then(|e| e.as_bool()) == Some(false) {
+            continue;
+        }
+        let model = u.get("model").and_then(|m| m.as_str()).unwrap_or("None").trim();
+        // The extension lists models as "name [hash]"; folders are named without it.
+        let model = match model.rsplit_once(" [") {
+            Some((base, tail)) if tail.ends_with(']') => base,
+            _ => model,
+        };
+        if model.is_empty() || model.eq_ignore_ascii_case("none") {
+            continue;
+        }
+        resolve(state.engine_cfg.controlnet_dir.as_deref(), model).map_err(|e| {
+            ApiError::not_found(format!("`{}`: {e:#}", field(i, "model"))).with_param(&field(i, "model"))
+        })?;
+        if u.get("mask").and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
+            return Err(ApiError::unsupported(
+                &field(i, "mask"),
+                format!("`{}`: unit masks are not supported", field(i, "mask")),
+            ));
+        }
+        let image = match u.get("image").or(u.get("input_image")) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Object(o)) if o.get("image").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty()) => {
+                if o.get("mask").and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
+                    return Err(ApiError::unsupported(
+                        &field(i, "image.mask"),
+                        "ControlNet unit masks are not supported",
+                    ));
+                }
+                o["image"].as_str().unwrap_or_default().to_string()
+            }
+            _ => match (kind, init) {
+                (JobKind::Img2img, Some(init)) => init.to_string(),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "`{}`: the unit has no control image",
+                        field(i, "image")
+                    ))
+                    .with_param(&field(i, "image")))
+                }
+            },
+        };
+        // Strip a data-URL prefix as A1111's decoder does.
+        let image = match image.split_once(";base64,") {
+            Some((head, data)) if head.starts_with("data:") => data.to_string(),
+            _ => image,
+        };
+        images::decode(
+            &field(i, "image"),
+            &images::b64_bytes(&field(i, "image"), &image)?,
+            state.cfg.limits.max_input_pixels,
+        )?;
+        let control_mode = choice(
+            u,
+            i,
+            "control_mode",
+            &[&["Balanced"], &["My prompt is more important"], &["ControlNet is more important"]],
+            0,
+        )?;
+        let legacy_guess = u.get("guessmode").and_then(|g| g.as_bool()).unwrap_or(false);
+        if control_mode == 1 {
+            return Err(ApiError::unsupported(
+                &field(i, "control_mode"),
+                format!(
+                    "`{}`: \"My prompt is more important\" is not supported; use 0 (Balanced) or 2 (ControlNet is more important)",
+                    field(i, "control_mode")
+                ),
+            ));
+        }
+        let resize = choice(
+            u,
+            i,
+            "resize_mode",
+            &[
+                &["Just Resize", "Envelope (Outer Fit)"],
+                &["Crop and Resize", "Scale to Fit (Inner Fit)", "Inner Fit (Scale to Fit)"],
+                &["Resize and Fill", "Outer Fit (Shrink to Fit)"],
+            ],
+            1,
+        )?;
+        let module = u.get("module").and_then(|m| m.as_str()).unwrap_or("none").to_ascii_lowercase();
+        if module != "none" && module != "canny" {
+            return Err(ApiError::unsupported(
+                &field(i, "module"),
+                format!("`{}` {module:?}: the preprocessors are none and canny", field(i, "module")),
+            ));
+        }
+        let a = number(u, i, "threshold_a", -1.0)?;
+        let b = number(u, i, "threshold_b", -1.0)?;
+        let spec = ControlUnitSpec {
+            model: model.to_string(),
+            image,
+            weight: number(u, i, "weight", 1.0)?,
+            guidance_start: number(u, i, "guidance_start", 0.0)?,
+            guidance_end: number(u, i, "guidance_end", 1.0)?,
+            guess_mode: control_mode == 2 || legacy_guess,
+            resize_mode: ["just", "crop", "fill"][resize].to_string(),
+            module,
+            threshold_a: if a < 0.0 { 100.0 } else { a },
+            threshold_b: if b < 0.0 { 200.0 } else { b },
+        };
+        let probe = settings(&spec, image::RgbImage::new(1, 1))
+            .map_err(|e| ApiError::bad_request(format!("alwayson_scripts.controlnet.args[{i}]: {e:#}")))?;
+        sd_pipeline::control::validate(std::slice::from_ref(&probe))
+            .map_err(|e| ApiError::bad_request(format!("alwayson_scripts.controlnet.args[{i}]: {e:#}")))?;
+        out.push(spec);
+    }
+    if out.len() > sd_pipeline::control::MAX_UNITS {
+        return Err(ApiError::bad_request(format!(
+            "{} enabled ControlNet units; at most {} are supported",
+            out.len(),
+            sd_pipeline::control::MAX_UNITS
+        )));
+    }
+    Ok(out)
+}
+
+/// A job's unit as the pipeline takes it (the picture decoded).
+pub fn to_input(spec: &ControlUnitSpec) -> anyhow::Result<ControlInput> {
+    let bytes = images::b64_bytes("controlnet image", &spec.image).map_err(|e| anyhow::anyhow!(e.message))?;
+    let image = images::decode("controlnet image", &bytes, u64::MAX).map_err(|e| anyhow::anyhow!(e.message))?.to_rgb8();
+    settings(spec, image)
+}
+
+fn settings(spec: &ControlUnitSpec, image: image::RgbImage) -> anyhow::Result<ControlInput> {
+    let mut unit = ControlInput::new(&spec.model, image);
+    unit.scale = spec.weight;
+    unit.start = spec.guidance_start;
+    unit.end = spec.guidance_end;
+    unit.guess_mode = spec.guess_mode;
+    unit.resize = spec.resize_mode.parse::<ResizeMode>()?;
+    unit.preprocess = match spec.module.as_str() {
+        "none" => Preprocess::None,
+        "canny" => Preprocess::Canny { low: spec.threshold_a, high: spec.threshold_b },
+        other => anyhow::bail!("unknown ControlNet module {other:?}"),
+    };
+    Ok(unit)
+}
