@@ -1,5 +1,5 @@
 //! ControlNet units through `sd generate` and `sd serve` (the tiny SD1 fixture model and the tiny random ControlNets
-//! of scripts/fixtures/gen_88_controlnet.py / gen_89_controlnet_units.py):
+//! of scripts/fixtures/gen_88_controlnet.py / gen_92_controlnet_units.py):
 //! - bad input: unit count mismatches, an unreadable control image, a ControlNet for another family — clear errors,
 //!   exit codes, nothing written;
 //! - two units with guess mode and resize modes recorded in the parameters as the A1111 extension records them;

@@ -55,7 +55,7 @@ fn worst(out: &sd_models::controlnet::ControlResiduals, t: &HashMap<String, Tens
 }
 
 /// diffusers' guess_mode (fixtures/controlnet_units/guess_forward.safetensors, scripts/fixtures/
-/// gen_89_controlnet_units.py): residuals weighted by logspace(-1, 0, skips + 1) × 0.8. f32, max abs error ≤ 1e-5.
+/// gen_92_controlnet_units.py): residuals weighted by logspace(-1, 0, skips + 1) × 0.8. f32, max abs error ≤ 1e-5.
 #[test]
 fn guess_mode_residuals_match_diffusers() {
     let cn = ControlNetModel::load(&fixtures().join("models/controlnet-sd1"), Kind::Float, Device::Cpu).unwrap();

@@ -1,5 +1,5 @@
 //! ControlNet units against their references (fixtures/controlnet_units, from
-//! scripts/fixtures/gen_89_controlnet_units.py):
+//! scripts/fixtures/gen_92_controlnet_units.py):
 //! - diffusers' MultiControlNetModel pipeline (two tiny random SD1 ControlNets, two pictures, scales, windows), with
 //!   and without guess mode; one ControlNet in guess mode; StableDiffusionXLControlNetPipeline with a tiny SDXL
 //!   ControlNet, with and without guess mode. Pipeline tolerances: float image within 1e-3, 8-bit within one level
