@@ -114,6 +114,7 @@ fn opt_outs_are_excluded_recorded_and_named_by_outputs() {
         let img = root.path().join(format!("gen.{ext}"));
         let g = sd()
             .args(["generate", "a red square", "--steps", "1", "-W", "16", "-H", "16", "--seed", "1"])
+            .args(["--dtype", "f32", "--device", "cpu"])
             .arg("--model")
             .arg(&out)
             .arg("--output")

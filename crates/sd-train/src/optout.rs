@@ -204,7 +204,7 @@ impl TdmRepFile {
                 location: location.to_string(),
                 reserved,
                 policy,
-                matcher: location_regex(location)?,
+                matcher: location_regex(location).with_context(|| format!("{name} rule {}", i + 1))?,
             });
         }
         Ok(Self { path: path.to_path_buf(), rules })

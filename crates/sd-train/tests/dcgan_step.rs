@@ -20,7 +20,7 @@ fn close(what: &str, got: f64, want: f64, tol: f64) -> f64 {
 }
 
 fn check_stats(name: &str, t: &Tensor, want: &serde_json::Value, tol: f64) -> f64 {
-    let v: Vec<f64> = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    let v: Vec<f64> = Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
     let sum: f64 = v.iter().sum();
     let sumsq: f64 = v.iter().map(|x| x * x).sum();
     let mut worst = close(&format!("{name} sum"), sum, want["sum"].as_f64().unwrap(), tol);

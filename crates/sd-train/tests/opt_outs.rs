@@ -43,8 +43,11 @@ fn write_c2pa(dir: &Path, name: &str, seed: u8) {
     let key = std::fs::read(keys.path().join("c2pa/signer-key.pem")).unwrap();
     let def = serde_json::json!({
         "claim_generator_info": [{"name": "a camera app", "version": "2.0"}],
-        "assertions": [{"label": "c2pa.training-mining", "data": {"entries": {
-            "c2pa.ai_training": {"use": "notAllowed"}}}}],
+        "assertions": [
+            {"label": "c2pa.actions", "data": {"actions": [{"action": "c2pa.created",
+                "digitalSourceType": "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"}]}},
+            {"label": "c2pa.training-mining", "data": {"entries": {"c2pa.ai_training": {"use": "notAllowed"}}}},
+        ],
     });
     let mut b = c2pa::Builder::from_context(c2pa::Context::new()).with_definition(def.to_string().as_str()).unwrap();
     let signer = c2pa::create_signer::from_keys(id.chain_pem.as_bytes(), &key, id.alg, None).unwrap();

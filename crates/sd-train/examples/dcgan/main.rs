@@ -53,14 +53,14 @@ fn main() -> Result<()> {
     let (cell, scale) = (32 * 3 + 2, 3);
     let mut montage = image::RgbImage::from_pixel(8 * cell, 8 * cell, image::Rgb([128, 128, 128]));
     let (mut readable, mut kinds) = (0, BTreeSet::new());
-    for i in 0..64 {
+    for i in 0..64i64 {
         let img = image_io::tensor_to_rgb(&samples.f_narrow(0, i, 1)?, Range::Unit)?;
         if let Some(r) = sd_train::shapes::read(&img) {
             readable += 1;
             kinds.insert((r.shape, r.colour));
         }
         let big = image::imageops::resize(&img, 32 * scale, 32 * scale, image::imageops::FilterType::Nearest);
-        let (x, y) = ((i as u32 % 8) * cell, (i as u32 / 8) * cell);
+        let (x, y) = ((i % 8) as u32 * cell, (i / 8) as u32 * cell);
         image::imageops::replace(&mut montage, &big, x as i64, y as i64);
     }
     montage.save(&out).with_context(|| format!("cannot write {out}"))?;

@@ -42,7 +42,8 @@ impl Net {
                 Layer::Conv(c) => c.forward_t(&h, train),
                 Layer::Bn(b) => b.forward_t(&h, train),
                 Layer::Relu => h.relu(),
-                Layer::Leaky => h.leaky_relu_with_slope(0.2),
+                // LeakyReLU(0.2): x for x > 0, 0.2·x otherwise (tch has no slope argument)
+                Layer::Leaky => h.relu() - (-&h).relu() * 0.2,
                 Layer::Tanh => h.tanh(),
                 Layer::Sigmoid => h.sigmoid(),
             };
@@ -185,16 +186,16 @@ pub fn train_step(
     z: &Tensor,
 ) -> Result<StepLosses> {
     opt_d.zero_grad();
-    let out_real = d.forward(real, true).f_view([-1])?;
+    let out_real = d.forward(real, true).f_view([-1i64])?;
     let err_real = bce(&out_real, 1.0)?;
     let fake = g.forward(z, true);
-    let out_fake = d.forward(&fake.detach(), true).f_view([-1])?;
+    let out_fake = d.forward(&fake.detach(), true).f_view([-1i64])?;
     let err_fake = bce(&out_fake, 0.0)?;
     err_real.f_add(&err_fake)?.backward();
     opt_d.step(LR)?;
 
     opt_g.zero_grad();
-    let out_g = d.forward(&fake, true).f_view([-1])?;
+    let out_g = d.forward(&fake, true).f_view([-1i64])?;
     let err_g = bce(&out_g, 1.0)?;
     err_g.backward();
     opt_g.step(LR)?;
