@@ -38,11 +38,12 @@ fn main() -> Result<()> {
         let s = model::train_step(&g, &d, &mut opt_g, &mut opt_d, &real, &z)?;
         if step % 100 == 0 || step == steps {
             eprintln!(
-                "step {step}: loss D {:.3} G {:.3}  D(real) {:.2} D(fake) {:.2}  ({:.0} s)",
+                "step {step}: loss D {:.3} G {:.3}  D(real) {:.2} D(fake) {:.2} → {:.2} after D's step  ({:.0} s)",
                 s.err_d_real + s.err_d_fake,
                 s.err_g,
                 s.d_real_mean,
                 s.d_fake_mean,
+                s.d_fake_after_mean,
                 start.elapsed().as_secs_f64()
             );
         }
