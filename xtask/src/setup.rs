@@ -12,11 +12,12 @@
 //! The `sd serve` tests talk to the server the way its users do, so they need programs cargo cannot build:
 //! Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`) drive the web page
 //! in a headless browser, and `redis-server` backs the shared job queue (`--queue redis://…`). As root on Debian
-//! the missing ones are installed with apt-get; elsewhere set-up stops and names the packages. The real API
-//! clients (`webuiapi` for the AUTOMATIC1111 API, `openai` for the OpenAI one) go into a virtualenv at
-//! `target/clients` at the versions pinned in `scripts/clients/requirements.txt`, so a client release cannot
-//! change what the compatibility test checks; the independent readers the output tests use (c2pa-python,
-//! piexif) live there too, so the tests need no 5 GB fixtures environment.
+//! the missing ones are installed with apt-get; elsewhere set-up stops and names the packages. The opt-out tests
+//! of `sd train` check that exiftool reads the XMP they write as sd-rs does, so Debian's `libimage-exiftool-perl`
+//! is installed the same way. The real API clients (`webuiapi` for the AUTOMATIC1111 API, `openai` for the OpenAI
+//! one) go into a virtualenv at `target/clients` at the versions pinned in `scripts/clients/requirements.txt`, so a
+//! client release cannot change what the compatibility test checks; the independent readers the output tests use
+//! (c2pa-python, piexif) live there too, so the tests need no 5 GB fixtures environment.
 
 use crate::util::{have, is_root, root, run_cmd};
 use anyhow::{bail, Context, Result};
@@ -35,8 +36,8 @@ pub const PHOTO_FILE: &str = "astronaut.png";
 pub fn run() -> Result<()> {
     let root = root();
     // torch-sys compiles a small C++ shim against LibTorch's headers, and some crates build C code. The others are
-    // for the server tests (see the module comment); asking for all of them at once means one apt-get run.
-    ensure_tools(&["g++", "chromium", "chromedriver", "redis-server"])?;
+    // for the server and opt-out tests (see the module comment); asking for all of them at once means one apt-get run.
+    ensure_tools(&["g++", "chromium", "chromedriver", "redis-server", "exiftool"])?;
     libtorch(&root)?;
     data(&root)?;
     photo(&root)?;
@@ -280,6 +281,7 @@ fn present(tool: &str) -> bool {
 fn debian_package(tool: &str) -> &str {
     match tool {
         "chromedriver" => "chromium-driver",
+        "exiftool" => "libimage-exiftool-perl",
         other => other,
     }
 }

@@ -96,6 +96,20 @@ pub const SERVE_MAX_QUEUE: u64 = 32;
 /// Finished jobs kept readable.
 pub const SERVE_MAX_FINISHED_JOBS: u64 = 256;
 
+// --- Training data: opt-out signals ------------------------------------------------------------------------------
+
+/// Bytes of one XMP packet read for opt-out signals. Real packets are a few KB (a JPEG's standard XMP segment holds
+/// at most 64 KB); a packet of megabytes is padding or an attack on the XML parser.
+pub const XMP_MAX_BYTES: u64 = 4 * MIB;
+/// Element nesting of an XMP packet: real packets nest ~6 deep (x:xmpmeta → rdf:RDF → rdf:Description → property
+/// → rdf:Alt → rdf:li).
+pub const XMP_MAX_DEPTH: u64 = 64;
+/// Chunks (PNG, WebP) or marker segments (JPEG) of one image walked for metadata: encoders write tens, a few
+/// hundred with many small IDATs.
+pub const IMAGE_MAX_CHUNKS: u64 = 100_000;
+/// Bytes of a dataset's `tdmrep.json` or a `--opt-out-list` file (a million SHA-256 lines is 65 MB).
+pub const OPT_OUT_FILE_MAX_BYTES: u64 = 128 * MIB;
+
 /// Every bound above, for the README and `--help` texts.
 #[rustfmt::skip]
 pub const ALL: &[Limit] = &[
@@ -124,6 +138,10 @@ pub const ALL: &[Limit] = &[
     Limit { name: "threads", default: MAX_THREADS, unit: "threads", reason: "--threads; each thread costs a stack", flag: None },
     Limit { name: "HTTP body", default: SERVE_MAX_BODY_BYTES, unit: "bytes", reason: "JSON with base64 images", flag: Some("sd serve --max-body-mb") },
     Limit { name: "queue", default: SERVE_MAX_QUEUE, unit: "jobs", reason: "more get 429 with Retry-After", flag: Some("sd serve --max-queue") },
+    Limit { name: "XMP packet", default: XMP_MAX_BYTES, unit: "bytes", reason: "opt-out signals in training images; real packets are a few KB", flag: None },
+    Limit { name: "XMP depth", default: XMP_MAX_DEPTH, unit: "levels", reason: "real packets nest ~6 deep", flag: None },
+    Limit { name: "image chunks", default: IMAGE_MAX_CHUNKS, unit: "chunks", reason: "PNG/WebP chunks, JPEG segments walked for metadata", flag: None },
+    Limit { name: "opt-out file", default: OPT_OUT_FILE_MAX_BYTES, unit: "bytes", reason: "tdmrep.json, --opt-out-list", flag: None },
     Limit { name: "finished jobs", default: SERVE_MAX_FINISHED_JOBS, unit: "jobs", reason: "oldest forgotten first", flag: None },
 ];
 

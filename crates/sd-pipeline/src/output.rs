@@ -167,6 +167,7 @@ pub fn render_outputs(
         _ => None,
     };
     let model_hash = crate::hash_cache::model_hash(sd);
+    let card = model_card_ref(&sd.dir.root, &sd.name);
     let mut out = Vec::new();
     for (i, image) in generated.images.iter().enumerate() {
         let flagged = verdicts.as_ref().is_some_and(|v| v.get(i).is_some_and(|v| v.flagged));
@@ -206,6 +207,9 @@ pub fn render_outputs(
             WatermarkOutcome::Disabled
         };
         let mut info = generation_info(sd, req, generated, model_hash.clone(), i, &outcome);
+        if let Some(c) = &card {
+            info.extra.push(("Model card".into(), c.clone()));
+        }
         if opts.upscale > 1 {
             // A1111's Extras tab records a post-processing upscale with these two keys.
             info.extra.push(("Postprocess upscale by".into(), opts.upscale.to_string()));
@@ -237,6 +241,18 @@ pub fn render_outputs(
         });
     }
     Ok(out)
+}
+
+/// `<model>/README.md <first 10 hex of its SHA-256>` when the model folder carries the training-data record
+/// `sd train` writes (a card and `dataset_manifest.jsonl`): the images name what the model learnt from. It goes
+/// into the A1111 parameters, so PNG, JPEG and WebP files and their C2PA `org.sd-rs.generation` assertion carry it.
+pub fn model_card_ref(root: &Path, name: &str) -> Option<String> {
+    let card = root.join("README.md");
+    if !(card.is_file() && root.join("dataset_manifest.jsonl").is_file()) {
+        return None;
+    }
+    let hash = sd_core::hash::sha256_file(&card).ok()?;
+    Some(format!("{name}/README.md {}", &hash[..10]))
 }
 
 /// Save every image of `generated`; `counter` numbers images across batches for `{n}`.

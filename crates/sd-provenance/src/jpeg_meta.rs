@@ -22,13 +22,23 @@ pub fn is_jpeg(bytes: &[u8]) -> bool {
 }
 
 pub fn read(bytes: &[u8]) -> Result<JpegMeta> {
+    read_bounded(bytes, usize::MAX)
+}
+
+/// [`read`], refusing a file with more than `max_segments` marker segments before its image data.
+pub fn read_bounded(bytes: &[u8], max_segments: usize) -> Result<JpegMeta> {
     if !is_jpeg(bytes) {
         bail!("not a JPEG file (bad signature)");
     }
     let mut m = JpegMeta::default();
     let mut pos = 2usize;
     let mut saw_frame = false;
+    let mut segments = 0usize;
     while pos + 4 <= bytes.len() {
+        segments += 1;
+        if segments > max_segments {
+            bail!("JPEG has more marker segments than the image chunks limit of {max_segments} chunks");
+        }
         if bytes[pos] != 0xff {
             bail!("corrupt JPEG: expected a marker at byte {pos}");
         }

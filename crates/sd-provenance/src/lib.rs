@@ -10,6 +10,7 @@
 //! | [`jpeg_meta`] | JPEG metadata (EXIF, XMP, comments) read from marker segments, no pixel decoding |
 //! | [`formats`] | PNG / JPEG / WebP output carrying the same labels (EXIF UserComment as A1111 writes it, XMP) |
 //! | [`credentials`] | C2PA Content Credentials (c2pa crate): signing, local signing CA, validation, opt-outs |
+//! | [`optout`] | reservations against AI training an image carries: PLUS DataMining, TDMRep, noai, C2PA |
 //! | [`inspect`] | `sd inspect`: everything an image says about how it was made |
 
 pub mod credentials;
@@ -17,6 +18,7 @@ pub mod formats;
 pub mod inspect;
 pub mod jpeg_meta;
 pub mod metadata;
+pub mod optout;
 pub mod png_chunks;
 pub mod visible_label;
 pub mod watermark;

@@ -34,12 +34,20 @@ pub fn is_png(bytes: &[u8]) -> bool {
 
 /// All chunks up to and including `IEND`. Errors on a bad signature, a truncated chunk or a CRC mismatch.
 pub fn read_chunks(bytes: &[u8]) -> Result<Vec<Chunk>> {
+    read_chunks_bounded(bytes, usize::MAX)
+}
+
+/// [`read_chunks`], refusing a file of more than `max_chunks` chunks.
+pub fn read_chunks_bounded(bytes: &[u8], max_chunks: usize) -> Result<Vec<Chunk>> {
     if !is_png(bytes) {
         bail!("not a PNG file (bad signature)");
     }
     let mut pos = 8usize;
     let mut out = Vec::new();
     loop {
+        if out.len() >= max_chunks {
+            bail!("PNG has more chunks than the image chunks limit of {max_chunks} chunks");
+        }
         if pos + 8 > bytes.len() {
             bail!("truncated PNG: chunk header expected at byte {pos}, file has {} bytes (no IEND)", bytes.len());
         }

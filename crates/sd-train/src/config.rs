@@ -39,6 +39,8 @@ pub struct TrainConfig {
     pub sample_prompts: Vec<String>,
     pub sample_steps: usize,
     pub resume: Option<PathBuf>,
+    /// The `license:` of the model card; `None` = the base model card's, else `unknown`.
+    pub license: Option<String>,
 }
 
 impl TrainConfig {
@@ -68,6 +70,7 @@ impl TrainConfig {
             sample_prompts: Vec::new(),
             sample_steps: 20,
             resume: None,
+            license: None,
         }
     }
 

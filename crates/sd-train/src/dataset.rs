@@ -2,13 +2,20 @@
 //! (`metadata.jsonl` lines with `file_name` and `text`), optionally resized to a square resolution the way
 //! diffusers' `train_text_to_image.py` does (shorter side to R, then a centre or random R×R crop).
 //!
+//! Before any image is decoded it is screened for its rights holder's reservations against AI training
+//! ([`crate::optout`]); reserved images are left out, and [`Dataset::record`] keeps every image's verdict for the
+//! manifest and model card ([`crate::record`]).
+//!
 //! Every problem is reported with the file it concerns: an empty folder, an image without a caption, a caption
 //! without an image, an unreadable image, images of different sizes when no `--resolution` is given.
 
+use crate::optout::{self, OptOutPolicy, TdmRepFile, Verdict};
+use crate::record::{DataRecord, ManifestEntry};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use sd_core::image_io::{self, Filter, Range};
 use sd_core::TorchGenerator;
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -48,27 +55,91 @@ pub struct Dataset {
     pub height: u32,
     resolution: Option<u32>,
     crop: Crop,
+    /// Every image of the source with its opt-out verdict (what the manifest and model card say).
+    pub record: DataRecord,
+}
+
+/// One image named by the dataset folder, before it is read.
+struct Listed {
+    path: PathBuf,
+    caption: String,
+    source: Option<String>,
+    license: Option<String>,
 }
 
 impl Dataset {
-    /// Read a dataset folder; `resolution` resizes every image (shorter side) and crops it square.
+    /// Read a dataset folder, honouring opt-outs; `resolution` resizes every image (shorter side) and crops it
+    /// square.
     pub fn open(dir: &Path, resolution: Option<u32>, crop: Crop) -> Result<Self> {
+        Self::open_with_policy(dir, resolution, crop, &OptOutPolicy::default())
+    }
+
+    /// [`open`](Self::open) with a deny list, or with `--ignore-opt-outs`.
+    pub fn open_with_policy(dir: &Path, resolution: Option<u32>, crop: Crop, policy: &OptOutPolicy) -> Result<Self> {
         if !dir.is_dir() {
             bail!("dataset {} is not a folder", dir.display());
         }
-        let pairs = if dir.join("metadata.jsonl").is_file() { read_metadata(dir)? } else { read_caption_files(dir)? };
-        if pairs.is_empty() {
+        let listed = if dir.join("metadata.jsonl").is_file() { read_metadata(dir)? } else { read_caption_files(dir)? };
+        if listed.is_empty() {
             bail!(
                 "dataset {} holds no images: expected image files (png, jpg, webp) each with a .txt caption of the same name, or a metadata.jsonl",
                 dir.display()
             );
         }
-        let mut examples = Vec::with_capacity(pairs.len());
-        for (path, caption) in pairs {
-            let image = image_io::load_rgb(&path)?;
-            examples.push(Example { source: path.display().to_string(), caption, image });
+        let tdmrep = TdmRepFile::find(dir)?;
+        let mut record = DataRecord {
+            dataset: dir
+                .canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| dir.display().to_string()),
+            screened: true,
+            ignored_opt_outs: policy.ignore,
+            tdmrep_file: tdmrep.as_ref().map(|t| relative(dir, &t.path)),
+            deny_list: (!policy.deny.origin.is_empty()).then(|| policy.deny.origin.clone()),
+            ..Default::default()
+        };
+        let mut examples = Vec::with_capacity(listed.len());
+        for item in listed {
+            let bytes = std::fs::read(&item.path).with_context(|| format!("cannot read {}", item.path.display()))?;
+            let sha256 = sd_core::hash::hex(&Sha256::digest(&bytes));
+            let rel = relative(dir, &item.path);
+            let reasons = optout::reasons(&bytes, &rel, &sha256, item.source.as_deref(), &policy.deny, tdmrep.as_ref())
+                .with_context(|| format!("{}: cannot read its metadata for opt-out signals", item.path.display()))?;
+            let verdict = match (reasons.is_empty(), policy.ignore) {
+                (true, _) => Verdict::Used,
+                (false, false) => Verdict::Excluded,
+                (false, true) => Verdict::UsedDespiteOptOut,
+            };
+            if verdict != Verdict::Excluded {
+                let image =
+                    image_io::decode_rgb(&bytes).with_context(|| format!("cannot decode {}", item.path.display()))?;
+                examples.push(Example {
+                    source: item.path.display().to_string(),
+                    caption: item.caption.clone(),
+                    image,
+                });
+            }
+            record.entries.push(ManifestEntry {
+                file: rel,
+                sha256: Some(sha256),
+                caption: item.caption,
+                source: item.source,
+                license: item.license,
+                verdict,
+                reasons,
+            });
         }
-        Self::from_examples(examples, resolution, crop)
+        if examples.is_empty() {
+            bail!(
+                "every image of dataset {} is reserved against AI training, nothing is left to train on:\n{}",
+                dir.display(),
+                record.exclusion_report().trim_end()
+            );
+        }
+        let mut ds = Self::from_examples(examples, resolution, crop)?;
+        ds.record = record;
+        Ok(ds)
     }
 
     /// Build from images already in memory (procedural datasets, tests).
@@ -98,7 +169,24 @@ impl Dataset {
                 (w, h)
             }
         };
-        Ok(Self { examples, width, height, resolution, crop })
+        let record = DataRecord {
+            dataset: "in-memory examples".into(),
+            synthetic: true,
+            entries: examples
+                .iter()
+                .map(|e| ManifestEntry {
+                    file: e.source.clone(),
+                    sha256: None,
+                    caption: e.caption.clone(),
+                    source: None,
+                    license: None,
+                    verdict: Verdict::Used,
+                    reasons: Vec::new(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Ok(Self { examples, width, height, resolution, crop, record })
     }
 
     pub fn len(&self) -> usize {
@@ -155,6 +243,12 @@ fn resize_shorter_side(img: &RgbImage, r: u32) -> RgbImage {
     image_io::resize(img, nw.max(r), nh.max(r), Filter::Bilinear)
 }
 
+/// `path` inside `dir`, `/`-separated (what the manifest and TDMRep locations use).
+fn relative(dir: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(dir).unwrap_or(path);
+    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/")
+}
+
 fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -162,7 +256,7 @@ fn is_image(path: &Path) -> bool {
 }
 
 /// `name.png` + `name.txt` pairs, sorted by file name so the dataset order never depends on the file system.
-fn read_caption_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+fn read_caption_files(dir: &Path) -> Result<Vec<Listed>> {
     let mut images = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list dataset {}", dir.display()))? {
         let path = entry?.path();
@@ -183,13 +277,14 @@ fn read_caption_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
         }
         let caption =
             std::fs::read_to_string(&txt).with_context(|| format!("cannot read caption {}", txt.display()))?;
-        pairs.push((img, caption.trim().to_string()));
+        pairs.push(Listed { path: img, caption: caption.trim().to_string(), source: None, license: None });
     }
     Ok(pairs)
 }
 
-/// HF `imagefolder` metadata: one JSON object per line with `file_name` and `text` (or `caption`).
-fn read_metadata(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+/// HF `imagefolder` metadata: one JSON object per line with `file_name` and `text` (or `caption`), and optionally
+/// `source` (where the image came from, a URL) and `license` (or `licence`).
+fn read_metadata(dir: &Path) -> Result<Vec<Listed>> {
     let path = dir.join("metadata.jsonl");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut pairs = Vec::new();
@@ -207,7 +302,13 @@ fn read_metadata(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
         if !img.is_file() {
             bail!("{} line {} names {}, which does not exist", path.display(), i + 1, img.display());
         }
-        pairs.push((img, caption.to_string()));
+        let field = |k: &str| v.get(k).and_then(|s| s.as_str()).map(str::to_string);
+        pairs.push(Listed {
+            path: img,
+            caption: caption.to_string(),
+            source: field("source"),
+            license: field("license").or_else(|| field("licence")),
+        });
     }
     Ok(pairs)
 }

@@ -5,6 +5,8 @@
 //! | [`config`] | [`config::TrainConfig`]: every setting of a run |
 //! | [`demo`] | the `sd-tiny-shapes` demo: base-folder scaffold and VAE training |
 //! | [`dataset`] | image + caption folders / `metadata.jsonl`, resizing and cropping, epoch shuffling |
+//! | [`optout`] | rights holders' reservations against AI training: which images are left out, and why |
+//! | [`record`] | `dataset_manifest.jsonl` and the `README.md` model card written with every checkpoint |
 //! | [`loss`] | forward diffusion (`add_noise`), ε / v / x₀ targets, MSE with optional Min-SNR-γ weighting |
 //! | [`optim`] | AdamW identical to `torch.optim.AdamW`, `clip_grad_norm_` |
 //! | [`lr`] | constant / cosine schedules with linear warmup (diffusers `get_scheduler`) |
@@ -22,6 +24,8 @@ pub mod ema;
 pub mod loss;
 pub mod lr;
 pub mod optim;
+pub mod optout;
+pub mod record;
 pub mod run;
 pub mod shapes;
 pub mod trainer;

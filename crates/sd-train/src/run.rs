@@ -1,5 +1,6 @@
 //! The training loop around [`Trainer::train_step`]: the JSONL loss log, `checkpoint-N/` folders, preview images,
-//! and the final diffusers folder in the output directory.
+//! and the final diffusers folder in the output directory; each model folder gets the training-data record
+//! (`dataset_manifest.jsonl`, `README.md`).
 
 use crate::checkpoint::{self, TrainedComponent, TrainingState};
 use crate::trainer::{StepReport, Trainer};
@@ -36,6 +37,13 @@ pub fn save_model(trainer: &Trainer, dir: &Path, use_ema: bool, state: bool) -> 
         });
     }
     checkpoint::write_pipeline(&trainer.base.root, dir, trained)?;
+    let card = crate::record::CardRun {
+        cfg: &trainer.cfg,
+        steps_done: trainer.step,
+        width: trainer.dataset.width,
+        height: trainer.dataset.height,
+    };
+    crate::record::write(dir, &trainer.dataset.record, &card)?;
     if state {
         let cfg = &trainer.cfg;
         let st = TrainingState {

@@ -115,7 +115,9 @@ pub fn dataset(spec: &str, size: u32, seed: u64) -> Result<Dataset> {
             }
         })
         .collect();
-    Dataset::from_examples(examples, None, Crop::Center)
+    let mut ds = Dataset::from_examples(examples, None, Crop::Center)?;
+    ds.record.dataset = spec.to_string();
+    Ok(ds)
 }
 
 /// What the checker reads from an image.

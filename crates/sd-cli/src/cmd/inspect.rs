@@ -1,5 +1,6 @@
 //! `sd inspect`: generation parameters, AI labels, C2PA presence and the invisible-watermark verdict of images
-//! (PNG, JPEG or WebP, from any tool). Every image is reported; the exit code is 1 if any could not be read.
+//! (PNG, JPEG or WebP, from any tool); for a model folder, the training-data summary of its model card. Every
+//! path is reported; the exit code is 1 if any could not be read.
 
 use anyhow::{bail, Result};
 use sd_provenance::inspect::{inspect_file, render};
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Images to inspect (PNG, JPEG or WebP)
+    /// Images to inspect (PNG, JPEG or WebP), or model folders (their model card's training-data summary)
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Print a JSON array (one object per image; unreadable ones carry `error`)
@@ -33,6 +34,22 @@ pub fn run(args: Args) -> Result<()> {
     let mut failed = 0usize;
     let mut json = Vec::new();
     for path in &args.images {
+        if path.is_dir() {
+            match model_summary(path) {
+                Ok(summary) if args.json => {
+                    json.push(serde_json::json!({"path": path.display().to_string(), "model_card": summary}))
+                }
+                Ok(summary) => print!("{}", summary),
+                Err(e) => {
+                    failed += 1;
+                    if args.json {
+                        json.push(serde_json::json!({"path": path.display().to_string(), "error": format!("{e:#}")}));
+                    }
+                    eprintln!("error: {e:#}");
+                }
+            }
+            continue;
+        }
         match inspect_file(path, anchors.as_deref()) {
             Ok(report) => {
                 if args.json {
@@ -57,4 +74,20 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{failed} of {} image(s) could not be inspected", args.images.len());
     }
     Ok(())
+}
+
+/// The training-data summary of a model folder's card (written by `sd train`).
+fn model_summary(dir: &std::path::Path) -> Result<String> {
+    let card = dir.join(sd_train::record::CARD_FILE);
+    let text = std::fs::read_to_string(&card).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is a folder without a model card ({}: {e}); expected an sd train output",
+            dir.display(),
+            card.display()
+        )
+    })?;
+    let Some(summary) = sd_train::record::card_summary(&text) else {
+        bail!("{}: no YAML front matter and `## Training data` section (not a card sd train wrote)", card.display());
+    };
+    Ok(format!("{} (model card {})\n{summary}", dir.display(), card.display()))
 }

@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sd_core::device::{ComputeDevice, CpuFeatures};
 use sd_train::dataset::{Crop, Dataset};
 use sd_train::lr::LrSchedule;
+use sd_train::optout::{DenyList, OptOutPolicy};
 use sd_train::run::Event;
 use sd_train::{TrainConfig, Trainer};
 use std::path::PathBuf;
@@ -20,7 +21,16 @@ use tch::{Device, Kind};
 
 The dataset folder holds image files (png, jpg, webp) each with a .txt caption of the same name, or a
 metadata.jsonl (one {\"file_name\": ..., \"text\": ...} per line, as Hugging Face imagefolder).
-Writes OUTPUT/checkpoint-N/ (resumable), OUTPUT/loss.jsonl, OUTPUT/samples/, and the final diffusers folder in OUTPUT.")]
+metadata.jsonl may also give each image's `source` (URL) and `license`.
+
+Creators' opt-outs are honoured: an image is left out when its XMP has an IPTC/PLUS plus:DataMining
+DMI-PROHIBITED value or TDMRep tdm:reservation 1, a tdmrep.json in the dataset folder reserves its path, it carries
+a noai/noimageai marker (XMP, PNG text, EXIF), its C2PA manifest says ai_training / ai_generative_training
+notAllowed, or --opt-out-list names its SHA-256 or source URL. The excluded images are listed with the reason.
+
+Writes OUTPUT/checkpoint-N/ (resumable), OUTPUT/loss.jsonl, OUTPUT/samples/, and the final diffusers folder in OUTPUT;
+every model folder also gets dataset_manifest.jsonl (each image, its SHA-256, caption, source, licence and verdict)
+and a README.md model card (`sd inspect OUTPUT` prints its data summary).")]
 pub struct Args {
     /// Base model (diffusers folder): text encoder, tokenizer, VAE, scheduler, and the UNet to fine-tune
     #[arg(long, short = 'm', env = "SD_MODEL")]
@@ -107,6 +117,15 @@ pub struct Args {
     /// Continue from OUTPUT/checkpoint-N (optimizer state, step and data order)
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Deny list: one SHA-256 (of an image file) or source URL (matched against metadata.jsonl `source`) a line
+    #[arg(long, value_name = "FILE")]
+    pub opt_out_list: Option<PathBuf>,
+    /// Train on images whose rights holders reserved them against AI training too (recorded in the model card)
+    #[arg(long)]
+    pub ignore_opt_outs: bool,
+    /// The model card's `license:` (a Hugging Face licence id); default: the base model card's, else unknown
+    #[arg(long)]
+    pub license: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -151,6 +170,7 @@ pub fn run(args: Args) -> Result<()> {
     cfg.sample_prompts = args.sample_prompt;
     cfg.sample_steps = args.sample_steps;
     cfg.resume = args.resume;
+    cfg.license = args.license;
     if let Err(e) = cfg.validate() {
         usage!("{e}");
     }
@@ -159,7 +179,21 @@ pub fn run(args: Args) -> Result<()> {
     let dataset = if spec.starts_with("procedural:") {
         sd_train::shapes::dataset(&spec, args.resolution.unwrap_or(32), args.seed)?
     } else {
-        Dataset::open(&args.dataset, args.resolution, crop)?
+        let policy = OptOutPolicy {
+            deny: match &args.opt_out_list {
+                Some(p) => DenyList::read(p)?,
+                None => DenyList::default(),
+            },
+            ignore: args.ignore_opt_outs,
+        };
+        if args.ignore_opt_outs {
+            eprintln!(
+                "warning: --ignore-opt-outs: images reserved against AI training are used; the model card says so"
+            );
+        }
+        let ds = Dataset::open_with_policy(&args.dataset, args.resolution, crop, &policy)?;
+        eprint!("{}", ds.record.exclusion_report());
+        ds
     };
     eprintln!(
         "dataset: {} images of {}×{} from {}",
