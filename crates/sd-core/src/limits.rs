@@ -75,6 +75,12 @@ pub const SERVE_MAX_PIXELS: u64 = 2048 * 2048;
 
 /// Characters in a prompt or negative prompt (77-token chunks: 20k characters is ~60 chunks).
 pub const PROMPT_MAX_CHARS: u64 = 20_000;
+/// Brackets nested in brackets in a prompt's editing syntax (`[a:[b:c:2]:5]` is 2 levels); the parser recurses.
+pub const PROMPT_MAX_NESTING: usize = 64;
+/// `AND` parts of a prompt: each costs one more UNet batch row at every step.
+pub const PROMPT_MAX_AND_PARTS: usize = 16;
+/// Distinct texts a prompt's schedules need encoded (alternation at 1000 steps can ask for 1000).
+pub const PROMPT_MAX_TEXTS: usize = 256;
 /// Sampler steps on the command line.
 pub const GENERATE_MAX_STEPS: u64 = 1000;
 /// Sampler steps per HTTP request (`sd serve --max-steps`).
@@ -129,6 +135,9 @@ pub const ALL: &[Limit] = &[
     Limit { name: "generate side", default: GENERATE_MAX_SIDE, unit: "pixels", reason: "--width/--height", flag: None },
     Limit { name: "serve pixels", default: SERVE_MAX_PIXELS, unit: "pixels", reason: "width × height per request", flag: Some("sd serve --max-pixels") },
     Limit { name: "prompt length", default: PROMPT_MAX_CHARS, unit: "characters", reason: "~60 chunks of 77 tokens", flag: None },
+    Limit { name: "prompt nesting", default: PROMPT_MAX_NESTING as u64, unit: "levels", reason: "[from:to:when] / [a|b] groups inside groups", flag: None },
+    Limit { name: "prompt AND parts", default: PROMPT_MAX_AND_PARTS as u64, unit: "parts", reason: "one UNet batch row per part and step", flag: None },
+    Limit { name: "prompt texts", default: PROMPT_MAX_TEXTS as u64, unit: "texts", reason: "distinct texts the schedules encode", flag: None },
     Limit { name: "generate steps", default: GENERATE_MAX_STEPS, unit: "steps", reason: "--steps", flag: None },
     Limit { name: "serve steps", default: SERVE_MAX_STEPS, unit: "steps", reason: "per request", flag: Some("sd serve --max-steps") },
     Limit { name: "generate batch size", default: GENERATE_MAX_BATCH, unit: "images", reason: "--batch-size", flag: None },

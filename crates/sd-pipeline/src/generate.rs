@@ -8,7 +8,10 @@
 
 use crate::init_image::{prepare_init, prepare_mask, Prepared};
 use crate::loader::StableDiffusion;
-use crate::prompt::{encode_prompt_pair, Conditioning, PromptSettings};
+use crate::prompt::composable::PromptPlan;
+use crate::prompt::schedule::Pass;
+use crate::prompt::scheduled::ScheduledConditioning;
+use crate::prompt::PromptSettings;
 use crate::request::{GenerationRequest, Mode};
 use anyhow::{bail, Context, Result};
 use sd_core::TorchGenerator;
@@ -98,8 +101,8 @@ pub struct Generated {
 /// A request's prompts, encoded: what the denoising loop needs from the text encoders. Encoding once lets a
 /// caller free the text encoders before the UNet runs (see [`StableDiffusion::release_text_encoders`]).
 pub struct EncodedPrompts {
-    cond: Conditioning,
-    uncond: Conditioning,
+    /// Every text of the prompt's schedules (and `AND` parts) and the negative prompt's, encoded once.
+    prompts: ScheduledConditioning,
     embeddings_used: Vec<(String, PathBuf)>,
     encode_s: f64,
     /// What was encoded, so a request with other prompt settings cannot be paired with it by mistake.
@@ -117,10 +120,31 @@ impl StableDiffusion {
         self.generate_encoded(req, &encoded, on_event)
     }
 
-    /// Step 1 alone: the request's prompt and negative prompt through the text encoder(s).
+    /// Step 1 alone: the request's prompt and negative prompt through the text encoder(s), every text their
+    /// schedules use over `req.steps` once.
     pub fn encode_prompts(
         &self,
         req: &GenerationRequest,
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
+    ) -> Result<EncodedPrompts> {
+        self.encode_prompts_for(req, &[Pass::Base { steps: req.steps }], on_event)
+    }
+
+    /// [`Self::encode_prompts`] for a request run with the hires fix: the second pass's schedule texts too.
+    pub fn encode_prompts_hires(
+        &self,
+        req: &GenerationRequest,
+        hires: &crate::hires::Hires,
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
+    ) -> Result<EncodedPrompts> {
+        let second = Pass::Hires { first_steps: req.steps, steps: hires.steps.unwrap_or(req.steps) };
+        self.encode_prompts_for(req, &[Pass::Base { steps: req.steps }, second], on_event)
+    }
+
+    pub(crate) fn encode_prompts_for(
+        &self,
+        req: &GenerationRequest,
+        passes: &[Pass],
         on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<EncodedPrompts> {
         if self.text.is_empty() {
@@ -134,9 +158,29 @@ impl StableDiffusion {
         let t0 = Instant::now();
         let settings = PromptSettings { clip_skip: req.clip_skip, emphasis: req.emphasis, style: self.encoder_style() };
         let prompt = self.prompt_without_lora_tags(&req.prompt)?;
-        let embeddings_used = self.embeddings_used(&[&prompt, &req.negative_prompt], req.emphasis)?;
-        let (cond, uncond) = tch::no_grad(|| encode_prompt_pair(&self.text, &prompt, &req.negative_prompt, &settings))?;
-        Ok(EncodedPrompts { cond, uncond, embeddings_used, encode_s: t0.elapsed().as_secs_f64(), key: prompt_key(req) })
+        let plan = PromptPlan::new(&prompt, &req.negative_prompt)?;
+        let empty_negative = req.negative_prompt.is_empty();
+        let prompts =
+            tch::no_grad(|| ScheduledConditioning::encode(&self.text, plan, passes, empty_negative, &settings))?;
+        let texts: Vec<&str> = prompts.texts().collect();
+        let embeddings_used = self.embeddings_used(&texts, req.emphasis)?;
+        Ok(EncodedPrompts { prompts, embeddings_used, encode_s: t0.elapsed().as_secs_f64(), key: prompt_key(req) })
+    }
+
+    /// Whether `encoded` holds every text a run of `req` (with `hires`, if given) needs; a cache check for callers
+    /// that keep encoded prompts across requests.
+    pub fn encoded_covers(
+        &self,
+        encoded: &EncodedPrompts,
+        req: &GenerationRequest,
+        hires: Option<&crate::hires::Hires>,
+    ) -> bool {
+        let plan = &encoded.prompts.plan;
+        let base = plan.schedules(Pass::Base { steps: req.steps });
+        let second = hires.map(|h| Pass::Hires { first_steps: req.steps, steps: h.steps.unwrap_or(req.steps) });
+        encoded.key == prompt_key(req)
+            && encoded.prompts.covers(&base)
+            && second.is_none_or(|p| encoded.prompts.covers(&plan.schedules(p)))
     }
 
     /// Free the text encoders' weights (a one-shot run needs them only until its prompts are encoded; for SDXL
@@ -155,7 +199,9 @@ impl StableDiffusion {
         Ok(self.generate_stage(req, encoded, &crate::stage::Stage::default(), on_event)?.0)
     }
 
-    /// [`Self::generate_encoded`] for one [`crate::stage::Stage`]; also returns the final latents.
+    /// [`Self::generate_encoded`] for one [`crate::stage::Stage`]; also returns the final latents. The prompt
+    /// schedules are laid over the stage's pass (a hires second pass counts its `[from:to:when]` on from the first,
+    /// as A1111).
     pub fn generate_stage(
         &self,
         req: &GenerationRequest,
@@ -163,6 +209,7 @@ impl StableDiffusion {
         stage: &crate::stage::Stage,
         on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<(Generated, Tensor)> {
+        let pass = stage.pass.unwrap_or(Pass::Base { steps: req.steps });
         let scale = self.vae_scale_factor();
         req.validate(scale)?;
         if self.info.inpainting && !matches!(req.mode, Mode::Inpaint { .. }) {
@@ -183,12 +230,21 @@ impl StableDiffusion {
             req.sampler.build(&self.scheduler_config, &opts).with_context(|| format!("sampler `{}`", req.sampler))?;
         let (sampler_label, schedule_label) = labels(sched.as_ref());
         let sampler_warnings = sched.warnings().to_vec();
-        let (cond, uncond, encode_s) = (&encoded.cond, &encoded.uncond, encoded.encode_s);
+        let encode_s = encoded.encode_s;
         let embeddings_used = encoded.embeddings_used.clone();
         let cfg = req.cfg_scale > 1.0;
         let b = req.batch_size;
-        let hidden = batch_condition(cond, uncond, b, cfg, "hidden states", |c| Some(&c.hidden))?;
-        let dtype = hidden.kind();
+        // Prompt schedules and AND parts (A1111): the conditioning in force is looked up per step below.
+        let schedules = encoded.prompts.plan.schedules(pass);
+        let weights: Vec<f64> = schedules.parts.iter().map(|(w, _)| *w).collect();
+        if !cfg && !encoded.prompts.plan.is_plain() {
+            bail!("AND parts and prompt weights (`text :1.2`) need classifier-free guidance (a CFG scale above 1)");
+        }
+        if req.guidance_rescale > 0.0 && weights.len() > 1 {
+            bail!("guidance rescale does not combine with AND parts");
+        }
+        let copies = if cfg { 1 + weights.len() as i64 } else { 1 };
+        let dtype = encoded.prompts.at(&schedules, 0, 1, false)?.hidden.kind();
 
         // 2. Timesteps (img2img/inpaint start part-way, as diffusers' get_timesteps; a stage may cut both ends).
         let (begin, end) = stage.timestep_range(sched.as_mut(), req, device)?;
@@ -242,15 +298,18 @@ impl StableDiffusion {
             }
         };
 
-        // 4. Extra conditioning: SDXL pooled text + size ids, LCM guidance embedding.
-        let added = match (&cond.pooled, &uncond.pooled) {
-            (Some(_), _) => {
-                let text_embeds =
-                    batch_condition(cond, uncond, b, cfg, "pooled text embeddings", |c| c.pooled.as_ref())?;
-                let ids = crate::stage::sdxl_time_ids(self, req, b, cfg).to_kind(dtype).to_device(device);
-                Some(AddedCond { text_embeds, time_ids: ids })
+        // 4. Extra conditioning: SDXL size ids (the pooled text follows the schedule), LCM guidance embedding. The
+        // ids' unconditional rows come first, then one block of conditional rows per AND part.
+        let time_ids = {
+            let ids = crate::stage::sdxl_time_ids(self, req, b, cfg).to_kind(dtype).to_device(device);
+            if cfg && copies > 2 {
+                let halves = ids.chunk(2, 0);
+                let mut rows = vec![halves[0].shallow_clone()];
+                rows.extend(std::iter::repeat_n(halves[1].shallow_clone(), (copies - 1) as usize));
+                Tensor::cat(&rows, 0)
+            } else {
+                ids
             }
-            _ => None,
         };
         let timestep_cond = self
             .unet
@@ -259,6 +318,9 @@ impl StableDiffusion {
             .map(|dim| guidance_scale_embedding(req.cfg_scale - 1.0, dim, b).to_kind(dtype).to_device(device));
 
         // ControlNet maps: at the image size, [0, 1], once per batch item (and per guidance half).
+        if copies > 2 && !req.control.is_empty() {
+            bail!("ControlNet units do not combine with AND parts yet");
+        }
         let control = crate::control::prepare(self, req, cfg, dtype, device)?;
 
         // 5. Denoising loop.
@@ -271,19 +333,21 @@ impl StableDiffusion {
             if interrupted {
                 break;
             }
+            // A1111 counts UNet-guided steps from 0; samplers that call the UNet more than once per step (Heun)
+            // spread the schedule over their calls.
+            let step = if total > pass.steps() { i * pass.steps() / total } else { i };
+            let conds = encoded.prompts.at(&schedules, step, b, cfg)?;
+            let hidden = conds.hidden;
+            let added = conds.pooled.map(|text_embeds| AddedCond { text_embeds, time_ids: time_ids.shallow_clone() });
             let noise_pred = tch::no_grad(|| -> Result<Tensor> {
-                let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
+                let input = latents.repeat([copies, 1, 1, 1]);
                 let mut input = sched.scale_model_input(&input, t)?;
                 let t_tensor = Tensor::from(t as f32).to_device(device);
                 let residuals =
                     crate::control::residuals(&control, i, total, cfg, &input, &t_tensor, &hidden, added.as_ref())?;
                 if let Some(st) = &inpaint {
                     if let Some(masked) = &st.masked_latents {
-                        let (m, z) = if cfg {
-                            (Tensor::cat(&[&st.mask, &st.mask], 0), Tensor::cat(&[masked, masked], 0))
-                        } else {
-                            (st.mask.shallow_clone(), masked.shallow_clone())
-                        };
+                        let (m, z) = (st.mask.repeat([copies, 1, 1, 1]), masked.repeat([copies, 1, 1, 1]));
                         input = Tensor::cat(&[input, m, z], 1);
                     }
                 }
@@ -296,11 +360,16 @@ impl StableDiffusion {
                 };
                 let out = self.unet.forward_with(&input, &t_tensor, &hidden, &inputs)?;
                 Ok(if cfg {
-                    let parts = out.chunk(2, 0);
-                    let (u, c) = (&parts[0], &parts[1]);
-                    let guided = u + (c - u) * req.cfg_scale;
+                    // A1111's combine_denoised: uncond + Σ wᵢ·cfg·(condᵢ − uncond); one part of weight 1 is CFG.
+                    let parts = out.chunk(copies, 0);
+                    let u = &parts[0];
+                    // A fold, not `+=`: tch's `+=` is in place and `u` must stay intact for every part.
+                    let guided = parts[1..]
+                        .iter()
+                        .zip(&weights)
+                        .fold(u.shallow_clone(), |g, (c, w)| g + (c - u) * (w * req.cfg_scale));
                     if req.guidance_rescale > 0.0 {
-                        rescale_noise_cfg(&guided, c, req.guidance_rescale)
+                        rescale_noise_cfg(&guided, &parts[1], req.guidance_rescale)
                     } else {
                         guided
                     }
@@ -439,29 +508,6 @@ struct InpaintState {
     masked_latents: Option<Tensor>,
     image_latents: Option<Tensor>,
     noise: Tensor,
-}
-
-/// Repeat conditioning for the batch and put the unconditional half first, as diffusers does.
-fn batch_condition(
-    cond: &Conditioning,
-    uncond: &Conditioning,
-    b: i64,
-    cfg: bool,
-    what: &str,
-    pick: impl Fn(&Conditioning) -> Option<&Tensor>,
-) -> Result<Tensor> {
-    let rep = |t: &Tensor| {
-        let mut dims = vec![b];
-        dims.extend(std::iter::repeat_n(1, t.dim() - 1));
-        t.repeat(dims.as_slice())
-    };
-    let c = rep(pick(cond).with_context(|| format!("the prompt's conditioning has no {what}"))?);
-    if cfg {
-        let u = pick(uncond).with_context(|| format!("the negative prompt's conditioning has no {what}"))?;
-        Ok(Tensor::cat(&[rep(u), c], 0))
-    } else {
-        Ok(c)
-    }
 }
 
 /// Guidance rescale (arXiv 2305.08891 §3.4): match the guided prediction's std to the text prediction's.

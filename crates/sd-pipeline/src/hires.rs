@@ -9,6 +9,7 @@
 
 use crate::generate::{EncodedPrompts, Event, Flow, Generated};
 use crate::loader::StableDiffusion;
+use crate::prompt::schedule::Pass;
 use crate::request::{GenerationRequest, Mode};
 use crate::stage::Stage;
 use anyhow::{bail, Context, Result};
@@ -248,7 +249,9 @@ impl StableDiffusion {
         }
         let mut r = req.clone();
         (r.prompt, r.negative_prompt) = (prompt, negative);
-        Ok(Some(self.encode_prompts(&r, on_event).context("encoding the hires prompts")?))
+        // the second pass's own prompts may carry schedules too, counted on from the first pass
+        let pass = Pass::Hires { first_steps: req.steps, steps: hires.steps.unwrap_or(req.steps) };
+        Ok(Some(self.encode_prompts_for(&r, &[pass], on_event).context("encoding the hires prompts")?))
     }
 
     /// Both passes for `req` (a txt2img request at the first-pass size): the first pass, its images or latents
@@ -300,10 +303,15 @@ impl StableDiffusion {
             Some(l) => {
                 let scale = self.vae_scale_factor();
                 let big = tch::no_grad(|| l.resize(&first_latents, h / scale, w / scale))?;
-                let stage = Stage { latents: Some(big), strength: Some(hires.strength), ..Default::default() };
+                let stage = Stage {
+                    latents: Some(big),
+                    strength: Some(hires.strength),
+                    pass: Some(Pass::Hires { first_steps: req.steps, steps: second.steps }),
+                    ..Default::default()
+                };
                 self.generate_stage(&second, enc2, &stage, on_event)?.0
             }
-            None => self.repaint_each(&first, &mut second, enc2, hires, on_event)?,
+            None => self.repaint_each(&first, &mut second, enc2, hires, req.steps, on_event)?,
         };
         out.timings.encode_s += first.timings.encode_s;
         out.timings.denoise_s += first.timings.denoise_s;
@@ -326,6 +334,7 @@ impl StableDiffusion {
         second: &mut GenerationRequest,
         encoded: &EncodedPrompts,
         hires: &Hires,
+        first_steps: usize,
         on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<Generated> {
         second.batch_size = 1;
@@ -335,7 +344,8 @@ impl StableDiffusion {
             let small = tensor_to_rgb(image, Range::Unit)?;
             let big = sd_core::resample::lanczos_rgb(&small, w, h)?;
             second.mode = Mode::Img2Img { init: big, strength: hires.strength };
-            let g = self.generate_encoded(second, encoded, on_event)?;
+            let stage = Stage { pass: Some(Pass::Hires { first_steps, steps: second.steps }), ..Default::default() };
+            let g = self.generate_stage(second, encoded, &stage, on_event)?.0;
             out = Some(match out {
                 None => g,
                 Some(mut acc) => {

@@ -24,6 +24,8 @@ pub struct Stage {
     pub denoising_end: Option<f64>,
     /// Return the latents undecoded (diffusers' `output_type="latent"`).
     pub output_latents: bool,
+    /// Which pass the prompt schedules count over; `None`: the request's own steps.
+    pub pass: Option<crate::prompt::schedule::Pass>,
 }
 
 /// diffusers' defaults for the refiner's aesthetic-score conditioning (prompt, negative prompt).

@@ -309,7 +309,8 @@ impl Engine {
         let key: PromptKey =
             (base.prompt.clone(), base.negative_prompt.clone(), base.clip_skip, base.emphasis.to_string());
         let mut encoded = match self.prompt_cache.take() {
-            Some((k, e)) if k == key => Some(e),
+            // Prompt schedules depend on the steps: reuse only encodings that hold every text this run needs.
+            Some((k, e)) if k == key && sd.encoded_covers(&e, &base, hires.as_ref()) => Some(e),
             _ => None,
         };
         for batch in 0..req.n_iter {
@@ -349,7 +350,10 @@ impl Engine {
                 }
             };
             if encoded.is_none() {
-                encoded = Some(sd.encode_prompts(&g, &mut on_event)?);
+                encoded = Some(match &hires {
+                    Some(h) => sd.encode_prompts_hires(&g, h, &mut on_event)?,
+                    None => sd.encode_prompts(&g, &mut on_event)?,
+                });
             }
             let enc = encoded.as_ref().context("the prompts were not encoded")?;
             let generated = match &hires {

@@ -332,7 +332,11 @@ pub fn run(args: Args) -> Result<()> {
         });
         // Every batch shares the prompts: encode them once, then free the text encoders for the rest of the run.
         if encoded.is_none() {
-            let first = sd.encode_prompts(&req, &mut on_event)?;
+            // with the hires fix, the prompts' schedules are encoded for both passes
+            let first = match &hires {
+                Some(h) => sd.encode_prompts_hires(&req, h, &mut on_event)?,
+                None => sd.encode_prompts(&req, &mut on_event)?,
+            };
             let hires_enc = match &hires {
                 Some(h) => sd.encode_hires_prompts(&req, h, &mut on_event)?,
                 None => None,

@@ -1,4 +1,5 @@
-//! `sd tokenize`: how CLIP sees a prompt — ids, tokens, and how many of the 75 usable slots it takes.
+//! `sd tokenize`: how CLIP sees a prompt — ids, tokens, and how many of the 75 usable slots it takes — and, for
+//! prompts with editing (`[a:b:when]`, `[a|b]`) or `AND` parts, which text is in force over which steps.
 
 use anyhow::{Context, Result};
 use sd_models::clip::{ClipTokenizer, PadToken};
@@ -20,6 +21,40 @@ pub struct Args {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Sampler steps to lay prompt editing `[a:b:when]` / alternation `[a|b]` over (shown when the prompt has any)
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=sd_core::limits::GENERATE_MAX_STEPS))]
+    steps: u64,
+}
+
+/// The prompt's schedule when it has editing, alternation, `AND` or a weight; `None` for a plain prompt.
+fn schedule(args: &Args) -> Result<Option<sd_pipeline::prompt::composable::PassSchedules>> {
+    use sd_pipeline::prompt::composable::PromptPlan;
+    let plan = PromptPlan::new(&args.prompt, "")?;
+    let sched = plan.schedules(sd_pipeline::prompt::schedule::Pass::Base { steps: args.steps as usize });
+    let edited = sched.parts.iter().any(|(_, s)| s.entries.len() > 1 || s.entries[0].text != args.prompt);
+    Ok((edited || !plan.is_plain()).then_some(sched))
+}
+
+/// One line per span of steps and `AND` part: `steps 1-3  part 1 (weight 1.2)  text`, steps counted from 1.
+fn schedule_table(out: &mut String, sched: &sd_pipeline::prompt::composable::PassSchedules) -> Result<()> {
+    writeln!(out, "schedule   ({} AND part(s); steps counted from 1, A1111 timeline)", sched.parts.len())?;
+    for (k, (w, s)) in sched.parts.iter().enumerate() {
+        writeln!(out, "  part {} weight {w}", k + 1)?;
+        let mut from = 1;
+        for e in &s.entries {
+            // Entry `end` is in force for loop steps 0..=end (A1111), i.e. steps 1..=end+1 counted from 1.
+            let to = (e.end_at_step + 1).min(sched_steps(s));
+            if to >= from {
+                writeln!(out, "    steps {from:>3}-{to:<3} {:?}", e.text)?;
+                from = to + 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sched_steps(s: &sd_pipeline::prompt::schedule::Schedule) -> usize {
+    s.entries.last().map(|e| e.end_at_step).unwrap_or(0)
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -40,10 +75,14 @@ pub fn run(args: Args) -> Result<()> {
             "truncated": raw.len() > usable,
             "dropped": &tokens[kept..],
             "bos": tok.bos(), "eos": tok.eos(), "pad": tok.pad(),
+            "schedule": schedule(&args)?,
         });
         return emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
     }
     let mut out = String::new();
+    if let Some(sched) = schedule(&args)? {
+        schedule_table(&mut out, &sched)?;
+    }
     writeln!(out, "tokenizer  {source}")?;
     writeln!(out, "tokens     {} of {usable} usable ({} slots with start/end token)", raw.len(), tok.max_len())?;
     writeln!(out, "{:>4}  {:>6}  token", "pos", "id")?;

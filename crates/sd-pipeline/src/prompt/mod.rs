@@ -9,10 +9,14 @@
 //! | [`clip_encoder`] | [`TextEncoder`] for sd-models' CLIP tokenizer + text model |
 //! | [`embeddings`] | textual-inversion embedding files (safetensors), [`embedding_pt`] for pickled ones |
 //! | [`lora`] | LoRA files (kohya/A1111, diffusers/PEFT) merged into component weights |
+//! | [`schedule`] | prompt editing `[from:to:when]` and alternation `[a\|b]` → per-step texts (A1111's timelines) |
+//! | [`composable`] | `AND` with weights (composable diffusion): sub-prompts, their schedules, the negative's |
+//! | [`scheduled`] | the texts of all schedules encoded once each, and the conditioning in force at a step |
 //! | [`conditioning`] | [`encode_prompt_pair`]: clip skip, SDXL dual encoders and pooled output, prompt/negative padding |
 
 pub mod chunks;
 pub mod clip_encoder;
+pub mod composable;
 pub mod conditioning;
 pub mod embedding_pt;
 pub mod embeddings;
@@ -20,6 +24,8 @@ pub mod emphasis;
 pub mod encoder;
 pub mod lora;
 pub mod parser;
+pub mod schedule;
+pub mod scheduled;
 
 pub use clip_encoder::ClipPair;
 pub use conditioning::{encode_prompt, encode_prompt_pair, Conditioning, EncoderStyle, PromptSettings};
