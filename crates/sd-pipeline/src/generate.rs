@@ -305,7 +305,7 @@ impl StableDiffusion {
             if cfg && copies > 2 {
                 let halves = ids.chunk(2, 0);
                 let mut rows = vec![halves[0].shallow_clone()];
-                rows.extend(std::iter::repeat_n(halves[1].shallow_clone(), (copies - 1) as usize));
+                rows.extend((1..copies).map(|_| halves[1].shallow_clone()));
                 Tensor::cat(&rows, 0)
             } else {
                 ids
