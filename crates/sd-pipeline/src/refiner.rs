@@ -2,7 +2,7 @@
 //! (`denoising_end = switch`), and its latents, undecoded, go to the refiner's img2img pipeline, which runs the
 //! rest of the same schedule (`denoising_start = switch`: same steps, same sampler, no noise added). The refiner
 //! encodes the prompts with its own text encoder (OpenCLIP G only) and conditions on an aesthetic score instead of
-//! the target size (see [`crate::stage::sdxl_time_ids`]). Its pass starts a fresh generator from the request's
+//! the target size (see `stage::sdxl_time_ids`). Its pass starts a fresh generator from the request's
 //! seed, as the hires fix's second pass does.
 
 use crate::family::{Family, ModelInfo};

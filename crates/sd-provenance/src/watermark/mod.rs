@@ -7,7 +7,7 @@
 //! image YUV → BGR. On the uint8 path the float U is stored into uint8 by truncation with wrap-around (numpy's
 //! cast), so values just below 0 become ~255: the package does that and so do we.
 //!
-//! dwtDct is weak: JPEG, resizing or cropping erase it. dwtDctSvd ([`dctsvd`]) shares the whole pipeline and
+//! dwtDct is weak: JPEG, resizing or cropping erase it. dwtDctSvd (`dctsvd`) shares the whole pipeline and
 //! only swaps the block rule; it survives JPEG at usual qualities and halving (README: robustness table). Anyone
 //! can add or remove either: a courtesy signal, not proof.
 
