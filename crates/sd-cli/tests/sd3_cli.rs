@@ -182,7 +182,18 @@ fn parameters(png: &Path) -> String {
 #[test]
 fn sd_serve_runs_sd3_as_sd_generate_does() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--device", "cpu", "--no-watermark", "--no-t5", "--max-sequence-length", "16", "--no-c2pa"];
+    let loras = fixtures().join("sd3_lora");
+    let extra = [
+        "--device",
+        "cpu",
+        "--no-watermark",
+        "--no-t5",
+        "--max-sequence-length",
+        "16",
+        "--no-c2pa",
+        "--lora-dir",
+        loras.to_str().unwrap(),
+    ];
     let s = server::Server::start_with_model(&fixtures().join("models/sd3"), &extra);
 
     // txt2img with A1111's default sampler name: "Euler" runs as flow-matching Euler, the model's own
@@ -229,10 +240,20 @@ fn sd_serve_runs_sd3_as_sd_generate_does() {
         assert!(off as f64 <= 0.001 * n as f64, "inpainting {i}: {off} values differ by more than 1");
     }
 
+    // a `<lora:…>` tag merges the LoRA (diffusers' fuse_lora at 0.8)
+    let body = json!({"prompt": format!("{PROMPT} <lora:style:0.8>"), "negative_prompt": NEGATIVE, "width": 16,
+                      "height": 16, "steps": 4, "cfg_scale": 5, "seed": 1});
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{r}");
+    let got = served(&r, dir.path());
+    let (off, n) = values_off(&got[0], &fixtures().join("sd3_lora/lora_08.safetensors"), 0);
+    println!("served LoRA txt2img: values off by more than 1 from diffusers: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
+    assert!(parameters(&got[0]).contains("Lora hashes: \"style: "), "{}", parameters(&got[0]));
+
     // what SD3 does not run yet: a 400 naming it, and the server goes on serving
     let txt = json!({"prompt": PROMPT, "width": 16, "height": 16, "steps": 1});
     for (change, needle) in [
-        (json!({"prompt": "x <lora:style:0.8>"}), "LoRA"),
         (json!({"enable_hr": true, "hr_scale": 2}), "hires fix"),
         (json!({"sampler_name": "DDIM"}), "flow-matching"),
         (json!({"width": 24}), "multiple of 16"),
@@ -248,4 +269,28 @@ fn sd_serve_runs_sd3_as_sd_generate_does() {
     }
     let (code, r) = post(&s, "/sdapi/v1/txt2img", &txt);
     assert_eq!(code, 200, "{r}");
+}
+
+#[test]
+fn lora_matches_diffusers_fuse_lora() {
+    // fixtures/sd3_lora (gen_99_sd3_lora.py): a PEFT LoRA on the transformer's attention and CLIP-L, fused at 0.8
+    let dir = tempfile::tempdir().unwrap();
+    let lora = fixtures().join("sd3_lora/style.safetensors");
+    let mut c = generate(dir.path());
+    c.arg("--lora").arg(format!("{}:0.8", lora.display()));
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let png = dir.path().join("1.png");
+    let (off, n) = values_off(&png, &fixtures().join("sd3_lora/lora_08.safetensors"), 0);
+    println!("values off by more than 1: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
+    let (without, _) = values_off(&png, &fixtures().join("sd3_pipeline/no_t5.safetensors"), 0);
+    assert!(without > n / 10, "the LoRA changes the image ({without} of {n} values differ from the plain one)");
+    assert!(parameters(&png).contains("Lora hashes: \"style: "), "{}", parameters(&png));
+    // a UNet LoRA matches nothing in an SD3 model: refused by name
+    let mut c = generate(dir.path());
+    c.arg("--lora").arg(fixtures().join("lora_pipeline/lora/tiny-kohya.safetensors"));
+    let (code, err) = run(c.arg("--overwrite"));
+    assert_ne!(code, 0);
+    assert!(err.contains("matches none of this model's weights"), "{err}");
 }

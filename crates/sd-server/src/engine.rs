@@ -188,11 +188,7 @@ impl Engine {
         tracing::info!(model = %entry.spec, loras = loras.len(), "loading model");
         let t0 = Instant::now();
         if engine_sd3::is_sd3_spec(&entry.spec) {
-            let result = if loras.is_empty() {
-                engine_sd3::load(&entry.spec, &self.cfg)
-            } else {
-                Err(anyhow!("LoRAs are not supported for Stable Diffusion 3 models yet"))
-            };
+            let result = engine_sd3::load(&entry.spec, &self.cfg, &loras);
             let load_s = t0.elapsed().as_secs_f64();
             let mut st = lock(&self.status);
             st.loading = false;
@@ -342,7 +338,7 @@ impl Engine {
             if let Some((_, msg)) = engine_sd3::unsupported(req) {
                 bail!(msg);
             }
-            self.ensure(idx, Vec::new())?;
+            self.ensure(idx, loras)?;
             let render = self.render_options(req)?;
             let mut out = JobResult {
                 model: self.catalog.entries[idx].title(),

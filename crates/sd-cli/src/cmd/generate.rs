@@ -231,6 +231,7 @@ pub fn run(args: Args) -> Result<()> {
         if args.refine.refiner.is_some() {
             usage!("--refiner applies to SDXL base models, not SD3");
         }
+        opts.loras = loras;
         return super::generate_sd3::run(&args, opts, sampler, mode, init_file);
     }
     if !args.slg_layers.is_empty() {

@@ -30,15 +30,13 @@ pub fn run(
         Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength, mask: None }),
         Mode::Inpaint { init, mask, strength } => Some(Sd3Init { image: init, strength, mask: Some(mask) }),
     };
-    let refused: [(bool, &str); 9] = [
-        (!args.lora.is_empty() || args.load.lora_dir.is_some(), "LoRAs"),
+    let refused: [(bool, &str); 7] = [
         (args.load.embeddings_dir.is_some(), "--embeddings-dir"),
         (args.taesd.is_some(), "--taesd"),
         (args.clip_skip != 1, "--clip-skip"),
         (args.guidance_rescale != 0.0, "--guidance-rescale"),
         (args.eta.is_some(), "--eta"),
         (args.emphasis != "original", "--emphasis"),
-        (args.prompt.contains("<lora:"), "<lora:…> tags"),
         (opts.low_memory, "--low-memory"),
     ];
     if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
@@ -55,7 +53,15 @@ pub fn run(
     let t_load = Instant::now();
     let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.load.model)));
     let root = sd_core::model_dir::ModelDir::open(&args.load.model)?.root;
-    let pipe = Sd3Pipeline::load(&root, opts.dtype, opts.device, args.load.no_t5)?;
+    let pipe = Sd3Pipeline::load_with_loras(&root, opts.dtype, opts.device, args.load.no_t5, &opts.loras)?;
+    for l in pipe.loras.iter().filter(|l| !l.ignored.is_empty()) {
+        eprintln!(
+            "warning: LoRA {}: {} key(s) matched nothing in this model and were ignored: {}",
+            l.path.display(),
+            l.ignored.len(),
+            l.ignored.join(", ")
+        );
+    }
     let load_s = t_load.elapsed().as_secs_f64();
     if let Some(s) = spinner {
         s.finish_and_clear();
@@ -114,6 +120,7 @@ pub fn run(
             "model": name,
             "family": "sd3",
             "t5": pipe.t5.is_some(),
+            "loras": pipe.loras.iter().map(|l| serde_json::json!({ "path": l.path, "weight": l.weight, "ignored_keys": l.ignored })).collect::<Vec<_>>(),
             "load_s": load_s,
             "batches": summary,
             "peak_rss_mb": sd_pipeline::output::peak_rss_mb(),
