@@ -702,15 +702,7 @@ impl Sd3Pipeline {
                 info.extra.push(("Batch size".into(), req.batch_size.to_string()));
                 info.extra.push(("Batch pos".into(), i.to_string()));
             }
-            let clean = |n: &str| n.replace([':', ','], "");
-            let lora: Vec<String> = self
-                .loras
-                .iter()
-                .filter_map(|l| crate::loras::lora_short_hash(&l.path).ok().map(|h| format!("{}: {h}", clean(&l.name))))
-                .collect();
-            if !lora.is_empty() {
-                info.extra.push(("Lora hashes".into(), lora.join(", ")));
-            }
+            info.extra.extend(crate::output::lora_hashes(&self.loras));
             if r.upscale > 1 {
                 info.extra.push(("Postprocess upscale by".into(), r.upscale.to_string()));
                 info.extra.push(("Postprocess upscaler".into(), "Lanczos".into()));

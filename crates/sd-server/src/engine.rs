@@ -315,6 +315,12 @@ impl Engine {
         Ok(render)
     }
 
+    /// An empty result naming catalog entry `idx` (A1111's title and hash) and the job's start time.
+    fn new_result(&self, idx: usize, started: String) -> JobResult {
+        let entry = &self.catalog.entries[idx];
+        JobResult { model: entry.title(), model_hash: entry.hash(), started, ..Default::default() }
+    }
+
     fn generate(
         &mut self,
         req: &JobRequest,
@@ -340,12 +346,7 @@ impl Engine {
             }
             self.ensure(idx, loras)?;
             let render = self.render_options(req)?;
-            let mut out = JobResult {
-                model: self.catalog.entries[idx].title(),
-                model_hash: self.catalog.entries[idx].hash(),
-                started,
-                ..Default::default()
-            };
+            let mut out = self.new_result(idx, started);
             let job = engine_sd3::Sd3Job {
                 pipe: self.sd3.as_ref().context("no SD3 model is loaded")?,
                 cfg: &self.cfg,
@@ -369,12 +370,7 @@ impl Engine {
         let hires = req.hires.as_ref().map(|h| h.to_hires()).transpose()?;
         let render = self.render_options(req)?;
 
-        let mut out = JobResult {
-            model: self.catalog.entries[idx].title(),
-            model_hash: self.catalog.entries[idx].hash(),
-            started,
-            ..Default::default()
-        };
+        let mut out = self.new_result(idx, started);
         let key: PromptKey =
             (base.prompt.clone(), base.negative_prompt.clone(), base.clip_skip, base.emphasis.to_string());
         let mut encoded = match self.prompt_cache.take() {
@@ -409,14 +405,7 @@ impl Engine {
                     }
                     on_progress(p);
                 }
-                let stop = ctl.interrupt.load(Ordering::SeqCst)
-                    || ctl.cancel.load(Ordering::SeqCst)
-                    || ctl.skip.load(Ordering::SeqCst);
-                if stop {
-                    Flow::Interrupt
-                } else {
-                    Flow::Continue
-                }
+                ctl.flow()
             };
             if encoded.is_none() {
                 encoded = Some(match &hires {

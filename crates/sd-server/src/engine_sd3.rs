@@ -153,14 +153,7 @@ impl Sd3Job<'_> {
                         ..Default::default()
                     });
                 }
-                let stop = ctl.interrupt.load(Ordering::SeqCst)
-                    || ctl.cancel.load(Ordering::SeqCst)
-                    || ctl.skip.load(Ordering::SeqCst);
-                if stop {
-                    Flow::Interrupt
-                } else {
-                    Flow::Continue
-                }
+                ctl.flow()
             };
             let generated = self.pipe.generate_encoded(&req, prompts, &mut on_event)?;
             if ctl.cancel.load(Ordering::SeqCst) {
