@@ -132,8 +132,8 @@ fn flags_sd3_does_not_take_are_usage_errors() {
         assert_eq!(code, 2, "{extra:?}: {err}");
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
-    // and --no-t5 or --slg-layers on a UNet model
-    for flag in [["--slg-layers", "7"], ["--max-sequence-length", "77"]] {
+    // and --no-t5, --slg-layers or a per-encoder prompt on a UNet model
+    for flag in [["--slg-layers", "7"], ["--max-sequence-length", "77"], ["--prompt-2", "a castle"]] {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
         c.args(["generate", "x"]).args(flag).arg("--model").arg(fixtures().join("models/sd1"));
         let (code, err) = run(&mut c);
@@ -293,4 +293,19 @@ fn lora_matches_diffusers_fuse_lora() {
     let (code, err) = run(c.arg("--overwrite"));
     assert_ne!(code, 0);
     assert!(err.contains("matches none of this model's weights"), "{err}");
+}
+
+#[test]
+fn clip_g_prompt_matches_diffusers_prompt_2() {
+    // fixtures/sd3_prompts/clip_g_only_no_t5 (gen_99_sd3_encoder_prompts.py)
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = base(&dir.path().join("p2.png"));
+    c.args(["--prompt-2", "an oil painting of a castle", "--steps", "3", "--cfg-scale", "5", "--seed", "6"]);
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let png = dir.path().join("p2.png");
+    let (off, n) = values_off(&png, &fixtures().join("sd3_prompts/clip_g_only_no_t5.safetensors"), 0);
+    println!("values off by more than 1: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
+    assert!(parameters(&png).contains("CLIP-G prompt: an oil painting of a castle"), "{}", parameters(&png));
 }

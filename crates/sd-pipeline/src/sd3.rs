@@ -150,6 +150,12 @@ pub struct Sd3Request {
     pub init: Option<Sd3Init>,
     /// Skip-layer guidance (SD3.5 Medium's recommended setting), txt2img with CFG only, as in diffusers.
     pub slg: Option<SkipLayerGuidance>,
+    /// Per-encoder prompts, diffusers' `prompt_2` (CLIP-G) and `prompt_3` (T5); `None` = `prompt`.
+    pub prompt_2: Option<String>,
+    pub prompt_3: Option<String>,
+    /// diffusers' `negative_prompt_2` / `negative_prompt_3`; `None` = `negative_prompt`.
+    pub negative_prompt_2: Option<String>,
+    pub negative_prompt_3: Option<String>,
 }
 
 /// diffusers' `skip_guidance_layers` and its scale and window: in the steps `i` with
@@ -223,6 +229,10 @@ impl Sd3Request {
             sampler: SamplerChoice::default(),
             init: None,
             slg: None,
+            prompt_2: None,
+            prompt_3: None,
+            negative_prompt_2: None,
+            negative_prompt_3: None,
         }
     }
 }
@@ -333,17 +343,22 @@ impl Sd3Pipeline {
 
     /// diffusers' `encode_prompt` for one prompt.
     pub fn encode_prompt(&self, text: &str, max_sequence_length: usize) -> Result<Sd3Conditioning> {
+        self.encode_texts(&[text.to_string(), text.to_string(), text.to_string()], max_sequence_length)
+    }
+
+    /// `encode_prompt` with a text per encoder, CLIP-L, CLIP-G and T5 (diffusers' `prompt`, `prompt_2`, `prompt_3`).
+    pub fn encode_texts(&self, texts: &[String; 3], max_sequence_length: usize) -> Result<Sd3Conditioning> {
         // `<lora:…>` tags chose the LoRAs at load time; the encoders never see them (as in A1111)
-        let (text, _) = crate::loras::strip_lora_tags(text)?;
-        let text = text.as_str();
+        let strip = |t: &str| crate::loras::strip_lora_tags(t).map(|(text, _)| text);
+        let (text_l, text_g, text_t5) = (strip(&texts[0])?, strip(&texts[1])?, strip(&texts[2])?);
         tch::no_grad(|| {
-            let (l, pl) = self.clip_l.encode(text)?;
-            let (g, pg) = self.clip_g.encode(text)?;
+            let (l, pl) = self.clip_l.encode(&text_l)?;
+            let (g, pg) = self.clip_g.encode(&text_g)?;
             let clip = Tensor::f_cat(&[l, g], -1)?;
             let width = self.transformer.config.joint_attention_dim;
             let t5 = match &self.t5 {
                 Some((tok, model)) => {
-                    let ids: Vec<i64> = tok.encode(text, max_sequence_length)?.into_iter().map(i64::from).collect();
+                    let ids: Vec<i64> = tok.encode(&text_t5, max_sequence_length)?.into_iter().map(i64::from).collect();
                     model.forward(&Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device))?
                 }
                 None => {
@@ -374,9 +389,17 @@ impl Sd3Pipeline {
     /// that shares them.
     pub fn encode(&self, req: &Sd3Request) -> Result<Sd3Prompts> {
         self.check(req)?;
-        let cond = self.encode_prompt(&req.prompt, req.max_sequence_length)?;
+        let texts = |first: &str, second: &Option<String>, third: &Option<String>| -> [String; 3] {
+            [
+                first.to_string(),
+                second.as_deref().unwrap_or(first).to_string(),
+                third.as_deref().unwrap_or(first).to_string(),
+            ]
+        };
+        let cond = self.encode_texts(&texts(&req.prompt, &req.prompt_2, &req.prompt_3), req.max_sequence_length)?;
         let uncond = if req.guidance_scale > 1.0 {
-            Some(self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?)
+            let neg = texts(&req.negative_prompt, &req.negative_prompt_2, &req.negative_prompt_3);
+            Some(self.encode_texts(&neg, req.max_sequence_length)?)
         } else {
             None
         };
@@ -691,6 +714,17 @@ impl Sd3Pipeline {
             }
             if let Some(init) = &req.init {
                 info.extra.push(("Denoising strength".into(), init.strength.to_string()));
+            }
+            let per_encoder = [
+                ("CLIP-G prompt", &req.prompt_2),
+                ("T5 prompt", &req.prompt_3),
+                ("CLIP-G negative prompt", &req.negative_prompt_2),
+                ("T5 negative prompt", &req.negative_prompt_3),
+            ];
+            for (key, text) in per_encoder {
+                if let Some(t) = text {
+                    info.extra.push((key.into(), t.clone()));
+                }
             }
             info.watermark = Some(outcome.clone());
             if self.t5.is_none() {

@@ -48,6 +48,9 @@ pub fn run(
     let sampler = sd_pipeline::sd3::flow_form(sampler).map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?;
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
+        for text in [&args.prompt_2, &args.prompt_3].into_iter().flatten() {
+            sd_pipeline::output::check_policy(policy, text)?;
+        }
     }
     let safety = args.load.safety()?;
     let t_load = Instant::now();
@@ -82,6 +85,10 @@ pub fn run(
     for batch in 0..args.batch_count {
         let mut req = Sd3Request::new(&args.prompt);
         req.negative_prompt = args.negative_prompt.clone();
+        req.prompt_2 = args.prompt_2.clone();
+        req.prompt_3 = args.prompt_3.clone();
+        req.negative_prompt_2 = args.negative_prompt_2.clone();
+        req.negative_prompt_3 = args.negative_prompt_3.clone();
         // img2img without -W/-H keeps the init image's size, rounded down to what the transformer takes
         let f = pipe.size_multiple();
         let init_size = init.as_ref().map(|i| ((i.image.width() as i64 / f * f), (i.image.height() as i64 / f * f)));
