@@ -251,6 +251,18 @@ fn sd_serve_runs_sd3_as_sd_generate_does() {
     assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
     assert!(parameters(&got[0]).contains("Lora hashes: \"style: "), "{}", parameters(&got[0]));
 
+    // OpenAI's images API: `size: auto` is the transformer's native size (sample_size × the VAE's factor)
+    let config = |c: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("models/sd3/{c}/config.json"))).unwrap())
+            .unwrap()
+    };
+    let levels = config("vae")["block_out_channels"].as_array().unwrap().len() as u32;
+    let native = config("transformer")["sample_size"].as_u64().unwrap() as u32 * 2u32.pow(levels - 1);
+    let (code, r) = post(&s, "/v1/images/generations", &json!({"prompt": PROMPT, "size": "auto", "steps": 2}));
+    assert_eq!(code, 200, "{r}");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(r["data"][0]["b64_json"].as_str().unwrap()).unwrap();
+    assert_eq!(image::load_from_memory(&bytes).unwrap().width(), native);
+
     // what SD3 does not run yet: a 400 naming it, and the server goes on serving
     let txt = json!({"prompt": PROMPT, "width": 16, "height": 16, "steps": 1});
     for (change, needle) in [
