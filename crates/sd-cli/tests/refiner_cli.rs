@@ -2,8 +2,14 @@
 //! with A1111's parameters, the refiner alone as img2img, and bad input (a base given as the refiner, a switch
 //! point outside (0, 1), the refiner folder as a txt2img model, an unknown hires upscaler) refused with a clear
 //! message, the documented exit code and no output file. The pixels themselves are checked against diffusers in
-//! crates/sd-pipeline/tests/refiner.rs and hires.rs.
+//! crates/sd-pipeline/tests/refiner.rs and hires.rs. `sd serve` runs the refiner for A1111's `refiner_checkpoint`
+//! and `refiner_switch_at` with `sd generate --refiner`'s pixels and parameters, and refuses what it cannot follow.
 
+#[path = "common/server.rs"]
+mod server;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -137,4 +143,62 @@ fn latent_hires_run_and_unknown_upscaler() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("need --hires-scale"), "{err}");
     assert!(!out.exists());
+}
+
+fn post(s: &server::Server, path: &str, body: &Value) -> (u16, Value) {
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(300)).build().unwrap();
+    let r = client.post(format!("{}{path}", s.url)).json(body).send().expect("request");
+    let code = r.status().as_u16();
+    (code, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn served_refiner_gives_sd_generates_pixels_and_parameters() {
+    let models = fixtures().join("models");
+    let s = server::Server::start_with_model(
+        &models.join("sdxl"),
+        &["--device", "cpu", "--no-watermark", "--no-c2pa", "--models-dir", models.to_str().unwrap()],
+    );
+    let body = json!({"prompt": "a red circle", "steps": 6, "seed": 5, "width": 64, "height": 64, "cfg_scale": 5,
+                      "sampler_name": "Euler", "refiner_checkpoint": "sdxl-refiner-tiny", "refiner_switch_at": 0.7});
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{r}");
+    let served = base64::engine::general_purpose::STANDARD.decode(r["images"][0].as_str().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = generate("sdxl", dir.path());
+    c.args(["--refiner", &model("sdxl-refiner-tiny"), "--refiner-switch", "0.7", "--cfg-scale", "5"]);
+    c.args(["--sampler", "Euler", "--no-c2pa"]);
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let file = dir.path().join("000.png");
+    let pixels = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&served), pixels(&std::fs::read(&file).unwrap()), "served pixels differ from sd generate's");
+    let served_params =
+        sd_provenance::inspect::inspect_bytes("png", &served).unwrap().parameters_raw.expect("parameters");
+    assert_eq!(served_params, parameters(&file));
+    assert!(served_params.contains("Refiner switch at: 0.7"), "{served_params}");
+    // a second job reuses the loaded refiner and gives the same picture
+    let (code, again) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{again}");
+    let again = base64::engine::general_purpose::STANDARD.decode(again["images"][0].as_str().unwrap()).unwrap();
+    assert_eq!(pixels(&again), pixels(&served), "the second job's pixels differ");
+
+    // what the refiner cannot follow: a 4xx naming the field
+    let mask =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(fixtures().join("pipeline/init.png")).unwrap());
+    let cases = [
+        (json!({"refiner_checkpoint": "no-such-model"}), "/sdapi/v1/txt2img", 404, "unknown refiner"),
+        (json!({"refiner_switch_at": 1.5}), "/sdapi/v1/txt2img", 400, "refiner_switch_at"),
+        (json!({"enable_hr": true, "hr_scale": 2}), "/sdapi/v1/txt2img", 400, "hires fix"),
+        (json!({"init_images": [mask.clone()], "mask": mask}), "/sdapi/v1/img2img", 400, "inpainting"),
+    ];
+    for (change, path, want, needle) in cases {
+        let mut b = body.clone();
+        for (k, v) in change.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (code, r) = post(&s, path, &b);
+        assert_eq!(code, want, "{change}: {r}");
+        assert!(r.to_string().contains(needle), "{change}: {r}");
+    }
 }

@@ -312,12 +312,6 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
             format!("`alwayson_scripts.{name}`: extensions and scripts other than controlnet are not supported"),
         ));
     }
-    if r.refiner_checkpoint.as_deref().is_some_and(|c| !c.is_empty() && c != "None") {
-        return Err(ApiError::unsupported(
-            "refiner_checkpoint",
-            "`refiner_checkpoint`: the refiner is not supported by the server yet (`sd generate --refiner` runs it)",
-        ));
-    }
     float_default("subseed_strength", r.subseed_strength, 0.0)?;
     float_default("s_min_uncond", r.s_min_uncond, 0.0)?;
     float_default("s_churn", r.s_churn, 0.0)?;
@@ -477,6 +471,7 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
         quality: settings.jpeg_quality,
         init_file: None,
         controlnet: Vec::new(),
+        refiner: None,
     };
     let mut job = job;
     let controlnet =
@@ -487,8 +482,20 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
     if r.enable_hr == Some(true) {
         job.hires = Some(hires_spec(&r, &job)?);
     }
+    job.refiner = refiner_spec(&r)?;
     validate_job(state, &job)?;
     Ok(job)
+}
+
+/// A1111's `refiner_checkpoint` ("None" or empty: no refiner) and `refiner_switch_at` (its default 0.8).
+fn refiner_spec(r: &A1111Request) -> ApiResult<Option<crate::job::RefinerSpec>> {
+    let Some(model) = r.refiner_checkpoint.as_deref().map(str::trim).filter(|c| !c.is_empty() && *c != "None") else {
+        return Ok(None);
+    };
+    let switch_at = r.refiner_switch_at.unwrap_or(0.8);
+    sd_pipeline::refiner::check_switch(switch_at)
+        .map_err(|e| ApiError::bad_request(format!("`refiner_switch_at`: {e:#}")).with_param("refiner_switch_at"))?;
+    Ok(Some(crate::job::RefinerSpec { model: model.to_string(), switch_at }))
 }
 
 async fn generate(state: AppState, body: Value, kind: JobKind) -> ApiResult<Json<Value>> {

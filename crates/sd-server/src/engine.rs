@@ -82,6 +82,10 @@ pub struct Engine {
     /// An SD3 / SD3.5 model, when that is what is loaded (then `sd` is `None`).
     sd3: Option<Sd3Pipeline>,
     sd3_prompts: Option<(Sd3PromptKey, Sd3Prompts)>,
+    /// The SDXL refiner jobs asked for last (catalog index), kept loaded beside the base for the next job, and
+    /// the prompts it encoded.
+    refiner: Option<(usize, StableDiffusion)>,
+    refiner_prompts: Option<(PromptKey, EncodedPrompts)>,
     preview: Option<AutoencoderTiny>,
     /// The last job's encoded prompts, reused when the next job has the same prompts and settings (A1111 keeps
     /// the same cache): clients often send one prompt many times, and encoding is a fixed cost per request.
@@ -120,6 +124,8 @@ impl Engine {
             sd: None,
             sd3: None,
             sd3_prompts: None,
+            refiner: None,
+            refiner_prompts: None,
             preview: None,
             prompt_cache: None,
         }
@@ -177,6 +183,9 @@ impl Engine {
         self.sd = None;
         self.sd3 = None;
         self.sd3_prompts = None;
+        // a refiner is checked against its base when loaded
+        self.refiner = None;
+        self.refiner_prompts = None;
         self.prompt_cache = None;
         self.preview = None;
         {
@@ -315,6 +324,27 @@ impl Engine {
         Ok(render)
     }
 
+    /// Make sure catalog entry `idx` is loaded as the refiner of the loaded base (with the base's device and dtype;
+    /// no LoRAs, ControlNets or safety checker: those belong to the base).
+    fn ensure_refiner(&mut self, idx: usize) -> Result<()> {
+        if self.refiner.as_ref().is_some_and(|(i, _)| *i == idx) {
+            return Ok(());
+        }
+        self.refiner = None;
+        self.refiner_prompts = None;
+        let base = self.sd.as_ref().context("no model is loaded")?;
+        let mut opts = self.cfg.load.clone();
+        opts.loras.clear();
+        opts.controlnets.clear();
+        opts.load_safety_checker = false;
+        opts.family = None;
+        let spec = &self.catalog.entries[idx].spec;
+        tracing::info!(refiner = %spec, "loading the refiner");
+        let model = sd_pipeline::refiner::load_refiner(base, spec, opts)?;
+        self.refiner = Some((idx, model));
+        Ok(())
+    }
+
     /// An empty result naming catalog entry `idx` (A1111's title and hash) and the job's start time.
     fn new_result(&self, idx: usize, started: String) -> JobResult {
         let entry = &self.catalog.entries[idx];
@@ -364,7 +394,17 @@ impl Engine {
             let dir = crate::controlnet::resolve(self.cfg.controlnet_dir.as_deref(), &unit.model)?;
             sd.load_controlnet(&dir)?;
         }
+        if let Some(spec) = &req.refiner {
+            let ri = self.catalog.find(&spec.model).ok_or_else(|| {
+                anyhow!("unknown refiner {:?}; available: {}", spec.model, self.catalog.names().join(", "))
+            })?;
+            self.ensure_refiner(ri)?;
+        }
         let sd = self.sd.as_ref().context("no model is loaded")?;
+        let refiner = match &req.refiner {
+            Some(spec) => Some((&self.refiner.as_ref().context("the refiner is not loaded")?.1, spec.switch_at)),
+            None => None,
+        };
         let base = to_generation_request(req, sd)?;
         base.validate(sd.vae_scale_factor())?;
         let hires = req.hires.as_ref().map(|h| h.to_hires()).transpose()?;
@@ -376,6 +416,10 @@ impl Engine {
         let mut encoded = match self.prompt_cache.take() {
             // Prompt schedules depend on the steps: reuse only encodings that hold every text this run needs.
             Some((k, e)) if k == key && sd.encoded_covers(&e, &base, hires.as_ref()) => Some(e),
+            _ => None,
+        };
+        let mut refiner_encoded = match (self.refiner_prompts.take(), refiner) {
+            (Some((k, e)), Some((r, _))) if k == key && r.encoded_covers(&e, &base, None) => Some(e),
             _ => None,
         };
         for batch in 0..req.n_iter {
@@ -413,10 +457,16 @@ impl Engine {
                     None => sd.encode_prompts(&g, &mut on_event)?,
                 });
             }
+            if let (Some((r, _)), None) = (refiner, &refiner_encoded) {
+                refiner_encoded = Some(r.encode_prompts(&g, &mut on_event)?);
+            }
             let enc = encoded.as_ref().context("the prompts were not encoded")?;
-            let generated = match &hires {
-                Some(h) => sd.generate_hires_encoded(&g, enc, h, &mut on_event)?,
-                None => sd.generate_encoded(&g, enc, &mut on_event)?,
+            let generated = match (&hires, refiner, &refiner_encoded) {
+                (Some(h), _, _) => sd.generate_hires_encoded(&g, enc, h, &mut on_event)?,
+                (None, Some((r, switch)), Some(renc)) => {
+                    sd.generate_refined_encoded(&g, enc, r, renc, switch, &mut on_event)?
+                }
+                _ => sd.generate_encoded(&g, enc, &mut on_event)?,
             };
             if ctl.cancel.load(Ordering::SeqCst) {
                 bail!("cancelled");
@@ -442,6 +492,9 @@ impl Engine {
             if out.interrupted {
                 break;
             }
+        }
+        if let Some(e) = refiner_encoded {
+            self.refiner_prompts = Some((key.clone(), e));
         }
         if let Some(e) = encoded {
             self.prompt_cache = Some((key, e));

@@ -40,6 +40,9 @@ pub fn unsupported(job: &JobRequest) -> Option<(&'static str, String)> {
     if let Err(e) = sampler {
         return Some(("sampler_name", format!("{e:#}")));
     }
+    if job.refiner.is_some() {
+        return Some(("refiner_checkpoint", why("the SDXL refiner")));
+    }
     if !job.controlnet.is_empty() {
         return Some(("alwayson_scripts", why("ControlNet")));
     }

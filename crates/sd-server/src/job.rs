@@ -96,6 +96,18 @@ pub struct JobRequest {
     /// ControlNet units (A1111's ControlNet extension), run on ControlNets of `--controlnet-dir`.
     #[serde(default)]
     pub controlnet: Vec<ControlUnitSpec>,
+    /// The SDXL refiner that finishes the base's picture (A1111's `refiner_checkpoint`, `refiner_switch_at`).
+    #[serde(default)]
+    pub refiner: Option<RefinerSpec>,
+}
+
+/// The SDXL refiner as a job carries it (see `sd_pipeline::refiner`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefinerSpec {
+    /// A model of the server's catalog, as clients name it.
+    pub model: String,
+    /// Fraction of the denoising the base does before the refiner takes over, in (0, 1).
+    pub switch_at: f64,
 }
 
 /// One ControlNet unit as a job carries it (see `crate::controlnet`).

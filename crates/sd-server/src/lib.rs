@@ -244,6 +244,29 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
             }
         }
     }
+    if let Some(spec) = &job.refiner {
+        let param = "refiner_checkpoint";
+        if state.catalog.find(&spec.model).is_none() {
+            return Err(ApiError::not_found(format!(
+                "unknown refiner {:?}; available: {}",
+                spec.model,
+                state.catalog.names().join(", ")
+            ))
+            .with_param(param));
+        }
+        if job.mask.is_some() {
+            return bad(param, "the refiner finishes txt2img or img2img, not inpainting (`mask`)".into());
+        }
+        if job.hires.is_some() {
+            return bad(
+                param,
+                "the refiner with the hires fix (`enable_hr`) is not supported: use one or the other".into(),
+            );
+        }
+        if !job.controlnet.is_empty() {
+            return bad(param, "the refiner with ControlNet units is not supported".into());
+        }
+    }
     if let Some(m) = &job.model {
         if state.catalog.find(m).is_none() {
             return Err(ApiError::not_found(format!(

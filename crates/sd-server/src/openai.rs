@@ -179,6 +179,7 @@ fn to_job(state: &AppState, b: &GenerationBody, kind: JobKind, default_size: (i6
         quality,
         init_file: None,
         controlnet: Vec::new(),
+        refiner: None,
     };
     if !(1..=state.cfg.limits.max_batch_size).contains(&n) {
         return Err(ApiError::bad_request(format!("`n` {n}: expected 1 to {}", state.cfg.limits.max_batch_size))
