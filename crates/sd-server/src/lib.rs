@@ -202,7 +202,11 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
         .sampler
         .parse()
         .map_err(|e| ApiError::bad_request(format!("`sampler_name`: {e:#}")).with_param("sampler_name"))?;
-    let _ = sampler;
+    // the server runs UNet models only (SD3 is refused at start-up): a flow-matching sampler is a bad request
+    if let sd_schedulers::Sampler::Named(d) = sampler.sampler {
+        sd_schedulers::check_models(d, sd_schedulers::Models::Unet, "served")
+            .map_err(|e| ApiError::bad_request(format!("`sampler_name`: {e:#}")).with_param("sampler_name"))?;
+    }
     if let Some(s) = &job.schedule {
         s.parse::<sd_schedulers::Schedule>()
             .map_err(|e| ApiError::bad_request(format!("`scheduler`: {e:#}")).with_param("scheduler"))?;

@@ -30,13 +30,16 @@ pub fn run(
         Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength, mask: None }),
         Mode::Inpaint { init, mask, strength } => Some(Sd3Init { image: init, strength, mask: Some(mask) }),
     };
-    let refused: [(bool, &str); 9] = [
+    if let sd_schedulers::Sampler::Named(d) = sampler.sampler {
+        sd_schedulers::check_models(d, sd_schedulers::Models::Flow, "sd3")
+            .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?;
+    }
+    let refused: [(bool, &str); 8] = [
         (!args.lora.is_empty() || args.load.lora_dir.is_some(), "LoRAs"),
         (args.load.embeddings_dir.is_some(), "--embeddings-dir"),
         (args.taesd.is_some(), "--taesd"),
         (args.clip_skip != 1, "--clip-skip"),
         (args.guidance_rescale != 0.0, "--guidance-rescale"),
-        (args.eta.is_some(), "--eta"),
         (args.emphasis != "original", "--emphasis"),
         (args.prompt.contains("<lora:"), "<lora:…> tags"),
         (opts.low_memory, "--low-memory"),
@@ -92,11 +95,17 @@ pub fn run(
         req.batch_size = args.batch_size;
         req.max_sequence_length = args.max_sequence_length;
         req.sampler = sampler;
+        req.eta = args.eta;
         if !args.json {
             eprintln!("seed {}", req.seed);
         }
         let t0 = Instant::now();
         pipe.check(&req).map_err(|e| super::UsageError(format!("{e:#}")))?;
+        if batch == 0 {
+            for w in pipe.sampler(&req)?.warnings() {
+                eprintln!("warning: {w}");
+            }
+        }
         let (images, _) = pipe.generate(&req)?;
         let gen_s = t0.elapsed().as_secs_f64();
         let saved = pipe.save_images(&name, &req, &images, &out_opts, &mut counter)?;
