@@ -9,7 +9,7 @@
 
 use crate::config::SchedulerConfig;
 use crate::ksched;
-use crate::schedule::np_linspace;
+use crate::schedule::{check_steps, np_linspace};
 use anyhow::{anyhow, ensure, Result};
 
 /// The static shift s·σ / (1 + (s − 1)·σ), in the float precision the caller's values carry.
@@ -71,6 +71,40 @@ pub fn euler_sigmas(cfg: &SchedulerConfig, ends: (f64, f64), n: usize, mu: Optio
         (false, _) => base.map(|s| shifted(cfg.shift, s)).collect(),
     };
     Ok(ksched::respace(cfg, &base, n).unwrap_or(base).into_iter().map(|s| s as f32 as f64).collect())
+}
+
+/// The FlowMatchEuler sigma table a sampler runs over: the training table's ends, fixed at construction, and the
+/// resolution-dependent `mu` of the next `set_timesteps` (dynamic shifting only).
+#[derive(Debug, Clone)]
+pub struct EulerTable {
+    ends: (f64, f64),
+    mu: Option<f64>,
+}
+
+impl EulerTable {
+    pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
+        cfg.check_sigma_flags()?;
+        Ok(Self { ends: train_ends(cfg, cfg.use_dynamic_shifting)?, mu: None })
+    }
+
+    /// `Scheduler::set_mu`: refused where the config's shift is static, as diffusers ignores `mu` there.
+    pub fn set_mu(&mut self, cfg: &SchedulerConfig, mu: f64) -> Result<()> {
+        ensure!(cfg.use_dynamic_shifting, "mu applies only with use_dynamic_shifting (this config shifts statically)");
+        ensure!(mu.is_finite(), "mu must be a finite number (got {mu})");
+        self.mu = Some(mu);
+        Ok(())
+    }
+
+    /// `set_timesteps(n, mu=…)`: (timesteps σ·T in float32, sigmas with the final 0).
+    pub fn schedule(&self, cfg: &SchedulerConfig, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        // diffusers would space more steps than training timesteps; like the other samplers, refuse them
+        check_steps(cfg, n)?;
+        let mut sigmas = euler_sigmas(cfg, self.ends, n, self.mu)?;
+        let t_train = cfg.num_train_timesteps as f32;
+        let timesteps = sigmas.iter().map(|s| (*s as f32 * t_train) as f64).collect();
+        sigmas.push(0.0);
+        Ok((timesteps, sigmas))
+    }
 }
 
 /// `FlowMatchHeunDiscreteScheduler.set_timesteps(n)`'s sigmas: the Euler class's static-shift table without its

@@ -14,7 +14,7 @@
 //! | `schedule` | betas → ᾱ, timestep spacing |
 //! | `sigmas` | Karras / exponential / beta sigmas, sigma → t, AYS constants |
 //! | `ksched`, `dpm_sched` | the sigma schedules of the k-diffusion-style and DPM-Solver-style classes |
-//! | `flow_sched` | the rectified-flow (SD3) sigma schedules: static and dynamic shifts, diffusers' `calculate_shift` |
+//! | `flow_sched` | the rectified-flow (SD3) sigma schedules (static and dynamic shifts, `calculate_shift`, `EulerTable`) |
 //! | `kdiff`, `dpm_math`, `ddpm_math`, `multistep` | step math several samplers share |
 //! | `brownian` | torchsde's Brownian tree (the Brownian-noise samplers) |
 //! | `custom` | Align Your Steps over any sampler that takes custom sigmas or timesteps |

@@ -56,6 +56,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("\"default\" uses the model's own scheduler class with its saved settings.");
     println!("MODELS: the families a sampler drives; UNet models (sd1 sd2 sdxl) and flow-matching models (sd3) each");
     println!("refuse the other kind's samplers.");
-    println!("Classes named \"k-diffusion ...\" are k-diffusion samplers diffusers lacks, run over Euler's sigmas.");
+    println!("Classes named \"k-diffusion ...\" are k-diffusion samplers diffusers lacks, run over Euler's sigmas");
+    println!("(flow-euler-a, ComfyUI's sample_euler_ancestral_RF, over flow-euler's).");
     Ok(())
 }

@@ -11,11 +11,10 @@
 use crate::choice::Schedule;
 use crate::common::{f32, lin2};
 use crate::descriptor::{boxed, Class, Descriptor, Lit, Models, NO_PRESET};
-use crate::flow_sched;
-use crate::schedule::check_steps;
+use crate::flow_sched::EulerTable;
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
@@ -59,40 +58,6 @@ pub static FLOW_EULER: Descriptor = Descriptor {
     description: "Euler for flow-matching models (SD3 / SD3.5)",
     build: |d, c| boxed(FlowEuler::new(d, c)),
 };
-
-/// The FlowMatchEuler sigma table a sampler runs over: the training table's ends, fixed at construction, and the
-/// resolution-dependent `mu` of the next `set_timesteps` (dynamic shifting only).
-#[derive(Debug, Clone)]
-pub struct EulerTable {
-    ends: (f64, f64),
-    mu: Option<f64>,
-}
-
-impl EulerTable {
-    pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
-        cfg.check_sigma_flags()?;
-        Ok(Self { ends: flow_sched::train_ends(cfg, cfg.use_dynamic_shifting)?, mu: None })
-    }
-
-    /// `Scheduler::set_mu`: refused where the config's shift is static, as diffusers ignores `mu` there.
-    pub fn set_mu(&mut self, cfg: &SchedulerConfig, mu: f64) -> Result<()> {
-        ensure!(cfg.use_dynamic_shifting, "mu applies only with use_dynamic_shifting (this config shifts statically)");
-        ensure!(mu.is_finite(), "mu must be a finite number (got {mu})");
-        self.mu = Some(mu);
-        Ok(())
-    }
-
-    /// `set_timesteps(n, mu=…)`: (timesteps σ·T in float32, sigmas with the final 0).
-    pub fn schedule(&self, cfg: &SchedulerConfig, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-        // diffusers would space more steps than training timesteps; like the other samplers, refuse them
-        check_steps(cfg, n)?;
-        let mut sigmas = flow_sched::euler_sigmas(cfg, self.ends, n, self.mu)?;
-        let t_train = cfg.num_train_timesteps as f32;
-        let timesteps = sigmas.iter().map(|s| (*s as f32 * t_train) as f64).collect();
-        sigmas.push(0.0);
-        Ok((timesteps, sigmas))
-    }
-}
 
 pub struct FlowEuler {
     state: SamplerState,

@@ -14,7 +14,8 @@
 use crate::choice::Schedule;
 use crate::common::{f32, step_noise};
 use crate::descriptor::{boxed, Class, Descriptor, Models, SamplerOption, NO_PRESET};
-use crate::samplers::flow_euler::{EulerTable, KEYS, UNSUPPORTED};
+use crate::flow_sched::EulerTable;
+use crate::samplers::flow_euler::{KEYS, UNSUPPORTED};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
 use anyhow::{ensure, Result};
