@@ -3,8 +3,15 @@
 //! 8 bits on at least 99.9 % of the values, `--no-t5` is recorded in the parameters, img2img and inpainting equal
 //! StableDiffusion3Img2ImgPipeline's and StableDiffusion3InpaintPipeline's (fixtures/sd3_img2img,
 //! gen_83_sd3_img2img.py) the same way, and the flags SD3 does not take are refused with exit code 2, as are the
-//! samplers of the other model kind both ways (a UNet sampler on SD3, a flow-matching one on SD1).
+//! samplers of the other model kind both ways (a UNet sampler without a flow-matching form on SD3, a flow-matching
+//! one on SD1). `sd serve` on the same folder answers A1111's txt2img and img2img with `sd generate`'s pixels and
+//! parameters, and refuses what SD3 does not run yet with a 400 naming it.
 
+#[path = "common/server.rs"]
+mod server;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -118,8 +125,8 @@ fn skip_layer_guidance_matches_diffusers() {
 fn flags_sd3_does_not_take_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     for (extra, needle) in [
-        (vec!["--sampler", "euler"], "sampler euler is for UNet models (sd1 sd2 sdxl), not for this sd3 model"),
-        (vec!["--sampler", "DPM++ 2M Karras"], "samplers for it: flow-euler, flow-euler-a, flow-heun, flow-dpmpp-2m"),
+        (vec!["--sampler", "ddim"], "sampler ddim is for UNet models (sd1 sd2 sdxl), not for this sd3 model"),
+        (vec!["--sampler", "DPM++ 2M SDE"], "samplers for it: flow-euler, flow-euler-a, flow-heun, flow-dpmpp-2m"),
         (vec!["--clip-skip", "2"], "--clip-skip"),
         (vec!["--batch-size", "0"], "--batch-size"),
     ] {
@@ -127,12 +134,6 @@ fn flags_sd3_does_not_take_are_usage_errors() {
         assert_eq!(code, 2, "{extra:?}: {err}");
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
-    // sd serve says it does not serve SD3 yet, before binding a port
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
-    c.args(["serve", "--port", "0", "--no-c2pa", "--model"]).arg(fixtures().join("models/sd3"));
-    let (code, err) = run(&mut c);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("Stable Diffusion 3") && err.contains("sd generate"), "{err}");
     // and --no-t5 or --slg-layers on a UNet model
     for flag in [["--slg-layers", "7"], ["--max-sequence-length", "77"]] {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
@@ -180,4 +181,107 @@ fn flow_samplers_run_and_are_listed_for_sd3() {
         let row = text.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_default();
         assert!(row.contains(models), "{name}: {row}");
     }
+}
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+const NEGATIVE: &str = "blurry, low quality";
+
+fn b64_of(path: &Path) -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}
+
+fn post(s: &server::Server, path: &str, body: &Value) -> (u16, Value) {
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(300)).build().unwrap();
+    let r = client.post(format!("{}{path}", s.url)).json(body).send().expect("request");
+    let code = r.status().as_u16();
+    (code, r.json().unwrap_or(Value::Null))
+}
+
+/// The served images of an A1111 response, written to `dir/served-{i}.png`.
+fn served(r: &Value, dir: &Path) -> Vec<PathBuf> {
+    let images = r["images"].as_array().expect("images");
+    let mut paths = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(img.as_str().unwrap()).unwrap();
+        let path = dir.join(format!("served-{i}.png"));
+        std::fs::write(&path, bytes).unwrap();
+        paths.push(path);
+    }
+    paths
+}
+
+fn parameters(png: &Path) -> String {
+    let bytes = std::fs::read(png).unwrap();
+    sd_provenance::inspect::inspect_bytes("png", &bytes).unwrap().parameters_raw.expect("a parameters chunk")
+}
+
+#[test]
+fn sd_serve_runs_sd3_as_sd_generate_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--device", "cpu", "--no-watermark", "--no-t5", "--max-sequence-length", "16", "--no-c2pa"];
+    let s = server::Server::start_with_model(&fixtures().join("models/sd3"), &extra);
+
+    // txt2img with A1111's default sampler name: "Euler" runs as flow-matching Euler, the model's own
+    let body = json!({"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": 16, "height": 16, "steps": 4,
+                      "cfg_scale": 5, "seed": 1, "sampler_name": "Euler"});
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{r}");
+    let got = served(&r, dir.path());
+    assert_eq!(got.len(), 1);
+    let (off, n) = values_off(&got[0], &fixtures().join("sd3_pipeline/no_t5.safetensors"), 0);
+    println!("served txt2img: values off by more than 1 from diffusers: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
+    let mut c = generate(dir.path());
+    c.arg("--no-c2pa");
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let cli = dir.path().join("1.png");
+    let pixels = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&got[0]), pixels(&cli), "served pixels differ from sd generate's");
+    assert_eq!(parameters(&got[0]), parameters(&cli), "served parameters differ from sd generate's");
+
+    // img2img and inpainting: diffusers' StableDiffusion3Img2ImgPipeline / InpaintPipeline cases
+    let init = fixtures().join("sd3_img2img/init.png");
+    let body = json!({"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": 16, "height": 16, "steps": 10,
+                      "cfg_scale": 4, "seed": 8, "batch_size": 2, "denoising_strength": 0.55,
+                      "init_images": [b64_of(&init)]});
+    let (code, r) = post(&s, "/sdapi/v1/img2img", &body);
+    assert_eq!(code, 200, "{r}");
+    for (i, png) in served(&r, dir.path()).iter().enumerate() {
+        let (off, n) = values_off(png, &fixtures().join("sd3_img2img/strength_055_no_t5_batch2.safetensors"), i);
+        println!("served img2img {i}: values off by more than 1: {off} of {n}");
+        assert!(off as f64 <= 0.001 * n as f64, "img2img {i}: {off} values differ by more than 1");
+    }
+    let mask = fixtures().join("sd3_img2img/mask.png");
+    let body = json!({"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": 16, "height": 16, "steps": 5,
+                      "cfg_scale": 4, "seed": 11, "batch_size": 2, "denoising_strength": 0.7,
+                      "init_images": [b64_of(&init)], "mask": b64_of(&mask)});
+    let (code, r) = post(&s, "/sdapi/v1/img2img", &body);
+    assert_eq!(code, 200, "{r}");
+    for (i, png) in served(&r, dir.path()).iter().enumerate() {
+        let reference = fixtures().join("sd3_img2img/inpaint_strength_07_no_t5_batch2.safetensors");
+        let (off, n) = values_off(png, &reference, i);
+        println!("served inpainting {i}: values off by more than 1: {off} of {n}");
+        assert!(off as f64 <= 0.001 * n as f64, "inpainting {i}: {off} values differ by more than 1");
+    }
+
+    // what SD3 does not run yet: a 400 naming it, and the server goes on serving
+    let txt = json!({"prompt": PROMPT, "width": 16, "height": 16, "steps": 1});
+    for (change, needle) in [
+        (json!({"prompt": "x <lora:style:0.8>"}), "LoRA"),
+        (json!({"enable_hr": true, "hr_scale": 2}), "hires fix"),
+        (json!({"sampler_name": "DDIM"}), "flow-matching"),
+        (json!({"width": 24}), "multiple of 16"),
+        (json!({"override_settings": {"CLIP_stop_at_last_layers": 2}}), "clip skip"),
+    ] {
+        let mut body = txt.clone();
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+        assert_eq!(code, 400, "{change}: {r}");
+        assert!(r.to_string().contains(needle), "{change}: {r}");
+    }
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &txt);
+    assert_eq!(code, 200, "{r}");
 }

@@ -17,6 +17,7 @@
 //!   diffusers' `calculate_shift` computes `mu`);
 //! - decode: latents / scaling_factor + shift_factor through the 16-channel VAE, then (x / 2 + 0.5) clamped.
 
+use crate::generate::{Event, Flow, StepInfo};
 use anyhow::{bail, ensure, Context, Result};
 use sd_core::model_dir::ModelDir;
 use sd_core::TorchGenerator;
@@ -25,7 +26,7 @@ use sd_models::t5::{T5EncoderModel, T5Tokenizer};
 use sd_models::transformer_sd3::SD3Transformer2DModel;
 use sd_models::vae::AutoencoderKL;
 use sd_schedulers::flow_sched::calculate_shift;
-use sd_schedulers::{check_models, Models, SamplerChoice, SamplerOptions, Scheduler};
+use sd_schedulers::{check_models, Models, Sampler, SamplerChoice, SamplerOptions, Scheduler};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -37,6 +38,24 @@ pub const MAX_SIDE: i64 = 4096;
 pub const MAX_BATCH: i64 = 64;
 /// Largest step count accepted.
 pub const MAX_STEPS: usize = 1000;
+
+/// The flow-matching sampler a request means on an SD3 model. Clients written for the UNet families name those
+/// samplers ("Euler" is AUTOMATIC1111's API default); where a sampler has a flow-matching form (`flow-` + its
+/// short name) that form runs, with the schedule asked for, as ComfyUI and Forge do on SD3. "default" and the
+/// flow-matching samplers stand as they are; anything else is refused with the list of those there are.
+pub fn flow_form(choice: SamplerChoice) -> Result<SamplerChoice> {
+    let Sampler::Named(d) = choice.sampler else { return Ok(choice) };
+    if d.models == Models::Flow {
+        return Ok(choice);
+    }
+    let form = sd_schedulers::registry::lookup(&format!("flow-{}", d.name)).filter(|f| f.models == Models::Flow);
+    if let Some(flow) = form {
+        return Ok(SamplerChoice { sampler: Sampler::Named(flow), schedule: choice.schedule });
+    }
+    // no flow form: the same refusal as any other sampler of the wrong kind, listing the flow samplers
+    check_models(d, Models::Flow, "sd3")?;
+    Ok(choice)
+}
 
 /// Whether a folder holds an SD3 / SD3.5 pipeline (its `model_index.json` class, or an `SD3Transformer2DModel`).
 pub fn is_sd3(dir: &ModelDir) -> bool {
@@ -183,6 +202,23 @@ impl Sd3Request {
     }
 }
 
+/// A request's encoded prompts ([`Sd3Pipeline::encode`]).
+pub struct Sd3Prompts {
+    pub cond: Sd3Conditioning,
+    /// The negative prompt's, present exactly when the request uses classifier-free guidance.
+    pub uncond: Option<Sd3Conditioning>,
+}
+
+/// What [`Sd3Pipeline::generate_encoded`] made.
+pub struct Sd3Generated {
+    /// `[B, 3, H, W]` in [0, 1], f32 on the CPU; `None` when interrupted before the first step.
+    pub images: Option<Tensor>,
+    pub latents: Tensor,
+    pub steps_done: usize,
+    /// The caller stopped the loop before its last step.
+    pub interrupted: bool,
+}
+
 /// Prompt embeddings as the transformer takes them.
 pub struct Sd3Conditioning {
     /// `[1, 77 + max_sequence_length, joint_attention_dim]`.
@@ -265,14 +301,50 @@ impl Sd3Pipeline {
 
     /// Images `[B, 3, H, W]` in [0, 1] (f32, CPU) and the final latents.
     pub fn generate(&self, req: &Sd3Request) -> Result<(Tensor, Tensor)> {
+        let prompts = self.encode(req)?;
+        let out = self.generate_encoded(req, &prompts, &mut crate::generate::quiet())?;
+        let images = out.images.context("the generation stopped before its first step")?;
+        Ok((images, out.latents))
+    }
+
+    /// The request's prompt and (with classifier-free guidance) negative prompt, encoded once for every batch
+    /// that shares them.
+    pub fn encode(&self, req: &Sd3Request) -> Result<Sd3Prompts> {
         self.check(req)?;
         let cond = self.encode_prompt(&req.prompt, req.max_sequence_length)?;
-        let cfg_on = req.guidance_scale > 1.0;
-        let uncond =
-            if cfg_on { Some(self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?) } else { None };
-        let latents = tch::no_grad(|| self.denoise(req, &cond, uncond.as_ref()))?;
-        let images = tch::no_grad(|| self.decode(&latents))?;
-        Ok((images, latents))
+        let uncond = if req.guidance_scale > 1.0 {
+            Some(self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?)
+        } else {
+            None
+        };
+        Ok(Sd3Prompts { cond, uncond })
+    }
+
+    /// [`Self::generate`] from prompts [`Self::encode`]d for this request, reporting every step to `on_event`
+    /// (progress, previews) and stopping where it answers [`Flow::Interrupt`]: the latents reached so far are then
+    /// decoded, as the UNet families' pipeline does.
+    pub fn generate_encoded(
+        &self,
+        req: &Sd3Request,
+        prompts: &Sd3Prompts,
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
+    ) -> Result<Sd3Generated> {
+        self.check(req)?;
+        ensure!(
+            prompts.uncond.is_some() == (req.guidance_scale > 1.0),
+            "the prompts were encoded for a request with{} classifier-free guidance",
+            if prompts.uncond.is_some() { "" } else { "out" }
+        );
+        let _ = on_event(Event::Phase("denoise"));
+        let (latents, done, interrupted) =
+            tch::no_grad(|| self.denoise(req, &prompts.cond, prompts.uncond.as_ref(), on_event))?;
+        let images = if done > 0 {
+            let _ = on_event(Event::Phase("decode"));
+            Some(tch::no_grad(|| self.decode(&latents))?)
+        } else {
+            None
+        };
+        Ok(Sd3Generated { images, latents, steps_done: done, interrupted })
     }
 
     /// Whether the request can run on this model (sizes, counts, a flow-matching sampler), before any work.
@@ -350,7 +422,14 @@ impl Sd3Pipeline {
         Ok(sched)
     }
 
-    fn denoise(&self, req: &Sd3Request, cond: &Sd3Conditioning, uncond: Option<&Sd3Conditioning>) -> Result<Tensor> {
+    /// (latents, steps run, whether `on_event` stopped the loop early).
+    fn denoise(
+        &self,
+        req: &Sd3Request,
+        cond: &Sd3Conditioning,
+        uncond: Option<&Sd3Conditioning>,
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
+    ) -> Result<(Tensor, usize, bool)> {
         let b = req.batch_size;
         let rep = |t: &Tensor| -> Result<Tensor> {
             let mut shape = vec![b];
@@ -459,8 +538,12 @@ impl Sd3Pipeline {
                 let keep = k.mask.f_neg()?.f_add_scalar(1.0)?;
                 latents = keep.f_mul(&proper)?.f_add(&k.mask.f_mul(&latents)?)?;
             }
+            let info = StepInfo { index: i + 1, total: timesteps.len(), timestep: t, latents: &latents };
+            if on_event(Event::Step(info)) == Flow::Interrupt && i + 1 < timesteps.len() {
+                return Ok((latents, i + 1, true));
+            }
         }
-        Ok(latents)
+        Ok((latents, timesteps.len(), false))
     }
 
     /// Latents → images in [0, 1], `[B, 3, H, W]` f32 on the CPU.
@@ -473,9 +556,8 @@ impl Sd3Pipeline {
 }
 
 impl Sd3Pipeline {
-    /// Write each image of `images` `[B, 3, H, W]` as `sd generate` writes the UNet families' (visible label and
-    /// invisible watermark unless turned off, A1111 `parameters` and the provenance chunks); SD3 ships no safety
-    /// checker, so none runs. `counter` numbers images across batches for `{n}`.
+    /// Write each image of `images` `[B, 3, H, W]` as `sd generate` writes the UNet families' ([`Self::render`]);
+    /// `counter` numbers images across batches for `{n}`.
     pub fn save_images(
         &self,
         model_name: &str,
@@ -485,14 +567,42 @@ impl Sd3Pipeline {
         counter: &mut usize,
     ) -> Result<Vec<crate::output::SavedImage>> {
         use sd_core::atomic::{write_atomic, Overwrite};
+        let mut saved = Vec::new();
+        for r in self.render(model_name, req, images, &opts.render)? {
+            let n = *counter;
+            *counter += 1;
+            let path = crate::output::render_path(&opts.pattern, req.seed, n, model_name);
+            let bytes = r.bytes.context("an SD3 image has no bytes")?;
+            write_atomic(&path, if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse }, &bytes)?;
+            saved.push(crate::output::SavedImage {
+                path: Some(path),
+                seed: r.seed,
+                index_in_batch: r.index_in_batch,
+                watermark: r.watermark,
+                safety_checked: false,
+                flagged: false,
+            });
+        }
+        Ok(saved)
+    }
+
+    /// Each image of `images` `[B, 3, H, W]` as a finished file in memory, as the UNet families' are made
+    /// (visible label and invisible watermark unless turned off, A1111 `parameters` and the provenance labels,
+    /// C2PA Content Credentials when an identity is given); SD3 ships no safety checker, so none runs.
+    pub fn render(
+        &self,
+        model_name: &str,
+        req: &Sd3Request,
+        images: &Tensor,
+        r: &crate::output::RenderOptions,
+    ) -> Result<Vec<crate::output::RenderedImage>> {
         use sd_core::image_io::{tensor_to_rgb, Range};
         use sd_provenance::metadata::{label_chunks, GenerationInfo};
         use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
         let label = self.sampler(req)?.descriptor().label();
-        let mut saved = Vec::new();
+        let mut out = Vec::new();
         for i in 0..images.size()[0] {
             let mut rgb = tensor_to_rgb(&images.get(i), Range::Unit)?;
-            let r = &opts.render;
             if r.upscale > 1 {
                 let (w, h) = rgb.dimensions();
                 rgb =
@@ -542,34 +652,37 @@ impl Sd3Pipeline {
                 info.extra.push(("Batch size".into(), req.batch_size.to_string()));
                 info.extra.push(("Batch pos".into(), i.to_string()));
             }
+            if r.upscale > 1 {
+                info.extra.push(("Postprocess upscale by".into(), r.upscale.to_string()));
+                info.extra.push(("Postprocess upscaler".into(), "Lanczos".into()));
+            }
             let chunks = label_chunks(&info);
-            let mut png = sd_provenance::formats::encode(&rgb, r.format, r.quality, &chunks)?;
+            let infotext =
+                chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.clone()).unwrap_or_default();
+            let mut bytes = sd_provenance::formats::encode(&rgb, r.format, r.quality, &chunks)?;
             if let Some(id) = &r.c2pa {
-                let params = chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.as_str()).unwrap_or("");
                 let claim = sd_provenance::credentials::ClaimInfo {
                     generator_name: "sd-rs",
                     generator_version: env!("CARGO_PKG_VERSION"),
                     model: Some(model_name),
                     model_hash: None,
-                    parameters: params,
+                    parameters: &infotext,
                     parent: r.init_file.as_ref().map(|b| b.as_slice()),
                 };
-                png = sd_provenance::credentials::sign(&png, r.format, &claim, id)?;
+                bytes = sd_provenance::credentials::sign(&bytes, r.format, &claim, id)?;
             }
-            let n = *counter;
-            *counter += 1;
-            let path = crate::output::render_path(&opts.pattern, req.seed, n, model_name);
-            write_atomic(&path, if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse }, &png)?;
-            saved.push(crate::output::SavedImage {
-                path: Some(path),
+            out.push(crate::output::RenderedImage {
+                bytes: Some(bytes),
+                format: r.format,
                 seed: req.seed,
                 index_in_batch: i as usize,
+                infotext,
                 watermark: sd_provenance::metadata::watermark_record(Some(&outcome)),
                 safety_checked: false,
                 flagged: false,
             });
         }
-        Ok(saved)
+        Ok(out)
     }
 
     /// The native resolution: the transformer's `sample_size` latents times the VAE factor (1024 for SD3).

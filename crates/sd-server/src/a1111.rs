@@ -642,10 +642,8 @@ async fn skip(State(state): State<AppState>) -> ApiResult<Json<Value>> {
 }
 
 async fn samplers() -> Json<Value> {
-    // the samplers of the UNet models the server runs (the flow-matching ones drive SD3, which it does not serve)
     let list: Vec<Value> = sd_schedulers::SAMPLERS
         .iter()
-        .filter(|d| d.models == sd_schedulers::Models::Unet)
         .map(|d| {
             let mut aliases: Vec<&str> = d.a1111.iter().skip(1).copied().collect();
             aliases.push(d.name);

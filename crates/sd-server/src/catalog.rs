@@ -33,23 +33,27 @@ impl ModelEntry {
         Self { spec, model_name, file_name, hash: OnceLock::new() }
     }
 
-    /// The weights file A1111's hash is taken of: the checkpoint itself, or a folder's UNet weights.
+    /// The weights file A1111's hash is taken of: the checkpoint itself, or a folder's UNet weights (an SD3
+    /// folder's transformer weights).
     pub fn hashed_file(&self) -> Option<PathBuf> {
         let p = Path::new(&self.spec);
         if p.is_file() {
             Some(p.to_path_buf())
         } else {
-            sd_core::model_dir::find_weights(&p.join("unet"), None).ok()
+            sd_core::model_dir::find_weights(&p.join("unet"), None)
+                .or_else(|_| sd_core::model_dir::find_weights(&p.join("transformer"), None))
+                .ok()
         }
     }
 
-    /// Native image size from the configs (UNet `sample_size` × 2^(VAE levels − 1)), without loading weights.
+    /// Native image size from the configs (UNet or SD3 transformer `sample_size` × 2^(VAE levels − 1)), without
+    /// loading weights.
     pub fn native_size(&self) -> Option<i64> {
         let root = Path::new(&self.spec);
         let read = |c: &str| -> Option<serde_json::Value> {
             serde_json::from_str(&std::fs::read_to_string(root.join(c).join("config.json")).ok()?).ok()
         };
-        let sample = read("unet")?.get("sample_size")?.as_i64()?;
+        let sample = read("unet").or_else(|| read("transformer"))?.get("sample_size")?.as_i64()?;
         let levels = read("vae")?.get("block_out_channels")?.as_array()?.len() as u32;
         Some(sample * 2i64.pow(levels.saturating_sub(1)))
     }

@@ -4,6 +4,7 @@
 //! [`sd_pipeline::output::render_outputs`] — so the pixels, watermark and labels are the same.
 
 use crate::catalog::Catalog;
+use crate::engine_sd3::{self, Sd3PromptKey};
 use crate::images;
 use crate::job::{JobId, JobKind, JobRequest, JobResult, Progress, ResultImage};
 use crate::metrics::Metrics;
@@ -15,6 +16,7 @@ use sd_pipeline::generate::{EncodedPrompts, Event, Flow};
 use sd_pipeline::loader::{LoadOptions, StableDiffusion};
 use sd_pipeline::output::RenderOptions;
 use sd_pipeline::request::{GenerationRequest, Mode};
+use sd_pipeline::sd3::{Sd3Pipeline, Sd3Prompts};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,10 @@ pub struct EngineConfig {
     pub preview_taesd: Option<PathBuf>,
     /// A preview every N steps (0 = none).
     pub preview_every: usize,
+    /// SD3 models: run without the T5 encoder (`--no-t5`).
+    pub no_t5: bool,
+    /// SD3 models: T5 tokens per prompt (`--max-sequence-length`).
+    pub max_sequence_length: usize,
 }
 
 /// What the HTTP side may read about the engine.
@@ -55,7 +61,7 @@ pub struct EngineStatus {
     pub load_s: f64,
     /// LoRAs merged into the loaded model.
     pub loras: Vec<(PathBuf, f64)>,
-    /// Family of the loaded model.
+    /// Family of the loaded model (`None` for SD3, which has no UNet family).
     pub family: Option<Family>,
     /// Textual-inversion embeddings the loaded model knows, by name.
     pub embeddings: Vec<String>,
@@ -73,6 +79,9 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     status: SharedStatus,
     sd: Option<StableDiffusion>,
+    /// An SD3 / SD3.5 model, when that is what is loaded (then `sd` is `None`).
+    sd3: Option<Sd3Pipeline>,
+    sd3_prompts: Option<(Sd3PromptKey, Sd3Prompts)>,
     preview: Option<AutoencoderTiny>,
     /// The last job's encoded prompts, reused when the next job has the same prompts and settings (A1111 keeps
     /// the same cache): clients often send one prompt many times, and encoding is a fixed cost per request.
@@ -103,7 +112,17 @@ impl Engine {
     /// An engine with nothing loaded yet (call [`Self::load_initial`] on the thread that will use it).
     pub fn new(cfg: EngineConfig, catalog: Arc<Catalog>, metrics: Arc<Metrics>, status: SharedStatus) -> Self {
         lock(&status).loading = true;
-        Engine { cfg, catalog, metrics, status, sd: None, preview: None, prompt_cache: None }
+        Engine {
+            cfg,
+            catalog,
+            metrics,
+            status,
+            sd: None,
+            sd3: None,
+            sd3_prompts: None,
+            preview: None,
+            prompt_cache: None,
+        }
     }
 
     /// Load catalog entry 0 (the `--model`); failures are logged and reported by `/ready`.
@@ -150,12 +169,14 @@ impl Engine {
     fn ensure(&mut self, idx: usize, loras: Vec<(PathBuf, f64)>) -> Result<()> {
         {
             let st = lock(&self.status);
-            if self.sd.is_some() && st.loaded == Some(idx) && st.loras == loras {
+            if (self.sd.is_some() || self.sd3.is_some()) && st.loaded == Some(idx) && st.loras == loras {
                 return Ok(());
             }
         }
         // Free the old weights first: two full models at once could exceed the memory one needs.
         self.sd = None;
+        self.sd3 = None;
+        self.sd3_prompts = None;
         self.prompt_cache = None;
         self.preview = None;
         {
@@ -166,6 +187,35 @@ impl Engine {
         let entry = &self.catalog.entries[idx];
         tracing::info!(model = %entry.spec, loras = loras.len(), "loading model");
         let t0 = Instant::now();
+        if engine_sd3::is_sd3_spec(&entry.spec) {
+            let result = if loras.is_empty() {
+                engine_sd3::load(&entry.spec, &self.cfg)
+            } else {
+                Err(anyhow!("LoRAs are not supported for Stable Diffusion 3 models yet"))
+            };
+            let load_s = t0.elapsed().as_secs_f64();
+            let mut st = lock(&self.status);
+            st.loading = false;
+            return match result {
+                Ok(pipe) => {
+                    self.metrics.model_load_seconds.set(load_s);
+                    st.loaded = Some(idx);
+                    st.loras = loras;
+                    st.load_s = load_s;
+                    st.load_error = None;
+                    st.family = None;
+                    st.default_size = Some(pipe.default_size());
+                    st.embeddings = Vec::new();
+                    self.sd3 = Some(pipe);
+                    tracing::info!(seconds = load_s, "SD3 model loaded");
+                    Ok(())
+                }
+                Err(e) => {
+                    st.load_error = Some(format!("{e:#}"));
+                    Err(e)
+                }
+            };
+        }
         let result = (|| -> Result<(StableDiffusion, Option<AutoencoderTiny>, Vec<String>)> {
             let mut opts = self.cfg.load.clone();
             opts.loras = loras.clone();
@@ -288,6 +338,29 @@ impl Engine {
             sd_pipeline::output::check_policy_terms(text, source, &req.prompt)?;
         }
         let loras = lora_tags(&req.prompt, self.cfg.lora_dir.as_deref())?;
+        if engine_sd3::is_sd3_spec(&self.catalog.entries[idx].spec) {
+            if let Some((_, msg)) = engine_sd3::unsupported(req) {
+                bail!(msg);
+            }
+            self.ensure(idx, Vec::new())?;
+            let render = self.render_options(req)?;
+            let mut out = JobResult {
+                model: self.catalog.entries[idx].title(),
+                model_hash: self.catalog.entries[idx].hash(),
+                started,
+                ..Default::default()
+            };
+            let job = engine_sd3::Sd3Job {
+                pipe: self.sd3.as_ref().context("no SD3 model is loaded")?,
+                cfg: &self.cfg,
+                metrics: &self.metrics,
+                model_name: &self.catalog.entries[idx].model_name,
+                render: &render,
+            };
+            job.run(req, ctl, on_progress, &mut self.sd3_prompts, &mut out)?;
+            out.run_s = t0.elapsed().as_secs_f64();
+            return Ok(out);
+        }
         self.ensure(idx, loras)?;
         let sd = self.sd.as_mut().context("no model is loaded")?;
         for unit in &req.controlnet {
@@ -422,29 +495,35 @@ pub fn to_generation_request(req: &JobRequest, sd: &StableDiffusion) -> Result<G
     g.emphasis = req.emphasis.parse()?;
     g.mode = match req.kind {
         JobKind::Txt2img => Mode::Txt2Img,
-        JobKind::Img2img => {
-            let max = u64::MAX;
-            let text = req.init_image.as_deref().context("img2img needs an init image")?;
-            let init = images::decode("init_images[0]", &images::b64_bytes("init_images[0]", text).map_err(api)?, max)
-                .map_err(api)?
-                .to_rgb8();
-            match &req.mask {
-                None => Mode::Img2Img { init, strength: req.denoising_strength },
-                Some(m) => {
-                    let mut mask = images::decode("mask", &images::b64_bytes("mask", m).map_err(api)?, max)
-                        .map_err(api)?
-                        .to_luma8();
-                    if req.mask_invert {
-                        image::imageops::invert(&mut mask);
-                    }
-                    Mode::Inpaint { init, mask, strength: req.denoising_strength }
-                }
-            }
-        }
+        JobKind::Img2img => match init_images(req)? {
+            (init, None) => Mode::Img2Img { init, strength: req.denoising_strength },
+            (init, Some(mask)) => Mode::Inpaint { init, mask, strength: req.denoising_strength },
+        },
     };
     g.control = req.controlnet.iter().map(crate::controlnet::to_input).collect::<Result<_>>()?;
     let _ = sd;
     Ok(g)
+}
+
+/// An img2img job's init image and (inpainting) its mask, inverted when the job asks (A1111's
+/// `inpainting_mask_invert`). Sizes were checked against the server's limits when the job was submitted.
+pub fn init_images(req: &JobRequest) -> Result<(image::RgbImage, Option<image::GrayImage>)> {
+    let max = u64::MAX;
+    let text = req.init_image.as_deref().context("img2img needs an init image")?;
+    let init =
+        images::decode("init_images[0]", &images::b64_bytes("init_images[0]", text).map_err(api)?, max).map_err(api)?;
+    let mask = match &req.mask {
+        None => None,
+        Some(m) => {
+            let mut mask =
+                images::decode("mask", &images::b64_bytes("mask", m).map_err(api)?, max).map_err(api)?.to_luma8();
+            if req.mask_invert {
+                image::imageops::invert(&mut mask);
+            }
+            Some(mask)
+        }
+    };
+    Ok((init.to_rgb8(), mask))
 }
 
 fn api(e: crate::error::ApiError) -> anyhow::Error {

@@ -9,6 +9,7 @@
 //! | [`queue`] | [`queue::Queue`]: the in-process store or Redis, behind one interface for the handlers |
 //! | [`redis_queue`] | Redis Streams: the front end's side and the `sd worker` loop |
 //! | [`engine`] | the inference thread: model (re)loading, LoRA tags, runs a job as `sd generate` would |
+//! | [`engine_sd3`] | jobs on Stable Diffusion 3 / 3.5 models, and the job fields SD3 refuses |
 //! | [`catalog`] | models of `--model` and `--models-dir`, named as A1111 names checkpoints |
 //! | [`a1111`] | `/sdapi/v1/...`: AUTOMATIC1111's API |
 //! | [`controlnet`] | the A1111 ControlNet extension's API: `alwayson_scripts.controlnet` units, `/controlnet/...` |
@@ -24,6 +25,7 @@ pub mod catalog;
 pub mod config;
 pub mod controlnet;
 pub mod engine;
+pub mod engine_sd3;
 pub mod error;
 pub mod images;
 pub mod job;
@@ -202,11 +204,6 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
         .sampler
         .parse()
         .map_err(|e| ApiError::bad_request(format!("`sampler_name`: {e:#}")).with_param("sampler_name"))?;
-    // the server runs UNet models only (SD3 is refused at start-up): a flow-matching sampler is a bad request
-    if let sd_schedulers::Sampler::Named(d) = sampler.sampler {
-        sd_schedulers::check_models(d, sd_schedulers::Models::Unet, "served")
-            .map_err(|e| ApiError::bad_request(format!("`sampler_name`: {e:#}")).with_param("sampler_name"))?;
-    }
     if let Some(s) = &job.schedule {
         s.parse::<sd_schedulers::Schedule>()
             .map_err(|e| ApiError::bad_request(format!("`scheduler`: {e:#}")).with_param("scheduler"))?;
@@ -253,6 +250,21 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
                 state.catalog.names().join(", ")
             ))
             .with_param("override_settings.sd_model_checkpoint"));
+        }
+    }
+    let target = match &job.model {
+        Some(m) => state.catalog.find(m),
+        None => Some(state.engine_status().selected),
+    };
+    if let Some(entry) = target.and_then(|i| state.catalog.entries.get(i)) {
+        if engine_sd3::is_sd3_spec(&entry.spec) {
+            if let Some((param, msg)) = engine_sd3::unsupported(job) {
+                return bad(param, msg);
+            }
+        } else if let sd_schedulers::Sampler::Named(d) = sampler.sampler {
+            // a UNet model: a flow-matching (SD3) sampler is a bad request, not a failed job
+            sd_schedulers::check_models(d, sd_schedulers::Models::Unet, &entry.model_name)
+                .map_err(|e| ApiError::bad_request(format!("`sampler_name`: {e:#}")).with_param("sampler_name"))?;
         }
     }
     engine::lora_tags(&job.prompt, state.engine_cfg.lora_dir.as_deref())

@@ -141,12 +141,6 @@ pub struct Args {
     /// Print a machine-readable summary on stdout
     #[arg(long)]
     pub json: bool,
-    /// SD3: run without the T5 text encoder (not loaded; zeros in its place, as diffusers with text_encoder_3=None)
-    #[arg(long)]
-    pub no_t5: bool,
-    /// SD3: T5 tokens per prompt (diffusers' max_sequence_length)
-    #[arg(long, default_value_t = 256)]
-    pub max_sequence_length: usize,
     /// SD3: skip-layer guidance on these transformer blocks, e.g. 7,8,9 for SD3.5 Medium (txt2img with CFG)
     #[arg(long, value_delimiter = ',', value_name = "N,N,...", num_args = 1..)]
     pub slg_layers: Vec<usize>,
@@ -246,7 +240,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(s) = hires.as_ref().and_then(|h| h.sampler.as_ref()) {
         check_unet_sampler("--hires-sampler", s, &args.load.model)?;
     }
-    if args.no_t5 || args.max_sequence_length != 256 {
+    if args.load.no_t5 || args.load.max_sequence_length != 256 {
         usage!("--no-t5 and --max-sequence-length apply to SD3 models only");
     }
 

@@ -30,10 +30,6 @@ pub fn run(
         Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength, mask: None }),
         Mode::Inpaint { init, mask, strength } => Some(Sd3Init { image: init, strength, mask: Some(mask) }),
     };
-    if let sd_schedulers::Sampler::Named(d) = sampler.sampler {
-        sd_schedulers::check_models(d, sd_schedulers::Models::Flow, "sd3")
-            .map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?;
-    }
     let refused: [(bool, &str); 8] = [
         (!args.lora.is_empty() || args.load.lora_dir.is_some(), "LoRAs"),
         (args.load.embeddings_dir.is_some(), "--embeddings-dir"),
@@ -49,6 +45,8 @@ pub fn run(
             "{what} is not supported for SD3 models yet (SD3 runs txt2img, img2img and inpainting with the flow-matching samplers)"
         );
     }
+    // `--sampler euler` on SD3 means its flow-matching form, as in ComfyUI and Forge
+    let sampler = sd_pipeline::sd3::flow_form(sampler).map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?;
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
     }
@@ -56,7 +54,7 @@ pub fn run(
     let t_load = Instant::now();
     let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.load.model)));
     let root = sd_core::model_dir::ModelDir::open(&args.load.model)?.root;
-    let pipe = Sd3Pipeline::load(&root, opts.dtype, opts.device, args.no_t5)?;
+    let pipe = Sd3Pipeline::load(&root, opts.dtype, opts.device, args.load.no_t5)?;
     let load_s = t_load.elapsed().as_secs_f64();
     if let Some(s) = spinner {
         s.finish_and_clear();
@@ -93,7 +91,7 @@ pub fn run(
         req.guidance_scale = args.cfg_scale;
         req.seed = base_seed.wrapping_add(batch);
         req.batch_size = args.batch_size;
-        req.max_sequence_length = args.max_sequence_length;
+        req.max_sequence_length = args.load.max_sequence_length;
         req.sampler = sampler;
         req.eta = args.eta;
         if !args.json {

@@ -65,6 +65,14 @@ pub struct LoadArgs {
     /// A file of terms (one per line) that make sd refuse a prompt
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// SD3: run without the T5 text encoder (not loaded; zeros in its place, as diffusers with text_encoder_3=None)
+    #[arg(long)]
+    pub no_t5: bool,
+    /// SD3: T5 tokens per prompt (diffusers' max_sequence_length)
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(1..=sd_models::t5::tokenizer::MAX_SEQUENCE_LENGTH as u64))]
+    pub max_sequence_length: usize,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -197,6 +205,8 @@ pub fn engine_config(
         policy,
         preview_taesd: taesd.cloned(),
         preview_every: if taesd.is_some() { preview_every } else { 0 },
+        no_t5: load.no_t5,
+        max_sequence_length: load.max_sequence_length,
     })
 }
 

@@ -92,13 +92,6 @@ fn ranged_usize(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> 
 
 pub fn run(args: Args) -> Result<()> {
     init_logging();
-    if super::generate_sd3::is_sd3_model(&args.load.model) {
-        usage!(
-            "--model {}: a Stable Diffusion 3 model; sd serve runs SD 1.x, 2.x and XL models for now (SD3 runs with \
-             sd generate)",
-            args.load.model
-        );
-    }
     // A front end on a Redis queue renders nothing: its workers sign.
     let sign = if args.queue.is_some() { None } else { args.sign.identity()? };
     let mut engine = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, sign)?;
