@@ -134,8 +134,8 @@ fn flags_sd3_does_not_take_are_usage_errors() {
         assert_eq!(code, 2, "{extra:?}: {err}");
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
-    // and --no-t5 or --slg-layers on a UNet model
-    for flag in [["--slg-layers", "7"], ["--max-sequence-length", "77"]] {
+    // and --no-t5, --slg-layers or a per-encoder prompt on a UNet model
+    for flag in [["--slg-layers", "7"], ["--max-sequence-length", "77"], ["--prompt-2", "a castle"]] {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
         c.args(["generate", "x"]).args(flag).arg("--model").arg(fixtures().join("models/sd1"));
         let (code, err) = run(&mut c);
@@ -218,7 +218,18 @@ fn parameters(png: &Path) -> String {
 #[test]
 fn sd_serve_runs_sd3_as_sd_generate_does() {
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--device", "cpu", "--no-watermark", "--no-t5", "--max-sequence-length", "16", "--no-c2pa"];
+    let loras = fixtures().join("sd3_lora");
+    let extra = [
+        "--device",
+        "cpu",
+        "--no-watermark",
+        "--no-t5",
+        "--max-sequence-length",
+        "16",
+        "--no-c2pa",
+        "--lora-dir",
+        loras.to_str().unwrap(),
+    ];
     let s = server::Server::start_with_model(&fixtures().join("models/sd3"), &extra);
 
     // txt2img with A1111's default sampler name: "Euler" runs as flow-matching Euler, the model's own
@@ -265,10 +276,32 @@ fn sd_serve_runs_sd3_as_sd_generate_does() {
         assert!(off as f64 <= 0.001 * n as f64, "inpainting {i}: {off} values differ by more than 1");
     }
 
+    // a `<lora:…>` tag merges the LoRA (diffusers' fuse_lora at 0.8)
+    let body = json!({"prompt": format!("{PROMPT} <lora:style:0.8>"), "negative_prompt": NEGATIVE, "width": 16,
+                      "height": 16, "steps": 4, "cfg_scale": 5, "seed": 1});
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{r}");
+    let got = served(&r, dir.path());
+    let (off, n) = values_off(&got[0], &fixtures().join("sd3_lora/lora_08.safetensors"), 0);
+    println!("served LoRA txt2img: values off by more than 1 from diffusers: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
+    assert!(parameters(&got[0]).contains("Lora hashes: \"style: "), "{}", parameters(&got[0]));
+
+    // OpenAI's images API: `size: auto` is the transformer's native size (sample_size × the VAE's factor)
+    let config = |c: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("models/sd3/{c}/config.json"))).unwrap())
+            .unwrap()
+    };
+    let levels = config("vae")["block_out_channels"].as_array().unwrap().len() as u32;
+    let native = config("transformer")["sample_size"].as_u64().unwrap() as u32 * 2u32.pow(levels - 1);
+    let (code, r) = post(&s, "/v1/images/generations", &json!({"prompt": PROMPT, "size": "auto", "steps": 2}));
+    assert_eq!(code, 200, "{r}");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(r["data"][0]["b64_json"].as_str().unwrap()).unwrap();
+    assert_eq!(image::load_from_memory(&bytes).unwrap().width(), native);
+
     // what SD3 does not run yet: a 400 naming it, and the server goes on serving
     let txt = json!({"prompt": PROMPT, "width": 16, "height": 16, "steps": 1});
     for (change, needle) in [
-        (json!({"prompt": "x <lora:style:0.8>"}), "LoRA"),
         (json!({"enable_hr": true, "hr_scale": 2}), "hires fix"),
         (json!({"sampler_name": "DDIM"}), "flow-matching"),
         (json!({"width": 24}), "multiple of 16"),
@@ -284,4 +317,43 @@ fn sd_serve_runs_sd3_as_sd_generate_does() {
     }
     let (code, r) = post(&s, "/sdapi/v1/txt2img", &txt);
     assert_eq!(code, 200, "{r}");
+}
+
+#[test]
+fn lora_matches_diffusers_fuse_lora() {
+    // fixtures/sd3_lora (gen_99_sd3_lora.py): a PEFT LoRA on the transformer's attention and CLIP-L, fused at 0.8
+    let dir = tempfile::tempdir().unwrap();
+    let lora = fixtures().join("sd3_lora/style.safetensors");
+    let mut c = generate(dir.path());
+    c.arg("--lora").arg(format!("{}:0.8", lora.display()));
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let png = dir.path().join("1.png");
+    let (off, n) = values_off(&png, &fixtures().join("sd3_lora/lora_08.safetensors"), 0);
+    println!("values off by more than 1: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
+    let (without, _) = values_off(&png, &fixtures().join("sd3_pipeline/no_t5.safetensors"), 0);
+    assert!(without > n / 10, "the LoRA changes the image ({without} of {n} values differ from the plain one)");
+    assert!(parameters(&png).contains("Lora hashes: \"style: "), "{}", parameters(&png));
+    // a UNet LoRA matches nothing in an SD3 model: refused by name
+    let mut c = generate(dir.path());
+    c.arg("--lora").arg(fixtures().join("lora_pipeline/lora/tiny-kohya.safetensors"));
+    let (code, err) = run(c.arg("--overwrite"));
+    assert_ne!(code, 0);
+    assert!(err.contains("matches none of this model's weights"), "{err}");
+}
+
+#[test]
+fn clip_g_prompt_matches_diffusers_prompt_2() {
+    // fixtures/sd3_prompts/clip_g_only_no_t5 (gen_99_sd3_encoder_prompts.py)
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = base(&dir.path().join("p2.png"));
+    c.args(["--prompt-2", "an oil painting of a castle", "--steps", "3", "--cfg-scale", "5", "--seed", "6"]);
+    let (code, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    let png = dir.path().join("p2.png");
+    let (off, n) = values_off(&png, &fixtures().join("sd3_prompts/clip_g_only_no_t5.safetensors"), 0);
+    println!("values off by more than 1: {off} of {n}");
+    assert!(off as f64 <= 0.001 * n as f64, "{off} values differ by more than 1");
+    assert!(parameters(&png).contains("CLIP-G prompt: an oil painting of a castle"), "{}", parameters(&png));
 }

@@ -251,7 +251,7 @@ fn load_unet_merged(
     Ok(model)
 }
 
-fn load_clip_merged(
+pub(crate) fn load_clip_merged(
     dir: &Path,
     target: LoraTarget,
     merger: &mut LoraMerger,

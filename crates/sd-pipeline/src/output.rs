@@ -359,15 +359,21 @@ pub fn prompt_params(sd: &StableDiffusion, req: &GenerationRequest, generated: &
     if req.emphasis != crate::prompt::Emphasis::Original && bracketed {
         out.push(("Emphasis".to_string(), a1111_emphasis_name(req.emphasis).to_string()));
     }
-    let lora: Vec<String> = sd
-        .loras
-        .iter()
-        .filter_map(|l| crate::loras::lora_short_hash(&l.path).ok().map(|h| format!("{}: {h}", clean(&l.name))))
-        .collect();
-    if !lora.is_empty() {
-        out.push(("Lora hashes".to_string(), lora.join(", ")));
-    }
+    out.extend(lora_hashes(&sd.loras));
     out
+}
+
+/// A1111's `Lora hashes` pair for the LoRAs merged into a model (`name: short hash`, names without `:` and `,`);
+/// `None` when there are none (or none could be hashed).
+pub fn lora_hashes(loras: &[crate::loras::MergedLora]) -> Option<(String, String)> {
+    let lora: Vec<String> = loras
+        .iter()
+        .filter_map(|l| {
+            let name = l.name.replace([':', ','], "");
+            crate::loras::lora_short_hash(&l.path).ok().map(|h| format!("{name}: {h}"))
+        })
+        .collect();
+    (!lora.is_empty()).then(|| ("Lora hashes".to_string(), lora.join(", ")))
 }
 
 /// The names of A1111's `modules/sd_emphasis.py` options.

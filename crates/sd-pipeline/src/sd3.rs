@@ -18,16 +18,18 @@
 //! - decode: latents / scaling_factor + shift_factor through the 16-channel VAE, then (x / 2 + 0.5) clamped.
 
 use crate::generate::{Event, Flow, StepInfo};
+use crate::loras::{LoraMerger, MergedLora};
+use crate::prompt::lora::LoraTarget;
 use anyhow::{bail, ensure, Context, Result};
 use sd_core::model_dir::ModelDir;
 use sd_core::TorchGenerator;
 use sd_models::clip::{ClipTextModel, ClipTokenizer};
 use sd_models::t5::{T5EncoderModel, T5Tokenizer};
-use sd_models::transformer_sd3::SD3Transformer2DModel;
+use sd_models::transformer_sd3::{SD3Transformer2DModel, SD3TransformerConfig};
 use sd_models::vae::AutoencoderKL;
 use sd_schedulers::flow_sched::calculate_shift;
 use sd_schedulers::{check_models, Models, Sampler, SamplerChoice, SamplerOptions, Scheduler};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// SD3's default T5 sequence length (`max_sequence_length`).
@@ -70,9 +72,19 @@ pub struct ClipEncoder {
 }
 
 impl ClipEncoder {
-    fn load(root: &Path, tok: &str, enc: &str, kind: Kind, device: Device) -> Result<Self> {
+    fn load(
+        root: &Path,
+        (tok, enc): (&str, &str),
+        lora: Option<(&mut LoraMerger, LoraTarget)>,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
         let tokenizer = ClipTokenizer::from_dir(&root.join(tok)).with_context(|| format!("loading {tok}/"))?;
-        let model = ClipTextModel::load(&root.join(enc), kind, device).with_context(|| format!("loading {enc}/"))?;
+        let model = match lora {
+            None => ClipTextModel::load(&root.join(enc), kind, device),
+            Some((m, target)) => crate::loader::load_clip_merged(&root.join(enc), target, m, kind, device),
+        }
+        .with_context(|| format!("loading {enc}/"))?;
         ensure!(
             model.has_projection(),
             "{enc}/ must be a CLIPTextModelWithProjection (SD3 uses its pooled projection)"
@@ -91,6 +103,20 @@ impl ClipEncoder {
     }
 }
 
+/// The SD3 transformer with LoRAs merged into its weights before it is built.
+fn load_transformer_merged(
+    dir: &Path,
+    merger: &mut LoraMerger,
+    kind: Kind,
+    device: Device,
+) -> Result<SD3Transformer2DModel> {
+    let cfg = SD3TransformerConfig::from_file(&dir.join("config.json"))?;
+    let vb = merger.component(&sd_core::model_dir::find_weights(dir, None)?, LoraTarget::Transformer, kind, device)?;
+    let model = SD3Transformer2DModel::from_varbuilder(&vb, &cfg)?;
+    vb.finish("SD3Transformer2DModel", &[])?;
+    Ok(model)
+}
+
 /// The loaded pipeline.
 pub struct Sd3Pipeline {
     pub clip_l: ClipEncoder,
@@ -102,6 +128,8 @@ pub struct Sd3Pipeline {
     pub scheduler_config: serde_json::Value,
     pub device: Device,
     pub kind: Kind,
+    /// LoRAs merged into the weights at load, in the order given.
+    pub loras: Vec<MergedLora>,
 }
 
 /// One SD3 request.
@@ -124,6 +152,12 @@ pub struct Sd3Request {
     pub init: Option<Sd3Init>,
     /// Skip-layer guidance (SD3.5 Medium's recommended setting), txt2img with CFG only, as in diffusers.
     pub slg: Option<SkipLayerGuidance>,
+    /// Per-encoder prompts, diffusers' `prompt_2` (CLIP-G) and `prompt_3` (T5); `None` = `prompt`.
+    pub prompt_2: Option<String>,
+    pub prompt_3: Option<String>,
+    /// diffusers' `negative_prompt_2` / `negative_prompt_3`; `None` = `negative_prompt`.
+    pub negative_prompt_2: Option<String>,
+    pub negative_prompt_3: Option<String>,
 }
 
 /// diffusers' `skip_guidance_layers` and its scale and window: in the steps `i` with
@@ -198,6 +232,10 @@ impl Sd3Request {
             eta: None,
             init: None,
             slg: None,
+            prompt_2: None,
+            prompt_3: None,
+            negative_prompt_2: None,
+            negative_prompt_3: None,
         }
     }
 }
@@ -230,10 +268,37 @@ pub struct Sd3Conditioning {
 impl Sd3Pipeline {
     /// From a diffusers SD3 folder; `no_t5` leaves `text_encoder_3` unloaded.
     pub fn load(root: &Path, kind: Kind, device: Device, no_t5: bool) -> Result<Self> {
+        Self::load_with_loras(root, kind, device, no_t5, &[])
+    }
+
+    /// [`Self::load`] with LoRA files (path, multiplier) merged into the transformer and the CLIP encoders as
+    /// diffusers' `load_lora_weights` + `fuse_lora(lora_scale)` merge them (`W += m · (alpha / rank) · B @ A`), so a
+    /// LoRA costs nothing per step. diffusers' SD3 layout (`transformer.` and `text_encoder(_2).` PEFT keys) is read;
+    /// a file none of whose layers fits this model is refused.
+    pub fn load_with_loras(
+        root: &Path,
+        kind: Kind,
+        device: Device,
+        no_t5: bool,
+        loras: &[(PathBuf, f64)],
+    ) -> Result<Self> {
         let dir = ModelDir::open_folder(root)?;
         ensure!(is_sd3(&dir), "{} is not a Stable Diffusion 3 pipeline folder", root.display());
-        let clip_l = ClipEncoder::load(root, "tokenizer", "text_encoder", kind, device)?;
-        let clip_g = ClipEncoder::load(root, "tokenizer_2", "text_encoder_2", kind, device)?;
+        let mut merger = if loras.is_empty() { None } else { Some(LoraMerger::open(loras)?) };
+        let clip_l = ClipEncoder::load(
+            root,
+            ("tokenizer", "text_encoder"),
+            merger.as_mut().map(|m| (m, LoraTarget::TextEncoder)),
+            kind,
+            device,
+        )?;
+        let clip_g = ClipEncoder::load(
+            root,
+            ("tokenizer_2", "text_encoder_2"),
+            merger.as_mut().map(|m| (m, LoraTarget::TextEncoder2)),
+            kind,
+            device,
+        )?;
         let has_t5 = root.join("text_encoder_3").is_dir();
         let t5 = if no_t5 || !has_t5 {
             None
@@ -243,8 +308,16 @@ impl Sd3Pipeline {
                 T5EncoderModel::load(&root.join("text_encoder_3"), kind, device).context("loading text_encoder_3/")?;
             Some((tok, model))
         };
-        let transformer = SD3Transformer2DModel::load(&dir.component_dir("transformer")?, kind, device)
-            .context("loading transformer/")?;
+        let transformer_dir = dir.component_dir("transformer")?;
+        let transformer = match merger.as_mut() {
+            None => SD3Transformer2DModel::load(&transformer_dir, kind, device),
+            Some(m) => load_transformer_merged(&transformer_dir, m, kind, device),
+        }
+        .context("loading transformer/")?;
+        let loras = match merger {
+            Some(m) => m.finish(&[LoraTarget::TextEncoder, LoraTarget::TextEncoder2, LoraTarget::Transformer])?,
+            None => Vec::new(),
+        };
         let vae = AutoencoderKL::load(&dir.component_dir("vae")?, kind, device).context("loading vae/")?;
         let cfg = transformer.config.clone();
         let (l, g) = (clip_l.model.config().hidden_size, clip_g.model.config().hidden_size);
@@ -268,19 +341,27 @@ impl Sd3Pipeline {
             cfg.in_channels
         );
         let scheduler_config = dir.component_config("scheduler")?;
-        Ok(Self { clip_l, clip_g, t5, transformer, vae, scheduler_config, device, kind })
+        Ok(Self { clip_l, clip_g, t5, transformer, vae, scheduler_config, device, kind, loras })
     }
 
     /// diffusers' `encode_prompt` for one prompt.
     pub fn encode_prompt(&self, text: &str, max_sequence_length: usize) -> Result<Sd3Conditioning> {
+        self.encode_texts(&[text.to_string(), text.to_string(), text.to_string()], max_sequence_length)
+    }
+
+    /// `encode_prompt` with a text per encoder, CLIP-L, CLIP-G and T5 (diffusers' `prompt`, `prompt_2`, `prompt_3`).
+    pub fn encode_texts(&self, texts: &[String; 3], max_sequence_length: usize) -> Result<Sd3Conditioning> {
+        // `<lora:…>` tags chose the LoRAs at load time; the encoders never see them (as in A1111)
+        let strip = |t: &str| crate::loras::strip_lora_tags(t).map(|(text, _)| text);
+        let (text_l, text_g, text_t5) = (strip(&texts[0])?, strip(&texts[1])?, strip(&texts[2])?);
         tch::no_grad(|| {
-            let (l, pl) = self.clip_l.encode(text)?;
-            let (g, pg) = self.clip_g.encode(text)?;
+            let (l, pl) = self.clip_l.encode(&text_l)?;
+            let (g, pg) = self.clip_g.encode(&text_g)?;
             let clip = Tensor::f_cat(&[l, g], -1)?;
             let width = self.transformer.config.joint_attention_dim;
             let t5 = match &self.t5 {
                 Some((tok, model)) => {
-                    let ids: Vec<i64> = tok.encode(text, max_sequence_length)?.into_iter().map(i64::from).collect();
+                    let ids: Vec<i64> = tok.encode(&text_t5, max_sequence_length)?.into_iter().map(i64::from).collect();
                     model.forward(&Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device))?
                 }
                 None => {
@@ -311,9 +392,17 @@ impl Sd3Pipeline {
     /// that shares them.
     pub fn encode(&self, req: &Sd3Request) -> Result<Sd3Prompts> {
         self.check(req)?;
-        let cond = self.encode_prompt(&req.prompt, req.max_sequence_length)?;
+        let texts = |first: &str, second: &Option<String>, third: &Option<String>| -> [String; 3] {
+            [
+                first.to_string(),
+                second.as_deref().unwrap_or(first).to_string(),
+                third.as_deref().unwrap_or(first).to_string(),
+            ]
+        };
+        let cond = self.encode_texts(&texts(&req.prompt, &req.prompt_2, &req.prompt_3), req.max_sequence_length)?;
         let uncond = if req.guidance_scale > 1.0 {
-            Some(self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?)
+            let neg = texts(&req.negative_prompt, &req.negative_prompt_2, &req.negative_prompt_3);
+            Some(self.encode_texts(&neg, req.max_sequence_length)?)
         } else {
             None
         };
@@ -642,6 +731,17 @@ impl Sd3Pipeline {
             if let Some(init) = &req.init {
                 info.extra.push(("Denoising strength".into(), init.strength.to_string()));
             }
+            let per_encoder = [
+                ("CLIP-G prompt", &req.prompt_2),
+                ("T5 prompt", &req.prompt_3),
+                ("CLIP-G negative prompt", &req.negative_prompt_2),
+                ("T5 negative prompt", &req.negative_prompt_3),
+            ];
+            for (key, text) in per_encoder {
+                if let Some(t) = text {
+                    info.extra.push((key.into(), t.clone()));
+                }
+            }
             info.watermark = Some(outcome.clone());
             if self.t5.is_none() {
                 info.extra.push(("T5".into(), "off".into()));
@@ -652,6 +752,7 @@ impl Sd3Pipeline {
                 info.extra.push(("Batch size".into(), req.batch_size.to_string()));
                 info.extra.push(("Batch pos".into(), i.to_string()));
             }
+            info.extra.extend(crate::output::lora_hashes(&self.loras));
             if r.upscale > 1 {
                 info.extra.push(("Postprocess upscale by".into(), r.upscale.to_string()));
                 info.extra.push(("Postprocess upscaler".into(), "Lanczos".into()));

@@ -7,7 +7,8 @@
 //! img2img against StableDiffusion3Img2ImgPipeline (scripts/fixtures/gen_83_sd3_img2img.py): an init picture
 //! resized from 24×20, strengths with whole and fractional `steps × strength`, with and without T5 and CFG, two
 //! images per prompt; inpainting against StableDiffusion3InpaintPipeline (same script: a mask of the init's size, full
-//! and partial strength, with and without T5); the same tolerances.
+//! and partial strength, with and without T5); the same tolerances. A prompt per encoder (`prompt_2`, `prompt_3`
+//! and their negatives, scripts/fixtures/gen_99_sd3_encoder_prompts.py), with and without T5: the same tolerances.
 
 use sd_pipeline::sd3::{Sd3Init, Sd3Pipeline, Sd3Request, SkipLayerGuidance};
 use std::path::{Path, PathBuf};
@@ -210,4 +211,44 @@ fn skip_layer_guidance_matches_diffusers() {
     req.guidance_scale = 1.0;
     let e = format!("{:#}", pipe.generate(&req).unwrap_err());
     assert!(e.contains("guidance scale above 1"), "{e}");
+}
+
+#[test]
+fn prompts_per_encoder_match_diffusers() {
+    let dir = fixtures().join("sd3_prompts");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).expect("gen_99_sd3_encoder_prompts.py"))
+            .unwrap();
+    let with_t5 = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, false).unwrap();
+    let no_t5 = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, true).unwrap();
+    let text = |c: &serde_json::Value, k: &str| c.get(k).and_then(|v| v.as_str()).map(String::from);
+    for c in meta["cases"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let pipe = if c["t5"].as_bool().unwrap() { &with_t5 } else { &no_t5 };
+        let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
+        req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
+        req.prompt_2 = text(c, "prompt_2");
+        req.prompt_3 = text(c, "prompt_3");
+        req.negative_prompt_2 = text(c, "negative_prompt_2");
+        req.negative_prompt_3 = text(c, "negative_prompt_3");
+        req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
+        req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
+        req.width = c["width"].as_i64().unwrap();
+        req.height = c["height"].as_i64().unwrap();
+        req.seed = c["seed"].as_u64().unwrap();
+        req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
+        let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
+        let dl = max_abs(&latents, &r["latents"]);
+        let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
+        println!("{name:20} latents err {dl:.2e}   image err {di:.2e}");
+        assert!(dl <= 1e-4, "{name}: latents off by {dl}");
+        assert!(di <= 1e-3, "{name}: image off by {di}");
+        // the same request with one prompt for all encoders draws another picture
+        let mut same = req.clone();
+        (same.prompt_2, same.prompt_3, same.negative_prompt_2, same.negative_prompt_3) = (None, None, None, None);
+        let (_, plain) = pipe.generate(&same).unwrap();
+        assert!(max_abs(&plain, &latents) > 1e-3, "{name}: the per-encoder prompts changed nothing");
+    }
 }

@@ -188,11 +188,7 @@ impl Engine {
         tracing::info!(model = %entry.spec, loras = loras.len(), "loading model");
         let t0 = Instant::now();
         if engine_sd3::is_sd3_spec(&entry.spec) {
-            let result = if loras.is_empty() {
-                engine_sd3::load(&entry.spec, &self.cfg)
-            } else {
-                Err(anyhow!("LoRAs are not supported for Stable Diffusion 3 models yet"))
-            };
+            let result = engine_sd3::load(&entry.spec, &self.cfg, &loras);
             let load_s = t0.elapsed().as_secs_f64();
             let mut st = lock(&self.status);
             st.loading = false;
@@ -319,6 +315,12 @@ impl Engine {
         Ok(render)
     }
 
+    /// An empty result naming catalog entry `idx` (A1111's title and hash) and the job's start time.
+    fn new_result(&self, idx: usize, started: String) -> JobResult {
+        let entry = &self.catalog.entries[idx];
+        JobResult { model: entry.title(), model_hash: entry.hash(), started, ..Default::default() }
+    }
+
     fn generate(
         &mut self,
         req: &JobRequest,
@@ -342,14 +344,9 @@ impl Engine {
             if let Some((_, msg)) = engine_sd3::unsupported(req) {
                 bail!(msg);
             }
-            self.ensure(idx, Vec::new())?;
+            self.ensure(idx, loras)?;
             let render = self.render_options(req)?;
-            let mut out = JobResult {
-                model: self.catalog.entries[idx].title(),
-                model_hash: self.catalog.entries[idx].hash(),
-                started,
-                ..Default::default()
-            };
+            let mut out = self.new_result(idx, started);
             let job = engine_sd3::Sd3Job {
                 pipe: self.sd3.as_ref().context("no SD3 model is loaded")?,
                 cfg: &self.cfg,
@@ -373,12 +370,7 @@ impl Engine {
         let hires = req.hires.as_ref().map(|h| h.to_hires()).transpose()?;
         let render = self.render_options(req)?;
 
-        let mut out = JobResult {
-            model: self.catalog.entries[idx].title(),
-            model_hash: self.catalog.entries[idx].hash(),
-            started,
-            ..Default::default()
-        };
+        let mut out = self.new_result(idx, started);
         let key: PromptKey =
             (base.prompt.clone(), base.negative_prompt.clone(), base.clip_skip, base.emphasis.to_string());
         let mut encoded = match self.prompt_cache.take() {
@@ -413,14 +405,7 @@ impl Engine {
                     }
                     on_progress(p);
                 }
-                let stop = ctl.interrupt.load(Ordering::SeqCst)
-                    || ctl.cancel.load(Ordering::SeqCst)
-                    || ctl.skip.load(Ordering::SeqCst);
-                if stop {
-                    Flow::Interrupt
-                } else {
-                    Flow::Continue
-                }
+                ctl.flow()
             };
             if encoded.is_none() {
                 encoded = Some(match &hires {

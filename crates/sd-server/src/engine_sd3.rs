@@ -1,7 +1,7 @@
 //! Jobs on a Stable Diffusion 3 / 3.5 model: the same job model, progress, interrupt/skip/cancel and finished
 //! files as the UNet families, run through [`sd_pipeline::sd3::Sd3Pipeline`] exactly as `sd generate` runs an SD3
-//! folder, so the same parameters give the same pixels and labels. What SD3 does not run yet (LoRA tags,
-//! ControlNet units, the hires fix, clip skip, emphasis modes other than the default) is refused before the job
+//! folder, so the same parameters give the same pixels and labels (`<lora:…>` tags included). What SD3 does not
+//! run yet (ControlNet units, the hires fix, clip skip, emphasis modes other than the default) is refused before the job
 //! is queued, naming the field.
 
 use crate::engine::{init_images, EngineConfig};
@@ -27,9 +27,9 @@ pub fn is_sd3_spec(spec: &str) -> bool {
     p.is_dir() && sd_core::model_dir::ModelDir::open_folder(p).is_ok_and(|d| sd_pipeline::sd3::is_sd3(&d))
 }
 
-/// Load an SD3 folder with the server's device and dtype and its `--no-t5` choice.
-pub fn load(spec: &str, cfg: &EngineConfig) -> Result<Sd3Pipeline> {
-    Sd3Pipeline::load(Path::new(spec), cfg.load.dtype, cfg.load.device, cfg.no_t5)
+/// Load an SD3 folder with the server's device and dtype, its `--no-t5` choice and the job's LoRAs merged in.
+pub fn load(spec: &str, cfg: &EngineConfig, loras: &[(std::path::PathBuf, f64)]) -> Result<Sd3Pipeline> {
+    Sd3Pipeline::load_with_loras(Path::new(spec), cfg.load.dtype, cfg.load.device, cfg.no_t5, loras)
 }
 
 /// The job fields SD3 cannot honour yet, as (API field, message); checked when a job is submitted (a 400 naming
@@ -39,9 +39,6 @@ pub fn unsupported(job: &JobRequest) -> Option<(&'static str, String)> {
     let sampler = job.sampler.parse::<sd_schedulers::SamplerChoice>().and_then(flow_form);
     if let Err(e) = sampler {
         return Some(("sampler_name", format!("{e:#}")));
-    }
-    if job.prompt.contains("<lora:") {
-        return Some(("prompt", why("<lora:…> tags (LoRA)")));
     }
     if !job.controlnet.is_empty() {
         return Some(("alwayson_scripts", why("ControlNet")));
@@ -155,14 +152,7 @@ impl Sd3Job<'_> {
                         ..Default::default()
                     });
                 }
-                let stop = ctl.interrupt.load(Ordering::SeqCst)
-                    || ctl.cancel.load(Ordering::SeqCst)
-                    || ctl.skip.load(Ordering::SeqCst);
-                if stop {
-                    Flow::Interrupt
-                } else {
-                    Flow::Continue
-                }
+                ctl.flow()
             };
             let generated = self.pipe.generate_encoded(&req, prompts, &mut on_event)?;
             if ctl.cancel.load(Ordering::SeqCst) {

@@ -22,6 +22,20 @@ pub struct Control {
     pub cancel: AtomicBool,
 }
 
+impl Control {
+    /// What a sampling loop should do after a step: stop on interrupt, skip or cancel.
+    pub fn flow(&self) -> sd_pipeline::generate::Flow {
+        let stop = self.interrupt.load(Ordering::SeqCst)
+            || self.cancel.load(Ordering::SeqCst)
+            || self.skip.load(Ordering::SeqCst);
+        if stop {
+            sd_pipeline::generate::Flow::Interrupt
+        } else {
+            sd_pipeline::generate::Flow::Continue
+        }
+    }
+}
+
 /// Work for the inference thread.
 pub enum Task {
     Job {

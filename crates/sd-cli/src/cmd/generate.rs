@@ -153,6 +153,18 @@ pub struct Args {
     /// SD3: fraction of the steps where skip-layer guidance stops
     #[arg(long, default_value_t = 0.2, requires = "slg_layers")]
     pub slg_stop: f64,
+    /// SD3: the CLIP-G encoder's own prompt (diffusers' prompt_2; default: the prompt)
+    #[arg(long, value_name = "TEXT")]
+    pub prompt_2: Option<String>,
+    /// SD3: the T5 encoder's own prompt (diffusers' prompt_3; default: the prompt)
+    #[arg(long, value_name = "TEXT")]
+    pub prompt_3: Option<String>,
+    /// SD3: the CLIP-G encoder's own negative prompt (diffusers' negative_prompt_2)
+    #[arg(long, value_name = "TEXT")]
+    pub negative_prompt_2: Option<String>,
+    /// SD3: the T5 encoder's own negative prompt (diffusers' negative_prompt_3)
+    #[arg(long, value_name = "TEXT")]
+    pub negative_prompt_3: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -231,6 +243,7 @@ pub fn run(args: Args) -> Result<()> {
         if args.refine.refiner.is_some() {
             usage!("--refiner applies to SDXL base models, not SD3");
         }
+        opts.loras = loras;
         return super::generate_sd3::run(&args, opts, sampler, mode, init_file);
     }
     if !args.slg_layers.is_empty() {
@@ -239,6 +252,9 @@ pub fn run(args: Args) -> Result<()> {
     check_unet_sampler("--sampler", &sampler, &args.load.model)?;
     if let Some(s) = hires.as_ref().and_then(|h| h.sampler.as_ref()) {
         check_unet_sampler("--hires-sampler", s, &args.load.model)?;
+    }
+    if [&args.prompt_2, &args.prompt_3, &args.negative_prompt_2, &args.negative_prompt_3].iter().any(|p| p.is_some()) {
+        usage!("--prompt-2, --prompt-3, --negative-prompt-2 and --negative-prompt-3 apply to SD3 models only");
     }
     if args.load.no_t5 || args.load.max_sequence_length != 256 {
         usage!("--no-t5 and --max-sequence-length apply to SD3 models only");

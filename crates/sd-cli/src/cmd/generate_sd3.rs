@@ -30,14 +30,12 @@ pub fn run(
         Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength, mask: None }),
         Mode::Inpaint { init, mask, strength } => Some(Sd3Init { image: init, strength, mask: Some(mask) }),
     };
-    let refused: [(bool, &str); 8] = [
-        (!args.lora.is_empty() || args.load.lora_dir.is_some(), "LoRAs"),
+    let refused: [(bool, &str); 6] = [
         (args.load.embeddings_dir.is_some(), "--embeddings-dir"),
         (args.taesd.is_some(), "--taesd"),
         (args.clip_skip != 1, "--clip-skip"),
         (args.guidance_rescale != 0.0, "--guidance-rescale"),
         (args.emphasis != "original", "--emphasis"),
-        (args.prompt.contains("<lora:"), "<lora:…> tags"),
         (opts.low_memory, "--low-memory"),
     ];
     if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
@@ -49,12 +47,23 @@ pub fn run(
     let sampler = sd_pipeline::sd3::flow_form(sampler).map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?;
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
+        for text in [&args.prompt_2, &args.prompt_3].into_iter().flatten() {
+            sd_pipeline::output::check_policy(policy, text)?;
+        }
     }
     let safety = args.load.safety()?;
     let t_load = Instant::now();
     let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.load.model)));
     let root = sd_core::model_dir::ModelDir::open(&args.load.model)?.root;
-    let pipe = Sd3Pipeline::load(&root, opts.dtype, opts.device, args.load.no_t5)?;
+    let pipe = Sd3Pipeline::load_with_loras(&root, opts.dtype, opts.device, args.load.no_t5, &opts.loras)?;
+    for l in pipe.loras.iter().filter(|l| !l.ignored.is_empty()) {
+        eprintln!(
+            "warning: LoRA {}: {} key(s) matched nothing in this model and were ignored: {}",
+            l.path.display(),
+            l.ignored.len(),
+            l.ignored.join(", ")
+        );
+    }
     let load_s = t_load.elapsed().as_secs_f64();
     if let Some(s) = spinner {
         s.finish_and_clear();
@@ -75,6 +84,10 @@ pub fn run(
     for batch in 0..args.batch_count {
         let mut req = Sd3Request::new(&args.prompt);
         req.negative_prompt = args.negative_prompt.clone();
+        req.prompt_2 = args.prompt_2.clone();
+        req.prompt_3 = args.prompt_3.clone();
+        req.negative_prompt_2 = args.negative_prompt_2.clone();
+        req.negative_prompt_3 = args.negative_prompt_3.clone();
         // img2img without -W/-H keeps the init image's size, rounded down to what the transformer takes
         let f = pipe.size_multiple();
         let init_size = init.as_ref().map(|i| ((i.image.width() as i64 / f * f), (i.image.height() as i64 / f * f)));
@@ -119,6 +132,7 @@ pub fn run(
             "model": name,
             "family": "sd3",
             "t5": pipe.t5.is_some(),
+            "loras": pipe.loras.iter().map(|l| serde_json::json!({ "path": l.path, "weight": l.weight, "ignored_keys": l.ignored })).collect::<Vec<_>>(),
             "load_s": load_s,
             "batches": summary,
             "peak_rss_mb": sd_pipeline::output::peak_rss_mb(),

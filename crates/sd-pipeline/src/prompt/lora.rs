@@ -7,7 +7,7 @@
 //!   diffusers/transformers module path with `.` written as `_`, so it is matched against the model's own weight
 //!   names the same way. Linear, 1×1 conv and LoCon 3×3 conv layers are merged.
 //! - diffusers / PEFT: `unet.<module>.lora_A.weight` + `.lora_B.weight` (also `text_encoder.`, `text_encoder_2.`,
-//!   or no prefix for a UNet-only file), and the older `.lora.down.weight` / `.lora.up.weight`; optional
+//!   or no prefix for a UNet-only file; `transformer.` for SD3's transformer), and the older `.lora.down.weight` / `.lora.up.weight`; optional
 //!   `<module>.alpha`.
 //!
 //! Not handled: SDXL kohya files whose UNet modules use the original LDM names (`lora_unet_input_blocks_…`),
@@ -26,6 +26,8 @@ pub enum LoraTarget {
     Unet,
     TextEncoder,
     TextEncoder2,
+    /// SD3's `SD3Transformer2DModel` (diffusers' `transformer.` prefix).
+    Transformer,
 }
 
 /// One low-rank update: `up [out, rank, …] @ down [rank, in, …]`.
@@ -79,7 +81,9 @@ fn classify(key: &str) -> Option<(LoraTarget, String, &'static str)> {
             return None;
         }
     }
-    let (target, rest) = if let Some(r) = key.strip_prefix("text_encoder_2.") {
+    let (target, rest) = if let Some(r) = key.strip_prefix("transformer.") {
+        (LoraTarget::Transformer, r)
+    } else if let Some(r) = key.strip_prefix("text_encoder_2.") {
         (LoraTarget::TextEncoder2, r)
     } else if let Some(r) = key.strip_prefix("text_encoder.") {
         (LoraTarget::TextEncoder, r)
@@ -142,7 +146,7 @@ fn module_key(weight_name: &str, target: LoraTarget) -> Option<String> {
     let module = weight_name.strip_suffix(".weight")?;
     let flat = module.replace('.', "_");
     Some(match target {
-        LoraTarget::Unet => flat,
+        LoraTarget::Unet | LoraTarget::Transformer => flat,
         _ if flat.starts_with("text_model_") => flat,
         _ => format!("text_model_{flat}"),
     })
@@ -210,6 +214,8 @@ mod tests {
             (k.0, k.1.as_str(), k.2),
             (LoraTarget::TextEncoder, "text_model_encoder_layers_0_self_attn_q_proj", "up")
         );
+        let k = classify("transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight").unwrap();
+        assert_eq!((k.0, k.1.as_str()), (LoraTarget::Transformer, "transformer_blocks_0_attn_to_out_0"));
         let k = classify("unet.mid_block.attentions.0.proj_out.lora.down.weight").unwrap();
         assert_eq!((k.0, k.1.as_str()), (LoraTarget::Unet, "mid_block_attentions_0_proj_out"));
         assert!(classify("lora_unet_x.hada_w1_a").is_none());
