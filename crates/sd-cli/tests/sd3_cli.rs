@@ -2,9 +2,10 @@
 //! output for the same request (fixtures/sd3_pipeline/no_t5, from scripts/fixtures/gen_82_sd3_pipeline.py) to ±1 in
 //! 8 bits on at least 99.9 % of the values, `--no-t5` is recorded in the parameters, img2img and inpainting equal
 //! StableDiffusion3Img2ImgPipeline's and StableDiffusion3InpaintPipeline's (fixtures/sd3_img2img,
-//! gen_83_sd3_img2img.py) the same way, and the flags SD3 does not take are refused with exit code 2. `sd serve`
-//! on the same folder answers A1111's txt2img and img2img with `sd generate`'s pixels and parameters, and refuses
-//! what SD3 does not run yet with a 400 naming it.
+//! gen_83_sd3_img2img.py) the same way, and the flags SD3 does not take are refused with exit code 2, as are the
+//! samplers of the other model kind both ways (a UNet sampler without a flow-matching form on SD3, a flow-matching
+//! one on SD1). `sd serve` on the same folder answers A1111's txt2img and img2img with `sd generate`'s pixels and
+//! parameters, and refuses what SD3 does not run yet with a 400 naming it.
 
 #[path = "common/server.rs"]
 mod server;
@@ -124,7 +125,8 @@ fn skip_layer_guidance_matches_diffusers() {
 fn flags_sd3_does_not_take_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     for (extra, needle) in [
-        (vec!["--sampler", "ddim"], "flow-matching"),
+        (vec!["--sampler", "ddim"], "sampler ddim is for UNet models (sd1 sd2 sdxl), not for this sd3 model"),
+        (vec!["--sampler", "DPM++ 2M SDE"], "samplers for it: flow-euler, flow-euler-a, flow-heun, flow-dpmpp-2m"),
         (vec!["--clip-skip", "2"], "--clip-skip"),
         (vec!["--batch-size", "0"], "--batch-size"),
     ] {
@@ -145,6 +147,40 @@ fn flags_sd3_does_not_take_are_usage_errors() {
     let (code, err) = run(&mut c);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("SD3"), "{err}");
+    // and a flow-matching sampler on a UNet model, for the first pass and the hires pass
+    for flags in [&["--sampler", "flow-heun"][..], &["--hires-scale", "2", "--hires-sampler", "flow-euler"][..]] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
+        c.args(["generate", "x", "-q", "--output"]).arg(dir.path().join("unet.png"));
+        c.args(flags).arg("--model").arg(fixtures().join("models/sd1"));
+        let (code, err) = run(&mut c);
+        assert_eq!(code, 2, "{flags:?}: {err}");
+        assert!(err.contains("is for flow-matching models (sd3), not for this sd1 model"), "{flags:?}: {err}");
+        assert!(err.contains("samplers for it: euler, euler-a,"), "{flags:?}: {err}");
+    }
+    assert!(!dir.path().join("unet.png").exists());
+}
+
+#[test]
+fn flow_samplers_run_and_are_listed_for_sd3() {
+    // the new flow samplers through the binary (their numbers are checked in sd-pipeline's sd3_samplers test);
+    // --eta reaches flow-euler-a
+    let dir = tempfile::tempdir().unwrap();
+    for (i, flags) in
+        [&["--sampler", "flow-heun"][..], &["--sampler", "flow-euler-a", "--eta", "0.5"][..]].into_iter().enumerate()
+    {
+        let png = dir.path().join(format!("{i}.png"));
+        let (code, err) = run(base(&png).args(["--steps", "3", "--seed", "2"]).args(flags));
+        assert_eq!(code, 0, "{flags:?}: {err}");
+        assert!(png.exists(), "{flags:?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sd")).arg("samplers").output().expect("run sd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let head = text.lines().next().unwrap_or_default();
+    assert!(head.starts_with("NAME") && head.contains("MODELS"), "{text}");
+    for (name, models) in [("euler", "sd1 sd2 sdxl"), ("flow-euler", "sd3"), ("flow-dpmpp-2m", "sd3")] {
+        let row = text.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_default();
+        assert!(row.contains(models), "{name}: {row}");
+    }
 }
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";

@@ -88,6 +88,7 @@ fn bad_input_on_every_endpoint_gets_a_4xx_json_error_and_the_server_stays_health
         ("POST", t2i, with("cfg_scale", json!(1e300)), 400, "cfg_scale"),
         ("POST", t2i, with("seed", json!(-7)), 400, "seed"),
         ("POST", t2i, with("sampler_name", json!("Nope Sampler")), 400, "unknown sampler"),
+        ("POST", t2i, with("sampler_name", json!("flow-euler")), 400, "is for flow-matching models"),
         ("POST", t2i, with("scheduler", json!("polyexponential")), 400, "scheduler"),
         ("POST", t2i, with("restore_faces", json!(true)), 422, "restore_faces"),
         ("POST", t2i, merge(&ok, json!({"enable_hr": true, "hr_upscaler": "R-ESRGAN 4x+"})), 422, "hr_upscaler"),

@@ -228,6 +228,7 @@ impl StableDiffusion {
         let opts = sd_schedulers::SamplerOptions { eta: req.eta, ..Default::default() };
         let mut sched =
             req.sampler.build(&self.scheduler_config, &opts).with_context(|| format!("sampler `{}`", req.sampler))?;
+        sd_schedulers::check_models(sched.descriptor(), sd_schedulers::Models::Unet, &self.info.family.to_string())?;
         let (sampler_label, schedule_label) = labels(sched.as_ref());
         let sampler_warnings = sched.warnings().to_vec();
         let encode_s = encoded.encode_s;

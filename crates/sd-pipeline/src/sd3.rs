@@ -12,7 +12,9 @@
 //!   inpainting (`StableDiffusion3InpaintPipeline`, 16-channel transformers) also re-imposes the kept region after
 //!   every step: the init latents noised to the next timestep, blended in through the binarised mask;
 //! - loop: the transformer on [uncond, cond] with timestep σ·1000, classifier-free guidance when the scale > 1, the
-//!   flow-matching sampler's step (the model's own `FlowMatchEulerDiscreteScheduler` unless another is chosen);
+//!   flow-matching sampler's step (the model's own `FlowMatchEulerDiscreteScheduler` unless another flow sampler is
+//!   chosen; with `use_dynamic_shifting` in its config the schedule's shift comes from the image's token count, as
+//!   diffusers' `calculate_shift` computes `mu`);
 //! - decode: latents / scaling_factor + shift_factor through the 16-channel VAE, then (x / 2 + 0.5) clamped.
 
 use crate::generate::{Event, Flow, StepInfo};
@@ -25,7 +27,8 @@ use sd_models::clip::{ClipTextModel, ClipTokenizer};
 use sd_models::t5::{T5EncoderModel, T5Tokenizer};
 use sd_models::transformer_sd3::{SD3Transformer2DModel, SD3TransformerConfig};
 use sd_models::vae::AutoencoderKL;
-use sd_schedulers::{Sampler, SamplerChoice, SamplerOptions};
+use sd_schedulers::flow_sched::calculate_shift;
+use sd_schedulers::{check_models, Models, Sampler, SamplerChoice, SamplerOptions, Scheduler};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -44,19 +47,16 @@ pub const MAX_STEPS: usize = 1000;
 /// flow-matching samplers stand as they are; anything else is refused with the list of those there are.
 pub fn flow_form(choice: SamplerChoice) -> Result<SamplerChoice> {
     let Sampler::Named(d) = choice.sampler else { return Ok(choice) };
-    if d.name.starts_with("flow-") {
+    if d.models == Models::Flow {
         return Ok(choice);
     }
-    if let Some(flow) = sd_schedulers::registry::lookup(&format!("flow-{}", d.name)) {
+    let form = sd_schedulers::registry::lookup(&format!("flow-{}", d.name)).filter(|f| f.models == Models::Flow);
+    if let Some(flow) = form {
         return Ok(SamplerChoice { sampler: Sampler::Named(flow), schedule: choice.schedule });
     }
-    let flows: Vec<&str> =
-        sd_schedulers::registry::SAMPLERS.iter().map(|s| s.name).filter(|n| n.starts_with("flow-")).collect();
-    bail!(
-        "sampler {} has no flow-matching form; SD3 models run {} (or \"default\", the model's own)",
-        d.label(),
-        flows.join(", ")
-    )
+    // no flow form: the same refusal as any other sampler of the wrong kind, listing the flow samplers
+    check_models(d, Models::Flow, "sd3")?;
+    Ok(choice)
 }
 
 /// Whether a folder holds an SD3 / SD3.5 pipeline (its `model_index.json` class, or an `SD3Transformer2DModel`).
@@ -145,6 +145,8 @@ pub struct Sd3Request {
     pub batch_size: i64,
     pub max_sequence_length: usize,
     pub sampler: SamplerChoice,
+    /// η for the samplers that take it (flow-euler-a); `None`: the sampler's default.
+    pub eta: Option<f64>,
     /// img2img: the picture to start from (resized to `width`×`height` with Lanczos, as diffusers' image
     /// processor does) and how much of it to repaint.
     pub init: Option<Sd3Init>,
@@ -227,6 +229,7 @@ impl Sd3Request {
             batch_size: 1,
             max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
             sampler: SamplerChoice::default(),
+            eta: None,
             init: None,
             slg: None,
             prompt_2: None,
@@ -486,14 +489,26 @@ impl Sd3Pipeline {
                 );
             }
         }
-        let sched = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?;
-        if !sched.descriptor().class.name.starts_with("FlowMatch") {
-            bail!(
-                "sampler {} is not a flow-matching sampler; SD3 models need one (flow-euler, or \"default\")",
-                sched.name()
-            );
-        }
+        self.sampler(req)?;
         Ok(())
+    }
+
+    /// The request's sampler on this model's scheduler config, refused unless it is a flow-matching one, with the
+    /// resolution-dependent shift set when the config asks for it: diffusers' `calculate_shift` over the image's
+    /// token count (latent height and width over the patch size), passed as `mu`.
+    pub fn sampler(&self, req: &Sd3Request) -> Result<Box<dyn Scheduler>> {
+        let opts = SamplerOptions { eta: req.eta, ..Default::default() };
+        let mut sched =
+            req.sampler.build(&self.scheduler_config, &opts).with_context(|| format!("sampler `{}`", req.sampler))?;
+        check_models(sched.descriptor(), Models::Flow, "sd3")?;
+        if sched.config().use_dynamic_shifting {
+            let (f, p) = (self.vae.scale_factor(), self.transformer.config.patch_size);
+            ensure!(f > 0 && p > 0, "the VAE scale factor and the patch size must be positive");
+            let tokens = (req.height / f / p).max(0) * (req.width / f / p).max(0);
+            let mu = calculate_shift(tokens as usize, sched.config())?;
+            sched.set_mu(mu)?;
+        }
+        Ok(sched)
     }
 
     /// (latents, steps run, whether `on_event` stopped the loop early).
@@ -517,7 +532,7 @@ impl Sd3Pipeline {
             ),
             None => (rep(&cond.prompt_embeds)?, rep(&cond.pooled)?),
         };
-        let mut sched = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?;
+        let mut sched = self.sampler(req)?;
         sched.set_timesteps(req.steps, self.device)?;
         let f = self.vae.scale_factor();
         let c = self.transformer.config.in_channels;
@@ -559,7 +574,8 @@ impl Sd3Pipeline {
                     sched.add_noise(&z, &noise, sched.timesteps()[start])?
                 };
                 // diffusers also encodes the masked image here (a third draw); a 16-channel transformer never reads
-                // it and the flow-matching Euler step draws nothing after it, so it is left out
+                // it and no sampler diffusers has for SD3 draws after it, so it is left out (flow-euler-a, which
+                // diffusers lacks, draws its step noise from here on)
                 let kept = match mask {
                     Some(m) => Some(KeptRegion {
                         image_latents: z,
@@ -672,7 +688,7 @@ impl Sd3Pipeline {
         use sd_core::image_io::{tensor_to_rgb, Range};
         use sd_provenance::metadata::{label_chunks, GenerationInfo};
         use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
-        let label = req.sampler.build(&self.scheduler_config, &SamplerOptions::default())?.descriptor().label();
+        let label = self.sampler(req)?.descriptor().label();
         let mut out = Vec::new();
         for i in 0..images.size()[0] {
             let mut rgb = tensor_to_rgb(&images.get(i), Range::Unit)?;

@@ -107,6 +107,8 @@ pub fn k_denoised(pred: crate::Prediction, sample: &Tensor, model_output: &Tenso
             lin2(-sigma / s2.sqrt(), model_output, 1.0 / s2, sample)?
         }
         Sample => model_output.shallow_clone(),
+        // refused when the sampler is built (`SamplerState::new`)
+        FlowPrediction => anyhow::bail!("prediction_type flow_prediction is not a k-diffusion prediction"),
     })
 }
 

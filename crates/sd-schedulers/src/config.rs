@@ -23,6 +23,9 @@ pub enum Prediction {
     /// diffusers' "sample" (older configs write "original_sample").
     #[serde(rename = "sample", alias = "original_sample")]
     Sample,
+    /// Rectified flow's velocity v = ε − x₀ (DPM-Solver with `use_flow_sigmas`); the UNet samplers refuse it.
+    #[serde(rename = "flow_prediction")]
+    FlowPrediction,
 }
 
 /// How `betas` are laid out over the training timesteps (`beta_schedule`).
@@ -224,6 +227,17 @@ scheduler_config! {
     rho: f64 = 7.0,
     /// Flow matching's static timestep shift (SD3: 3.0).
     shift: f64 = 1.0,
+    /// Flow matching's resolution-dependent shift: `set_timesteps` then takes `mu` (`Scheduler::set_mu`), which the
+    /// pipeline computes from the image's token count with `base_shift` … `max_image_seq_len`.
+    use_dynamic_shifting: bool = false,
+    base_shift: Option<f64> = Some(0.5),
+    max_shift: Option<f64> = Some(1.15),
+    base_image_seq_len: usize = 256,
+    max_image_seq_len: usize = 4096,
+    /// DPM-Solver over rectified-flow sigmas (α = 1 − σ) instead of the VP table built from the betas.
+    use_flow_sigmas: bool = false,
+    /// DPM-Solver's static shift of its flow sigmas (SD3's `shift`).
+    flow_shift: f64 = 1.0,
     /// Not a diffusers config field but a `step` argument there (DDIM's η, TCD's γ, k-diffusion's SDE η): set
     /// from `SamplerOptions::eta` for the samplers that declare it.
     eta: f64 = 0.0,

@@ -2,7 +2,7 @@
 
 use crate::common::{lin2, threshold_sample};
 use crate::{Prediction, SchedulerConfig};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tch::Tensor;
 
 /// x0 and ε from the model output at ᾱ_t.
@@ -12,6 +12,8 @@ pub fn x0_eps(pred: Prediction, sample: &Tensor, out: &Tensor, alpha_prod_t: f64
         Prediction::Epsilon => (lin2(1.0 / a, sample, -b / a, out)?, out.shallow_clone()),
         Prediction::Sample => (out.shallow_clone(), lin2(1.0 / b, sample, -a / b, out)?),
         Prediction::VPrediction => (lin2(a, sample, -b, out)?, lin2(a, out, b, sample)?),
+        // refused when the sampler is built (`SamplerState::new`); no ᾱ-parameterised step reads a velocity
+        Prediction::FlowPrediction => bail!("prediction_type flow_prediction is not an ᾱ-parameterised prediction"),
     })
 }
 

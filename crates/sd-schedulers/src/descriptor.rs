@@ -61,6 +61,36 @@ impl SamplerOption {
     }
 }
 
+/// Which models a sampler can drive. The two kinds integrate different forward processes, so a sampler of one kind
+/// run on the other kind's model produces noise rather than a picture; pipelines refuse the pairing up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Models {
+    /// UNet models predicting ε, v or x₀ over a variance-preserving schedule (SD 1.x, SD 2.x, SDXL).
+    #[serde(rename = "unet")]
+    Unet,
+    /// Rectified-flow models predicting the velocity ε − x₀ (SD 3 / 3.5).
+    #[serde(rename = "flow")]
+    Flow,
+}
+
+impl Models {
+    /// What the models are, for messages.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Models::Unet => "UNet",
+            Models::Flow => "flow-matching",
+        }
+    }
+
+    /// The model families this kind covers, as `sd samplers` lists them.
+    pub fn families(self) -> &'static str {
+        match self {
+            Models::Unet => "sd1 sd2 sdxl",
+            Models::Flow => "sd3",
+        }
+    }
+}
+
 /// Builds the sampler from its resolved config.
 pub type Build = fn(&'static Descriptor, SchedulerConfig) -> Result<Box<dyn Scheduler>>;
 
@@ -77,6 +107,8 @@ pub struct Descriptor {
     /// The schedules it can run (`Schedule::Normal` always; the others where its class has the option).
     pub schedules: &'static [Schedule],
     pub options: &'static [SamplerOption],
+    /// The models it drives (`registry::check_models` refuses the others).
+    pub models: Models,
     /// One line for `sd samplers`.
     pub description: &'static str,
     pub build: Build,

@@ -79,6 +79,8 @@ pub fn predicted_x0(pred: Prediction, out: &Tensor, sample: &Tensor, sigma: f64)
         Prediction::Epsilon => sample.f_sub(&out.f_mul_scalar(s)?)?.f_div_scalar(a)?,
         Prediction::Sample => out.shallow_clone(),
         Prediction::VPrediction => lin(&[(a, sample), (-s, out)])?,
+        // the velocity ε − x₀ over a flow sigma, where x = (1 − σ)·x₀ + σ·ε
+        Prediction::FlowPrediction => sample.f_sub(&out.f_mul_scalar(sigma)?)?,
     })
 }
 
@@ -89,5 +91,6 @@ pub fn predicted_noise(pred: Prediction, out: &Tensor, sample: &Tensor, sigma: f
         Prediction::Epsilon => out.shallow_clone(),
         Prediction::Sample => sample.f_sub(&out.f_mul_scalar(a)?)?.f_div_scalar(s)?,
         Prediction::VPrediction => lin(&[(a, out), (s, sample)])?,
+        Prediction::FlowPrediction => bail!("flow_prediction needs a data-prediction solver (dpmsolver++)"),
     })
 }

@@ -5,8 +5,8 @@
 //! |---|---|
 //! | `samplers/*.rs` | one file per sampler family: its step math next to its `Class` and `Descriptor`s |
 //! | `samplers/mod.rs` | `SAMPLERS`, the table: one line per sampler file |
-//! | `registry` | lookups in the table, `build` (choice + model config + options → sampler), `list` |
-//! | `descriptor` | what a sampler file declares: `Class` (keys, defaults), `Descriptor` (names, schedules, options) |
+//! | `registry` | lookups in the table, `build` (choice + model config + options → sampler), `list`, `check_models` |
+//! | `descriptor` | what a sampler file declares: `Class` (keys, defaults), `Descriptor` (names, schedules, `Models`) |
 //! | `choice` | `SamplerChoice` / `Schedule` / `SamplerOptions`: the typed request, parsed from A1111 or short names |
 //! | `config` | `SchedulerConfig`, the typed config (enums for every string choice) |
 //! | `from_config` | diffusers' `from_config` on the typed config (saved values, class defaults, hidden keys) |
@@ -14,6 +14,7 @@
 //! | `schedule` | betas → ᾱ, timestep spacing |
 //! | `sigmas` | Karras / exponential / beta sigmas, sigma → t, AYS constants |
 //! | `ksched`, `dpm_sched` | the sigma schedules of the k-diffusion-style and DPM-Solver-style classes |
+//! | `flow_sched` | the rectified-flow (SD3) sigma schedules (static and dynamic shifts, `calculate_shift`, `EulerTable`) |
 //! | `kdiff`, `dpm_math`, `ddpm_math`, `multistep` | step math several samplers share |
 //! | `brownian` | torchsde's Brownian tree (the Brownian-noise samplers) |
 //! | `custom` | Align Your Steps over any sampler that takes custom sigmas or timesteps |
@@ -33,6 +34,7 @@ pub mod ddpm_math;
 pub mod descriptor;
 pub mod dpm_math;
 pub mod dpm_sched;
+pub mod flow_sched;
 pub mod from_config;
 pub mod kdiff;
 pub mod ksched;
@@ -50,8 +52,8 @@ pub use config::{
     AlgorithmType, BetaSchedule, FinalSigmas, Interpolation, Prediction, SchedulerConfig, SigmaSchedule, SolverType,
     TimestepSpacing, TimestepType, VarianceType,
 };
-pub use descriptor::{Class, Descriptor, SamplerOption};
-pub use registry::{list, lookup, SamplerInfo, SAMPLERS};
+pub use descriptor::{Class, Descriptor, Models, SamplerOption};
+pub use registry::{check_models, list, lookup, SamplerInfo, SAMPLERS};
 pub use state::{Family, SamplerState};
 pub use training::{add_noise_batch, get_velocity};
 
@@ -129,6 +131,12 @@ pub trait Scheduler: Send {
     }
     fn config(&self) -> &SchedulerConfig {
         &self.state().cfg
+    }
+    /// diffusers' `set_timesteps(mu=...)`: the resolution-dependent shift for the next `set_timesteps`, taken by the
+    /// flow-matching samplers whose config sets `use_dynamic_shifting` (the pipeline computes it with
+    /// `flow_sched::calculate_shift`).
+    fn set_mu(&mut self, _mu: f64) -> Result<()> {
+        bail!("sampler {} has no dynamic shifting (use_dynamic_shifting)", self.name())
     }
     /// diffusers' `set_timesteps(timesteps=[...])`, where the class supports it.
     fn set_custom_timesteps(&mut self, _timesteps: &[f64], _device: Device) -> Result<()> {

@@ -4,7 +4,7 @@
 use crate::choice::{Sampler, SamplerChoice, SamplerOptions, Schedule};
 use crate::config::TimestepSpacing;
 use crate::custom::{Ays, AysModel};
-use crate::descriptor::{Descriptor, SamplerOption};
+use crate::descriptor::{Descriptor, Models, SamplerOption};
 use crate::from_config::{apply_tracked, from_config, set_override, unknown_key_warnings};
 pub use crate::samplers::SAMPLERS;
 use crate::{Scheduler, SchedulerConfig};
@@ -135,6 +135,24 @@ fn flag_schedule(cfg: &SchedulerConfig) -> Option<Schedule> {
     }
 }
 
+/// Refuse a sampler on a model it cannot drive: `models` is what the model is (`Models::Unet` for SD1/SD2/SDXL,
+/// `Models::Flow` for SD3), `family` its name for the message, which lists the samplers that do apply.
+pub fn check_models(d: &Descriptor, models: Models, family: &str) -> Result<()> {
+    if d.models == models {
+        return Ok(());
+    }
+    let fitting: Vec<&str> = SAMPLERS.iter().filter(|x| x.models == models).map(|x| x.name).collect();
+    bail!(
+        "sampler {} is for {} models ({}), not for this {family} model ({}: {}); samplers for it: {} (or \"default\")",
+        d.name,
+        d.models.kind(),
+        d.models.families(),
+        models.kind(),
+        models.families(),
+        fitting.join(", ")
+    )
+}
+
 /// One entry of `sd samplers`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SamplerInfo {
@@ -144,6 +162,8 @@ pub struct SamplerInfo {
     pub schedules: Vec<&'static str>,
     /// Per-request options besides the schedule, as command-line flags ("--eta").
     pub options: Vec<&'static str>,
+    /// The model families it drives ("sd1 sd2 sdxl" or "sd3").
+    pub models: &'static str,
     pub description: &'static str,
 }
 
@@ -157,6 +177,7 @@ pub fn list() -> Vec<SamplerInfo> {
             diffusers_class: d.class.name,
             schedules: d.schedules.iter().map(|s| s.name()).collect(),
             options: d.options.iter().map(|o| o.flag()).collect(),
+            models: d.models.families(),
             description: d.description,
         })
         .collect()

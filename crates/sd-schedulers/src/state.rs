@@ -61,6 +61,13 @@ impl SamplerState {
     /// ᾱ_T = 0 under zero-SNR rescaling, as DDIM / DDPM / LCM / TCD / PNDM do in diffusers.
     pub fn new(descriptor: &'static Descriptor, cfg: SchedulerConfig, family: Family) -> Result<Self> {
         let pred = cfg.prediction_type;
+        // the UNet samplers' math knows ε, v and x₀ only; DPM-Solver reads a velocity over its flow sigmas
+        ensure!(
+            pred != Prediction::FlowPrediction || (family == Family::FlowMatch && cfg.use_flow_sigmas),
+            "prediction_type flow_prediction (a flow-matching model's velocity) needs DPM-Solver with \
+             use_flow_sigmas; sampler {} reads ε, v or x₀ predictions",
+            descriptor.name
+        );
         let alphas_cumprod = match family {
             Family::Ddpm => TrainSchedule::new_exact_zero_snr(&cfg)?.alphas_cumprod,
             Family::KDiffusion | Family::DpmSolver | Family::FlowMatch => vec![],

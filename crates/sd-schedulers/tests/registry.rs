@@ -215,8 +215,40 @@ fn model_default_keeps_the_saved_settings_of_its_class() {
     cfg["_class_name"] = json!("FlowMatchEulerDiscreteScheduler");
     assert_eq!(build("default", &cfg, None).unwrap().name(), "flow-euler");
     cfg["_class_name"] = json!("FlowMatchHeunDiscreteScheduler");
+    assert_eq!(build("default", &cfg, None).unwrap().name(), "flow-heun");
+    // a DPM-Solver config over flow sigmas is the flow sampler, not the UNet one of the same class
+    cfg["_class_name"] = json!("DPMSolverMultistepScheduler");
+    cfg["solver_order"] = json!(2);
+    cfg["use_karras_sigmas"] = json!(false);
+    cfg["use_flow_sigmas"] = json!(true);
+    cfg["prediction_type"] = json!("flow_prediction");
+    cfg["flow_shift"] = json!(3.0);
+    let s = build("default", &cfg, None).unwrap();
+    assert_eq!((s.name(), s.config().flow_shift), ("flow-dpmpp-2m", 3.0));
+    let e = err(build("dpmpp-2m", &cfg, None));
+    assert!(e.contains("flow_prediction") && e.contains("dpmpp-2m"), "{e}");
+    cfg["_class_name"] = json!("KDPM2DiscreteScheduler");
     let e = err(build("default", &cfg, None));
-    assert!(e.contains("FlowMatchHeunDiscreteScheduler") && e.contains("not supported"), "{e}");
+    assert!(e.contains("flow_prediction"), "{e}");
+}
+
+/// Each sampler names the models it drives; the other kind is refused with the samplers that do apply.
+#[test]
+fn samplers_are_refused_on_the_other_kind_of_model() {
+    use sd_schedulers::{check_models, lookup, Models};
+    let flow: Vec<&str> = SAMPLERS.iter().filter(|d| d.models == Models::Flow).map(|d| d.name).collect();
+    assert_eq!(flow, ["flow-euler", "flow-euler-a", "flow-heun", "flow-dpmpp-2m"]);
+    let euler = lookup("euler").unwrap();
+    check_models(euler, Models::Unet, "sd1").unwrap();
+    let e = format!("{:#}", check_models(euler, Models::Flow, "sd3").unwrap_err());
+    assert!(e.contains("sampler euler is for UNet models (sd1 sd2 sdxl), not for this sd3 model"), "{e}");
+    assert!(e.contains("samplers for it: flow-euler, flow-euler-a, flow-heun, flow-dpmpp-2m"), "{e}");
+    let e = format!("{:#}", check_models(lookup("flow-heun").unwrap(), Models::Unet, "sdxl").unwrap_err());
+    assert!(e.contains("is for flow-matching models (sd3), not for this sdxl model"), "{e}");
+    assert!(e.contains("samplers for it: euler, euler-a, ddim,") && !e.contains("flow-euler,"), "{e}");
+    let listed = list();
+    assert_eq!(listed.iter().find(|i| i.name == "flow-dpmpp-2m").unwrap().models, "sd3");
+    assert_eq!(listed.iter().find(|i| i.name == "dpmpp-2m").unwrap().models, "sd1 sd2 sdxl");
 }
 
 /// diffusers' `test_default_arguments_not_in_config` and `test_default_solver_type_after_switch`: a class default

@@ -55,9 +55,6 @@ pub fn unsupported(job: &JobRequest) -> Option<(&'static str, String)> {
     if job.emphasis.parse::<sd_pipeline::prompt::Emphasis>().ok() != Some(Default::default()) {
         return Some(("emphasis", why(&format!("emphasis mode {:?} (only \"Original\")", job.emphasis))));
     }
-    if job.eta.is_some() {
-        return Some(("eta", why("eta")));
-    }
     // The transformer's patches cover 2×2 latents, so sides are multiples of 16 (8 for the UNet families).
     for (f, v) in [("width", job.width), ("height", job.height)] {
         if v % 16 != 0 {
@@ -83,6 +80,8 @@ pub fn to_sd3_request(job: &JobRequest, cfg: &EngineConfig) -> Result<Sd3Request
     r.max_sequence_length = cfg.max_sequence_length;
     let schedule = job.schedule.as_deref().map(str::parse).transpose()?;
     r.sampler = flow_form(job.sampler.parse::<sd_schedulers::SamplerChoice>()?.with_schedule(schedule))?;
+    // η for flow-euler-a ("Euler a" on SD3); ignored with a warning by the samplers that take none
+    r.eta = job.eta;
     r.init = match job.kind {
         JobKind::Txt2img => None,
         JobKind::Img2img => {

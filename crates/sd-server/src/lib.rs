@@ -204,7 +204,6 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
         .sampler
         .parse()
         .map_err(|e| ApiError::bad_request(format!("`sampler_name`: {e:#}")).with_param("sampler_name"))?;
-    let _ = sampler;
     if let Some(s) = &job.schedule {
         s.parse::<sd_schedulers::Schedule>()
             .map_err(|e| ApiError::bad_request(format!("`scheduler`: {e:#}")).with_param("scheduler"))?;
@@ -285,6 +284,10 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
             if let Some((param, msg)) = engine_sd3::unsupported(job) {
                 return bad(param, msg);
             }
+        } else if let sd_schedulers::Sampler::Named(d) = sampler.sampler {
+            // a UNet model: a flow-matching (SD3) sampler is a bad request, not a failed job
+            sd_schedulers::check_models(d, sd_schedulers::Models::Unet, &entry.model_name)
+                .map_err(|e| ApiError::bad_request(format!("`sampler_name`: {e:#}")).with_param("sampler_name"))?;
         }
     }
     engine::lora_tags(&job.prompt, state.engine_cfg.lora_dir.as_deref())

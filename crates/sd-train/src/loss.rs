@@ -93,6 +93,9 @@ pub fn diffusion_loss(
         Prediction::Epsilon => batch.noise.shallow_clone(),
         Prediction::VPrediction => get_velocity(&sched.config, &batch.latents, &batch.noise, &t)?,
         Prediction::Sample => batch.latents.shallow_clone(),
+        Prediction::FlowPrediction => {
+            bail!("training flow-matching models (prediction_type flow_prediction) is not supported")
+        }
     };
     let pred = unet.forward(&noisy, &t, &batch.encoder_hidden_states, None, None)?;
     let err = pred.f_to_kind(Kind::Float)?.f_sub(&target.f_to_kind(Kind::Float)?)?.f_square()?;
@@ -108,6 +111,9 @@ pub fn diffusion_loss(
         Prediction::Epsilon => clipped.f_div(&snr)?,
         Prediction::VPrediction => clipped.f_div(&snr.f_add_scalar(1.0)?)?,
         Prediction::Sample => clipped,
+        Prediction::FlowPrediction => {
+            bail!("training flow-matching models (prediction_type flow_prediction) is not supported")
+        }
     };
     let dims: Vec<i64> = (1..err.dim() as i64).collect();
     let per_sample = err.f_mean_dim(dims.as_slice(), false, Kind::Float)?;

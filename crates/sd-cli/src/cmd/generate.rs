@@ -249,6 +249,10 @@ pub fn run(args: Args) -> Result<()> {
     if !args.slg_layers.is_empty() {
         usage!("--slg-layers (skip-layer guidance) applies to SD3 models only");
     }
+    check_unet_sampler("--sampler", &sampler, &args.load.model)?;
+    if let Some(s) = hires.as_ref().and_then(|h| h.sampler.as_ref()) {
+        check_unet_sampler("--hires-sampler", s, &args.load.model)?;
+    }
     if [&args.prompt_2, &args.prompt_3, &args.negative_prompt_2, &args.negative_prompt_3].iter().any(|p| p.is_some()) {
         usage!("--prompt-2, --prompt-3, --negative-prompt-2 and --negative-prompt-3 apply to SD3 models only");
     }
@@ -443,6 +447,20 @@ fn hires_settings(args: &Args) -> Result<Option<sd_pipeline::hires::Hires>> {
     };
     h.validate().map_err(|e| super::UsageError(format!("{e:#}")))?;
     Ok(Some(h))
+}
+
+/// A flow-matching (SD3) sampler on a UNet model is a usage error, reported before the model loads; the family in
+/// the message comes from the folder's configs where they can be read.
+fn check_unet_sampler(flag: &str, choice: &sd_schedulers::SamplerChoice, model: &str) -> Result<()> {
+    if let sd_schedulers::Sampler::Named(d) = choice.sampler {
+        let family = sd_core::model_dir::ModelDir::open(model)
+            .ok()
+            .and_then(|dir| sd_pipeline::family::ModelInfo::detect(&dir).ok())
+            .map_or_else(|| "UNet".to_string(), |i| i.family.to_string());
+        sd_schedulers::check_models(d, sd_schedulers::Models::Unet, &family)
+            .map_err(|e| super::UsageError(format!("{flag}: {e:#}")))?;
+    }
+    Ok(())
 }
 
 /// `--lora FILE:WEIGHT` flags, then the prompt's `<lora:name:weight>` tags looked up in `--lora-dir`.

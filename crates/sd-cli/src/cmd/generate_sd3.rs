@@ -30,12 +30,11 @@ pub fn run(
         Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength, mask: None }),
         Mode::Inpaint { init, mask, strength } => Some(Sd3Init { image: init, strength, mask: Some(mask) }),
     };
-    let refused: [(bool, &str); 7] = [
+    let refused: [(bool, &str); 6] = [
         (args.load.embeddings_dir.is_some(), "--embeddings-dir"),
         (args.taesd.is_some(), "--taesd"),
         (args.clip_skip != 1, "--clip-skip"),
         (args.guidance_rescale != 0.0, "--guidance-rescale"),
-        (args.eta.is_some(), "--eta"),
         (args.emphasis != "original", "--emphasis"),
         (opts.low_memory, "--low-memory"),
     ];
@@ -107,11 +106,17 @@ pub fn run(
         req.batch_size = args.batch_size;
         req.max_sequence_length = args.load.max_sequence_length;
         req.sampler = sampler;
+        req.eta = args.eta;
         if !args.json {
             eprintln!("seed {}", req.seed);
         }
         let t0 = Instant::now();
         pipe.check(&req).map_err(|e| super::UsageError(format!("{e:#}")))?;
+        if batch == 0 {
+            for w in pipe.sampler(&req)?.warnings() {
+                eprintln!("warning: {w}");
+            }
+        }
         let (images, _) = pipe.generate(&req)?;
         let gen_s = t0.elapsed().as_secs_f64();
         let saved = pipe.save_images(&name, &req, &images, &out_opts, &mut counter)?;

@@ -5,7 +5,7 @@ use crate::choice::Schedule;
 use crate::common::{f32, lin2, step_noise};
 use crate::config::TimestepSpacing;
 use crate::ddpm_math::{clip_x0, x0_eps};
-use crate::descriptor::{boxed, Class, Descriptor, SamplerOption, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, SamplerOption, NO_PRESET};
 use crate::schedule::{check_steps, spaced_timesteps_int};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -46,6 +46,7 @@ pub static DDIM: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::SgmUniform],
     options: &[SamplerOption::Eta],
+    models: Models::Unet,
     description: "DDIM (deterministic with eta = 0)",
     build: |d, c| boxed(Ddim::new(d, c)),
 };

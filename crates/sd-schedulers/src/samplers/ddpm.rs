@@ -5,7 +5,7 @@ use crate::choice::Schedule;
 use crate::common::{f32, lin2, step_noise};
 use crate::config::{TimestepSpacing, VarianceType};
 use crate::ddpm_math::{clip_x0, x0_eps};
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::schedule::{check_steps, spaced_timesteps_int};
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -47,6 +47,7 @@ pub static DDPM: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::SgmUniform, Schedule::Ays, Schedule::AysSdxl],
     options: &[],
+    models: Models::Unet,
     description: "DDPM ancestral sampling (needs many steps)",
     build: |d, c| boxed(Ddpm::new(d, c)),
 };

@@ -4,7 +4,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, lin};
 use crate::config::{AlgorithmType, FinalSigmas, SolverType};
-use crate::descriptor::{boxed, Class, Descriptor, Lit, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, Lit, NO_PRESET};
 use crate::dpm_math::convert_model_output;
 use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
 use crate::multistep::ModelOutputs;
@@ -59,6 +59,7 @@ pub static DEIS: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "DEIS multistep (log-rho), second order",
     build: |d, c| boxed(Deis::new(d, c)),
 };

@@ -1,17 +1,22 @@
 //! DPM-Solver / DPM-Solver++ multistep (Lu et al., arXiv 2206.00927 and 2211.01095), including the SDE variants
 //! (DPM++ 2M SDE) — diffusers `DPMSolverMultistepScheduler`. SDE variants draw one `randn` per step, before the update.
+//!
+//! With `use_flow_sigmas` (flow-matching models, `flow_dpmpp_2m.rs`) the same solver runs over rectified-flow
+//! sigmas: α = 1 − σ instead of the VP reading of the sigma table, the model's velocity turned into x₀ = x − σ·v,
+//! sigmas from `flow_sched::dpm_flow_sigmas` and the flow forward process for `add_noise`.
 
 use crate::choice::Schedule;
 use crate::common::{f32, lin, step_noise};
-use crate::config::{AlgorithmType, FinalSigmas, SchedulerConfig};
-use crate::descriptor::{boxed, Class, Descriptor, Lit};
+use crate::config::{json_name, AlgorithmType, FinalSigmas, Prediction, SchedulerConfig};
+use crate::descriptor::{Models, boxed, Class, Descriptor, Lit};
 use crate::dpm_math::{convert_model_output, parse_algo, Algo};
-use crate::dpm_sched::{self, alpha_sigma, lambda, DpmSchedule};
+use crate::dpm_sched::{self, alpha_sigma, DpmSchedule};
+use crate::flow_sched;
 use crate::multistep::ModelOutputs;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
 use crate::Scheduler;
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
@@ -41,18 +46,18 @@ pub static CLASS: Class = Class {
         "timestep_spacing",
         "steps_offset",
         "rescale_betas_zero_snr",
+        "use_flow_sigmas",
+        "flow_shift",
     ],
     defaults: |_| {},
     unsupported: &[
         ("use_lu_lambdas", Lit::Bool(false)),
-        ("use_flow_sigmas", Lit::Bool(false)),
-        ("flow_shift", Lit::Num(1.0)),
         ("use_dynamic_shifting", Lit::Bool(false)),
         ("time_shift_type", Lit::Str("exponential")),
     ],
 };
 
-fn build(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Box<dyn Scheduler>> {
+pub fn build(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Box<dyn Scheduler>> {
     boxed(DpmMultistep::new(d, cfg))
 }
 
@@ -61,11 +66,14 @@ pub static DPMPP_2M: Descriptor = Descriptor {
     a1111: &["DPM++ 2M"],
     class: &CLASS,
     preset: |c| {
+        // the VP solver: a config over flow sigmas is flow-dpmpp-2m's
+        c.use_flow_sigmas = false;
         c.algorithm_type = AlgorithmType::DpmSolverPlusPlus;
         c.solver_order = 2;
     },
     schedules: &Schedule::ALL,
     options: &[],
+    models: Models::Unet,
     description: "DPM-Solver++ second-order multistep",
     build,
 };
@@ -75,11 +83,14 @@ pub static DPMPP_2M_SDE: Descriptor = Descriptor {
     a1111: &["DPM++ 2M SDE"],
     class: &CLASS,
     preset: |c| {
+        // the VP solver: a config over flow sigmas is flow-dpmpp-2m's
+        c.use_flow_sigmas = false;
         c.algorithm_type = AlgorithmType::SdeDpmSolverPlusPlus;
         c.solver_order = 2;
     },
     schedules: &Schedule::ALL,
     options: &[],
+    models: Models::Unet,
     description: "DPM-Solver++ 2M, stochastic (SDE) variant (diffusers' fresh noise every step)",
     build,
 };
@@ -89,11 +100,14 @@ pub static DPMPP_3M_SDE: Descriptor = Descriptor {
     a1111: &["DPM++ 3M SDE"],
     class: &CLASS,
     preset: |c| {
+        // the VP solver: a config over flow sigmas is flow-dpmpp-2m's
+        c.use_flow_sigmas = false;
         c.algorithm_type = AlgorithmType::SdeDpmSolverPlusPlus;
         c.solver_order = 3;
     },
     schedules: &Schedule::ALL,
     options: &[],
+    models: Models::Unet,
     description: "DPM-Solver++ third-order multistep, SDE variant",
     build,
 };
@@ -103,12 +117,15 @@ pub static DPM_2M: Descriptor = Descriptor {
     a1111: &[],
     class: &CLASS,
     preset: |c| {
+        // the VP solver: a config over flow sigmas is flow-dpmpp-2m's
+        c.use_flow_sigmas = false;
         c.algorithm_type = AlgorithmType::DpmSolver;
         c.solver_order = 2;
         c.final_sigmas_type = FinalSigmas::SigmaMin;
     },
     schedules: &Schedule::ALL,
     options: &[],
+    models: Models::Unet,
     description: "DPM-Solver (noise prediction) second-order multistep",
     build,
 };
@@ -117,6 +134,8 @@ pub struct DpmMultistep {
     state: SamplerState,
     algo: Algo,
     heun: bool,
+    /// `use_flow_sigmas`: α = 1 − σ (rectified flow) instead of α = 1/√(σ² + 1).
+    flow: bool,
     train: TrainSchedule,
     outputs: ModelOutputs,
 }
@@ -124,11 +143,47 @@ pub struct DpmMultistep {
 impl DpmMultistep {
     pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
         cfg.check_sigma_flags()?;
-        let state = SamplerState::new(d, cfg, Family::DpmSolver)?;
-        let (algo, heun) = parse_algo(&state.cfg)?;
+        let flow = cfg.use_flow_sigmas;
+        let (algo, heun) = parse_algo(&cfg)?;
+        if flow {
+            ensure!(
+                cfg.prediction_type == Prediction::FlowPrediction,
+                "use_flow_sigmas is implemented for prediction_type flow_prediction only (the config has {})",
+                json_name(&cfg.prediction_type)
+            );
+            ensure!(
+                matches!(algo, Algo::DpmSolverPP | Algo::SdeDpmSolverPP),
+                "use_flow_sigmas needs a data-prediction solver (dpmsolver++ or sde-dpmsolver++)"
+            );
+            ensure!(
+                !(cfg.use_karras_sigmas || cfg.use_exponential_sigmas || cfg.use_beta_sigmas),
+                "use_flow_sigmas cannot be combined with Karras / exponential / beta sigmas"
+            );
+            ensure!(
+                cfg.final_sigmas_type == FinalSigmas::Zero,
+                "use_flow_sigmas ends at σ = 0: final_sigmas_type must be \"zero\""
+            );
+        }
+        let family = if flow { Family::FlowMatch } else { Family::DpmSolver };
+        let state = SamplerState::new(d, cfg, family)?;
         let train = TrainSchedule::new(&state.cfg)?;
         let outputs = ModelOutputs::new(state.cfg.solver_order);
-        Ok(Self { state, algo, heun, train, outputs })
+        Ok(Self { state, algo, heun, flow, train, outputs })
+    }
+
+    /// diffusers' `_sigma_to_alpha_sigma_t`: (α_t, σ_t) at schedule sigma `sigma`.
+    fn alpha_sigma(&self, sigma: f64) -> (f64, f64) {
+        if self.flow {
+            (1.0 - sigma, sigma)
+        } else {
+            alpha_sigma(sigma)
+        }
+    }
+
+    /// log-SNR λ = log α_t − log σ_t.
+    fn lambda(&self, sigma: f64) -> f64 {
+        let (a, s) = self.alpha_sigma(sigma);
+        a.ln() - s.ln()
     }
 
     fn reset(&mut self, s: DpmSchedule) {
@@ -144,8 +199,8 @@ impl DpmMultistep {
 
     fn first_order(&self, m0: &Tensor, sample: &Tensor, noise: Option<&Tensor>, i: usize) -> Result<Tensor> {
         let (s_t, s_s) = (self.state.sigmas[i + 1], self.state.sigmas[i]);
-        let ((a_t, sg_t), (a_s, sg_s)) = (alpha_sigma(s_t), alpha_sigma(s_s));
-        let h = lambda(s_t) - lambda(s_s);
+        let ((a_t, sg_t), (a_s, sg_s)) = (self.alpha_sigma(s_t), self.alpha_sigma(s_s));
+        let h = self.lambda(s_t) - self.lambda(s_s);
         Ok(match self.algo {
             Algo::DpmSolverPP => lin(&[(sg_t / sg_s, sample), (-(a_t * ((-h).exp() - 1.0)), m0)])?,
             Algo::DpmSolver => lin(&[(a_t / a_s, sample), (-(sg_t * (h.exp() - 1.0)), m0)])?,
@@ -166,8 +221,8 @@ impl DpmMultistep {
         let (m0, m1) = (self.outputs.get(0)?, self.outputs.get(1)?);
         let s = &self.state.sigmas;
         let (s_t, s0, s1) = (s[i + 1], s[i], s[i - 1]);
-        let ((a_t, sg_t), (a0, sg0)) = (alpha_sigma(s_t), alpha_sigma(s0));
-        let (l_t, l0, l1) = (lambda(s_t), lambda(s0), lambda(s1));
+        let ((a_t, sg_t), (a0, sg0)) = (self.alpha_sigma(s_t), self.alpha_sigma(s0));
+        let (l_t, l0, l1) = (self.lambda(s_t), self.lambda(s0), self.lambda(s1));
         let (h, h0) = (l_t - l0, l0 - l1);
         let r0 = h0 / h;
         let d1 = m0.f_sub(m1)?.f_mul_scalar(1.0 / r0)?;
@@ -210,8 +265,8 @@ impl DpmMultistep {
     fn third_order(&self, sample: &Tensor, noise: Option<&Tensor>, i: usize) -> Result<Tensor> {
         let (m0, m1, m2) = (self.outputs.get(0)?, self.outputs.get(1)?, self.outputs.get(2)?);
         let s = &self.state.sigmas;
-        let ((a_t, sg_t), (a0, sg0)) = (alpha_sigma(s[i + 1]), alpha_sigma(s[i]));
-        let (l_t, l0, l1, l2) = (lambda(s[i + 1]), lambda(s[i]), lambda(s[i - 1]), lambda(s[i - 2]));
+        let ((a_t, sg_t), (a0, sg0)) = (self.alpha_sigma(s[i + 1]), self.alpha_sigma(s[i]));
+        let (l_t, l0, l1, l2) = (self.lambda(s[i + 1]), self.lambda(s[i]), self.lambda(s[i - 1]), self.lambda(s[i - 2]));
         let (h, h0, h1) = (l_t - l0, l0 - l1, l1 - l2);
         let (r0, r1) = (h0 / h, h1 / h);
         let d1_0 = m0.f_sub(m1)?.f_mul_scalar(1.0 / r0)?;
@@ -261,7 +316,13 @@ impl Scheduler for DpmMultistep {
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
         check_steps(&self.state.cfg, n)?;
-        let s = dpm_sched::spaced(&self.state.cfg, &self.train, n)?;
+        let s = if self.flow {
+            let (timesteps, mut sigmas) = flow_sched::dpm_flow_sigmas(&self.state.cfg, n)?;
+            sigmas.push(0.0);
+            DpmSchedule { timesteps, sigmas: sigmas.into_iter().map(|s| s as f32 as f64).collect() }
+        } else {
+            dpm_sched::spaced(&self.state.cfg, &self.train, n)?
+        };
         self.reset(s);
         Ok(())
     }
@@ -301,9 +362,11 @@ impl Scheduler for DpmMultistep {
         Ok(prev.f_to_kind(model_output.kind())?)
     }
     fn accepts_custom_timesteps(&self) -> bool {
-        true
+        // integer timesteps index the VP table; the flow sigmas have none
+        !self.flow
     }
     fn set_custom_timesteps(&mut self, timesteps: &[f64], _device: Device) -> Result<()> {
+        ensure!(!self.flow, "sampler {} takes no custom timesteps over flow sigmas", self.state.descriptor.name);
         let s = dpm_sched::custom(&self.state.cfg, &self.train, timesteps)?;
         self.reset(s);
         Ok(())

@@ -13,7 +13,7 @@ use crate::brownian::BrownianNoise;
 use crate::choice::Schedule;
 use crate::common::{f32, k_euler};
 use crate::config::TimestepSpacing;
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::kdiff::{denoised32, sigma_fn, t_expm1, t_fn};
 use crate::ksched::{self, interleave_tail};
 use crate::schedule::{check_steps, np_linspace, spaced_timesteps_int, TrainSchedule};
@@ -54,6 +54,7 @@ pub static DPMPP_SDE: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "DPM-Solver++ SDE (two model calls per step, Brownian-tree noise seeded once per run)",
     build: |d, c| boxed(DpmSde::new(d, c)),
 };

@@ -5,7 +5,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, lin, step_noise};
 use crate::config::{AlgorithmType, FinalSigmas, TimestepSpacing};
-use crate::descriptor::{boxed, Class, Descriptor, Lit};
+use crate::descriptor::{Models, boxed, Class, Descriptor, Lit};
 use crate::dpm_math::{convert_model_output, parse_algo, Algo};
 use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
 use crate::multistep::ModelOutputs;
@@ -64,6 +64,7 @@ pub static DPMPP_2S: Descriptor = Descriptor {
     },
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta],
     options: &[],
+    models: Models::Unet,
     description:
         "DPM-Solver++ singlestep, second order (diffusers' closest to A1111 DPM++ 2S a, without the ancestral noise)",
     build: |d, c| boxed(DpmSinglestep::new(d, c)),

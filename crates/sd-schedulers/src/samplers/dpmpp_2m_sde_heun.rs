@@ -17,7 +17,7 @@ use crate::brownian::BrownianNoise;
 use crate::choice::Schedule;
 use crate::common::f32;
 use crate::config::SolverType;
-use crate::descriptor::{boxed, Class, Descriptor, SamplerOption};
+use crate::descriptor::{Models, boxed, Class, Descriptor, SamplerOption};
 use crate::kdiff::{denoised32, t_exp, t_expm1, t_log};
 use crate::ksched::{self, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
@@ -57,6 +57,7 @@ pub static DPMPP_2M_SDE_HEUN: Descriptor = Descriptor {
     preset: |c| c.solver_type = SolverType::Heun,
     schedules: &Schedule::ALL,
     options: &[SamplerOption::Eta],
+    models: Models::Unet,
     description: "DPM-Solver++ 2M SDE, Heun correction (k-diffusion; Brownian-tree noise seeded once per run)",
     build: |d, c| boxed(Dpmpp2mSdeHeun::new(d, c)),
 };

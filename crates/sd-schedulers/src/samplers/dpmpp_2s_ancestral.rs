@@ -12,7 +12,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, noise_index, step_noise};
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::kdiff::{denoised32, sigma_fn, t_expm1, t_fn};
 use crate::ksched;
 use crate::schedule::{check_steps, TrainSchedule};
@@ -77,6 +77,7 @@ pub static DPMPP_2S_A: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "DPM++ 2S ancestral (k-diffusion; two model calls per step, fresh noise every step)",
     build: |d, c| boxed(Dpmpp2sAncestral::new(d, c)),
 };

@@ -5,7 +5,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, k_euler, lin2};
 use crate::config::{FinalSigmas, SigmaSchedule};
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::schedule::np_linspace;
 use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
@@ -39,6 +39,7 @@ pub static EDM_EULER: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal],
     options: &[],
+    models: Models::Unet,
     description: "Euler for EDM-parameterised models (Playground v2.5); not for ordinary SD UNets",
     build: |d, c| boxed(EdmEuler::new(d, c)),
 };

@@ -3,7 +3,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler};
 use crate::config::TimestepType;
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched::{self, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -44,6 +44,7 @@ pub static EULER: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &Schedule::ALL,
     options: &[],
+    models: Models::Unet,
     description: "Euler (first order, deterministic)",
     build: |d, c| boxed(Euler::new(d, c)),
 };

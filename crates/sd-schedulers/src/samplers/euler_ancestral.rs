@@ -3,7 +3,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler, step_noise};
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -36,6 +36,7 @@ pub static EULER_A: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "Euler ancestral (adds fresh noise every step)",
     build: |d, c| boxed(EulerAncestral::new(d, c)),
 };

@@ -3,32 +3,49 @@
 //! A flow-matching model predicts the velocity v = ε − x₀ of the straight path x_σ = (1 − σ)·x₀ + σ·ε, σ ∈ [0, 1];
 //! one step moves the sample along it: x ← x + (σ_next − σ)·v. The schedule is σ = t / T (T the training length)
 //! bent towards noise by the static `shift` s: σ' = s·σ / (1 + (s − 1)·σ), and the model is shown σ'·T as its
-//! timestep. Resolution-dependent ("dynamic") shifting, inverted sigmas, a terminal stretch and stochastic steps
-//! are options of the class SD3 does not use; a config setting them is refused (`unsupported`).
+//! timestep. With `use_dynamic_shifting` the shift depends on the image size instead: the pipeline passes diffusers'
+//! `mu` (`Scheduler::set_mu`) and the sigmas go through the exponential time shift (`flow_sched`). Inverted sigmas,
+//! a terminal stretch, stochastic steps and the linear time shift are options of the class SD3 does not use; a
+//! config setting them is refused (`unsupported`).
 
 use crate::choice::Schedule;
 use crate::common::{f32, lin2};
-use crate::descriptor::{boxed, Class, Descriptor, Lit, NO_PRESET};
-use crate::ksched;
-use crate::schedule::{check_steps, np_linspace};
+use crate::descriptor::{boxed, Class, Descriptor, Lit, Models, NO_PRESET};
+use crate::flow_sched::EulerTable;
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use sd_core::TorchGenerator;
 use tch::{Device, Tensor};
 
 pub static CLASS: Class = Class {
     name: "FlowMatchEulerDiscreteScheduler",
-    keys: &["num_train_timesteps", "shift", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"],
+    keys: &KEYS,
     defaults: |_| {},
-    unsupported: &[
-        ("use_dynamic_shifting", Lit::Bool(false)),
-        ("invert_sigmas", Lit::Bool(false)),
-        ("shift_terminal", Lit::Null),
-        ("stochastic_sampling", Lit::Bool(false)),
-        ("time_shift_type", Lit::Str("exponential")),
-    ],
+    unsupported: &UNSUPPORTED,
 };
+
+/// The `FlowMatchEulerDiscreteScheduler` arguments sd-rs implements (shared with the samplers run over its schedule).
+pub const KEYS: [&str; 10] = [
+    "num_train_timesteps",
+    "shift",
+    "use_dynamic_shifting",
+    "base_shift",
+    "max_shift",
+    "base_image_seq_len",
+    "max_image_seq_len",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+];
+
+/// Its arguments sd-rs refuses unless they keep diffusers' default.
+pub const UNSUPPORTED: [(&str, Lit); 4] = [
+    ("time_shift_type", Lit::Str("exponential")),
+    ("invert_sigmas", Lit::Bool(false)),
+    ("shift_terminal", Lit::Null),
+    ("stochastic_sampling", Lit::Bool(false)),
+];
 
 pub static FLOW_EULER: Descriptor = Descriptor {
     name: "flow-euler",
@@ -37,37 +54,21 @@ pub static FLOW_EULER: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta],
     options: &[],
-    description: "Euler for flow-matching models (SD3 / SD3.5); not for UNet (ε / v) models",
+    models: Models::Flow,
+    description: "Euler for flow-matching models (SD3 / SD3.5)",
     build: |d, c| boxed(FlowEuler::new(d, c)),
 };
 
-/// diffusers' static shift, in the float precision the caller's values carry.
-fn shifted(shift: f64, s: f64) -> f64 {
-    shift * s / (1.0 + (shift - 1.0) * s)
-}
-
 pub struct FlowEuler {
     state: SamplerState,
-    /// The shifted training sigmas' ends (float32 values), which `set_timesteps` spaces between.
-    sigma_min: f64,
-    sigma_max: f64,
+    table: EulerTable,
 }
 
 impl FlowEuler {
     pub fn new(d: &'static Descriptor, cfg: SchedulerConfig) -> Result<Self> {
-        cfg.check_sigma_flags()?;
-        let n = cfg.num_train_timesteps;
-        ensure!(n >= 1, "num_train_timesteps must be at least 1");
-        ensure!(cfg.shift.is_finite() && cfg.shift > 0.0, "shift must be a finite number > 0 (got {})", cfg.shift);
-        // the class's construction-time table, in float32: σ = t / T for t = T … 1, then shifted
-        let sh = cfg.shift as f32;
-        let train = |t: usize| {
-            let s = t as f32 / n as f32;
-            (sh * s / (1.0 + (sh - 1.0) * s)) as f64
-        };
-        let (sigma_max, sigma_min) = (train(n), train(1));
+        let table = EulerTable::new(&cfg)?;
         let state = SamplerState::new(d, cfg, Family::FlowMatch)?;
-        Ok(Self { state, sigma_min, sigma_max })
+        Ok(Self { state, table })
     }
 }
 
@@ -79,22 +80,12 @@ impl Scheduler for FlowEuler {
         &mut self.state
     }
     fn set_timesteps(&mut self, n: usize, _device: Device) -> Result<()> {
-        // diffusers would space more steps than training timesteps; like the other samplers, refuse them
-        check_steps(&self.state.cfg, n)?;
-        let cfg = &self.state.cfg;
-        let t_train = cfg.num_train_timesteps as f64;
-        // float64 like diffusers' numpy, rounded to float32 once at the end
-        let base: Vec<f64> = np_linspace(self.sigma_max * t_train, self.sigma_min * t_train, n)
-            .into_iter()
-            .map(|t| shifted(cfg.shift, t / t_train))
-            .collect();
-        let sig: Vec<f64> =
-            ksched::respace(cfg, &base, n).unwrap_or(base).into_iter().map(|s| s as f32 as f64).collect();
-        let timesteps = sig.iter().map(|s| (*s as f32 * t_train as f32) as f64).collect();
-        let mut sigmas = sig;
-        sigmas.push(0.0);
+        let (timesteps, sigmas) = self.table.schedule(&self.state.cfg, n)?;
         self.state.set_schedule(timesteps, sigmas);
         Ok(())
+    }
+    fn set_mu(&mut self, mu: f64) -> Result<()> {
+        self.table.set_mu(&self.state.cfg, mu)
     }
     fn step(
         &mut self,

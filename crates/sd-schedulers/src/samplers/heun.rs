@@ -3,7 +3,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised};
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched::{self, interleave_tail, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -43,6 +43,7 @@ pub static HEUN: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &Schedule::ALL,
     options: &[],
+    models: Models::Unet,
     description: "Heun (second order, two model calls per step)",
     build: |d, c| boxed(Heun::new(d, c)),
 };

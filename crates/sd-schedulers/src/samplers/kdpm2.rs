@@ -5,7 +5,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised, k_euler, k_scale, step_noise};
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched::{self, interleave_tail, KSchedule};
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::sigmas::sigma_to_t;
@@ -66,6 +66,7 @@ pub static DPM2: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "DPM-Solver-2 (k-diffusion, two model calls per step)",
     build: |d, c| boxed(Kdpm2::new(d, c, false)),
 };
@@ -77,6 +78,7 @@ pub static DPM2_A: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "DPM-Solver-2 ancestral",
     build: |d, c| boxed(Kdpm2::new(d, c, true)),
 };

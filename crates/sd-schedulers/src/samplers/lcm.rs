@@ -7,7 +7,7 @@ use crate::choice::Schedule;
 use crate::common::{f32, lin, lin2, step_noise};
 use crate::config::{BetaSchedule, TimestepSpacing};
 use crate::ddpm_math::{clip_x0, x0_eps};
-use crate::descriptor::{boxed, Class, Descriptor, SamplerOption, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, SamplerOption, NO_PRESET};
 use crate::schedule::check_steps;
 use crate::state::{Family, SamplerState};
 use crate::{Scheduler, SchedulerConfig};
@@ -82,6 +82,7 @@ pub static LCM: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal],
     options: &[],
+    models: Models::Unet,
     description: "Latent consistency sampling (LCM-distilled models / LCM-LoRA, 2-8 steps)",
     build: |d, c| boxed(Lcm::new(d, c, false)),
 };
@@ -93,6 +94,7 @@ pub static TCD: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal],
     options: &[SamplerOption::Eta],
+    models: Models::Unet,
     description: "Trajectory consistency sampling (TCD models; gamma via eta, default 0)",
     build: |d, c| boxed(Lcm::new(d, c, true)),
 };

@@ -4,7 +4,7 @@
 
 use crate::choice::Schedule;
 use crate::common::{f32, k_denoised};
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::ksched;
 use crate::schedule::{check_steps, TrainSchedule};
 use crate::state::{Family, SamplerState};
@@ -42,6 +42,7 @@ pub static LMS: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "Linear multistep, order 4",
     build: |d, c| boxed(Lms::new(d, c)),
 };

@@ -34,4 +34,7 @@ sampler_table! {
     dpmpp_2s_ancestral: [DPMPP_2S_A],
     dpm_sde: [DPMPP_SDE],
     flow_euler: [FLOW_EULER],
+    flow_euler_a: [FLOW_EULER_A],
+    flow_heun: [FLOW_HEUN],
+    flow_dpmpp_2m: [FLOW_DPMPP_2M],
 }

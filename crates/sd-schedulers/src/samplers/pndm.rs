@@ -5,7 +5,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, lin, lin2};
 use crate::config::TimestepSpacing;
-use crate::descriptor::{boxed, Class, Descriptor, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, NO_PRESET};
 use crate::schedule::{check_steps, np_arange, np_linspace, np_round};
 use crate::state::{Family, SamplerState};
 use crate::{Prediction, Scheduler, SchedulerConfig};
@@ -41,6 +41,7 @@ pub static PLMS: Descriptor = Descriptor {
     preset: |c| c.skip_prk_steps = true,
     schedules: &[Schedule::Normal, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "Pseudo linear multistep (PNDM without Runge-Kutta warm-up)",
     build: |d, c| boxed(Pndm::new(d, c)),
 };
@@ -52,6 +53,7 @@ pub static PNDM: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "PNDM as the model config says (Runge-Kutta warm-up unless skip_prk_steps)",
     build: |d, c| boxed(Pndm::new(d, c)),
 };

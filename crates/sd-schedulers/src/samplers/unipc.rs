@@ -4,7 +4,7 @@
 use crate::choice::Schedule;
 use crate::common::{f32, lin};
 use crate::config::{FinalSigmas, SolverType};
-use crate::descriptor::{boxed, Class, Descriptor, Lit, NO_PRESET};
+use crate::descriptor::{Models, boxed, Class, Descriptor, Lit, NO_PRESET};
 use crate::dpm_math::{convert_model_output, predicted_noise};
 use crate::dpm_sched::{self, alpha_sigma, lambda, Flavor};
 use crate::multistep::ModelOutputs;
@@ -63,6 +63,7 @@ pub static UNIPC: Descriptor = Descriptor {
     preset: NO_PRESET,
     schedules: &[Schedule::Normal, Schedule::Karras, Schedule::Exponential, Schedule::Beta, Schedule::SgmUniform],
     options: &[],
+    models: Models::Unet,
     description: "UniPC predictor-corrector (bh2)",
     build: |d, c| boxed(UniPc::new(d, c)),
 };

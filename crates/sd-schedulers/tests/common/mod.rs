@@ -79,6 +79,10 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
         let n = cs["steps"].as_u64().unwrap() as usize;
         let seed = cs["seed"].as_u64().unwrap();
         let mut g = TorchGenerator::new(seed);
+        // the resolution-dependent shift of a dynamic-shifting case (diffusers' `set_timesteps(mu=…)`)
+        if let Some(mu) = cs["mu"].as_f64() {
+            s.set_mu(mu).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        }
         let (start, mut latents) = if let Some(strength) = cs["strength"].as_f64() {
             let start = img2img_timesteps(s.as_mut(), n, strength).unwrap_or_else(|e| panic!("{what}: {e:#}"));
             let x0 = TorchGenerator::new(seed + 1000).randn(&shape, Kind::Float, Device::Cpu);
