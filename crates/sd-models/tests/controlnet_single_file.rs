@@ -114,7 +114,7 @@ fn original() -> Vec<(String, Tensor)> {
 }
 
 fn load_err(path: &Path) -> String {
-    let err = ControlNetModel::load(path, Kind::Float, Device::Cpu).err().expect("a bad file must not load");
+    let err = ControlNetModel::load(path, Kind::Float, Device::Cpu).expect_err("a bad file must not load");
     format!("{err:#}")
 }
 
