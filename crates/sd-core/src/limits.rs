@@ -51,6 +51,11 @@ pub const ZIP_RATIO_EXEMPT_BYTES: u64 = 4 * MIB;
 /// Bytes of one textual-inversion embedding's storage: a 75-vector SDXL embedding is 600 KB.
 pub const EMBEDDING_MAX_BYTES: u64 = 64 * MIB;
 
+/// A block number read from a checkpoint key (`input_blocks.N`, `zero_convs.N`, `down_blocks.N`, ...). Real models
+/// stop below 30 (SDXL's `input_blocks.8`, SD1's `zero_convs.12`, the hint block's `input_hint_block.14`); the
+/// number decides how many blocks a config gets, so a key naming block 10⁹ must not become a billion-entry list.
+pub const CHECKPOINT_MAX_BLOCK_INDEX: u64 = 1000;
+
 // --- safetensors -------------------------------------------------------------------------------------------------
 
 /// Bytes of a safetensors JSON header: SDXL's is ~200 KB (the format's own reader stops at 100 MB).
@@ -127,6 +132,7 @@ pub const ALL: &[Limit] = &[
     Limit { name: "zip data.pkl size", default: ZIP_MAX_PICKLE_BYTES, unit: "bytes", reason: "~300 KB for SDXL; inflated through a bounded reader", flag: None },
     Limit { name: "zip inflation ratio", default: ZIP_MAX_INFLATION_RATIO, unit: "×", reason: "torch stores members uncompressed; bombs reach 1000×", flag: None },
     Limit { name: "embedding size", default: EMBEDDING_MAX_BYTES, unit: "bytes", reason: "a 75-vector SDXL embedding is 600 KB", flag: None },
+    Limit { name: "checkpoint block index", default: CHECKPOINT_MAX_BLOCK_INDEX, unit: "index", reason: "block numbers in key names; real models stay below 30", flag: None },
     Limit { name: "safetensors header", default: SAFETENSORS_MAX_HEADER_BYTES, unit: "bytes", reason: "SDXL's is ~200 KB", flag: None },
     Limit { name: "safetensors tensors", default: SAFETENSORS_MAX_TENSORS, unit: "tensors", reason: "SDXL's UNet has ~1700", flag: None },
     Limit { name: "image side", default: IMAGE_MAX_SIDE, unit: "pixels", reason: "read from the header before decoding", flag: None },

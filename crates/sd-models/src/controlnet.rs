@@ -4,12 +4,17 @@
 //! `mid_block_additional_residual`). Built from diffusers' `config.json` and state-dict names.
 //! Reference: diffusers 0.42.1 `models/controlnets/controlnet.py`.
 
+use crate::convert::{
+    self,
+    controlnet::{ControlNetPlan, GivenConfig},
+};
 use crate::nn::{Activation, Conv2d};
 use crate::unet::encoder::{activation, Encoded, UNetEncoder};
 use crate::unet::{AddedCond, AttentionMode, Pass, UNetConfig};
 use anyhow::{bail, Context, Result};
 use sd_core::weights::VarBuilder;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -64,6 +69,15 @@ impl ConditioningEmbedding {
     }
 }
 
+/// What a single file's weights failing their config is reported as: which layout was read, and which config
+/// (a file, or the one inferred from the shapes) they were held against.
+fn mismatch(plan: &ControlNetPlan, origin: &str) -> String {
+    match &plan.config_origin {
+        Some(p) => format!("{origin} ({}) does not match the config {}", plan.layout.describe(), p.display()),
+        None => format!("{origin} ({}), config inferred from its shapes", plan.layout.describe()),
+    }
+}
+
 /// The residuals one ControlNet evaluation gives the UNet.
 pub struct ControlResiduals {
     pub down: Vec<Tensor>,
@@ -82,8 +96,14 @@ pub struct ControlNetModel {
 }
 
 impl ControlNetModel {
-    /// Load a diffusers ControlNet folder (`config.json` + weights); every weight problem is reported at once.
-    pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+    /// Load a ControlNet: a diffusers folder (`config.json` + weights), or a single `.safetensors` / `.pth` file in
+    /// the original lllyasviel layout or diffusers' (see [`crate::convert::controlnet`]). Every weight problem is
+    /// reported at once.
+    pub fn load(path: &Path, kind: Kind, device: Device) -> Result<Self> {
+        if path.is_file() {
+            return Self::load_single_file(path, None, kind, device);
+        }
+        let dir = path;
         let text = std::fs::read_to_string(dir.join("config.json"))
             .with_context(|| format!("cannot read {}", dir.join("config.json").display()))?;
         let json: serde_json::Value =
@@ -95,10 +115,60 @@ impl ControlNetModel {
                 dir.display()
             );
         }
+        let (cfg, extra) = Self::parse_config(json, &dir.display().to_string())?;
+        let weights = sd_core::model_dir::find_weights(dir, None)?;
+        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?;
+        let model = Self::from_varbuilder(&vb, &cfg, extra)?;
+        vb.finish("ControlNetModel", &[])?;
+        Ok(model)
+    }
+
+    /// Load a single-file ControlNet, converted in memory. Its config is `config` when given, else the
+    /// `config.json` of the diffusers ControlNet folder it sits in, else inferred from the tensor shapes.
+    pub fn load_single_file(path: &Path, config: Option<&GivenConfig>, kind: Kind, device: Device) -> Result<Self> {
+        let src = convert::open(path)?;
+        let beside = match config {
+            Some(_) => None,
+            None => GivenConfig::beside(path)?,
+        };
+        let plan = convert::controlnet::plan(src.as_ref(), config.or(beside.as_ref()), false)?;
+        let origin = src.describe();
+        let (cfg, extra) =
+            Self::parse_config(plan.config.clone(), &origin).with_context(|| match &plan.config_origin {
+                Some(p) => format!("the config {}", p.display()),
+                None => "the config inferred from the tensor shapes".to_string(),
+            })?;
+        let tensors = convert::controlnet::load_tensors(src.as_ref(), &plan)?;
+        let vb = VarBuilder::from_tensors(tensors, &origin, kind, device);
+        let model = Self::from_varbuilder(&vb, &cfg, extra)?;
+        vb.finish("ControlNetModel", &[]).with_context(|| mismatch(&plan, &origin))?;
+        Ok(model)
+    }
+
+    /// Check that a single-file plan's tensors build the model its config describes, from names and shapes only
+    /// (every tensor a broadcast zero, so no weight memory is spent): `sd convert` refuses to write a folder that
+    /// would not load. Every problem is reported at once.
+    pub fn check_plan(plan: &ControlNetPlan, origin: &str) -> Result<()> {
+        let (cfg, extra) = Self::parse_config(plan.config.clone(), origin)?;
+        let mut tensors = HashMap::with_capacity(plan.items.len());
+        for item in &plan.items {
+            tensors.insert(
+                item.name.clone(),
+                Tensor::f_zeros([], (Kind::Float, Device::Cpu))?.f_expand(&item.shape, false)?,
+            );
+        }
+        let vb = VarBuilder::from_tensors(tensors, origin, Kind::Float, Device::Cpu);
+        Self::from_varbuilder(&vb, &cfg, extra)?;
+        vb.finish("ControlNetModel", &[]).with_context(|| mismatch(plan, origin))?;
+        Ok(())
+    }
+
+    /// A ControlNetModel `config.json` as the UNet-shaped part and the ControlNet-only fields.
+    fn parse_config(json: serde_json::Value, origin: &str) -> Result<(UNetConfig, ControlNetExtra)> {
         let mut cfg: UNetConfig = serde_json::from_value(json.clone())
-            .with_context(|| format!("{} is not a valid ControlNetModel config", dir.display()))?;
-        let extra: ControlNetExtra = serde_json::from_value(json)
-            .with_context(|| format!("{} is not a valid ControlNetModel config", dir.display()))?;
+            .with_context(|| format!("{origin} is not a valid ControlNetModel config"))?;
+        let extra: ControlNetExtra =
+            serde_json::from_value(json).with_context(|| format!("{origin} is not a valid ControlNetModel config"))?;
         // A ControlNet has no expanding half; the UNet config's checks want one, so mirror the contracting half.
         cfg.up_block_types = cfg
             .down_block_types
@@ -107,11 +177,7 @@ impl ControlNetModel {
             .map(|t| if t.contains("CrossAttn") { "CrossAttnUpBlock2D".to_string() } else { "UpBlock2D".to_string() })
             .collect();
         cfg.out_channels = cfg.in_channels;
-        let weights = sd_core::model_dir::find_weights(dir, None)?;
-        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?;
-        let model = Self::from_varbuilder(&vb, &cfg, extra)?;
-        vb.finish("ControlNetModel", &[])?;
-        Ok(model)
+        Ok((cfg, extra))
     }
 
     pub fn from_varbuilder(vb: &VarBuilder, cfg: &UNetConfig, extra: ControlNetExtra) -> Result<Self> {

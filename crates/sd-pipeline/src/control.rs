@@ -208,7 +208,7 @@ fn border_median(img: &RgbImage) -> image::Rgb<u8> {
     image::Rgb(out)
 }
 
-/// A ControlNet loaded beside the UNet, under the name units refer to it by (its folder name).
+/// A ControlNet loaded beside the UNet, under the name units refer to it by (its folder name, or a single file's stem).
 pub struct LoadedControlNet {
     pub name: String,
     pub path: PathBuf,
@@ -254,15 +254,17 @@ fn check_fits(unet: &UNetConfig, cn: &UNetConfig, cn_name: &str, model_name: &st
 }
 
 impl StableDiffusion {
-    /// Load a diffusers ControlNet folder beside the UNet (once per path) and return the name units use for it.
+    /// Load a ControlNet (a diffusers folder or a single file) beside the UNet (once per path) and return the name units use for it.
     pub fn load_controlnet(&mut self, path: &Path) -> Result<String> {
         if let Some(c) = self.controlnets.iter().find(|c| c.path == path) {
             return Ok(c.name.clone());
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // A1111 names a single-file model by its stem (`control_v11p_sd15_canny`), a folder by its name.
+        let name = if path.is_file() { path.file_stem() } else { path.file_name() };
+        let name = name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(other) = self.controlnets.iter().find(|c| c.name == name) {
             bail!(
-                "two ControlNets are named {name:?} ({} and {}); units refer to ControlNets by folder name",
+                "two ControlNets are named {name:?} ({} and {}); units refer to ControlNets by folder name or file stem",
                 other.path.display(),
                 path.display()
             );

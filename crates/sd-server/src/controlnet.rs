@@ -27,16 +27,30 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/model_list", get(model_list)).route("/module_list", get(module_list))
 }
 
-/// ControlNet folders under `dir` (those whose `config.json` says `ControlNetModel`), sorted by name.
+/// File extensions of single-file ControlNets (A1111's `models/ControlNet/` holds `.pth` and `.safetensors`).
+const SINGLE_FILE_EXTENSIONS: [&str; 4] = ["safetensors", "pth", "ckpt", "pt"];
+
+/// ControlNets under `dir`, sorted by name: folders whose `config.json` says `ControlNetModel` (named by the
+/// folder) and single `.safetensors`/`.pth`/`.ckpt`/`.pt` files (named by their stem, as A1111 names them; what a
+/// file holds is checked when it is loaded).
 pub fn available(dir: Option<&Path>) -> Vec<String> {
     let Some(dir) = dir else { return Vec::new() };
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| is_controlnet(&e.path()))
-        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter_map(|e| {
+            let path = e.path();
+            if is_controlnet(&path) {
+                e.file_name().to_str().map(String::from)
+            } else if is_single_file(&path) {
+                path.file_stem()?.to_str().map(String::from)
+            } else {
+                None
+            }
+        })
         .collect();
     names.sort();
+    names.dedup();
     names
 }
 
@@ -46,8 +60,12 @@ fn is_controlnet(dir: &Path) -> bool {
     v.get("_class_name").and_then(|c| c.as_str()) == Some("ControlNetModel")
 }
 
-/// The folder of ControlNet `name` inside `dir`: a plain folder name (never a path out of it) that holds a
-/// ControlNet; the error lists what is available.
+fn is_single_file(path: &Path) -> bool {
+    path.is_file() && path.extension().and_then(|e| e.to_str()).is_some_and(|e| SINGLE_FILE_EXTENSIONS.contains(&e))
+}
+
+/// The folder or single file of ControlNet `name` inside `dir`: a plain name (never a path out of it) of a
+/// ControlNet folder, or the stem of a single file there; the error lists what is available.
 pub fn resolve(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
     let Some(dir) = dir else {
         anyhow::bail!("ControlNet {name:?} requested, but this server has no --controlnet-dir")
@@ -58,14 +76,20 @@ pub fn resolve(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
         && name != ".."
         && Path::new(name).components().count() == 1;
     let path = dir.join(name);
-    if !plain || !is_controlnet(&path) {
-        anyhow::bail!(
-            "unknown ControlNet {name:?}; available: {:?} (folders of {})",
+    let found = if !plain {
+        None
+    } else if is_controlnet(&path) {
+        Some(path)
+    } else {
+        SINGLE_FILE_EXTENSIONS.iter().map(|ext| dir.join(format!("{name}.{ext}"))).find(|p| is_single_file(p))
+    };
+    found.ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown ControlNet {name:?}; available: {:?} (folders and .safetensors/.pth files of {})",
             available(Some(dir)),
             dir.display()
-        );
-    }
-    Ok(path)
+        )
+    })
 }
 
 async fn model_list(State(state): State<AppState>) -> Json<Value> {
@@ -268,4 +292,30 @@ fn settings(spec: &ControlUnitSpec, image: image::RgbImage) -> anyhow::Result<Co
         other => anyhow::bail!("unknown ControlNet module {other:?}"),
     };
     Ok(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A1111's `models/ControlNet/` holds single files; a folder of diffusers ControlNets holds folders. Both list
+    /// and resolve by name, single files by stem, and nothing resolves outside the folder.
+    #[test]
+    fn folders_and_single_files_are_listed_and_resolved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir(d.join("canny-folder")).unwrap();
+        std::fs::write(d.join("canny-folder/config.json"), r#"{"_class_name": "ControlNetModel"}"#).unwrap();
+        std::fs::write(d.join("control_v11p_sd15_canny.pth"), b"x").unwrap();
+        std::fs::write(d.join("diffusers_xl_depth.safetensors"), b"x").unwrap();
+        std::fs::write(d.join("notes.txt"), b"x").unwrap();
+        std::fs::create_dir(d.join("empty")).unwrap();
+        assert_eq!(available(Some(d)), ["canny-folder", "control_v11p_sd15_canny", "diffusers_xl_depth"]);
+        assert_eq!(resolve(Some(d), "canny-folder").unwrap(), d.join("canny-folder"));
+        assert_eq!(resolve(Some(d), "control_v11p_sd15_canny").unwrap(), d.join("control_v11p_sd15_canny.pth"));
+        for bad in ["notes", "empty", "../x", "control_v11p_sd15_canny.pth/..", ""] {
+            let e = resolve(Some(d), bad).unwrap_err().to_string();
+            assert!(e.contains("unknown ControlNet") && e.contains("control_v11p_sd15_canny"), "{bad}: {e}");
+        }
+    }
 }

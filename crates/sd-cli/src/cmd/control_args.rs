@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ControlArgs {
-    /// A diffusers ControlNet folder (ControlNetModel); repeat for several units (their residuals are summed)
-    #[arg(long, value_name = "DIR")]
+    /// A ControlNet: a diffusers folder (ControlNetModel) or a single .safetensors/.pth file (original lllyasviel
+    /// layout or diffusers'); repeat for several units (their residuals are summed)
+    #[arg(long, value_name = "DIR|FILE")]
     pub controlnet: Vec<PathBuf>,
     /// The control picture of each unit (one per --controlnet)
     #[arg(long, value_name = "IMAGE")]
@@ -90,11 +91,16 @@ impl ControlArgs {
                 sd_pipeline::control::MAX_UNITS
             )));
         }
-        for dir in &self.controlnet {
-            if !dir.join("config.json").is_file() {
+        for path in &self.controlnet {
+            if !path.is_file() && !path.join("config.json").is_file() {
+                let what = if path.is_dir() {
+                    "not a ControlNet folder (config.json missing)"
+                } else {
+                    "no such file or folder"
+                };
                 return Err(UsageError(format!(
-                    "--controlnet {}: not a ControlNet folder (config.json missing)",
-                    dir.display()
+                    "--controlnet {}: {what}; expected a diffusers ControlNet folder or a .safetensors/.pth file",
+                    path.display()
                 )));
             }
         }

@@ -1,6 +1,8 @@
 //! `sd convert`: a single-file checkpoint from a model site (`.safetensors` or `.ckpt`, LDM layout) → a diffusers
 //! folder that `sd generate --model DIR` and Python diffusers' `from_pretrained` both load. Pickled `.ckpt` files
-//! are read without executing anything (see `sd_models::convert::pickle`).
+//! are read without executing anything (see `sd_models::convert::pickle`). A single-file ControlNet (original
+//! lllyasviel layout, a ControlNet 1.0 bundle, or diffusers' layout in one file) becomes a diffusers ControlNet
+//! folder instead (`config.json` + `diffusion_pytorch_model.safetensors`), which `--controlnet DIR` loads.
 
 use crate::cmd::usage;
 use anyhow::{Context, Result};
@@ -12,7 +14,7 @@ use tch::Kind;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Checkpoint to convert (.safetensors, or a PyTorch zip .ckpt/.pt)
+    /// Checkpoint or single-file ControlNet to convert (.safetensors, or a PyTorch zip .ckpt/.pt/.pth)
     pub input: PathBuf,
     /// Destination folder (written atomically: it appears only when complete)
     #[arg(long, short)]
@@ -35,7 +37,9 @@ pub struct Args {
     /// Take the VAE from this file instead (a VAE-only .safetensors/.ckpt)
     #[arg(long)]
     pub vae: Option<PathBuf>,
-    /// A diffusers folder whose unet/vae/text_encoder configs (and tokenizers) describe this checkpoint
+    /// A diffusers folder whose unet/vae/text_encoder configs (and tokenizers) describe this checkpoint; for a
+    /// ControlNet, a diffusers ControlNet folder whose config.json describes it [default for a ControlNet: the
+    /// ControlNet config.json in the file's folder, else inferred from the shapes]
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
     /// Replace the output folder if it exists
@@ -120,6 +124,9 @@ pub fn run(args: Args) -> Result<()> {
         usage!("{} already exists (pass --overwrite to replace it)", args.output.display());
     }
     let src = convert::open(&args.input)?;
+    if let Some(layout) = convert::controlnet::detect(&src.names()) {
+        return run_controlnet(&args, &opts, dtype, src.as_ref(), layout);
+    }
     let vae = match &args.vae {
         Some(p) => Some(convert::open(p).with_context(|| format!("--vae {}", p.display()))?),
         None => None,
@@ -166,6 +173,66 @@ pub fn run(args: Args) -> Result<()> {
         pb.set_position(done as u64);
         pb.set_message(item.component.folder());
     });
+    pb.finish_and_clear();
+    result?;
+    println!("{}", args.output.display());
+    Ok(())
+}
+
+/// `sd convert` of a single-file ControlNet: the checkpoint-only flags do not apply and are refused.
+fn run_controlnet(
+    args: &Args,
+    opts: &ConvertOptions,
+    dtype: Option<Kind>,
+    src: &dyn convert::TensorSource,
+    layout: convert::controlnet::Layout,
+) -> Result<()> {
+    let stray = [
+        ("--family", opts.family.is_some()),
+        ("--prediction", opts.prediction != Prediction::Auto),
+        ("--ema", opts.ema),
+        ("--only", opts.only.is_some()),
+        ("--vae", args.vae.is_some()),
+    ];
+    if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
+        usage!(
+            "{flag} does not apply to {}: it is a ControlNet, not a Stable Diffusion checkpoint",
+            args.input.display()
+        );
+    }
+    let given = match &args.config_dir {
+        Some(d) => Some(
+            convert::controlnet::GivenConfig::read(&d.join("config.json"))
+                .with_context(|| format!("--config-dir {}", d.display()))?,
+        ),
+        None => convert::controlnet::GivenConfig::beside(&args.input)?,
+    };
+    let plan = convert::controlnet::plan(src, given.as_ref(), opts.allow_unknown)?;
+    eprintln!(
+        "{}: ControlNet ({}), {} tensors, config {} → {}",
+        args.input.display(),
+        layout.describe(),
+        plan.items.len(),
+        plan.config_origin.as_ref().map_or("inferred from the shapes".to_string(), |p| format!("from {}", p.display())),
+        args.output.display()
+    );
+    if !plan.ignored.is_empty() {
+        eprintln!("  left out {} tensor(s) of the bundled Stable Diffusion model", plan.ignored.len());
+    }
+    if !plan.unknown.is_empty() {
+        eprintln!("  dropped {} unrecognised tensor(s) (--allow-unknown-keys):", plan.unknown.len());
+        for k in plan.unknown.iter().take(20) {
+            eprintln!("    {k}");
+        }
+    }
+    let pb = indicatif::ProgressBar::new(plan.items.len() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors") {
+        pb.set_style(style);
+    }
+    let result =
+        convert::writer::write_controlnet_folder(&plan, src, &args.output, dtype, args.overwrite, |done, _, _| {
+            pb.set_position(done as u64)
+        });
     pb.finish_and_clear();
     result?;
     println!("{}", args.output.display());

@@ -32,6 +32,8 @@ impl Configs {
             Component::Vae => &self.vae,
             Component::TextEncoder => &self.text_encoder,
             Component::TextEncoder2 => &self.text_encoder_2,
+            // Checkpoint plans never hold ControlNet tensors; its config comes from `convert::controlnet`.
+            Component::ControlNet => &Value::Null,
         }
     }
 

@@ -9,6 +9,7 @@
 //! | [`source`] | [`TensorSource`]: safetensors (mmap) or ckpt, one tensor at a time; format sniffing |
 //! | [`ldm`] | UNet and VAE name mapping |
 //! | [`clip`] | CLIP-L and OpenCLIP-H/bigG text encoder mapping |
+//! | [`controlnet`] | single-file ControlNets (original lllyasviel layout, 1.0 bundles, diffusers layout) and their config |
 //! | [`plan`] | the per-tensor conversion plan and its executor |
 //! | [`family`] | model family detection, ignore table, text-encoder planning |
 //! | [`configs`] | component configs: `--config-dir` or canonical JSON patched from shapes |
@@ -20,6 +21,7 @@ pub mod allow;
 pub mod ckpt;
 pub mod clip;
 pub mod configs;
+pub mod controlnet;
 pub mod family;
 pub mod ldm;
 pub mod pickle;
@@ -139,6 +141,7 @@ pub fn convert_with_vae(
             Component::Vae => &mut out.vae,
             Component::TextEncoder => &mut out.text_encoder,
             Component::TextEncoder2 => &mut out.text_encoder_2,
+            Component::ControlNet => bail!("internal: a checkpoint plan holds ControlNet tensors"),
         };
         list.push((item.name.clone(), t));
         Ok(())

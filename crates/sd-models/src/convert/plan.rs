@@ -12,6 +12,8 @@ pub enum Component {
     Vae,
     TextEncoder,
     TextEncoder2,
+    /// A standalone ControlNetModel (`sd convert` of a single-file ControlNet); never part of a pipeline plan.
+    ControlNet,
 }
 
 impl Component {
@@ -22,12 +24,13 @@ impl Component {
             Component::Vae => "vae",
             Component::TextEncoder => "text_encoder",
             Component::TextEncoder2 => "text_encoder_2",
+            Component::ControlNet => "controlnet",
         }
     }
     /// Weight file name diffusers/transformers look for.
     pub fn weights_file(self) -> &'static str {
         match self {
-            Component::Unet | Component::Vae => "diffusion_pytorch_model.safetensors",
+            Component::Unet | Component::Vae | Component::ControlNet => "diffusion_pytorch_model.safetensors",
             _ => "model.safetensors",
         }
     }

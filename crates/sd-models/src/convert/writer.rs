@@ -2,6 +2,7 @@
 //! next to the destination, which is renamed into place only when every file is complete. Weight files are
 //! streamed (header first from the plan's shapes, then one tensor at a time), so memory stays near one tensor.
 
+use super::controlnet::ControlNetPlan;
 use super::plan::{self, Component, Item};
 use super::source::TensorSource;
 use super::tokenizer;
@@ -34,16 +35,7 @@ pub fn write_folder(
     opts: &WriteOptions,
     mut progress: impl FnMut(usize, usize, &Item),
 ) -> Result<()> {
-    if out.exists() && !opts.overwrite {
-        bail!("{} already exists (pass --overwrite to replace it)", out.display());
-    }
-    let name = out.file_name().ok_or_else(|| anyhow!("{} has no folder name", out.display()))?.to_string_lossy();
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let result = (|| {
-        fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    in_temp_folder(out, opts.overwrite, |tmp| {
         let total = plan.items.len();
         let mut done = 0;
         for c in plan.components() {
@@ -58,10 +50,51 @@ pub fn write_folder(
             })?;
         }
         if opts.pipeline {
-            write_pipeline_files(plan, &tmp, opts)?;
+            write_pipeline_files(plan, tmp, opts)?;
         }
         Ok(())
-    })();
+    })
+}
+
+/// Write a converted single-file ControlNet as a diffusers ControlNet folder (`config.json` +
+/// `diffusion_pytorch_model.safetensors`) at `out`, atomically like [`write_folder`], after checking from the
+/// shapes alone that the tensors build the model the config describes.
+pub fn write_controlnet_folder(
+    plan: &ControlNetPlan,
+    src: &dyn TensorSource,
+    out: &Path,
+    dtype: Option<Kind>,
+    overwrite: bool,
+    mut progress: impl FnMut(usize, usize, &Item),
+) -> Result<()> {
+    if out.exists() && !overwrite {
+        bail!("{} already exists (pass --overwrite to replace it)", out.display());
+    }
+    crate::controlnet::ControlNetModel::check_plan(plan, &src.describe())?;
+    in_temp_folder(out, overwrite, |tmp| {
+        write_json(&tmp.join("config.json"), &plan.config)?;
+        let total = plan.items.len();
+        let mut done = 0;
+        write_safetensors(&plan.items, &[src], &tmp.join(Component::ControlNet.weights_file()), dtype, |item| {
+            done += 1;
+            progress(done, total, item);
+        })
+    })
+}
+
+/// Fill a hidden temp folder beside `out` and rename it into place only when `fill` succeeded; on error the temp
+/// folder is removed and `out` (old contents included) is untouched.
+fn in_temp_folder(out: &Path, overwrite: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if out.exists() && !overwrite {
+        bail!("{} already exists (pass --overwrite to replace it)", out.display());
+    }
+    let name = out.file_name().ok_or_else(|| anyhow!("{} has no folder name", out.display()))?.to_string_lossy();
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let result =
+        fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display())).and_then(|_| fill(&tmp));
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
