@@ -40,6 +40,29 @@ fn model() -> PathBuf {
     fixtures().join("models/sd3")
 }
 
+/// The request a fixture case describes (the fields every SD3 script writes; batch size where given).
+fn case_request(c: &serde_json::Value) -> Sd3Request {
+    let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
+    req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
+    req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
+    req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
+    req.width = c["width"].as_i64().unwrap();
+    req.height = c["height"].as_i64().unwrap();
+    req.seed = c["seed"].as_u64().unwrap();
+    req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
+    if let Some(n) = c.get("num_images_per_prompt").and_then(|v| v.as_i64()) {
+        req.batch_size = n;
+    }
+    req
+}
+
+/// (latents error, image error) against a fixture file's `latents` and `image` (N,H,W,3).
+fn errors(file: &Path, images: &Tensor, latents: &Tensor) -> (f64, f64) {
+    let r: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(file).unwrap_or_else(|e| panic!("{}: {e}", file.display())).into_iter().collect();
+    (max_abs(latents, &r["latents"]), max_abs(&images.permute([0, 2, 3, 1]), &r["image"]))
+}
+
 #[test]
 fn encode_prompt_matches_diffusers() {
     let m = meta();
@@ -65,14 +88,7 @@ fn txt2img_matches_diffusers() {
     for c in meta()["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let pipe = if c["t5"].as_bool().unwrap() { &with_t5 } else { &no_t5 };
-        let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
-        req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
-        req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
-        req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
-        req.width = c["width"].as_i64().unwrap();
-        req.height = c["height"].as_i64().unwrap();
-        req.seed = c["seed"].as_u64().unwrap();
-        req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
+        let mut req = case_request(c);
         let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let r = read(&format!("{name}.safetensors"));
         let dl = max_abs(&latents, &r["latents"]);
@@ -122,25 +138,14 @@ fn img2img_and_inpainting_match_diffusers() {
     for c in cases["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let pipe = if c["t5"].as_bool().unwrap() { &with_t5 } else { &no_t5 };
-        let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
-        req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
-        req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
-        req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
-        req.width = c["width"].as_i64().unwrap();
-        req.height = c["height"].as_i64().unwrap();
-        req.seed = c["seed"].as_u64().unwrap();
-        req.batch_size = c["num_images_per_prompt"].as_i64().unwrap();
-        req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
+        let mut req = case_request(c);
         req.init = Some(Sd3Init {
             image: init.clone(),
             strength: c["strength"].as_f64().unwrap(),
             mask: c["mask"].as_bool().unwrap_or(false).then(|| mask.clone()),
         });
         let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        let r: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
-        let dl = max_abs(&latents, &r["latents"]);
-        let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
+        let (dl, di) = errors(&dir.join(format!("{name}.safetensors")), &images, &latents);
         println!("{name:34} latents err {dl:.2e}   image err {di:.2e}");
         assert!(dl <= 1e-4, "{name}: latents off by {dl}");
         assert!(di <= 1e-3, "{name}: image off by {di}");
@@ -187,13 +192,10 @@ fn skip_layer_guidance_matches_diffusers() {
         }
         req.slg = Some(slg);
         let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        let r: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
-        let dl = max_abs(&latents, &r["latents"]);
-        let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
+        let (dl, di) = errors(&dir.join(format!("{name}.safetensors")), &images, &latents);
         req.slg = None;
         let (_, plain) = pipe.generate(&req).unwrap();
-        let moved = max_abs(&plain, &r["latents"]);
+        let moved = max_abs(&plain, &latents);
         println!(
             "{name:16} latents err {dl:.2e}   image err {di:.2e}   (without SLG the latents differ by {moved:.2e})"
         );
@@ -225,23 +227,13 @@ fn prompts_per_encoder_match_diffusers() {
     for c in meta["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let pipe = if c["t5"].as_bool().unwrap() { &with_t5 } else { &no_t5 };
-        let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
-        req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
+        let mut req = case_request(c);
         req.prompt_2 = text(c, "prompt_2");
         req.prompt_3 = text(c, "prompt_3");
         req.negative_prompt_2 = text(c, "negative_prompt_2");
         req.negative_prompt_3 = text(c, "negative_prompt_3");
-        req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
-        req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
-        req.width = c["width"].as_i64().unwrap();
-        req.height = c["height"].as_i64().unwrap();
-        req.seed = c["seed"].as_u64().unwrap();
-        req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
         let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        let r: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
-        let dl = max_abs(&latents, &r["latents"]);
-        let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
+        let (dl, di) = errors(&dir.join(format!("{name}.safetensors")), &images, &latents);
         println!("{name:20} latents err {dl:.2e}   image err {di:.2e}");
         assert!(dl <= 1e-4, "{name}: latents off by {dl}");
         assert!(di <= 1e-3, "{name}: image off by {di}");
