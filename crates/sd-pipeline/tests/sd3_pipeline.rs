@@ -88,7 +88,7 @@ fn txt2img_matches_diffusers() {
     for c in meta()["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let pipe = if c["t5"].as_bool().unwrap() { &with_t5 } else { &no_t5 };
-        let mut req = case_request(c);
+        let req = case_request(c);
         let (images, latents) = pipe.generate(&req).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let r = read(&format!("{name}.safetensors"));
         let dl = max_abs(&latents, &r["latents"]);
