@@ -184,51 +184,15 @@ pub fn render_outputs(
             });
             continue;
         }
-        let mut rgb = tensor_to_rgb(image, Range::Unit)?;
-        if opts.upscale > 1 {
-            let (w, h) = rgb.dimensions();
-            rgb = image::imageops::resize(
-                &rgb,
-                w * opts.upscale,
-                h * opts.upscale,
-                image::imageops::FilterType::Lanczos3,
-            );
-        }
-        // Label first, watermark last: drawing over a marked image would erase the mark under the label.
-        if let Some(text) = &opts.visible_label {
-            use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
-            let text = if text.is_empty() { DEFAULT_TEXT } else { text.as_str() };
-            draw_label(&mut rgb, text, Corner::BottomRight)?;
-        }
-        let outcome = if opts.watermark {
-            let payload = if sd.info.family == Family::Sdxl { Payload::Sdxl } else { Payload::SdV1 };
-            watermark::embed_with(&mut rgb, &payload, opts.method())?
-        } else {
-            WatermarkOutcome::Disabled
-        };
-        let mut info = generation_info(sd, req, generated, model_hash.clone(), i, &outcome);
-        if let Some(c) = &card {
-            info.extra.push(("Model card".into(), c.clone()));
-        }
-        if opts.upscale > 1 {
-            // A1111's Extras tab records a post-processing upscale with these two keys.
-            info.extra.push(("Postprocess upscale by".into(), opts.upscale.to_string()));
-            info.extra.push(("Postprocess upscaler".into(), "Lanczos".into()));
-        }
-        let chunks = label_chunks(&info);
-        let infotext = chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.clone()).unwrap_or_default();
-        let mut bytes = formats::encode(&rgb, opts.format, opts.quality, &chunks)?;
-        if let Some(id) = &opts.c2pa {
-            let claim = ClaimInfo {
-                generator_name: "sd-rs",
-                generator_version: env!("CARGO_PKG_VERSION"),
-                model: Some(&sd.name),
-                model_hash: model_hash.as_deref(),
-                parameters: &infotext,
-                parent: opts.init_file.as_ref().map(|b| b.as_slice()),
-            };
-            bytes = credentials::sign(&bytes, opts.format, &claim, id)?;
-        }
+        let payload = if sd.info.family == Family::Sdxl { Payload::Sdxl } else { Payload::SdV1 };
+        let model = ModelRef { name: &sd.name, hash: model_hash.as_deref() };
+        let (bytes, infotext, outcome) = finish_image(image, &payload, model, opts, |outcome| {
+            let mut info = generation_info(sd, req, generated, model_hash.clone(), i, outcome);
+            if let Some(c) = &card {
+                info.extra.push(("Model card".into(), c.clone()));
+            }
+            info
+        })?;
         out.push(RenderedImage {
             bytes: Some(bytes),
             format: opts.format,
@@ -241,6 +205,96 @@ pub fn render_outputs(
         });
     }
     Ok(out)
+}
+
+/// The model an image is labelled with: its name and, when known, A1111's short hash.
+#[derive(Clone, Copy)]
+pub struct ModelRef<'a> {
+    pub name: &'a str,
+    pub hash: Option<&'a str>,
+}
+
+/// One image `[3, H, W]` in [0, 1] made into a finished file, the same for every model family: the optional
+/// upscale and visible label, then the invisible watermark (last, so nothing is drawn over it), the generation
+/// parameters `info` builds once it knows the watermark's outcome (plus the upscale's own keys), the format's
+/// labels and, with an identity, signed Content Credentials. Returns (file bytes, A1111 infotext, watermark).
+pub fn finish_image(
+    image: &tch::Tensor,
+    payload: &Payload,
+    model: ModelRef<'_>,
+    opts: &RenderOptions,
+    info: impl FnOnce(&WatermarkOutcome) -> GenerationInfo,
+) -> Result<(Vec<u8>, String, WatermarkOutcome)> {
+    let mut rgb = tensor_to_rgb(image, Range::Unit)?;
+    if opts.upscale > 1 {
+        let (w, h) = rgb.dimensions();
+        rgb = image::imageops::resize(&rgb, w * opts.upscale, h * opts.upscale, image::imageops::FilterType::Lanczos3);
+    }
+    // Label first, watermark last: drawing over a marked image would erase the mark under the label.
+    if let Some(text) = &opts.visible_label {
+        use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
+        let text = if text.is_empty() { DEFAULT_TEXT } else { text.as_str() };
+        draw_label(&mut rgb, text, Corner::BottomRight)?;
+    }
+    let outcome = if opts.watermark {
+        watermark::embed_with(&mut rgb, payload, opts.method())?
+    } else {
+        WatermarkOutcome::Disabled
+    };
+    let mut info = info(&outcome);
+    if opts.upscale > 1 {
+        // A1111's Extras tab records a post-processing upscale with these two keys.
+        info.extra.push(("Postprocess upscale by".into(), opts.upscale.to_string()));
+        info.extra.push(("Postprocess upscaler".into(), "Lanczos".into()));
+    }
+    let chunks = label_chunks(&info);
+    let infotext = chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.clone()).unwrap_or_default();
+    let mut bytes = formats::encode(&rgb, opts.format, opts.quality, &chunks)?;
+    if let Some(id) = &opts.c2pa {
+        let claim = ClaimInfo {
+            generator_name: "sd-rs",
+            generator_version: env!("CARGO_PKG_VERSION"),
+            model: Some(model.name),
+            model_hash: model.hash,
+            parameters: &infotext,
+            parent: opts.init_file.as_ref().map(|b| b.as_slice()),
+        };
+        bytes = credentials::sign(&bytes, opts.format, &claim, id)?;
+    }
+    Ok((bytes, infotext, outcome))
+}
+
+/// Write finished images to files named from `opts.pattern` (blocked ones, without bytes, are listed but not
+/// written); `counter` numbers images across batches for `{n}`.
+pub fn write_rendered(
+    images: Vec<RenderedImage>,
+    model_name: &str,
+    opts: &OutputOptions,
+    counter: &mut usize,
+) -> Result<Vec<SavedImage>> {
+    let mut saved = Vec::new();
+    for image in images {
+        let n = *counter;
+        *counter += 1;
+        let path = match &image.bytes {
+            Some(bytes) => {
+                let path = render_path(&opts.pattern, image.seed, n, model_name);
+                let overwrite = if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse };
+                write_atomic(&path, overwrite, bytes)?;
+                Some(path)
+            }
+            None => None,
+        };
+        saved.push(SavedImage {
+            path,
+            seed: image.seed,
+            index_in_batch: image.index_in_batch,
+            watermark: image.watermark,
+            safety_checked: image.safety_checked,
+            flagged: image.flagged,
+        });
+    }
+    Ok(saved)
 }
 
 /// `<model>/README.md <first 10 hex of its SHA-256>` when the model folder carries the training-data record
@@ -263,29 +317,7 @@ pub fn save_outputs(
     opts: &OutputOptions,
     counter: &mut usize,
 ) -> Result<Vec<SavedImage>> {
-    let mut saved = Vec::new();
-    for image in render_outputs(sd, req, generated, &opts.render)? {
-        let n = *counter;
-        *counter += 1;
-        let path = match &image.bytes {
-            Some(bytes) => {
-                let path = render_path(&opts.pattern, generated.seed, n, &sd.name);
-                let overwrite = if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse };
-                write_atomic(&path, overwrite, bytes)?;
-                Some(path)
-            }
-            None => None,
-        };
-        saved.push(SavedImage {
-            path,
-            seed: image.seed,
-            index_in_batch: image.index_in_batch,
-            watermark: image.watermark,
-            safety_checked: image.safety_checked,
-            flagged: image.flagged,
-        });
-    }
-    Ok(saved)
+    write_rendered(render_outputs(sd, req, generated, &opts.render)?, &sd.name, opts, counter)
 }
 
 fn generation_info(

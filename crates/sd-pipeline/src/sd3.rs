@@ -655,29 +655,14 @@ impl Sd3Pipeline {
         opts: &crate::output::OutputOptions,
         counter: &mut usize,
     ) -> Result<Vec<crate::output::SavedImage>> {
-        use sd_core::atomic::{write_atomic, Overwrite};
-        let mut saved = Vec::new();
-        for r in self.render(model_name, req, images, &opts.render)? {
-            let n = *counter;
-            *counter += 1;
-            let path = crate::output::render_path(&opts.pattern, req.seed, n, model_name);
-            let bytes = r.bytes.context("an SD3 image has no bytes")?;
-            write_atomic(&path, if opts.overwrite { Overwrite::Allow } else { Overwrite::Refuse }, &bytes)?;
-            saved.push(crate::output::SavedImage {
-                path: Some(path),
-                seed: r.seed,
-                index_in_batch: r.index_in_batch,
-                watermark: r.watermark,
-                safety_checked: false,
-                flagged: false,
-            });
-        }
-        Ok(saved)
+        crate::output::write_rendered(self.render(model_name, req, images, &opts.render)?, model_name, opts, counter)
     }
 
     /// Each image of `images` `[B, 3, H, W]` as a finished file in memory, as the UNet families' are made
-    /// (visible label and invisible watermark unless turned off, A1111 `parameters` and the provenance labels,
-    /// C2PA Content Credentials when an identity is given); SD3 ships no safety checker, so none runs.
+    /// ([`crate::output::finish_image`]: visible label and invisible watermark unless turned off, A1111
+    /// `parameters` and the provenance labels, C2PA Content Credentials when an identity is given); SD3 ships no
+    /// safety checker, so none runs. diffusers' SD3 pipelines carry no watermarker; sd-rs marks every image, with
+    /// the non-XL payload.
     pub fn render(
         &self,
         model_name: &str,
@@ -685,93 +670,17 @@ impl Sd3Pipeline {
         images: &Tensor,
         r: &crate::output::RenderOptions,
     ) -> Result<Vec<crate::output::RenderedImage>> {
-        use sd_core::image_io::{tensor_to_rgb, Range};
-        use sd_provenance::metadata::{label_chunks, GenerationInfo};
-        use sd_provenance::watermark::{self, Payload, WatermarkOutcome};
+        use sd_provenance::watermark::Payload;
         let label = self.sampler(req)?.descriptor().label();
+        // hashed once per call, not per image: a LoRA file can be hundreds of megabytes
+        let lora_hashes = crate::output::lora_hashes(&self.loras);
+        let model = crate::output::ModelRef { name: model_name, hash: None };
         let mut out = Vec::new();
         for i in 0..images.size()[0] {
-            let mut rgb = tensor_to_rgb(&images.get(i), Range::Unit)?;
-            if r.upscale > 1 {
-                let (w, h) = rgb.dimensions();
-                rgb =
-                    image::imageops::resize(&rgb, w * r.upscale, h * r.upscale, image::imageops::FilterType::Lanczos3);
-            }
-            if let Some(text) = &r.visible_label {
-                use sd_provenance::visible_label::{draw_label, Corner, DEFAULT_TEXT};
-                draw_label(&mut rgb, if text.is_empty() { DEFAULT_TEXT } else { text }, Corner::BottomRight)?;
-            }
-            // diffusers' SD3 pipelines carry no watermarker; sd-rs marks every image, with the non-XL payload
-            let outcome = if r.watermark {
-                watermark::embed_with(&mut rgb, &Payload::SdV1, r.method())?
-            } else {
-                WatermarkOutcome::Disabled
-            };
-            let mut info = GenerationInfo {
-                prompt: req.prompt.clone(),
-                negative_prompt: req.negative_prompt.clone(),
-                tool_name: "sd-rs".into(),
-                tool_version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            };
-            info.steps = req.steps as u32;
-            info.sampler = label.to_string();
-            info.cfg_scale = req.guidance_scale;
-            info.seed = req.seed;
-            info.width = req.width as u32;
-            info.height = req.height as u32;
-            info.model_name = Some(model_name.to_string());
-            if let Some(slg) = &req.slg {
-                let layers: Vec<String> = slg.layers.iter().map(usize::to_string).collect();
-                info.extra.push(("SLG layers".into(), layers.join(",")));
-                info.extra.push(("SLG scale".into(), slg.scale.to_string()));
-                info.extra.push(("SLG start".into(), slg.start.to_string()));
-                info.extra.push(("SLG stop".into(), slg.stop.to_string()));
-            }
-            if let Some(init) = &req.init {
-                info.extra.push(("Denoising strength".into(), init.strength.to_string()));
-            }
-            let per_encoder = [
-                ("CLIP-G prompt", &req.prompt_2),
-                ("T5 prompt", &req.prompt_3),
-                ("CLIP-G negative prompt", &req.negative_prompt_2),
-                ("T5 negative prompt", &req.negative_prompt_3),
-            ];
-            for (key, text) in per_encoder {
-                if let Some(t) = text {
-                    info.extra.push((key.into(), t.clone()));
-                }
-            }
-            info.watermark = Some(outcome.clone());
-            if self.t5.is_none() {
-                info.extra.push(("T5".into(), "off".into()));
-            } else if req.max_sequence_length != DEFAULT_MAX_SEQUENCE_LENGTH {
-                info.extra.push(("T5 max length".into(), req.max_sequence_length.to_string()));
-            }
-            if req.batch_size > 1 {
-                info.extra.push(("Batch size".into(), req.batch_size.to_string()));
-                info.extra.push(("Batch pos".into(), i.to_string()));
-            }
-            info.extra.extend(crate::output::lora_hashes(&self.loras));
-            if r.upscale > 1 {
-                info.extra.push(("Postprocess upscale by".into(), r.upscale.to_string()));
-                info.extra.push(("Postprocess upscaler".into(), "Lanczos".into()));
-            }
-            let chunks = label_chunks(&info);
-            let infotext =
-                chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.clone()).unwrap_or_default();
-            let mut bytes = sd_provenance::formats::encode(&rgb, r.format, r.quality, &chunks)?;
-            if let Some(id) = &r.c2pa {
-                let claim = sd_provenance::credentials::ClaimInfo {
-                    generator_name: "sd-rs",
-                    generator_version: env!("CARGO_PKG_VERSION"),
-                    model: Some(model_name),
-                    model_hash: None,
-                    parameters: &infotext,
-                    parent: r.init_file.as_ref().map(|b| b.as_slice()),
-                };
-                bytes = sd_provenance::credentials::sign(&bytes, r.format, &claim, id)?;
-            }
+            let (bytes, infotext, outcome) =
+                crate::output::finish_image(&images.f_get(i)?, &Payload::SdV1, model, r, |outcome| {
+                    self.generation_info(model_name, req, label, i as usize, outcome, lora_hashes.clone())
+                })?;
             out.push(crate::output::RenderedImage {
                 bytes: Some(bytes),
                 format: r.format,
@@ -784,6 +693,66 @@ impl Sd3Pipeline {
             });
         }
         Ok(out)
+    }
+
+    /// The A1111 parameters of image `i` of a batch.
+    fn generation_info(
+        &self,
+        model_name: &str,
+        req: &Sd3Request,
+        sampler_label: &str,
+        i: usize,
+        outcome: &sd_provenance::watermark::WatermarkOutcome,
+        lora_hashes: Option<(String, String)>,
+    ) -> sd_provenance::metadata::GenerationInfo {
+        use sd_provenance::metadata::GenerationInfo;
+        let mut info = GenerationInfo {
+            prompt: req.prompt.clone(),
+            negative_prompt: req.negative_prompt.clone(),
+            tool_name: "sd-rs".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        info.steps = req.steps as u32;
+        info.sampler = sampler_label.to_string();
+        info.cfg_scale = req.guidance_scale;
+        info.seed = req.seed;
+        info.width = req.width as u32;
+        info.height = req.height as u32;
+        info.model_name = Some(model_name.to_string());
+        if let Some(slg) = &req.slg {
+            let layers: Vec<String> = slg.layers.iter().map(usize::to_string).collect();
+            info.extra.push(("SLG layers".into(), layers.join(",")));
+            info.extra.push(("SLG scale".into(), slg.scale.to_string()));
+            info.extra.push(("SLG start".into(), slg.start.to_string()));
+            info.extra.push(("SLG stop".into(), slg.stop.to_string()));
+        }
+        if let Some(init) = &req.init {
+            info.extra.push(("Denoising strength".into(), init.strength.to_string()));
+        }
+        let per_encoder = [
+            ("CLIP-G prompt", &req.prompt_2),
+            ("T5 prompt", &req.prompt_3),
+            ("CLIP-G negative prompt", &req.negative_prompt_2),
+            ("T5 negative prompt", &req.negative_prompt_3),
+        ];
+        for (key, text) in per_encoder {
+            if let Some(t) = text {
+                info.extra.push((key.into(), t.clone()));
+            }
+        }
+        info.watermark = Some(outcome.clone());
+        if self.t5.is_none() {
+            info.extra.push(("T5".into(), "off".into()));
+        } else if req.max_sequence_length != DEFAULT_MAX_SEQUENCE_LENGTH {
+            info.extra.push(("T5 max length".into(), req.max_sequence_length.to_string()));
+        }
+        if req.batch_size > 1 {
+            info.extra.push(("Batch size".into(), req.batch_size.to_string()));
+            info.extra.push(("Batch pos".into(), i.to_string()));
+        }
+        info.extra.extend(lora_hashes);
+        info
     }
 
     /// The native resolution: the transformer's `sample_size` latents times the VAE factor (1024 for SD3).
