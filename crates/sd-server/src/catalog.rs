@@ -19,6 +19,8 @@ pub struct ModelEntry {
     pub file_name: String,
     /// The A1111 short hash, computed on first use (hashing a multi-GB file takes seconds; it is cached on disk).
     hash: OnceLock<Option<String>>,
+    /// Whether it is an SD3 folder, read from its configs on first use (every job asks).
+    sd3: OnceLock<bool>,
 }
 
 impl ModelEntry {
@@ -30,7 +32,7 @@ impl ModelEntry {
         } else {
             file_name.clone()
         };
-        Self { spec, model_name, file_name, hash: OnceLock::new() }
+        Self { spec, model_name, file_name, hash: OnceLock::new(), sd3: OnceLock::new() }
     }
 
     /// The weights file A1111's hash is taken of: the checkpoint itself, or a folder's UNet weights (an SD3
@@ -56,6 +58,15 @@ impl ModelEntry {
         let sample = read("unet").or_else(|| read("transformer"))?.get("sample_size")?.as_i64()?;
         let levels = read("vae")?.get("block_out_channels")?.as_array()?.len() as u32;
         Some(sample * 2i64.pow(levels.saturating_sub(1)))
+    }
+
+    /// Whether this is a diffusers SD3 / SD3.5 folder (read from its configs once; single files are converted by
+    /// the UNet loader, which knows no SD3 layout yet).
+    pub fn is_sd3(&self) -> bool {
+        *self.sd3.get_or_init(|| {
+            let p = Path::new(&self.spec);
+            p.is_dir() && sd_core::model_dir::ModelDir::open_folder(p).is_ok_and(|d| sd_pipeline::sd3::is_sd3(&d))
+        })
     }
 
     /// The short hash (blocking: may read the whole file once).

@@ -71,6 +71,21 @@ pub struct EngineStatus {
 
 pub type SharedStatus = Arc<Mutex<EngineStatus>>;
 
+/// A freshly loaded model of either kind, before it takes its place in the engine (boxed: both are large and
+/// the value only moves once).
+enum Loaded {
+    Unet(Box<LoadedUnet>),
+    Sd3(Box<Sd3Pipeline>),
+}
+
+/// A UNet-family model with what the engine loads beside it.
+struct LoadedUnet {
+    sd: StableDiffusion,
+    preview: Option<AutoencoderTiny>,
+    /// Names of the textual-inversion embeddings it knows.
+    embeddings: Vec<String>,
+}
+
 /// The model-owning half of the inference thread: loads models and runs jobs. Where jobs come from — the local
 /// [`Store`] ([`Engine::spawn`]) or a Redis stream (`crate::redis_queue::run_worker`) — is up to the caller.
 pub struct Engine {
@@ -196,67 +211,37 @@ impl Engine {
         let entry = &self.catalog.entries[idx];
         tracing::info!(model = %entry.spec, loras = loras.len(), "loading model");
         let t0 = Instant::now();
-        if engine_sd3::is_sd3_spec(&entry.spec) {
-            let result = engine_sd3::load(&entry.spec, &self.cfg, &loras);
-            let load_s = t0.elapsed().as_secs_f64();
-            let mut st = lock(&self.status);
-            st.loading = false;
-            return match result {
-                Ok(pipe) => {
-                    self.metrics.model_load_seconds.set(load_s);
-                    st.loaded = Some(idx);
-                    st.loras = loras;
-                    st.load_s = load_s;
-                    st.load_error = None;
-                    st.family = None;
-                    st.default_size = Some(pipe.default_size());
-                    st.embeddings = Vec::new();
-                    self.sd3 = Some(pipe);
-                    tracing::info!(seconds = load_s, "SD3 model loaded");
-                    Ok(())
-                }
-                Err(e) => {
-                    st.load_error = Some(format!("{e:#}"));
-                    Err(e)
-                }
-            };
-        }
-        let result = (|| -> Result<(StableDiffusion, Option<AutoencoderTiny>, Vec<String>)> {
-            let mut opts = self.cfg.load.clone();
-            opts.loras = loras.clone();
-            let mut sd = StableDiffusion::load(&entry.spec, opts)?;
-            if let Some(dir) = &self.cfg.embeddings_dir {
-                for note in sd.text.load_embeddings(dir)? {
-                    tracing::warn!("embedding skipped: {note}");
-                }
-            }
-            let names = sd.text.embeddings().items.iter().map(|e| e.name.clone()).collect();
-            let preview = match &self.cfg.preview_taesd {
-                Some(dir) if self.cfg.preview_every > 0 => Some(AutoencoderTiny::load_taesd_dir(
-                    dir,
-                    sd.info.family == Family::Sdxl,
-                    tch::Kind::Float,
-                    sd.opts.device,
-                )?),
-                _ => None,
-            };
-            Ok((sd, preview, names))
-        })();
+        let result = if entry.is_sd3() {
+            engine_sd3::load(&entry.spec, &self.cfg, &loras).map(|p| Loaded::Sd3(Box::new(p)))
+        } else {
+            self.load_unet(&entry.spec, &loras)
+        };
         let load_s = t0.elapsed().as_secs_f64();
         let mut st = lock(&self.status);
         st.loading = false;
         match result {
-            Ok((sd, preview, names)) => {
+            Ok(loaded) => {
                 self.metrics.model_load_seconds.set(load_s);
                 st.loaded = Some(idx);
                 st.loras = loras;
                 st.load_s = load_s;
                 st.load_error = None;
-                st.family = Some(sd.info.family);
-                st.default_size = Some(sd.info.default_size);
-                st.embeddings = names;
-                self.sd = Some(sd);
-                self.preview = preview;
+                match loaded {
+                    Loaded::Unet(u) => {
+                        let LoadedUnet { sd, preview, embeddings } = *u;
+                        st.family = Some(sd.info.family);
+                        st.default_size = Some(sd.info.default_size);
+                        st.embeddings = embeddings;
+                        self.sd = Some(sd);
+                        self.preview = preview;
+                    }
+                    Loaded::Sd3(pipe) => {
+                        st.family = None;
+                        st.default_size = Some(pipe.default_size());
+                        st.embeddings = Vec::new();
+                        self.sd3 = Some(*pipe);
+                    }
+                }
                 tracing::info!(seconds = load_s, "model loaded");
                 Ok(())
             }
@@ -265,6 +250,29 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// A UNet-family model with the server's textual-inversion embeddings and, when previews are on, TAESD.
+    fn load_unet(&self, spec: &str, loras: &[(PathBuf, f64)]) -> Result<Loaded> {
+        let mut opts = self.cfg.load.clone();
+        opts.loras = loras.to_vec();
+        let mut sd = StableDiffusion::load(spec, opts)?;
+        if let Some(dir) = &self.cfg.embeddings_dir {
+            for note in sd.text.load_embeddings(dir)? {
+                tracing::warn!("embedding skipped: {note}");
+            }
+        }
+        let embeddings = sd.text.embeddings().items.iter().map(|e| e.name.clone()).collect();
+        let preview = match &self.cfg.preview_taesd {
+            Some(dir) if self.cfg.preview_every > 0 => Some(AutoencoderTiny::load_taesd_dir(
+                dir,
+                sd.info.family == Family::Sdxl,
+                tch::Kind::Float,
+                sd.opts.device,
+            )?),
+            _ => None,
+        };
+        Ok(Loaded::Unet(Box::new(LoadedUnet { sd, preview, embeddings })))
     }
 
     /// Run one job, reporting progress after every step; a panic inside LibTorch fails the job, not the process.
@@ -370,7 +378,7 @@ impl Engine {
             sd_pipeline::output::check_policy_terms(text, source, &req.prompt)?;
         }
         let loras = lora_tags(&req.prompt, self.cfg.lora_dir.as_deref())?;
-        if engine_sd3::is_sd3_spec(&self.catalog.entries[idx].spec) {
+        if self.catalog.entries[idx].is_sd3() {
             if let Some((_, msg)) = engine_sd3::unsupported(req) {
                 bail!(msg);
             }

@@ -20,13 +20,6 @@ use std::time::Instant;
 /// What a set of encoded SD3 prompts depends on: prompt, negative prompt, T5 tokens, whether CFG runs.
 pub type Sd3PromptKey = (String, String, usize, bool);
 
-/// Whether a catalog spec is a diffusers SD3 / SD3.5 folder (read from its configs; single files are converted
-/// by the UNet loader, which knows no SD3 layout yet).
-pub fn is_sd3_spec(spec: &str) -> bool {
-    let p = Path::new(spec);
-    p.is_dir() && sd_core::model_dir::ModelDir::open_folder(p).is_ok_and(|d| sd_pipeline::sd3::is_sd3(&d))
-}
-
 /// Load an SD3 folder with the server's device and dtype, its `--no-t5` choice and the job's LoRAs merged in.
 pub fn load(spec: &str, cfg: &EngineConfig, loras: &[(std::path::PathBuf, f64)]) -> Result<Sd3Pipeline> {
     Sd3Pipeline::load_with_loras(Path::new(spec), cfg.load.dtype, cfg.load.device, cfg.no_t5, loras)

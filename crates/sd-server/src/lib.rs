@@ -266,21 +266,16 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
             return bad(param, "the refiner with ControlNet units is not supported".into());
         }
     }
-    if let Some(m) = &job.model {
-        if state.catalog.find(m).is_none() {
-            return Err(ApiError::not_found(format!(
-                "unknown model {m:?}; available: {}",
-                state.catalog.names().join(", ")
-            ))
-            .with_param("override_settings.sd_model_checkpoint"));
-        }
-    }
+    // the model the job will run on: the one it names (which must exist) or the selected one
     let target = match &job.model {
-        Some(m) => state.catalog.find(m),
-        None => Some(state.engine_status().selected),
+        Some(m) => state.catalog.find(m).ok_or_else(|| {
+            ApiError::not_found(format!("unknown model {m:?}; available: {}", state.catalog.names().join(", ")))
+                .with_param("override_settings.sd_model_checkpoint")
+        })?,
+        None => state.engine_status().selected,
     };
-    if let Some(entry) = target.and_then(|i| state.catalog.entries.get(i)) {
-        if engine_sd3::is_sd3_spec(&entry.spec) {
+    if let Some(entry) = state.catalog.entries.get(target) {
+        if entry.is_sd3() {
             if let Some((param, msg)) = engine_sd3::unsupported(job) {
                 return bad(param, msg);
             }
