@@ -378,3 +378,29 @@ fn every_sampler_matches_its_reference_fixtures() {
          script; see CONTRIBUTING.md, \"Add a sampler\")"
     );
 }
+
+/// The `scaled_linear` beta schedule itself (the loops above replay on the reference's recorded betas): LibTorch's
+/// float32 linspace squared, as diffusers builds it, against the betas the fixture host computed. Same-host runs are
+/// bit-identical; linspace's rounding follows the CPU's vector width, so another host may be one linspace ulp off
+/// here and there, which the square turns into at most three ulps of the beta.
+#[test]
+fn scaled_linear_betas_match_the_reference_within_ulps() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/schedulers");
+    let (start, end, want) = common::reference_betas(dir, "ddim");
+    let mut cfg = SchedulerConfig::default();
+    for (k, v) in [("beta_start", json!(start)), ("beta_end", json!(end)), ("beta_schedule", json!("scaled_linear"))] {
+        assert!(cfg.set_field(k, &v).unwrap(), "{k} is a config field");
+    }
+    cfg.num_train_timesteps = want.len();
+    let got = Vec::<f32>::try_from(sd_schedulers::schedule::betas(&cfg).unwrap()).unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut off = 0;
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        // the fixture's JSON holds float32 values; compare as float32 (the f64 parse may end an f64 ulp away)
+        let w = w as f32;
+        let ulps = (g.to_bits() as i64 - w.to_bits() as i64).abs();
+        assert!(ulps <= 3, "beta {i}: {g:e} is {ulps} float32 ulps from the reference's {w:e}");
+        off += usize::from(ulps != 0);
+    }
+    eprintln!("scaled_linear betas: {off} of {} differ from the reference host's (by at most 3 ulps)", want.len());
+}

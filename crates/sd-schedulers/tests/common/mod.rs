@@ -36,6 +36,39 @@ pub fn build_case(
     choice.build(model_config, &opts)
 }
 
+/// The case's model config with the fixture's recorded `scaled_linear` betas as `trained_betas`, so the loop runs on
+/// the very betas diffusers used. torch.linspace's float32 rounding depends on the CPU's vector width (an ulp here and
+/// there between an AVX2 and an AVX-512 host), and some loops amplify that far beyond the step tolerance (DEIS order 3
+/// by ~100×, the Brownian tree's end point chaotically); `scaled_linear_betas_match_the_reference_within_ulps` checks
+/// the beta schedule on its own.
+pub fn with_reference_betas(meta: &Value, model_config: &Value) -> Value {
+    let rb = &meta["scaled_linear_betas"];
+    if rb.is_null() || model_config["beta_schedule"] != "scaled_linear" || !model_config["trained_betas"].is_null() {
+        return model_config.clone();
+    }
+    assert!(
+        model_config["beta_start"] == rb["beta_start"] && model_config["beta_end"] == rb["beta_end"],
+        "a case's beta range {model_config} differs from the recorded betas' {} .. {}",
+        rb["beta_start"],
+        rb["beta_end"]
+    );
+    let mut c = model_config.clone();
+    c["trained_betas"] = rb["values"].clone();
+    c
+}
+
+/// The recorded reference betas of a fixture family (`gen_10`'s `reference_betas`), with their range.
+pub fn reference_betas(dir: &str, family: &str) -> (f64, f64, Vec<f64>) {
+    let (meta, _) = load(dir, family);
+    let rb = &meta["scaled_linear_betas"];
+    let values = rb["values"].as_array().expect("fixture records scaled_linear_betas").iter();
+    (
+        rb["beta_start"].as_f64().unwrap(),
+        rb["beta_end"].as_f64().unwrap(),
+        values.map(|v| v.as_f64().unwrap()).collect(),
+    )
+}
+
 fn max_abs(t: &Tensor) -> f64 {
     t.abs().max().double_value(&[])
 }
@@ -68,7 +101,8 @@ pub fn run_family_in(dir: &str, family: &str, samplers: &[&str], tol: f64) -> us
             cs["steps"], cs["schedule"], cs["model_over"], cs["extra"], cs["strength"]
         );
         let states = &tensors[key];
-        let mut s = build_case(sampler, &cs["model_config"], cs["schedule"].as_str(), &cs["extra"])
+        let config = with_reference_betas(&meta, &cs["model_config"]);
+        let mut s = build_case(sampler, &config, cs["schedule"].as_str(), &cs["extra"])
             .unwrap_or_else(|e| panic!("{what}: {e:#}"));
         // The loop's dtype (latents and model output), as a pipeline in that dtype runs it; float32 by default.
         let kind = match cs["dtype"].as_str() {
