@@ -1,4 +1,4 @@
-"""Plays "another tool" for crates/sd-cli/tests/c2pa_readers.rs with the C2PA consortium's own SDK (PyPI
+"""Plays "another tool" for crates/sd-cli/tests/it/c2pa_readers.rs with the C2PA consortium's own SDK (PyPI
 c2pa-python): makes a user's certificate chain (a root CA and an end-entity signing certificate, ECDSA P-256, with
 the key usage and EKU C2PA asks for) and signs small PNG photos with a `c2pa.training-mining` assertion.
 

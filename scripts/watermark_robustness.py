@@ -1,6 +1,6 @@
 """Measures how much of the invisible watermark (dwtDct) survives common edits, on real photos bundled with
 scikit-image. Uses the PyPI invisible-watermark 0.2.0 encoder/decoder, which sd-provenance matches byte for byte on
-the uint8 path (crates/sd-provenance/tests/watermark_reference.rs), so the numbers hold for sd-rs too.
+the uint8 path (crates/sd-provenance/tests/it/watermark_reference.rs), so the numbers hold for sd-rs too.
 
 Prints a Markdown table: mean bit accuracy (matched bits / payload bits) over the images, and how many images
 still reach "likely" or better (48 bits: >= 34; 136 bits: >= 85 — see watermark/confidence.rs).

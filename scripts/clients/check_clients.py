@@ -8,7 +8,7 @@ URL is the server's root (http://127.0.0.1:PORT). The server must run the 32x32 
 response the library cannot parse, or parses into the wrong thing, fails here the way it would fail for a user.
 All checks run; the script prints one line per failure, then a summary, and exits 1 if any failed.
 
-Run by crates/sd-cli/tests/serve_clients.rs with target/clients/bin/python (made by `cargo xtask setup`, versions
+Run by crates/sd-cli/tests/it/serve_clients.rs with target/clients/bin/python (made by `cargo xtask setup`, versions
 pinned in scripts/clients/requirements.txt).
 """
 

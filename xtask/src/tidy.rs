@@ -463,7 +463,7 @@ fn b<'a>(x: &'a str) { x.parse::<u8>().unwrap(); }
     fn library_code_is_crate_sources_only() {
         assert!(is_library_code(Path::new("crates/sd-core/src/weights.rs")));
         assert!(is_library_code(Path::new("crates/sd-cli/src/cmd/generate.rs")));
-        assert!(!is_library_code(Path::new("crates/sd-core/tests/weights_errors.rs")));
+        assert!(!is_library_code(Path::new("crates/sd-core/tests/it/weights_errors.rs")));
         assert!(!is_library_code(Path::new("crates/sd-train/examples/train_demo.rs")));
         assert!(!is_library_code(Path::new("crates/sd-core/build.rs")));
         assert!(!is_library_code(Path::new("xtask/src/main.rs")));

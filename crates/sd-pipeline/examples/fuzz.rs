@@ -8,7 +8,7 @@
 //!
 //! Usage: `fuzz [--minutes N | --seconds N] [--seed S]`
 
-#[path = "../tests/robust/mod.rs"]
+#[path = "../tests/it/robust/mod.rs"]
 mod robust;
 
 use std::time::Duration;

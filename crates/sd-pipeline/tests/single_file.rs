@@ -1,19 +1,16 @@
 //! `--model checkpoint.safetensors`: a single-file checkpoint loads directly (converted once into the cache through
 //! the `sd convert` mapping) and generates the diffusers reference image of the original folder (float ≤ 1e-3).
+//! A binary of its own, outside the shared `it` one: it points the process's cache (XDG_CACHE_HOME) at a temporary
+//! folder and counts the conversions there, which other tests' loads would race on.
 
 use sd_pipeline::loader::{LoadOptions, StableDiffusion};
 use sd_pipeline::request::GenerationRequest;
-use std::path::PathBuf;
+use sd_test_support::fixtures;
 use tch::{Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
-}
 
 #[test]
 fn single_file_checkpoint_loads_directly_and_matches_diffusers() {
     let cache = tempfile::tempdir().unwrap();
-    // Only test in this binary, so changing the process environment cannot race another test.
     std::env::set_var("XDG_CACHE_HOME", cache.path());
     let ckpt = fixtures().join("convert/sd1.safetensors");
     let mut opts = LoadOptions::cpu(Kind::Float);

@@ -23,7 +23,7 @@
 //! | `training` | batched forward noising and v targets for training |
 //!
 //! Adding a sampler: one file in `samplers/` declaring its descriptor, one line in the table of `samplers/mod.rs`,
-//! a fixture (CONTRIBUTING.md, "Add a sampler"); `tests/contract.rs` then checks it with every other sampler.
+//! a fixture (CONTRIBUTING.md, "Add a sampler"); `tests/it/contract.rs` then checks it with every other sampler.
 
 pub mod brownian;
 pub mod choice;

@@ -8,7 +8,7 @@
 //! PyTorch compiles this file with GCC and `-mfma` in GNU C++ mode, where floating-point contraction is on: a
 //! multiplication whose only use is an addition becomes one fused multiply-add. The `mul_add` calls below are
 //! exactly those places; every other product is rounded on its own. Verified against torch 2.13 on millions of
-//! values (see `tests/rng_torch.rs`).
+//! values (see `tests/it/rng_torch.rs`).
 
 // The Cephes constants are written digit for digit as the C header has them: their f32 rounding is part of
 // what must match, so clippy's "use FRAC_1_SQRT_2" / "excessive precision" suggestions do not apply.

@@ -172,7 +172,7 @@ pub struct StepLosses {
     pub d_real_mean: f64,
     pub d_fake_mean: f64,
     pub d_fake_after_mean: f64,
-    /// The generated batch (compared with PyTorch's by `tests/dcgan_step.rs`).
+    /// The generated batch (compared with PyTorch's by `tests/it/dcgan_step.rs`).
     #[allow(dead_code)]
     pub fake: Tensor,
 }

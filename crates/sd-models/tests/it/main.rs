@@ -1,0 +1,18 @@
+//! sd-models's integration tests, one module per concern, linked into one test binary (LibTorch is linked
+//! once per crate, not once per file). Run one module with `cargo test -p sd-models --test it MODULE::`.
+
+mod attention_modes;
+mod clip_text_model;
+mod clip_tokenizer;
+mod controlnet;
+mod controlnet_single_file;
+mod convert;
+mod convert_safety;
+mod safety_checker;
+mod t5;
+mod taesd;
+mod transformer_sd3;
+mod unet;
+mod unet_extensions;
+mod vae_kl;
+mod vae_tiling;
