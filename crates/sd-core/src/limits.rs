@@ -121,6 +121,12 @@ pub const IMAGE_MAX_CHUNKS: u64 = 100_000;
 /// Bytes of a dataset's `tdmrep.json` or a `--opt-out-list` file (a million SHA-256 lines is 65 MB).
 pub const OPT_OUT_FILE_MAX_BYTES: u64 = 128 * MIB;
 
+/// Image-prompt tokens one IP-Adapter may add to every cross-attention layer: base adapters make 4, "plus" 16,
+/// "full-face" 257 (each costs attention memory at every layer and step).
+pub const IP_ADAPTER_MAX_TOKENS: u64 = 4096;
+/// IP-Adapters one generation may use (each is an extra attention per cross-attention layer and step).
+pub const IP_ADAPTER_MAX_ADAPTERS: u64 = 8;
+
 /// Every bound above, for the README and `--help` texts.
 #[rustfmt::skip]
 pub const ALL: &[Limit] = &[
@@ -157,6 +163,8 @@ pub const ALL: &[Limit] = &[
     Limit { name: "XMP depth", default: XMP_MAX_DEPTH, unit: "levels", reason: "real packets nest ~6 deep", flag: None },
     Limit { name: "image chunks", default: IMAGE_MAX_CHUNKS, unit: "chunks", reason: "PNG/WebP chunks, JPEG segments walked for metadata", flag: None },
     Limit { name: "opt-out file", default: OPT_OUT_FILE_MAX_BYTES, unit: "bytes", reason: "tdmrep.json, --opt-out-list", flag: None },
+    Limit { name: "IP-Adapter tokens", default: IP_ADAPTER_MAX_TOKENS, unit: "tokens", reason: "per adapter and picture; full-face makes 257", flag: None },
+    Limit { name: "IP-Adapters", default: IP_ADAPTER_MAX_ADAPTERS, unit: "adapters", reason: "per generation; each adds an attention per layer and step", flag: None },
     Limit { name: "finished jobs", default: SERVE_MAX_FINISHED_JOBS, unit: "jobs", reason: "oldest forgotten first", flag: None },
 ];
 

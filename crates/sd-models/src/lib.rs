@@ -5,19 +5,21 @@
 //! |---|---|
 //! | [`nn`] | Linear, Conv2d, GroupNorm, LayerNorm, Embedding, activations — loaded through `sd_core::VarBuilder` |
 //! | [`attention`] | scaled-dot-product attention shared by CLIP, the UNet transformer blocks and the VAE mid-block |
-//! | [`clip`] | CLIP BPE tokenizer, CLIPTextModel / CLIPTextModelWithProjection, CLIP vision tower |
+//! | [`clip`] | CLIP BPE tokenizer, CLIPTextModel / CLIPTextModelWithProjection, CLIP vision tower (with projection: IP-Adapter's image encoder) |
 //! | [`unet`] | UNet2DConditionModel (SD1.x, SD2.x, SDXL, inpainting, LCM) from its config |
 //! | [`controlnet`] | ControlNetModel: the UNet's contracting half with a conditioning embedding and zero convolutions; from a diffusers folder or a single file |
 //! | [`t5`] | T5EncoderModel and its Unigram tokenizer (SD3's third text encoder) |
 //! | [`transformer_sd3`] | SD3Transformer2DModel (MMDiT of SD3 / SD3.5, incl. qk RMS norm and dual attention) |
 //! | [`vae`] | AutoencoderKL (encode/decode, tiling) and AutoencoderTiny (TAESD) |
 //! | [`safety`] | StableDiffusionSafetyChecker |
+//! | [`ip_adapter`] | IP-Adapter: original weight files, image projections (base, full, plus) and the decoupled cross-attention hook |
 //! | [`convert`] | single-file (LDM) checkpoints and single-file ControlNets → diffusers state dicts, and the safe pickle reader |
 
 pub mod attention;
 pub mod clip;
 pub mod controlnet;
 pub mod convert;
+pub mod ip_adapter;
 pub mod nn;
 pub mod safety;
 pub mod t5;

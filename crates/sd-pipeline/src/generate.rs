@@ -323,6 +323,9 @@ impl StableDiffusion {
             bail!("ControlNet units do not combine with AND parts yet");
         }
         let control = crate::control::prepare(self, req, cfg, dtype, device)?;
+        // IP-Adapter tokens: the picture is encoded once; every UNet call attends to them.
+        let ip_units = crate::ip_adapter::prepare(self, req, cfg, copies, dtype, device)?;
+        let ip_hook = (!ip_units.is_empty()).then(|| sd_models::ip_adapter::IpAdapterHook { units: ip_units });
 
         // 5. Denoising loop.
         let t1 = Instant::now();
@@ -357,6 +360,7 @@ impl StableDiffusion {
                     timestep_cond: timestep_cond.as_ref(),
                     down_block_additional_residuals: residuals.as_ref().map(|r| r.down.as_slice()),
                     mid_block_additional_residual: residuals.as_ref().map(|r| &r.mid),
+                    attention_hook: ip_hook.as_ref().map(|h| h as &dyn sd_models::unet::AttentionHook),
                     ..Default::default()
                 };
                 let out = self.unet.forward_with(&input, &t_tensor, &hidden, &inputs)?;

@@ -8,6 +8,7 @@
 //! | [`loras`] | `<lora:name:weight>` tags, LoRA files merged at load, A1111 `Lora hashes` |
 //! | [`prompt`] | prompt text → conditioning tensors (A1111 syntax, chunking, clip skip, SDXL pooled embeds) |
 //! | [`control`] | ControlNet units: loading beside the UNet, resize modes, guess mode, summed residuals |
+//! | [`ip_adapter`] | IP-Adapter: adapter files and image encoders loaded beside the UNet, image prompts → tokens |
 //! | [`canny`] | Canny edge maps as OpenCV computes them (the `canny` preprocessor) |
 //! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
 //! | [`sd3`] | Stable Diffusion 3 / 3.5 (`StableDiffusion3Pipeline`): MMDiT, CLIP-L + CLIP-G + T5, flow matching |
@@ -28,6 +29,7 @@ pub mod generate;
 pub mod hash_cache;
 pub mod hires;
 pub mod init_image;
+pub mod ip_adapter;
 pub mod loader;
 pub mod loras;
 pub mod memory;

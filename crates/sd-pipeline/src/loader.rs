@@ -81,6 +81,10 @@ pub struct StableDiffusion {
     pub taesd: Option<AutoencoderTiny>,
     /// ControlNets loaded beside the UNet, by name (see [`crate::control`]).
     pub controlnets: Vec<crate::control::LoadedControlNet>,
+    /// IP-Adapters loaded beside the UNet, by name (see [`crate::ip_adapter`]).
+    pub ip_adapters: Vec<crate::ip_adapter::LoadedIpAdapter>,
+    /// Their image encoders, one per folder.
+    pub image_encoders: Vec<crate::ip_adapter::LoadedImageEncoder>,
     pub safety: Option<SafetyChecker>,
     /// The model's saved `scheduler_config.json` (samplers are built from it, as diffusers' `from_config`).
     pub scheduler_config: serde_json::Value,
@@ -208,6 +212,8 @@ impl StableDiffusion {
             vae,
             taesd,
             controlnets: Vec::new(),
+            ip_adapters: Vec::new(),
+            image_encoders: Vec::new(),
             safety,
             scheduler_config,
             force_zeros_for_empty_prompt,

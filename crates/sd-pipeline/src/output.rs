@@ -362,6 +362,9 @@ fn generation_info(
     for (i, c) in req.control.iter().enumerate() {
         info.extra.push(crate::control::infotext(i, c));
     }
+    for (i, a) in req.ip_adapters.iter().enumerate() {
+        info.extra.push(crate::ip_adapter::infotext(req.control.len() + i, a, sd.ip_adapter_module(&a.model)));
+    }
     if let Some(h) = &generated.hires {
         info.extra.extend(h.params.iter().cloned());
     }

@@ -95,6 +95,9 @@ impl StableDiffusion {
         if !req.control.is_empty() {
             bail!("the refiner with a ControlNet is not supported (the refiner has no ControlNet to follow the control image)");
         }
+        if !req.ip_adapters.is_empty() {
+            bail!("the refiner with an IP-Adapter is not supported (the adapter is loaded for the base model only)");
+        }
         let base_stage = Stage { denoising_end: Some(switch), output_latents: true, ..Default::default() };
         let (mut first, latents) = self.generate_stage(req, encoded, &base_stage, on_event)?;
         if first.interrupted {

@@ -68,9 +68,12 @@ pub struct GenerationRequest {
     pub crop_top_left: (i64, i64),
     /// ControlNet units (empty: none), their residuals summed; see [`crate::control`].
     pub control: Vec<ControlInput>,
+    /// IP-Adapters (empty: none), each with its image prompt; see [`crate::ip_adapter`].
+    pub ip_adapters: Vec<IpAdapterInput>,
 }
 
 pub use crate::control::ControlInput;
+pub use crate::ip_adapter::IpAdapterInput;
 
 impl GenerationRequest {
     /// A txt2img request with diffusers' defaults.
@@ -93,6 +96,7 @@ impl GenerationRequest {
             original_size: None,
             crop_top_left: (0, 0),
             control: Vec::new(),
+            ip_adapters: Vec::new(),
         }
     }
 
@@ -131,6 +135,7 @@ impl GenerationRequest {
             }
         }
         crate::control::validate(&self.control)?;
+        crate::ip_adapter::validate(&self.ip_adapters)?;
         match &self.mode {
             Mode::Txt2Img => {}
             Mode::Img2Img { init, .. } => check_size("the init image", init.width(), init.height(), self)?,

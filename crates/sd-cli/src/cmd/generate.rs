@@ -31,6 +31,7 @@ fn output_help() -> clap::builder::StyledStr {
   sd generate --model ./sd-turbo \"a cup of coffee\" --steps 1 --cfg-scale 0
   sd generate --model ./sd15 \"a knight, my-style <lora:ink:0.7>\" --lora-dir ./loras --embeddings-dir ./embeddings
   sd generate --model ./sd15 \"a house\" --controlnet ./cn-canny --control-image photo.jpg --control-preprocess canny
+  sd generate --model ./sd15 \"a cat\" --ip-adapter models/ip-adapter_sd15.safetensors --ip-image ref.png --ip-scale 0.6
   sd generate --model ./stable-diffusion-3.5-medium \"a red fox\" --steps 28 --cfg-scale 4.5 --no-t5")]
 pub struct Args {
     // Help as an attribute: in a doc comment rustdoc would read its brackets as intra-doc links.
@@ -100,6 +101,8 @@ pub struct Args {
     pub strength: Option<f64>,
     #[command(flatten)]
     pub control: super::control_args::ControlArgs,
+    #[command(flatten)]
+    pub ip: super::ip_adapter_args::IpAdapterArgs,
     /// Hires fix (A1111): draw at the given size, enlarge by this factor (1–4), repaint with img2img
     #[arg(long, value_name = "FACTOR")]
     pub hires_scale: Option<f64>,
@@ -210,6 +213,10 @@ pub fn run(args: Args) -> Result<()> {
     let hires = hires_settings(&args)?;
     args.refine.check(args.mask.is_some(), hires.is_some(), !args.control.controlnet.is_empty())?;
     let mut control = args.control.units()?;
+    let mut ip_inputs = args.ip.inputs()?;
+    if !ip_inputs.is_empty() && args.refine.refiner.is_some() {
+        usage!("--ip-adapter with --refiner is not supported: the adapter steers the base model only");
+    }
     let loras = collect_loras(&args)?;
     if let Some(policy) = &args.load.policy {
         sd_pipeline::output::check_policy(policy, &args.prompt)?;
@@ -239,6 +246,9 @@ pub fn run(args: Args) -> Result<()> {
     if super::generate_sd3::is_sd3_model(&args.load.model) {
         if !control.is_empty() {
             usage!("--controlnet: ControlNets are supported for SD1, SD2 and SDXL models, not SD3");
+        }
+        if !ip_inputs.is_empty() {
+            usage!("--ip-adapter: IP-Adapters are supported for SD1, SD2 and SDXL models, not SD3");
         }
         if args.refine.refiner.is_some() {
             usage!("--refiner applies to SDXL base models, not SD3");
@@ -270,6 +280,7 @@ pub fn run(args: Args) -> Result<()> {
         let loaded = sd.controlnets.iter().find(|c| &c.path == path);
         unit.model = loaded.map(|c| c.name.clone()).context("a --controlnet was not loaded")?;
     }
+    args.ip.load(&mut sd, &mut ip_inputs)?;
     let mut refiner = args.refine.load(&sd, &opts)?;
     if let Some(dir) = &args.load.embeddings_dir {
         for note in sd.text.load_embeddings(dir)? {
@@ -328,6 +339,7 @@ pub fn run(args: Args) -> Result<()> {
         req.emphasis = emphasis;
         req.mode = mode.clone();
         req.control = control.clone();
+        req.ip_adapters = ip_inputs.clone();
         req.validate(sd.vae_scale_factor()).map_err(|e| super::UsageError(format!("{e:#}")))?;
         if !args.json {
             eprintln!("seed {}", req.seed);

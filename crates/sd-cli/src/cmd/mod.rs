@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod generate;
 pub mod generate_sd3;
 pub mod inspect;
+pub mod ip_adapter_args;
 pub mod model_args;
 pub mod refine;
 pub mod samplers;

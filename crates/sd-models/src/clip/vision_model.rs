@@ -73,6 +73,23 @@ impl ClipVisionModel {
 
     /// `pixels`: batch × channels × image_size × image_size, already normalised by the image processor.
     pub fn forward(&self, pixels: &Tensor) -> Result<ClipVisionOutput> {
+        let x = self.embed(pixels)?;
+        let last = self.encoder.forward(&x, false);
+        let pooled = self.post_layernorm.forward(&last.select(1, 0));
+        Ok(ClipVisionOutput { last_hidden_state: last, pooled })
+    }
+
+    /// transformers' `hidden_states` (`output_hidden_states=True`): the embeddings after `pre_layrnorm`, then each
+    /// layer's output, and the pooled output from the last. IP-Adapter "plus" models read the penultimate entry.
+    pub fn forward_hidden_states(&self, pixels: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
+        let x = self.embed(pixels)?;
+        let states = self.encoder.forward_all(&x, false);
+        let last = states.last().map(|t| t.select(1, 0)).unwrap_or_else(|| x.select(1, 0));
+        Ok((states, self.post_layernorm.forward(&last)))
+    }
+
+    /// Class token + patches + positions, through `pre_layrnorm`: the encoder's input.
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
         let size = pixels.size();
         let s = self.config.image_size;
         if size.len() != 4 || size[1] != self.config.num_channels || size[2] != s || size[3] != s {
@@ -85,11 +102,8 @@ impl ClipVisionModel {
         let pixels = pixels.to_device(w.device()).to_kind(w.kind());
         let patches = self.patch_embedding.forward(&pixels).flatten(2, -1).transpose(1, 2);
         let class = self.class_embedding.view([1, 1, -1]).expand([size[0], 1, self.config.hidden_size], false);
-        let x = Tensor::cat(&[class, patches], 1) + self.position_embedding.weight.unsqueeze(0);
-        let x = self.pre_layrnorm.forward(&x);
-        let last = self.encoder.forward(&x, false);
-        let pooled = self.post_layernorm.forward(&last.select(1, 0));
-        Ok(ClipVisionOutput { last_hidden_state: last, pooled })
+        let x = Tensor::f_cat(&[class, patches], 1)? + self.position_embedding.weight.unsqueeze(0);
+        Ok(self.pre_layrnorm.forward(&x))
     }
 
     pub fn kind(&self) -> Kind {

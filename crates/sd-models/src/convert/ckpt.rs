@@ -42,6 +42,7 @@ impl CkptFile {
         let (dict, global_step) = unwrap_state_dict(root).with_context(|| format!("in {}", path.display()))?;
         let mut tensors = BTreeMap::new();
         let mut non_tensors = Vec::new();
+        let mut groups = Vec::new();
         for (k, v) in dict {
             let Value::Str(name) = k else {
                 bail!("{}: a state dict key is a {}, not a string", path.display(), k.type_name())
@@ -50,8 +51,27 @@ impl CkptFile {
                 Value::Tensor(t) => {
                     tensors.insert(name, t);
                 }
+                Value::Dict(inner) => groups.push((name, inner)),
                 _ => non_tensors.push(name),
             }
+        }
+        // A file of named state dicts and no loose tensors (IP-Adapter's `.bin`: `{"image_proj": {...},
+        // "ip_adapter": {...}}`) reads as one state dict with `group.` prefixes, the names its safetensors
+        // form uses. One level only: deeper nesting is not a state dict.
+        if tensors.is_empty() {
+            for (group, inner) in groups {
+                for (k, v) in inner {
+                    match (k, v) {
+                        (Value::Str(name), Value::Tensor(t)) => {
+                            tensors.insert(format!("{group}.{name}"), t);
+                        }
+                        (Value::Str(name), _) => non_tensors.push(format!("{group}.{name}")),
+                        (k, _) => bail!("{}: a key in `{group}` is a {}, not a string", path.display(), k.type_name()),
+                    }
+                }
+            }
+        } else {
+            non_tensors.extend(groups.into_iter().map(|(name, _)| name));
         }
         Ok(Self {
             path: path.to_path_buf(),

@@ -25,6 +25,7 @@ pub const READERS: &[Reader] = &[
     Reader { name: "image", ext: "png", run: read_image },
     Reader { name: "metadata", ext: "png", run: read_metadata },
     Reader { name: "unet-config", ext: "json", run: read_configs },
+    Reader { name: "ip-adapter", ext: "safetensors", run: read_ip_adapter },
     Reader { name: "prompt", ext: "txt", run: read_prompt },
 ];
 
@@ -104,6 +105,14 @@ fn read_configs(p: &Path) -> Result<()> {
     let _ = sd_models::clip::ClipTextConfig::from_file(p);
     let cfg = sd_models::unet::config::UNetConfig::from_file(p)?;
     cfg.resolve()?;
+    Ok(())
+}
+
+/// An original IP-Adapter file, loaded and its projection run on zeros of the width it takes.
+fn read_ip_adapter(p: &Path) -> Result<()> {
+    let a = sd_models::ip_adapter::IpAdapter::load(p, tch::Kind::Float, tch::Device::Cpu)?;
+    let shape: Vec<i64> = if a.reads_hidden_states() { vec![1, 3, a.input_dim()] } else { vec![1, a.input_dim()] };
+    let _tokens = a.project(&tch::Tensor::f_zeros(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu))?)?;
     Ok(())
 }
 
