@@ -76,8 +76,7 @@ fn config_inferred_from_the_shapes_equals_the_pipelines() {
     let plan = sd3::plan(src.as_ref(), None, false).unwrap();
     assert!(plan.config_origin.is_none());
     let want: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir().join("config/transformer/config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir().join("config/transformer/config.json")).unwrap()).unwrap();
     let got = &plan.configs[&Component::Transformer];
     for field in [
         "patch_size",

@@ -46,8 +46,8 @@ pub fn converted_folder(path: &Path, config_dir: Option<&Path>) -> Result<PathBu
         pipeline: true,
     };
     if convert::sd3::detect(&src.names()) {
-        let plan =
-            convert::sd3::plan(src.as_ref(), config_dir, false).with_context(|| format!("reading {}", path.display()))?;
+        let plan = convert::sd3::plan(src.as_ref(), config_dir, false)
+            .with_context(|| format!("reading {}", path.display()))?;
         for note in &plan.notes {
             eprintln!("note: {note}");
         }

@@ -45,7 +45,10 @@ fn single_file_sd3_converts_once_and_renders_diffusers_latents() {
         Tensor::read_safetensors(dir().join("run.safetensors")).unwrap().into_iter().collect();
     let dl = max_abs(&latents, &r["latents"]);
     let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
-    println!("single-file SD3: latents err {dl:.2e} (max |{:.3}|), image err {di:.2e}", r["latents"].abs().max().double_value(&[]));
+    println!(
+        "single-file SD3: latents err {dl:.2e} (max |{:.3}|), image err {di:.2e}",
+        r["latents"].abs().max().double_value(&[])
+    );
     assert!(dl <= 1e-4, "latents off by {dl}");
     assert!(di <= 1e-3, "image off by {di}");
 
@@ -60,4 +63,3 @@ fn single_file_sd3_converts_once_and_renders_diffusers_latents() {
     let e = format!("{:#}", Sd3Pipeline::load(&folder, Kind::Float, Device::Cpu, true).err().unwrap());
     assert!(e.contains("text_encoder/") && e.contains("CLIP-L"), "{e}");
 }
-

@@ -133,7 +133,14 @@ fn default_scheduler(family: Family) -> Value {
 }
 
 /// Patch a canonical text-encoder config with what the weights say (widths, layer count, vocabulary).
-pub(super) fn patch_text(mut cfg: Value, src: &dyn TensorSource, tok: &str, pos: &str, fc1: &str, layers: usize) -> Value {
+pub(super) fn patch_text(
+    mut cfg: Value,
+    src: &dyn TensorSource,
+    tok: &str,
+    pos: &str,
+    fc1: &str,
+    layers: usize,
+) -> Value {
     if let Some(s) = src.shape(tok) {
         cfg["vocab_size"] = json!(s[0]);
         cfg["hidden_size"] = json!(s[1]);

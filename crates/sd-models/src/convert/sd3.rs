@@ -174,9 +174,7 @@ fn transformer_targets(local: &str, width: i64, layers: usize) -> Option<Vec<Tar
         "x_block.attn2.proj" => plain("attn2.to_out.0"),
         "context_block.attn.proj" if !last => plain("attn.to_add_out"),
         "x_block.adaLN_modulation.1" => plain("norm1.linear"),
-        "context_block.adaLN_modulation.1" if last => {
-            one(format!("{b}.norm1_context.linear.{what}"), Op::SwapHalves)
-        }
+        "context_block.adaLN_modulation.1" if last => one(format!("{b}.norm1_context.linear.{what}"), Op::SwapHalves),
         "context_block.adaLN_modulation.1" => plain("norm1_context.linear"),
         "x_block.mlp.fc1" => plain("ff.net.0.proj"),
         "x_block.mlp.fc2" => plain("ff.net.2"),
@@ -265,7 +263,10 @@ fn infer_transformer(src: &dyn TensorSource, prefix: &str, layers: usize, file: 
     }
     let max = crate::transformer_sd3::config::MAX_POS_EMBED_SIZE;
     if pos[1] > max * max {
-        bail!("{file}: `pos_embed` holds {} positions, more than the {max}×{max} grid accepted (MAX_POS_EMBED_SIZE)", pos[1]);
+        bail!(
+            "{file}: `pos_embed` holds {} positions, more than the {max}×{max} grid accepted (MAX_POS_EMBED_SIZE)",
+            pos[1]
+        );
     }
     let side = (pos[1] as f64).sqrt().round() as i64;
     if side * side != pos[1] {
@@ -502,12 +503,22 @@ pub fn plan(src: &dyn TensorSource, config_dir: Option<&Path>, allow_unknown: bo
         let proj_key = format!("{CLIP_L_PREFIX}text_projection.weight");
         for item in clip::plan_clip_l(src, &names, CLIP_L_PREFIX, Component::TextEncoder, &mut used)? {
             if item.source == proj_key {
-                ignored.push((proj_key.clone(), "CLIP-L projection: diffusers uses the identity (SD3 pools CLIP-L unprojected)"));
+                ignored.push((
+                    proj_key.clone(),
+                    "CLIP-L projection: diffusers uses the identity (SD3 pools CLIP-L unprojected)",
+                ));
             } else {
                 items.push(item);
             }
         }
-        let eye = Item::new(Component::TextEncoder, "text_projection.weight".into(), 0, &pos, Op::Identity { n: width }, &[])?;
+        let eye = Item::new(
+            Component::TextEncoder,
+            "text_projection.weight".into(),
+            0,
+            &pos,
+            Op::Identity { n: width },
+            &[],
+        )?;
         items.push(eye);
         configs.insert(
             Component::TextEncoder,
@@ -615,13 +626,17 @@ fn t5_config(src: &dyn TensorSource, names: &[String], file: &str) -> Result<Val
     let shape = |k: &str| src.shape(&format!("{T5_PREFIX}{k}"));
     let (vocab, d_model) = match shape("shared.weight").as_deref() {
         Some([v, d]) => (*v, *d),
-        s => bail!("{file}: the T5 encoder's `{T5_PREFIX}shared.weight` has shape {s:?}; [vocabulary, width] was expected"),
+        s => bail!(
+            "{file}: the T5 encoder's `{T5_PREFIX}shared.weight` has shape {s:?}; [vocabulary, width] was expected"
+        ),
     };
     cfg["vocab_size"] = json!(vocab);
     cfg["d_model"] = json!(d_model);
     let layers = names
         .iter()
-        .filter_map(|n| n.strip_prefix(T5_PREFIX)?.strip_prefix("encoder.block.")?.split('.').next()?.parse::<u64>().ok())
+        .filter_map(|n| {
+            n.strip_prefix(T5_PREFIX)?.strip_prefix("encoder.block.")?.split('.').next()?.parse::<u64>().ok()
+        })
         .max()
         .map_or(0, |m| m + 1);
     cfg["num_layers"] = json!(layers);

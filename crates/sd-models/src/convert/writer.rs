@@ -3,8 +3,8 @@
 //! streamed (header first from the plan's shapes, then one tensor at a time), so memory stays near one tensor.
 
 use super::controlnet::ControlNetPlan;
-use super::sd3::Sd3Plan;
 use super::plan::{self, Component, Item};
+use super::sd3::Sd3Plan;
 use super::source::TensorSource;
 use super::tokenizer;
 use super::{Family, Plan};
