@@ -12,7 +12,7 @@
 //! | [`transformer_sd3`] | SD3Transformer2DModel (MMDiT of SD3 / SD3.5, incl. qk RMS norm and dual attention) |
 //! | [`vae`] | AutoencoderKL (encode/decode, tiling) and AutoencoderTiny (TAESD) |
 //! | [`safety`] | StableDiffusionSafetyChecker |
-//! | [`convert`] | single-file (LDM) checkpoints and single-file ControlNets → diffusers state dicts, and the safe pickle reader |
+//! | [`convert`] | single-file (LDM) checkpoints, single-file ControlNets and single-file SD3 / SD3.5 → diffusers state dicts, and the safe pickle reader |
 
 pub mod attention;
 pub mod clip;

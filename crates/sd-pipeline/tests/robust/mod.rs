@@ -26,6 +26,7 @@ pub const READERS: &[Reader] = &[
     Reader { name: "metadata", ext: "png", run: read_metadata },
     Reader { name: "unet-config", ext: "json", run: read_configs },
     Reader { name: "prompt", ext: "txt", run: read_prompt },
+    Reader { name: "sd3-checkpoint", ext: "safetensors", run: read_sd3_checkpoint },
 ];
 
 pub fn reader(name: &str) -> Option<&'static Reader> {
@@ -104,6 +105,14 @@ fn read_configs(p: &Path) -> Result<()> {
     let _ = sd_models::clip::ClipTextConfig::from_file(p);
     let cfg = sd_models::unet::config::UNetConfig::from_file(p)?;
     cfg.resolve()?;
+    Ok(())
+}
+
+/// A single-file SD3 checkpoint: detected, planned (config inferred from the shapes, every count bounded) and read.
+fn read_sd3_checkpoint(p: &Path) -> Result<()> {
+    let src = sd_models::convert::open(p)?;
+    let plan = sd_models::convert::sd3::plan(src.as_ref(), None, false)?;
+    let _ = sd_models::convert::sd3::load_tensors(src.as_ref(), &plan)?;
     Ok(())
 }
 
