@@ -3,8 +3,12 @@
 //! diffusers' `StableDiffusion3Pipeline.from_single_file` image for the same request (±1 in 8 bits on at least
 //! 99.9 % of the values), `sd generate --model FILE` gives the same pixels through the conversion cache, a file
 //! without text encoders converts with notes saying which encoders SD3 needs, and the UNet-family flags are refused
-//! with exit code 2.
+//! with exit code 2. `sd serve --model FILE` serves the same image through A1111's txt2img.
 
+#[path = "common/server.rs"]
+mod server;
+
+use base64::Engine as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -100,4 +104,28 @@ fn a_file_without_text_encoders_converts_with_notes_and_unet_flags_are_refused()
         .arg(tmp.path().join("y")));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--family") && err.contains("SD3"), "{err}");
+}
+
+#[test]
+fn sd_serve_takes_a_single_file_sd3() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The server converts into $XDG_CACHE_HOME; the other tests here pass their own cache explicitly.
+    std::env::set_var("XDG_CACHE_HOME", tmp.path().join("cache"));
+    let config = dir().join("config");
+    let extra = ["--device", "cpu", "--no-watermark", "--no-c2pa", "--max-sequence-length", "16", "--config-dir"];
+    let mut extra: Vec<&str> = extra.to_vec();
+    extra.push(config.to_str().unwrap());
+    let s = server::Server::start_with_model(&dir().join("sd3_tiny.safetensors"), &extra);
+    let body = serde_json::json!({"prompt": "a photograph of an astronaut riding a horse",
+        "negative_prompt": "blurry, low quality", "width": 16, "height": 16, "steps": 3, "cfg_scale": 5, "seed": 7,
+        "sampler_name": "Euler"});
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(300)).build().unwrap();
+    let r = client.post(format!("{}/sdapi/v1/txt2img", s.url)).json(&body).send().expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    let r: serde_json::Value = r.json().unwrap();
+    let img = base64::engine::general_purpose::STANDARD.decode(r["images"][0].as_str().unwrap()).unwrap();
+    let png = tmp.path().join("served.png");
+    std::fs::write(&png, img).unwrap();
+    let (off, n) = values_off(&png);
+    assert!(off * 1000 <= n, "{off} of {n} values off by more than 1");
 }
