@@ -13,7 +13,7 @@
 //! | [`vae`] | AutoencoderKL (encode/decode, tiling) and AutoencoderTiny (TAESD) |
 //! | [`safety`] | StableDiffusionSafetyChecker |
 //! | [`ip_adapter`] | IP-Adapter: original weight files, image projections (base, full, plus) and the decoupled cross-attention hook |
-//! | [`convert`] | single-file (LDM) checkpoints and single-file ControlNets → diffusers state dicts, and the safe pickle reader |
+//! | [`convert`] | single-file (LDM) checkpoints, single-file ControlNets and single-file SD3 / SD3.5 → diffusers state dicts, and the safe pickle reader |
 
 pub mod attention;
 pub mod clip;

@@ -113,7 +113,7 @@ impl StableDiffusion {
         if crate::sd3::is_sd3(&dir) {
             anyhow::bail!(
                 "{spec} is a Stable Diffusion 3 pipeline (SD3Transformer2DModel, no UNet): it runs through \
-                 sd_pipeline::sd3 (`sd generate` does), not the UNet pipeline; `sd serve` does not serve SD3 yet"
+                 sd_pipeline::sd3 (`sd generate` and `sd serve` do), not the UNet pipeline"
             );
         }
         let mut info = ModelInfo::detect(&dir)?;

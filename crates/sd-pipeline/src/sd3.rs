@@ -284,6 +284,15 @@ impl Sd3Pipeline {
     ) -> Result<Self> {
         let dir = ModelDir::open_folder(root)?;
         ensure!(is_sd3(&dir), "{} is not a Stable Diffusion 3 pipeline folder", root.display());
+        // A single-file checkpoint converted without its text encoders leaves these out (`sd convert` says so).
+        for (enc, tok, what) in [("text_encoder", "tokenizer", "CLIP-L"), ("text_encoder_2", "tokenizer_2", "CLIP-G")] {
+            ensure!(
+                root.join(enc).is_dir() && root.join(tok).is_dir(),
+                "{} has no {enc}/ or {tok}/: SD3 needs its {what} text encoder; copy both folders from a diffusers \
+                 SD3 folder (or convert the single file with --config-dir pointing at one)",
+                root.display()
+            );
+        }
         let mut merger = if loras.is_empty() { None } else { Some(LoraMerger::open(loras)?) };
         let clip_l = ClipEncoder::load(
             root,
@@ -303,6 +312,12 @@ impl Sd3Pipeline {
         let t5 = if no_t5 || !has_t5 {
             None
         } else {
+            ensure!(
+                root.join("tokenizer_3").is_dir(),
+                "{} has text_encoder_3/ (T5) but no tokenizer_3/: copy tokenizer_3/ from a diffusers SD3 folder, or \
+                 run without T5 (--no-t5)",
+                root.display()
+            );
             let tok = T5Tokenizer::load(&root.join("tokenizer_3")).context("loading tokenizer_3/")?;
             let model =
                 T5EncoderModel::load(&root.join("text_encoder_3"), kind, device).context("loading text_encoder_3/")?;

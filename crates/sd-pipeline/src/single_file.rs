@@ -2,7 +2,8 @@
 //! `sd convert`. It is converted once — streamed tensor by tensor, written atomically — into a cache folder
 //! (`$XDG_CACHE_HOME/sd-rs/converted/<name>-<hash>`, else `~/.cache/...`) keyed by the file's SHA-256, and then
 //! loaded like any diffusers folder. Later runs reuse the folder, so the cost is paid once and memory stays near
-//! one tensor during conversion.
+//! one tensor during conversion. A single-file SD3 / SD3.5 checkpoint (`sd_models::convert::sd3`) becomes a
+//! diffusers SD3 folder the same way; what the file lacks (text encoders, the T5 tokenizer) is printed once.
 
 use anyhow::{anyhow, Context, Result};
 use sd_models::clip::ClipTokenizer;
@@ -16,6 +17,11 @@ pub fn is_single_file(spec: &str) -> bool {
     let p = Path::new(spec);
     p.is_file()
         && p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Whether the single file at `path` is an SD3 / SD3.5 checkpoint (judged from its tensor names).
+pub fn is_sd3_file(path: &Path) -> bool {
+    convert::open(path).is_ok_and(|src| convert::sd3::detect(&src.names()))
 }
 
 /// The diffusers folder for checkpoint `path`, converting it on first use. `config_dir` supplies component
@@ -32,8 +38,6 @@ pub fn converted_folder(path: &Path, config_dir: Option<&Path>) -> Result<PathBu
     eprintln!("converting {} once into {} (reused next time)", path.display(), dest.display());
     let opts = ConvertOptions { config_dir: config_dir.map(Path::to_path_buf), ..ConvertOptions::default() };
     let src = convert::open(path)?;
-    let plan =
-        convert::plan_checkpoint(src.as_ref(), None, &opts).with_context(|| format!("reading {}", path.display()))?;
     let wopts = WriteOptions {
         dtype: None,
         overwrite: false,
@@ -41,6 +45,18 @@ pub fn converted_folder(path: &Path, config_dir: Option<&Path>) -> Result<PathBu
         vocab: Some(ClipTokenizer::default_bpe_path()),
         pipeline: true,
     };
+    if convert::sd3::detect(&src.names()) {
+        let plan = convert::sd3::plan(src.as_ref(), config_dir, false)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for note in &plan.notes {
+            eprintln!("note: {note}");
+        }
+        convert::writer::write_sd3_folder(&plan, src.as_ref(), &dest, &wopts, |_, _, _| {})
+            .with_context(|| format!("converting {} into {}", path.display(), dest.display()))?;
+        return Ok(dest);
+    }
+    let plan =
+        convert::plan_checkpoint(src.as_ref(), None, &opts).with_context(|| format!("reading {}", path.display()))?;
     convert::writer::write_folder(&plan, &[src.as_ref()], &dest, &wopts, |_, _, _| {})
         .with_context(|| format!("converting {} into {}", path.display(), dest.display()))?;
     Ok(dest)

@@ -60,11 +60,14 @@ impl ModelEntry {
         Some(sample * 2i64.pow(levels.saturating_sub(1)))
     }
 
-    /// Whether this is a diffusers SD3 / SD3.5 folder (read from its configs once; single files are converted by
-    /// the UNet loader, which knows no SD3 layout yet).
+    /// Whether this is a diffusers SD3 / SD3.5 folder (read from its configs once) or a single-file SD3 checkpoint
+    /// (read from its tensor names once).
     pub fn is_sd3(&self) -> bool {
         *self.sd3.get_or_init(|| {
             let p = Path::new(&self.spec);
+            if sd_pipeline::single_file::is_single_file(&self.spec) {
+                return sd_pipeline::single_file::is_sd3_file(p);
+            }
             p.is_dir() && sd_core::model_dir::ModelDir::open_folder(p).is_ok_and(|d| sd_pipeline::sd3::is_sd3(&d))
         })
     }

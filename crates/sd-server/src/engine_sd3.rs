@@ -20,9 +20,15 @@ use std::time::Instant;
 /// What a set of encoded SD3 prompts depends on: prompt, negative prompt, T5 tokens, whether CFG runs.
 pub type Sd3PromptKey = (String, String, usize, bool);
 
-/// Load an SD3 folder with the server's device and dtype, its `--no-t5` choice and the job's LoRAs merged in.
+/// Load an SD3 folder (a single-file SD3 checkpoint through its converted cache folder) with the server's device and
+/// dtype, its `--no-t5` choice and the job's LoRAs merged in.
 pub fn load(spec: &str, cfg: &EngineConfig, loras: &[(std::path::PathBuf, f64)]) -> Result<Sd3Pipeline> {
-    Sd3Pipeline::load_with_loras(Path::new(spec), cfg.load.dtype, cfg.load.device, cfg.no_t5, loras)
+    let root = if sd_pipeline::single_file::is_single_file(spec) {
+        sd_pipeline::single_file::converted_folder(Path::new(spec), cfg.load.config_dir.as_deref())?
+    } else {
+        std::path::PathBuf::from(spec)
+    };
+    Sd3Pipeline::load_with_loras(&root, cfg.load.dtype, cfg.load.device, cfg.no_t5, loras)
 }
 
 /// The job fields SD3 cannot honour yet, as (API field, message); checked when a job is submitted (a 400 naming

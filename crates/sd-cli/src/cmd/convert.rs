@@ -39,7 +39,8 @@ pub struct Args {
     pub vae: Option<PathBuf>,
     /// A diffusers folder whose unet/vae/text_encoder configs (and tokenizers) describe this checkpoint; for a
     /// ControlNet, a diffusers ControlNet folder whose config.json describes it [default for a ControlNet: the
-    /// ControlNet config.json in the file's folder, else inferred from the shapes]
+    /// ControlNet config.json in the file's folder, else inferred from the shapes]; for SD3, a diffusers SD3
+    /// folder: its configs and tokenizers, and the text encoders the file lacks, are taken from it
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
     /// Replace the output folder if it exists
@@ -126,6 +127,9 @@ pub fn run(args: Args) -> Result<()> {
     let src = convert::open(&args.input)?;
     if let Some(layout) = convert::controlnet::detect(&src.names()) {
         return run_controlnet(&args, &opts, dtype, src.as_ref(), layout);
+    }
+    if convert::sd3::detect(&src.names()) {
+        return run_sd3(&args, &opts, dtype, src.as_ref());
     }
     let vae = match &args.vae {
         Some(p) => Some(convert::open(p).with_context(|| format!("--vae {}", p.display()))?),
@@ -235,6 +239,71 @@ fn run_controlnet(
         });
     pb.finish_and_clear();
     result?;
+    println!("{}", args.output.display());
+    Ok(())
+}
+
+/// `sd convert` of a single-file SD3 / SD3.5 checkpoint: the UNet-family flags do not apply and are refused; what the
+/// file lacks (text encoders, the T5 tokenizer) is said after the conversion.
+fn run_sd3(args: &Args, opts: &ConvertOptions, dtype: Option<Kind>, src: &dyn convert::TensorSource) -> Result<()> {
+    let stray = [
+        ("--family", opts.family.is_some()),
+        ("--prediction", opts.prediction != Prediction::Auto),
+        ("--ema", opts.ema),
+        ("--only", opts.only.is_some()),
+        ("--vae", args.vae.is_some()),
+    ];
+    if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
+        usage!("{flag} does not apply to {}: it is an SD3 / SD3.5 checkpoint", args.input.display());
+    }
+    let plan = convert::sd3::plan(src, args.config_dir.as_deref(), opts.allow_unknown)?;
+    let cfg = &plan.configs[&convert::Component::Transformer];
+    eprintln!(
+        "{}: SD3 ({} blocks{}{}), {} tensors, transformer config {} → {}",
+        args.input.display(),
+        cfg["num_layers"],
+        if cfg["qk_norm"].is_null() { "" } else { ", qk norm" },
+        if cfg["dual_attention_layers"].as_array().is_some_and(|a| !a.is_empty()) { ", dual attention" } else { "" },
+        plan.items.len(),
+        plan.config_origin.as_ref().map_or("inferred from the shapes".to_string(), |p| format!("from {}", p.display())),
+        plan.components().iter().map(|c| c.folder()).collect::<Vec<_>>().join(", ")
+    );
+    for (c, from) in &plan.copied {
+        eprintln!("  {} copied from {}", c.folder(), from.display());
+    }
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, r) in &plan.ignored {
+        *reasons.entry(r).or_default() += 1;
+    }
+    for (r, n) in reasons {
+        eprintln!("  left out {n} tensor(s): {r}");
+    }
+    if !plan.unknown.is_empty() {
+        eprintln!("  dropped {} unrecognised tensor(s) (--allow-unknown-keys):", plan.unknown.len());
+        for k in plan.unknown.iter().take(20) {
+            eprintln!("    {k}");
+        }
+    }
+    let wopts = WriteOptions {
+        dtype,
+        overwrite: args.overwrite,
+        config_dir: args.config_dir.clone(),
+        vocab: args.vocab.clone().or_else(find_vocab),
+        pipeline: true,
+    };
+    let pb = indicatif::ProgressBar::new(plan.items.len() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}") {
+        pb.set_style(style);
+    }
+    let result = convert::writer::write_sd3_folder(&plan, src, &args.output, &wopts, |done, _, item| {
+        pb.set_position(done as u64);
+        pb.set_message(item.component.folder());
+    });
+    pb.finish_and_clear();
+    result?;
+    for note in &plan.notes {
+        eprintln!("note: {note}");
+    }
     println!("{}", args.output.display());
     Ok(())
 }

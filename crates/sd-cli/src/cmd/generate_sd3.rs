@@ -12,8 +12,12 @@ use sd_schedulers::SamplerChoice;
 use std::path::Path;
 use std::time::Instant;
 
-/// Whether `spec` names a diffusers SD3 folder (checked from its configs).
+/// Whether `spec` names a diffusers SD3 folder (checked from its configs) or a single-file SD3 checkpoint (from
+/// its tensor names).
 pub fn is_sd3_model(spec: &str) -> bool {
+    if sd_pipeline::single_file::is_single_file(spec) {
+        return sd_pipeline::single_file::is_sd3_file(Path::new(spec));
+    }
     sd_core::model_dir::ModelDir::open(spec).is_ok_and(|d| sd_pipeline::sd3::is_sd3(&d))
 }
 
@@ -54,7 +58,11 @@ pub fn run(
     let safety = args.load.safety()?;
     let t_load = Instant::now();
     let spinner = (!args.quiet && !args.json).then(|| phase_spinner(&format!("loading {}", args.load.model)));
-    let root = sd_core::model_dir::ModelDir::open(&args.load.model)?.root;
+    let root = if sd_pipeline::single_file::is_single_file(&args.load.model) {
+        sd_pipeline::single_file::converted_folder(Path::new(&args.load.model), opts.config_dir.as_deref())?
+    } else {
+        sd_core::model_dir::ModelDir::open(&args.load.model)?.root
+    };
     let pipe = Sd3Pipeline::load_with_loras(&root, opts.dtype, opts.device, args.load.no_t5, &opts.loras)?;
     for l in pipe.loras.iter().filter(|l| !l.ignored.is_empty()) {
         eprintln!(
@@ -68,7 +76,13 @@ pub fn run(
     if let Some(s) = spinner {
         s.finish_and_clear();
     }
-    let name = Path::new(&root).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // a single file is named by its own stem, not by the cache folder it was converted into
+    let named = if sd_pipeline::single_file::is_single_file(&args.load.model) {
+        Path::new(&args.load.model).file_stem()
+    } else {
+        Path::new(&root).file_name()
+    };
+    let name = named.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // the same format, watermark method and Content Credentials as the other families (checked earlier in generate)
     let format = sd_provenance::formats::OutputFormat::from_path(Path::new(&args.output))?;
     let render = sd_pipeline::output::RenderOptions {

@@ -11,7 +11,7 @@ use super::{ConvertOptions, Prediction};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-fn canonical(text: &str) -> Value {
+pub(super) fn canonical(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
@@ -33,7 +33,7 @@ impl Configs {
             Component::TextEncoder => &self.text_encoder,
             Component::TextEncoder2 => &self.text_encoder_2,
             // Checkpoint plans never hold ControlNet tensors; its config comes from `convert::controlnet`.
-            Component::ControlNet => &Value::Null,
+            Component::ControlNet | Component::Transformer | Component::TextEncoder3 => &Value::Null,
         }
     }
 
@@ -133,7 +133,14 @@ fn default_scheduler(family: Family) -> Value {
 }
 
 /// Patch a canonical text-encoder config with what the weights say (widths, layer count, vocabulary).
-fn patch_text(mut cfg: Value, src: &dyn TensorSource, tok: &str, pos: &str, fc1: &str, layers: usize) -> Value {
+pub(super) fn patch_text(
+    mut cfg: Value,
+    src: &dyn TensorSource,
+    tok: &str,
+    pos: &str,
+    fc1: &str,
+    layers: usize,
+) -> Value {
     if let Some(s) = src.shape(tok) {
         cfg["vocab_size"] = json!(s[0]);
         cfg["hidden_size"] = json!(s[1]);

@@ -9,6 +9,7 @@
 //! | [`source`] | [`TensorSource`]: safetensors (mmap) or ckpt, one tensor at a time; format sniffing |
 //! | [`ldm`] | UNet and VAE name mapping |
 //! | [`clip`] | CLIP-L and OpenCLIP-H/bigG text encoder mapping |
+//! | [`sd3`] | single-file SD3 / SD3.5 (original MMDiT names, VAE, CLIP-L, CLIP-G, T5) and the configs inferred from shapes |
 //! | [`controlnet`] | single-file ControlNets (original lllyasviel layout, 1.0 bundles, diffusers layout) and their config |
 //! | [`plan`] | the per-tensor conversion plan and its executor |
 //! | [`family`] | model family detection, ignore table, text-encoder planning |
@@ -26,6 +27,7 @@ pub mod family;
 pub mod ldm;
 pub mod pickle;
 pub mod plan;
+pub mod sd3;
 pub mod source;
 pub mod tokenizer;
 pub mod torch_zip;
@@ -141,7 +143,9 @@ pub fn convert_with_vae(
             Component::Vae => &mut out.vae,
             Component::TextEncoder => &mut out.text_encoder,
             Component::TextEncoder2 => &mut out.text_encoder_2,
-            Component::ControlNet => bail!("internal: a checkpoint plan holds ControlNet tensors"),
+            Component::ControlNet | Component::Transformer | Component::TextEncoder3 => {
+                bail!("internal: a checkpoint plan holds {} tensors", item.component.folder())
+            }
         };
         list.push((item.name.clone(), t));
         Ok(())

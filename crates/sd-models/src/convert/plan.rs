@@ -14,6 +14,10 @@ pub enum Component {
     TextEncoder2,
     /// A standalone ControlNetModel (`sd convert` of a single-file ControlNet); never part of a pipeline plan.
     ControlNet,
+    /// SD3's MMDiT (`SD3Transformer2DModel`), only in SD3 plans ([`super::sd3`]).
+    Transformer,
+    /// SD3's T5 encoder (`T5EncoderModel`), only in SD3 plans.
+    TextEncoder3,
 }
 
 impl Component {
@@ -25,12 +29,16 @@ impl Component {
             Component::TextEncoder => "text_encoder",
             Component::TextEncoder2 => "text_encoder_2",
             Component::ControlNet => "controlnet",
+            Component::Transformer => "transformer",
+            Component::TextEncoder3 => "text_encoder_3",
         }
     }
     /// Weight file name diffusers/transformers look for.
     pub fn weights_file(self) -> &'static str {
         match self {
-            Component::Unet | Component::Vae | Component::ControlNet => "diffusion_pytorch_model.safetensors",
+            Component::Unet | Component::Vae | Component::ControlNet | Component::Transformer => {
+                "diffusion_pytorch_model.safetensors"
+            }
             _ => "model.safetensors",
         }
     }
@@ -48,6 +56,14 @@ pub enum Op {
     Rows {
         start: i64,
         len: i64,
+    },
+    /// The two halves of dim 0 swapped: the original SD3 code's final (and `context_pre_only`) modulation emits
+    /// (shift, scale), diffusers' `AdaLayerNormContinuous` reads (scale, shift).
+    SwapHalves,
+    /// An `n`×`n` identity in the source's dtype, the source read only for its kind: diffusers gives an SD3 file's
+    /// CLIP-L this `text_projection`, since the original SD3 code pools CLIP-L unprojected.
+    Identity {
+        n: i64,
     },
 }
 
@@ -96,6 +112,13 @@ impl Item {
                 s[0] = len;
                 s
             }
+            Op::SwapHalves => {
+                if src_shape.first().is_none_or(|n| n % 2 != 0) {
+                    bail!("`{source}` has shape {src_shape:?}; an even first dimension (shift and scale) was expected");
+                }
+                src_shape.to_vec()
+            }
+            Op::Identity { n } => vec![n, n],
         };
         Ok(Self { component, name, file, source: source.to_string(), op, shape })
     }
@@ -113,6 +136,11 @@ impl Item {
             }
             Op::Transpose => t.f_transpose(0, 1)?.f_contiguous()?,
             Op::Rows { start, len } => t.f_narrow(0, start, len)?.f_contiguous()?,
+            Op::SwapHalves => {
+                let half = t.size().first().copied().unwrap_or(0) / 2;
+                Tensor::f_cat(&[t.f_narrow(0, half, half)?, t.f_narrow(0, 0, half)?], 0)?
+            }
+            Op::Identity { n } => Tensor::f_eye(n, (t.kind(), t.device()))?,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use super::controlnet::ControlNetPlan;
 use super::plan::{self, Component, Item};
+use super::sd3::Sd3Plan;
 use super::source::TensorSource;
 use super::tokenizer;
 use super::{Family, Plan};
@@ -79,6 +80,101 @@ pub fn write_controlnet_folder(
             done += 1;
             progress(done, total, item);
         })
+    })
+}
+
+/// Write a converted single-file SD3 checkpoint as a diffusers `StableDiffusion3Pipeline` folder at `out`,
+/// atomically like [`write_folder`]: each component's config and weights, text encoders the file lacks copied from
+/// `--config-dir` when it has them, the scheduler, the tokenizers (CLIP ones from `--config-dir` or built from the
+/// CLIP vocabulary; T5's only from `--config-dir`, since it cannot be built from the weights) and
+/// `model_index.json` naming exactly the components written.
+pub fn write_sd3_folder(
+    plan: &Sd3Plan,
+    src: &dyn TensorSource,
+    out: &Path,
+    opts: &WriteOptions,
+    mut progress: impl FnMut(usize, usize, &Item),
+) -> Result<()> {
+    in_temp_folder(out, opts.overwrite, |tmp| {
+        let total = plan.items.len();
+        let mut done = 0;
+        for c in plan.components() {
+            let dir = tmp.join(c.folder());
+            fs::create_dir_all(&dir)?;
+            let cfg = plan.configs.get(&c).cloned().unwrap_or(Value::Null);
+            let mut cfg = if cfg.is_null() { json!({}) } else { cfg };
+            if matches!(c, Component::Transformer | Component::Vae) {
+                cfg["_diffusers_version"] = json!("0.42.1");
+            }
+            write_json(&dir.join("config.json"), &cfg)?;
+            let items: Vec<Item> = plan.items.iter().filter(|i| i.component == c).cloned().collect();
+            write_safetensors(&items, &[src], &dir.join(c.weights_file()), opts.dtype, |item| {
+                done += 1;
+                progress(done, total, item);
+            })?;
+        }
+        for (c, from) in &plan.copied {
+            copy_dir(from, &tmp.join(c.folder())).with_context(|| format!("copying {}", from.display()))?;
+        }
+        let sched_dir = tmp.join("scheduler");
+        fs::create_dir_all(&sched_dir)?;
+        let mut sched = plan.scheduler.clone();
+        sched["_diffusers_version"] = json!("0.42.1");
+        write_json(&sched_dir.join("scheduler_config.json"), &sched)?;
+        let given = |folder: &str| opts.config_dir.as_ref().map(|d| d.join(folder)).filter(|d| d.is_dir());
+        let mut toks = Vec::new();
+        for (c, folder, pad) in [
+            (Component::TextEncoder, "tokenizer", Some("<|endoftext|>")),
+            (Component::TextEncoder2, "tokenizer_2", Some("!")),
+            (Component::TextEncoder3, "tokenizer_3", None),
+        ] {
+            if !plan.has(c) {
+                continue;
+            }
+            let dest = tmp.join(folder);
+            match (given(folder), pad, &opts.vocab) {
+                (Some(d), _, _) => copy_dir(&d, &dest)?,
+                (None, Some(pad), Some(v)) => tokenizer::write_clip_tokenizer(v, &dest, pad)?,
+                (None, Some(_), None) => bail!(
+                    "the CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) is needed to write {folder}/; run `cargo \
+                     xtask setup` or pass --vocab"
+                ),
+                (None, None, _) => continue, // T5: noted in the plan
+            }
+            toks.push(folder);
+        }
+        let none = json!([null, null]);
+        let entry = |c: Component, lib: &str, class: &str| {
+            if plan.has(c) {
+                json!([lib, class])
+            } else {
+                none.clone()
+            }
+        };
+        let tok = |folder: &str, class: &str| {
+            if toks.contains(&folder) {
+                json!(["transformers", class])
+            } else {
+                none.clone()
+            }
+        };
+        let sched_class = plan.scheduler["_class_name"].as_str().unwrap_or("FlowMatchEulerDiscreteScheduler");
+        let idx = json!({
+            "_class_name": "StableDiffusion3Pipeline",
+            "_diffusers_version": "0.42.1",
+            "feature_extractor": none,
+            "image_encoder": none,
+            "scheduler": ["diffusers", sched_class],
+            "text_encoder": entry(Component::TextEncoder, "transformers", "CLIPTextModelWithProjection"),
+            "text_encoder_2": entry(Component::TextEncoder2, "transformers", "CLIPTextModelWithProjection"),
+            "text_encoder_3": entry(Component::TextEncoder3, "transformers", "T5EncoderModel"),
+            "tokenizer": tok("tokenizer", "CLIPTokenizer"),
+            "tokenizer_2": tok("tokenizer_2", "CLIPTokenizer"),
+            "tokenizer_3": tok("tokenizer_3", "T5Tokenizer"),
+            "transformer": entry(Component::Transformer, "diffusers", "SD3Transformer2DModel"),
+            "vae": entry(Component::Vae, "diffusers", "AutoencoderKL"),
+        });
+        write_json(&tmp.join("model_index.json"), &idx)
     })
 }
 

@@ -27,6 +27,7 @@ pub const READERS: &[Reader] = &[
     Reader { name: "unet-config", ext: "json", run: read_configs },
     Reader { name: "ip-adapter", ext: "safetensors", run: read_ip_adapter },
     Reader { name: "prompt", ext: "txt", run: read_prompt },
+    Reader { name: "sd3-checkpoint", ext: "safetensors", run: read_sd3_checkpoint },
 ];
 
 pub fn reader(name: &str) -> Option<&'static Reader> {
@@ -113,6 +114,14 @@ fn read_ip_adapter(p: &Path) -> Result<()> {
     let a = sd_models::ip_adapter::IpAdapter::load(p, tch::Kind::Float, tch::Device::Cpu)?;
     let shape: Vec<i64> = if a.reads_hidden_states() { vec![1, 3, a.input_dim()] } else { vec![1, a.input_dim()] };
     let _tokens = a.project(&tch::Tensor::f_zeros(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu))?)?;
+    Ok(())
+}
+
+/// A single-file SD3 checkpoint: detected, planned (config inferred from the shapes, every count bounded) and read.
+fn read_sd3_checkpoint(p: &Path) -> Result<()> {
+    let src = sd_models::convert::open(p)?;
+    let plan = sd_models::convert::sd3::plan(src.as_ref(), None, false)?;
+    let _ = sd_models::convert::sd3::load_tensors(src.as_ref(), &plan)?;
     Ok(())
 }
 

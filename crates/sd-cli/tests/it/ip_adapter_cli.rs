@@ -2,12 +2,9 @@
 //! (as A1111's ControlNet extension writes IP-Adapter units), and bad flags or files are clear errors with the
 //! documented exit codes (2 = how the command was called, 1 = a file that does not fit), never a panic.
 
-use std::path::{Path, PathBuf};
+use sd_test_support::fixtures;
+use std::path::Path;
 use std::process::Command;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
-}
 
 fn adapter(file: &str) -> String {
     fixtures().join("ip_adapter/models").join(file).display().to_string()

@@ -7,13 +7,10 @@
 use sd_pipeline::generate::{Event, Flow};
 use sd_pipeline::loader::{LoadOptions, StableDiffusion};
 use sd_pipeline::request::{GenerationRequest, IpAdapterInput};
+use sd_test_support::fixtures;
 use serde_json::Value;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
-}
 
 fn load(model: &str) -> StableDiffusion {
     let mut opts = LoadOptions::cpu(Kind::Float);

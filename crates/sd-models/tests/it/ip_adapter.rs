@@ -9,12 +9,9 @@ use sd_models::clip::image_processor::{ClipImageProcessor, ResizeTo};
 use sd_models::clip::ClipVisionModelWithProjection;
 use sd_models::ip_adapter::{IpAdapter, ProjectionKind};
 use sd_models::unet::UNet2DConditionModel;
+use sd_test_support::fixtures;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
-}
 
 fn dir() -> PathBuf {
     fixtures().join("ip_adapter")

@@ -1,0 +1,65 @@
+//! `--model sd3.safetensors`: a single-file SD3 / SD3.5 checkpoint (fixtures/sd3_single_file/, from
+//! scripts/fixtures/gen_94_sd3_single_file.py: the tiny SD3.5-Medium-like pipeline in the original Stability layout,
+//! with CLIP-L, CLIP-G and T5) is converted once into the cache through the `sd convert` mapping and renders what
+//! diffusers' `StableDiffusion3Pipeline.from_single_file` renders from the same file and seed: final latents within
+//! 1e-4, image within 1e-3 (float), the tolerances of the SD3 folder pipeline tests. Measured: see the printed errors
+//! (README's parity table). A file without text encoders converts, and loading it names what is missing.
+
+use sd_pipeline::sd3::{Sd3Pipeline, Sd3Request};
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+fn dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/sd3_single_file"))
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn single_file_sd3_converts_once_and_renders_diffusers_latents() {
+    let cache = tempfile::tempdir().unwrap();
+    // Only test in this binary, so changing the process environment cannot race another test.
+    std::env::set_var("XDG_CACHE_HOME", cache.path());
+    let file = dir().join("sd3_tiny.safetensors");
+    assert!(sd_pipeline::single_file::is_sd3_file(&file));
+    let folder = sd_pipeline::single_file::converted_folder(&file, Some(&dir().join("config"))).unwrap();
+    let pipe = Sd3Pipeline::load(&folder, Kind::Float, Device::Cpu, false).unwrap();
+    assert!(pipe.t5.is_some());
+
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap();
+    let c = &expected["case"];
+    let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
+    req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
+    req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
+    req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
+    req.width = c["width"].as_i64().unwrap();
+    req.height = c["height"].as_i64().unwrap();
+    req.seed = c["seed"].as_u64().unwrap();
+    req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
+    let (images, latents) = pipe.generate(&req).unwrap();
+    let r: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir().join("run.safetensors")).unwrap().into_iter().collect();
+    let dl = max_abs(&latents, &r["latents"]);
+    let di = max_abs(&images.permute([0, 2, 3, 1]), &r["image"]);
+    println!(
+        "single-file SD3: latents err {dl:.2e} (max |{:.3}|), image err {di:.2e}",
+        r["latents"].abs().max().double_value(&[])
+    );
+    assert!(dl <= 1e-4, "latents off by {dl}");
+    assert!(di <= 1e-3, "image off by {di}");
+
+    // The conversion is cached: a second call reuses the folder.
+    assert_eq!(sd_pipeline::single_file::converted_folder(&file, None).unwrap(), folder);
+    assert_eq!(std::fs::read_dir(cache.path().join("sd-rs/converted")).unwrap().count(), 1);
+
+    // A bare MMDiT + VAE without text encoders converts; loading it says which encoders SD3 needs.
+    let plain = dir().join("sd3_plain.safetensors");
+    let folder = sd_pipeline::single_file::converted_folder(&plain, Some(&dir().join("plain_config"))).unwrap();
+    assert!(folder.join("transformer/config.json").is_file() && folder.join("vae/config.json").is_file());
+    let e = format!("{:#}", Sd3Pipeline::load(&folder, Kind::Float, Device::Cpu, true).err().unwrap());
+    assert!(e.contains("text_encoder/") && e.contains("CLIP-L"), "{e}");
+}
