@@ -99,6 +99,23 @@ fn parse(args: &Args) -> Result<(ConvertOptions, Option<Kind>)> {
 }
 
 /// `.sd-data/bpe_simple_vocab_16e6.txt.gz` in the current folder or above it, or above the executable.
+/// What a conversion leaves behind, grouped by reason, and the unrecognised tensors `--allow-unknown-keys` dropped.
+fn report_left_out(ignored: &[(String, &str)], unknown: &[String]) {
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, r) in ignored {
+        *reasons.entry(r).or_default() += 1;
+    }
+    for (r, n) in reasons {
+        eprintln!("  left out {n} tensor(s): {r}");
+    }
+    if !unknown.is_empty() {
+        eprintln!("  dropped {} unrecognised tensor(s) (--allow-unknown-keys):", unknown.len());
+        for k in unknown.iter().take(20) {
+            eprintln!("    {k}");
+        }
+    }
+}
+
 fn find_vocab() -> Option<PathBuf> {
     let rel = Path::new(".sd-data").join("bpe_simple_vocab_16e6.txt.gz");
     let mut starts = Vec::new();
@@ -145,19 +162,7 @@ pub fn run(args: Args) -> Result<()> {
         plan.items.len(),
         plan.components().iter().map(|c| c.folder()).collect::<Vec<_>>().join(", ")
     );
-    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    for (_, r) in &plan.ignored {
-        *reasons.entry(r).or_default() += 1;
-    }
-    for (r, n) in reasons {
-        eprintln!("  left out {n} tensor(s): {r}");
-    }
-    if !plan.unknown.is_empty() {
-        eprintln!("  dropped {} unrecognised tensor(s) (--allow-unknown-keys):", plan.unknown.len());
-        for k in plan.unknown.iter().take(20) {
-            eprintln!("    {k}");
-        }
-    }
+    report_left_out(&plan.ignored, &plan.unknown);
     let wopts = WriteOptions {
         dtype,
         overwrite: args.overwrite,
@@ -271,19 +276,7 @@ fn run_sd3(args: &Args, opts: &ConvertOptions, dtype: Option<Kind>, src: &dyn co
     for (c, from) in &plan.copied {
         eprintln!("  {} copied from {}", c.folder(), from.display());
     }
-    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-    for (_, r) in &plan.ignored {
-        *reasons.entry(r).or_default() += 1;
-    }
-    for (r, n) in reasons {
-        eprintln!("  left out {n} tensor(s): {r}");
-    }
-    if !plan.unknown.is_empty() {
-        eprintln!("  dropped {} unrecognised tensor(s) (--allow-unknown-keys):", plan.unknown.len());
-        for k in plan.unknown.iter().take(20) {
-            eprintln!("    {k}");
-        }
-    }
+    report_left_out(&plan.ignored, &plan.unknown);
     let wopts = WriteOptions {
         dtype,
         overwrite: args.overwrite,

@@ -20,7 +20,6 @@ use super::ldm;
 use super::plan::{self, Component, Item, Op};
 use super::source::TensorSource;
 use anyhow::{anyhow, bail, Context, Result};
-use sd_core::limits;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -120,29 +119,7 @@ pub struct ControlNetPlan {
     pub unknown: Vec<String>,
 }
 
-/// Refuse any number in a key's dotted path above the "checkpoint block index" limit: block numbers decide how
-/// many levels, layers and zero convolutions the inferred config gets.
-fn check_indices(key: &str, what: &str) -> Result<()> {
-    for part in key.split('.') {
-        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if part.parse::<u64>().map_or(true, |n| n > limits::CHECKPOINT_MAX_BLOCK_INDEX) {
-            bail!(
-                "{what}: {}",
-                limits::exceeded(
-                    format!("block number {part} in tensor `{key}`"),
-                    "checkpoint block index",
-                    limits::CHECKPOINT_MAX_BLOCK_INDEX,
-                    "index"
-                )
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `N.rest` → (N, rest), N already bounded by [`check_indices`].
+/// `N.rest` → (N, rest), N already bounded by [`super::check_block_indices`].
 fn index(s: &str) -> Option<(usize, &str)> {
     let (n, rest) = s.split_once('.')?;
     Some((n.parse().ok()?, rest))
@@ -210,7 +187,7 @@ pub fn plan(src: &dyn TensorSource, given: Option<&GivenConfig>, allow_unknown: 
     match layout {
         Layout::Diffusers => {
             for k in &names {
-                check_indices(k, &file)?;
+                super::check_block_indices(k, &file)?;
                 mapped.insert(k.clone(), (k.clone(), shape_of(k)?));
             }
         }
@@ -219,7 +196,7 @@ pub fn plan(src: &dyn TensorSource, given: Option<&GivenConfig>, allow_unknown: 
             for k in &names {
                 match k.strip_prefix(prefix) {
                     Some(local) if !prefix.is_empty() || !k.starts_with(BUNDLE_PREFIX) => {
-                        check_indices(local, &file)?;
+                        super::check_block_indices(local, &file)?;
                         locals.push((k, local.to_string()));
                     }
                     _ => ignored.push(k.clone()),

@@ -38,6 +38,7 @@ pub use plan::{Component, Item, Op};
 pub use source::{open, TensorSource};
 
 use anyhow::{bail, Result};
+use sd_core::limits;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use tch::Tensor;
@@ -259,4 +260,26 @@ pub fn plan_checkpoint(
         ignored,
         unknown,
     })
+}
+
+/// Refuse any number in a key's dotted path above the "checkpoint block index" limit: block numbers decide how
+/// many levels, layers and zero convolutions the inferred config gets.
+pub(crate) fn check_block_indices(key: &str, what: &str) -> Result<()> {
+    for part in key.split('.') {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if part.parse::<u64>().map_or(true, |n| n > limits::CHECKPOINT_MAX_BLOCK_INDEX) {
+            bail!(
+                "{what}: {}",
+                limits::exceeded(
+                    format!("block number {part} in tensor `{key}`"),
+                    "checkpoint block index",
+                    limits::CHECKPOINT_MAX_BLOCK_INDEX,
+                    "index"
+                )
+            );
+        }
+    }
+    Ok(())
 }

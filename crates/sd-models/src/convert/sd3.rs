@@ -26,7 +26,6 @@ use super::source::TensorSource;
 use super::{clip, family, ldm};
 use crate::transformer_sd3::config::{SD3TransformerConfig, MAX_LAYERS};
 use anyhow::{anyhow, bail, Context, Result};
-use sd_core::limits;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -93,27 +92,6 @@ impl Sd3Plan {
     pub fn has(&self, c: Component) -> bool {
         self.items.iter().any(|i| i.component == c) || self.copied.iter().any(|(k, _)| *k == c)
     }
-}
-
-/// Refuse a number in a key's dotted path above the block-index limit: block numbers decide the layer count.
-fn check_indices(key: &str, file: &str) -> Result<()> {
-    for part in key.split('.') {
-        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if part.parse::<u64>().map_or(true, |n| n > limits::CHECKPOINT_MAX_BLOCK_INDEX) {
-            bail!(
-                "{file}: {}",
-                limits::exceeded(
-                    format!("block number {part} in tensor `{key}`"),
-                    "checkpoint block index",
-                    limits::CHECKPOINT_MAX_BLOCK_INDEX,
-                    "index"
-                )
-            );
-        }
-    }
-    Ok(())
 }
 
 /// A diffusers target of one original MMDiT key: its name and how the tensor is cut.
@@ -401,7 +379,7 @@ pub fn plan(src: &dyn TensorSource, config_dir: Option<&Path>, allow_unknown: bo
         |n: &str| n.starts_with(prefix) && (!prefix.is_empty() || !others.iter().any(|o| n.starts_with(o)));
     let mut blocks = BTreeSet::new();
     for n in names.iter().filter(|n| is_transformer(n)) {
-        check_indices(n, &file)?;
+        super::check_block_indices(n, &file)?;
         if let Some((i, _)) = n[prefix.len()..].strip_prefix("joint_blocks.").and_then(|r| r.split_once('.')) {
             if let Ok(i) = i.parse::<u64>() {
                 blocks.insert(i);
@@ -545,7 +523,7 @@ pub fn plan(src: &dyn TensorSource, config_dir: Option<&Path>, allow_unknown: bo
     if has(T5_PREFIX) {
         let mut t5 = Vec::new();
         for key in names.iter().filter(|n| n.starts_with(T5_PREFIX)) {
-            check_indices(key, &file)?;
+            super::check_block_indices(key, &file)?;
             let shape = src.shape(key).ok_or_else(|| anyhow!("{file}: no shape for `{key}`"))?;
             used.insert(key.clone());
             t5.push(Item::new(Component::TextEncoder3, key[T5_PREFIX.len()..].to_string(), 0, key, Op::Copy, &shape)?);
