@@ -37,24 +37,39 @@ pub fn write_folder(
     mut progress: impl FnMut(usize, usize, &Item),
 ) -> Result<()> {
     in_temp_folder(out, opts.overwrite, |tmp| {
-        let total = plan.items.len();
-        let mut done = 0;
-        for c in plan.components() {
-            let dir = tmp.join(c.folder());
-            fs::create_dir_all(&dir)?;
-            let cfg = plan.configs.get(&c).cloned().unwrap_or(Value::Null);
-            write_json(&dir.join("config.json"), &component_config(c, cfg, plan.family))?;
-            let items: Vec<Item> = plan.items.iter().filter(|i| i.component == c).cloned().collect();
-            write_safetensors(&items, sources, &dir.join(c.weights_file()), opts.dtype, |item| {
-                done += 1;
-                progress(done, total, item);
-            })?;
-        }
+        let config = |c| component_config(c, plan.configs.get(&c).cloned().unwrap_or(Value::Null), plan.family);
+        write_components(tmp, &plan.components(), &plan.items, sources, opts.dtype, config, &mut progress)?;
         if opts.pipeline {
             write_pipeline_files(plan, tmp, opts)?;
         }
         Ok(())
     })
+}
+
+/// Each component's folder under `tmp`: its `config.json` (from `config`) and its weights, the plan's items of that
+/// component; `progress(done, total, item)` counts over every item of the plan.
+fn write_components(
+    tmp: &Path,
+    components: &[Component],
+    items: &[Item],
+    sources: &[&dyn TensorSource],
+    dtype: Option<Kind>,
+    config: impl Fn(Component) -> Value,
+    progress: &mut impl FnMut(usize, usize, &Item),
+) -> Result<()> {
+    let total = items.len();
+    let mut done = 0;
+    for &c in components {
+        let dir = tmp.join(c.folder());
+        fs::create_dir_all(&dir)?;
+        write_json(&dir.join("config.json"), &config(c))?;
+        let mine: Vec<Item> = items.iter().filter(|i| i.component == c).cloned().collect();
+        write_safetensors(&mine, sources, &dir.join(c.weights_file()), dtype, |item| {
+            done += 1;
+            progress(done, total, item);
+        })?;
+    }
+    Ok(())
 }
 
 /// Write a converted single-file ControlNet as a diffusers ControlNet folder (`config.json` +
@@ -96,23 +111,14 @@ pub fn write_sd3_folder(
     mut progress: impl FnMut(usize, usize, &Item),
 ) -> Result<()> {
     in_temp_folder(out, opts.overwrite, |tmp| {
-        let total = plan.items.len();
-        let mut done = 0;
-        for c in plan.components() {
-            let dir = tmp.join(c.folder());
-            fs::create_dir_all(&dir)?;
-            let cfg = plan.configs.get(&c).cloned().unwrap_or(Value::Null);
-            let mut cfg = if cfg.is_null() { json!({}) } else { cfg };
+        let config = |c| {
+            let mut cfg = plan.configs.get(&c).filter(|v| !v.is_null()).cloned().unwrap_or_else(|| json!({}));
             if matches!(c, Component::Transformer | Component::Vae) {
                 cfg["_diffusers_version"] = json!("0.42.1");
             }
-            write_json(&dir.join("config.json"), &cfg)?;
-            let items: Vec<Item> = plan.items.iter().filter(|i| i.component == c).cloned().collect();
-            write_safetensors(&items, &[src], &dir.join(c.weights_file()), opts.dtype, |item| {
-                done += 1;
-                progress(done, total, item);
-            })?;
-        }
+            cfg
+        };
+        write_components(tmp, &plan.components(), &plan.items, &[src], opts.dtype, config, &mut progress)?;
         for (c, from) in &plan.copied {
             copy_dir(from, &tmp.join(c.folder())).with_context(|| format!("copying {}", from.display()))?;
         }
