@@ -5,7 +5,8 @@ decoder and by `sd inspect --json` (whose JPEG decoder is the `image` crate's, n
 The mark (payload StableDiffusionV1, 136 bits) is embedded with the reference encoder, which sd-provenance matches
 byte for byte (tests watermark_reference.rs, watermark_svd_reference.rs). JPEG edits are saved as .jpg files by
 Pillow (4:2:0 chroma subsampling, Pillow's default) and both decoders read those files; resized and cropped images
-are saved as PNG. Prints a Markdown table of matched bits out of 136 (chance ≈ 68; "likely" needs ≥ 85).
+are saved as PNG; lossy WebP edits by Pillow's libwebp (the encoder `sd generate -o x.webp` uses, at the same
+quality scale). Prints a Markdown table of matched bits out of 136 (chance ≈ 68; "likely" needs ≥ 85).
 
 usage: python scripts/watermark_methods_table.py [path/to/sd]   (default target/debug/sd)
 """
@@ -37,6 +38,8 @@ def edits(rgb):
     out = [("none (PNG)", "png", Image.fromarray(rgb), {})]
     for q in [95, 90, 85, 80, 75, 70, 60, 50]:
         out.append((f"JPEG q{q}", "jpg", Image.fromarray(rgb), {"quality": q}))
+    for q in [95, 90, 80, 75, 60, 50]:
+        out.append((f"WebP q{q}", "webp", Image.fromarray(rgb), {"quality": q}))
     out.append(("resize ½ (256×256, decoded as is)", "png", resize(rgb, 0.5), {}))
     out.append(("resize ½ then back to 512", "png", resize(rgb, 0.5, back=True), {}))
     out.append(("resize ½ then JPEG q75", "jpg", resize(rgb, 0.5), {"quality": 75}))

@@ -52,13 +52,15 @@ pub struct RenderOptions {
     /// Enlarge each image by this whole factor (Lanczos) before it is labelled and watermarked; 1 = as generated.
     /// For small models such as the 32 px demo: the watermark needs at least 256×256 pixels.
     pub upscale: u32,
-    /// `None`: dwtDct for lossless formats (what Stable Diffusion's tools write and read), dwtDctSvd for JPEG,
-    /// whose compression erases dwtDct.
+    /// `None`: dwtDct for lossless formats (what Stable Diffusion's tools write and read), dwtDctSvd for JPEG and
+    /// lossy WebP, whose compression erases dwtDct.
     pub watermark_method: Option<Method>,
     /// The encoded file's format; the server keeps PNG.
     pub format: OutputFormat,
-    /// JPEG quality 1–100.
+    /// JPEG and lossy WebP quality 1–100.
     pub quality: u8,
+    /// WebP only: lossless instead of lossy (A1111's `webp_lossless`).
+    pub lossless: bool,
     /// Sign each file with C2PA Content Credentials as this identity; `None` = no manifest.
     pub c2pa: Option<Arc<Identity>>,
     /// img2img / inpainting: the init image file, recorded as the manifest's parent ingredient.
@@ -75,6 +77,7 @@ impl Default for RenderOptions {
             watermark_method: None,
             format: OutputFormat::Png,
             quality: formats::DEFAULT_JPEG_QUALITY,
+            lossless: false,
             c2pa: None,
             init_file: None,
         }
@@ -84,7 +87,11 @@ impl Default for RenderOptions {
 impl RenderOptions {
     /// The watermark method used for this format.
     pub fn method(&self) -> Method {
-        self.watermark_method.unwrap_or(if self.format.is_lossy() { Method::DwtDctSvd } else { Method::DwtDct })
+        self.watermark_method.unwrap_or(if self.format.is_lossy(self.lossless) {
+            Method::DwtDctSvd
+        } else {
+            Method::DwtDct
+        })
     }
 }
 
@@ -249,7 +256,7 @@ pub fn finish_image(
     }
     let chunks = label_chunks(&info);
     let infotext = chunks.iter().find(|c| c.keyword == "parameters").map(|c| c.text.clone()).unwrap_or_default();
-    let mut bytes = formats::encode(&rgb, opts.format, opts.quality, &chunks)?;
+    let mut bytes = formats::encode(&rgb, opts.format, opts.quality, opts.lossless, &chunks)?;
     if let Some(id) = &opts.c2pa {
         let claim = ClaimInfo {
             generator_name: "sd-rs",

@@ -48,11 +48,17 @@ fn main() -> anyhow::Result<()> {
             imgs.iter().map(|img| median_ms(runs, || drop(embed_with(&mut img.clone(), &Payload::SdV1, m)))).collect();
         rows.push((format!("watermark {m}"), v));
     }
-    for (f, label) in
-        [(OutputFormat::Png, "PNG"), (OutputFormat::Jpeg, "JPEG q90"), (OutputFormat::Webp, "WebP lossless")]
-    {
-        let enc: Vec<f64> = imgs.iter().map(|img| median_ms(runs, || drop(encode(img, f, 90, &chunks)))).collect();
-        let bytes: Vec<Vec<u8>> = imgs.iter().map(|img| encode(img, f, 90, &chunks)).collect::<Result<_, _>>()?;
+    let formats = [
+        (OutputFormat::Png, false, "PNG"),
+        (OutputFormat::Jpeg, false, "JPEG q90"),
+        (OutputFormat::Webp, false, "WebP q90"),
+        (OutputFormat::Webp, true, "WebP lossless"),
+    ];
+    for (f, lossless, label) in formats {
+        let enc: Vec<f64> =
+            imgs.iter().map(|img| median_ms(runs, || drop(encode(img, f, 90, lossless, &chunks)))).collect();
+        let bytes: Vec<Vec<u8>> =
+            imgs.iter().map(|img| encode(img, f, 90, lossless, &chunks)).collect::<Result<_, _>>()?;
         let sizes: Vec<usize> = bytes.iter().map(Vec::len).collect();
         rows.push((format!("encode {label} (file: {} / {} KB)", sizes[0] / 1024, sizes[1] / 1024), enc));
         let signed: Vec<f64> = bytes.iter().map(|b| median_ms(runs, || drop(sign(b, f, &claim, &id)))).collect();

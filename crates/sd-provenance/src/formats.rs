@@ -3,7 +3,8 @@
 //! so A1111's PNG Info and piexif-based tools read it), the XMP packet, and for PNG the `AIGC` chunk (in JPEG and
 //! WebP the same label travels inside the XMP packet as `TC260:AIGC`).
 //!
-//! WebP is written lossless: the `image` crate has no lossy WebP encoder and sd-rs links no C codec.
+//! WebP is lossy by default (libwebp through the `webp` crate, at `quality` as A1111 writes it), or lossless when
+//! asked (the `image` crate's encoder). Both become the extended format so that EXIF and XMP chunks can follow.
 
 use crate::metadata::{encode_png, xmp, TextChunk};
 use anyhow::{bail, Context, Result};
@@ -20,8 +21,12 @@ pub enum OutputFormat {
     Webp,
 }
 
-/// JPEG quality when `--quality` is not given: at 90 the dwtDctSvd mark reads back whole (README robustness table).
+/// JPEG and lossy WebP quality when `--quality` is not given: at 90 the dwtDctSvd mark reads back whole from
+/// both (README robustness table).
 pub const DEFAULT_JPEG_QUALITY: u8 = 90;
+
+/// libwebp's largest width or height; checked before the encoder is asked, so the error names it.
+pub const MAX_WEBP_DIMENSION: u32 = 16383;
 
 impl OutputFormat {
     /// The format a file name asks for; any extension other than png, jpg, jpeg, webp (any case) is an error.
@@ -38,9 +43,13 @@ impl OutputFormat {
         }
     }
 
-    /// Whether storing loses pixels (and so the watermark should be the robust one).
-    pub fn is_lossy(self) -> bool {
-        self == Self::Jpeg
+    /// Whether storing loses pixels (and so the watermark should be the robust one); `lossless` is WebP's choice.
+    pub fn is_lossy(self, lossless: bool) -> bool {
+        match self {
+            Self::Png => false,
+            Self::Jpeg => true,
+            Self::Webp => !lossless,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -65,14 +74,23 @@ fn text_of<'a>(chunks: &'a [TextChunk], keyword: &str) -> Option<&'a str> {
 }
 
 /// Encodes `img` as `format` with the label chunks [`crate::metadata::label_chunks`] made. `quality` (1–100) is
-/// used by JPEG only.
-pub fn encode(img: &RgbImage, format: OutputFormat, quality: u8, chunks: &[TextChunk]) -> Result<Vec<u8>> {
+/// used by JPEG and lossy WebP; `lossless` by WebP only.
+pub fn encode(
+    img: &RgbImage,
+    format: OutputFormat,
+    quality: u8,
+    lossless: bool,
+    chunks: &[TextChunk],
+) -> Result<Vec<u8>> {
+    if format.is_lossy(lossless) && !(1..=100).contains(&quality) {
+        bail!(
+            "{} quality {quality} is out of range: expected 1 to 100",
+            if format == OutputFormat::Jpeg { "JPEG" } else { "WebP" }
+        );
+    }
     match format {
         OutputFormat::Png => encode_png(img, chunks),
         OutputFormat::Jpeg => {
-            if !(1..=100).contains(&quality) {
-                bail!("JPEG quality {quality} is out of range: expected 1 to 100");
-            }
             let mut body = Vec::new();
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut body, quality)
                 .encode_image(img)
@@ -87,10 +105,22 @@ pub fn encode(img: &RgbImage, format: OutputFormat, quality: u8, chunks: &[TextC
             Ok(splice_after_soi(&body, &segments))
         }
         OutputFormat::Webp => {
-            let mut body = Vec::new();
-            image::codecs::webp::WebPEncoder::new_lossless(&mut body)
-                .encode(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-                .context("cannot encode WebP")?;
+            let (w, h) = img.dimensions();
+            if w == 0 || h == 0 || w > MAX_WEBP_DIMENSION || h > MAX_WEBP_DIMENSION {
+                bail!("cannot encode a {w}×{h} image as WebP: each side must be 1 to {MAX_WEBP_DIMENSION} pixels");
+            }
+            let body = if lossless {
+                let mut body = Vec::new();
+                image::codecs::webp::WebPEncoder::new_lossless(&mut body)
+                    .encode(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+                    .context("cannot encode lossless WebP")?;
+                body
+            } else {
+                webp::Encoder::from_rgb(img.as_raw(), w, h)
+                    .encode_simple(false, f32::from(quality))
+                    .map_err(|e| anyhow::anyhow!("cannot encode WebP at quality {quality}: libwebp says {e:?}"))?
+                    .to_vec()
+            };
             let exif = text_of(chunks, "parameters").map(exif_user_comment);
             let xmp_packet = text_of(chunks, xmp::KEYWORD).map(|x| x.as_bytes().to_vec());
             webp_extended(&body, img.width(), img.height(), exif.as_deref(), xmp_packet.as_deref())

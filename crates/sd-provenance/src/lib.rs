@@ -1,5 +1,5 @@
 //! sd-provenance: disclosure of AI-generated images — invisible watermark, A1111 parameters, XMP / AIGC labels,
-//! a visible label, and an inspector that reads all of them back. Pure Rust (no LibTorch).
+//! a visible label, and an inspector that reads all of them back. No LibTorch; the one C library is libwebp (lossy WebP), built from source by its crate.
 //!
 //! | module | what |
 //! |---|---|

@@ -126,8 +126,11 @@ pub struct Settings {
     pub emphasis: String,
     /// The format of the images sent back (A1111 encodes its API images in `samples_format` too).
     pub samples_format: OutputFormat,
-    /// `None` = sd-rs's default (90), at which the dwtDctSvd watermark survives; A1111's own default is 80.
+    /// JPEG and lossy WebP quality. `None` = sd-rs's default (90), at which the dwtDctSvd watermark survives;
+    /// A1111's own default is 80.
     pub jpeg_quality: Option<u8>,
+    /// `None` = the server's default (lossy unless `sd serve --lossless`), as A1111's `webp_lossless` is false.
+    pub webp_lossless: Option<bool>,
 }
 
 impl Default for Settings {
@@ -138,6 +141,7 @@ impl Default for Settings {
             emphasis: "Original".into(),
             samples_format: OutputFormat::Png,
             jpeg_quality: None,
+            webp_lossless: None,
         }
     }
 }
@@ -178,6 +182,10 @@ fn apply_setting(s: &mut Settings, key: &str, v: &Value, field: &str) -> ApiResu
         "jpeg_quality" => match v.as_i64() {
             Some(q @ 1..=100) => s.jpeg_quality = Some(q as u8),
             _ => return bad(format!("`{field}` must be a whole number from 1 to 100, got {v}")),
+        },
+        "webp_lossless" => match v.as_bool() {
+            Some(b) => s.webp_lossless = Some(b),
+            None => return bad(format!("`{field}` must be true or false, got {v}")),
         },
         "sd_vae" => {
             if !matches!(v.as_str(), Some("Automatic" | "None" | "")) {
@@ -469,6 +477,7 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
         hires: None,
         format: settings.samples_format,
         quality: settings.jpeg_quality,
+        lossless: settings.webp_lossless,
         init_file: None,
         controlnet: Vec::new(),
         refiner: None,
@@ -751,6 +760,7 @@ async fn get_options(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "emphasis": s.emphasis,
         "samples_format": crate::jobs_api::file_extension(s.samples_format),
         "jpeg_quality": s.jpeg_quality.unwrap_or(sd_provenance::formats::DEFAULT_JPEG_QUALITY),
+        "webp_lossless": s.webp_lossless.unwrap_or(state.engine_cfg.render.lossless),
         "sd_vae": "Automatic",
         "eta_noise_seed_delta": 0,
     })))

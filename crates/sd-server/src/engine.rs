@@ -323,6 +323,9 @@ impl Engine {
         if let Some(q) = req.quality {
             render.quality = q;
         }
+        if let Some(l) = req.lossless {
+            render.lossless = l;
+        }
         render.init_file = match req.init_file.as_deref().or(req.init_image.as_deref()) {
             Some(text) if req.kind == JobKind::Img2img && render.c2pa.is_some() => {
                 Some(Arc::new(images::b64_bytes("init_images[0]", text).map_err(api)?))

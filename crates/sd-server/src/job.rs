@@ -85,10 +85,13 @@ pub struct JobRequest {
     /// The encoded images' format: A1111's `samples_format` option, OpenAI's `output_format`.
     #[serde(default)]
     pub format: OutputFormat,
-    /// JPEG quality 1–100 (A1111's `jpeg_quality`, OpenAI's `output_compression`); `None` = the default that keeps
-    /// the watermark readable.
+    /// JPEG and lossy WebP quality 1–100 (A1111's `jpeg_quality`, OpenAI's `output_compression`); `None` = the
+    /// default that keeps the watermark readable.
     #[serde(default)]
     pub quality: Option<u8>,
+    /// WebP: lossless (A1111's `webp_lossless`); `None` = the server's default (`sd serve --lossless`).
+    #[serde(default)]
+    pub lossless: Option<bool>,
     /// The file the client uploaded, base64, when `init_image` is a re-encoding of it (OpenAI edits fold the mask
     /// out of its alpha channel): the C2PA parent ingredient and the creator's opt-out are read from the original.
     #[serde(default)]

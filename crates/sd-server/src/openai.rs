@@ -2,7 +2,7 @@
 //! clients and chat front ends work with `base_url` pointed here. Fields OpenAI's models take that mean nothing for
 //! Stable Diffusion (`quality`, `style`, `user`, `moderation`) are accepted; ones that would change the output in a
 //! way we cannot (`background: "transparent"`) are refused; `output_format` png/jpeg/webp and `output_compression`
-//! (the JPEG quality) pick the encoding. `negative_prompt`, `seed`,
+//! (the JPEG and WebP quality) pick the encoding. `negative_prompt`, `seed`,
 //! `steps`, `cfg_scale`, `sampler` and `strength` are accepted as extensions.
 
 use crate::error::{ApiError, ApiResult, JsonBody};
@@ -91,7 +91,7 @@ fn model_choice(state: &AppState, model: Option<&str>) -> ApiResult<Option<Strin
     }
 }
 
-/// OpenAI's `output_format` and `output_compression` (0–100, used as the JPEG quality; WebP here is lossless).
+/// OpenAI's `output_format` and `output_compression` (0–100, the JPEG and WebP quality, as OpenAI uses it for both).
 fn output_format(b: &GenerationBody) -> ApiResult<(OutputFormat, Option<u8>)> {
     let format = match b.output_format.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("png") => OutputFormat::Png,
@@ -104,7 +104,7 @@ fn output_format(b: &GenerationBody) -> ApiResult<(OutputFormat, Option<u8>)> {
     };
     let quality = match b.output_compression {
         None => None,
-        // JPEG has no quality 0; OpenAI's 0 (most compressed) becomes 1.
+        // JPEG and WebP here have no quality 0; OpenAI's 0 (most compressed) becomes 1.
         Some(c @ 0..=100) => Some(c.max(1) as u8),
         Some(c) => {
             return Err(ApiError::bad_request(format!("`output_compression` {c}: expected 0 to 100"))
@@ -177,6 +177,7 @@ fn to_job(state: &AppState, b: &GenerationBody, kind: JobKind, default_size: (i6
         hires: None,
         format,
         quality,
+        lossless: None,
         init_file: None,
         controlnet: Vec::new(),
         refiner: None,

@@ -194,8 +194,11 @@ pub fn run(args: Args) -> Result<()> {
     // the format comes from the pattern's extension, checked before anything is loaded
     let format = sd_provenance::formats::OutputFormat::from_path(std::path::Path::new(&args.output))
         .map_err(|e| super::UsageError(format!("--output: {e:#}")))?;
-    if args.render.quality.is_some() && format != sd_provenance::formats::OutputFormat::Jpeg {
-        usage!("--quality applies to JPEG output only (.jpg, .jpeg); WebP is written lossless");
+    if args.render.quality.is_some() && !format.is_lossy(false) {
+        usage!("--quality applies to JPEG and WebP output only (.jpg, .jpeg, .webp)");
+    }
+    if args.render.lossless && format != sd_provenance::formats::OutputFormat::Webp {
+        usage!("--lossless applies to WebP output only (.webp); PNG is always lossless, JPEG never");
     }
     let safety = args.load.safety()?;
     let mut opts = args.load.load_options()?;

@@ -88,12 +88,15 @@ pub struct RenderArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub visible_label: Option<String>,
     /// Invisible watermark method: dwtDct (Stable Diffusion's) or dwtDctSvd (survives JPEG and resizing);
-    /// default: dwtDct for PNG/WebP, dwtDctSvd for JPEG
+    /// default: dwtDct for PNG and lossless WebP, dwtDctSvd for JPEG and lossy WebP
     #[arg(long, value_parser = ["dwtDct", "dwtDctSvd"])]
     pub watermark_method: Option<String>,
-    /// JPEG quality, 1–100 (default 90)
+    /// JPEG and WebP quality, 1–100 (default 90)
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: Option<u8>,
+    /// Write WebP losslessly (default: lossy at --quality)
+    #[arg(long, conflicts_with = "quality")]
+    pub lossless: bool,
 }
 
 impl RenderArgs {
@@ -107,6 +110,7 @@ impl RenderArgs {
             // clap restricts the values to the two names
             watermark_method: self.watermark_method.as_deref().and_then(|m| m.parse().ok()),
             quality: self.quality.unwrap_or(sd_provenance::formats::DEFAULT_JPEG_QUALITY),
+            lossless: self.lossless,
             ..Default::default()
         }
     }

@@ -49,9 +49,9 @@ fn matched(report: &Value, method: &str) -> u64 {
 #[test]
 fn every_format_carries_parameters_xmp_and_a_readable_mark() {
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = ["a.png", "b.jpg", "c.webp"].iter().map(|n| dir.path().join(n)).collect();
-    for f in &files {
-        generate(f, &["--no-c2pa"]);
+    let files: Vec<PathBuf> = ["a.png", "b.jpg", "c.webp", "d.webp"].iter().map(|n| dir.path().join(n)).collect();
+    for (f, extra) in files.iter().zip([&[][..], &[], &[], &["--lossless"]]) {
+        generate(f, &[&["--no-c2pa"][..], extra].concat());
     }
     let o =
         Command::new(python()).arg(format!("{ROOT}/scripts/check_formats_readers.py")).args(&files).output().unwrap();
@@ -60,6 +60,7 @@ fn every_format_carries_parameters_xmp_and_a_readable_mark() {
     for ((f, theirs), (format, method)) in files.iter().zip(readers.as_array().unwrap()).zip([
         ("png", "dwtDct"),
         ("jpeg", "dwtDctSvd"),
+        ("webp", "dwtDctSvd"),
         ("webp", "dwtDct"),
     ]) {
         let ours = inspect(f);
@@ -74,6 +75,10 @@ fn every_format_carries_parameters_xmp_and_a_readable_mark() {
         assert!(raw.contains(&format!("Watermark: invisible-watermark {method} StableDiffusionV1")), "{raw}");
         assert_eq!(matched(&ours, method), 136, "{format}: {method} mark");
     }
+    // lossy WebP is libwebp's VP8 bitstream, `--lossless` the VP8L one
+    let has = |f: &Path, fourcc: &[u8]| std::fs::read(f).unwrap().windows(4).any(|w| w == fourcc);
+    assert!(has(&files[2], b"VP8 ") && !has(&files[2], b"VP8L"), "c.webp should be lossy");
+    assert!(has(&files[3], b"VP8L"), "d.webp should be lossless");
 }
 
 #[test]
@@ -83,6 +88,10 @@ fn method_and_quality_flags_apply() {
     generate(&q95, &["--no-c2pa", "--quality", "95", "--watermark-method", "dwtDct"]);
     generate(&q60, &["--no-c2pa", "--quality", "60"]);
     assert!(std::fs::metadata(&q60).unwrap().len() < std::fs::metadata(&q95).unwrap().len());
+    let (w95, w60) = (dir.path().join("q95.webp"), dir.path().join("q60.webp"));
+    generate(&w95, &["--no-c2pa", "--quality", "95"]);
+    generate(&w60, &["--no-c2pa", "--quality", "60"]);
+    assert!(std::fs::metadata(&w60).unwrap().len() < std::fs::metadata(&w95).unwrap().len());
     let r = inspect(&q95);
     assert!(r["parameters_raw"].as_str().unwrap().contains("invisible-watermark dwtDct StableDiffusionV1"));
 }
@@ -94,8 +103,10 @@ fn unknown_extensions_and_misplaced_quality_are_usage_errors_before_loading() {
     for (out, extra, want) in [
         ("x.gif", vec![], "unsupported image format .gif"),
         ("x", vec![], "no file extension"),
-        ("x.png", vec!["--quality", "80"], "--quality applies to JPEG output only"),
+        ("x.png", vec!["--quality", "80"], "--quality applies to JPEG and WebP output only"),
         ("x.jpg", vec!["--quality", "0"], "0 is not in 1..=100"),
+        ("x.jpg", vec!["--lossless"], "--lossless applies to WebP output only"),
+        ("x.webp", vec!["--lossless", "--quality", "80"], "cannot be used with"),
     ] {
         let o = sd()
             .args(["generate", "--model", "/nonexistent/model", "p", "-o"])

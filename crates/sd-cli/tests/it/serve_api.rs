@@ -688,9 +688,26 @@ fn output_formats_content_credentials_and_creators_opt_outs() {
     assert_eq!(resp.headers()["content-type"], "image/webp");
     let webp = resp.bytes().unwrap().to_vec();
     assert_eq!((&webp[..4], &webp[8..12]), (&b"RIFF"[..], &b"WEBP"[..]));
+    assert!(webp.windows(4).any(|w| w == b"VP8 "), "OpenAI's webp is lossy, at output_compression's quality");
     assert_eq!(inspect_json(&webp, "served.webp")["c2pa"]["state"], "Valid");
     let png_url = url.replace("0.webp", "0.png");
     assert_eq!(client().get(png_url).send().unwrap().status().as_u16(), 404, "the stored format only");
+
+    // A1111's `webp_lossless` option: the pixels `sd generate --lossless` writes.
+    let (code, r) = post(&s, "/sdapi/v1/options", &json!({"samples_format": "webp", "webp_lossless": true}));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(get(&s, "/sdapi/v1/options").1["webp_lossless"], true);
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body);
+    assert_eq!(code, 200, "{r}");
+    let lossless = b64(r["images"][0].as_str().unwrap());
+    assert!(lossless.windows(4).any(|w| w == b"VP8L"), "webp_lossless gives VP8L");
+    let file = dir.path().join("x.webp");
+    #[rustfmt::skip]
+    sd_generate(&["a red square", "--seed", "7", "--steps", "4", "-W", "32", "-H", "32", "--sampler", "Euler",
+        "--cfg-scale", "7", "--lossless", "--no-c2pa", "-o", file.to_str().unwrap()]);
+    assert_eq!(image::load_from_memory(&lossless).unwrap().to_rgb8().into_raw(), file_pixels(&file));
+    let (code, r) = post(&s, "/sdapi/v1/options", &json!({"samples_format": "jpg", "webp_lossless": false}));
+    assert_eq!(code, 200, "{r}");
 
     // img2img from an image whose creator reserved AI inference: 403 naming the reason; allowed: its manifest
     // becomes the output's parent ingredient.

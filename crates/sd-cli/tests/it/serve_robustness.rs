@@ -130,6 +130,7 @@ fn bad_input_on_every_endpoint_gets_a_4xx_json_error_and_the_server_stays_health
         ("POST", "/sdapi/v1/options", json!({"sd_model_checkpoint": 5}).to_string(), 400, "string"),
         ("POST", "/sdapi/v1/options", json!({"samples_format": "gif"}).to_string(), 422, "\"jpg\""),
         ("POST", "/sdapi/v1/options", json!({"jpeg_quality": 0}).to_string(), 422, "1 to 100"),
+        ("POST", "/sdapi/v1/options", json!({"webp_lossless": "yes"}).to_string(), 422, "true or false"),
         (
             "POST",
             "/v1/images/generations",

@@ -38,7 +38,7 @@ fn write_dataset(dir: &Path) {
     let mut meta = String::new();
     for (name, fg, chunks) in &files {
         let format = OutputFormat::from_path(Path::new(name)).unwrap();
-        std::fs::write(dir.join(name), encode(&square(*fg), format, 95, chunks).unwrap()).unwrap();
+        std::fs::write(dir.join(name), encode(&square(*fg), format, 95, false, chunks).unwrap()).unwrap();
         let line = serde_json::json!({"file_name": name, "text": format!("a {} square", &name[..name.len() - 4]),
             "source": format!("https://example.org/{name}"), "license": "cc-by-4.0"});
         meta.push_str(&format!("{line}\n"));

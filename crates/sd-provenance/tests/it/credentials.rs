@@ -25,8 +25,14 @@ fn claim(parent: Option<&[u8]>) -> ClaimInfo<'_> {
 }
 
 fn encoded(format: OutputFormat) -> Vec<u8> {
-    encode(&picture(), format, 90, &label_chunks(&GenerationInfo { prompt: "a cat".into(), ..Default::default() }))
-        .unwrap()
+    encode(
+        &picture(),
+        format,
+        90,
+        false,
+        &label_chunks(&GenerationInfo { prompt: "a cat".into(), ..Default::default() }),
+    )
+    .unwrap()
 }
 
 #[test]

@@ -50,7 +50,7 @@ fn photo() -> RgbImage {
     image::imageops::resize(&small, 512, 512, image::imageops::FilterType::Lanczos3)
 }
 
-fn labelled(format: OutputFormat, method: Method, quality: u8) -> (RgbImage, Vec<u8>) {
+fn labelled(format: OutputFormat, method: Method, quality: u8, lossless: bool) -> (RgbImage, Vec<u8>) {
     let mut img = photo();
     let outcome = embed_with(&mut img, &Payload::SdV1, method).unwrap();
     let info = GenerationInfo {
@@ -62,14 +62,20 @@ fn labelled(format: OutputFormat, method: Method, quality: u8) -> (RgbImage, Vec
         height: 512,
         ..Default::default()
     };
-    let bytes = encode(&img, format, quality, &label_chunks(&info)).unwrap();
+    let bytes = encode(&img, format, quality, lossless, &label_chunks(&info)).unwrap();
     (img, bytes)
 }
 
 #[test]
 fn our_jpeg_and_webp_carry_every_label() {
-    for (format, name) in [(OutputFormat::Jpeg, "jpeg"), (OutputFormat::Webp, "webp"), (OutputFormat::Png, "png")] {
-        let (pixels, bytes) = labelled(format, Method::DwtDctSvd, 90);
+    let cases = [
+        (OutputFormat::Jpeg, "jpeg", false),
+        (OutputFormat::Webp, "webp", false),
+        (OutputFormat::Webp, "webp", true),
+        (OutputFormat::Png, "png", false),
+    ];
+    for (format, name, lossless) in cases {
+        let (pixels, bytes) = labelled(format, Method::DwtDctSvd, 90, lossless);
         let r = inspect_bytes(name, &bytes).unwrap();
         assert_eq!((r.format.as_str(), r.width, r.height), (name, 512, 512));
         let p = r.parameters.as_ref().unwrap_or_else(|| panic!("{name}: no parameters"));
@@ -86,7 +92,7 @@ fn our_jpeg_and_webp_carry_every_label() {
         let d = r.watermark.as_ref().unwrap();
         let svd = d.iter().find(|d| d.method == Method::DwtDctSvd && d.total_bits == 136).unwrap();
         assert_eq!(svd.confidence, Confidence::VeryLikely, "{name}: {svd:?}");
-        if format != OutputFormat::Jpeg {
+        if !format.is_lossy(lossless) {
             let back = image::load_from_memory(&bytes).unwrap().to_rgb8();
             assert_eq!(back, pixels, "{name} must be lossless");
         }
@@ -95,8 +101,8 @@ fn our_jpeg_and_webp_carry_every_label() {
 
 #[test]
 fn dwtdctsvd_survives_default_jpeg_and_dwtdct_does_not() {
-    let (_, svd) = labelled(OutputFormat::Jpeg, Method::DwtDctSvd, 90);
-    let (_, dct) = labelled(OutputFormat::Jpeg, Method::DwtDct, 90);
+    let (_, svd) = labelled(OutputFormat::Jpeg, Method::DwtDctSvd, 90, false);
+    let (_, dct) = labelled(OutputFormat::Jpeg, Method::DwtDct, 90, false);
     let bits = |bytes: &[u8], m: Method| {
         let r = inspect_bytes("x.jpg", bytes).unwrap();
         r.watermark.unwrap().into_iter().find(|d| d.method == m && d.total_bits == 136).unwrap().matched_bits
@@ -117,13 +123,51 @@ fn formats_follow_the_extension() {
     assert!(e.contains("unsupported image format .gif") && e.contains(".webp"), "{e}");
     let e = OutputFormat::from_path(Path::new("noext")).unwrap_err().to_string();
     assert!(e.contains("no file extension"), "{e}");
-    let err = encode(&RgbImage::new(8, 8), OutputFormat::Jpeg, 0, &[]).unwrap_err().to_string();
-    assert!(err.contains("quality 0"), "{err}");
+    let err = encode(&RgbImage::new(8, 8), OutputFormat::Jpeg, 0, false, &[]).unwrap_err().to_string();
+    assert!(err.contains("JPEG quality 0"), "{err}");
+    let err = encode(&RgbImage::new(8, 8), OutputFormat::Webp, 101, false, &[]).unwrap_err().to_string();
+    assert!(err.contains("WebP quality 101"), "{err}");
+    // lossless WebP has no quality to check
+    encode(&RgbImage::new(8, 8), OutputFormat::Webp, 0, true, &[]).unwrap();
+    let err = encode(&RgbImage::new(16384, 1), OutputFormat::Webp, 90, false, &[]).unwrap_err().to_string();
+    assert!(err.contains("16384×1") && err.contains("16383"), "{err}");
+}
+
+/// Lossy WebP is libwebp's VP8 bitstream, lossless is VP8L; both are the extended format (VP8X first) so that the
+/// EXIF and XMP chunks are allowed, and any WebP reader (here the `image` crate's) decodes them.
+#[test]
+fn lossy_and_lossless_webp_are_the_bitstreams_they_claim() {
+    for (lossless, bitstream) in [(false, *b"VP8 "), (true, *b"VP8L")] {
+        let (pixels, bytes) = labelled(OutputFormat::Webp, Method::DwtDctSvd, 90, lossless);
+        let chunks = sd_provenance::formats::webp_chunks(&bytes).unwrap();
+        let names: Vec<[u8; 4]> = chunks.iter().map(|(f, _)| *f).collect();
+        assert_eq!(names, vec![*b"VP8X", bitstream, *b"EXIF", *b"XMP "], "lossless={lossless}");
+        let back = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        let mean_err = back.as_raw().iter().zip(pixels.as_raw()).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>()
+            / pixels.as_raw().len() as f64;
+        if lossless {
+            assert_eq!(mean_err, 0.0);
+        } else {
+            // q90 on a photo: visibly the same picture, not the same bytes
+            assert!(mean_err > 0.0 && mean_err < 4.0, "mean abs error {mean_err}");
+        }
+    }
+}
+
+/// The default for `.webp` (lossy, quality 90, dwtDctSvd) keeps the mark, as the JPEG default does.
+#[test]
+fn dwtdctsvd_survives_default_lossy_webp() {
+    let (_, bytes) =
+        labelled(OutputFormat::Webp, Method::DwtDctSvd, sd_provenance::formats::DEFAULT_JPEG_QUALITY, false);
+    let r = inspect_bytes("x.webp", &bytes).unwrap();
+    let d = r.watermark.unwrap().into_iter().find(|d| d.method == Method::DwtDctSvd && d.total_bits == 136).unwrap();
+    eprintln!("WebP q90, 512 px photo: dwtDctSvd {}/136", d.matched_bits);
+    assert!(d.matched_bits >= 130, "dwtDctSvd kept only {}/136 bits through WebP q90", d.matched_bits);
 }
 
 #[test]
 fn truncated_webp_is_a_clear_error() {
-    let (_, bytes) = labelled(OutputFormat::Webp, Method::DwtDct, 90);
+    let (_, bytes) = labelled(OutputFormat::Webp, Method::DwtDct, 90, false);
     let e = format!("{:#}", inspect_bytes("cut.webp", &bytes[..bytes.len() / 2]).unwrap_err());
     assert!(e.contains("cut.webp") && e.contains("WebP"), "{e}");
 }

@@ -29,7 +29,7 @@ fn packet(attrs: &str, body: &str) -> String {
 }
 
 fn with_xmp(format: OutputFormat, xmp: &str) -> Vec<u8> {
-    encode(&picture(), format, 90, &[TextChunk::itxt(KEYWORD, xmp)]).unwrap()
+    encode(&picture(), format, 90, false, &[TextChunk::itxt(KEYWORD, xmp)]).unwrap()
 }
 
 fn kinds(s: &ImageSignals) -> Vec<(String, String, String)> {
@@ -133,7 +133,7 @@ fn exif_description(text: &str) -> Vec<u8> {
 
 /// `bytes` with an APP1 Exif segment (JPEG) or an EXIF chunk (WebP) or an eXIf chunk (PNG) holding `tiff`.
 fn with_exif(format: OutputFormat, tiff: &[u8]) -> Vec<u8> {
-    let plain = encode(&picture(), format, 90, &[]).unwrap();
+    let plain = encode(&picture(), format, 90, false, &[]).unwrap();
     match format {
         OutputFormat::Jpeg => {
             let mut seg = vec![0xff, 0xe1];
@@ -208,7 +208,7 @@ fn noai_markers_in_xmp_text_and_exif() {
         );
         // UserComment, as A1111-style writers put it (the `parameters` text goes there in JPEG and WebP)
         if format != OutputFormat::Png {
-            let bytes = encode(&picture(), format, 90, &[TextChunk::new("parameters", "robots: noai")]).unwrap();
+            let bytes = encode(&picture(), format, 90, false, &[TextChunk::new("parameters", "robots: noai")]).unwrap();
             let s = scan(&bytes, LIMITS).unwrap();
             assert_eq!(
                 kinds(&s),
@@ -219,7 +219,7 @@ fn noai_markers_in_xmp_text_and_exif() {
     }
     // PNG text chunks (tEXt and iTXt)
     for chunk in [TextChunk::new("Comment", "noai"), TextChunk::itxt("Disclaimer", "do not train: NOIMAGEAI")] {
-        let bytes = encode(&picture(), OutputFormat::Png, 90, std::slice::from_ref(&chunk)).unwrap();
+        let bytes = encode(&picture(), OutputFormat::Png, 90, false, std::slice::from_ref(&chunk)).unwrap();
         let s = scan(&bytes, LIMITS).unwrap();
         assert_eq!(s.reservations.len(), 1, "{chunk:?}");
         assert_eq!(s.reservations[0].kind, "noai");
@@ -230,12 +230,12 @@ fn noai_markers_in_xmp_text_and_exif() {
 #[test]
 fn files_without_signals_are_clean() {
     for format in FORMATS {
-        let plain = encode(&picture(), format, 90, &[]).unwrap();
+        let plain = encode(&picture(), format, 90, false, &[]).unwrap();
         let s = scan(&plain, LIMITS).unwrap();
         assert!(s.reservations.is_empty() && s.tdm_reserved.is_none(), "{format:?}: {s:?}");
         // our own generated-image labels are not reservations
         let info = sd_provenance::metadata::GenerationInfo { prompt: "a red circle".into(), ..Default::default() };
-        let labelled = encode(&picture(), format, 90, &sd_provenance::metadata::label_chunks(&info)).unwrap();
+        let labelled = encode(&picture(), format, 90, false, &sd_provenance::metadata::label_chunks(&info)).unwrap();
         let s = scan(&labelled, LIMITS).unwrap();
         assert!(s.reservations.is_empty() && s.tdm_reserved.is_none(), "{format:?}: {s:?}");
     }
@@ -257,7 +257,7 @@ fn signed_with_training_mining(format: OutputFormat, entries: serde_json::Value)
     let mut b = c2pa::Builder::from_context(c2pa::Context::new()).with_definition(def.to_string().as_str()).unwrap();
     let signer = c2pa::create_signer::from_keys(id.chain_pem.as_bytes(), &key, id.alg, None).unwrap();
     let mut out = Cursor::new(Vec::new());
-    let plain = encode(&picture(), format, 90, &[]).unwrap();
+    let plain = encode(&picture(), format, 90, false, &[]).unwrap();
     b.sign(signer.as_ref(), format.mime(), &mut Cursor::new(plain), &mut out).unwrap();
     out.into_inner()
 }

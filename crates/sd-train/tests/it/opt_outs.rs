@@ -33,7 +33,7 @@ fn format_of(name: &str) -> OutputFormat {
 fn write(dir: &Path, name: &str, seed: u8, chunks: &[TextChunk]) {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, encode(&picture(seed), format_of(name), 95, chunks).unwrap()).unwrap();
+    std::fs::write(&path, encode(&picture(seed), format_of(name), 95, false, chunks).unwrap()).unwrap();
 }
 
 /// Signed by another tool with `c2pa.ai_training: notAllowed`.
@@ -52,7 +52,7 @@ fn write_c2pa(dir: &Path, name: &str, seed: u8) {
     let mut b = c2pa::Builder::from_context(c2pa::Context::new()).with_definition(def.to_string().as_str()).unwrap();
     let signer = c2pa::create_signer::from_keys(id.chain_pem.as_bytes(), &key, id.alg, None).unwrap();
     let format = format_of(name);
-    let plain = encode(&picture(seed), format, 95, &[]).unwrap();
+    let plain = encode(&picture(seed), format, 95, false, &[]).unwrap();
     let mut out = Cursor::new(Vec::new());
     b.sign(signer.as_ref(), format.mime(), &mut Cursor::new(plain), &mut out).unwrap();
     std::fs::write(dir.join(name), out.into_inner()).unwrap();
