@@ -121,6 +121,9 @@ pub struct MergedLora {
     pub weight: f64,
     /// Keys that matched nothing (unknown layout, or modules this model lacks).
     pub ignored: Vec<String>,
+    /// A1111's short hash ([`lora_short_hash`]), taken once when merged so that each image's metadata does not
+    /// read the file again; `None` if it could not be read (then the metadata leaves it out).
+    pub short_hash: Option<String>,
 }
 
 /// LoRA files read once, merged component by component.
@@ -174,7 +177,8 @@ impl LoraMerger {
                 );
             }
             let name = lora.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            out.push(MergedLora { name, path: lora.path, weight, ignored });
+            let short_hash = lora_short_hash(&lora.path).ok();
+            out.push(MergedLora { name, path: lora.path, weight, ignored, short_hash });
         }
         Ok(out)
     }

