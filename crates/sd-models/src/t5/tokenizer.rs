@@ -105,14 +105,16 @@ fn from_tokenizer_json(path: &Path) -> Result<Tokenizer> {
 /// transformers' `T5Tokenizer` built from a `spiece.model` (see the module docs).
 fn from_spiece(path: &Path) -> Result<Tokenizer> {
     let sp = SentencePieceModel::load(path)?;
+    // transformers fixes T5's unknown id at 2 whatever the file says; a file laid out otherwise is not a T5 one
+    let first: Vec<&str> = sp.pieces.iter().take(3).map(|p| p.piece.as_str()).collect();
+    ensure!(
+        first == ["<pad>", "</s>", "<unk>"],
+        "T5's first three pieces must be <pad>, </s>, <unk> (ids 0, 1, 2); this model starts with {first:?}"
+    );
     let mut vocab: Vec<Value> = sp.pieces.iter().map(|p| json!([p.piece, f64::from(p.score)])).collect();
     vocab.extend((0..EXTRA_IDS).rev().map(|i| json!([format!("<extra_id_{i}>"), 0.0])));
-    let mut specials: Vec<(usize, String)> = Vec::new();
-    for name in ["<pad>", "</s>", "<unk>"] {
-        if let Some(i) = sp.pieces.iter().position(|p| p.piece == name) {
-            specials.push((i, name.to_string()));
-        }
-    }
+    let mut specials: Vec<(usize, String)> =
+        ["<pad>", "</s>", "<unk>"].iter().map(|t| t.to_string()).enumerate().collect();
     specials.extend((0..EXTRA_IDS).map(|i| (sp.pieces.len() + EXTRA_IDS - 1 - i, format!("<extra_id_{i}>"))));
     let added: Vec<Value> = specials
         .into_iter()

@@ -4,7 +4,8 @@
 //! prompt; prompt_embeds within 1e-5 and pooled within 1e-4. Then a three-step txt2img run whose two-chunk weighted
 //! prompt and one-chunk negative are padded to the same length, against diffusers' StableDiffusion3Pipeline fed the
 //! reference embeddings: latents within 1e-4, images within 1e-3 (float). Measured worst: embeddings 4.8e-7,
-//! pooled 6.0e-8, latents 2.4e-6, images 6.0e-7.
+//! pooled bit-identical, latents 1.7e-6, images 6.0e-7.
+//! A plain prompt's encoding is bit-identical to diffusers' layout computed directly with the same encoders.
 
 use sd_pipeline::prompt::Emphasis;
 use sd_pipeline::sd3::{Sd3Pipeline, Sd3Request};
@@ -50,9 +51,30 @@ fn encoded_prompts_match_a1111_reference() {
         (worst_e, worst_p) = (worst_e.max(de), worst_p.max(dp));
     }
     println!("worst: embeds {worst_e:.2e}, pooled {worst_p:.2e}");
-    // a plain prompt is bit-identical to the reference (which equals diffusers' encode_prompt exactly)
-    let plain = pipe.encode_prompt("a photograph of an astronaut riding a horse", len).unwrap();
-    assert!(plain.prompt_embeds.equal(&r["plain.prompt_embeds"]) && plain.pooled.equal(&r["plain.pooled"]));
+}
+
+/// A plain prompt of at most 75 tokens encodes bit for bit as before the prompt syntax came in: diffusers'
+/// `encode_prompt` computed directly (each tokenizer's padded 77 ids, penultimate states, T5's padded ids).
+#[test]
+fn plain_prompts_are_bit_identical_to_diffusers_encoding() {
+    let pipe = Sd3Pipeline::load(&fixtures().join("models/sd3"), Kind::Float, Device::Cpu, false).unwrap();
+    let (tok5, t5) = pipe.t5.as_ref().unwrap();
+    let _guard = tch::no_grad_guard();
+    for text in ["a photograph of an astronaut riding a horse", "", "blurry, low quality"] {
+        let clip = |e: &sd_pipeline::sd3::ClipEncoder| {
+            let ids = Tensor::from_slice(&e.tokenizer.encode(text).unwrap()).unsqueeze(0);
+            let out = e.model.forward(&ids).unwrap();
+            (out.hidden_states[out.hidden_states.len() - 2].shallow_clone(), out.text_embeds.unwrap())
+        };
+        let ((l, pl), (g, pg)) = (clip(&pipe.clip_l), clip(&pipe.clip_g));
+        let lg = Tensor::cat(&[l, g], -1);
+        let lg = lg.constant_pad_nd([0, pipe.transformer.config.joint_attention_dim - lg.size()[2]]);
+        let ids: Vec<i64> = tok5.encode(text, 16).unwrap().into_iter().map(i64::from).collect();
+        let want = Tensor::cat(&[lg, t5.forward(&Tensor::from_slice(&ids).unsqueeze(0)).unwrap()], 1);
+        let got = pipe.encode_prompt(text, 16).unwrap();
+        assert!(got.prompt_embeds.equal(&want), "{text:?}: embeddings changed");
+        assert!(got.pooled.equal(&Tensor::cat(&[pl, pg], -1)), "{text:?}: pooled changed");
+    }
 }
 
 #[test]
