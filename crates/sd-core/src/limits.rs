@@ -127,6 +127,15 @@ pub const IP_ADAPTER_MAX_TOKENS: u64 = 4096;
 /// IP-Adapters one generation may use (each is an extra attention per cross-attention layer and step).
 pub const IP_ADAPTER_MAX_ADAPTERS: u64 = 8;
 
+// --- SentencePiece (`tokenizer_3/spiece.model`) -------------------------------------------------------------------
+
+/// Bytes of a `spiece.model`: T5's is 792 KB (most of it the normaliser's charsmap), mT5's 4.3 MB.
+pub const SPIECE_MAX_BYTES: u64 = 64 * MIB;
+/// Pieces in a `spiece.model`: T5 has 32,000, mT5 250,100.
+pub const SPIECE_MAX_PIECES: usize = 1_000_000;
+/// Bytes of one piece: SentencePiece's trainer stops at 16 characters (64 bytes of UTF-8) by default.
+pub const SPIECE_MAX_PIECE_BYTES: usize = 4096;
+
 /// Every bound above, for the README and `--help` texts.
 #[rustfmt::skip]
 pub const ALL: &[Limit] = &[
@@ -165,6 +174,9 @@ pub const ALL: &[Limit] = &[
     Limit { name: "opt-out file", default: OPT_OUT_FILE_MAX_BYTES, unit: "bytes", reason: "tdmrep.json, --opt-out-list", flag: None },
     Limit { name: "IP-Adapter tokens", default: IP_ADAPTER_MAX_TOKENS, unit: "tokens", reason: "per adapter and picture; full-face makes 257", flag: None },
     Limit { name: "IP-Adapters", default: IP_ADAPTER_MAX_ADAPTERS, unit: "adapters", reason: "per generation; each adds an attention per layer and step", flag: None },
+    Limit { name: "spiece.model size", default: SPIECE_MAX_BYTES, unit: "bytes", reason: "T5's is 792 KB", flag: None },
+    Limit { name: "spiece.model pieces", default: SPIECE_MAX_PIECES as u64, unit: "pieces", reason: "T5 has 32,000, mT5 250,100", flag: None },
+    Limit { name: "spiece.model piece", default: SPIECE_MAX_PIECE_BYTES as u64, unit: "bytes", reason: "pieces are at most 16 characters by default", flag: None },
     Limit { name: "finished jobs", default: SERVE_MAX_FINISHED_JOBS, unit: "jobs", reason: "oldest forgotten first", flag: None },
 ];
 

@@ -5,7 +5,9 @@
 //!   sequence (`max_sequence_length` tokens, default 256), pooled = CLIP-L and CLIP-G projected pooled outputs
 //!   concatenated. Without T5 (`no_t5`, as diffusers with `text_encoder_3=None`) its part is zeros of the
 //!   transformer's `joint_attention_dim`, so the 4.7 B-parameter encoder need not be loaded. The negative prompt
-//!   (default "") is encoded the same way.
+//!   (default "") is encoded the same way. The prompts are read with A1111's syntax (`(word:1.2)`, `[word]`,
+//!   `BREAK`, 75-token CLIP chunks; weights on the CLIP part only, as A1111's SD3 does: [`crate::sd3_prompt`]); a
+//!   plain prompt of at most 75 tokens encodes exactly as diffusers'.
 //! - latents: unit noise `[B, 16, H/8, W/8]` drawn from the one seeded generator in the transformer's dtype; for
 //!   img2img (`StableDiffusion3Img2ImgPipeline`) the init image's VAE posterior sample (the generator's first
 //!   draw), shifted and scaled, then noised to the first kept timestep with `scale_noise` (the second draw);
@@ -20,6 +22,8 @@
 use crate::generate::{Event, Flow, StepInfo};
 use crate::loras::{LoraMerger, MergedLora};
 use crate::prompt::lora::LoraTarget;
+use crate::prompt::Emphasis;
+pub use crate::sd3_prompt::ClipEncoder;
 use anyhow::{bail, ensure, Context, Result};
 use sd_core::model_dir::ModelDir;
 use sd_core::TorchGenerator;
@@ -65,12 +69,6 @@ pub fn is_sd3(dir: &ModelDir) -> bool {
         || dir.component_class("transformer").as_deref() == Some("SD3Transformer2DModel")
 }
 
-/// One CLIP encoder with its tokenizer.
-pub struct ClipEncoder {
-    pub tokenizer: ClipTokenizer,
-    pub model: ClipTextModel,
-}
-
 impl ClipEncoder {
     fn load(
         root: &Path,
@@ -90,16 +88,6 @@ impl ClipEncoder {
             "{enc}/ must be a CLIPTextModelWithProjection (SD3 uses its pooled projection)"
         );
         Ok(Self { tokenizer, model })
-    }
-
-    /// (penultimate hidden state `[1, 77, width]`, projected pooled output `[1, projection]`).
-    fn encode(&self, text: &str) -> Result<(Tensor, Tensor)> {
-        let ids = Tensor::from_slice(&self.tokenizer.encode(text)?).unsqueeze(0);
-        let out = self.model.forward(&ids)?;
-        let n = out.hidden_states.len();
-        ensure!(n >= 2, "the CLIP encoder has no penultimate layer");
-        let pooled = out.text_embeds.context("CLIP encoder without projection")?;
-        Ok((out.hidden_states[n - 2].shallow_clone(), pooled))
     }
 }
 
@@ -158,6 +146,9 @@ pub struct Sd3Request {
     /// diffusers' `negative_prompt_2` / `negative_prompt_3`; `None` = `negative_prompt`.
     pub negative_prompt_2: Option<String>,
     pub negative_prompt_3: Option<String>,
+    /// How A1111's prompt syntax and weights are read ([`crate::sd3_prompt`]): CLIP-L and CLIP-G take the weights,
+    /// T5 the text with the syntax stripped.
+    pub emphasis: Emphasis,
 }
 
 /// diffusers' `skip_guidance_layers` and its scale and window: in the steps `i` with
@@ -236,6 +227,7 @@ impl Sd3Request {
             prompt_3: None,
             negative_prompt_2: None,
             negative_prompt_3: None,
+            emphasis: Emphasis::Original,
         }
     }
 }
@@ -259,10 +251,12 @@ pub struct Sd3Generated {
 
 /// Prompt embeddings as the transformer takes them.
 pub struct Sd3Conditioning {
-    /// `[1, 77 + max_sequence_length, joint_attention_dim]`.
+    /// `[1, 77 · clip_chunks + max_sequence_length, joint_attention_dim]`: the CLIP chunks, then T5's tokens.
     pub prompt_embeds: Tensor,
     /// `[1, pooled_projection_dim]`.
     pub pooled: Tensor,
+    /// How many 77-token CLIP chunks lead `prompt_embeds` (1 unless the prompt is over 75 tokens or has `BREAK`).
+    pub clip_chunks: i64,
 }
 
 impl Sd3Pipeline {
@@ -359,24 +353,35 @@ impl Sd3Pipeline {
         Ok(Self { clip_l, clip_g, t5, transformer, vae, scheduler_config, device, kind, loras })
     }
 
-    /// diffusers' `encode_prompt` for one prompt.
+    /// diffusers' `encode_prompt` for one prompt, with A1111's prompt syntax ("Original" emphasis).
     pub fn encode_prompt(&self, text: &str, max_sequence_length: usize) -> Result<Sd3Conditioning> {
-        self.encode_texts(&[text.to_string(), text.to_string(), text.to_string()], max_sequence_length)
+        self.encode_texts(
+            &[text.to_string(), text.to_string(), text.to_string()],
+            max_sequence_length,
+            Emphasis::Original,
+        )
     }
 
-    /// `encode_prompt` with a text per encoder, CLIP-L, CLIP-G and T5 (diffusers' `prompt`, `prompt_2`, `prompt_3`).
-    pub fn encode_texts(&self, texts: &[String; 3], max_sequence_length: usize) -> Result<Sd3Conditioning> {
+    /// `encode_prompt` with a text per encoder, CLIP-L, CLIP-G and T5 (diffusers' `prompt`, `prompt_2`, `prompt_3`),
+    /// each read with A1111's prompt syntax under `emphasis` ([`crate::sd3_prompt`]).
+    pub fn encode_texts(
+        &self,
+        texts: &[String; 3],
+        max_sequence_length: usize,
+        emphasis: Emphasis,
+    ) -> Result<Sd3Conditioning> {
         // `<lora:…>` tags chose the LoRAs at load time; the encoders never see them (as in A1111)
         let strip = |t: &str| crate::loras::strip_lora_tags(t).map(|(text, _)| text);
         let (text_l, text_g, text_t5) = (strip(&texts[0])?, strip(&texts[1])?, strip(&texts[2])?);
         tch::no_grad(|| {
-            let (l, pl) = self.clip_l.encode(&text_l)?;
-            let (g, pg) = self.clip_g.encode(&text_g)?;
-            let clip = Tensor::f_cat(&[l, g], -1)?;
             let width = self.transformer.config.joint_attention_dim;
+            let clip = self.clip_part((&text_l, &text_g), emphasis)?;
             let t5 = match &self.t5 {
                 Some((tok, model)) => {
-                    let ids: Vec<i64> = tok.encode(&text_t5, max_sequence_length)?.into_iter().map(i64::from).collect();
+                    let ids: Vec<i64> = crate::sd3_prompt::t5_ids(tok, &text_t5, max_sequence_length, emphasis)?
+                        .into_iter()
+                        .map(i64::from)
+                        .collect();
                     model.forward(&Tensor::from_slice(&ids).unsqueeze(0).to_device(self.device))?
                 }
                 None => {
@@ -388,11 +393,36 @@ impl Sd3Pipeline {
                     Tensor::zeros([1, max_sequence_length as i64, width], (self.kind, self.device))
                 }
             };
-            let clip = clip.f_constant_pad_nd([0, width - clip.size()[2]])?.f_to_kind(self.kind)?;
-            let prompt_embeds = Tensor::f_cat(&[clip, t5.f_to_kind(self.kind)?], 1)?;
-            let pooled = Tensor::f_cat(&[pl, pg], -1)?.f_to_kind(self.kind)?;
-            Ok(Sd3Conditioning { prompt_embeds, pooled })
+            let clip_chunks = clip.hidden.size()[1] / crate::sd3_prompt::CHUNK_TOKENS;
+            let prompt_embeds = Tensor::f_cat(&[clip.hidden.f_to_kind(self.kind)?, t5.f_to_kind(self.kind)?], 1)?;
+            Ok(Sd3Conditioning { prompt_embeds, pooled: clip.pooled.f_to_kind(self.kind)?, clip_chunks })
         })
+    }
+
+    /// The CLIP-L + CLIP-G part of the conditioning ([`crate::sd3_prompt::encode_clip`]).
+    fn clip_part(&self, texts: (&str, &str), emphasis: Emphasis) -> Result<crate::sd3_prompt::ClipPart> {
+        let width = self.transformer.config.joint_attention_dim;
+        crate::sd3_prompt::encode_clip(&self.clip_l, &self.clip_g, texts, width, emphasis)
+    }
+
+    /// Completes the conditioning with fewer CLIP chunks with copies of the empty prompt's CLIP chunk, placed
+    /// after its own chunks and before T5's tokens: prompt and negative prompt run through the transformer as one
+    /// batch, so their sequences must be equally long (A1111's "pad prompt/negative prompt to be same length").
+    fn same_chunks(&self, a: Sd3Conditioning, b: Sd3Conditioning) -> Result<(Sd3Conditioning, Sd3Conditioning)> {
+        if a.clip_chunks == b.clip_chunks {
+            return Ok((a, b));
+        }
+        let empty = tch::no_grad(|| self.clip_part(("", ""), Emphasis::None))?.hidden.f_to_kind(self.kind)?;
+        let extend = |c: Sd3Conditioning, to: i64| -> Result<Sd3Conditioning> {
+            let split = c.clip_chunks * crate::sd3_prompt::CHUNK_TOKENS;
+            let rest = c.prompt_embeds.size()[1] - split;
+            let parts = c.prompt_embeds.f_split_with_sizes([split, rest], 1)?;
+            let extra = empty.f_repeat([1, to - c.clip_chunks, 1])?;
+            let prompt_embeds = Tensor::f_cat(&[&parts[0], &extra, &parts[1]], 1)?;
+            Ok(Sd3Conditioning { prompt_embeds, pooled: c.pooled, clip_chunks: to })
+        };
+        let n = a.clip_chunks.max(b.clip_chunks);
+        Ok((extend(a, n)?, extend(b, n)?))
     }
 
     /// Images `[B, 3, H, W]` in [0, 1] (f32, CPU) and the final latents.
@@ -414,14 +444,15 @@ impl Sd3Pipeline {
                 third.as_deref().unwrap_or(first).to_string(),
             ]
         };
-        let cond = self.encode_texts(&texts(&req.prompt, &req.prompt_2, &req.prompt_3), req.max_sequence_length)?;
-        let uncond = if req.guidance_scale > 1.0 {
-            let neg = texts(&req.negative_prompt, &req.negative_prompt_2, &req.negative_prompt_3);
-            Some(self.encode_texts(&neg, req.max_sequence_length)?)
-        } else {
-            None
-        };
-        Ok(Sd3Prompts { cond, uncond })
+        let (len, emphasis) = (req.max_sequence_length, req.emphasis);
+        let cond = self.encode_texts(&texts(&req.prompt, &req.prompt_2, &req.prompt_3), len, emphasis)?;
+        if req.guidance_scale <= 1.0 {
+            return Ok(Sd3Prompts { cond, uncond: None });
+        }
+        let neg = texts(&req.negative_prompt, &req.negative_prompt_2, &req.negative_prompt_3);
+        let uncond = self.encode_texts(&neg, len, emphasis).context("encoding the negative prompt")?;
+        let (cond, uncond) = self.same_chunks(cond, uncond)?;
+        Ok(Sd3Prompts { cond, uncond: Some(uncond) })
     }
 
     /// [`Self::generate`] from prompts [`Self::encode`]d for this request, reporting every step to `on_event`
@@ -755,6 +786,12 @@ impl Sd3Pipeline {
             if let Some(t) = text {
                 info.extra.push((key.into(), t.clone()));
             }
+        }
+        // A1111 names the emphasis mode only when it is not the default and a prompt has brackets
+        let bracketed = [&req.prompt, &req.negative_prompt].iter().any(|t| t.contains(['(', '[']));
+        if req.emphasis != Emphasis::Original && bracketed {
+            let name = crate::output::a1111_emphasis_name(req.emphasis);
+            info.extra.push(("Emphasis".into(), name.into()));
         }
         info.watermark = Some(outcome.clone());
         if self.t5.is_none() {

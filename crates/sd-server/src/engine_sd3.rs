@@ -1,8 +1,8 @@
 //! Jobs on a Stable Diffusion 3 / 3.5 model: the same job model, progress, interrupt/skip/cancel and finished
 //! files as the UNet families, run through [`sd_pipeline::sd3::Sd3Pipeline`] exactly as `sd generate` runs an SD3
 //! folder, so the same parameters give the same pixels and labels (`<lora:…>` tags included). What SD3 does not
-//! run yet (ControlNet units, the hires fix, clip skip, emphasis modes other than the default) is refused before the job
-//! is queued, naming the field.
+//! run yet (ControlNet units, the hires fix, clip skip) is refused before the job is queued, naming the field. A1111's
+//! emphasis modes apply to the CLIP encoders ([`sd_pipeline::sd3_prompt`]).
 
 use crate::engine::{init_images, EngineConfig};
 use crate::images;
@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// What a set of encoded SD3 prompts depends on: prompt, negative prompt, T5 tokens, whether CFG runs.
-pub type Sd3PromptKey = (String, String, usize, bool);
+/// What a set of encoded SD3 prompts depends on: prompt, negative prompt, T5 tokens, whether CFG runs, emphasis.
+pub type Sd3PromptKey = (String, String, usize, bool, sd_pipeline::prompt::Emphasis);
 
 /// Load an SD3 folder (a single-file SD3 checkpoint through its converted cache folder) with the server's device and
 /// dtype, its `--no-t5` choice and the job's LoRAs merged in.
@@ -51,9 +51,6 @@ pub fn unsupported(job: &JobRequest) -> Option<(&'static str, String)> {
     if job.clip_skip != 1 {
         return Some(("CLIP_stop_at_last_layers", why("clip skip")));
     }
-    if job.emphasis.parse::<sd_pipeline::prompt::Emphasis>().ok() != Some(Default::default()) {
-        return Some(("emphasis", why(&format!("emphasis mode {:?} (only \"Original\")", job.emphasis))));
-    }
     // The transformer's patches cover 2×2 latents, so sides are multiples of 16 (8 for the UNet families).
     for (f, v) in [("width", job.width), ("height", job.height)] {
         if v % 16 != 0 {
@@ -77,6 +74,7 @@ pub fn to_sd3_request(job: &JobRequest, cfg: &EngineConfig) -> Result<Sd3Request
     r.seed = job.seed;
     r.batch_size = job.batch_size;
     r.max_sequence_length = cfg.max_sequence_length;
+    r.emphasis = job.emphasis.parse()?;
     let schedule = job.schedule.as_deref().map(str::parse).transpose()?;
     r.sampler = flow_form(job.sampler.parse::<sd_schedulers::SamplerChoice>()?.with_schedule(schedule))?;
     // η for flow-euler-a ("Euler a" on SD3); ignored with a warning by the samplers that take none
@@ -114,8 +112,13 @@ impl Sd3Job<'_> {
     ) -> Result<()> {
         let base = to_sd3_request(job, self.cfg)?;
         self.pipe.check(&base)?;
-        let key: Sd3PromptKey =
-            (base.prompt.clone(), base.negative_prompt.clone(), base.max_sequence_length, base.guidance_scale > 1.0);
+        let key: Sd3PromptKey = (
+            base.prompt.clone(),
+            base.negative_prompt.clone(),
+            base.max_sequence_length,
+            base.guidance_scale > 1.0,
+            base.emphasis,
+        );
         let prompts = match cache.take() {
             Some((k, p)) if k == key => p,
             _ => self.pipe.encode(&base)?,

@@ -34,12 +34,11 @@ pub fn run(
         Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength, mask: None }),
         Mode::Inpaint { init, mask, strength } => Some(Sd3Init { image: init, strength, mask: Some(mask) }),
     };
-    let refused: [(bool, &str); 6] = [
+    let refused: [(bool, &str); 5] = [
         (args.load.embeddings_dir.is_some(), "--embeddings-dir"),
         (args.taesd.is_some(), "--taesd"),
         (args.clip_skip != 1, "--clip-skip"),
         (args.guidance_rescale != 0.0, "--guidance-rescale"),
-        (args.emphasis != "original", "--emphasis"),
         (opts.low_memory, "--low-memory"),
     ];
     if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
@@ -47,6 +46,8 @@ pub fn run(
             "{what} is not supported for SD3 models yet (SD3 runs txt2img, img2img and inpainting with the flow-matching samplers)"
         );
     }
+    let emphasis: sd_pipeline::prompt::Emphasis =
+        args.emphasis.parse().map_err(|e: anyhow::Error| super::UsageError(format!("--emphasis: {e}")))?;
     // `--sampler euler` on SD3 means its flow-matching form, as in ComfyUI and Forge
     let sampler = sd_pipeline::sd3::flow_form(sampler).map_err(|e| super::UsageError(format!("--sampler: {e:#}")))?;
     if let Some(policy) = &args.load.policy {
@@ -119,6 +120,7 @@ pub fn run(
         req.seed = base_seed.wrapping_add(batch);
         req.batch_size = args.batch_size;
         req.max_sequence_length = args.load.max_sequence_length;
+        req.emphasis = emphasis;
         req.sampler = sampler;
         req.eta = args.eta;
         if !args.json {

@@ -124,6 +124,7 @@ fn flags_sd3_does_not_take_are_usage_errors() {
         (vec!["--sampler", "ddim"], "sampler ddim is for UNet models (sd1 sd2 sdxl), not for this sd3 model"),
         (vec!["--sampler", "DPM++ 2M SDE"], "samplers for it: flow-euler, flow-euler-a, flow-heun, flow-dpmpp-2m"),
         (vec!["--clip-skip", "2"], "--clip-skip"),
+        (vec!["--emphasis", "strong"], "--emphasis: unknown emphasis mode `strong`"),
         (vec!["--batch-size", "0"], "--batch-size"),
     ] {
         let (code, err) = run(generate(dir.path()).args(&extra));

@@ -4,10 +4,12 @@
 //! |---|---|
 //! | `config` | `T5Config`, checked against named limits |
 //! | `encoder` | `T5EncoderModel` (relative position buckets, gated-GELU feed-forward, RMS layer norm) |
-//! | `tokenizer` | `tokenizer_3/tokenizer.json` through the `tokenizers` crate, padded / truncated as SD3 does |
+//! | `tokenizer` | `tokenizer_3/tokenizer.json` (or `spiece.model`) through the `tokenizers` crate, padded / truncated as SD3 does |
+//! | `spiece` | SentencePiece's `spiece.model` protobuf: pieces, scores, the normaliser's charsmap (bounded reader) |
 
 pub mod config;
 pub mod encoder;
+pub mod spiece;
 pub mod tokenizer;
 
 pub use config::T5Config;

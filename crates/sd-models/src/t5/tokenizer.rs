@@ -6,10 +6,19 @@
 //! token at id 2), the SentencePiece precompiled normaliser if the file has one, and its own pre-tokenizer
 //! (whitespace split, then Metaspace "▁" prepended to every word). The tokenizer is rebuilt here the same way, so a
 //! file whose saved normaliser differs (NFKC, say) still tokenizes as the reference does.
+//!
+//! A folder with only SentencePiece's `spiece.model` (older hub repos) is read as transformers converts it
+//! (`T5Converter` / `convert_from_spm`): the model's pieces and scores in order, then T5's 100 sentinels
+//! `<extra_id_99>` … `<extra_id_0>` (so `<extra_id_0>` has the last id), the proto's precompiled charsmap as the
+//! normaliser, the same pre-tokenizer, and `<pad>`, `</s>`, `<unk>` and the sentinels as special tokens matched
+//! in the raw text ([`super::spiece`] reads the file). The `add_dummy_prefix` / whitespace flags of the proto are
+//! not read, as transformers 5 does not read them for T5 either.
 
+use super::spiece::SentencePieceModel;
 use anyhow::{anyhow, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;
+use tokenizers::normalizers::Precompiled;
 use tokenizers::Tokenizer;
 
 /// Largest `max_sequence_length` accepted (SD3 allows up to 512).
@@ -24,25 +33,23 @@ pub struct T5Tokenizer {
 }
 
 impl T5Tokenizer {
-    /// From a `tokenizer_3/` folder.
+    /// From a `tokenizer_3/` folder: its `tokenizer.json`, or its `spiece.model` when that is all there is.
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
-        let len = std::fs::metadata(&path)
-            .with_context(|| {
-                format!(
-                    "{}: the T5 tokenizer needs tokenizer.json (spiece.model alone is not supported)",
-                    path.display()
-                )
-            })?
-            .len();
-        ensure!(
-            len <= MAX_TOKENIZER_BYTES,
-            "{}: {len} bytes, more than the {MAX_TOKENIZER_BYTES} accepted",
-            path.display()
-        );
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let file: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let inner = rebuild(&file).with_context(|| format!("{}", path.display()))?;
+        let json = dir.join("tokenizer.json");
+        let spiece = dir.join("spiece.model");
+        if json.is_file() || !spiece.is_file() {
+            Self::finish_load(from_tokenizer_json(&json)?, &json)
+        } else {
+            Self::load_spiece(&spiece)
+        }
+    }
+
+    /// From SentencePiece's `spiece.model` alone, as transformers converts it (see the module docs).
+    pub fn load_spiece(path: &Path) -> Result<Self> {
+        Self::finish_load(from_spiece(path).with_context(|| format!("{}", path.display()))?, path)
+    }
+
+    fn finish_load(inner: Tokenizer, path: &Path) -> Result<Self> {
         let id = |t: &str| {
             inner.token_to_id(t).ok_or_else(|| anyhow!("{}: the vocabulary lacks the T5 token {t}", path.display()))
         };
@@ -62,12 +69,70 @@ impl T5Tokenizer {
             (1..=MAX_SEQUENCE_LENGTH).contains(&max_length),
             "T5 max_sequence_length {max_length} is outside 1..={MAX_SEQUENCE_LENGTH}"
         );
-        let mut ids = self.encode_plain(text)?;
+        self.finish(self.encode_plain(text)?, max_length)
+    }
+
+    /// Prompt ids → `max_length` ids: truncated to leave room for `</s>`, closed with it, padded with `<pad>`.
+    pub fn finish(&self, mut ids: Vec<u32>, max_length: usize) -> Result<Vec<u32>> {
+        ensure!(
+            (1..=MAX_SEQUENCE_LENGTH).contains(&max_length),
+            "T5 max_sequence_length {max_length} is outside 1..={MAX_SEQUENCE_LENGTH}"
+        );
         ids.truncate(max_length - 1);
         ids.push(self.eos);
         ids.resize(max_length, self.pad);
         Ok(ids)
     }
+}
+
+/// T5 sentinels transformers adds to a `spiece.model`'s vocabulary (`extra_ids`).
+pub const EXTRA_IDS: usize = 100;
+
+fn from_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("{}: the T5 tokenizer needs tokenizer.json or spiece.model", path.display()))?
+        .len();
+    ensure!(
+        len <= MAX_TOKENIZER_BYTES,
+        "{}: {len} bytes, more than the {MAX_TOKENIZER_BYTES} accepted",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    rebuild(&file).with_context(|| format!("{}", path.display()))
+}
+
+/// transformers' `T5Tokenizer` built from a `spiece.model` (see the module docs).
+fn from_spiece(path: &Path) -> Result<Tokenizer> {
+    let sp = SentencePieceModel::load(path)?;
+    // transformers fixes T5's unknown id at 2 whatever the file says; a file laid out otherwise is not a T5 one
+    let first: Vec<&str> = sp.pieces.iter().take(3).map(|p| p.piece.as_str()).collect();
+    ensure!(
+        first == ["<pad>", "</s>", "<unk>"],
+        "T5's first three pieces must be <pad>, </s>, <unk> (ids 0, 1, 2); this model starts with {first:?}"
+    );
+    let mut vocab: Vec<Value> = sp.pieces.iter().map(|p| json!([p.piece, f64::from(p.score)])).collect();
+    vocab.extend((0..EXTRA_IDS).rev().map(|i| json!([format!("<extra_id_{i}>"), 0.0])));
+    let mut specials: Vec<(usize, String)> =
+        ["<pad>", "</s>", "<unk>"].iter().map(|t| t.to_string()).enumerate().collect();
+    specials.extend((0..EXTRA_IDS).map(|i| (sp.pieces.len() + EXTRA_IDS - 1 - i, format!("<extra_id_{i}>"))));
+    let added: Vec<Value> = specials
+        .into_iter()
+        .map(|(id, content)| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": true})
+        })
+        .collect();
+    let file = json!({"model": {"type": "Unigram", "vocab": vocab}, "added_tokens": added, "normalizer": null});
+    let tok = rebuild(&file)?;
+    if sp.precompiled_charsmap.is_empty() {
+        return Ok(tok);
+    }
+    // validated by `SentencePieceModel::parse` before the crate (which indexes it unchecked) sees it
+    let norm = Precompiled::from(&sp.precompiled_charsmap).map_err(|e| anyhow!("the normaliser's charsmap: {e}"))?;
+    let mut tok = tok;
+    tok.with_normalizer(Some(norm)).map_err(|e| anyhow!("setting the T5 normaliser: {e}"))?;
+    Ok(tok)
 }
 
 /// transformers' `T5Tokenizer.__init__` on a tokenizer.json: its Unigram vocabulary, its precompiled normaliser

@@ -12,6 +12,7 @@ mod ip_adapter;
 mod safety_checker;
 mod sd3_single_file;
 mod t5;
+mod t5_spiece;
 mod taesd;
 mod transformer_sd3;
 mod unet;

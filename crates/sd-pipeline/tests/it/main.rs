@@ -16,6 +16,7 @@ mod prompt_lora;
 mod prompt_schedule;
 mod refiner;
 mod robustness;
+mod sd3_emphasis;
 mod sd3_pipeline;
 mod sd3_samplers;
 mod sd3_single_file;

@@ -28,6 +28,7 @@ pub const READERS: &[Reader] = &[
     Reader { name: "ip-adapter", ext: "safetensors", run: read_ip_adapter },
     Reader { name: "prompt", ext: "txt", run: read_prompt },
     Reader { name: "sd3-checkpoint", ext: "safetensors", run: read_sd3_checkpoint },
+    Reader { name: "spiece", ext: "model", run: read_spiece },
 ];
 
 pub fn reader(name: &str) -> Option<&'static Reader> {
@@ -122,6 +123,15 @@ fn read_sd3_checkpoint(p: &Path) -> Result<()> {
     let src = sd_models::convert::open(p)?;
     let plan = sd_models::convert::sd3::plan(src.as_ref(), None, false)?;
     let _ = sd_models::convert::sd3::load_tensors(src.as_ref(), &plan)?;
+    Ok(())
+}
+
+/// SD3's T5 tokenizer from a `spiece.model`, then used on text the normaliser and the Unigram lattice must handle.
+fn read_spiece(p: &Path) -> Result<()> {
+    let tok = sd_models::t5::T5Tokenizer::load_spiece(p)?;
+    for text in ["a cat", "  Ｃａｆé\tﬁ 🐉 </s><extra_id_0>", ""] {
+        tok.encode(text, 16)?;
+    }
     Ok(())
 }
 
