@@ -187,16 +187,18 @@ def check_webui_ip_adapter_unit(ctx):
     picture = PIL.Image.open(ctx.ip_picture)
     unit = webuiapi.ControlNetUnit(image=picture, module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=0.8)
     args = dict(prompt="a red circle", seed=5, steps=4, width=SIZE, height=SIZE, sampler_name="Euler")
-    r = api.txt2img(controlnet_units=[unit], **args)
+    # A fresh `alwayson_scripts` each call: webuiapi's default is one shared dict that keeps the units of an
+    # earlier call (it clears them only for servers whose /scripts lists "controlnet m2m").
+    r = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **args)
     assert len(r.images) == 1 and r.image.size == (SIZE, SIZE), f"images {r.images!r}"
     infotext = r.info["infotexts"][0]
     assert 'ControlNet 0: "Module: ip-adapter_clip, Model: ip-adapter_sd15, Weight: 0.8' in infotext, infotext
-    plain = api.txt2img(**args)
+    plain = api.txt2img(alwayson_scripts={}, **args)
     assert plain.image.tobytes() != r.image.tobytes(), "the IP-Adapter unit did not change the picture"
     window = webuiapi.ControlNetUnit(image=picture, module="ip-adapter-auto", model="ip-adapter_sd15",
                                      guidance_start=0.5)
     try:
-        api.txt2img(controlnet_units=[window], **args)
+        api.txt2img(controlnet_units=[window], alwayson_scripts={}, **args)
     except RuntimeError as e:
         assert e.args[0] == 422 and "guidance_start" in e.args[1], f"a guidance window: {e.args!r}"
         return

@@ -109,7 +109,7 @@ pub fn resolve(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
     };
     found.ok_or_else(|| {
         anyhow::anyhow!(
-            "unknown ControlNet {name:?}; available: {:?} (folders and .safetensors/.pth files of {})",
+            "unknown ControlNet {name:?}; available: {:?} (ControlNet folders, ControlNet and IP-Adapter files of {})",
             available(Some(dir)),
             dir.display()
         )

@@ -177,7 +177,7 @@ fn ip_adapter_units_give_sd_generates_image_on_sd1() {
     // Bad units: A1111-shaped 4xx naming the field; the server keeps serving.
     let ip = |model: &str| unit("ip-adapter_clip_sd15", model, &picture(), 0.8);
     let cases: Vec<(Value, u16, Vec<&str>)> = vec![
-        (body(vec![ip("nope")]), 404, vec!["args[0].model", "unknown ControlNet \"nope\"", "ip-adapter_sd15"]),
+        (body(vec![ip("nope")]), 404, vec!["args[0].model", "unknown ControlNet", "nope", "ip-adapter_sd15"]),
         (
             body(vec![ip("ip-adapter_sdxl")]),
             400,
