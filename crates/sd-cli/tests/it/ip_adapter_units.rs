@@ -283,3 +283,20 @@ fn ip_adapter_unit_runs_on_a_redis_worker() {
     assert_eq!(px(&served), px(&file), "worker pixels differ from sd generate's");
     assert_eq!(params(&served), params(&file), "worker parameters differ");
 }
+
+/// `--ip-encoder` names image encoder folders; anything else is a usage error (exit 2) before anything starts.
+#[test]
+fn ip_encoder_flags_are_checked() {
+    let sd1 = fx("models/sd1");
+    let config = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["serve", "--model", &sd1, "--port", "0", "--ip-encoder", &sd1],
+        vec!["worker", "--queue", "redis://127.0.0.1:1", "--model", &sd1, "--ip-encoder", &sd1],
+    ] {
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_sd")).args(&args).env("SD_RS_CONFIG_DIR", config.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--ip-encoder") && err.contains("not an image encoder folder"), "{args:?}: {err}");
+    }
+}
