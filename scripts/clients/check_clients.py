@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Drive `sd serve` with the real client libraries, unchanged: webuiapi (AUTOMATIC1111 API) and openai.
 
-Usage: check_clients.py URL [--api-key KEY] [--model NAME]
+Usage: check_clients.py URL [--api-key KEY] [--model NAME] --ip-url URL2 --ip-picture PNG
 
 URL is the server's root (http://127.0.0.1:PORT). The server must run the 32x32 demo model
-(models/sd-tiny-shapes) with --api-key KEY. Every check asserts on what the library hands its caller, so a
+(models/sd-tiny-shapes) with --api-key KEY. URL2 is a second server, without a key, on the tiny SD1 fixture model
+with the IP-Adapter fixtures (scripts/fixtures/gen_94_ip_adapter.py) in its --controlnet-dir; PNG is the image
+prompt. Every check asserts on what the library hands its caller, so a
 response the library cannot parse, or parses into the wrong thing, fails here the way it would fail for a user.
 All checks run; the script prints one line per failure, then a summary, and exits 1 if any failed.
 
@@ -174,6 +176,35 @@ def check_webui_progress_and_interrupt(ctx):
     assert "Steps: 8" in r.info["infotexts"][0], f"job after an idle interrupt: {r.info['infotexts'][0]!r}"
 
 
+def check_webui_ip_adapter_unit(ctx):
+    # A1111's ControlNet extension runs IP-Adapters as ControlNet units: webuiapi sends them as any other unit.
+    assert ctx.ip_url, "needs --ip-url: a server on the tiny SD1 fixture model with IP-Adapters in --controlnet-dir"
+    api = webuiapi.WebUIApi(baseurl=ctx.ip_url + "/sdapi/v1")
+    models = api.controlnet_model_list()
+    assert "ip-adapter_sd15" in models, f"controlnet_model_list() = {models!r}"
+    modules = api.controlnet_module_list()
+    assert "ip-adapter_clip_sd15" in modules, f"controlnet_module_list() = {modules!r}"
+    picture = PIL.Image.open(ctx.ip_picture)
+    unit = webuiapi.ControlNetUnit(image=picture, module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=0.8)
+    args = dict(prompt="a red circle", seed=5, steps=4, width=SIZE, height=SIZE, sampler_name="Euler")
+    # A fresh `alwayson_scripts` each call: webuiapi's default is one shared dict that keeps the units of an
+    # earlier call (it clears them only for servers whose /scripts lists "controlnet m2m").
+    r = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **args)
+    assert len(r.images) == 1 and r.image.size == (SIZE, SIZE), f"images {r.images!r}"
+    infotext = r.info["infotexts"][0]
+    assert 'ControlNet 0: "Module: ip-adapter_clip, Model: ip-adapter_sd15, Weight: 0.8' in infotext, infotext
+    plain = api.txt2img(alwayson_scripts={}, **args)
+    assert plain.image.tobytes() != r.image.tobytes(), "the IP-Adapter unit did not change the picture"
+    window = webuiapi.ControlNetUnit(image=picture, module="ip-adapter-auto", model="ip-adapter_sd15",
+                                     guidance_start=0.5)
+    try:
+        api.txt2img(controlnet_units=[window], alwayson_scripts={}, **args)
+    except RuntimeError as e:
+        assert e.args[0] == 422 and "guidance_start" in e.args[1], f"a guidance window: {e.args!r}"
+        return
+    raise AssertionError("an IP-Adapter unit with guidance_start 0.5 was accepted")
+
+
 # --- openai ---------------------------------------------------------------------------------------------------
 
 
@@ -265,6 +296,7 @@ CHECKS = [
     check_webui_models_and_options,
     check_webui_samplers_and_scripts,
     check_webui_progress_and_interrupt,
+    check_webui_ip_adapter_unit,
     check_openai_generate,
     check_openai_url,
     check_openai_edit,
@@ -279,8 +311,11 @@ def main():
     ap.add_argument("url", help="server root, e.g. http://127.0.0.1:7860")
     ap.add_argument("--api-key", default="sk-test-key-123", dest="key")
     ap.add_argument("--model", default="sd-tiny-shapes", help="name of the model the server runs")
+    ap.add_argument("--ip-url", default=None, help="root of the server with IP-Adapters (tiny SD1 fixture model)")
+    ap.add_argument("--ip-picture", default=None, help="the IP-Adapter image prompt (fixtures/ip_adapter/picture.png)")
     ctx = ap.parse_args()
     ctx.url = ctx.url.rstrip("/")
+    ctx.ip_url = ctx.ip_url.rstrip("/") if ctx.ip_url else None
     failed = []
     for check in CHECKS:
         try:

@@ -15,6 +15,7 @@ use image::RgbImage;
 use sd_core::image_io::{self, Range};
 use sd_core::limits;
 use sd_models::clip::image_processor::{ClipImageProcessor, ResizeTo};
+use sd_models::clip::vision_projection::read_vision_config;
 use sd_models::clip::ClipVisionModelWithProjection;
 use sd_models::ip_adapter::{IpAdapter, IpAdapterUnit};
 use sd_models::unet::PerBlock;
@@ -82,10 +83,42 @@ fn default_encoder_dirs(adapter: &Path, model_root: &Path) -> Vec<PathBuf> {
     beside.into_iter().chain([model_root.join("image_encoder")]).collect()
 }
 
+/// Whether `path` holds an IP-Adapter in the original layout, judged by its tensor names (`image_proj.*` and
+/// `ip_adapter.<n>.*`, what [`sd_models::ip_adapter::convert`] reads), never by its file name: a server's
+/// ControlNet folder holds both kinds side by side, as A1111's `models/ControlNet` does. Only the names are read
+/// (a safetensors header, a checkpoint's pickle), no weights.
+pub fn is_ip_adapter_file(path: &Path) -> bool {
+    if !path.is_file() {
+        return false;
+    }
+    let Ok(src) = sd_models::convert::source::open(path) else { return false };
+    let names = src.names();
+    names.iter().any(|n| n.starts_with("image_proj.")) && names.iter().any(|n| n.starts_with("ip_adapter."))
+}
+
 impl StableDiffusion {
     /// Load an original IP-Adapter file (once per path) and its image encoder (`encoder`, or the default places),
     /// check both fit this model, and return the name requests use for the adapter.
     pub fn load_ip_adapter(&mut self, path: &Path, encoder: Option<&Path>) -> Result<String> {
+        let candidates = match encoder {
+            Some(dir) => vec![dir.to_path_buf()],
+            None => self.default_ip_encoder_dirs(path),
+        };
+        self.load_ip_adapter_among(path, &candidates)
+    }
+
+    /// Where an adapter's encoder is looked for when none is named: `image_encoder/` beside the adapter file,
+    /// then in the model folder.
+    pub fn default_ip_encoder_dirs(&self, adapter: &Path) -> Vec<PathBuf> {
+        default_encoder_dirs(adapter, &self.dir.root)
+    }
+
+    /// Load an IP-Adapter with the first of `encoders` (image encoder folders, in order of preference) whose
+    /// output the adapter takes: a server that offers SD1.5 and SDXL adapters holds a ViT-H and a ViT-bigG
+    /// encoder, and the adapter's input width tells which (A1111's ControlNet extension picks by the unit's
+    /// preprocessor instead; a preprocessor naming the other encoder would only fail there). Only the candidates'
+    /// `config.json` are read until one is chosen.
+    pub fn load_ip_adapter_among(&mut self, path: &Path, encoders: &[PathBuf]) -> Result<String> {
         if let Some(a) = self.ip_adapters.iter().find(|a| a.path == path) {
             return Ok(a.name.clone());
         }
@@ -115,34 +148,8 @@ impl StableDiffusion {
         adapter
             .bind(&sites, cross)
             .with_context(|| format!("the IP-Adapter {} does not fit {}", path.display(), self.name))?;
-        let encoder_dir = match encoder {
-            Some(dir) => dir.to_path_buf(),
-            None => {
-                let tried = default_encoder_dirs(path, &self.dir.root);
-                tried.iter().find(|d| d.join("config.json").is_file()).cloned().with_context(|| {
-                    let list: Vec<String> = tried.iter().map(|d| d.display().to_string()).collect();
-                    format!(
-                        "no image encoder for the IP-Adapter {}: looked in {}; give the CLIPVisionModelWithProjection \
-                         folder it was trained with (--ip-encoder)",
-                        path.display(),
-                        list.join(" and ")
-                    )
-                })?
-            }
-        };
+        let encoder_dir = choose_encoder(path, &adapter, encoders)?;
         let encoder = self.image_encoder(&encoder_dir)?;
-        let enc = &self.image_encoders[encoder].model;
-        let width = if adapter.reads_hidden_states() { enc.config().hidden_size } else { enc.config().projection_dim };
-        if width != adapter.input_dim() {
-            let what = if adapter.reads_hidden_states() { "hidden states" } else { "image_embeds" };
-            bail!(
-                "the image encoder {} makes {width}-wide {what} but the IP-Adapter {} takes {}: use the encoder it \
-                 was trained with (ViT-H for the SD1.5 and *_vit-h adapters, ViT-bigG for ip-adapter_sdxl)",
-                encoder_dir.display(),
-                path.display(),
-                adapter.input_dim()
-            );
-        }
         self.ip_adapters.push(LoadedIpAdapter { name: name.clone(), path: path.to_path_buf(), adapter, encoder });
         Ok(name)
     }
@@ -173,6 +180,40 @@ impl StableDiffusion {
             format!("the request uses the IP-Adapter {name:?}, which is not loaded (loaded: {loaded:?})")
         })
     }
+}
+
+/// The first of `candidates` that is an encoder folder making the output `adapter` takes (its `image_embeds`, or
+/// its hidden states for plus / full-face adapters); the error names every folder tried and what it makes.
+fn choose_encoder(path: &Path, adapter: &IpAdapter, candidates: &[PathBuf]) -> Result<PathBuf> {
+    let existing: Vec<&PathBuf> = candidates.iter().filter(|d| d.join("config.json").is_file()).collect();
+    if existing.is_empty() {
+        let list: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+        bail!(
+            "no image encoder for the IP-Adapter {}: looked in {}; give the CLIPVisionModelWithProjection folder it \
+             was trained with (--ip-encoder)",
+            path.display(),
+            list.join(" and ")
+        );
+    }
+    let hidden = adapter.reads_hidden_states();
+    let what = if hidden { "hidden states" } else { "image_embeds" };
+    let mut made = Vec::with_capacity(existing.len());
+    for dir in existing {
+        let cfg = read_vision_config(&dir.join("config.json"))
+            .with_context(|| format!("reading the image encoder config of {}", dir.display()))?;
+        let width = if hidden { cfg.hidden_size } else { cfg.projection_dim };
+        if width == adapter.input_dim() {
+            return Ok(dir.clone());
+        }
+        made.push(format!("{} makes {width}-wide {what}", dir.display()));
+    }
+    bail!(
+        "no image encoder fits the IP-Adapter {}, which takes {}-wide {what}: {}; use the encoder it was trained \
+         with (ViT-H for the SD1.5 and *_vit-h adapters, ViT-bigG for ip-adapter_sdxl)",
+        path.display(),
+        adapter.input_dim(),
+        made.join(", ")
+    )
 }
 
 /// Each adapter's tokens for the whole UNet batch: the unconditional rows first (`batch` of them when guidance

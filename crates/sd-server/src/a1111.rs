@@ -480,13 +480,16 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
         lossless: settings.webp_lossless,
         init_file: None,
         controlnet: Vec::new(),
+        ip_adapters: Vec::new(),
         refiner: None,
     };
     let mut job = job;
     let controlnet =
         r.alwayson_scripts.as_ref().and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("controlnet")));
     if let Some((_, script)) = controlnet {
-        job.controlnet = crate::controlnet::parse(state, script, kind, job.init_image.as_deref())?;
+        let units = crate::controlnet::parse(state, script, kind, job.init_image.as_deref())?;
+        job.controlnet = units.controlnet;
+        job.ip_adapters = units.ip_adapters;
     }
     if r.enable_hr == Some(true) {
         job.hires = Some(hires_spec(&r, &job)?);

@@ -10,15 +10,27 @@
 //! `threshold_a` / `threshold_b` (Canny's thresholds; absent or negative: 100 / 200). Units that are disabled or
 //! name no model are skipped, as the extension skips them. Preprocessors run on the picture at its own size:
 //! `processor_res` and `pixel_perfect` are accepted and not used; a `mask` is refused.
+//!
+//! IP-Adapter units, as the extension runs them: a unit whose `model` is an IP-Adapter file of the folder (told
+//! by its tensor names, [`sd_pipeline::ip_adapter::is_ip_adapter_file`]) runs that adapter with the unit's picture
+//! as image prompt and `weight` as its scale, exactly as `sd generate --ip-adapter FILE --ip-image IMG --ip-scale
+//! W` does. `module` is one of the extension's IP-Adapter preprocessors ([`IP_ADAPTER_MODULES`], or "none"); the
+//! image encoder is the first of `--ip-encoder` folders, `image_encoder/` beside the adapter file and the model's
+//! `image_encoder/` whose output the adapter takes. `guidance_start` / `guidance_end` other than 0 / 1 are refused
+//! (422), as are FaceID modules; `control_mode`, `resize_mode` and the thresholds do not apply (the extension hides
+//! them for IP-Adapter units). A job's ControlNet and IP-Adapter units each have their own limit (8 and
+//! `limits::IP_ADAPTER_MAX_ADAPTERS`).
 
 use crate::error::{ApiError, ApiResult};
 use crate::images;
-use crate::job::{ControlUnitSpec, JobKind};
+use crate::job::{ControlUnitSpec, IpAdapterSpec, JobKind};
 use crate::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use sd_core::limits;
 use sd_pipeline::control::{ControlInput, Preprocess, ResizeMode};
+use sd_pipeline::ip_adapter::IpAdapterInput;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -27,12 +39,24 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/model_list", get(model_list)).route("/module_list", get(module_list))
 }
 
-/// File extensions of single-file ControlNets (A1111's `models/ControlNet/` holds `.pth` and `.safetensors`).
-const SINGLE_FILE_EXTENSIONS: [&str; 4] = ["safetensors", "pth", "ckpt", "pt"];
+/// File extensions of single-file ControlNets and IP-Adapters (the extension's `CN_MODEL_EXTS`: A1111's
+/// `models/ControlNet/` holds `.pth` and `.safetensors` ControlNets and `.bin` / `.safetensors` IP-Adapters).
+const SINGLE_FILE_EXTENSIONS: [&str; 5] = ["safetensors", "pth", "ckpt", "pt", "bin"];
 
-/// ControlNets under `dir`, sorted by name: folders whose `config.json` says `ControlNetModel` (named by the
-/// folder) and single `.safetensors`/`.pth`/`.ckpt`/`.pt` files (named by their stem, as A1111 names them; what a
-/// file holds is checked when it is loaded).
+/// The extension's IP-Adapter preprocessors this server runs: its names and their labels (`ip-adapter_clip_h` is
+/// the label of `ip-adapter_clip_sd15`, `ip-adapter_clip_g` of `ip-adapter_clip_sdxl`), and `ip-adapter-auto`.
+pub const IP_ADAPTER_MODULES: [&str; 6] = [
+    "ip-adapter-auto",
+    "ip-adapter_clip_sd15",
+    "ip-adapter_clip_sdxl",
+    "ip-adapter_clip_sdxl_plus_vith",
+    "ip-adapter_clip_h",
+    "ip-adapter_clip_g",
+];
+
+/// ControlNets and IP-Adapters under `dir`, sorted by name: folders whose `config.json` says `ControlNetModel`
+/// (named by the folder) and single `.safetensors`/`.pth`/`.ckpt`/`.pt`/`.bin` files (named by their stem, as
+/// A1111 names them; what a file holds is checked when a unit names it).
 pub fn available(dir: Option<&Path>) -> Vec<String> {
     let Some(dir) = dir else { return Vec::new() };
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
@@ -85,7 +109,7 @@ pub fn resolve(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
     };
     found.ok_or_else(|| {
         anyhow::anyhow!(
-            "unknown ControlNet {name:?}; available: {:?} (folders and .safetensors/.pth files of {})",
+            "unknown ControlNet {name:?}; available: {:?} (ControlNet folders, ControlNet and IP-Adapter files of {})",
             available(Some(dir)),
             dir.display()
         )
@@ -97,16 +121,26 @@ async fn model_list(State(state): State<AppState>) -> Json<Value> {
 }
 
 async fn module_list() -> Json<Value> {
-    Json(json!({
-        "module_list": ["none", "canny"],
-        "module_detail": {
-            "none": { "model_free": false, "sliders": [] },
-            "canny": { "model_free": false, "sliders": [
-                { "name": "Canny Low Threshold", "value": 100, "min": 1, "max": 255 },
-                { "name": "Canny High Threshold", "value": 200, "min": 1, "max": 255 }
-            ] }
-        }
-    }))
+    let mut detail = json!({
+        "none": { "model_free": false, "sliders": [] },
+        "canny": { "model_free": false, "sliders": [
+            { "name": "Canny Low Threshold", "value": 100, "min": 1, "max": 255 },
+            { "name": "Canny High Threshold", "value": 200, "min": 1, "max": 255 }
+        ] }
+    });
+    // The extension's names (not its labels, as its `alias_names=false` default lists them).
+    let ip = &IP_ADAPTER_MODULES[..4];
+    for m in ip {
+        detail[*m] = json!({ "model_free": false, "sliders": [] });
+    }
+    let mut list = vec!["none", "canny"];
+    list.extend_from_slice(ip);
+    Json(json!({ "module_list": list, "module_detail": detail }))
+}
+
+/// Whether a (lower-cased) module is one of the extension's IP-Adapter preprocessors, FaceID included.
+fn is_ip_module(module: &str) -> bool {
+    module.starts_with("ip-adapter")
 }
 
 fn field(i: usize, name: &str) -> String {
@@ -139,17 +173,25 @@ fn choice(u: &Value, i: usize, name: &str, labels: &[&[&str]], default: usize) -
     }
 }
 
+/// The units of `alwayson_scripts.controlnet`, split by kind (each checked: images decode within the limits,
+/// models exist and are of the kind the unit asks for).
+#[derive(Debug, Default)]
+pub struct Units {
+    pub controlnet: Vec<ControlUnitSpec>,
+    pub ip_adapters: Vec<IpAdapterSpec>,
+}
+
 /// `alwayson_scripts.controlnet` → the job's units (checked: images decode within the limits, models exist).
-pub fn parse(state: &AppState, script: &Value, kind: JobKind, init: Option<&str>) -> ApiResult<Vec<ControlUnitSpec>> {
+pub fn parse(state: &AppState, script: &Value, kind: JobKind, init: Option<&str>) -> ApiResult<Units> {
     let args = match script.get("args") {
         Some(Value::Array(a)) => a,
-        None | Some(Value::Null) => return Ok(Vec::new()),
+        None | Some(Value::Null) => return Ok(Units::default()),
         Some(_) => {
             return Err(ApiError::bad_request("`alwayson_scripts.controlnet.args` must be a list of units")
                 .with_param("alwayson_scripts.controlnet.args"))
         }
     };
-    let mut out = Vec::new();
+    let mut out = Units::default();
     for (i, u) in args.iter().enumerate() {
         if !u.is_object() {
             return Err(ApiError::bad_request(format!("`alwayson_scripts.controlnet.args[{i}]` must be an object")));
@@ -166,47 +208,42 @@ pub fn parse(state: &AppState, script: &Value, kind: JobKind, init: Option<&str>
         if model.is_empty() || model.eq_ignore_ascii_case("none") {
             continue;
         }
-        resolve(state.engine_cfg.controlnet_dir.as_deref(), model).map_err(|e| {
+        let path = resolve(state.engine_cfg.controlnet_dir.as_deref(), model).map_err(|e| {
             ApiError::not_found(format!("`{}`: {e:#}", field(i, "model"))).with_param(&field(i, "model"))
         })?;
+        let module = u.get("module").and_then(|m| m.as_str()).unwrap_or("none").to_ascii_lowercase();
+        if module.contains("face_id") {
+            return Err(ApiError::unsupported(
+                &field(i, "module"),
+                format!(
+                    "`{}` {module:?}: IP-Adapter FaceID (insightface) is not supported; the IP-Adapter modules are \
+                     {IP_ADAPTER_MODULES:?}",
+                    field(i, "module")
+                ),
+            ));
+        }
+        let ip_file = sd_pipeline::ip_adapter::is_ip_adapter_file(&path);
+        if is_ip_module(&module) && !ip_file {
+            return Err(ApiError::unsupported(
+                &field(i, "model"),
+                format!(
+                    "`{}` {model:?} is not an IP-Adapter file, but the unit's module {module:?} is an IP-Adapter \
+                     preprocessor: name an IP-Adapter (ip-adapter_sd15, …) or a ControlNet module",
+                    field(i, "model")
+                ),
+            ));
+        }
         if u.get("mask").and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
             return Err(ApiError::unsupported(
                 &field(i, "mask"),
                 format!("`{}`: unit masks are not supported", field(i, "mask")),
             ));
         }
-        let image = match u.get("image").or(u.get("input_image")) {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Object(o)) if o.get("image").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty()) => {
-                if o.get("mask").and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
-                    return Err(ApiError::unsupported(
-                        &field(i, "image.mask"),
-                        "ControlNet unit masks are not supported",
-                    ));
-                }
-                o["image"].as_str().unwrap_or_default().to_string()
-            }
-            _ => match (kind, init) {
-                (JobKind::Img2img, Some(init)) => init.to_string(),
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "`{}`: the unit has no control image",
-                        field(i, "image")
-                    ))
-                    .with_param(&field(i, "image")))
-                }
-            },
-        };
-        // Strip a data-URL prefix as A1111's decoder does.
-        let image = match image.split_once(";base64,") {
-            Some((head, data)) if head.starts_with("data:") => data.to_string(),
-            _ => image,
-        };
-        images::decode(
-            &field(i, "image"),
-            &images::b64_bytes(&field(i, "image"), &image)?,
-            state.cfg.limits.max_input_pixels,
-        )?;
+        let image = unit_image(state, u, i, kind, init)?;
+        if ip_file {
+            out.ip_adapters.push(ip_unit(u, i, model, image, module)?);
+            continue;
+        }
         let control_mode = choice(
             u,
             i,
@@ -235,11 +272,14 @@ pub fn parse(state: &AppState, script: &Value, kind: JobKind, init: Option<&str>
             ],
             1,
         )?;
-        let module = u.get("module").and_then(|m| m.as_str()).unwrap_or("none").to_ascii_lowercase();
         if module != "none" && module != "canny" {
             return Err(ApiError::unsupported(
                 &field(i, "module"),
-                format!("`{}` {module:?}: the preprocessors are none and canny", field(i, "module")),
+                format!(
+                    "`{}` {module:?}: the preprocessors are none and canny (and {IP_ADAPTER_MODULES:?} for \
+                     IP-Adapter models)",
+                    field(i, "module")
+                ),
             ));
         }
         let a = number(u, i, "threshold_a", -1.0)?;
@@ -260,16 +300,93 @@ pub fn parse(state: &AppState, script: &Value, kind: JobKind, init: Option<&str>
             .map_err(|e| ApiError::bad_request(format!("alwayson_scripts.controlnet.args[{i}]: {e:#}")))?;
         sd_pipeline::control::validate(std::slice::from_ref(&probe))
             .map_err(|e| ApiError::bad_request(format!("alwayson_scripts.controlnet.args[{i}]: {e:#}")))?;
-        out.push(spec);
+        out.controlnet.push(spec);
     }
-    if out.len() > sd_pipeline::control::MAX_UNITS {
+    if out.controlnet.len() > sd_pipeline::control::MAX_UNITS {
         return Err(ApiError::bad_request(format!(
             "{} enabled ControlNet units; at most {} are supported",
-            out.len(),
+            out.controlnet.len(),
             sd_pipeline::control::MAX_UNITS
-        )));
+        ))
+        .with_param("alwayson_scripts.controlnet.args"));
+    }
+    if out.ip_adapters.len() as u64 > limits::IP_ADAPTER_MAX_ADAPTERS {
+        return Err(ApiError::bad_request(format!(
+            "`alwayson_scripts.controlnet.args`: {}",
+            limits::exceeded(
+                format!("{} enabled IP-Adapter units", out.ip_adapters.len()),
+                "IP-Adapters",
+                limits::IP_ADAPTER_MAX_ADAPTERS,
+                "adapters"
+            )
+        ))
+        .with_param("alwayson_scripts.controlnet.args"));
     }
     Ok(out)
+}
+
+/// A unit's picture as base64 (img2img falls back on the init image, as the extension does), checked to decode
+/// within the server's input limit.
+fn unit_image(state: &AppState, u: &Value, i: usize, kind: JobKind, init: Option<&str>) -> ApiResult<String> {
+    let image = match u.get("image").or(u.get("input_image")) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Object(o)) if o.get("image").and_then(|x| x.as_str()).is_some_and(|s| !s.is_empty()) => {
+            if o.get("mask").and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
+                return Err(ApiError::unsupported(&field(i, "image.mask"), "ControlNet unit masks are not supported"));
+            }
+            o["image"].as_str().unwrap_or_default().to_string()
+        }
+        _ => match (kind, init) {
+            (JobKind::Img2img, Some(init)) => init.to_string(),
+            _ => {
+                return Err(ApiError::bad_request(format!("`{}`: the unit has no control image", field(i, "image")))
+                    .with_param(&field(i, "image")))
+            }
+        },
+    };
+    // Strip a data-URL prefix as A1111's decoder does.
+    let image = match image.split_once(";base64,") {
+        Some((head, data)) if head.starts_with("data:") => data.to_string(),
+        _ => image,
+    };
+    images::decode(
+        &field(i, "image"),
+        &images::b64_bytes(&field(i, "image"), &image)?,
+        state.cfg.limits.max_input_pixels,
+    )?;
+    Ok(image)
+}
+
+/// An IP-Adapter unit: its scale checked as `sd generate --ip-scale` checks it, and guidance start / end, which
+/// `sd generate` does not offer for adapters, refused unless they cover the whole run.
+fn ip_unit(u: &Value, i: usize, model: &str, image: String, module: String) -> ApiResult<IpAdapterSpec> {
+    if module != "none" && !IP_ADAPTER_MODULES.contains(&module.as_str()) {
+        return Err(ApiError::unsupported(
+            &field(i, "module"),
+            format!(
+                "`{}` {module:?}: {model:?} is an IP-Adapter; its modules are {IP_ADAPTER_MODULES:?} (or none)",
+                field(i, "module")
+            ),
+        ));
+    }
+    for (name, whole) in [("guidance_start", 0.0), ("guidance_end", 1.0)] {
+        let v = number(u, i, name, whole)?;
+        if v != whole {
+            return Err(ApiError::unsupported(
+                &field(i, name),
+                format!(
+                    "`{}` {v}: IP-Adapter units run over the whole sampling (guidance_start 0, guidance_end 1); \
+                     partial windows are not supported",
+                    field(i, name)
+                ),
+            ));
+        }
+    }
+    let spec = IpAdapterSpec { model: model.to_string(), image, weight: number(u, i, "weight", 1.0)?, module };
+    sd_pipeline::ip_adapter::validate(&[IpAdapterInput::new(model, image::RgbImage::new(1, 1), spec.weight)]).map_err(
+        |e| ApiError::bad_request(format!("`{}`: {e:#}", field(i, "weight"))).with_param(&field(i, "weight")),
+    )?;
+    Ok(spec)
 }
 
 /// A job's unit as the pipeline takes it (the picture decoded).
@@ -277,6 +394,14 @@ pub fn to_input(spec: &ControlUnitSpec) -> anyhow::Result<ControlInput> {
     let bytes = images::b64_bytes("controlnet image", &spec.image).map_err(|e| anyhow::anyhow!(e.message))?;
     let image = images::decode("controlnet image", &bytes, u64::MAX).map_err(|e| anyhow::anyhow!(e.message))?.to_rgb8();
     settings(spec, image)
+}
+
+/// A job's IP-Adapter unit as the pipeline takes it (the picture decoded; the name is the file stem, which is
+/// what the pipeline names a loaded adapter).
+pub fn ip_input(spec: &IpAdapterSpec) -> anyhow::Result<IpAdapterInput> {
+    let bytes = images::b64_bytes("IP-Adapter image", &spec.image).map_err(|e| anyhow::anyhow!(e.message))?;
+    let image = images::decode("IP-Adapter image", &bytes, u64::MAX).map_err(|e| anyhow::anyhow!(e.message))?.to_rgb8();
+    Ok(IpAdapterInput::new(&spec.model, image, spec.weight))
 }
 
 fn settings(spec: &ControlUnitSpec, image: image::RgbImage) -> anyhow::Result<ControlInput> {
@@ -313,9 +438,73 @@ mod tests {
         assert_eq!(available(Some(d)), ["canny-folder", "control_v11p_sd15_canny", "diffusers_xl_depth"]);
         assert_eq!(resolve(Some(d), "canny-folder").unwrap(), d.join("canny-folder"));
         assert_eq!(resolve(Some(d), "control_v11p_sd15_canny").unwrap(), d.join("control_v11p_sd15_canny.pth"));
+        std::fs::write(d.join("ip-adapter_sd15.bin"), b"x").unwrap();
+        assert_eq!(
+            available(Some(d)),
+            ["canny-folder", "control_v11p_sd15_canny", "diffusers_xl_depth", "ip-adapter_sd15"],
+            "IP-Adapter .bin files are listed as the extension lists them"
+        );
+        assert_eq!(resolve(Some(d), "ip-adapter_sd15").unwrap(), d.join("ip-adapter_sd15.bin"));
         for bad in ["notes", "empty", "../x", "control_v11p_sd15_canny.pth/..", ""] {
             let e = resolve(Some(d), bad).unwrap_err().to_string();
             assert!(e.contains("unknown ControlNet") && e.contains("control_v11p_sd15_canny"), "{bad}: {e}");
         }
+    }
+
+    /// A job with ControlNet and IP-Adapter units is what a `sd worker` reads back from Redis (JSON), unchanged;
+    /// a job written before IP-Adapter units existed still reads (no units).
+    #[test]
+    fn jobs_with_ip_adapter_units_round_trip_as_json() {
+        let mut job = crate::job::JobRequest {
+            kind: JobKind::Txt2img,
+            prompt: "a red circle".into(),
+            negative_prompt: String::new(),
+            steps: 4,
+            cfg_scale: 7.0,
+            sampler: "Euler".into(),
+            schedule: None,
+            eta: None,
+            seed: 5,
+            width: 32,
+            height: 32,
+            batch_size: 1,
+            n_iter: 1,
+            clip_skip: 1,
+            emphasis: "Original".into(),
+            model: None,
+            init_image: None,
+            mask: None,
+            denoising_strength: 0.75,
+            mask_invert: false,
+            hires: None,
+            format: Default::default(),
+            quality: None,
+            init_file: None,
+            controlnet: vec![ControlUnitSpec {
+                model: "controlnet-sd1".into(),
+                image: "aW1n".into(),
+                weight: 0.8,
+                guidance_start: 0.0,
+                guidance_end: 1.0,
+                guess_mode: false,
+                resize_mode: "crop".into(),
+                module: "none".into(),
+                threshold_a: 100.0,
+                threshold_b: 200.0,
+            }],
+            ip_adapters: vec![IpAdapterSpec {
+                model: "ip-adapter_sd15".into(),
+                image: "cGlj".into(),
+                weight: 0.6,
+                module: "ip-adapter_clip_sd15".into(),
+            }],
+            refiner: None,
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        assert_eq!(serde_json::from_str::<crate::job::JobRequest>(&text).unwrap(), job);
+        let mut old: Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("ip_adapters");
+        job.ip_adapters.clear();
+        assert_eq!(serde_json::from_value::<crate::job::JobRequest>(old).unwrap(), job);
     }
 }

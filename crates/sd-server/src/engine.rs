@@ -32,8 +32,12 @@ pub struct EngineConfig {
     pub load: LoadOptions,
     /// Where `<lora:name:weight>` finds `name.safetensors`.
     pub lora_dir: Option<PathBuf>,
-    /// Where ControlNet units find their ControlNet folders, by folder name (`crate::controlnet`).
+    /// Where ControlNet units find their ControlNet folders, by folder name (`crate::controlnet`), and IP-Adapter
+    /// units their adapter files, by file stem.
     pub controlnet_dir: Option<PathBuf>,
+    /// Image encoder folders IP-Adapter units may use (`--ip-encoder`), tried before `image_encoder/` beside the
+    /// adapter file and in the model folder; each adapter takes the first whose output it fits.
+    pub ip_encoders: Vec<PathBuf>,
     pub embeddings_dir: Option<PathBuf>,
     pub render: RenderOptions,
     /// Policy file (path as given, text read at start): prompts containing a listed term are refused.
@@ -405,6 +409,17 @@ impl Engine {
             let dir = crate::controlnet::resolve(self.cfg.controlnet_dir.as_deref(), &unit.model)?;
             sd.load_controlnet(&dir)?;
         }
+        // Loaded adapters stay beside the model for the next job, as ControlNets do.
+        let mut ip_names = Vec::with_capacity(req.ip_adapters.len());
+        for unit in &req.ip_adapters {
+            let path = crate::controlnet::resolve(self.cfg.controlnet_dir.as_deref(), &unit.model)?;
+            let mut encoders = self.cfg.ip_encoders.clone();
+            encoders.extend(sd.default_ip_encoder_dirs(&path));
+            let name = sd
+                .load_ip_adapter_among(&path, &encoders)
+                .with_context(|| format!("IP-Adapter unit {:?}", unit.model))?;
+            ip_names.push(name);
+        }
         if let Some(spec) = &req.refiner {
             let ri = self.catalog.find(&spec.model).ok_or_else(|| {
                 anyhow!("unknown refiner {:?}; available: {}", spec.model, self.catalog.names().join(", "))
@@ -416,7 +431,10 @@ impl Engine {
             Some(spec) => Some((&self.refiner.as_ref().context("the refiner is not loaded")?.1, spec.switch_at)),
             None => None,
         };
-        let base = to_generation_request(req, sd)?;
+        let mut base = to_generation_request(req, sd)?;
+        for (input, name) in base.ip_adapters.iter_mut().zip(ip_names) {
+            input.model = name;
+        }
         base.validate(sd.vae_scale_factor())?;
         let hires = req.hires.as_ref().map(|h| h.to_hires()).transpose()?;
         let render = self.render_options(req)?;
@@ -550,6 +568,7 @@ pub fn to_generation_request(req: &JobRequest, sd: &StableDiffusion) -> Result<G
         },
     };
     g.control = req.controlnet.iter().map(crate::controlnet::to_input).collect::<Result<_>>()?;
+    g.ip_adapters = req.ip_adapters.iter().map(crate::controlnet::ip_input).collect::<Result<_>>()?;
     let _ = sd;
     Ok(g)
 }

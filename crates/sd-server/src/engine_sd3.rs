@@ -45,6 +45,9 @@ pub fn unsupported(job: &JobRequest) -> Option<(&'static str, String)> {
     if !job.controlnet.is_empty() {
         return Some(("alwayson_scripts", why("ControlNet")));
     }
+    if !job.ip_adapters.is_empty() {
+        return Some(("alwayson_scripts", why("IP-Adapter")));
+    }
     if job.hires.is_some() {
         return Some(("enable_hr", why("the hires fix (enable_hr)")));
     }

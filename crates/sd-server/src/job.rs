@@ -99,6 +99,10 @@ pub struct JobRequest {
     /// ControlNet units (A1111's ControlNet extension), run on ControlNets of `--controlnet-dir`.
     #[serde(default)]
     pub controlnet: Vec<ControlUnitSpec>,
+    /// IP-Adapter units (A1111's ControlNet extension runs IP-Adapters as ControlNet units), run on IP-Adapter
+    /// files of `--controlnet-dir`.
+    #[serde(default)]
+    pub ip_adapters: Vec<IpAdapterSpec>,
     /// The SDXL refiner that finishes the base's picture (A1111's `refiner_checkpoint`, `refiner_switch_at`).
     #[serde(default)]
     pub refiner: Option<RefinerSpec>,
@@ -131,6 +135,22 @@ pub struct ControlUnitSpec {
     pub module: String,
     pub threshold_a: f64,
     pub threshold_b: f64,
+}
+
+/// One IP-Adapter unit as a job carries it (see `crate::controlnet`): a ControlNet unit whose model is an
+/// IP-Adapter file. Guidance start and end are always 0 and 1 (the unit is refused otherwise), as `sd generate`
+/// runs adapters, so they are not carried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IpAdapterSpec {
+    /// The adapter's name in `--controlnet-dir` (its file stem).
+    pub model: String,
+    /// The image prompt, base64 image bytes.
+    pub image: String,
+    /// The adapter's scale (`sd generate --ip-scale`).
+    pub weight: f64,
+    /// The unit's preprocessor as sent (an `ip-adapter*` module or "none"); the encoder is chosen by what the
+    /// adapter takes, not by this name.
+    pub module: String,
 }
 
 /// The hires fix as a job carries it (see `sd_pipeline::hires::Hires`).

@@ -12,7 +12,7 @@
 //! | [`engine_sd3`] | jobs on Stable Diffusion 3 / 3.5 models, and the job fields SD3 refuses |
 //! | [`catalog`] | models of `--model` and `--models-dir`, named as A1111 names checkpoints |
 //! | [`a1111`] | `/sdapi/v1/...`: AUTOMATIC1111's API |
-//! | [`controlnet`] | the A1111 ControlNet extension's API: `alwayson_scripts.controlnet` units, `/controlnet/...` |
+//! | [`controlnet`] | the A1111 ControlNet extension's API: ControlNet and IP-Adapter units, `/controlnet/...` |
 //! | [`openai`] | `/v1/images/...`, `/v1/models`: OpenAI's images API |
 //! | [`jobs_api`] | `/v1/jobs...`: submit, poll, stream (SSE), fetch images, cancel |
 //! | [`ops`] | `/health`, `/ready`, `/metrics`, the web page, authentication |
@@ -264,6 +264,9 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
         }
         if !job.controlnet.is_empty() {
             return bad(param, "the refiner with ControlNet units is not supported".into());
+        }
+        if !job.ip_adapters.is_empty() {
+            return bad(param, "the refiner with IP-Adapter units is not supported".into());
         }
     }
     // the model the job will run on: the one it names (which must exist) or the selected one

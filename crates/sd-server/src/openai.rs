@@ -180,6 +180,7 @@ fn to_job(state: &AppState, b: &GenerationBody, kind: JobKind, default_size: (i6
         lossless: None,
         init_file: None,
         controlnet: Vec::new(),
+        ip_adapters: Vec::new(),
         refiner: None,
     };
     if !(1..=state.cfg.limits.max_batch_size).contains(&n) {

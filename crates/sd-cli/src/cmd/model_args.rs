@@ -204,6 +204,7 @@ pub fn engine_config(
         load: options,
         lora_dir: load.lora_dir.clone(),
         controlnet_dir: None,
+        ip_encoders: Vec::new(),
         embeddings_dir: load.embeddings_dir.clone(),
         render: RenderOptions { c2pa: sign.map(std::sync::Arc::new), ..render.options(safety) },
         policy,

@@ -47,9 +47,15 @@ pub struct Args {
     /// Allow browser pages from this origin to call the API (repeatable; "*" for any)
     #[arg(long)]
     pub cors_origin: Vec<String>,
-    /// Folder of diffusers ControlNet folders that A1111 ControlNet units name by folder name
+    /// Folder of ControlNets (diffusers folders, single files) and IP-Adapter files that A1111 ControlNet units
+    /// name by folder name or file stem
     #[arg(long, value_name = "DIR")]
     pub controlnet_dir: Option<PathBuf>,
+    /// An image encoder folder (CLIPVisionModelWithProjection) for IP-Adapter units, tried before image_encoder/
+    /// in --controlnet-dir and in the model folder; repeat for several (a ViT-H and a ViT-bigG): each adapter
+    /// takes the first whose output it fits
+    #[arg(long, value_name = "DIR")]
+    pub ip_encoder: Vec<PathBuf>,
     /// TAESD folder for live previews in /sdapi/v1/progress and the web page (final images use the model's VAE)
     #[arg(long)]
     pub taesd: Option<PathBuf>,
@@ -101,6 +107,16 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     engine.controlnet_dir = args.controlnet_dir.clone();
+    for dir in &args.ip_encoder {
+        if !dir.join("config.json").is_file() {
+            usage!(
+                "--ip-encoder {}: not an image encoder folder (config.json missing); expected a \
+                 CLIPVisionModelWithProjection folder such as IP-Adapter's models/image_encoder",
+                dir.display()
+            );
+        }
+    }
+    engine.ip_encoders = args.ip_encoder.clone();
     if let Some(q) = &args.queue {
         check_queue_url(q)?;
     }

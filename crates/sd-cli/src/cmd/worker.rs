@@ -42,9 +42,15 @@ pub struct Args {
     /// Seconds finished jobs stay readable in Redis
     #[arg(long, default_value_t = 3600)]
     pub result_ttl: u64,
-    /// Folder of diffusers ControlNet folders that A1111 ControlNet units name by folder name
+    /// Folder of ControlNets (diffusers folders, single files) and IP-Adapter files that A1111 ControlNet units
+    /// name by folder name or file stem
     #[arg(long, value_name = "DIR")]
     pub controlnet_dir: Option<PathBuf>,
+    /// An image encoder folder (CLIPVisionModelWithProjection) for IP-Adapter units, tried before image_encoder/
+    /// in --controlnet-dir and in the model folder; repeat for several (a ViT-H and a ViT-bigG): each adapter
+    /// takes the first whose output it fits
+    #[arg(long, value_name = "DIR")]
+    pub ip_encoder: Vec<PathBuf>,
     /// TAESD folder for live previews
     #[arg(long)]
     pub taesd: Option<PathBuf>,
@@ -70,6 +76,16 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     engine_cfg.controlnet_dir = args.controlnet_dir.clone();
+    for dir in &args.ip_encoder {
+        if !dir.join("config.json").is_file() {
+            usage!(
+                "--ip-encoder {}: not an image encoder folder (config.json missing); expected a \
+                 CLIPVisionModelWithProjection folder such as IP-Adapter's models/image_encoder",
+                dir.display()
+            );
+        }
+    }
+    engine_cfg.ip_encoders = args.ip_encoder.clone();
     let catalog = Arc::new(Catalog::scan(&args.load.model, args.models_dir.as_deref())?);
     let engine =
         Engine::new(engine_cfg, catalog, Arc::new(Metrics::default()), Arc::new(Mutex::new(EngineStatus::default())));

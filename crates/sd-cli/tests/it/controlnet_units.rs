@@ -121,7 +121,8 @@ fn a1111_controlnet_units_give_sd_generates_image() {
     let r: Value = client().get(format!("{}/controlnet/model_list", s.url)).send().unwrap().json().unwrap();
     assert_eq!(r["model_list"], json!(["controlnet-sd1", "controlnet-sd1-b", "controlnet-sdxl"]), "{r}");
     let r: Value = client().get(format!("{}/controlnet/module_list", s.url)).send().unwrap().json().unwrap();
-    assert_eq!(r["module_list"], json!(["none", "canny"]), "{r}");
+    let modules = ["none", "canny", "ip-adapter-auto", "ip-adapter_clip_sd15", "ip-adapter_clip_sdxl"];
+    assert_eq!(r["module_list"], json!([&modules[..], &["ip-adapter_clip_sdxl_plus_vith"]].concat()), "{r}");
 
     // The same two units as `two_units`, as webuiapi's ControlNetUnit sends them (model names with a hash suffix).
     let unit = |model: &str, image: &str, weight: f64, start: f64, end: f64, resize: &str| {

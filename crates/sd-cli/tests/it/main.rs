@@ -12,6 +12,7 @@ mod convert_generate;
 mod hostile_inputs;
 mod inspect;
 mod ip_adapter_cli;
+mod ip_adapter_units;
 mod output_formats;
 mod perf_flags;
 mod prompt_extras;

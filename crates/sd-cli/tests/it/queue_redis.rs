@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Redis {
+pub(crate) struct Redis {
     child: Child,
     port: u16,
     dir: PathBuf,
@@ -21,7 +21,7 @@ struct Redis {
 }
 
 impl Redis {
-    fn start(dir: &Path, aof: bool) -> Redis {
+    pub(crate) fn start(dir: &Path, aof: bool) -> Redis {
         let port = server::free_port();
         let child = spawn_redis(dir, port, aof);
         let r = Redis { child, port, dir: dir.to_path_buf(), aof };
@@ -29,7 +29,7 @@ impl Redis {
         r
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 

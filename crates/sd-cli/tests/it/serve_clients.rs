@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const API_KEY: &str = "sk-test-key-123";
 
 /// The number of checks in `check_clients.py`: a check lost there (renamed out of its list, say) fails here.
-const CHECKS: usize = 13;
+const CHECKS: usize = 14;
 
 /// The whole script runs about 15 tiny generations; minutes means a hang, not a slow machine.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -32,18 +32,31 @@ fn webuiapi_and_openai_clients_work_unchanged() {
     );
     let script = root.join("scripts/clients/check_clients.py");
     let srv = server::Server::start(&["--api-key", API_KEY]);
+    // IP-Adapter units run on the tiny SD1 fixture model, for which the fixture adapters are made.
+    let fixtures = sd_test_support::fixtures();
+    let ip_models = fixtures.join("ip_adapter/models");
+    let ip_srv = server::Server::start_with_model(
+        &fixtures.join("models/sd1"),
+        &["--controlnet-dir", ip_models.to_str().unwrap(), "--safety", "off"],
+    );
+    let picture = fixtures.join("ip_adapter/picture.png");
 
     let logs = tempfile::tempdir().expect("temp dir");
     let (status, output) = run_with_timeout(
-        Command::new(&python).arg(&script).arg(&srv.url).args(["--api-key", API_KEY, "--model", "sd-tiny-shapes"]),
+        Command::new(&python)
+            .arg(&script)
+            .arg(&srv.url)
+            .args(["--api-key", API_KEY, "--model", "sd-tiny-shapes", "--ip-url", &ip_srv.url, "--ip-picture"])
+            .arg(&picture),
         logs.path(),
         SCRIPT_TIMEOUT,
     );
     assert!(
         status == Some(0),
-        "check_clients.py {} (exit {status:?}):\n{output}\n--- sd serve log ---\n{}",
+        "check_clients.py {} (exit {status:?}):\n{output}\n--- sd serve log ---\n{}\n--- IP-Adapter server log ---\n{}",
         if status.is_none() { "timed out" } else { "failed" },
-        srv.log()
+        srv.log(),
+        ip_srv.log()
     );
     // Exit 0 alone could also mean a script that ran nothing: the summary must count every check as passed.
     let summary = output.lines().find(|l| l.starts_with("check_clients: ")).unwrap_or_default();

@@ -125,3 +125,41 @@ fn bad_adapters_and_requests_are_clear_errors() {
     let e = format!("{:#}", req.validate(8).unwrap_err());
     assert!(e.contains("IP-Adapters limit of 8"), "{e}");
 }
+
+/// A server holds encoders of several widths (ViT-H, ViT-bigG): each adapter takes the first candidate whose output
+/// it fits, read from the candidates' configs, and gives exactly the image of the encoder named alone. A single
+/// encoder that does not fit is refused, naming its width and the adapter's.
+#[test]
+fn the_first_encoder_that_fits_is_chosen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("wider_encoder");
+    std::fs::create_dir(&other).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter("image_encoder/config.json")).unwrap()).unwrap();
+    let width = |v: &Value, k: &str| v.get(k).or(v["vision_config"].get(k)).and_then(|x| x.as_i64()).unwrap();
+    let (proj, hidden) = (width(&cfg, "projection_dim"), width(&cfg, "hidden_size"));
+    // Only the config is read for a candidate that does not fit, so no weights are needed.
+    cfg["projection_dim"] = (proj * 2).into();
+    cfg["hidden_size"] = (hidden * 2).into();
+    std::fs::write(other.join("config.json"), cfg.to_string()).unwrap();
+    let base = adapter("ip-adapter_sd15.safetensors");
+
+    let mut sd = load("sd1");
+    let e = format!("{:#}", sd.load_ip_adapter(&base, Some(&other)).unwrap_err());
+    assert!(e.contains("no image encoder fits") && e.contains(&format!("makes {}-wide image_embeds", proj * 2)), "{e}");
+    assert!(e.contains(&format!("takes {proj}-wide")), "{e}");
+    assert!(sd.ip_adapters.is_empty() && sd.image_encoders.is_empty(), "a refused candidate is never loaded");
+    let name = sd.load_ip_adapter_among(&base, &[other.clone(), adapter("image_encoder")]).unwrap();
+    assert_eq!(sd.image_encoders.len(), 1);
+    assert_eq!(sd.image_encoders[0].path, adapter("image_encoder"));
+
+    let mut alone = load("sd1");
+    let alone_name = alone.load_ip_adapter(&base, Some(&adapter("image_encoder"))).unwrap();
+    let mut req = GenerationRequest::txt2img("a red circle", 32, 32);
+    req.steps = 2;
+    req.sampler = "Euler".parse().unwrap();
+    req.ip_adapters = vec![IpAdapterInput::new(&name, picture(), 0.8)];
+    let chosen = run(&sd, &req).1;
+    req.ip_adapters = vec![IpAdapterInput::new(&alone_name, picture(), 0.8)];
+    assert_eq!((run(&alone, &req).1 - chosen).abs().max().double_value(&[]), 0.0);
+}
