@@ -14,6 +14,7 @@
 //! | [`sd3`] | Stable Diffusion 3 / 3.5 (`StableDiffusion3Pipeline`): MMDiT, CLIP-L + CLIP-G + T5, flow matching |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
 //! | [`hires`] | A1111's hires fix: first pass, enlarge (image or latents), img2img second pass |
+//! | [`step_cache`] | opt-in step caching (`--cache deepcache`): full UNet every N steps, shallow passes between |
 //! | [`stage`] | one loop run that starts from given latents, stops at a switch point or returns latents |
 //! | [`refiner`] | the SDXL refiner after the base model (diffusers' ensemble of experts) |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
@@ -40,3 +41,4 @@ pub mod request;
 pub mod sd3;
 pub mod single_file;
 pub mod stage;
+pub mod step_cache;
