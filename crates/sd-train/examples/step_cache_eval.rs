@@ -4,7 +4,8 @@
 //! by `sd_train::shapes::read`), PSNR and SSIM against the uncached image, and the denoising time as a ratio to the
 //! uncached runs (sums over the alternated runs, so a loaded machine slows both sides alike).
 //!
-//! `cargo run --release -p sd-train --example step_cache_eval -- MODEL_DIR [MODE ...]`
+//! `cargo run --release -p sd-train --example step_cache_eval -- MODEL_DIR [PROMPTS] [MODE ...]`
+//! (`PROMPTS`: how many of the 50 held-out prompts, from the first; default all)
 //! (modes as `sd generate --cache` takes them; default: deepcache at intervals 2, 3, 5 branch 0 and interval 3
 //! branch 1).
 
@@ -51,8 +52,10 @@ struct Row {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let model = args.first().context("usage: step_cache_eval MODEL_DIR [MODE ...]")?;
-    let mut modes: Vec<StepCache> = args[1..].iter().map(|m| m.parse()).collect::<Result<_>>()?;
+    let model = args.first().context("usage: step_cache_eval MODEL_DIR [PROMPTS] [MODE ...]")?;
+    let prompts: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let skip = if args.get(1).is_some_and(|a| a.parse::<usize>().is_ok()) { 2 } else { 1 };
+    let mut modes: Vec<StepCache> = args[skip..].iter().map(|m| m.parse()).collect::<Result<_>>()?;
     if modes.is_empty() {
         modes =
             ["deepcache:interval=2", "deepcache:interval=3", "deepcache:interval=5", "deepcache:interval=3,branch=1"]
@@ -63,7 +66,8 @@ fn main() -> Result<()> {
     modes.insert(0, StepCache::Off);
     let sd =
         StableDiffusion::load(model, LoadOptions { load_safety_checker: false, ..LoadOptions::cpu(tch::Kind::Float) })?;
-    let scenes = sd_train::shapes::held_out_scenes();
+    let mut scenes = sd_train::shapes::held_out_scenes();
+    scenes.truncate(prompts);
     let mut rows: Vec<Row> = modes.iter().map(|_| Row::default()).collect();
     for (i, scene) in scenes.iter().enumerate() {
         let mut reference: Option<Tensor> = None;
@@ -93,6 +97,7 @@ fn main() -> Result<()> {
                 }
             }
         }
+        eprintln!("prompt {i} done");
     }
     let n = scenes.len() as f64;
     let base_s = rows[0].denoise_s;
