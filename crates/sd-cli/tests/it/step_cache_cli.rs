@@ -25,13 +25,14 @@ fn generate(model: &str, out: &Path, extra: &[&str]) -> (i32, String, String) {
 fn deepcache_is_recorded_in_metadata_and_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (plain, cached) = (dir.path().join("plain.png"), dir.path().join("cached.png"));
-    let (code, _, err) = generate("sd1", &plain, &[]);
+    let (code, _, err) = generate("sd1", &plain, &["--sampler", "euler"]);
     assert_eq!(code, 0, "{err}");
-    let (code, json, err) = generate("sd1", &cached, &["--cache", "deepcache:interval=2", "--json"]);
+    let (code, json, err) =
+        generate("sd1", &cached, &["--cache", "deepcache:interval=2", "--json", "--sampler", "euler"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).expect("--json output");
     assert_eq!(v["cache"], "deepcache:interval=2,branch=0");
-    // Five steps at interval 2: full at 0, 2, 4; shallow at 1, 3.
+    // Five Euler steps (one UNet call each) at interval 2: full at 0, 2, 4; shallow at 1, 3.
     assert_eq!(v["batches"][0]["unet_calls"], 5);
     assert_eq!(v["batches"][0]["shallow_calls"], 2);
     let text = String::from_utf8_lossy(&std::fs::read(&cached).expect("cached png")).to_string();
