@@ -157,7 +157,7 @@ impl CacheRun {
             return unet.forward_with(sample, timestep, hidden, inputs);
         };
         match &self.deep {
-            Some(deep) if index % interval != 0 => {
+            Some(deep) if !index.is_multiple_of(interval) => {
                 self.shallow += 1;
                 unet.forward_shallow(sample, timestep, hidden, inputs, at, deep).context("deepcache shallow step")
             }
