@@ -80,6 +80,8 @@ pub struct Generated {
     pub timings: Timings,
     /// Number of UNet evaluations (steps × passes), for reporting.
     pub unet_calls: usize,
+    /// Of those, the evaluations a step cache ran shallow (`--cache`; 0 when off).
+    pub shallow_calls: usize,
     /// The sampler actually used, by its A1111 name ("Euler a", "DPM++ 2M"), for the parameters chunk.
     pub sampler_label: String,
     /// A1111 "Schedule type" ("Karras", "Exponential", ...), `None` for the sampler's own default.
@@ -326,6 +328,8 @@ impl StableDiffusion {
         // IP-Adapter tokens: the picture is encoded once; every UNet call attends to them.
         let ip_units = crate::ip_adapter::prepare(self, req, cfg, copies, dtype, device)?;
         let ip_hook = (!ip_units.is_empty()).then(|| sd_models::ip_adapter::IpAdapterHook { units: ip_units });
+        // Step cache (off by default): decides per evaluation between the whole UNet and a shallow pass.
+        let mut cache = crate::step_cache::CacheRun::new(req.cache, &self.unet, !req.control.is_empty())?;
 
         // 5. Denoising loop.
         let t1 = Instant::now();
@@ -363,7 +367,9 @@ impl StableDiffusion {
                     attention_hook: ip_hook.as_ref().map(|h| h as &dyn sd_models::unet::AttentionHook),
                     ..Default::default()
                 };
-                let out = self.unet.forward_with(&input, &t_tensor, &hidden, &inputs)?;
+                // DeepCache counts steps by the timestep's first position in the loop's schedule.
+                let index = timesteps.iter().position(|&x| x == t).unwrap_or(i);
+                let out = cache.evaluate(&self.unet, index, &input, &t_tensor, &hidden, &inputs)?;
                 Ok(if cfg {
                     // A1111's combine_denoised: uncond + Σ wᵢ·cfg·(condᵢ − uncond); one part of weight 1 is CFG.
                     let parts = out.chunk(copies, 0);
@@ -417,6 +423,7 @@ impl StableDiffusion {
             seed: req.seed,
             timings,
             unet_calls,
+            shallow_calls: cache.shallow,
             sampler_label,
             schedule_label,
             sampler_warnings,

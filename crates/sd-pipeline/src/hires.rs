@@ -317,6 +317,7 @@ impl StableDiffusion {
         out.timings.denoise_s += first.timings.denoise_s;
         out.timings.decode_s += first.timings.decode_s;
         out.unet_calls += first.unet_calls;
+        out.shallow_calls += first.shallow_calls;
         out.steps_done += first.steps_done;
         out.seed = req.seed;
         let own_sampler = (out.sampler_label != first.sampler_label).then_some(out.sampler_label.as_str());
@@ -354,6 +355,7 @@ impl StableDiffusion {
                     acc.timings.denoise_s += g.timings.denoise_s;
                     acc.timings.decode_s += g.timings.decode_s;
                     acc.unet_calls += g.unet_calls;
+                    acc.shallow_calls += g.shallow_calls;
                     acc.steps_done += g.steps_done;
                     acc.interrupted |= g.interrupted;
                     acc

@@ -15,6 +15,7 @@
 //! | [`sd3_prompt`] | SD3 prompts with A1111 syntax: weighted, chunked CLIP-L + CLIP-G, T5 with the syntax stripped |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
 //! | [`hires`] | A1111's hires fix: first pass, enlarge (image or latents), img2img second pass |
+//! | [`step_cache`] | opt-in step caching (`--cache deepcache`): full UNet every N steps, shallow passes between |
 //! | [`stage`] | one loop run that starts from given latents, stops at a switch point or returns latents |
 //! | [`refiner`] | the SDXL refiner after the base model (diffusers' ensemble of experts) |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
@@ -42,3 +43,4 @@ pub mod sd3;
 pub mod sd3_prompt;
 pub mod single_file;
 pub mod stage;
+pub mod step_cache;

@@ -366,6 +366,7 @@ fn generation_info(
     if req.guidance_rescale > 0.0 {
         info.extra.push(("Guidance rescale".into(), req.guidance_rescale.to_string()));
     }
+    info.extra.extend(req.cache.infotext());
     for (i, c) in req.control.iter().enumerate() {
         info.extra.push(crate::control::infotext(i, c));
     }

@@ -114,6 +114,7 @@ impl StableDiffusion {
         g.timings.encode_s += first.timings.encode_s;
         g.timings.denoise_s += first.timings.denoise_s;
         g.unet_calls += first.unet_calls;
+        g.shallow_calls += first.shallow_calls;
         g.steps_done += first.steps_done;
         g.sampler_label = first.sampler_label;
         g.schedule_label = first.schedule_label;

@@ -5,6 +5,8 @@ use anyhow::{bail, Result};
 use image::{GrayImage, RgbImage};
 use sd_schedulers::SamplerChoice;
 
+pub use crate::step_cache::StepCache;
+
 /// txt2img, img2img or inpainting.
 #[derive(Clone, Debug)]
 pub enum Mode {
@@ -70,6 +72,8 @@ pub struct GenerationRequest {
     pub control: Vec<ControlInput>,
     /// IP-Adapters (empty: none), each with its image prompt; see [`crate::ip_adapter`].
     pub ip_adapters: Vec<IpAdapterInput>,
+    /// Opt-in step caching (off by default); see [`crate::step_cache`].
+    pub cache: StepCache,
 }
 
 pub use crate::control::ControlInput;
@@ -97,6 +101,7 @@ impl GenerationRequest {
             crop_top_left: (0, 0),
             control: Vec::new(),
             ip_adapters: Vec::new(),
+            cache: StepCache::Off,
         }
     }
 
@@ -136,6 +141,9 @@ impl GenerationRequest {
         }
         crate::control::validate(&self.control)?;
         crate::ip_adapter::validate(&self.ip_adapters)?;
+        if !self.cache.is_off() && !self.control.is_empty() {
+            bail!("--cache {} does not combine with ControlNet units: their residuals feed the deep blocks a cached step skips", self.cache);
+        }
         match &self.mode {
             Mode::Txt2Img => {}
             Mode::Img2Img { init, .. } => check_size("the init image", init.width(), init.height(), self)?,

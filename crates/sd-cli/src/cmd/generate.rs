@@ -8,7 +8,7 @@ use sd_core::limits;
 use sd_pipeline::generate::Event;
 use sd_pipeline::loader::StableDiffusion;
 use sd_pipeline::output::OutputOptions;
-use sd_pipeline::request::{GenerationRequest, Mode};
+use sd_pipeline::request::{GenerationRequest, Mode, StepCache};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -144,6 +144,14 @@ pub struct Args {
     /// Print a machine-readable summary on stdout
     #[arg(long)]
     pub json: bool,
+    #[arg(
+        long,
+        default_value = "off",
+        value_name = "MODE[:PARAMS]",
+        value_parser = parse_cache,
+        help = "Step caching, off by default: deepcache[:interval=N,branch=B] runs the whole UNet every N steps (default 3) and only its shallow branch B (default 0, DeepCache's ids) in between; faster, slightly different images"
+    )]
+    pub cache: StepCache,
     /// SD3: skip-layer guidance on these transformer blocks, e.g. 7,8,9 for SD3.5 Medium (txt2img with CFG)
     #[arg(long, value_delimiter = ',', value_name = "N,N,...", num_args = 1..)]
     pub slg_layers: Vec<usize>,
@@ -256,11 +264,20 @@ pub fn run(args: Args) -> Result<()> {
         if args.refine.refiner.is_some() {
             usage!("--refiner applies to SDXL base models, not SD3");
         }
+        if !args.cache.is_off() {
+            usage!("--cache {}: step caching works on UNet models (SD1, SD2, SDXL), not SD3's MMDiT", args.cache);
+        }
         opts.loras = loras;
         return super::generate_sd3::run(&args, opts, sampler, mode, init_file);
     }
     if !args.slg_layers.is_empty() {
         usage!("--slg-layers (skip-layer guidance) applies to SD3 models only");
+    }
+    if !args.cache.is_off() && !control.is_empty() {
+        usage!(
+            "--cache {} does not combine with --controlnet: the residuals feed the deep blocks a cached step skips",
+            args.cache
+        );
     }
     check_unet_sampler("--sampler", &sampler, &args.load.model)?;
     if let Some(s) = hires.as_ref().and_then(|h| h.sampler.as_ref()) {
@@ -343,6 +360,7 @@ pub fn run(args: Args) -> Result<()> {
         req.mode = mode.clone();
         req.control = control.clone();
         req.ip_adapters = ip_inputs.clone();
+        req.cache = args.cache;
         req.validate(sd.vae_scale_factor()).map_err(|e| super::UsageError(format!("{e:#}")))?;
         if !args.json {
             eprintln!("seed {}", req.seed);
@@ -403,6 +421,8 @@ pub fn run(args: Args) -> Result<()> {
         summary.push(serde_json::json!({
             "seed": generated.seed,
             "timings": generated.timings,
+            "unet_calls": generated.unet_calls,
+            "shallow_calls": generated.shallow_calls,
             "images": saved,
         }));
     }
@@ -410,6 +430,7 @@ pub fn run(args: Args) -> Result<()> {
         let v = serde_json::json!({
             "model": sd.name,
             "family": sd.info.family.to_string(),
+            "cache": args.cache.to_string(),
             "load_s": load_s,
             "loras": sd.loras.iter().map(|l| serde_json::json!({ "path": l.path, "weight": l.weight, "ignored_keys": l.ignored })).collect::<Vec<_>>(),
             "batches": summary,
@@ -421,6 +442,11 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// The hires-fix flags, checked before any model loads.
+/// `--cache`, parsed by clap so a bad value exits with 2 before anything loads.
+fn parse_cache(s: &str) -> Result<StepCache, String> {
+    s.parse().map_err(|e: anyhow::Error| format!("{e:#}"))
+}
+
 fn hires_settings(args: &Args) -> Result<Option<sd_pipeline::hires::Hires>> {
     if args.hires_scale.is_none() && args.hires_resize.is_none() {
         if args.hires_sampler.is_some() || args.hires_prompt.is_some() || args.hires_negative_prompt.is_some() {

@@ -25,6 +25,7 @@ mod serve_api;
 mod serve_browser;
 mod serve_clients;
 mod serve_robustness;
+mod step_cache_cli;
 mod tokenize;
 mod train_cli;
 mod train_opt_outs;

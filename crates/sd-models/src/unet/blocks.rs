@@ -9,6 +9,7 @@ use super::Pass;
 use crate::attention::Attention;
 use anyhow::{anyhow, Result};
 use sd_core::weights::VarBuilder;
+use std::ops::Range;
 use tch::Tensor;
 
 /// Settings shared by all blocks of one UNet.
@@ -87,6 +88,10 @@ impl DownBlock {
     /// a cross-attention level adds it after its last resnet/transformer pair, before that output becomes a skip;
     /// a plain level adds it to its output after the downsampler, which diffusers does in place, so the last skip
     /// (the same tensor) carries it too.
+    ///
+    /// `skip_limit` stops the level as soon as `skips` holds that many tensors (`usize::MAX`: the whole level):
+    /// a shallow pass (see `super::split`) computes only the skips its up layers will consume.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,
@@ -95,10 +100,14 @@ impl DownBlock {
         pass: &Pass,
         skips: &mut Vec<Tensor>,
         residual: Option<&Tensor>,
+        skip_limit: usize,
     ) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         let last = self.resnets.len().saturating_sub(1);
         for (i, resnet) in self.resnets.iter().enumerate() {
+            if skips.len() >= skip_limit {
+                return Ok(h);
+            }
             h = resnet.forward(&h, temb)?;
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h, ctx, pass)?;
@@ -107,6 +116,9 @@ impl DownBlock {
                 }
             }
             skips.push(h.shallow_clone());
+        }
+        if skips.len() >= skip_limit {
+            return Ok(h);
         }
         if let Some(d) = &self.downsampler {
             h = d.forward(&h)?;
@@ -156,6 +168,11 @@ impl UpBlock {
         self.attentions.iter_mut().flat_map(|t| t.attentions_mut())
     }
 
+    /// Number of resnet (or resnet + transformer) layers: the skips this level consumes.
+    pub fn layers(&self) -> usize {
+        self.resnets.len()
+    }
+
     /// Consumes one skip per resnet from the end of `skips`; `upsample_size` is the spatial size of the next
     /// level up (the skip that will be concatenated after upsampling).
     pub fn forward(
@@ -166,14 +183,34 @@ impl UpBlock {
         pass: &Pass,
         skips: &mut Vec<Tensor>,
     ) -> Result<Tensor> {
+        self.forward_layers(x, 0..self.resnets.len(), temb, ctx, pass, skips)
+    }
+
+    /// [`Self::forward`] for the layers in `layers` only: the level's upsampler runs when the range reaches its
+    /// last layer. Running `0..j` then `j..layers()` is the whole level; a split UNet (see `super::split`) stops
+    /// or resumes at `j`.
+    pub fn forward_layers(
+        &self,
+        x: &Tensor,
+        layers: Range<usize>,
+        temb: &Tensor,
+        ctx: &Tensor,
+        pass: &Pass,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
         let mut h = x.shallow_clone();
-        for (i, resnet) in self.resnets.iter().enumerate() {
+        let end = layers.end;
+        for i in layers {
+            let resnet = self.resnets.get(i).ok_or_else(|| anyhow!("UNet up block has no layer {i}"))?;
             let skip =
                 skips.pop().ok_or_else(|| anyhow!("UNet skip connections exhausted (inconsistent block layout)"))?;
             h = resnet.forward(&Tensor::f_cat(&[&h, &skip], 1)?, temb)?;
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h, ctx, pass)?;
             }
+        }
+        if end < self.resnets.len() {
+            return Ok(h);
         }
         if let Some(up) = &self.upsampler {
             let next =

@@ -169,17 +169,36 @@ impl UNetEncoder {
                 .f_add(c)
                 .with_context(|| format!("the embedded condition {:?} does not fit {:?}", c.size(), h.size()))?;
         }
-        let mut skips = vec![h.shallow_clone()];
-        let mut intrablock = intrablock.unwrap_or(&[]).iter();
-        for (i, block) in self.down_blocks.iter().enumerate() {
-            let residual = intrablock.next();
-            h = block
-                .forward(&h, &emb, ctx, pass, &mut skips, residual)
-                .with_context(|| format!("UNet down block {i}"))?;
-        }
+        let (mut h, skips) = self.down_path(h, &emb, ctx, pass, intrablock, usize::MAX)?;
         if let Some(mid) = &self.mid_block {
             h = mid.forward(&h, &emb, ctx, pass).context("UNet mid block")?;
         }
         Ok(Encoded { h, skips, emb })
+    }
+
+    /// The down blocks from `h` (`conv_in`'s output, the first skip), stopping once `skip_limit` skips exist
+    /// (`usize::MAX`: every block): returns the last hidden state and the skips. A shallow pass of a split UNet
+    /// (`super::split`) asks only for the skips its remaining up layers consume.
+    pub fn down_path(
+        &self,
+        mut h: Tensor,
+        emb: &Tensor,
+        ctx: &Tensor,
+        pass: &Pass,
+        intrablock: Option<&[Tensor]>,
+        skip_limit: usize,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut skips = vec![h.shallow_clone()];
+        let mut intrablock = intrablock.unwrap_or(&[]).iter();
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            if skips.len() >= skip_limit {
+                break;
+            }
+            let residual = intrablock.next();
+            h = block
+                .forward(&h, emb, ctx, pass, &mut skips, residual, skip_limit)
+                .with_context(|| format!("UNet down block {i}"))?;
+        }
+        Ok((h, skips))
     }
 }

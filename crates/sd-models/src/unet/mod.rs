@@ -8,16 +8,19 @@ pub mod config;
 pub mod embeddings;
 pub mod encoder;
 pub mod resnet;
+pub mod split;
 pub mod transformer;
 
 pub use crate::attention::{AttentionHook, AttentionMode, AttentionSite};
 pub use config::{PerBlock, UNetConfig};
+pub use split::SplitPoint;
 
 use crate::nn::{Activation, Conv2d, GroupNorm};
 use anyhow::{bail, Context, Result};
 use blocks::UpBlock;
 use encoder::{activation, Encoded, UNetEncoder};
 use sd_core::weights::VarBuilder;
+use split::Route;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -192,6 +195,20 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         inputs: &UNetInputs,
     ) -> Result<Tensor> {
+        Ok(self.forward_routed(sample, timestep, encoder_hidden_states, inputs, Route::Full)?.0)
+    }
+
+    /// The evaluation behind [`Self::forward_with`] and the split passes of [`split`]: `route` says whether the
+    /// whole stack runs (optionally handing back the hidden state at a [`SplitPoint`]) or only the shallow part
+    /// around a given deep feature. Returns the output and the captured feature, if one was asked for.
+    fn forward_routed(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        inputs: &UNetInputs,
+        route: Route,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (added, timestep_cond) = (inputs.added, inputs.timestep_cond);
         let cfg = &self.config;
         let size = sample.size();
@@ -226,6 +243,10 @@ impl UNet2DConditionModel {
         let emb = self.encoder.embed(cfg, &timesteps.to_device(sample.device()), batch, kind, added, timestep_cond)?;
         let ctx = &encoder_hidden_states.to_kind(kind);
         let pass = Pass { mode: self.mode, hook: inputs.attention_hook };
+        if let Route::Reuse(at, deep) = route {
+            let out = self.shallow_pass(&sample, &emb, ctx, &pass, at, deep)?;
+            return Ok((out, None));
+        }
         let Encoded { mut h, mut skips, emb } =
             self.encoder.forward(&sample, emb, ctx, &pass, None, inputs.down_intrablock_additional_residuals)?;
         if let Some(extra) = inputs.down_block_additional_residuals {
@@ -247,11 +268,27 @@ impl UNet2DConditionModel {
                 format!("mid_block_additional_residual {:?} does not fit the mid block output {:?}", r.size(), h.size())
             })?;
         }
+        let mut captured = None;
         for (i, block) in self.up_blocks.iter().enumerate() {
-            h = block.forward(&h, &emb, ctx, &pass, &mut skips).with_context(|| format!("UNet up block {i}"))?;
+            h = match route {
+                Route::Capture(at) if at.up_block == i => {
+                    let ctx_err = || format!("UNet up block {i}");
+                    let before = block.forward_layers(&h, 0..at.layer, &emb, ctx, &pass, &mut skips);
+                    let before = before.with_context(ctx_err)?;
+                    captured = Some(before.shallow_clone());
+                    let rest = at.layer..block.layers();
+                    block.forward_layers(&before, rest, &emb, ctx, &pass, &mut skips).with_context(ctx_err)?
+                }
+                _ => block.forward(&h, &emb, ctx, &pass, &mut skips).with_context(|| format!("UNet up block {i}"))?,
+            };
         }
-        let h = self.act.forward(&self.conv_norm_out.forward(&h));
+        Ok((self.finish(&h), captured))
+    }
+
+    /// `conv_norm_out`, the activation and `conv_out` on the last up block's output.
+    fn finish(&self, h: &Tensor) -> Tensor {
+        let h = self.act.forward(&self.conv_norm_out.forward(h));
         // Channels-last activations give a channels-last output; callers get the usual layout.
-        Ok(self.conv_out.forward(&h).contiguous())
+        self.conv_out.forward(&h).contiguous()
     }
 }

@@ -17,5 +17,6 @@ mod taesd;
 mod transformer_sd3;
 mod unet;
 mod unet_extensions;
+mod unet_split;
 mod vae_kl;
 mod vae_tiling;

@@ -5,6 +5,7 @@ mod robust;
 
 mod controlnet;
 mod controlnet_units;
+mod deepcache;
 mod diffusers_parity;
 mod hires;
 mod ip_adapter;
