@@ -479,6 +479,7 @@ mod tests {
             hires: None,
             format: Default::default(),
             quality: None,
+            lossless: None,
             init_file: None,
             controlnet: vec![ControlUnitSpec {
                 model: "controlnet-sd1".into(),
