@@ -222,3 +222,22 @@ pub fn check_queue_url(url: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// `--controlnet-dir` and `--ip-encoder` of `sd serve` and `sd worker`: usage errors (exit 2) before any model loads.
+pub fn check_unit_folders(controlnet_dir: Option<&std::path::Path>, ip_encoders: &[PathBuf]) -> Result<()> {
+    if let Some(dir) = controlnet_dir {
+        if !dir.is_dir() {
+            return Err(usage(format!("--controlnet-dir {}: no such folder", dir.display())));
+        }
+    }
+    for dir in ip_encoders {
+        if !dir.join("config.json").is_file() {
+            return Err(usage(format!(
+                "--ip-encoder {}: not an image encoder folder (config.json missing); expected a \
+                 CLIPVisionModelWithProjection folder such as IP-Adapter's models/image_encoder",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}

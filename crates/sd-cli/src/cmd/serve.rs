@@ -1,6 +1,6 @@
 //! `sd serve`: keep a model loaded and serve AUTOMATIC1111's API, OpenAI's images API, a jobs API and a web page.
 
-use super::model_args::{check_queue_url, engine_config, LoadArgs, RenderArgs};
+use super::model_args::{check_queue_url, check_unit_folders, engine_config, LoadArgs, RenderArgs};
 use super::usage;
 use anyhow::{Context, Result};
 use sd_core::limits;
@@ -101,21 +101,8 @@ pub fn run(args: Args) -> Result<()> {
     // A front end on a Redis queue renders nothing: its workers sign.
     let sign = if args.queue.is_some() { None } else { args.sign.identity()? };
     let mut engine = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, sign)?;
-    if let Some(dir) = &args.controlnet_dir {
-        if !dir.is_dir() {
-            usage!("--controlnet-dir {}: no such folder", dir.display());
-        }
-    }
+    check_unit_folders(args.controlnet_dir.as_deref(), &args.ip_encoder)?;
     engine.controlnet_dir = args.controlnet_dir.clone();
-    for dir in &args.ip_encoder {
-        if !dir.join("config.json").is_file() {
-            usage!(
-                "--ip-encoder {}: not an image encoder folder (config.json missing); expected a \
-                 CLIPVisionModelWithProjection folder such as IP-Adapter's models/image_encoder",
-                dir.display()
-            );
-        }
-    }
     engine.ip_encoders = args.ip_encoder.clone();
     if let Some(q) = &args.queue {
         check_queue_url(q)?;

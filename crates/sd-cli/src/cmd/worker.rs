@@ -1,7 +1,7 @@
 //! `sd worker`: run jobs from a Redis queue that `sd serve --queue` front ends fill; start as many as there are
 //! machines (or GPUs) to share the work.
 
-use super::model_args::{check_queue_url, engine_config, LoadArgs, RenderArgs};
+use super::model_args::{check_queue_url, check_unit_folders, engine_config, LoadArgs, RenderArgs};
 use super::usage;
 use anyhow::{Context, Result};
 use sd_server::catalog::Catalog;
@@ -70,21 +70,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut engine_cfg =
         engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, args.sign.identity()?)?;
-    if let Some(dir) = &args.controlnet_dir {
-        if !dir.is_dir() {
-            usage!("--controlnet-dir {}: no such folder", dir.display());
-        }
-    }
+    check_unit_folders(args.controlnet_dir.as_deref(), &args.ip_encoder)?;
     engine_cfg.controlnet_dir = args.controlnet_dir.clone();
-    for dir in &args.ip_encoder {
-        if !dir.join("config.json").is_file() {
-            usage!(
-                "--ip-encoder {}: not an image encoder folder (config.json missing); expected a \
-                 CLIPVisionModelWithProjection folder such as IP-Adapter's models/image_encoder",
-                dir.display()
-            );
-        }
-    }
     engine_cfg.ip_encoders = args.ip_encoder.clone();
     let catalog = Arc::new(Catalog::scan(&args.load.model, args.models_dir.as_deref())?);
     let engine =
