@@ -116,6 +116,31 @@ fn report_left_out(ignored: &[(String, &str)], unknown: &[String]) {
     }
 }
 
+/// The checkpoint-only flags (`--family`, `--prediction`, `--ema`, `--only`, `--vae`) refused for a file that is
+/// `what` (a ControlNet, an SD3 checkpoint): usage error naming the first one given.
+fn refuse_checkpoint_flags(args: &Args, opts: &ConvertOptions, what: &str) -> Result<()> {
+    let stray = [
+        ("--family", opts.family.is_some()),
+        ("--prediction", opts.prediction != Prediction::Auto),
+        ("--ema", opts.ema),
+        ("--only", opts.only.is_some()),
+        ("--vae", args.vae.is_some()),
+    ];
+    if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
+        usage!("{flag} does not apply to {}: it is {what}", args.input.display());
+    }
+    Ok(())
+}
+
+/// The progress bar of every conversion: tensors written, and the component being written as its message.
+fn tensor_bar(len: usize) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}") {
+        pb.set_style(style);
+    }
+    pb
+}
+
 fn find_vocab() -> Option<PathBuf> {
     let rel = Path::new(".sd-data").join("bpe_simple_vocab_16e6.txt.gz");
     let mut starts = Vec::new();
@@ -170,10 +195,7 @@ pub fn run(args: Args) -> Result<()> {
         vocab: args.vocab.clone().or_else(find_vocab),
         pipeline: opts.only.is_none(),
     };
-    let pb = indicatif::ProgressBar::new(plan.items.len() as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}") {
-        pb.set_style(style);
-    }
+    let pb = tensor_bar(plan.items.len());
     let mut sources: Vec<&dyn convert::TensorSource> = vec![src.as_ref()];
     if let Some(v) = &vae {
         sources.push(v.as_ref());
@@ -196,19 +218,7 @@ fn run_controlnet(
     src: &dyn convert::TensorSource,
     layout: convert::controlnet::Layout,
 ) -> Result<()> {
-    let stray = [
-        ("--family", opts.family.is_some()),
-        ("--prediction", opts.prediction != Prediction::Auto),
-        ("--ema", opts.ema),
-        ("--only", opts.only.is_some()),
-        ("--vae", args.vae.is_some()),
-    ];
-    if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
-        usage!(
-            "{flag} does not apply to {}: it is a ControlNet, not a Stable Diffusion checkpoint",
-            args.input.display()
-        );
-    }
+    refuse_checkpoint_flags(args, opts, "a ControlNet, not a Stable Diffusion checkpoint")?;
     let given = match &args.config_dir {
         Some(d) => Some(
             convert::controlnet::GivenConfig::read(&d.join("config.json"))
@@ -228,16 +238,8 @@ fn run_controlnet(
     if !plan.ignored.is_empty() {
         eprintln!("  left out {} tensor(s) of the bundled Stable Diffusion model", plan.ignored.len());
     }
-    if !plan.unknown.is_empty() {
-        eprintln!("  dropped {} unrecognised tensor(s) (--allow-unknown-keys):", plan.unknown.len());
-        for k in plan.unknown.iter().take(20) {
-            eprintln!("    {k}");
-        }
-    }
-    let pb = indicatif::ProgressBar::new(plan.items.len() as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors") {
-        pb.set_style(style);
-    }
+    report_left_out(&[], &plan.unknown);
+    let pb = tensor_bar(plan.items.len());
     let result =
         convert::writer::write_controlnet_folder(&plan, src, &args.output, dtype, args.overwrite, |done, _, _| {
             pb.set_position(done as u64)
@@ -251,16 +253,7 @@ fn run_controlnet(
 /// `sd convert` of a single-file SD3 / SD3.5 checkpoint: the UNet-family flags do not apply and are refused; what the
 /// file lacks (text encoders, the T5 tokenizer) is said after the conversion.
 fn run_sd3(args: &Args, opts: &ConvertOptions, dtype: Option<Kind>, src: &dyn convert::TensorSource) -> Result<()> {
-    let stray = [
-        ("--family", opts.family.is_some()),
-        ("--prediction", opts.prediction != Prediction::Auto),
-        ("--ema", opts.ema),
-        ("--only", opts.only.is_some()),
-        ("--vae", args.vae.is_some()),
-    ];
-    if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
-        usage!("{flag} does not apply to {}: it is an SD3 / SD3.5 checkpoint", args.input.display());
-    }
+    refuse_checkpoint_flags(args, opts, "an SD3 / SD3.5 checkpoint")?;
     let plan = convert::sd3::plan(src, args.config_dir.as_deref(), opts.allow_unknown)?;
     let cfg = &plan.configs[&convert::Component::Transformer];
     eprintln!(
@@ -284,10 +277,7 @@ fn run_sd3(args: &Args, opts: &ConvertOptions, dtype: Option<Kind>, src: &dyn co
         vocab: args.vocab.clone().or_else(find_vocab),
         pipeline: true,
     };
-    let pb = indicatif::ProgressBar::new(plan.items.len() as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}") {
-        pb.set_style(style);
-    }
+    let pb = tensor_bar(plan.items.len());
     let result = convert::writer::write_sd3_folder(&plan, src, &args.output, &wopts, |done, _, item| {
         pb.set_position(done as u64);
         pb.set_message(item.component.folder());
