@@ -6,10 +6,13 @@
 // the library folder as DEP_TCH_LIBTORCH_LIB and can bake it into its binaries as an rpath.
 use std::path::Path;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // `cargo xtask setup --cuda` adds the CUDA libraries to the same folder: watching the folder (not the file,
+    // whose absence would rerun this script on every build) relinks the binaries against them.
+    println!("cargo:rerun-if-changed={lib}");
     // rustc links with --as-needed: with a CUDA LibTorch nothing references libtorch_cuda.so directly, the
     // linker drops it, and CUDA then reports itself unavailable. Force it in only when it exists, so the
     // CPU-only set-up never loads CUDA.

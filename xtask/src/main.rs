@@ -2,7 +2,7 @@
 //!
 //! | task | what |
 //! |---|---|
-//! | `setup` | LibTorch 2.13.0 from PyPI wheels into `.libtorch/`, the CLIP vocabulary and sample images into `.sd-data/` |
+//! | `setup [--cuda]` | LibTorch 2.13.0 from PyPI wheels into `.libtorch/` (`--cuda`: the CUDA build and its NVIDIA libraries), the CLIP vocabulary and sample images into `.sd-data/` |
 //! | `test` | setup, `check`, then every test, doctest and bench (in test mode) of the workspace |
 //! | `check` | the checks CI runs before the tests: rustfmt, `tidy`, clippy, rustdoc, all with warnings as errors |
 //! | `tidy` | project rules read from the sources: no `unwrap`/`expect` in library code, module maps, file length |
@@ -20,6 +20,7 @@ mod compare;
 mod fixtures;
 mod parity;
 mod setup;
+mod setup_cuda;
 mod tidy;
 mod util;
 
@@ -40,7 +41,7 @@ fn run() -> Result<()> {
     };
     let rest = &args[1..];
     match task.as_str() {
-        "setup" => setup::run(),
+        "setup" => setup::run_args(rest),
         "test" => test(rest),
         "check" => check(rest),
         "tidy" => tidy::run(rest),
@@ -66,7 +67,7 @@ fn print_help() {
     eprintln!(
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
-         setup      install LibTorch 2.13.0 (from PyPI wheels) and data files into this checkout\n  \
+         setup [--cuda]  install LibTorch 2.13.0 (from PyPI wheels; --cuda: with CUDA) and data files into this checkout\n  \
          test       setup, the checks of `check`, then run every test of the workspace\n  \
          check      cargo fmt --check, tidy, clippy -D warnings, rustdoc -D warnings (what CI runs before tests)\n  \
          tidy       no unwrap/expect in library code, lib.rs module maps complete, no over-long file\n  \

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub const TORCH_VERSION: &str = "2.13.0";
 const WHEELS: &[&str] = &["torch==2.13.0", "nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
-const TORCH_LIBS: &[&str] = &["libtorch_cpu.so", "libtorch.so", "libc10.so", "libgomp.so.1"];
+pub const TORCH_LIBS: &[&str] = &["libtorch_cpu.so", "libtorch.so", "libc10.so", "libgomp.so.1"];
 const CUDA_STUBS: &[&str] = &["libcudart.so.13", "libcupti.so.13"];
 const OPEN_CLIP: &str = "open-clip-torch==3.3.0";
 pub const BPE_FILE: &str = "bpe_simple_vocab_16e6.txt.gz";
@@ -34,11 +34,25 @@ const SKIMAGE: &str = "scikit-image==0.25.2";
 pub const PHOTO_FILE: &str = "astronaut.png";
 
 pub fn run() -> Result<()> {
+    run_with(false)
+}
+
+/// `cargo xtask setup [--cuda]`.
+pub fn run_args(args: &[String]) -> Result<()> {
+    match args {
+        [] => run_with(false),
+        [flag] if flag == "--cuda" => run_with(true),
+        _ => bail!("`cargo xtask setup` takes no arguments but --cuda (LibTorch with CUDA from PyPI)"),
+    }
+}
+
+/// Set-up; `cuda` installs the CUDA build of LibTorch (`setup_cuda.rs`) instead of the CPU libraries.
+pub fn run_with(cuda: bool) -> Result<()> {
     let root = root();
     // torch-sys compiles a small C++ shim against LibTorch's headers, and some crates build C code. The others are
     // for the server and opt-out tests (see the module comment); asking for all of them at once means one apt-get run.
     ensure_tools(&["g++", "chromium", "chromedriver", "redis-server", "exiftool"])?;
-    libtorch(&root)?;
+    libtorch(&root, cuda)?;
     data(&root)?;
     photo(&root)?;
     demo_tokenizer(&root)?;
@@ -67,7 +81,7 @@ fn demo_tokenizer(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn libtorch(root: &Path) -> Result<()> {
+fn libtorch(root: &Path, cuda: bool) -> Result<()> {
     let ours = root.join(".libtorch");
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
         eprintln!("setup: LIBTORCH_USE_PYTORCH is set, using the Python torch installation");
@@ -81,9 +95,10 @@ fn libtorch(root: &Path) -> Result<()> {
         }
     }
     let version_file = ours.join("build-version");
-    if fs::read_to_string(&version_file).is_ok_and(|v| v.trim() == TORCH_VERSION)
-        && ours.join("lib/libtorch_cpu.so").exists()
-    {
+    let current = fs::read_to_string(&version_file).is_ok_and(|v| v.trim() == TORCH_VERSION)
+        && ours.join("lib/libtorch_cpu.so").exists();
+    // A CUDA install also serves the CPU, so a plain set-up keeps it.
+    if current && (!cuda || crate::setup_cuda::installed(&ours)) {
         return Ok(());
     }
     if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
@@ -93,6 +108,10 @@ fn libtorch(root: &Path) -> Result<()> {
         );
     }
     ensure_tools(&["python3", "unzip"])?;
+    if cuda {
+        ensure_tools(&["ldd"])?;
+        return crate::setup_cuda::install(root, &ours);
+    }
     eprintln!("setup: installing LibTorch {TORCH_VERSION} from PyPI wheels into {}", ours.display());
     let wheels = root.join("target/wheels");
     fs::create_dir_all(&wheels)?;
@@ -185,6 +204,30 @@ fn photo(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Download `specs` as pip would install them on Linux x86-64 with CPython 3.11, whatever this machine is;
+/// `with_deps` lets pip resolve their requirements too (the NVIDIA wheels of the CUDA set-up).
+pub fn pip_download_platform(root: &Path, dest: &Path, specs: &[&str], with_deps: bool) -> Result<()> {
+    let mut args: Vec<String> = ["-m", "pip", "download", "--no-cache-dir", "--only-binary=:all:", "-q", "-d"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(dest.to_str().context("path")?.to_string());
+    if !with_deps {
+        args.push("--no-deps".into());
+    }
+    args.extend(["--python-version", "3.11", "--implementation", "cp"].map(String::from));
+    // Every glibc tag a manylinux wheel of these packages uses (NCCL's is 2_18, cuBLAS's 2_27, …).
+    for minor in 5..=28 {
+        args.push("--platform".into());
+        args.push(format!("manylinux_2_{minor}_x86_64"));
+    }
+    args.extend(["--platform", "manylinux2014_x86_64", "--platform", "manylinux2010_x86_64"].map(String::from));
+    args.extend(specs.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_cmd(root, "python3", &refs)
+        .context("pip could not download the wheels (is PyPI reachable? on Debian: apt-get install python3-pip)")
+}
+
 fn pip_download(root: &Path, dest: &Path, specs: &[&str], linux_wheels: bool) -> Result<()> {
     let mut args: Vec<&str> =
         vec!["-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:", "-q", "-d"];
@@ -211,7 +254,7 @@ fn pip_download(root: &Path, dest: &Path, specs: &[&str], linux_wheels: bool) ->
         .context("pip could not download the wheels (is PyPI reachable? on Debian: apt-get install python3-pip)")
 }
 
-fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
+pub fn find_wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
     for e in fs::read_dir(dir)? {
         let p = e?.path();
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -282,6 +325,7 @@ fn debian_package(tool: &str) -> &str {
     match tool {
         "chromedriver" => "chromium-driver",
         "exiftool" => "libimage-exiftool-perl",
+        "ldd" => "libc-bin",
         other => other,
     }
 }

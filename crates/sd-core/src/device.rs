@@ -2,6 +2,8 @@
 //!
 //! Users write `--device cpu|cuda|cuda:1|mps|auto` and `--dtype f32|f16|bf16|auto`. `auto` on CPU picks bf16 only
 //! when the processor computes it natively (avx512_bf16 or AMX): elsewhere bf16 is emulated and slower than f32.
+//! On CUDA `auto` is f16, as diffusers users run it (VAEs that overflow in f16 decode in f32, see the loader),
+//! and bf16 for the SD3 family on GPUs with bf16 tensor cores ([`auto_dtype_for_bf16_family`]).
 //! f16 on CPU is refused unless forced, because LibTorch has no fast CPU f16 kernels (measured ~300x slower than
 //! bf16 on this project's reference machine).
 
@@ -55,6 +57,7 @@ impl ComputeDevice {
     pub fn resolve(self) -> Result<Device> {
         match self {
             Self::Auto => Ok(if tch::Cuda::is_available() {
+                enable_cudnn_autotuning();
                 Device::Cuda(0)
             } else if tch::utils::has_mps() {
                 Device::Mps
@@ -70,6 +73,7 @@ impl ComputeDevice {
                 if i >= n {
                     bail!("--device cuda:{i} requested but only {n} CUDA device(s) exist")
                 }
+                enable_cudnn_autotuning();
                 Ok(Device::Cuda(i))
             }
             Self::Mps => {
@@ -79,6 +83,23 @@ impl ComputeDevice {
                 Ok(Device::Mps)
             }
         }
+    }
+}
+
+/// cuDNN benchmark mode: each convolution shape is timed against cuDNN's algorithms once and the fastest kept.
+/// A generation runs the same few shapes for every step, so the one-off search (part of the first image's
+/// warm-up) pays for itself; diffusers users turn it on by hand (`torch.backends.cudnn.benchmark = True`).
+fn enable_cudnn_autotuning() {
+    tch::Cuda::cudnn_set_benchmark(true);
+}
+
+/// `--dtype auto` for families published in bf16 whose activations overflow f16 (SD3 / 3.5: its MMDiT and T5):
+/// bf16 on a CUDA GPU with bf16 tensor cores (compute capability 8.0 and later), else `fallback`, the ordinary
+/// `auto` choice.
+pub fn auto_dtype_for_bf16_family(device: Device, fallback: Kind) -> Kind {
+    match device {
+        Device::Cuda(i) if crate::accel::GpuInfo::query(i).is_ok_and(|g| g.native_bf16()) => Kind::BFloat16,
+        _ => fallback,
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`accel`] | the loaded LibTorch's own build description (version, CUDA, cuDNN), each GPU as the driver describes it, peak GPU memory (C++ shim `shim/accel.cpp`) |
 //! | [`device`] | `cpu|cuda[:N]|mps|auto` and `f32|f16|bf16|auto` choices, CPU feature detection |
 //! | [`rng`] | [`rng::TorchGenerator`]: seeded noise bit-identical to `torch.randn(..., generator=torch.Generator("cpu"))` |
 //! | [`weights`] | memory-mapped safetensors → tensors through a [`weights::VarBuilder`] that reports every problem at once |
@@ -17,6 +18,7 @@
 //! Nothing here knows about Stable Diffusion networks or samplers: those live in `sd-models` and
 //! `sd-schedulers`, which depend on this crate and never the other way round.
 
+pub mod accel;
 pub mod alloc;
 pub mod atomic;
 pub mod device;

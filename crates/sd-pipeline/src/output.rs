@@ -457,6 +457,19 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Peak GPU memory of this process on `device` in MB, for `--json` reports next to [`peak_rss_mb`]:
+/// `allocated` is what tensors held at most (`torch.cuda.max_memory_allocated`), `reserved` what the caching
+/// allocator took from the driver (`max_memory_reserved`, what `nvidia-smi` shows). `null` on the CPU.
+pub fn peak_gpu_mb(device: tch::Device) -> serde_json::Value {
+    match sd_core::accel::MemoryStats::of(device) {
+        Some(s) => serde_json::json!({
+            "allocated": s.allocated_peak as f64 / (1u64 << 20) as f64,
+            "reserved": s.reserved_peak as f64 / (1u64 << 20) as f64,
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
 /// Peak resident memory of this process in MB (VmHWM), for `--json` reports.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -1,6 +1,10 @@
 //! `sd doctor`: what this machine and this LibTorch can do, and what `auto` choices would pick.
+//!
+//! Versions come from the loaded library itself (`at::show_config()` through `sd_core::accel`), not from a file
+//! beside it, so a `LIBTORCH` or Python torch the user brought is described as truthfully as our own install.
 
 use anyhow::Result;
+use sd_core::accel::{loaded_library, GpuInfo, LibTorchBuild};
 use sd_core::device::{kind_name, CpuFeatures, DTypeChoice};
 use tch::Device;
 
@@ -11,20 +15,75 @@ pub struct Args {
     json: bool,
 }
 
+/// What `--dtype auto` and `--attention auto` pick on one GPU.
+fn gpu_auto(gpu: &GpuInfo) -> (&'static str, &'static str, &'static str) {
+    // f16 everywhere (diffusers' usual torch_dtype); bf16 for SD3, whose T5 and MMDiT are published in bf16 and
+    // overflow f16 activations, where the GPU has bf16 tensor cores.
+    let sd3 = if gpu.native_bf16() { "bf16" } else { "f16 (no native bf16 on this GPU)" };
+    // LibTorch's SDPA picks flash attention from compute capability 8.0, memory-efficient attention before that.
+    let attention = if gpu.native_bf16() { "sdpa (flash attention)" } else { "sdpa (memory-efficient attention)" };
+    ("f16", sd3, attention)
+}
+
+fn gib(bytes: i64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+fn cuda_version(v: i64) -> String {
+    // cudaRuntimeGetVersion / cuDriverGetVersion encode 13.0 as 13000.
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+fn cudnn_version(v: i64) -> String {
+    // cudnnGetVersion: 9.20.0 is 92000 from cuDNN 9 on (major·10000 + minor·100 + patch).
+    if v >= 90000 {
+        format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 1000, (v % 1000) / 100, v % 100)
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let features = CpuFeatures::detect();
     let cuda = tch::Cuda::is_available();
-    let cuda_count = tch::Cuda::device_count();
+    let cuda_count = if cuda { tch::Cuda::device_count() } else { 0 };
     let mps = tch::utils::has_mps();
     let threads = tch::get_num_threads();
     let auto_dtype = DTypeChoice::Auto.resolve(Device::Cpu, false)?;
-    let libtorch = libtorch_location();
-    let version = libtorch_version(libtorch.as_deref());
+    let library = loaded_library("libtorch_cpu.so");
+    let location = library.as_deref().and_then(|p| p.parent()).map(|d| d.display().to_string());
+    let build = LibTorchBuild::query()?;
+    let version = build.version.clone().unwrap_or_else(|| "unknown (the library did not say)".into());
+    // Runtime versions are only asked of a CUDA that works: without a driver LibTorch throws.
+    let (cudart, cudnn) = if cuda {
+        (Some(cuda_version(tch::utils::version_cudart())), Some(cudnn_version(tch::utils::version_cudnn())))
+    } else {
+        (None, None)
+    };
+    let gpus = if cuda { GpuInfo::all()? } else { Vec::new() };
+    let variant = if build.cuda_library_loaded { "CUDA" } else { "CPU-only" };
     let roots: Vec<String> = sd_core::model_dir::hf_cache_roots().iter().map(|p| p.display().to_string()).collect();
     if args.json {
+        let gpu_json: Vec<_> = gpus
+            .iter()
+            .map(|g| {
+                let (dtype, sd3, attention) = gpu_auto(g);
+                serde_json::json!({
+                    "index": g.index, "name": g.name,
+                    "compute_capability": format!("{}.{}", g.compute_capability.0, g.compute_capability.1),
+                    "multiprocessors": g.multiprocessors, "memory_bytes": g.total_bytes,
+                    "driver_cuda": cuda_version(g.driver_cuda_version as i64),
+                    "auto": {"dtype": dtype, "dtype_sd3": sd3, "attention": attention},
+                })
+            })
+            .collect();
         let v = serde_json::json!({
-            "libtorch": {"version": version, "path": libtorch},
-            "cuda": {"available": cuda, "devices": cuda_count, "cudnn": tch::Cuda::cudnn_is_available()},
+            "libtorch": {
+                "version": build.version, "path": location, "variant": variant,
+                "built_for_cuda": build.cuda_version, "built_for_cudnn": build.cudnn_version,
+                "cpu_capability": build.cpu_capability, "config": build.config,
+            },
+            "cuda": {"available": cuda, "devices": cuda_count, "runtime": cudart, "cudnn": cudnn, "gpus": gpu_json},
             "mps": mps,
             "threads": threads,
             "cpu_features": features.names(),
@@ -35,20 +94,43 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!("sd-rs {} — doctor", env!("CARGO_PKG_VERSION"));
-    println!("LibTorch      {} ({})", version, libtorch.as_deref().unwrap_or("location unknown"));
+    println!("LibTorch      {version}, {variant} ({})", location.as_deref().unwrap_or("location unknown"));
+    if let (Some(c), true) = (&build.cuda_version, build.cuda_library_loaded) {
+        println!("              built for CUDA {c}, cuDNN {}", build.cudnn_version.as_deref().unwrap_or("?"));
+    }
     println!(
         "CUDA          {}",
-        if cuda {
-            format!("available, {cuda_count} device(s), cuDNN {}", tch::Cuda::cudnn_is_available())
-        } else {
-            "not available".into()
+        match (cuda, build.cuda_library_loaded) {
+            (true, _) => format!(
+                "available, {cuda_count} device(s), runtime {}, cuDNN {}",
+                cudart.as_deref().unwrap_or("?"),
+                cudnn.as_deref().unwrap_or("?")
+            ),
+            (false, true) => "not available (CUDA libraries loaded, but no NVIDIA driver or GPU found)".into(),
+            (false, false) =>
+                "not available (CPU-only LibTorch: `cargo xtask setup --cuda` installs a CUDA one)".into(),
         }
     );
+    for g in &gpus {
+        let (dtype, sd3, attention) = gpu_auto(g);
+        println!(
+            "  cuda:{}      {}, {:.1} GiB, compute capability {}.{}, {} SMs, driver CUDA {}",
+            g.index,
+            g.name,
+            gib(g.total_bytes),
+            g.compute_capability.0,
+            g.compute_capability.1,
+            g.multiprocessors,
+            cuda_version(g.driver_cuda_version as i64)
+        );
+        println!("              auto: --dtype {dtype} (SD3: {sd3}), attention {attention}, cuDNN autotuning on");
+    }
     println!("MPS           {}", if mps { "available" } else { "not available" });
     println!("CPU threads   {threads} (LibTorch intra-op)");
     println!(
-        "CPU features  {}",
-        if features.names().is_empty() { "none of note".into() } else { features.names().join(" ") }
+        "CPU features  {}{}",
+        if features.names().is_empty() { "none of note".into() } else { features.names().join(" ") },
+        build.cpu_capability.as_deref().map(|c| format!(" (LibTorch kernels: {c})")).unwrap_or_default()
     );
     println!(
         "auto dtype    {} on CPU ({})",
@@ -61,20 +143,4 @@ pub fn run(args: Args) -> Result<()> {
         println!("                {r}");
     }
     Ok(())
-}
-
-/// The folder LibTorch was loaded from, read from this process's own mappings.
-fn libtorch_location() -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.ends_with("libtorch_cpu.so"))
-        .map(|p| std::path::Path::new(p).parent().map(|d| d.display().to_string()).unwrap_or_default())
-}
-
-fn libtorch_version(lib_dir: Option<&str>) -> String {
-    let from_file = lib_dir
-        .and_then(|d| std::fs::read_to_string(std::path::Path::new(d).join("../build-version")).ok())
-        .map(|s| s.trim().to_string());
-    from_file.unwrap_or_else(|| "2.13.x (build-version file not found)".into())
 }

@@ -435,6 +435,7 @@ pub fn run(args: Args) -> Result<()> {
             "loras": sd.loras.iter().map(|l| serde_json::json!({ "path": l.path, "weight": l.weight, "ignored_keys": l.ignored })).collect::<Vec<_>>(),
             "batches": summary,
             "peak_rss_mb": sd_pipeline::output::peak_rss_mb(),
+            "peak_gpu_mb": sd_pipeline::output::peak_gpu_mb(opts.device),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }

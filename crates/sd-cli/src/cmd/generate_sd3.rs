@@ -64,7 +64,12 @@ pub fn run(
     } else {
         sd_core::model_dir::ModelDir::open(&args.load.model)?.root
     };
-    let pipe = Sd3Pipeline::load_with_loras(&root, opts.dtype, opts.device, args.load.no_t5, &opts.loras)?;
+    let dtype = if args.load.dtype.trim().eq_ignore_ascii_case("auto") {
+        sd_core::device::auto_dtype_for_bf16_family(opts.device, opts.dtype)
+    } else {
+        opts.dtype
+    };
+    let pipe = Sd3Pipeline::load_with_loras(&root, dtype, opts.device, args.load.no_t5, &opts.loras)?;
     for l in pipe.loras.iter().filter(|l| !l.ignored.is_empty()) {
         eprintln!(
             "warning: LoRA {}: {} key(s) matched nothing in this model and were ignored: {}",
@@ -152,6 +157,7 @@ pub fn run(
             "load_s": load_s,
             "batches": summary,
             "peak_rss_mb": sd_pipeline::output::peak_rss_mb(),
+            "peak_gpu_mb": sd_pipeline::output::peak_gpu_mb(opts.device),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }

@@ -9,6 +9,7 @@ mod controlnet_single_file;
 mod controlnet_units;
 mod convert_cli;
 mod convert_generate;
+mod doctor;
 mod hostile_inputs;
 mod inspect;
 mod ip_adapter_cli;
