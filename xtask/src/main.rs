@@ -8,6 +8,7 @@
 //! | `tidy` | project rules read from the sources: no `unwrap`/`expect` in library code, module maps, file length |
 //! | `demo` | setup, release build, then the main job |
 //! | `fixtures` | regenerate the committed PyTorch reference fixtures (Python venv under `target/pyenv`) |
+//! | `gpu-check [--quick]` | on a CUDA GPU: sd-rs vs diffusers parity (f32), speed and memory (f16), offload modes |
 //! | `compare` | sd-rs vs diffusers speed and peak memory on a full-size random-weight SD1.5 (`--quick`: 256 px) |
 //! | `parity --full` | full-size random-weight SD1.5 (`--sdxl`: and SDXL) against diffusers, f32, max abs error ≤ 1e-3 |
 //! | `convert-weights` | release-build `sd` and run `sd convert ARGS…` (single-file checkpoint → diffusers folder) |
@@ -18,6 +19,7 @@
 
 mod compare;
 mod fixtures;
+mod gpu_check;
 mod parity;
 mod setup;
 mod setup_cuda;
@@ -49,6 +51,7 @@ fn run() -> Result<()> {
         "fixtures" => fixtures::run(rest),
         "convert-weights" => convert_weights(rest),
         "compare" => compare::run(rest),
+        "gpu-check" => gpu_check::run(rest),
         "parity" => parity::run(rest),
         "train-demo" => train_demo(rest),
         "fuzz" => fuzz(rest),
@@ -74,6 +77,7 @@ fn print_help() {
          demo       setup, build in release mode and run the main job\n  \
          fixtures   regenerate reference fixtures with PyTorch/diffusers (needs network access to PyPI)\n  \
          compare [--quick]  time sd-rs against diffusers (UNet step, whole txt2img; wall time, peak RSS)\n  \
+         gpu-check [--quick]  on a CUDA GPU: sd-rs vs diffusers parity (f32), speed, GPU memory, offload (f16)\n  \
          parity --full [--sdxl]  full-size random-weight models against diffusers (slow; not in CI)\n  \
          convert-weights ARGS  build `sd` (release) and run `sd convert ARGS` (see `sd convert --help`)\n  \
          train-demo [VAE_STEPS UNET_STEPS]  train models/sd-tiny-shapes on procedural shapes, then score it\n  \

@@ -109,6 +109,14 @@ pub fn install(root: &Path, ours: &Path) -> Result<()> {
             continue;
         }
         installed_wheels.push(name.clone());
+        // The cuda-toolkit wheel is only a list of requirements: nothing to unpack.
+        let listing = Command::new("unzip").arg("-Z1").arg(&whl).output().context("cannot run unzip")?;
+        let has_libraries = String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .any(|l| l.starts_with("nvidia/") && l.contains("/lib/") && l.contains(".so"));
+        if !has_libraries {
+            continue;
+        }
         let dest = unpack.join(name.trim_end_matches(".whl"));
         fs::create_dir_all(&dest)?;
         // Only shared libraries: headers, static libraries and device bitcode are for building CUDA code.
@@ -119,8 +127,7 @@ pub fn install(root: &Path, ours: &Path) -> Result<()> {
             .arg(&dest)
             .status()
             .context("cannot run unzip")?;
-        // unzip exits with 11 when no file matched: the cuda-toolkit wheel is only a list of requirements.
-        if !status.success() && status.code() != Some(11) {
+        if !status.success() {
             bail!("cannot unpack {}", whl.display());
         }
         flatten_libraries(&dest, &staging.join("lib"))?;
@@ -135,8 +142,8 @@ pub fn install(root: &Path, ours: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(ours);
     fs::rename(&staging, ours)?;
     eprintln!(
-        "setup: LibTorch {TORCH_VERSION} with CUDA ready in {} ({:.1} GB, {} NVIDIA wheels); the next cargo build \
-         links it and `sd doctor` shows what it finds",
+        "setup: LibTorch {TORCH_VERSION} with CUDA ready in {} ({:.1} GB, from {} wheels besides torch's); the next \
+         cargo build links it and `sd doctor` shows what it finds",
         ours.display(),
         dir_size(ours) as f64 / 1e9,
         installed_wheels.len()

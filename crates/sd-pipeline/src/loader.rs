@@ -24,6 +24,9 @@ use tch::{Device, Kind};
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: Kind,
+    /// `dtype` came from `--dtype auto`: a family with its own rule may replace it (SD3 takes bf16 on GPUs with bf16
+    /// tensor cores, `sd_core::device::auto_dtype_for_bf16_family`).
+    pub dtype_auto: bool,
     /// VAE dtype; `None` = the compute dtype, except f16 with `force_upcast`, which decodes in f32.
     pub vae_dtype: Option<Kind>,
     /// Decode with TAESD from this folder instead of the full VAE.
@@ -56,6 +59,7 @@ impl LoadOptions {
         Self {
             device: Device::Cpu,
             dtype,
+            dtype_auto: false,
             vae_dtype: None,
             taesd: None,
             family: None,

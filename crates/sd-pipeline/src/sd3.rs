@@ -63,6 +63,16 @@ pub fn flow_form(choice: SamplerChoice) -> Result<SamplerChoice> {
     Ok(choice)
 }
 
+/// The dtype an SD3 model runs in under `opts`: the user's choice, except that `--dtype auto` takes bf16 on GPUs
+/// with bf16 tensor cores, the precision SD3 / 3.5 are published and tuned in (its T5 overflows f16 activations).
+pub fn dtype_for(opts: &crate::loader::LoadOptions) -> Kind {
+    if opts.dtype_auto {
+        sd_core::device::auto_dtype_for_bf16_family(opts.device, opts.dtype)
+    } else {
+        opts.dtype
+    }
+}
+
 /// Whether a folder holds an SD3 / SD3.5 pipeline (its `model_index.json` class, or an `SD3Transformer2DModel`).
 pub fn is_sd3(dir: &ModelDir) -> bool {
     dir.pipeline_class().is_some_and(|c| c.starts_with("StableDiffusion3"))

@@ -28,7 +28,7 @@ pub fn load(spec: &str, cfg: &EngineConfig, loras: &[(std::path::PathBuf, f64)])
     } else {
         std::path::PathBuf::from(spec)
     };
-    Sd3Pipeline::load_with_loras(&root, cfg.load.dtype, cfg.load.device, cfg.no_t5, loras)
+    Sd3Pipeline::load_with_loras(&root, sd_pipeline::sd3::dtype_for(&cfg.load), cfg.load.device, cfg.no_t5, loras)
 }
 
 /// The job fields SD3 cannot honour yet, as (API field, message); checked when a job is submitted (a 400 naming

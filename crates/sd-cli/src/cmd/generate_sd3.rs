@@ -64,11 +64,7 @@ pub fn run(
     } else {
         sd_core::model_dir::ModelDir::open(&args.load.model)?.root
     };
-    let dtype = if args.load.dtype.trim().eq_ignore_ascii_case("auto") {
-        sd_core::device::auto_dtype_for_bf16_family(opts.device, opts.dtype)
-    } else {
-        opts.dtype
-    };
+    let dtype = sd_pipeline::sd3::dtype_for(&opts);
     let pipe = Sd3Pipeline::load_with_loras(&root, dtype, opts.device, args.load.no_t5, &opts.loras)?;
     for l in pipe.loras.iter().filter(|l| !l.ignored.is_empty()) {
         eprintln!(

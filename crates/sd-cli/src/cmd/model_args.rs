@@ -166,6 +166,7 @@ impl LoadArgs {
         let mut opts = LoadOptions::cpu(dtype);
         opts.device = device;
         opts.vae_dtype = vae_dtype;
+        opts.dtype_auto = dtype_choice == DTypeChoice::Auto;
         opts.family = family;
         opts.prediction_type = prediction;
         opts.load_safety_checker = safety != Some(SafetyMode::Off);
