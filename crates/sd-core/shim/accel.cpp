@@ -62,17 +62,26 @@ int64_t sdrs_show_config(char* buf, size_t len) {
   }
 }
 
-// Peak and current bytes of the accelerator's caching allocator for one device (aggregate pool), since the
-// process started or the last sdrs_reset_peak_memory. 0 on success, -1 when there is no accelerator.
-int sdrs_memory_stats(int device, int64_t* allocated_peak, int64_t* reserved_peak, int64_t* allocated_now,
-                      int64_t* reserved_now) {
+// The accelerator caching allocator's counters for one device (aggregate pool), since the process started or the
+// last sdrs_reset_peak_memory, in this order: allocated, reserved, active and inactive-split bytes (current, peak
+// each), then allocation retries and out-of-memory errors. `n` is the length of `out` (at least 10).
+// 0 on success, -1 when there is no accelerator.
+int sdrs_memory_stats(int device, int64_t* out, size_t n) {
+  if (n < 10) {
+    last_error = "sdrs_memory_stats needs room for 10 counters";
+    return -1;
+  }
   try {
-    auto stats = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    auto s = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
     constexpr size_t aggregate = 0;
-    *allocated_peak = stats.allocated_bytes[aggregate].peak;
-    *reserved_peak = stats.reserved_bytes[aggregate].peak;
-    *allocated_now = stats.allocated_bytes[aggregate].current;
-    *reserved_now = stats.reserved_bytes[aggregate].current;
+    const c10::CachingAllocator::Stat* stats[4] = {&s.allocated_bytes[aggregate], &s.reserved_bytes[aggregate],
+                                                         &s.active_bytes[aggregate], &s.inactive_split_bytes[aggregate]};
+    for (size_t i = 0; i < 4; ++i) {
+      out[2 * i] = stats[i]->current;
+      out[2 * i + 1] = stats[i]->peak;
+    }
+    out[8] = s.num_alloc_retries;
+    out[9] = s.num_ooms;
     return 0;
   } catch (const std::exception& e) {
     last_error = e.what();

@@ -13,13 +13,7 @@ use tch::Device;
 extern "C" {
     fn sdrs_last_error(buf: *mut c_char, len: usize) -> usize;
     fn sdrs_show_config(buf: *mut c_char, len: usize) -> i64;
-    fn sdrs_memory_stats(
-        device: c_int,
-        allocated_peak: *mut i64,
-        reserved_peak: *mut i64,
-        allocated_now: *mut i64,
-        reserved_now: *mut i64,
-    ) -> c_int;
+    fn sdrs_memory_stats(device: c_int, out: *mut i64, n: usize) -> c_int;
     fn sdrs_reset_peak_memory(device: c_int) -> c_int;
     fn sdrs_memory_info(device: c_int, free_bytes: *mut i64, total_bytes: *mut i64) -> c_int;
     fn sdrs_cuda_device(
@@ -175,16 +169,22 @@ impl GpuInfo {
     }
 }
 
-/// The accelerator allocator's byte counts for one device.
+/// The accelerator allocator's counters for one device: bytes as (current, peak) pairs, and its event counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
-    /// Most bytes held by live tensors at once (what `torch.cuda.max_memory_allocated` reports).
-    pub allocated_peak: i64,
-    /// Most bytes the caching allocator held from the driver at once (`max_memory_reserved`): what other
-    /// processes could not use.
-    pub reserved_peak: i64,
-    pub allocated_now: i64,
-    pub reserved_now: i64,
+    /// Bytes held by live tensors; the peak is what `torch.cuda.max_memory_allocated` reports.
+    pub allocated: (i64, i64),
+    /// Bytes the caching allocator holds from the driver (`max_memory_reserved`): what other processes cannot use
+    /// and what `nvidia-smi` shows, less the CUDA context.
+    pub reserved: (i64, i64),
+    /// Bytes of blocks in use, including the unused tails of split blocks.
+    pub active: (i64, i64),
+    /// Bytes of split blocks that are free but cannot go back to the driver (fragmentation).
+    pub inactive_split: (i64, i64),
+    /// Allocations that failed once and succeeded after the cache was flushed (a sign of memory pressure).
+    pub alloc_retries: i64,
+    /// Allocations that failed for good.
+    pub ooms: i64,
 }
 
 fn accelerator_index(device: Device) -> Option<c_int> {
@@ -200,18 +200,17 @@ impl MemoryStats {
     /// the CPU (whose peak is the process's RSS) or when the allocator cannot tell.
     pub fn of(device: Device) -> Option<MemoryStats> {
         let index = accelerator_index(device)?;
-        let mut s = MemoryStats::default();
-        // SAFETY: the out-pointers refer to fields of a live local.
-        let rc = unsafe {
-            sdrs_memory_stats(
-                index,
-                &mut s.allocated_peak,
-                &mut s.reserved_peak,
-                &mut s.allocated_now,
-                &mut s.reserved_now,
-            )
-        };
-        (rc == 0).then_some(s)
+        let mut v = [0i64; 10];
+        // SAFETY: the shim writes exactly 10 counters into the array we own and pass with its length.
+        let rc = unsafe { sdrs_memory_stats(index, v.as_mut_ptr(), v.len()) };
+        (rc == 0).then_some(MemoryStats {
+            allocated: (v[0], v[1]),
+            reserved: (v[2], v[3]),
+            active: (v[4], v[5]),
+            inactive_split: (v[6], v[7]),
+            alloc_retries: v[8],
+            ooms: v[9],
+        })
     }
 
     /// Start a new peak measurement on `device` (no-op on the CPU).

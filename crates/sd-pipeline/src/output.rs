@@ -463,8 +463,8 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub fn peak_gpu_mb(device: tch::Device) -> serde_json::Value {
     match sd_core::accel::MemoryStats::of(device) {
         Some(s) => serde_json::json!({
-            "allocated": s.allocated_peak as f64 / (1u64 << 20) as f64,
-            "reserved": s.reserved_peak as f64 / (1u64 << 20) as f64,
+            "allocated": s.allocated.1 as f64 / (1u64 << 20) as f64,
+            "reserved": s.reserved.1 as f64 / (1u64 << 20) as f64,
         }),
         None => serde_json::Value::Null,
     }

@@ -44,6 +44,7 @@ pub fn routes() -> Router<AppState> {
         .route("/prompt-styles", get(empty_list))
         .route("/realesrgan-models", get(empty_list))
         .route("/cmd-flags", get(cmd_flags))
+        .route("/memory", get(memory))
         .route("/refresh-checkpoints", post(no_op))
         .route("/refresh-loras", post(no_op))
 }
@@ -868,6 +869,43 @@ async fn cmd_flags(State(state): State<AppState>) -> Json<Value> {
         "embeddings_dir": state.engine_cfg.embeddings_dir,
         "ckpt_dir": state.catalog.models_dir,
     }))
+}
+
+/// A1111's `GET /sdapi/v1/memory`, which monitoring scripts poll: this process's RAM and, when jobs run on CUDA, the
+/// GPU as the driver sees it and the caching allocator's counters, in bytes, under A1111's keys.
+async fn memory(State(state): State<AppState>) -> Json<Value> {
+    let device = state.engine_cfg.load.device;
+    Json(
+        tokio::task::spawn_blocking(move || memory_report(device))
+            .await
+            .unwrap_or_else(|e| json!({"error": e.to_string()})),
+    )
+}
+
+pub fn memory_report(device: tch::Device) -> Value {
+    fn kib_field(text: &str, key: &str) -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? * 1024.0)
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    // A1111 reports its own process: used = resident set, free = the machine's total less that.
+    let ram = match (kib_field(&status, "VmRSS:"), kib_field(&meminfo, "MemTotal:")) {
+        (Some(used), Some(total)) => json!({"free": total - used, "used": used, "total": total}),
+        _ => json!({"error": "/proc is not readable"}),
+    };
+    let cuda = match (sd_core::accel::MemoryStats::of(device), sd_core::accel::device_memory(device)) {
+        (Some(s), Some((free, total))) if matches!(device, tch::Device::Cuda(_)) => json!({
+            "system": {"free": free, "used": total - free, "total": total},
+            "active": {"current": s.active.0, "peak": s.active.1},
+            "allocated": {"current": s.allocated.0, "peak": s.allocated.1},
+            "reserved": {"current": s.reserved.0, "peak": s.reserved.1},
+            "inactive": {"current": s.inactive_split.0, "peak": s.inactive_split.1},
+            "events": {"retries": s.alloc_retries, "oom": s.ooms},
+        }),
+        _ => json!({"error": "unavailable"}),
+    };
+    json!({"ram": ram, "cuda": cuda})
 }
 
 /// The catalog is read at start; refreshing is accepted and changes nothing.

@@ -386,6 +386,13 @@ fn listings_options_model_switching_png_info_and_metrics() {
     assert_eq!(get(&s, "/sdapi/v1/embeddings").1, json!({"loaded": {}, "skipped": {}}));
     assert_eq!(get(&s, "/sdapi/v1/scripts").1, json!({"txt2img": [], "img2img": []}));
     assert!(get(&s, "/sdapi/v1/upscalers").1.as_array().unwrap().iter().any(|u| u["name"] == "Lanczos"));
+    // A1111's memory report: this process's resident set within the machine's memory; on the CPU no CUDA block.
+    let (code, mem) = get(&s, "/sdapi/v1/memory");
+    assert_eq!(code, 200);
+    let (used, total) = (mem["ram"]["used"].as_f64().unwrap(), mem["ram"]["total"].as_f64().unwrap());
+    assert!(used > 10e6 && used < total, "{mem}");
+    assert_eq!(mem["ram"]["free"].as_f64().unwrap(), total - used);
+    assert_eq!(mem["cuda"], json!({"error": "unavailable"}));
     let (_, o) = get(&s, "/sdapi/v1/options");
     assert_eq!(o["sd_model_checkpoint"], m[0]["title"]);
     let (_, oa) = get(&s, "/v1/models");
