@@ -2,6 +2,10 @@
 
 usage: python gpu_check.py --sd PATH/TO/sd --sd15 DIR [--sdxl DIR] [--steps 20] [--repeats 2] [--images 4]
                            [--quick] [--json FILE]
+       python gpu_check.py --sd PATH/TO/sd --sd15 models/sd-tiny-shapes --dry-run   # the script itself, on the CPU
+
+`--dry-run` runs every step on the CPU (f32 in place of f16, the model's own size, 2 steps): it checks that the
+script, `sd generate --json` and diffusers_txt2img.py still fit together, without a GPU and without meaning.
 
 What it measures, in one run, each side in its own process and alternated (ours, theirs, ours, ...):
 1. Parity in f32: the same prompt, seed and Euler schedule; both sides draw the initial noise from a CPU generator
@@ -56,14 +60,16 @@ def measured(cmd):
 
 
 def sd_cmd(a, model, size, dtype, out, extra=()):
+    dtype = a.fast_dtype if dtype == "f16" else dtype
     return [a.sd, "generate", "--model", model, PROMPT, "--steps", str(a.steps), "-W", str(size), "-H", str(size),
-            "--device", "cuda", "--dtype", dtype, "--seed", "0", "--sampler", "euler", "--no-watermark",
+            "--device", a.device, "--dtype", dtype, "--seed", "0", "--sampler", "euler", "--no-watermark",
             "--safety", "off", "-o", out, "--overwrite", "-q", *extra]
 
 
 def py_cmd(a, model, size, dtype, out, extra=()):
+    dtype = a.fast_dtype if dtype == "f16" else dtype
     return [sys.executable, os.path.join(HERE, "diffusers_txt2img.py"), "--model", model, "--steps", str(a.steps),
-            "--size", str(size), "--dtype", dtype, "--seed", "0", "--sampler", "euler", "--device", "cuda",
+            "--size", str(size), "--dtype", dtype, "--seed", "0", "--sampler", "euler", "--device", a.device,
             "--out", out, *extra]
 
 
@@ -136,14 +142,29 @@ def main():
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="SD1.5 only, 10 steps, one repeat")
     ap.add_argument("--json")
+    ap.add_argument("--dry-run", action="store_true", help="on the CPU, f32, 2 steps, the model's own size")
     a = ap.parse_args()
+    a.device, a.fast_dtype = ("cpu", "f32") if a.dry_run else ("cuda", "f16")
     if a.quick:
         a.steps, a.repeats, a.sdxl = 10, 1, None
+    if a.dry_run:
+        a.steps, a.repeats, a.images = 2, 1, 2
     import torch
-    if not torch.cuda.is_available():
+    if a.dry_run:
+        gpu = "none (dry run on the CPU)"
+    elif not torch.cuda.is_available():
         sys.exit("gpu_check: this Python's torch sees no CUDA GPU")
-    gpu = torch.cuda.get_device_name(0)
-    families = [("sd15", a.sd15, 512)] + ([("sdxl", a.sdxl, 1024)] if a.sdxl else [])
+    else:
+        gpu = torch.cuda.get_device_name(0)
+
+    def native(model, default):
+        if not a.dry_run:
+            return default
+        with open(os.path.join(model, "unet", "config.json")) as f:
+            latent = int(json.load(f)["sample_size"])
+        with open(os.path.join(model, "vae", "config.json")) as f:
+            return latent * 2 ** (len(json.load(f)["block_out_channels"]) - 1)
+    families = [("sd15", a.sd15, native(a.sd15, 512))] + ([("sdxl", a.sdxl, native(a.sdxl, 1024))] if a.sdxl else [])
     report = {"gpu": gpu, "steps": a.steps, "parity": [], "speed": [], "offload": [], "layout": []}
     with tempfile.TemporaryDirectory() as tmp:
         for fam, model, size in families:

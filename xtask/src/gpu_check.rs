@@ -7,6 +7,7 @@
 //! `target/bench/gpu-check.json`. No test calls this: the test suite never needs a GPU.
 //!
 //! usage: cargo xtask gpu-check [--quick] [--no-build] [--steps N] [--repeats N]
+//!        cargo xtask gpu-check --dry-run    (no GPU: every step on the CPU with the demo model, to check the script)
 
 use crate::compare::{bench_python, ensure_random_model, release_dir};
 use crate::util::{cargo, root};
@@ -14,12 +15,13 @@ use anyhow::{bail, Context, Result};
 use std::process::Command;
 
 pub fn run(args: &[String]) -> Result<()> {
-    let (mut quick, mut build, mut passthrough) = (false, true, Vec::new());
+    let (mut quick, mut build, mut dry_run, mut passthrough) = (false, true, false, Vec::new());
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--no-build" => build = false,
+            "--dry-run" => dry_run = true,
             "--steps" | "--repeats" => {
                 passthrough.push(a.clone());
                 passthrough.push(it.next().with_context(|| format!("{a} needs a value"))?.clone());
@@ -32,7 +34,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = root();
     let user_libtorch = std::env::var_os("LIBTORCH_USE_PYTORCH").is_some()
         || std::env::var("LIBTORCH").is_ok_and(|l| std::path::Path::new(&l) != root.join(".libtorch"));
-    if !user_libtorch && !crate::setup_cuda::installed(&root.join(".libtorch")) {
+    if !dry_run && !user_libtorch && !crate::setup_cuda::installed(&root.join(".libtorch")) {
         bail!("gpu-check needs the CUDA build of LibTorch: run `cargo xtask setup --cuda` first");
     }
     if build {
@@ -41,14 +43,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let sd = release_dir(&root).join("sd");
     let doctor = Command::new(&sd).args(["doctor", "--json"]).output().context("cannot run sd doctor")?;
     let report = String::from_utf8_lossy(&doctor.stdout);
-    if !report.contains("\"available\": true") {
+    if !dry_run && !report.contains("\"available\": true") {
         bail!("sd sees no CUDA GPU (see `{} doctor`): gpu-check has nothing to measure here", sd.display());
     }
     let py = bench_python(&root)?;
-    let sd15 = ensure_random_model(&root, &py, "sd15")?;
+    let sd15 = if dry_run { root.join("models/sd-tiny-shapes") } else { ensure_random_model(&root, &py, "sd15")? };
     let mut cmd = Command::new(&py);
     cmd.arg(root.join("scripts/bench/gpu_check.py")).arg("--sd").arg(&sd).arg("--sd15").arg(&sd15);
-    if quick {
+    if dry_run {
+        cmd.arg("--dry-run");
+    } else if quick {
         cmd.arg("--quick");
     } else {
         cmd.arg("--sdxl").arg(ensure_random_model(&root, &py, "sdxl")?);
