@@ -67,7 +67,41 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let result = match cli.command {
+    quiet_oom_panics();
+    // tch's infallible calls panic on LibTorch errors; an out-of-memory one becomes a one-line error here.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli.command)));
+    let result = match run {
+        Ok(r) => r,
+        Err(p) => match sd_pipeline::oom::panic_text(p.as_ref()).and_then(sd_pipeline::oom::explain_message) {
+            Some(line) => Err(anyhow::anyhow!(line)),
+            None => std::panic::resume_unwind(p),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let usage = e.downcast_ref::<cmd::UsageError>().is_some();
+            let e = sd_pipeline::oom::with_advice(e);
+            eprintln!("error: {e:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+/// Out-of-memory panics are reported by `main` as one line; the default hook would print LibTorch's paragraph and a
+/// "panicked at" line first. Every other panic keeps the default report.
+fn quiet_oom_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let oom = sd_pipeline::oom::panic_text(info.payload()).and_then(sd_pipeline::oom::explain_message);
+        if oom.is_none() {
+            default(info);
+        }
+    }));
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Generate(args) => cmd::generate::run(*args),
         Command::Serve(args) => cmd::serve::run(*args),
         Command::Worker(args) => cmd::worker::run(*args),
@@ -78,13 +112,5 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Train(args) => cmd::train::run(*args),
         Command::C2paRoot(args) => cmd::c2pa::run_root(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let usage = e.downcast_ref::<cmd::UsageError>().is_some();
-            eprintln!("error: {e:#}");
-            ExitCode::from(if usage { 2 } else { 1 })
-        }
     }
 }

@@ -7,8 +7,10 @@
 //! [`VarBuilder::finish`] reports all of them at once, together with every tensor in the files the model never
 //! asked for. That is how a user learns, in one message, that they pointed an SDXL UNet config at SD1.5 weights.
 
+mod capture;
 mod files;
 
+pub use capture::{capture, Captured};
 pub use files::{kind_of, SafeTensorsFiles, TensorEntry};
 
 use crate::layout;
@@ -212,12 +214,15 @@ impl VarBuilder {
     /// Like [`get`](Self::get), with the initialisation used when there are no weights.
     pub fn get_with_init(&self, shape: &[i64], name: &str, init: Init) -> Result<Tensor> {
         let t = self.fetch(shape, name, init, Some(self.inner.kind))?;
+        capture::record(&t);
         self.register(name, t)
     }
 
     /// Fetch a tensor keeping its stored dtype (integer buffers such as `position_ids`).
     pub fn get_raw(&self, shape: &[i64], name: &str) -> Result<Tensor> {
-        self.fetch(shape, name, Init::Zeros, None)
+        let t = self.fetch(shape, name, Init::Zeros, None)?;
+        capture::record(&t);
+        Ok(t)
     }
 
     fn fetch(&self, shape: &[i64], name: &str, init: Init, kind: Option<Kind>) -> Result<Tensor> {

@@ -12,6 +12,7 @@
 //! | [`transformer_sd3`] | SD3Transformer2DModel (MMDiT of SD3 / SD3.5, incl. qk RMS norm and dual attention) |
 //! | [`vae`] | AutoencoderKL (encode/decode, tiling) and AutoencoderTiny (TAESD) |
 //! | [`safety`] | StableDiffusionSafetyChecker |
+//! | [`stream`] | `--offload sequential`: `nn` layers copy their weights to the GPU per operation while a guard is alive |
 //! | [`ip_adapter`] | IP-Adapter: original weight files, image projections (base, full, plus) and the decoupled cross-attention hook |
 //! | [`convert`] | single-file (LDM) checkpoints, single-file ControlNets and single-file SD3 / SD3.5 → diffusers state dicts, and the safe pickle reader |
 
@@ -22,6 +23,7 @@ pub mod convert;
 pub mod ip_adapter;
 pub mod nn;
 pub mod safety;
+pub mod stream;
 pub mod t5;
 pub mod transformer_sd3;
 pub mod unet;

@@ -1,7 +1,9 @@
 //! The handful of layers every network here is made of, each loading its tensors through a [`VarBuilder`]
 //! under the same names PyTorch's `nn.Linear`, `nn.Conv2d`, `nn.GroupNorm`, `nn.LayerNorm` and `nn.Embedding`
-//! use (`weight`, `bias`), so diffusers/transformers state dicts load without renaming.
+//! use (`weight`, `bias`), so diffusers/transformers state dicts load without renaming. Every layer reads its
+//! tensors through [`crate::stream::weight`], which is free unless `--offload sequential` streams them.
 
+use crate::stream;
 use anyhow::Result;
 use sd_core::weights::{Init, VarBuilder};
 use tch::Tensor;
@@ -26,7 +28,8 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let (w, b) = (stream::weight(&self.weight), stream::weight_opt(self.bias.as_ref()));
+        x.linear(&w, b.as_deref())
     }
 }
 
@@ -68,7 +71,8 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.weight, self.bias.as_ref(), [self.stride], [self.padding], [1], 1)
+        let (w, b) = (stream::weight(&self.weight), stream::weight_opt(self.bias.as_ref()));
+        x.conv2d(&w, b.as_deref(), [self.stride], [self.padding], [1], 1)
     }
 }
 
@@ -92,7 +96,8 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
+        let (w, b) = (stream::weight(&self.weight), stream::weight(&self.bias));
+        x.group_norm(self.groups, Some(&*w), Some(&*b), self.eps, true)
     }
 }
 
@@ -121,7 +126,8 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], self.weight.as_ref(), self.bias.as_ref(), self.eps, true)
+        let (w, b) = (stream::weight_opt(self.weight.as_ref()), stream::weight_opt(self.bias.as_ref()));
+        x.layer_norm([self.dim], w.as_deref(), b.as_deref(), self.eps, true)
     }
 }
 
@@ -137,7 +143,7 @@ impl Embedding {
     }
 
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.weight, ids, -1, false, false)
+        Tensor::embedding(&stream::weight(&self.weight), ids, -1, false, false)
     }
 }
 

@@ -157,6 +157,7 @@ impl StableDiffusion {
         }
         // An interrupt while encoding takes effect at the first step (there is nothing to stop yet).
         let _ = on_event(Event::Phase("encode"));
+        let _streaming = self.offload.activate(crate::offload::Group::TextEncoders)?;
         let t0 = Instant::now();
         let settings = PromptSettings { clip_skip: req.clip_skip, emphasis: req.emphasis, style: self.encoder_style() };
         let prompt = self.prompt_without_lora_tags(&req.prompt)?;
@@ -189,6 +190,7 @@ impl StableDiffusion {
     /// that is 1.6 GB in bf16). Requests can then only run through [`Self::generate_encoded`].
     pub fn release_text_encoders(&mut self) {
         self.text.release();
+        self.offload.release(crate::offload::Group::TextEncoders);
     }
 
     /// Steps 2–6 for prompts encoded by [`Self::encode_prompts`] from a request with the same prompt settings.
@@ -261,6 +263,8 @@ impl StableDiffusion {
         let scaling = self.vae.config().scaling_factor;
         let vae_kind = self.vae_kind();
         let mut inpaint: Option<InpaintState> = None;
+        let encodes = stage.latents.is_none() && !matches!(req.mode, Mode::Txt2Img);
+        let streaming = if encodes { self.offload.activate(crate::offload::Group::Vae)? } else { None };
         let mut latents = match &req.mode {
             _ if stage.latents.is_some() => {
                 stage.start_latents(sched.as_ref(), &mut gen, shape, dtype, timesteps[0])?
@@ -331,7 +335,9 @@ impl StableDiffusion {
         // Step cache (off by default): decides per evaluation between the whole UNet and a shallow pass.
         let mut cache = crate::step_cache::CacheRun::new(req.cache, &self.unet, !req.control.is_empty())?;
 
-        // 5. Denoising loop.
+        // 5. Denoising loop (the image encoding above is done: its streaming guard ends before the UNet's starts).
+        drop(streaming);
+        let _streaming = self.offload.activate(crate::offload::Group::Denoiser)?;
         let t1 = Instant::now();
         let total = timesteps.len();
         let mut unet_calls = 0;
@@ -482,6 +488,7 @@ impl StableDiffusion {
 
     /// UNet latents → images in [0, 1], `[B, 3, H, W]` f32 on the CPU.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let _streaming = self.offload.activate(crate::offload::Group::Vae)?;
         let image = match &self.taesd {
             Some(taesd) => taesd.decode(&latents.to_kind(self.vae_kind()))?.to_kind(Kind::Float).clamp(0.0, 1.0),
             None => {
@@ -495,7 +502,7 @@ impl StableDiffusion {
                 let (scale, size) = (self.vae.scale_factor(), z.size());
                 let (h, w) = (size[2] * scale, size[3] * scale);
                 let x = if self.vae.tiling().is_none()
-                    && crate::memory::vae_decode_needs_tiling(cfg, size[0], h, w, self.vae_kind())
+                    && crate::memory::vae_decode_needs_tiling(cfg, size[0], h, w, self.vae_kind(), self.opts.device)
                 {
                     let tiling = sd_models::vae::TilingConfig::for_config(cfg);
                     sd_models::vae::tiled_decode(&z, &tiling, scale, |tile| self.vae.decode(tile))?

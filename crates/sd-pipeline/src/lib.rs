@@ -20,6 +20,8 @@
 //! | [`refiner`] | the SDXL refiner after the base model (diffusers' ensemble of experts) |
 //! | [`output`] | file names, PNG writing with parameters and disclosure labels |
 //! | [`init_image`] | img2img / inpainting images and masks → tensors, as diffusers' `VaeImageProcessor` |
+//! | [`offload`] | `--offload model|sequential`: components moved to the GPU only while they run, or streamed layer by layer |
+//! | [`oom`] | out-of-memory errors as one line: what was asked, what the GPU has, which option helps |
 //! | [`memory`] | whether a full-image VAE decode fits in memory, else tiled decoding |
 //! | [`hash_cache`] | A1111's "Model hash", cached by path, size and mtime |
 //! | [`single_file`] | `.safetensors`/`.ckpt` checkpoints loaded through the `sd convert` mapping (cached) |
@@ -35,6 +37,8 @@ pub mod ip_adapter;
 pub mod loader;
 pub mod loras;
 pub mod memory;
+pub mod offload;
+pub mod oom;
 pub mod output;
 pub mod prompt;
 pub mod refiner;

@@ -49,6 +49,11 @@ pub struct LoadOptions {
     pub loras: Vec<(PathBuf, f64)>,
     /// Component configs for single-file checkpoints of unusual architectures (`--config-dir`).
     pub config_dir: Option<PathBuf>,
+    /// Keep components in CPU RAM and bring each to `device` only while it runs (`--offload`, see
+    /// [`crate::offload`]).
+    pub offload: crate::offload::Offload,
+    /// Where offloaded weights wait: CPU RAM, or nowhere in tests (see [`crate::offload::Parking`]).
+    pub offload_parking: crate::offload::Parking,
     /// Diffusers `ControlNetModel` folders loaded beside the UNet (request units name them by folder name); more
     /// can be added later with [`StableDiffusion::load_controlnet`].
     pub controlnets: Vec<PathBuf>,
@@ -70,6 +75,8 @@ impl LoadOptions {
             channels_last: None,
             loras: Vec::new(),
             config_dir: None,
+            offload: crate::offload::Offload::None,
+            offload_parking: crate::offload::Parking::Ram,
             controlnets: Vec::new(),
         }
     }
@@ -94,6 +101,8 @@ pub struct StableDiffusion {
     pub scheduler_config: serde_json::Value,
     pub force_zeros_for_empty_prompt: bool,
     pub opts: LoadOptions,
+    /// Where each component is when offloading (`--offload`); moves nothing otherwise.
+    pub offload: crate::offload::Offloader,
     /// Display name for metadata (folder or checkpoint name).
     pub name: String,
     /// LoRAs merged into the weights, in `opts.loras` order.
@@ -128,43 +137,51 @@ impl StableDiffusion {
             info.prediction_type = p.clone();
         }
         let root = dir.root.clone();
-        let (device, dtype) = (opts.device, opts.dtype);
+        let offload = crate::offload::Offloader::new(opts.offload, opts.device, opts.offload_parking);
+        // With offload every component is built in CPU RAM; `opts.device` stays where the computation runs.
+        let (device, dtype) = (offload.load_device(), opts.dtype);
+        use crate::offload::Group;
+        use sd_core::weights::capture;
         let mut merger = if opts.loras.is_empty() { None } else { Some(LoraMerger::open(&opts.loras)?) };
         let mut present = vec![LoraTarget::Unet];
         let mut pairs = Vec::new();
-        if !info.refiner {
-            present.push(LoraTarget::TextEncoder);
-            pairs.push(load_text_pair(
-                &root,
-                "tokenizer",
-                "text_encoder",
-                LoraTarget::TextEncoder,
-                merger.as_mut(),
-                dtype,
-                device,
-            )?);
-        }
-        // The refiner's only encoder is the base's second one (OpenCLIP G).
-        if info.family == Family::Sdxl {
-            present.push(LoraTarget::TextEncoder2);
-            pairs.push(load_text_pair(
-                &root,
-                "tokenizer_2",
-                "text_encoder_2",
-                LoraTarget::TextEncoder2,
-                merger.as_mut(),
-                dtype,
-                device,
-            )?);
-        }
-        let text = TextEncoders::new(pairs)?;
+        let (text, text_weights) = capture(|| {
+            if !info.refiner {
+                present.push(LoraTarget::TextEncoder);
+                pairs.push(load_text_pair(
+                    &root,
+                    "tokenizer",
+                    "text_encoder",
+                    LoraTarget::TextEncoder,
+                    merger.as_mut(),
+                    dtype,
+                    device,
+                )?);
+            }
+            // The refiner's only encoder is the base's second one (OpenCLIP G).
+            if info.family == Family::Sdxl {
+                present.push(LoraTarget::TextEncoder2);
+                pairs.push(load_text_pair(
+                    &root,
+                    "tokenizer_2",
+                    "text_encoder_2",
+                    LoraTarget::TextEncoder2,
+                    merger.as_mut(),
+                    dtype,
+                    device,
+                )?);
+            }
+            TextEncoders::new(pairs)
+        })?;
+        offload.adopt(Group::TextEncoders, text_weights)?;
         let unet_dir = dir.component_dir("unet")?;
-        let nhwc = opts.channels_last.unwrap_or(sd_models::nn::channels_last_by_default(device, dtype));
-        let mut unet = match merger.as_mut() {
+        let nhwc = opts.channels_last.unwrap_or(sd_models::nn::channels_last_by_default(opts.device, dtype));
+        let (mut unet, unet_weights) = capture(|| match merger.as_mut() {
             None => UNet2DConditionModel::load_with(&unet_dir, dtype, device, nhwc),
             Some(m) => load_unet_merged(&unet_dir, m, dtype, device, nhwc),
-        }
+        })
         .with_context(|| format!("loading the UNet of {}", root.display()))?;
+        offload.adopt(Group::Denoiser, unet_weights)?;
         unet.set_attention_mode(opts.attention);
         let loras = match merger {
             Some(m) => m.finish(&present)?,
@@ -176,8 +193,10 @@ impl StableDiffusion {
         let force_upcast = dir.component_config("vae")?.get("force_upcast").and_then(|v| v.as_bool()).unwrap_or(true);
         let upcast = dtype == Kind::Half && force_upcast;
         let vae_kind = opts.vae_dtype.unwrap_or(if upcast { Kind::Float } else { dtype });
-        let mut vae = AutoencoderKL::load_with(&vae_dir, vae_kind, device, nhwc)
+        let (mut vae, vae_weights) = capture(|| AutoencoderKL::load_with(&vae_dir, vae_kind, device, nhwc))
             .with_context(|| format!("loading the VAE of {}", root.display()))?;
+        vae.set_device(opts.device);
+        offload.adopt(Group::Vae, vae_weights)?;
         if opts.low_memory {
             let tiling = TilingConfig::for_config(vae.config());
             vae.set_tiling(Some(tiling));
@@ -191,11 +210,21 @@ impl StableDiffusion {
                         vae.scale_factor()
                     );
                 }
-                Some(AutoencoderTiny::load_taesd_dir(p, info.family == Family::Sdxl, vae_kind, device)?)
+                let xl = info.family == Family::Sdxl;
+                let (mut tiny, weights) = capture(|| AutoencoderTiny::load_taesd_dir(p, xl, vae_kind, device))?;
+                tiny.set_device(opts.device);
+                offload.adopt(Group::Vae, weights)?;
+                Some(tiny)
             }
             None => None,
         };
-        let safety = if opts.load_safety_checker { SafetyChecker::load(&root, dtype, device)? } else { None };
+        let safety = if opts.load_safety_checker {
+            let (safety, weights) = capture(|| SafetyChecker::load(&root, dtype, device))?;
+            offload.adopt(Group::SafetyChecker, weights)?;
+            safety
+        } else {
+            None
+        };
         let mut scheduler_config = dir.component_config("scheduler")?;
         if let (Some(p), Some(obj)) = (&opts.prediction_type, scheduler_config.as_object_mut()) {
             obj.insert("prediction_type".into(), serde_json::Value::String(p.clone()));
@@ -222,6 +251,7 @@ impl StableDiffusion {
             scheduler_config,
             force_zeros_for_empty_prompt,
             opts,
+            offload,
             name,
             source_file,
             loras,

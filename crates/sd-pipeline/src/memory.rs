@@ -1,8 +1,8 @@
-//! Whether a full-image VAE decode fits in memory, so large images fall back to tiled decoding instead of
-//! failing (or swapping) halfway through a run.
+//! Whether a full-image VAE decode fits in memory (RAM, or the GPU's memory on a GPU), so large images fall back
+//! to tiled decoding instead of failing (or swapping) halfway through a run.
 
 use sd_models::vae::VaeConfig;
-use tch::Kind;
+use tch::{Device, Kind};
 
 /// Bytes the OS reports as available for new allocations (`MemAvailable` in /proc/meminfo), if known.
 pub fn available_bytes() -> Option<u64> {
@@ -20,9 +20,23 @@ pub fn vae_decode_bytes(cfg: &VaeConfig, batch: i64, h: i64, w: i64, kind: Kind)
     (4 * batch * widest_full_res * h * w) as u64 * kind.elt_size_in_bytes() as u64
 }
 
-/// True when the estimate exceeds 80 % of the available memory (unknown availability counts as fitting).
-pub fn vae_decode_needs_tiling(cfg: &VaeConfig, batch: i64, h: i64, w: i64, kind: Kind) -> bool {
-    match available_bytes() {
+/// Bytes free for new tensors on `device`: the GPU's free memory as the driver counts it plus what LibTorch's
+/// caching allocator holds unused, or the system's available RAM for the CPU.
+pub fn available_on(device: Device) -> Option<u64> {
+    match device {
+        Device::Cpu => available_bytes(),
+        d => {
+            let (free, _total) = sd_core::accel::device_memory(d)?;
+            let cached = sd_core::accel::MemoryStats::of(d).map(|m| (m.reserved.0 - m.allocated.0).max(0)).unwrap_or(0);
+            Some((free.max(0) + cached) as u64)
+        }
+    }
+}
+
+/// True when the estimate exceeds 80 % of the memory available on `device` (unknown availability counts as
+/// fitting).
+pub fn vae_decode_needs_tiling(cfg: &VaeConfig, batch: i64, h: i64, w: i64, kind: Kind, device: Device) -> bool {
+    match available_on(device) {
         Some(avail) => vae_decode_bytes(cfg, batch, h, w, kind) as f64 > 0.8 * avail as f64,
         None => false,
     }

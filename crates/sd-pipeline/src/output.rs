@@ -169,10 +169,13 @@ pub fn render_outputs(
     let verdicts = match (&sd.safety, opts.safety) {
         (Some(checker), SafetyMode::Block | SafetyMode::Warn) if !generated.images.is_empty() => {
             let batch = tch::Tensor::f_stack(&generated.images, 0)?;
+            let _streaming = sd.offload.activate(crate::offload::Group::SafetyChecker)?;
             Some(checker.check(&batch)?)
         }
         _ => None,
     };
+    // The request's last model has run: with --offload nothing stays on the GPU between requests.
+    sd.offload.park_all()?;
     let model_hash = crate::hash_cache::model_hash(sd);
     let card = model_card_ref(&sd.dir.root, &sd.name);
     let mut out = Vec::new();

@@ -109,8 +109,11 @@ impl StableDiffusion {
         }
         let mut second = req.clone();
         second.mode = Mode::Txt2Img;
+        // With --offload, the base's UNet leaves the GPU before the refiner's arrives.
+        self.offload.park_all()?;
         let stage = Stage { latents: Some(latents), denoising_start: Some(switch), ..Default::default() };
         let (mut g, _) = refiner.generate_stage(&second, refiner_encoded, &stage, on_event)?;
+        refiner.offload.park_all()?;
         g.timings.encode_s += first.timings.encode_s;
         g.timings.denoise_s += first.timings.denoise_s;
         g.unet_calls += first.unet_calls;

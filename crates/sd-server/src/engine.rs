@@ -292,16 +292,18 @@ impl Engine {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.generate(req, ctl, on_progress)));
         let outcome = match outcome {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(format!("{e:#}")),
+            Ok(Err(e)) => Err(format!("{:#}", sd_pipeline::oom::with_advice(e))),
             Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown panic");
-                let first = msg.lines().next().unwrap_or(msg);
-                tracing::error!(job = %id, "generation panicked: {first}");
-                Err(format!("internal error while generating: {first}"))
+                let msg = sd_pipeline::oom::panic_text(p.as_ref()).unwrap_or("unknown panic");
+                // Running out of GPU memory is the user's to fix (an offload mode, a smaller image): say how.
+                if let Some(line) = sd_pipeline::oom::explain_message(msg) {
+                    tracing::error!(job = %id, "{line}");
+                    Err(line)
+                } else {
+                    let first = msg.lines().next().unwrap_or(msg);
+                    tracing::error!(job = %id, "generation panicked: {first}");
+                    Err(format!("internal error while generating: {first}"))
+                }
             }
         };
         let label = match &outcome {

@@ -23,6 +23,9 @@ pub type Sd3PromptKey = (String, String, usize, bool, sd_pipeline::prompt::Empha
 /// Load an SD3 folder (a single-file SD3 checkpoint through its converted cache folder) with the server's device and
 /// dtype, its `--no-t5` choice and the job's LoRAs merged in.
 pub fn load(spec: &str, cfg: &EngineConfig, loras: &[(std::path::PathBuf, f64)]) -> Result<Sd3Pipeline> {
+    if cfg.load.offload != sd_pipeline::offload::Offload::None {
+        anyhow::bail!("--offload is not supported for SD3 models yet: start the server without it to serve {spec}");
+    }
     let root = if sd_pipeline::single_file::is_single_file(spec) {
         sd_pipeline::single_file::converted_folder(Path::new(spec), cfg.load.config_dir.as_deref())?
     } else {

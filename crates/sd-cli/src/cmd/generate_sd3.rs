@@ -34,12 +34,13 @@ pub fn run(
         Mode::Img2Img { init, strength } => Some(Sd3Init { image: init, strength, mask: None }),
         Mode::Inpaint { init, mask, strength } => Some(Sd3Init { image: init, strength, mask: Some(mask) }),
     };
-    let refused: [(bool, &str); 5] = [
+    let refused: [(bool, &str); 6] = [
         (args.load.embeddings_dir.is_some(), "--embeddings-dir"),
         (args.taesd.is_some(), "--taesd"),
         (args.clip_skip != 1, "--clip-skip"),
         (args.guidance_rescale != 0.0, "--guidance-rescale"),
         (opts.low_memory, "--low-memory"),
+        (opts.offload != sd_pipeline::offload::Offload::None, "--offload"),
     ];
     if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
         usage!(

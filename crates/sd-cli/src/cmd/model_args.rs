@@ -50,9 +50,13 @@ pub struct LoadArgs {
     /// Intra-op threads (default: the number of physical cores; at most 1024)
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=limits::MAX_THREADS))]
     pub threads: Option<usize>,
-    /// Use less memory at some cost in speed: tiled VAE decode/encode
-    #[arg(long)]
+    /// Use less memory at some cost in speed: tiled VAE decode/encode (also --vae-tiling)
+    #[arg(long, visible_alias = "vae-tiling")]
     pub low_memory: bool,
+    /// Keep the model in CPU RAM and give the GPU one component at a time (model) or one layer at a time
+    /// (sequential, slowest), for GPUs smaller than the model
+    #[arg(long, default_value = "none", value_parser = ["none", "model", "sequential"])]
+    pub offload: String,
     /// Folder of textual-inversion embeddings (.safetensors/.pt/.bin), used by file name in prompts
     #[arg(long)]
     pub embeddings_dir: Option<PathBuf>,
@@ -177,6 +181,8 @@ impl LoadArgs {
             _ => None,
         };
         opts.low_memory = self.low_memory;
+        // clap restricts the values to the three names
+        opts.offload = self.offload.parse().map_err(usage)?;
         opts.config_dir = self.config_dir.clone();
         Ok(opts)
     }

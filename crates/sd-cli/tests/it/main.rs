@@ -14,6 +14,7 @@ mod hostile_inputs;
 mod inspect;
 mod ip_adapter_cli;
 mod ip_adapter_units;
+mod offload;
 mod output_formats;
 mod perf_flags;
 mod prompt_extras;

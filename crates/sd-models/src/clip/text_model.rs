@@ -105,7 +105,7 @@ impl ClipTextModel {
     pub fn forward_with_replacements(&self, ids: &Tensor, replacements: &[(usize, Tensor)]) -> Result<ClipTextOutput> {
         let ids = self.check_ids(ids)?;
         let (batch, len) = (ids.size()[0], ids.size()[1]);
-        let device = self.token_embedding.weight.device();
+        let device = crate::stream::device_of(&self.token_embedding.weight);
         let positions = Tensor::arange(len, (Kind::Int64, device));
         let tokens = self.token_embedding.forward(&ids);
         for (position, vectors) in replacements {
@@ -163,7 +163,7 @@ impl ClipTextModel {
         if ids.is_floating_point() || ids.kind() == Kind::Bool {
             bail!("token ids must be integers, found {:?}", ids.kind());
         }
-        let ids = ids.to_kind(Kind::Int64).to_device(self.token_embedding.weight.device());
+        let ids = ids.to_kind(Kind::Int64).to_device(crate::stream::device_of(&self.token_embedding.weight));
         let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
         if lo < 0 || hi >= self.config.vocab_size {
             bail!(

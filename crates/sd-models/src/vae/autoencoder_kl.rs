@@ -107,6 +107,12 @@ impl AutoencoderKL {
         self.device
     }
 
+    /// Where inputs are sent: where the weights were loaded, unless an offloading caller keeps them elsewhere
+    /// between runs and brings them here (or streams them here) when the model runs.
+    pub fn set_device(&mut self, device: Device) {
+        self.device = device;
+    }
+
     /// 2^(len(block_out_channels) - 1): image pixels per latent pixel.
     pub fn scale_factor(&self) -> i64 {
         self.cfg.scale_factor()

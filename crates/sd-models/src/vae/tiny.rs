@@ -259,6 +259,12 @@ impl AutoencoderTiny {
         dec.forward(&((z / 3.0).tanh() * 3.0))
     }
 
+    /// Where inputs are sent: where the weights were loaded, unless an offloading caller keeps them elsewhere
+    /// between runs and brings them here (or streams them here) when the model runs.
+    pub fn set_device(&mut self, device: Device) {
+        self.device = device;
+    }
+
     fn check(&self, x: &Tensor, channels: i64, what: &str, field: &str) -> Result<Tensor> {
         let size = x.size();
         if size.len() != 4 || size[1] != channels || size.contains(&0) {

@@ -18,7 +18,7 @@ fn load(model: &str) -> StableDiffusion {
     StableDiffusion::load(fixtures().join("models").join(model).to_str().unwrap(), opts).unwrap()
 }
 
-fn request(case: &Value) -> GenerationRequest {
+pub(crate) fn request(case: &Value) -> GenerationRequest {
     let s = |k: &str| case.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     let f = |k: &str, d: f64| case.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
     let mut req = GenerationRequest::txt2img(&s("prompt"), f("width", 64.0) as i64, f("height", 64.0) as i64);

@@ -9,6 +9,7 @@ mod deepcache;
 mod diffusers_parity;
 mod hires;
 mod ip_adapter;
+mod offload;
 mod prompt_chunks;
 mod prompt_conditioning;
 mod prompt_editing;

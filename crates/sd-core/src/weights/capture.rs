@@ -1,0 +1,99 @@
+//! Which tensors a model was built from, so they can be moved between devices later without the model's code
+//! knowing: `--offload model` keeps every component in CPU RAM and gives it GPU memory only while it runs.
+//!
+//! A model is a tree of plain structs; tch has no `Module::parameters()`. Instead, every tensor a
+//! [`super::VarBuilder`] hands out while [`capture`] runs is remembered (a shallow handle: same storage, same
+//! `TensorImpl`), and [`Captured::move_to`] later swaps each one's storage in place with `set_data`, which every
+//! struct holding that tensor sees. This relies on model code keeping the tensors it was given, never tensors
+//! derived from them at load time (a transposed or pre-packed copy would stay behind): the nn layers of
+//! `sd-models` satisfy that, and the offload tests check it on every component.
+
+use anyhow::{Context, Result};
+use std::cell::RefCell;
+use tch::{Device, Tensor};
+
+thread_local! {
+    /// One list per active [`capture`] (they nest: a pipeline load captures each component separately).
+    static ACTIVE: RefCell<Vec<Vec<Tensor>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Remember `t` in the innermost active capture, if any (called by the builder for every tensor it returns).
+pub(crate) fn record(t: &Tensor) {
+    ACTIVE.with(|a| {
+        if let Some(list) = a.borrow_mut().last_mut() {
+            list.push(t.shallow_clone());
+        }
+    });
+}
+
+/// Ends a capture even when the closure returns early or panics, so a later load is not captured by mistake.
+struct Scope;
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| {
+            a.borrow_mut().pop();
+        });
+    }
+}
+
+/// Run `build` and return what it built with every tensor a `VarBuilder` handed out meanwhile (on this thread).
+pub fn capture<T>(build: impl FnOnce() -> Result<T>) -> Result<(T, Captured)> {
+    ACTIVE.with(|a| a.borrow_mut().push(Vec::new()));
+    let scope = Scope;
+    let built = build();
+    let tensors = ACTIVE.with(|a| a.borrow_mut().last_mut().map(std::mem::take).unwrap_or_default());
+    drop(scope);
+    Ok((built?, Captured { tensors }))
+}
+
+/// The tensors of one built model, movable in place.
+#[derive(Default)]
+pub struct Captured {
+    tensors: Vec<Tensor>,
+}
+
+impl Captured {
+    /// Add another model's tensors (a component group such as "UNet and its ControlNets").
+    pub fn extend(&mut self, other: Captured) {
+        self.tensors.extend(other.tensors);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Bytes of the captured tensors' data.
+    pub fn bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum()
+    }
+
+    /// The captured tensors, in the order the model asked for them.
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.tensors
+    }
+
+    /// Give every tensor the storage `data(i, tensor)` returns (same shape and dtype), in place.
+    pub fn replace_data(&mut self, mut data: impl FnMut(usize, &Tensor) -> Result<Tensor>) -> Result<()> {
+        for (i, t) in self.tensors.iter_mut().enumerate() {
+            let new = data(i, t)?;
+            t.f_set_data(&new).with_context(|| format!("cannot swap the storage of a {:?} weight", t.size()))?;
+        }
+        Ok(())
+    }
+
+    /// Copy every tensor to `device` in place (no-op for those already there).
+    pub fn move_to(&mut self, device: Device) -> Result<()> {
+        self.replace_data(|_, t| {
+            if t.device() == device {
+                Ok(t.shallow_clone())
+            } else {
+                t.f_to_device(device).with_context(|| format!("cannot move a {:?} weight to {device:?}", t.size()))
+            }
+        })
+    }
+}
