@@ -7,6 +7,9 @@
 //!
 //! usage: cargo xtask compare [--quick] [--sizes 256,512] [--dtypes f32,bf16] [--steps 20] [--repeats 3]
 //!        [--unet-repeats 3] [--model DIR] [--skip-unet] [--skip-txt2img] [--no-build]
+//!        cargo xtask compare --openvino [--size 512] [--rounds 3] [--threads 2] [--no-build]
+//!        (the UNet step against OpenVINO and PyTorch eager, as a share of the bf16 matmul peak: see
+//!        [`crate::compare_openvino`])
 //!
 //! `SD_BENCH_PYTHON=/path/to/python` uses an existing Python environment instead of the fixtures virtualenv.
 
@@ -97,6 +100,10 @@ pub fn ensure_random_model(root: &Path, py: &Path, family: &str) -> Result<PathB
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--openvino") {
+        let rest: Vec<String> = args.iter().filter(|a| *a != "--openvino").cloned().collect();
+        return crate::compare_openvino::run(&rest);
+    }
     let o = parse(args)?;
     let root = root();
     let py = bench_python(&root)?;
@@ -236,7 +243,7 @@ fn print_table(rows: &[Row], load_start: &str, load_end: &str, model: &Path) {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() {
@@ -250,6 +257,11 @@ fn median(v: &[f64]) -> f64 {
 
 /// Run a unet-step program and read `median_s` from its `UNET_STEP {json}` line.
 fn unet_step(cmd: &mut Command) -> Result<f64> {
+    json_number(&unet_step_line(cmd)?, "median_s")
+}
+
+/// Run a unet-step program and return its `UNET_STEP {json}` line (also echoed to stderr).
+pub fn unet_step_line(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -260,7 +272,7 @@ fn unet_step(cmd: &mut Command) -> Result<f64> {
         .find(|l| l.starts_with("UNET_STEP "))
         .with_context(|| format!("{cmd:?} printed no UNET_STEP line"))?;
     eprintln!("{line}");
-    json_number(line, "median_s")
+    Ok(line.to_string())
 }
 
 /// `measure.py -- PROGRAM ARGS`: (wall seconds, peak RSS MB) from its `MEASURE {json}` line on stderr.
@@ -279,7 +291,7 @@ fn measured(py: &Path, measure: &str, program: &str, args: &[String]) -> Result<
 }
 
 /// The number after `"key":` in a flat JSON line (xtask stays dependency-free).
-fn json_number(line: &str, key: &str) -> Result<f64> {
+pub fn json_number(line: &str, key: &str) -> Result<f64> {
     let pat = format!("\"{key}\":");
     let at = line.find(&pat).with_context(|| format!("no {key} in {line}"))? + pat.len();
     let rest = line[at..].trim_start();
@@ -287,7 +299,7 @@ fn json_number(line: &str, key: &str) -> Result<f64> {
     rest[..end].trim().parse().with_context(|| format!("{key} in {line}"))
 }
 
-fn loadavg() -> String {
+pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
