@@ -132,6 +132,8 @@ pub struct Settings {
     pub jpeg_quality: Option<u8>,
     /// `None` = the server's default (lossy unless `sd serve --lossless`), as A1111's `webp_lossless` is false.
     pub webp_lossless: Option<bool>,
+    /// sd-rs's step caching (`sd_rs_step_cache`, as `sd generate --cache` takes it); `None` = the server's default.
+    pub step_cache: Option<String>,
 }
 
 impl Default for Settings {
@@ -143,6 +145,7 @@ impl Default for Settings {
             samples_format: OutputFormat::Png,
             jpeg_quality: None,
             webp_lossless: None,
+            step_cache: None,
         }
     }
 }
@@ -198,6 +201,13 @@ fn apply_setting(s: &mut Settings, key: &str, v: &Value, field: &str) -> ApiResu
                 return bad(format!("`{field}`: only 0 is supported, got {v}"));
             }
         }
+        "sd_rs_step_cache" => match v.as_str().map(|c| c.parse::<sd_pipeline::step_cache::StepCache>()) {
+            Some(Ok(c)) => s.step_cache = Some(c.to_string()),
+            _ => {
+                let want = sd_pipeline::step_cache::SYNTAX;
+                return bad(format!("`{field}`: expected a string of the form {want}, got {v}"));
+            }
+        },
         "sd_model_checkpoint" => return Ok(true),
         _ => return Ok(false),
     }
@@ -483,6 +493,7 @@ pub fn to_job(state: &AppState, r: A1111Request, kind: JobKind) -> ApiResult<Job
         controlnet: Vec::new(),
         ip_adapters: Vec::new(),
         refiner: None,
+        cache: settings.step_cache.clone(),
     };
     let mut job = job;
     let controlnet =
@@ -765,6 +776,7 @@ async fn get_options(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "samples_format": crate::jobs_api::file_extension(s.samples_format),
         "jpeg_quality": s.jpeg_quality.unwrap_or(sd_provenance::formats::DEFAULT_JPEG_QUALITY),
         "webp_lossless": s.webp_lossless.unwrap_or(state.engine_cfg.render.lossless),
+        "sd_rs_step_cache": s.step_cache.clone().unwrap_or_else(|| state.engine_cfg.cache.to_string()),
         "sd_vae": "Automatic",
         "eta_noise_seed_delta": 0,
     })))

@@ -500,6 +500,7 @@ mod tests {
                 module: "ip-adapter_clip_sd15".into(),
             }],
             refiner: None,
+            cache: None,
         };
         let text = serde_json::to_string(&job).unwrap();
         assert_eq!(serde_json::from_str::<crate::job::JobRequest>(&text).unwrap(), job);

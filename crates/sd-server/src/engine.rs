@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub no_t5: bool,
     /// SD3 models: T5 tokens per prompt (`--max-sequence-length`).
     pub max_sequence_length: usize,
+    /// Step caching for jobs that do not choose (`sd serve --cache`); jobs with ControlNet units run without it.
+    pub cache: sd_pipeline::step_cache::StepCache,
 }
 
 /// What the HTTP side may read about the engine.
@@ -434,6 +436,7 @@ impl Engine {
             None => None,
         };
         let mut base = to_generation_request(req, sd)?;
+        base.cache = job_cache(req, self.cfg.cache)?;
         for (input, name) in base.ip_adapters.iter_mut().zip(ip_names) {
             input.model = name;
         }
@@ -573,6 +576,19 @@ pub fn to_generation_request(req: &JobRequest, sd: &StableDiffusion) -> Result<G
     g.ip_adapters = req.ip_adapters.iter().map(crate::controlnet::ip_input).collect::<Result<_>>()?;
     let _ = sd;
     Ok(g)
+}
+
+/// The step cache a job runs with: its own choice, else the server's default unless ControlNet units feed the
+/// deep blocks a cached step would skip (the combination `sd generate` refuses).
+pub fn job_cache(
+    req: &JobRequest,
+    default: sd_pipeline::step_cache::StepCache,
+) -> Result<sd_pipeline::step_cache::StepCache> {
+    match &req.cache {
+        Some(c) => c.parse(),
+        None if req.controlnet.is_empty() => Ok(default),
+        None => Ok(sd_pipeline::step_cache::StepCache::Off),
+    }
 }
 
 /// An img2img job's init image and (inpainting) its mask, inverted when the job asks (A1111's

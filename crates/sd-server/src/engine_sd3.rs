@@ -54,6 +54,14 @@ pub fn unsupported(job: &JobRequest) -> Option<(&'static str, String)> {
     if job.hires.is_some() {
         return Some(("enable_hr", why("the hires fix (enable_hr)")));
     }
+    if job
+        .cache
+        .as_deref()
+        .and_then(|c| c.parse::<sd_pipeline::step_cache::StepCache>().ok())
+        .is_some_and(|c| !c.is_off())
+    {
+        return Some(("sd_rs_step_cache", why("step caching")));
+    }
     if job.clip_skip != 1 {
         return Some(("CLIP_stop_at_last_layers", why("clip skip")));
     }

@@ -106,6 +106,10 @@ pub struct JobRequest {
     /// The SDXL refiner that finishes the base's picture (A1111's `refiner_checkpoint`, `refiner_switch_at`).
     #[serde(default)]
     pub refiner: Option<RefinerSpec>,
+    /// Step caching as `sd generate --cache` writes it ("deepcache:interval=3"); `None` = the server's default
+    /// (`sd serve --cache`, off unless set), which applies to UNet jobs without ControlNet units.
+    #[serde(default)]
+    pub cache: Option<String>,
 }
 
 /// The SDXL refiner as a job carries it (see `sd_pipeline::refiner`).

@@ -243,6 +243,17 @@ pub fn validate_job(state: &AppState, job: &JobRequest) -> ApiResult<()> {
             }
         }
     }
+    if let Some(c) = &job.cache {
+        let cache = c
+            .parse::<sd_pipeline::step_cache::StepCache>()
+            .map_err(|e| ApiError::bad_request(format!("`sd_rs_step_cache`: {e:#}")).with_param("sd_rs_step_cache"))?;
+        if !cache.is_off() && !job.controlnet.is_empty() {
+            return bad(
+                "sd_rs_step_cache",
+                format!("step caching ({cache}) does not combine with ControlNet units: their residuals feed the deep blocks a cached step skips"),
+            );
+        }
+    }
     if let Some(spec) = &job.refiner {
         let param = "refiner_checkpoint";
         if state.catalog.find(&spec.model).is_none() {

@@ -182,6 +182,7 @@ fn to_job(state: &AppState, b: &GenerationBody, kind: JobKind, default_size: (i6
         controlnet: Vec::new(),
         ip_adapters: Vec::new(),
         refiner: None,
+        cache: settings.step_cache.clone(),
     };
     if !(1..=state.cfg.limits.max_batch_size).contains(&n) {
         return Err(ApiError::bad_request(format!("`n` {n}: expected 1 to {}", state.cfg.limits.max_batch_size))

@@ -444,7 +444,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// The hires-fix flags, checked before any model loads.
 /// `--cache`, parsed by clap so a bad value exits with 2 before anything loads.
-fn parse_cache(s: &str) -> Result<StepCache, String> {
+pub(crate) fn parse_cache(s: &str) -> Result<StepCache, String> {
     s.parse().map_err(|e: anyhow::Error| format!("{e:#}"))
 }
 

@@ -219,6 +219,7 @@ pub fn engine_config(
         preview_every: if taesd.is_some() { preview_every } else { 0 },
         no_t5: load.no_t5,
         max_sequence_length: load.max_sequence_length,
+        cache: sd_pipeline::step_cache::StepCache::Off,
     })
 }
 

@@ -791,3 +791,50 @@ fn latent_hires_fix_with_its_own_sampler_and_prompt_matches_sd_generate() {
         parameters_chunk(&std::fs::read(&file).unwrap())
     );
 }
+
+/// Step caching in the server: `sd serve --cache` is the default for requests, the A1111 option `sd_rs_step_cache`
+/// (persistent or in `override_settings`) chooses per request, and either way the pixels and parameters are
+/// `sd generate --cache`'s. A bad value is a 4xx naming the option; the server stays up.
+#[test]
+fn step_cache_default_and_per_request_give_sd_generates_pixels() {
+    let s = Server::start(&["--cache", "deepcache:interval=2"]);
+    let (code, opts) = get(&s, "/sdapi/v1/options");
+    assert_eq!(code, 200, "{opts}");
+    assert_eq!(opts["sd_rs_step_cache"], "deepcache:interval=2,branch=0");
+    let body = |cache: Option<&str>| {
+        let mut b = merge(
+            webuiapi_defaults(),
+            json!({"prompt": "a red square on a green background", "seed": 7, "steps": 6, "width": 32,
+                   "height": 32, "cfg_scale": 5, "sampler_name": "Euler"}),
+        );
+        if let Some(c) = cache {
+            b["override_settings"] = json!({"sd_rs_step_cache": c});
+        }
+        b
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, cache, flags) in [
+        ("default", None, &["--cache", "deepcache:interval=2"][..]),
+        ("override", Some("deepcache:interval=3"), &["--cache", "deepcache:interval=3"][..]),
+        ("off", Some("off"), &[][..]),
+    ] {
+        let (code, r) = post(&s, "/sdapi/v1/txt2img", &body(cache));
+        assert_eq!(code, 200, "{name}: {r}");
+        let served = r["images"][0].as_str().expect("an image");
+        let file = dir.path().join(format!("{name}.png"));
+        let mut args =
+            vec!["a red square on a green background", "--seed", "7", "--steps", "6", "-W", "32", "-H", "32"];
+        args.extend(["--cfg-scale", "5", "--sampler", "Euler", "-o", file.to_str().unwrap()]);
+        args.extend(flags);
+        sd_generate(&args);
+        assert_eq!(pixels(served).2, file_pixels(&file), "{name}: served pixels differ from sd generate's");
+        let params = parameters_chunk(&b64(served));
+        assert_eq!(params, parameters_chunk(&std::fs::read(&file).unwrap()), "{name}: parameters differ");
+        assert_eq!(params.contains("Cache: deepcache"), cache != Some("off"), "{name}: {params}");
+    }
+    let (code, r) = post(&s, "/sdapi/v1/txt2img", &body(Some("deepcache:interval=1")));
+    assert!((400..500).contains(&code), "{code} {r}");
+    assert!(r.to_string().contains("sd_rs_step_cache"), "{r}");
+    let (code, _) = get(&s, "/sdapi/v1/options");
+    assert_eq!(code, 200, "the server stays up");
+}
