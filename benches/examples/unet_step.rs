@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 use sd_models::attention::AttentionMode;
-use sd_models::unet::UNet2DConditionModel;
+use sd_models::unet::{AddedCond, UNet2DConditionModel};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -79,12 +79,25 @@ fn main() -> Result<()> {
     let x = Tensor::randn([2, cfg.in_channels, lat, lat], (Kind::Float, Device::Cpu)).to_kind(kind);
     let ctx_dim = cfg.cross_attention_dim.expand(1, "cross_attention_dim").map(|v| v[0]).unwrap_or(768);
     let ctx = Tensor::randn([2, 77, ctx_dim], (Kind::Float, Device::Cpu)).to_kind(kind);
+    // SDXL-style UNets also take the pooled text embedding and the six size ids (original, crop, target).
+    let added = match cfg.addition_embed_type.as_deref() {
+        Some("text_time") => {
+            let time_dim = cfg.addition_time_embed_dim.unwrap_or(256);
+            let pooled = cfg.projection_class_embeddings_input_dim.unwrap_or(2816) - 6 * time_dim;
+            let s = a.size as f32;
+            Some(AddedCond {
+                text_embeds: Tensor::randn([2, pooled], (Kind::Float, Device::Cpu)).to_kind(kind),
+                time_ids: Tensor::from_slice(&[s, s, 0.0, 0.0, s, s]).unsqueeze(0).repeat([2, 1]).to_kind(kind),
+            })
+        }
+        _ => None,
+    };
     let t = Tensor::from(500.0f32);
     let mut times = Vec::new();
     tch::no_grad(|| -> Result<()> {
         for i in 0..a.warmup + a.repeats {
             let start = Instant::now();
-            let _ = unet.forward(&x, &t, &ctx, None, None)?;
+            let _ = unet.forward(&x, &t, &ctx, added.as_ref(), None)?;
             if i >= a.warmup {
                 times.push(start.elapsed().as_secs_f64());
             }

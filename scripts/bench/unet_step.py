@@ -38,12 +38,18 @@ def main():
     ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g).to(dtype)
     if a.channels_last:
         x = x.to(memory_format=torch.channels_last)
+    # SDXL-style UNets also take the pooled text embedding and the six size ids (original, crop, target).
+    extra = {}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        ids = torch.tensor([[a.size, a.size, 0, 0, a.size, a.size]] * 2, dtype=dtype)
+        extra = {"added_cond_kwargs": {"text_embeds": torch.randn(2, pooled, generator=g).to(dtype), "time_ids": ids}}
     t = torch.tensor(500.0)
     times = []
     with torch.inference_mode():
         for i in range(a.warmup + a.repeats):
             s = time.perf_counter()
-            unet(x, t, encoder_hidden_states=ctx).sample
+            unet(x, t, encoder_hidden_states=ctx, **extra).sample
             if i >= a.warmup:
                 times.append(time.perf_counter() - s)
     print("UNET_STEP " + json.dumps({"impl": "diffusers", "size": a.size, "dtype": a.dtype, "channels_last": a.channels_last,

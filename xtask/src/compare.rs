@@ -1,12 +1,13 @@
-//! `cargo xtask compare`: sd-rs against diffusers on a full-size random-weight SD1.5 folder, same CPU, runs
-//! alternated (ours, theirs, ours, …) so background load hits both sides alike.
+//! `cargo xtask compare`: sd-rs against diffusers on a full-size random-weight SD1.5 (or, with `--family sdxl`,
+//! SDXL) folder, same CPU, runs alternated (ours, theirs, ours, …) so background load hits both sides alike.
 //!
 //! Measured: one CFG UNet step (median of several, `benches/examples/unet_step.rs` vs `scripts/bench/unet_step.py`),
 //! then whole-process txt2img (`sd generate` vs `scripts/bench/diffusers_txt2img.py`) under `scripts/bench/measure.py`
 //! (wall seconds, peak RSS). Prints a markdown table with medians, ratios (ours / theirs) and the load average.
 //!
-//! usage: cargo xtask compare [--quick] [--sizes 256,512] [--dtypes f32,bf16] [--steps 20] [--repeats 3]
-//!        [--unet-repeats 3] [--model DIR] [--skip-unet] [--skip-txt2img] [--no-build]
+//! usage: cargo xtask compare [--family sd15|sdxl] [--quick] [--sizes 256,512] [--dtypes f32,bf16] [--steps 20]
+//!        [--repeats 3] [--unet-repeats 3] [--model DIR] [--skip-unet] [--skip-txt2img] [--no-build]
+//!        (`--family sdxl` defaults to 1024 px in bf16, SDXL's native size and the fast CPU dtype)
 //!        cargo xtask compare --openvino [--size 512] [--rounds 3] [--threads 2] [--no-build]
 //!        (the UNet step against OpenVINO and PyTorch eager, as a share of the bf16 matmul peak: see
 //!        [`crate::compare_openvino`])
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 struct Opts {
+    family: String,
     sizes: Vec<u32>,
     dtypes: Vec<String>,
     steps: u32,
@@ -33,6 +35,7 @@ struct Opts {
 
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
+        family: "sd15".into(),
         sizes: vec![256, 512],
         dtypes: vec!["f32".into(), "bf16".into()],
         steps: 20,
@@ -60,6 +63,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--repeats" => o.repeats = value()?.parse().context("--repeats")?,
             "--unet-repeats" => o.unet_repeats = value()?.parse().context("--unet-repeats")?,
             "--model" => o.model = Some(PathBuf::from(value()?)),
+            "--family" => o.family = value()?.to_string(),
             "--skip-unet" => o.unet = false,
             "--skip-txt2img" => o.txt2img = false,
             "--no-build" => o.build = false,
@@ -68,6 +72,19 @@ fn parse(args: &[String]) -> Result<Opts> {
     }
     if o.dtypes.iter().any(|d| d != "f32" && d != "bf16") {
         bail!("compare: --dtypes takes f32 and/or bf16");
+    }
+    match o.family.as_str() {
+        "sd15" => {}
+        "sdxl" => {
+            // SDXL's defaults unless the flags chose: its native 1024 px, in bf16 (f32 SDXL at 1024 px is hours).
+            if !args.iter().any(|a| a == "--sizes" || a == "--quick") {
+                o.sizes = vec![1024];
+            }
+            if !args.iter().any(|a| a == "--dtypes") {
+                o.dtypes = vec!["bf16".into()];
+            }
+        }
+        other => bail!("compare: --family {other}: expected sd15 or sdxl"),
     }
     Ok(o)
 }
@@ -86,7 +103,7 @@ pub fn release_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("release")
 }
 
-/// `target/bench/random-sd15`, created with `scripts/bench/random_model.py` when missing.
+/// `target/bench/random-{family}` (sd15, sdxl), created with `scripts/bench/random_model.py` when missing.
 pub fn ensure_random_model(root: &Path, py: &Path, family: &str) -> Result<PathBuf> {
     let dir = root.join("target/bench").join(format!("random-{family}"));
     if !dir.join("model_index.json").exists() {
@@ -109,7 +126,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let py = bench_python(&root)?;
     let model = match &o.model {
         Some(m) => m.clone(),
-        None => ensure_random_model(&root, &py, "sd15")?,
+        None => ensure_random_model(&root, &py, &o.family)?,
     };
     if o.build {
         cargo(&root, &["build", "--release", "-p", "sd-cli"])?;
