@@ -103,6 +103,19 @@ pub struct RenderArgs {
     pub lossless: bool,
 }
 
+/// `--cache` of `sd serve` and `sd worker`: the step cache of requests that do not choose one.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeCacheArgs {
+    #[arg(
+        long,
+        default_value = "off",
+        value_name = "MODE[:PARAMS]",
+        value_parser = super::generate::parse_cache,
+        help = "Step caching for requests that do not choose one (A1111 option sd_rs_step_cache): off, or deepcache[:interval=N,branch=B] as in sd generate --cache; workers on a queue apply their own --cache"
+    )]
+    pub cache: sd_pipeline::step_cache::StepCache,
+}
+
 impl RenderArgs {
     /// Render options for PNG output (the server's); `sd generate` sets the format from `--output`.
     pub fn options(&self, safety: Option<SafetyMode>) -> RenderOptions {

@@ -22,6 +22,8 @@ pub struct Args {
     pub render: RenderArgs,
     #[command(flatten)]
     pub sign: super::c2pa::SignArgs,
+    #[command(flatten)]
+    pub cache: super::model_args::ServeCacheArgs,
     /// Folder of further models (diffusers folders, .safetensors/.ckpt) clients may switch to
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
@@ -62,14 +64,6 @@ pub struct Args {
     /// A preview every N steps (with --taesd)
     #[arg(long, default_value_t = 2)]
     pub preview_every: usize,
-    #[arg(
-        long,
-        default_value = "off",
-        value_name = "MODE[:PARAMS]",
-        value_parser = super::generate::parse_cache,
-        help = "Step caching for requests that do not choose one (A1111 option sd_rs_step_cache): off, or deepcache[:interval=N,branch=B] as in sd generate --cache; workers on a --queue use their own --cache"
-    )]
-    pub cache: sd_pipeline::step_cache::StepCache,
     /// Jobs that may wait behind the running one; more get 429 with Retry-After
     #[arg(long, default_value_t = Limits::default().max_queue, value_parser = ranged_usize(1, 100_000))]
     pub max_queue: usize,
@@ -111,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut engine = engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, sign)?;
     check_unit_folders(args.controlnet_dir.as_deref(), &args.ip_encoder)?;
     engine.controlnet_dir = args.controlnet_dir.clone();
-    engine.cache = args.cache;
+    engine.cache = args.cache.cache;
     engine.ip_encoders = args.ip_encoder.clone();
     if let Some(q) = &args.queue {
         check_queue_url(q)?;

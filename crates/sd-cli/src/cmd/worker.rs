@@ -27,6 +27,8 @@ pub struct Args {
     pub render: RenderArgs,
     #[command(flatten)]
     pub sign: super::c2pa::SignArgs,
+    #[command(flatten)]
+    pub cache: super::model_args::ServeCacheArgs,
     /// Folder of further models jobs may name (as `sd serve --models-dir`)
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
@@ -57,14 +59,6 @@ pub struct Args {
     /// A preview every N steps (with --taesd)
     #[arg(long, default_value_t = 2)]
     pub preview_every: usize,
-    #[arg(
-        long,
-        default_value = "off",
-        value_name = "MODE[:PARAMS]",
-        value_parser = super::generate::parse_cache,
-        help = "Step caching for requests that do not choose one (A1111 option sd_rs_step_cache): off, or deepcache[:interval=N,branch=B] as in sd generate --cache"
-    )]
-    pub cache: sd_pipeline::step_cache::StepCache,
     /// Seconds the running job may continue after SIGTERM/Ctrl-C before it is interrupted
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -80,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         engine_config(&args.load, &args.render, args.taesd.as_ref(), args.preview_every, args.sign.identity()?)?;
     check_unit_folders(args.controlnet_dir.as_deref(), &args.ip_encoder)?;
     engine_cfg.controlnet_dir = args.controlnet_dir.clone();
-    engine_cfg.cache = args.cache;
+    engine_cfg.cache = args.cache.cache;
     engine_cfg.ip_encoders = args.ip_encoder.clone();
     let catalog = Arc::new(Catalog::scan(&args.load.model, args.models_dir.as_deref())?);
     let engine =
