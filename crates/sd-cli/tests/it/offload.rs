@@ -1,22 +1,12 @@
 //! `sd generate --offload model|sequential` and `--vae-tiling` through the real binary on the CPU: the same PNG
-//! pixels as without them (the library tests park weights on `meta` to prove each component moves; here the
+//! pixels as without them (the library tests make parked weights vanish to prove each component moves; here the
 //! flags are wired end to end), bad values are usage errors, and SD3 refuses offload rather than ignoring it.
 
 use std::path::Path;
-use std::process::Command;
 
 fn generate(model: &str, out: &Path, extra: &[&str]) -> (i32, String) {
-    let model = format!("{}/../../fixtures/models/{model}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(["generate", "--model", &model, "a red fox", "--steps", "3", "--dtype", "f32", "--device", "cpu"])
-        .args(["-q", "--seed", "5", "--no-watermark", "--safety", "off", "--cfg-scale", "6", "--output"])
-        .arg(out)
-        .args(extra)
-        .output()
-        .expect("run sd");
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic leaked to the user:\n{stderr}");
-    (out.status.code().unwrap_or(-1), stderr)
+    let (code, _, stderr) = crate::step_cache_cli::generate(model, out, extra);
+    (code, stderr)
 }
 
 fn pixels(path: &Path) -> Vec<u8> {

@@ -7,7 +7,8 @@ use std::process::Command;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
-fn generate(model: &str, out: &Path, extra: &[&str]) -> (i32, String, String) {
+/// `sd generate` on a fixture model (5 steps, seed 3, f32 on the CPU, no watermark): exit code, stdout, stderr.
+pub(crate) fn generate(model: &str, out: &Path, extra: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(["generate", "--model", &format!("{FIXTURES}/models/{model}"), "a red fox", "--steps", "5"])
         .args(["--dtype", "f32", "--device", "cpu", "-q", "--seed", "3", "--no-watermark", "--safety", "off"])
