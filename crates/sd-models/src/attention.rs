@@ -62,8 +62,16 @@ impl AttentionMode {
     /// 30 ms; D 40: 12 vs 23; whole UNet step 2.33–2.40 s vs 2.41–2.43 s with matmuls at that level) but lost at
     /// 256 tokens (3.2 vs 1.8) and against 77 keys (8.8 vs 7.9, keys padded to 128); those shapes keep the table
     /// above.
+    ///
+    /// CPUs with AMX (`amx_bf16`) turn this around: LibTorch's SDPA kernel runs its blocks on the tile unit and
+    /// wins at every shape. Full-size SD1.5 bf16 UNet step at 512 px on a 2-core Xeon with AMX (medians of 4
+    /// steps, `examples/unet_step --attention …`, idle machine): SDPA everywhere 1.92–1.99 s, the per-shape choice
+    /// above 3.11 s, matmul everywhere 3.25 s, fused everywhere 3.23 s.
     pub fn resolve(self, q: &[i64], lk: i64, kind: Kind, device: tch::Device) -> AttentionMode {
         match self {
+            AttentionMode::Auto if device == tch::Device::Cpu && kind == Kind::BFloat16 && cpu_has_amx() => {
+                AttentionMode::Sdpa
+            }
             AttentionMode::Auto if device == tch::Device::Cpu && kind == Kind::BFloat16 => {
                 let lq = q.get(2).copied().unwrap_or(0);
                 if lk <= 256 {
@@ -80,6 +88,12 @@ impl AttentionMode {
             other => other,
         }
     }
+}
+
+/// Whether the CPU has AMX tiles for bf16 (read once: `resolve` runs for every attention call).
+fn cpu_has_amx() -> bool {
+    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMX.get_or_init(|| sd_core::device::CpuFeatures::detect().amx_bf16)
 }
 
 impl std::str::FromStr for AttentionMode {

@@ -95,8 +95,16 @@ fn auto_resolves_to_a_concrete_mode() {
             }
         }
     }
-    // The measured CPU table: bf16 uses batched matmuls except for the 4096-token self-attention; f32 uses SDPA.
     let cpu = |lq: i64, lk: i64, kind| AttentionMode::Auto.resolve(&[2, 8, lq, 40], lk, kind, tch::Device::Cpu);
+    if amx() {
+        // With AMX, LibTorch's SDPA wins at every shape (measured, see `AttentionMode::resolve`).
+        for (lq, lk) in [(4096, 4096), (4096, 77), (1024, 1024), (256, 256)] {
+            assert_eq!(cpu(lq, lk, Kind::BFloat16), AttentionMode::Sdpa, "{lq}×{lk}");
+            assert_eq!(cpu(lq, lk, Kind::Float), AttentionMode::Sdpa, "{lq}×{lk}");
+        }
+        return;
+    }
+    // The measured CPU table: bf16 uses batched matmuls except for the 4096-token self-attention; f32 uses SDPA.
     let big = if avx512_bf16() { AttentionMode::Fused } else { AttentionMode::Sdpa };
     assert_eq!(cpu(4096, 4096, Kind::BFloat16), big);
     assert_eq!(cpu(4096, 4096, Kind::Float), AttentionMode::Sdpa);
@@ -109,6 +117,10 @@ fn auto_resolves_to_a_concrete_mode() {
         AttentionMode::Auto.resolve(&[2, 8, 1024, 40], 1024, Kind::BFloat16, tch::Device::Cuda(0)),
         AttentionMode::Sdpa
     );
+}
+
+fn amx() -> bool {
+    sd_core::device::CpuFeatures::detect().amx_bf16
 }
 
 fn avx512_bf16() -> bool {
