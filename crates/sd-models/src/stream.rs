@@ -17,7 +17,7 @@ thread_local! {
     static TARGET: Cell<Option<Device>> = const { Cell::new(None) };
 }
 
-/// Bytes copied by streaming since the process started (for tests and `--json` reports).
+/// Bytes copied by streaming since the process started (tests check that every layer streamed).
 static STREAMED: AtomicU64 = AtomicU64::new(0);
 
 /// While alive, `nn` layers on this thread run on `device` with weights copied there per operation.

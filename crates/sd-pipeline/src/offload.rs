@@ -103,10 +103,6 @@ impl Offloader {
         Self { mode, compute, park, state: Mutex::new(State { groups: [None, None, None, None] }) }
     }
 
-    pub fn mode(&self) -> Offload {
-        self.mode
-    }
-
     /// Where components are built: the CPU when offloading, else the compute device.
     pub fn load_device(&self) -> Device {
         if self.mode == Offload::None {
@@ -145,7 +141,7 @@ impl Offloader {
         let streams = self.streams(group);
         if entry.active && !streams {
             // Added while its group is on the GPU (a ControlNet loaded by a request): join it there.
-            weights.move_to(self.compute)?;
+            bring_over(&mut weights, &home, self.compute)?;
         } else if self.park == Parking::Vanish && !(entry.active && streams) {
             weights.replace_data(|_, t| vanished(t))?;
         }
@@ -185,17 +181,8 @@ impl Offloader {
             return Ok(Some(sd_models::stream::stream_to(self.compute)));
         }
         if let Some(p) = state.groups[slot(group)].as_mut().filter(|p| !p.active) {
-            let (home, compute) = (&p.home, self.compute);
-            p.weights
-                .replace_data(|i, _| {
-                    let h = &home[i];
-                    if h.device() == compute {
-                        Ok(h.shallow_clone())
-                    } else {
-                        Ok(h.f_to_device(compute)?)
-                    }
-                })
-                .with_context(|| format!("moving {} to {compute:?} (--offload model)", describe(group)))?;
+            bring_over(&mut p.weights, &p.home, self.compute)
+                .with_context(|| format!("moving {} to {:?} (--offload model)", describe(group), self.compute))?;
             p.active = true;
         }
         Ok(None)
@@ -234,6 +221,11 @@ fn send_home(p: &mut Parked, park: Parking) -> Result<()> {
     })?;
     p.active = false;
     Ok(())
+}
+
+/// Give each weight its CPU copy's values on `compute` (the copy itself when that is the CPU).
+fn bring_over(weights: &mut Captured, home: &[Tensor], compute: Device) -> Result<()> {
+    weights.replace_data(|i, _| Ok(home[i].f_to_device(compute)?))
 }
 
 fn nbytes(t: &Tensor) -> u64 {

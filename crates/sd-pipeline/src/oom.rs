@@ -41,8 +41,8 @@ pub fn explain_message(text: &str) -> Option<String> {
     ))
 }
 
-/// `err` replaced by its one-line explanation when it is an out-of-memory error (the original is kept as the
-/// source for `{:?}`), else `err` unchanged.
+/// `err` replaced by its one-line explanation when it is an out-of-memory error (LibTorch's paragraph is dropped),
+/// else `err` unchanged.
 pub fn with_advice(err: anyhow::Error) -> anyhow::Error {
     match explain(&err) {
         Some(line) => anyhow::Error::msg(line),

@@ -3,14 +3,14 @@
 //!
 //! A model is a tree of plain structs; tch has no `Module::parameters()`. Instead, every tensor a
 //! [`super::VarBuilder`] hands out while [`capture`] runs is remembered (a shallow handle: same storage, same
-//! `TensorImpl`), and [`Captured::move_to`] later swaps each one's storage in place with `set_data`, which every
+//! `TensorImpl`), and [`Captured::replace_data`] later swaps each one's storage in place with `set_data`, which every
 //! struct holding that tensor sees. This relies on model code keeping the tensors it was given, never tensors
 //! derived from them at load time (a transposed or pre-packed copy would stay behind): the nn layers of
 //! `sd-models` satisfy that, and the offload tests check it on every component.
 
 use anyhow::{Context, Result};
 use std::cell::RefCell;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 thread_local! {
     /// One list per active [`capture`] (they nest: a pipeline load captures each component separately).
@@ -59,17 +59,8 @@ impl Captured {
         self.tensors.extend(other.tensors);
     }
 
-    pub fn len(&self) -> usize {
-        self.tensors.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
-    }
-
-    /// Bytes of the captured tensors' data.
-    pub fn bytes(&self) -> u64 {
-        self.tensors.iter().map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64).sum()
     }
 
     /// The captured tensors, in the order the model asked for them.
@@ -77,23 +68,13 @@ impl Captured {
         &self.tensors
     }
 
-    /// Give every tensor the storage `data(i, tensor)` returns (same shape and dtype), in place.
+    /// Give every tensor the storage `data(i, tensor)` returns, in place (normally the same values on another
+    /// device; any shape is accepted, so a caller may also leave an empty stand-in).
     pub fn replace_data(&mut self, mut data: impl FnMut(usize, &Tensor) -> Result<Tensor>) -> Result<()> {
         for (i, t) in self.tensors.iter_mut().enumerate() {
             let new = data(i, t)?;
             t.f_set_data(&new).with_context(|| format!("cannot swap the storage of a {:?} weight", t.size()))?;
         }
         Ok(())
-    }
-
-    /// Copy every tensor to `device` in place (no-op for those already there).
-    pub fn move_to(&mut self, device: Device) -> Result<()> {
-        self.replace_data(|_, t| {
-            if t.device() == device {
-                Ok(t.shallow_clone())
-            } else {
-                t.f_to_device(device).with_context(|| format!("cannot move a {:?} weight to {device:?}", t.size()))
-            }
-        })
     }
 }
