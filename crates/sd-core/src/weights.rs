@@ -11,7 +11,7 @@ mod capture;
 mod files;
 
 pub use capture::{capture, Captured};
-pub use files::{kind_of, SafeTensorsFiles, TensorEntry};
+pub use files::{is_float_kind, kind_of, SafeTensorsFiles, TensorEntry};
 
 use crate::layout;
 use anyhow::{anyhow, bail, Context, Result};
@@ -243,11 +243,11 @@ impl VarBuilder {
                     let stored = kind_of(entry.dtype);
                     let detail = match stored {
                         None => Some(format!(
-                            "dtype {:?} is not supported (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
+                            "dtype {:?} is not supported (supported: F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, I8, U8, BOOL)",
                             entry.dtype
                         )),
                         Some(k) if kind.is_some() && !files::is_float_kind(k) => Some(format!(
-                            "stored as {:?}, but the model needs floating-point weights here (F32, F16, BF16 or F64)",
+                            "stored as {:?}, but the model needs floating-point weights here (F32, F16, BF16, F64 or float8)",
                             entry.dtype
                         )),
                         _ => None,
@@ -453,6 +453,8 @@ pub fn dtype_of(kind: Kind) -> Option<Dtype> {
         Kind::Float => Dtype::F32,
         Kind::Half => Dtype::F16,
         Kind::BFloat16 => Dtype::BF16,
+        Kind::Float8e4m3fn => Dtype::F8_E4M3,
+        Kind::Float8e5m2 => Dtype::F8_E5M2,
         Kind::Int64 => Dtype::I64,
         Kind::Int => Dtype::I32,
         Kind::Int16 => Dtype::I16,

@@ -147,7 +147,7 @@ impl SafeTensorsFiles {
         let entry = self.entries.get(name).ok_or_else(|| anyhow!("no tensor `{name}` in {}", self.describe()))?;
         let kind = kind_of(entry.dtype).ok_or_else(|| {
             anyhow!(
-                "tensor `{name}` in {} has dtype {:?}, which sd-rs does not load (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
+                "tensor `{name}` in {} has dtype {:?}, which sd-rs does not load (supported: F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, I8, U8, BOOL)",
                 self.path_of(entry).display(),
                 entry.dtype
             )
@@ -278,8 +278,10 @@ fn owned_as(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
     Ok(out)
 }
 
-pub(crate) fn is_float_kind(kind: Kind) -> bool {
-    matches!(kind, Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double)
+/// Floating-point kinds a weight may be stored in and converted from. The two float8 kinds are storage only
+/// (ComfyUI's `*_fp8_e4m3fn` files): every value is exact in bf16 and f32, so loading one widens it exactly.
+pub fn is_float_kind(kind: Kind) -> bool {
+    matches!(kind, Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double | Kind::Float8e4m3fn | Kind::Float8e5m2)
 }
 
 /// The tch kind for a safetensors dtype, if sd-rs can load it.
@@ -289,6 +291,8 @@ pub fn kind_of(dtype: Dtype) -> Option<Kind> {
         Dtype::F32 => Kind::Float,
         Dtype::F16 => Kind::Half,
         Dtype::BF16 => Kind::BFloat16,
+        Dtype::F8_E4M3 => Kind::Float8e4m3fn,
+        Dtype::F8_E5M2 => Kind::Float8e5m2,
         Dtype::I64 => Kind::Int64,
         Dtype::I32 => Kind::Int,
         Dtype::I16 => Kind::Int16,

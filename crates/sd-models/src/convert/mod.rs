@@ -7,6 +7,7 @@
 //! | [`ckpt`] | the torch zip container (`archive/data.pkl` + `archive/data/<key>` storages) |
 //! | [`torch_zip`] | opening that zip with bounds: member count, inflated sizes, inflation ratio |
 //! | [`source`] | [`TensorSource`]: safetensors (mmap) or ckpt, one tensor at a time; format sniffing |
+//! | [`fp8`] | float8 files: plain ones pass through, ComfyUI's scaled ones read as weight × scale |
 //! | [`ldm`] | UNet and VAE name mapping |
 //! | [`clip`] | CLIP-L and OpenCLIP-H/bigG text encoder mapping |
 //! | [`sd3`] | single-file SD3 / SD3.5 (original MMDiT names, VAE, CLIP-L, CLIP-G, T5) and the configs inferred from shapes |
@@ -24,6 +25,7 @@ pub mod clip;
 pub mod configs;
 pub mod controlnet;
 pub mod family;
+pub mod fp8;
 pub mod ldm;
 pub mod pickle;
 pub mod plan;

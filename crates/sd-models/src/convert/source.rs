@@ -97,10 +97,12 @@ pub fn sniff(path: &Path) -> Result<FileFormat> {
     )
 }
 
-/// Open a checkpoint of either format as a [`TensorSource`].
+/// Open a checkpoint of either format as a [`TensorSource`]; scaled float8 weights read as their dequantized
+/// values ([`super::fp8`]).
 pub fn open(path: &Path) -> Result<Box<dyn TensorSource>> {
-    Ok(match sniff(path)? {
+    let src: Box<dyn TensorSource> = match sniff(path)? {
         FileFormat::SafeTensors => Box::new(SafeTensorsFiles::open(&[path.to_path_buf()])?),
         FileFormat::TorchZip => Box::new(CkptFile::open(path)?),
-    })
+    };
+    super::fp8::wrap(src)
 }

@@ -238,7 +238,7 @@ fn component_config(c: Component, mut cfg: Value, family: Family) -> Value {
 /// The kind a tensor is written as.
 fn target_kind(stored: Kind, dtype: Option<Kind>) -> Kind {
     match dtype {
-        Some(k) if matches!(stored, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) => k,
+        Some(k) if sd_core::weights::is_float_kind(stored) => k,
         _ => stored,
     }
 }

@@ -10,6 +10,7 @@ mod convert;
 mod convert_safety;
 mod ip_adapter;
 mod safety_checker;
+mod sd3_fp8;
 mod sd3_single_file;
 mod t5;
 mod t5_spiece;

@@ -22,7 +22,7 @@ fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap()
 }
 
-fn sha(t: &Tensor) -> String {
+pub(crate) fn sha(t: &Tensor) -> String {
     let t = t.to_kind(Kind::Float).contiguous();
     let n = t.numel();
     let mut buf = vec![0f32; n];
@@ -33,7 +33,7 @@ fn sha(t: &Tensor) -> String {
 
 /// Every converted tensor equals diffusers' and every diffusers tensor is there (T5's tied
 /// `encoder.embed_tokens.weight` aside: the file, like a transformers save, keeps only `shared.weight`).
-fn compare(got: &BTreeMap<Component, Vec<(String, Tensor)>>, want: &Value, what: &str) -> usize {
+pub(crate) fn compare(got: &BTreeMap<Component, Vec<(String, Tensor)>>, want: &Value, what: &str) -> usize {
     let mut n = 0;
     for (c, tensors) in got {
         let want = want[c.folder()].as_object().unwrap_or_else(|| panic!("{what}: no reference for {}", c.folder()));
