@@ -335,3 +335,48 @@ fn without_persistence_a_redis_restart_loses_queued_jobs_and_says_so() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `sd worker --cache` is the step caching of queued jobs that do not choose, as `sd serve --cache` is for the
+/// server's own; a job's A1111 option `sd_rs_step_cache` (in `override_settings`) overrides it. Either way the
+/// pixels and the `Cache:` parameter are
+/// `sd generate --cache`'s for the same seed.
+#[test]
+fn worker_cache_flag_is_the_default_of_queued_jobs_and_a_job_can_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path(), false);
+    let front = Server::start(&["--queue", &redis.url()]);
+    let w = Worker::start(&redis, "cached", dir.path(), &["--cache", "deepcache:interval=2"]);
+    let steps = 8;
+    for (name, job_cache, flags) in [
+        ("worker default", None, &["--cache", "deepcache:interval=2"][..]),
+        ("job override", Some("deepcache:interval=3"), &["--cache", "deepcache:interval=3"][..]),
+        ("job off", Some("off"), &[][..]),
+    ] {
+        let mut b = body(41, steps);
+        if let Some(c) = job_cache {
+            b["override_settings"] = json!({"sd_rs_step_cache": c});
+        }
+        let id = submit(&front, &b);
+        let v = wait_final(&front, &id, Duration::from_secs(120));
+        assert_eq!(v["status"], "done", "{name}: {v}\n{}", w.log());
+        let out = dir.path().join(format!("{}.png", name.replace(' ', "_")));
+        let status = Command::new(env!("CARGO_BIN_EXE_sd"))
+            .args(["generate", "a green triangle", "--model"])
+            .arg(server::tiny_model())
+            .args(["--dtype", "f32", "--threads", "1", "-q", "--seed", "41", "--steps", &steps.to_string()])
+            .args(["-W", "32", "-H", "32", "--sampler", "Euler", "-o"])
+            .arg(&out)
+            .args(flags)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name}: sd generate failed");
+        let served = v["images"][0].as_str().unwrap();
+        let png = base64::engine::general_purpose::STANDARD.decode(served).unwrap();
+        let params = |png: &[u8]| sd_provenance::inspect::inspect_bytes("png", png).unwrap().parameters_raw.unwrap();
+        let served_params = params(&png);
+        assert_eq!(served_params, params(&std::fs::read(&out).unwrap()), "{name}: parameters differ");
+        assert_eq!(served_params.contains("Cache: deepcache"), job_cache != Some("off"), "{name}: {served_params}");
+        let want = image::open(&out).unwrap().to_rgb8().into_raw();
+        assert!(pixels(served) == want, "{name}: pixels differ from sd generate's");
+    }
+}
