@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p sd-train --example shapes_eval -- MODEL_DIR [SIZE] [STEPS] [CFG] [IMAGE_DIR]`
 //!
-//! The figure the demo model is held to is "colour and shape": the named colour and shape both read back.
+//! The figure the demo model is held to is "colour, shape and position": all three read back as the prompt names them.
 
 use anyhow::{Context, Result};
 use sd_pipeline::loader::{LoadOptions, StableDiffusion};

@@ -1,6 +1,6 @@
 //! Step caching on the demo model: for each of the 50 held-out prompts (prompt `i`, seed `i`, the model's DDIM,
 //! 20 steps, CFG 3, 32 px: `shapes_eval`'s settings), the uncached image and the image with each `--cache` mode,
-//! run one after the other in the same process. Reports per mode: prompt adherence (named colour and shape read back
+//! run one after the other in the same process. Reports per mode: prompt adherence (named colour, shape and position read back
 //! by `sd_train::shapes::read`), PSNR and SSIM against the uncached image, and the denoising time as a ratio to the
 //! uncached runs (sums over the alternated runs, so a loaded machine slows both sides alike).
 //!
@@ -40,6 +40,7 @@ fn ssim(a: &Tensor, b: &Tensor) -> f64 {
 
 #[derive(Default)]
 struct Row {
+    all_three: usize,
     colour_and_shape: usize,
     shape: usize,
     colour: usize,
@@ -82,7 +83,10 @@ fn main() -> Result<()> {
             let rgb = tensor_to_rgb(&image, Range::Unit)?;
             let r = sd_train::shapes::read(&rgb);
             let row = &mut rows[m];
-            let (s, c) = r.map_or((false, false), |r| (r.shape == scene.shape, r.colour == scene.colour));
+            let (s, c, p) = r.map_or((false, false, false), |r| {
+                (r.shape == scene.shape, r.colour == scene.colour, r.position == scene.position)
+            });
+            row.all_three += (s && c && p) as usize;
             row.shape += s as usize;
             row.colour += c as usize;
             row.colour_and_shape += (s && c) as usize;
@@ -101,8 +105,8 @@ fn main() -> Result<()> {
     }
     let n = scenes.len() as f64;
     let base_s = rows[0].denoise_s;
-    println!("| --cache | colour and shape | shape | colour | PSNR vs uncached (mean / min) | SSIM (mean / min) | shallow UNet calls | denoise time vs uncached |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| --cache | colour, shape and position | colour and shape | shape | colour | PSNR vs uncached (mean / min) | SSIM (mean / min) | shallow UNet calls | denoise time vs uncached |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (mode, row) in modes.iter().zip(&rows) {
         let pct = |k: usize| 100.0 * k as f64 / n;
         let stats = |v: &[f64], unit: &str, digits: usize| {
@@ -115,7 +119,8 @@ fn main() -> Result<()> {
             }
         };
         println!(
-            "| `{mode}` | {:.0} % | {:.0} % | {:.0} % | {} | {} | {} of {} | {:.2}× |",
+            "| `{mode}` | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {} | {} | {} of {} | {:.2}× |",
+            pct(row.all_three),
             pct(row.colour_and_shape),
             pct(row.shape),
             pct(row.colour),

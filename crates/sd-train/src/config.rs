@@ -25,6 +25,8 @@ pub struct TrainConfig {
     /// `clip_grad_norm_` max norm; `None` = no clipping.
     pub max_grad_norm: Option<f64>,
     pub snr_gamma: Option<f64>,
+    /// With `snr_gamma`: the v-prediction form that keeps high-noise steps at full weight ([`crate::loss::MinSnr`]).
+    pub snr_keep_high_noise: bool,
     /// Probability that a training caption is replaced by the empty prompt (classifier-free guidance needs the
     /// model to have learned the unconditional prediction too). 0 draws nothing, keeping older runs' streams.
     pub caption_dropout: f64,
@@ -59,6 +61,7 @@ impl TrainConfig {
             adam: AdamWConfig::default(),
             max_grad_norm: Some(1.0),
             snr_gamma: None,
+            snr_keep_high_noise: false,
             caption_dropout: 0.0,
             ema_decay: None,
             dtype: Kind::Float,

@@ -255,7 +255,12 @@ pub fn model_card(record: &DataRecord, run: &CardRun) -> String {
     row("learning rate", format!("{} ({:?}, {} warmup steps)", cfg.lr, cfg.lr_schedule, cfg.warmup_steps));
     row("resolution", format!("{}×{}", run.width, run.height));
     row("precision", format!("{:?}", cfg.dtype));
-    row("Min-SNR γ", cfg.snr_gamma.map(|g| g.to_string()).unwrap_or_else(|| "off".into()));
+    let min_snr = match cfg.snr_gamma {
+        None => "off".to_string(),
+        Some(g) if cfg.snr_keep_high_noise => format!("{g} (high-noise steps at full weight)"),
+        Some(g) => g.to_string(),
+    };
+    row("Min-SNR γ", min_snr);
     row("caption dropout", cfg.caption_dropout.to_string());
     row("EMA decay", cfg.ema_decay.map(|d| d.to_string()).unwrap_or_else(|| "off".into()));
     row("text encoder trained", cfg.train_text_encoder.to_string());

@@ -9,7 +9,7 @@
 use crate::config::TrainConfig;
 use crate::dataset::Dataset;
 use crate::ema::Ema;
-use crate::loss::{diffusion_loss, NoiseSchedule, NoisedBatch};
+use crate::loss::{diffusion_loss, MinSnr, NoiseSchedule, NoisedBatch};
 use crate::optim::{clip_grad_norm, AdamW};
 use anyhow::{bail, Context, Result};
 use sd_core::model_dir::{find_weights, ModelDir};
@@ -336,7 +336,9 @@ impl Trainer {
             let indices = self.batch_indices(m);
             let mut gen = stream(self.cfg.seed, BATCH, m);
             let batch = self.make_batch(&indices, &mut gen)?;
-            let loss = diffusion_loss(&self.unet, &self.schedule, &batch, self.cfg.snr_gamma)?;
+            let min_snr =
+                self.cfg.snr_gamma.map(|gamma| MinSnr { gamma, keep_high_noise: self.cfg.snr_keep_high_noise });
+            let loss = diffusion_loss(&self.unet, &self.schedule, &batch, min_snr)?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 bail!("the loss became {value} at step {} (try a lower --lr or --dtype f32)", self.step + 1);
