@@ -33,7 +33,7 @@ fn model() -> PathBuf {
 }
 
 /// The request a fixture case describes (the fields every SD3 script writes; batch size where given).
-fn case_request(c: &serde_json::Value) -> Sd3Request {
+pub(crate) fn case_request(c: &serde_json::Value) -> Sd3Request {
     let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
     req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
     req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;

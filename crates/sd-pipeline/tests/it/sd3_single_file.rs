@@ -5,7 +5,8 @@
 //! 1e-4, image within 1e-3 (float), the tolerances of the SD3 folder pipeline tests. Measured: see the printed errors
 //! (README's parity table). A file without text encoders converts, and loading it names what is missing.
 
-use sd_pipeline::sd3::{Sd3Pipeline, Sd3Request};
+use super::sd3_pipeline::case_request;
+use sd_pipeline::sd3::Sd3Pipeline;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -31,16 +32,7 @@ fn single_file_sd3_converts_once_and_renders_diffusers_latents() {
 
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap();
-    let c = &expected["case"];
-    let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
-    req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
-    req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
-    req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
-    req.width = c["width"].as_i64().unwrap();
-    req.height = c["height"].as_i64().unwrap();
-    req.seed = c["seed"].as_u64().unwrap();
-    req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
-    let (images, latents) = pipe.generate(&req).unwrap();
+    let (images, latents) = pipe.generate(&case_request(&expected["case"])).unwrap();
     let r: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(dir().join("run.safetensors")).unwrap().into_iter().collect();
     let dl = max_abs(&latents, &r["latents"]);
@@ -85,16 +77,7 @@ fn float8_file_renders_diffusers_latents() {
     let pipe = Sd3Pipeline::load(&folder, Kind::Float, Device::Cpu, false).unwrap();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fp8.join("expected.json")).unwrap()).unwrap();
-    let c = &expected["case"];
-    let mut req = Sd3Request::new(c["prompt"].as_str().unwrap());
-    req.negative_prompt = c["negative_prompt"].as_str().unwrap().into();
-    req.steps = c["num_inference_steps"].as_u64().unwrap() as usize;
-    req.guidance_scale = c["guidance_scale"].as_f64().unwrap();
-    req.width = c["width"].as_i64().unwrap();
-    req.height = c["height"].as_i64().unwrap();
-    req.seed = c["seed"].as_u64().unwrap();
-    req.max_sequence_length = c["max_sequence_length"].as_u64().unwrap() as usize;
-    let (images, latents) = pipe.generate(&req).unwrap();
+    let (images, latents) = pipe.generate(&case_request(&expected["case"])).unwrap();
     let r: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(fp8.join("run.safetensors")).unwrap().into_iter().collect();
     let dl = max_abs(&latents, &r["latents"]);
