@@ -123,21 +123,32 @@ fn missing_extra_and_misshaped_tensors_are_reported_together() {
 #[test]
 fn unsupported_dtypes_name_tensor_dtype_and_file() {
     let dir = tempfile::tempdir().unwrap();
+    // float8 (ComfyUI's fp8 files) is supported and widens exactly: e4m3fn bytes 0x38, 0x40, 0xB8, 0x00 are 1, 2, -1, 0
+    let mut data = vec![0u8; 12];
+    data.extend_from_slice(&[0x38, 0x40, 0xB8, 0x00]);
     let path = raw_file(
         dir.path(),
-        "fp8.safetensors",
-        &[("w8", "F8_E4M3", &[4], [0, 4]), ("w16", "U16", &[2], [4, 8]), ("ok", "F32", &[1], [8, 12])],
-        &[0u8; 12],
+        "odd.safetensors",
+        &[
+            ("w32", "U32", &[1], [0, 4]),
+            ("w16", "U16", &[2], [4, 8]),
+            ("ok", "F32", &[1], [8, 12]),
+            ("f8", "F8_E4M3", &[4], [12, 16]),
+        ],
+        &data,
     );
     let vb = VarBuilder::from_safetensors(std::slice::from_ref(&path), Kind::Float, Device::Cpu).unwrap();
-    let _w8 = vb.get(&[4], "w8").unwrap();
+    let _w32 = vb.get(&[1], "w32").unwrap();
     let _w16 = vb.get(&[2], "w16").unwrap();
     let _ok = vb.get(&[1], "ok").unwrap();
+    let f8 = vb.get(&[4], "f8").unwrap();
+    assert_eq!(Vec::<f32>::try_from(&f8).unwrap(), vec![1.0, 2.0, -1.0, 0.0]);
     let err = vb.finish("TestModel", &[]).unwrap_err().to_string();
-    has_all(&err, &["fp8.safetensors", "tensor `w8`", "F8_E4M3", "tensor `w16`", "U16", "not supported"]);
+    has_all(&err, &["odd.safetensors", "tensor `w32`", "U32", "tensor `w16`", "U16", "not supported"]);
+    assert!(!err.contains("`f8`"), "{err}");
     let files = SafeTensorsFiles::open(&[path]).unwrap();
-    let direct = files.load("w8").unwrap_err().to_string();
-    has_all(&direct, &["`w8`", "fp8.safetensors", "F8_E4M3", "supported: F64, F32, F16, BF16"]);
+    let direct = files.load("w32").unwrap_err().to_string();
+    has_all(&direct, &["`w32`", "odd.safetensors", "U32", "supported: F64, F32, F16, BF16, F8_E4M3"]);
 }
 
 #[test]
