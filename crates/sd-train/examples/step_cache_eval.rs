@@ -40,10 +40,7 @@ fn ssim(a: &Tensor, b: &Tensor) -> f64 {
 
 #[derive(Default)]
 struct Row {
-    all_three: usize,
-    colour_and_shape: usize,
-    shape: usize,
-    colour: usize,
+    adherence: sd_train::demo::Adherence,
     psnr: Vec<f64>,
     ssim: Vec<f64>,
     denoise_s: f64,
@@ -83,13 +80,7 @@ fn main() -> Result<()> {
             let rgb = tensor_to_rgb(&image, Range::Unit)?;
             let r = sd_train::shapes::read(&rgb);
             let row = &mut rows[m];
-            let (s, c, p) = r.map_or((false, false, false), |r| {
-                (r.shape == scene.shape, r.colour == scene.colour, r.position == scene.position)
-            });
-            row.all_three += (s && c && p) as usize;
-            row.shape += s as usize;
-            row.colour += c as usize;
-            row.colour_and_shape += (s && c) as usize;
+            row.adherence.count(scene, r);
             row.denoise_s += out.timings.denoise_s;
             row.shallow += out.shallow_calls;
             row.calls += out.unet_calls;
@@ -120,10 +111,10 @@ fn main() -> Result<()> {
         };
         println!(
             "| `{mode}` | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {} | {} | {} of {} | {:.2}× |",
-            pct(row.all_three),
-            pct(row.colour_and_shape),
-            pct(row.shape),
-            pct(row.colour),
+            pct(row.adherence.all_three),
+            pct(row.adherence.colour_and_shape),
+            pct(row.adherence.shape),
+            pct(row.adherence.colour),
             stats(&row.psnr, " dB", 1),
             stats(&row.ssim, "", 3),
             row.shallow,

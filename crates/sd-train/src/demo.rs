@@ -187,6 +187,19 @@ pub struct Adherence {
 }
 
 impl Adherence {
+    /// Score one image: what the checker read (`None`: nothing readable) against the scene the prompt named.
+    /// `prompts` is not counted here.
+    pub fn count(&mut self, scene: &crate::shapes::Scene, reading: Option<crate::shapes::Reading>) {
+        let (s, c, p) = reading.map_or((false, false, false), |r| {
+            (r.shape == scene.shape, r.colour == scene.colour, r.position == scene.position)
+        });
+        self.shape += s as usize;
+        self.colour += c as usize;
+        self.position += p as usize;
+        self.colour_and_shape += (s && c) as usize;
+        self.all_three += (s && c && p) as usize;
+    }
+
     pub fn percent(&self, k: usize) -> f64 {
         100.0 * k as f64 / self.prompts.max(1) as f64
     }
@@ -228,14 +241,7 @@ pub fn evaluate(
         let img = tensor_to_rgb(&out.images[0], Range::Unit)?;
         let r = crate::shapes::read(&img);
         on_image(i, scene, &img, r)?;
-        let (s, c, p) = r.map_or((false, false, false), |r| {
-            (r.shape == scene.shape, r.colour == scene.colour, r.position == scene.position)
-        });
-        a.shape += s as usize;
-        a.colour += c as usize;
-        a.position += p as usize;
-        a.colour_and_shape += (s && c) as usize;
-        a.all_three += (s && c && p) as usize;
+        a.count(scene, r);
     }
     Ok(a)
 }

@@ -112,13 +112,10 @@ pub fn diffusion_loss(
     };
     let pred = unet.forward(&noisy, &t, &batch.encoder_hidden_states, None, None)?;
     let err = pred.f_to_kind(Kind::Float)?.f_sub(&target.f_to_kind(Kind::Float)?)?.f_square()?;
-    let Some(MinSnr { gamma, keep_high_noise }) = min_snr else {
+    let Some(min_snr) = min_snr else {
         return Ok(err.f_mean(Kind::Float)?);
     };
-    if gamma.is_nan() || gamma <= 0.0 {
-        bail!("--snr-gamma must be positive, got {gamma}");
-    }
-    let weights = min_snr_weights(sched, &batch.timesteps, MinSnr { gamma, keep_high_noise })?;
+    let weights = min_snr_weights(sched, &batch.timesteps, min_snr)?;
     let dims: Vec<i64> = (1..err.dim() as i64).collect();
     let per_sample = err.f_mean_dim(dims.as_slice(), false, Kind::Float)?;
     Ok(per_sample.f_mul(&weights.f_to(device)?)?.f_mean(Kind::Float)?)
@@ -127,6 +124,9 @@ pub fn diffusion_loss(
 /// The per-sample loss weights of Min-SNR-γ for `timesteps` (see [`MinSnr`]).
 pub fn min_snr_weights(sched: &NoiseSchedule, timesteps: &[i64], min_snr: MinSnr) -> Result<Tensor> {
     let MinSnr { gamma, keep_high_noise } = min_snr;
+    if gamma.is_nan() || gamma <= 0.0 {
+        bail!("--snr-gamma must be positive, got {gamma}");
+    }
     let snr = sched.snr(timesteps)?;
     let clipped = snr.f_clamp_max(gamma)?;
     if keep_high_noise && sched.prediction != Prediction::VPrediction {

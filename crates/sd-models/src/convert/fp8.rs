@@ -37,10 +37,15 @@ pub struct Dequantize {
     hidden: BTreeSet<String>,
 }
 
+/// Whether `name` is the legacy layout's marker (bare or after a model prefix).
+fn is_legacy_marker(name: &str) -> bool {
+    name.strip_suffix(LEGACY_MARKER).is_some_and(|prefix| prefix.is_empty() || prefix.ends_with('.'))
+}
+
 /// Wrap `src` when it holds scaled float8 weights; hand it back unchanged otherwise.
 pub fn wrap(src: Box<dyn TensorSource>) -> Result<Box<dyn TensorSource>> {
     let names = src.names();
-    let legacy = names.iter().any(|n| n == LEGACY_MARKER || n.ends_with(&format!(".{LEGACY_MARKER}")));
+    let legacy = names.iter().any(|n| is_legacy_marker(n));
     let per_layer = names.iter().any(|n| n.ends_with(".comfy_quant"));
     if !legacy && !per_layer {
         return Ok(src);
@@ -49,7 +54,7 @@ pub fn wrap(src: Box<dyn TensorSource>) -> Result<Box<dyn TensorSource>> {
     let mut scales = BTreeMap::new();
     let mut hidden = BTreeSet::new();
     for n in &names {
-        if n == LEGACY_MARKER || n.ends_with(&format!(".{LEGACY_MARKER}")) {
+        if is_legacy_marker(n) {
             hidden.insert(n.clone());
         } else if let Some(layer) = n.strip_suffix(".scale_weight").filter(|_| legacy) {
             scales.insert(format!("{layer}.weight"), n.clone());
