@@ -8,6 +8,7 @@ use std::path::PathBuf;
 fn main() {
     link_libtorch::main();
     println!("cargo:rerun-if-changed=shim/accel.cpp");
+    println!("cargo:rerun-if-changed=shim/onednn.cpp");
     // torch-sys publishes the library folder it linked; the headers sit beside it in both layouts it supports
     // (a LibTorch archive and a Python torch installation).
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
@@ -17,6 +18,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("shim/accel.cpp")
+        .file("shim/onednn.cpp")
         .include(&include)
         // LibTorch 2.13's headers are written for C++20 and the wheel's libraries use the new libstdc++ ABI.
         .flag("-std=c++20")

@@ -47,6 +47,11 @@ void* cuda_driver() {
 
 }  // namespace
 
+// The one error slot every shim file reports through (onednn.cpp too).
+namespace sdrs_shim {
+void set_last_error(const char* what) { last_error = what; }
+}  // namespace sdrs_shim
+
 extern "C" {
 
 size_t sdrs_last_error(char* buf, size_t len) { return copy_out(last_error, buf, len); }

@@ -28,6 +28,11 @@ extern "C" {
     ) -> c_int;
 }
 
+/// The shim's last error (any of its files), first line only.
+pub(crate) fn shim_error() -> String {
+    last_error()
+}
+
 fn last_error() -> String {
     let mut buf = vec![0u8; 512];
     // SAFETY: the shim writes at most `len` bytes, NUL-terminated, into the buffer we own.

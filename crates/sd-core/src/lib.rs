@@ -10,6 +10,7 @@
 //! | [`resample`] | Lanczos resizing byte-identical to Pillow's (what diffusers and A1111 resize with) |
 //! | [`layout`] | channels-last (NHWC) memory order for convolution weights and activations |
 //! | [`model_dir`] | finding diffusers model folders on disk or in the offline Hugging Face cache |
+//! | [`onednn`] | bf16 convolutions and linear layers with weights packed once for oneDNN, residual adds and activations fused (C++ shim `shim/onednn.cpp`) |
 //! | [`alloc`] | allocator tuning so activations reuse freed memory instead of fresh zeroed pages |
 //! | [`atomic`] | write-to-temp-then-rename, so no reader ever sees half a file |
 //! | [`hash`] | file hashes (A1111 "Model hash") |
@@ -27,6 +28,7 @@ pub mod image_io;
 pub mod layout;
 pub mod limits;
 pub mod model_dir;
+pub mod onednn;
 pub mod resample;
 pub mod rng;
 pub mod weights;

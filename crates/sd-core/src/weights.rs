@@ -10,7 +10,7 @@
 mod capture;
 mod files;
 
-pub use capture::{capture, Captured};
+pub use capture::{capture, forget as forget_captured, Captured};
 pub use files::{is_float_kind, kind_of, SafeTensorsFiles, TensorEntry};
 
 use crate::layout;
@@ -90,6 +90,8 @@ struct Inner {
     varstore: Option<Arc<nn::VarStore>>,
     /// Hand out 4-D (convolution) weights in channels-last layout; see [`VarBuilder::with_channels_last`].
     channels_last: bool,
+    /// Let layers pack their weights for oneDNN where [`VarBuilder::packs_weights`] allows it.
+    packing: bool,
 }
 
 /// Hands out tensors by state-dict name; see the module docs.
@@ -113,6 +115,7 @@ impl VarBuilder {
                 problems: Mutex::new(Vec::new()),
                 varstore: None,
                 channels_last: false,
+                packing: true,
             }),
             prefix: Vec::new(),
         }
@@ -155,12 +158,33 @@ impl VarBuilder {
         Ok(Self { inner: Rc::new(Inner { channels_last: on, ..inner }), prefix: self.prefix })
     }
 
+    /// Allow (the default) or forbid packed weights ([`Self::packs_weights`]); forbidding them gives the plain
+    /// LibTorch kernels, which the packed ones are tested against.
+    pub fn with_packing(self, on: bool) -> Result<Self> {
+        let inner = Rc::try_unwrap(self.inner)
+            .map_err(|_| anyhow!("VarBuilder::with_packing must be called before the builder is shared"))?;
+        Ok(Self { inner: Rc::new(Inner { packing: on, ..inner }), prefix: self.prefix })
+    }
+
     pub fn kind(&self) -> Kind {
         self.inner.kind
     }
 
     pub fn device(&self) -> Device {
         self.inner.device
+    }
+
+    /// Whether layers should pack their weights for oneDNN as they load them ([`crate::onednn`]): inference
+    /// (not [`Self::trainable`]) in bf16 on a CPU that computes bf16 natively, for a channels-last model (the
+    /// layout the packed kernels are fastest in). A packed weight can only be used through `onednn`'s kernels.
+    pub fn packs_weights(&self) -> bool {
+        let i = &self.inner;
+        i.packing
+            && i.channels_last
+            && i.varstore.is_none()
+            && i.kind == Kind::BFloat16
+            && i.device == Device::Cpu
+            && crate::onednn::supported()
     }
 
     /// Where the weights come from, for messages.

@@ -2,21 +2,35 @@
 //! under the same names PyTorch's `nn.Linear`, `nn.Conv2d`, `nn.GroupNorm`, `nn.LayerNorm` and `nn.Embedding`
 //! use (`weight`, `bias`), so diffusers/transformers state dicts load without renaming. Every layer reads its
 //! tensors through [`crate::stream::weight`], which is free unless `--offload sequential` streams them.
+//!
+//! For bf16 inference on the CPU, [`Linear`] and [`Conv2d`] pack their weights once for oneDNN as they load
+//! ([`VarBuilder::packs_weights`], [`sd_core::onednn`]); [`Linear::forward_act`] then folds an activation into
+//! the kernel. Elsewhere it runs as a separate LibTorch op, with identical results up to one bf16 rounding of the
+//! intermediate.
 
 use crate::stream;
 use anyhow::Result;
+use sd_core::onednn::{self, Unary};
 use sd_core::weights::{Init, VarBuilder};
 use tch::Tensor;
 
 /// `nn.Linear`: y = x·Wᵀ + b.
 #[derive(Debug)]
 pub struct Linear {
+    /// (out, in); packed for oneDNN when `packed` (see [`VarBuilder::packs_weights`]).
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    packed: bool,
 }
 
 impl Linear {
     pub fn new(vb: &VarBuilder, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
+        let layer = Self::load(vb, in_dim, out_dim, bias)?;
+        Ok(if vb.packs_weights() { layer.packed() } else { layer })
+    }
+
+    /// The layer's tensors as stored, never packed (for layers that rearrange them first).
+    fn load(vb: &VarBuilder, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
         let init = Init::KaimingUniform { fan_in: in_dim };
         let weight = vb.get_with_init(&[out_dim, in_dim], "weight", init)?;
         let bias = if bias {
@@ -24,12 +38,78 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, packed: false })
+    }
+
+    /// Whether the weight is packed for oneDNN.
+    pub fn is_packed(&self) -> bool {
+        self.packed
+    }
+
+    /// With packed weights only: the layer (with bias) split after output row `at` into two layers, each packed,
+    /// so that each half can get its own fused epilogue (GEGLU's value and gate). `None` when the builder does not
+    /// pack, and nothing is loaded then.
+    pub fn split_rows(vb: &VarBuilder, in_dim: i64, out_dim: i64, at: i64) -> Result<Option<(Self, Self)>> {
+        if !vb.packs_weights() {
+            return Ok(None);
+        }
+        let whole = Self::load(vb, in_dim, out_dim, true)?;
+        let half = |start: i64, len: i64| -> Result<Self> {
+            let weight = whole.weight.f_narrow(0, start, len)?.f_contiguous()?;
+            let bias = whole.bias.as_ref().map(|b| b.f_narrow(0, start, len)).transpose()?;
+            Ok(Self { weight, bias, packed: false }.packed())
+        };
+        let halves = (half(0, at)?, half(at, out_dim - at)?);
+        sd_core::weights::forget_captured(&whole.weight);
+        Ok(Some(halves))
+    }
+
+    /// This layer with its weight packed for oneDNN, or unchanged if packing fails (the plain kernels then run).
+    fn packed(self) -> Self {
+        match onednn::pack_linear_weight(&self.weight, None) {
+            Ok(weight) => {
+                sd_core::weights::forget_captured(&self.weight);
+                Self { weight, bias: self.bias, packed: true }
+            }
+            Err(_) => self,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.packed {
+            if let Ok(y) = onednn::linear(x, &self.weight, self.bias.as_ref(), Unary::None) {
+                return y;
+            }
+        }
+        self.plain(x)
+    }
+
+    /// `act(forward(x))`, the activation fused into the kernel when the weight is packed.
+    pub fn forward_act(&self, x: &Tensor, act: Unary) -> Tensor {
+        if self.packed {
+            if let Ok(y) = onednn::linear(x, &self.weight, self.bias.as_ref(), act) {
+                return y;
+            }
+        }
+        activate(self.plain(x), act)
+    }
+
+    /// The unpacked kernel: LibTorch's `linear`, reading a packed weight back into a plain one if need be (a
+    /// packed kernel refused its input, e.g. a dtype it was not packed for).
+    fn plain(&self, x: &Tensor) -> Tensor {
         let (w, b) = (stream::weight(&self.weight), stream::weight_opt(self.bias.as_ref()));
+        if self.packed {
+            return x.linear(&w.to_dense(None, false), b.as_deref());
+        }
         x.linear(&w, b.as_deref())
+    }
+}
+
+fn activate(y: Tensor, act: Unary) -> Tensor {
+    match act {
+        Unary::None => y,
+        Unary::Silu => y.silu(),
+        Unary::Gelu => y.gelu("none"),
     }
 }
 
@@ -43,10 +123,12 @@ pub fn channels_last_by_default(device: tch::Device, kind: tch::Kind) -> bool {
 /// `nn.Conv2d` with square kernels, symmetric padding and groups = 1.
 #[derive(Debug)]
 pub struct Conv2d {
+    /// (out, in, k, k), channels-last when the builder says so; packed for oneDNN when `packed`.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub stride: i64,
     pub padding: i64,
+    packed: bool,
 }
 
 impl Conv2d {
@@ -67,12 +149,49 @@ impl Conv2d {
         } else {
             None
         };
-        Ok(Self { weight, bias, stride, padding })
+        let conv = Self { weight, bias, stride, padding, packed: false };
+        Ok(if vb.packs_weights() { conv.packed() } else { conv })
+    }
+
+    /// Whether the weight is packed for oneDNN.
+    pub fn is_packed(&self) -> bool {
+        self.packed
+    }
+
+    /// This layer with its weight packed for oneDNN, or unchanged if packing fails (the plain kernels then run).
+    fn packed(self) -> Self {
+        // oneDNN picks the weight layout from an example input; without one it picks a layout that is 4× slower for
+        // 1×1 convolutions. Any input size then runs on the packed layout (measured 8×8 to 64×64 latents).
+        let example = [2, self.weight.size()[1], 64, 64];
+        match onednn::pack_conv_weight(&self.weight, self.padding, self.stride, Some(example)) {
+            Ok(weight) => {
+                sd_core::weights::forget_captured(&self.weight);
+                Self { weight, packed: true, ..self }
+            }
+            Err(_) => self,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.packed {
+            if let Ok(y) = onednn::conv(x, &self.weight, self.bias.as_ref(), self.padding, self.stride, Unary::None) {
+                return y;
+            }
+        }
+        self.plain(x)
+    }
+
+    /// The unpacked kernel (see [`Linear::plain`]).
+    fn plain(&self, x: &Tensor) -> Tensor {
         let (w, b) = (stream::weight(&self.weight), stream::weight_opt(self.bias.as_ref()));
-        x.conv2d(&w, b.as_deref(), [self.stride], [self.padding], [1], 1)
+        let dense;
+        let w = if self.packed {
+            dense = sd_core::layout::to_channels_last(&w.to_dense(None, false));
+            &dense
+        } else {
+            &*w
+        };
+        x.conv2d(w, b.as_deref(), [self.stride], [self.padding], [1], 1)
     }
 }
 

@@ -26,6 +26,20 @@ pub(crate) fn record(t: &Tensor) {
     });
 }
 
+/// Drop `t` from the innermost active capture: for a layer that replaced a tensor it was handed with a derived
+/// copy it keeps instead (weights packed for oneDNN, [`crate::onednn`]). Without this the capture would keep the
+/// original alive beside the copy: a second copy of the model's weights. Matched by storage address, newest first.
+pub fn forget(t: &Tensor) {
+    let ptr = t.data_ptr();
+    ACTIVE.with(|a| {
+        if let Some(list) = a.borrow_mut().last_mut() {
+            if let Some(i) = list.iter().rposition(|c| c.data_ptr() == ptr && c.size() == t.size()) {
+                list.remove(i);
+            }
+        }
+    });
+}
+
 /// Ends a capture even when the closure returns early or panics, so a later load is not captured by mistake.
 struct Scope;
 

@@ -2,6 +2,7 @@
 //! once per crate, not once per file). Run one module with `cargo test -p sd-core --test it MODULE::`.
 
 mod image_io;
+mod onednn;
 mod resample;
 mod rng_torch;
 mod weights_errors;

@@ -132,6 +132,10 @@ impl UNet2DConditionModel {
             cross_dims,
         };
         unet.number_attention_sites();
+        if vb.packs_weights() {
+            // Each layer dropped the plain copy it packed from; give those holes back (see `release_free_memory`).
+            sd_core::alloc::release_free_memory();
+        }
         Ok(unet)
     }
 
@@ -159,6 +163,11 @@ impl UNet2DConditionModel {
 
     pub fn config(&self) -> &UNetConfig {
         &self.config
+    }
+
+    /// Whether the convolution and linear weights were packed for oneDNN at load ([`VarBuilder::packs_weights`]).
+    pub fn has_packed_weights(&self) -> bool {
+        self.encoder.conv_in.is_packed()
     }
 
     /// Choose how attention is evaluated from now on (all modes give the same result; see [`AttentionMode`]).

@@ -152,6 +152,43 @@ fn bf16_fused_attention_unet_is_close_to_f32_reference() {
     assert_bf16_close_to_f32_reference(Some(AttentionMode::Fused), "bf16 fused");
 }
 
+/// The bf16 channels-last UNet `sd generate` runs on the CPU, built with weights packed for oneDNN and with the
+/// plain LibTorch kernels from the same files: packing moves no number, and the feed-forward's fused
+/// GELU rounds once instead of twice. The packed model must stay within the bf16 bound against diffusers' f32
+/// output, and the two within 2.5% of that output's range of each other (measured 1.2–1.7%: one or two bf16
+/// steps at the output's magnitude, the size of either one's distance from f32). SD1 has 1×1-convolution
+/// projections, SD2 and SDXL linear ones.
+#[test]
+fn packed_bf16_unet_matches_the_plain_kernels() {
+    for case in cases().iter().filter(|c| ["sd1_vec", "sd2_vec", "sdxl_vec"].contains(&c.name.as_str())) {
+        let build = |packing: bool| {
+            let cfg = UNetConfig::from_file(&case.model.join("config.json")).expect("config");
+            let weights = sd_core::model_dir::find_weights(&case.model, None).expect("weights");
+            let vb = VarBuilder::from_safetensors(&[weights], Kind::BFloat16, Device::Cpu)
+                .and_then(|vb| vb.with_channels_last(true))
+                .and_then(|vb| vb.with_packing(packing))
+                .expect("builder");
+            let unet = UNet2DConditionModel::from_varbuilder(&vb, &cfg).expect("build");
+            vb.finish("UNet2DConditionModel", &[]).expect("every tensor used");
+            unet
+        };
+        let (packed, plain) = (build(true), build(false));
+        assert!(!plain.has_packed_weights());
+        assert_eq!(packed.has_packed_weights(), sd_core::onednn::supported(), "{}: packing where supported", case.name);
+        let expected = case.must("out");
+        let scale = expected.abs().max().double_value(&[]);
+        let (got_packed, got_plain) = (run(&packed, case, Kind::BFloat16), run(&plain, case, Kind::BFloat16));
+        let (e_packed, e_plain) = (max_abs_diff(&got_packed, &expected), max_abs_diff(&got_plain, &expected));
+        let apart = max_abs_diff(&got_packed, &got_plain);
+        println!(
+            "{}: packed err {e_packed:.3e}, plain err {e_plain:.3e}, apart {apart:.3e} (max|ref| {scale:.3})",
+            case.name
+        );
+        assert!(e_packed <= 0.05 * scale, "{}: packed error {e_packed} > 5% of {scale}", case.name);
+        assert!(apart <= 0.025 * scale, "{}: packed and plain kernels {apart} apart", case.name);
+    }
+}
+
 #[test]
 fn unknown_block_type_names_the_field() {
     let path = Path::new(FIXTURES).join("models/sd1/unet/config.json");
