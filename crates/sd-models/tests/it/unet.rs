@@ -168,11 +168,22 @@ fn packed_bf16_unet_matches_the_plain_kernels() {
                 .and_then(|vb| vb.with_channels_last(true))
                 .and_then(|vb| vb.with_packing(packing))
                 .expect("builder");
-            let unet = UNet2DConditionModel::from_varbuilder(&vb, &cfg).expect("build");
-            vb.finish("UNet2DConditionModel", &[]).expect("every tensor used");
-            unet
+            // Built inside a capture, as the pipeline loader builds it (for `--offload`): a packed layer must not
+            // leave its plain weight behind in the capture, which would keep a second copy of the model alive.
+            let (unet, captured) = sd_core::weights::capture(|| {
+                let unet = UNet2DConditionModel::from_varbuilder(&vb, &cfg)?;
+                vb.finish("UNet2DConditionModel", &[])?;
+                Ok(unet)
+            })
+            .expect("build");
+            let kept_weights = captured.tensors().iter().filter(|t| t.dim() >= 2).count();
+            (unet, kept_weights)
         };
-        let (packed, plain) = (build(true), build(false));
+        let ((packed, packed_kept), (plain, plain_kept)) = (build(true), build(false));
+        assert!(plain_kept > 0, "{}: the plain model's weights are captured", case.name);
+        if packed.has_packed_weights() {
+            assert_eq!(packed_kept, 0, "{}: packed layers must drop their plain weights from the capture", case.name);
+        }
         assert!(!plain.has_packed_weights());
         assert_eq!(packed.has_packed_weights(), sd_core::onednn::supported(), "{}: packing where supported", case.name);
         let expected = case.must("out");
