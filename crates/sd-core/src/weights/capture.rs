@@ -34,7 +34,7 @@ pub fn forget(t: &Tensor) {
     ACTIVE.with(|a| {
         if let Some(list) = a.borrow_mut().last_mut() {
             if let Some(i) = list.iter().rposition(|c| c.data_ptr() == ptr && c.size() == t.size()) {
-                list.remove(i);
+                drop(list.remove(i));
             }
         }
     });
