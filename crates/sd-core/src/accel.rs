@@ -28,12 +28,8 @@ extern "C" {
     ) -> c_int;
 }
 
-/// The shim's last error (any of its files), first line only.
-pub(crate) fn shim_error() -> String {
-    last_error()
-}
-
-fn last_error() -> String {
+/// The shim's last error (any of its files, `onednn.cpp` too), first line only.
+pub(crate) fn last_error() -> String {
     let mut buf = vec![0u8; 512];
     // SAFETY: the shim writes at most `len` bytes, NUL-terminated, into the buffer we own.
     unsafe { sdrs_last_error(buf.as_mut_ptr().cast(), buf.len()) };

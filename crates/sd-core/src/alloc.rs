@@ -30,19 +30,3 @@ pub fn reuse_freed_memory() -> bool {
         false
     }
 }
-
-/// Hand the free memory inside the heap back to the kernel (`malloc_trim(0)`: whole free pages are released
-/// wherever they lie, not only at the top). For right after a load that made and dropped temporary copies, such
-/// as weights converted and then packed ([`crate::onednn`]): with [`reuse_freed_memory`]'s settings those holes
-/// would otherwise stay resident beside the packed weights. Later allocations fault the pages back in as needed.
-/// A no-op off glibc.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: malloc_trim only returns free pages to the kernel; it takes no pointers.
-        unsafe { malloc_trim(0) };
-    }
-}

@@ -94,7 +94,7 @@ fn opt_str(s: Option<&CStr>) -> *const c_char {
 /// Turns the shim's (status, out pointer) into a tensor or the C++ error's first line.
 fn finish(rc: c_int, out: *mut C_tensor, what: &str) -> Result<Tensor> {
     if rc != 0 || out.is_null() {
-        bail!("oneDNN {what}: {}", crate::accel::shim_error());
+        bail!("oneDNN {what}: {}", crate::accel::last_error());
     }
     // SAFETY: on success the shim returns a heap-allocated `at::Tensor` that nothing else owns.
     Ok(unsafe { Tensor::from_ptr(out) })

@@ -132,10 +132,6 @@ impl UNet2DConditionModel {
             cross_dims,
         };
         unet.number_attention_sites();
-        if vb.packs_weights() {
-            // Each layer dropped the plain copy it packed from; give those holes back (see `release_free_memory`).
-            sd_core::alloc::release_free_memory();
-        }
         Ok(unet)
     }
 
