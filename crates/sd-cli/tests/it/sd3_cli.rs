@@ -25,7 +25,7 @@ fn generate(out: &Path) -> Command {
 fn base(pattern: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sd"));
     c.args(["generate", "a photograph of an astronaut riding a horse", "-n", "blurry, low quality"]);
-    c.args(["--width", "16", "--height", "16"]);
+    c.args(["--width", "16", "--height", "16", "--threads", "1"]); // one thread, as the test server runs
     c.args(["--dtype", "f32", "--device", "cpu", "-q", "--no-watermark", "--no-t5", "--max-sequence-length", "16"]);
     c.arg("--model").arg(fixtures().join("models/sd3"));
     c.arg("--output").arg(pattern);
