@@ -11,6 +11,8 @@
 //!        cargo xtask compare --openvino [--size 512] [--rounds 3] [--threads 2] [--no-build]
 //!        (the UNet step against OpenVINO and PyTorch eager, as a share of the bf16 matmul peak: see
 //!        [`crate::compare_openvino`])
+//!        cargo xtask compare --vae [--sizes 512,1024] [--rounds 2] [--threads 2] [--no-build]
+//!        (VAE decode: sd-rs against diffusers, as shares of the bf16 matmul peak; see [`crate::compare_vae`])
 //!
 //! `SD_BENCH_PYTHON=/path/to/python` uses an existing Python environment instead of the fixtures virtualenv.
 
@@ -120,6 +122,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--openvino") {
         let rest: Vec<String> = args.iter().filter(|a| *a != "--openvino").cloned().collect();
         return crate::compare_openvino::run(&rest);
+    }
+    if args.iter().any(|a| a == "--vae") {
+        let rest: Vec<String> = args.iter().filter(|a| *a != "--vae").cloned().collect();
+        return crate::compare_vae::run(&rest);
     }
     let o = parse(args)?;
     let root = root();

@@ -227,7 +227,7 @@ fn ensure_openvino(root: &Path, py: &Path) -> Result<String> {
 }
 
 /// Run a script and return its stdout line that starts with `tag` (stdout and stderr shown on failure).
-fn tagged_line(cmd: &mut Command, tag: &str) -> Result<String> {
+pub(crate) fn tagged_line(cmd: &mut Command, tag: &str) -> Result<String> {
     let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -239,7 +239,7 @@ fn tagged_line(cmd: &mut Command, tag: &str) -> Result<String> {
 }
 
 /// The numbers of `"key": [a, b, …]` in a flat JSON line.
-fn json_numbers(line: &str, key: &str) -> Result<Vec<f64>> {
+pub(crate) fn json_numbers(line: &str, key: &str) -> Result<Vec<f64>> {
     let pat = format!("\"{key}\":");
     let at = line.find(&pat).with_context(|| format!("no {key} in {line}"))? + pat.len();
     let rest = line[at..].trim_start().strip_prefix('[').with_context(|| format!("{key} is not a list in {line}"))?;
@@ -252,7 +252,7 @@ fn json_numbers(line: &str, key: &str) -> Result<Vec<f64>> {
 }
 
 /// CPU model, core count and the flags that decide bf16 speed, from `/proc/cpuinfo`.
-fn host_line() -> String {
+pub(crate) fn host_line() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines()

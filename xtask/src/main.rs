@@ -10,6 +10,7 @@
 //! | `fixtures` | regenerate the committed PyTorch reference fixtures (Python venv under `target/pyenv`) |
 //! | `gpu-check [--quick]` | on a CUDA GPU: sd-rs vs diffusers parity (f32), speed and memory (f16), offload modes |
 //! | `compare` | sd-rs vs diffusers speed and peak memory on a full-size random-weight SD1.5 (`--quick`: 256 px) |
+//! | `compare --vae` | the bf16 VAE decode of sd-rs and diffusers, as shares of the host's bf16 matmul peak |
 //! | `compare --openvino` | the bf16 UNet step of sd-rs, OpenVINO and PyTorch eager, as shares of the host's bf16 matmul peak |
 //! | `parity --full` | full-size random-weight SD1.5 (`--sdxl`: and SDXL) against diffusers, f32, max abs error ≤ 1e-3 |
 //! | `convert-weights` | release-build `sd` and run `sd convert ARGS…` (single-file checkpoint → diffusers folder) |
@@ -20,6 +21,7 @@
 
 mod compare;
 mod compare_openvino;
+mod compare_vae;
 mod fixtures;
 mod gpu_check;
 mod parity;
@@ -80,6 +82,7 @@ fn print_help() {
          fixtures   regenerate reference fixtures with PyTorch/diffusers (needs network access to PyPI)\n  \
          compare [--quick]  time sd-rs against diffusers (UNet step, whole txt2img; wall time, peak RSS)\n  \
          compare --openvino [--size 512] [--rounds 3] [--threads 2]  UNet step: sd-rs, OpenVINO, PyTorch eager\n  \
+         compare --vae [--sizes 512,1024] [--rounds 2]  VAE decode: sd-rs and diffusers, shares of the matmul peak\n  \
          gpu-check [--quick]  on a CUDA GPU: sd-rs vs diffusers parity (f32), speed, GPU memory, offload (f16)\n  \
          parity --full [--sdxl]  full-size random-weight models against diffusers (slow; not in CI)\n  \
          convert-weights ARGS  build `sd` (release) and run `sd convert ARGS` (see `sd convert --help`)\n  \

@@ -272,7 +272,7 @@ impl StableDiffusion {
         let device = self.offload.load_device();
         let (mut model, weights) = sd_core::weights::capture(|| ControlNetModel::load(path, self.opts.dtype, device))
             .with_context(|| format!("loading the ControlNet {}", path.display()))?;
-        check_fits(self.unet.config(), model.config(), &name, &self.name)?;
+        check_fits(self.unet()?.config(), model.config(), &name, &self.name)?;
         self.offload.adopt(crate::offload::Group::Denoiser, weights)?;
         model.set_attention_mode(self.opts.attention);
         self.controlnets.push(LoadedControlNet { name: name.clone(), path: path.to_path_buf(), model });

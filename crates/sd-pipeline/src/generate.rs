@@ -191,6 +191,7 @@ impl StableDiffusion {
     pub fn release_text_encoders(&mut self) {
         self.text.release();
         self.offload.release(crate::offload::Group::TextEncoders);
+        sd_core::alloc::release_free_memory();
     }
 
     /// Steps 2–6 for prompts encoded by [`Self::encode_prompts`] from a request with the same prompt settings.
@@ -213,6 +214,7 @@ impl StableDiffusion {
         stage: &crate::stage::Stage,
         on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<(Generated, Tensor)> {
+        let unet = self.unet()?;
         let pass = stage.pass.unwrap_or(Pass::Base { steps: req.steps });
         let scale = self.vae_scale_factor();
         req.validate(scale)?;
@@ -318,8 +320,7 @@ impl StableDiffusion {
                 ids
             }
         };
-        let timestep_cond = self
-            .unet
+        let timestep_cond = unet
             .config()
             .time_cond_proj_dim
             .map(|dim| guidance_scale_embedding(req.cfg_scale - 1.0, dim, b).to_kind(dtype).to_device(device));
@@ -333,7 +334,7 @@ impl StableDiffusion {
         let ip_units = crate::ip_adapter::prepare(self, req, cfg, copies, dtype, device)?;
         let ip_hook = (!ip_units.is_empty()).then(|| sd_models::ip_adapter::IpAdapterHook { units: ip_units });
         // Step cache (off by default): decides per evaluation between the whole UNet and a shallow pass.
-        let mut cache = crate::step_cache::CacheRun::new(req.cache, &self.unet, !req.control.is_empty())?;
+        let mut cache = crate::step_cache::CacheRun::new(req.cache, unet, !req.control.is_empty())?;
 
         // 5. Denoising loop (the image encoding above is done: its streaming guard ends before the UNet's starts).
         drop(streaming);
@@ -375,7 +376,7 @@ impl StableDiffusion {
                 };
                 // DeepCache counts steps by the timestep's first position in the loop's schedule.
                 let index = timesteps.iter().position(|&x| x == t).unwrap_or(i);
-                let out = cache.evaluate(&self.unet, index, &input, &t_tensor, &hidden, &inputs)?;
+                let out = cache.evaluate(unet, index, &input, &t_tensor, &hidden, &inputs)?;
                 Ok(if cfg {
                     // A1111's combine_denoised: uncond + Σ wᵢ·cfg·(condᵢ − uncond); one part of weight 1 is CFG.
                     let parts = out.chunk(copies, 0);
@@ -413,19 +414,9 @@ impl StableDiffusion {
         }
         let denoise_s = t1.elapsed().as_secs_f64();
 
-        // 6. Decode what was reached (nothing when interrupted before the first step).
-        let t2 = Instant::now();
-        let images = if (steps_done == 0 && interrupted) || stage.output_latents {
-            Vec::new()
-        } else {
-            let _ = on_event(Event::Phase("decode"));
-            let images = tch::no_grad(|| self.decode(&latents))?;
-            (0..b).map(|i| images.get(i)).collect()
-        };
-        let decode_s = t2.elapsed().as_secs_f64();
-        let timings = Timings { encode_s, denoise_s, decode_s };
-        let generated = Generated {
-            images,
+        let timings = Timings { encode_s, denoise_s, decode_s: 0.0 };
+        let mut generated = Generated {
+            images: Vec::new(),
             seed: req.seed,
             timings,
             unet_calls,
@@ -439,7 +430,31 @@ impl StableDiffusion {
             hires: None,
             refiner: None,
         };
+        // 6. Decode what was reached.
+        if !stage.output_latents {
+            self.decode_generated(&mut generated, &latents, on_event)?;
+        }
         Ok((generated, latents))
+    }
+
+    /// Step 6 alone, for a run made with [`crate::stage::Stage::output_latents`]: decode `latents` into
+    /// `generated`'s images (nothing when it was interrupted before its first step) and time it. A one-shot caller
+    /// can [`Self::release_denoiser`] in between.
+    pub fn decode_generated(
+        &self,
+        generated: &mut Generated,
+        latents: &Tensor,
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
+    ) -> Result<()> {
+        if generated.steps_done == 0 && generated.interrupted {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let _ = on_event(Event::Phase("decode"));
+        let images = tch::no_grad(|| self.decode(latents))?;
+        generated.images = (0..images.size()[0]).map(|i| images.get(i)).collect();
+        generated.timings.decode_s = t.elapsed().as_secs_f64();
+        Ok(())
     }
 
     /// The prompt text to encode: `<lora:…>` tags removed, each checked against the LoRAs merged at load (a

@@ -140,11 +140,12 @@ impl StableDiffusion {
         let (kind, device) = (self.opts.dtype, self.opts.device);
         let mut adapter = IpAdapter::load(path, kind, device)
             .with_context(|| format!("loading the IP-Adapter {}", path.display()))?;
-        let cross = match &self.unet.config().cross_attention_dim {
+        let unet = self.unet_mut()?;
+        let cross = match &unet.config().cross_attention_dim {
             PerBlock::One(d) => *d,
             PerBlock::Many(v) => v.first().copied().unwrap_or(0),
         };
-        let sites = self.unet.attention_sites();
+        let sites = unet.attention_sites();
         adapter
             .bind(&sites, cross)
             .with_context(|| format!("the IP-Adapter {} does not fit {}", path.display(), self.name))?;

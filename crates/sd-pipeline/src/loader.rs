@@ -87,7 +87,8 @@ pub struct StableDiffusion {
     pub dir: ModelDir,
     pub info: ModelInfo,
     pub text: TextEncoders,
-    pub unet: UNet2DConditionModel,
+    /// `None` once [`Self::release_denoiser`] freed it; reached through [`Self::unet`].
+    unet: Option<UNet2DConditionModel>,
     pub vae: AutoencoderKL,
     pub taesd: Option<AutoencoderTiny>,
     /// ControlNets loaded beside the UNet, by name (see [`crate::control`]).
@@ -112,6 +113,34 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
+    /// The UNet, unless [`Self::release_denoiser`] freed it.
+    pub fn unet(&self) -> Result<&UNet2DConditionModel> {
+        self.unet.as_ref().with_context(|| {
+            format!("the UNet of {} was released after its last run; load the model again to generate", self.name)
+        })
+    }
+
+    /// [`Self::unet`], to change (bind adapters to its attention sites).
+    pub fn unet_mut(&mut self) -> Result<&mut UNet2DConditionModel> {
+        let name = &self.name;
+        self.unet.as_mut().with_context(|| {
+            format!("the UNet of {name} was released after its last run; load the model again to generate")
+        })
+    }
+
+    /// Free the UNet and what runs beside it at every step (ControlNets, IP-Adapters and their image encoders):
+    /// a one-shot run needs none of them once its last latents are made, and freeing them before the VAE decode
+    /// keeps the decode's activations from stacking on top of the UNet's weights (the run's peak memory). Later
+    /// requests fail with a message saying so.
+    pub fn release_denoiser(&mut self) {
+        self.unet = None;
+        self.controlnets.clear();
+        self.ip_adapters.clear();
+        self.image_encoders.clear();
+        self.offload.release(crate::offload::Group::Denoiser);
+        sd_core::alloc::release_free_memory();
+    }
+
     /// Load a diffusers folder or an HF-cache repo id.
     pub fn load(spec: &str, opts: LoadOptions) -> Result<Self> {
         // Denoising reuses the same activation sizes every step; see sd_core::alloc.
@@ -241,7 +270,7 @@ impl StableDiffusion {
             dir,
             info,
             text,
-            unet,
+            unet: Some(unet),
             vae,
             taesd,
             controlnets: Vec::new(),

@@ -401,6 +401,16 @@ pub fn run(args: Args) -> Result<()> {
                 let renc = r.encoded.as_ref().context("the refiner did not encode the prompts")?;
                 sd.generate_refined_encoded(&req, enc, &r.model, renc, r.switch, &mut on_event)?
             }
+            // The last batch: its latents are all the UNet has left to make. It is freed before the VAE decode,
+            // whose activations would otherwise sit on top of its weights at the run's peak (512 px SD1.5 bf16:
+            // 2.8-2.9 GB -> measured in README "Performance and memory").
+            (None, None) if batch + 1 == args.batch_count => {
+                let stage = sd_pipeline::stage::Stage { output_latents: true, ..Default::default() };
+                let (mut generated, latents) = sd.generate_stage(&req, enc, &stage, &mut on_event)?;
+                sd.release_denoiser();
+                sd.decode_generated(&mut generated, &latents, &mut on_event)?;
+                generated
+            }
             (None, None) => sd.generate_encoded(&req, enc, &mut on_event)?,
         };
         drop(on_event);

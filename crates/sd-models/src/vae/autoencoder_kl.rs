@@ -134,6 +134,7 @@ impl AutoencoderKL {
     /// Image in [-1, 1], `[B, in_channels, H, W]` → posterior over latents `[B, latent_channels, H/f, W/f]`.
     pub fn encode(&self, x: &Tensor) -> Result<DiagonalGaussian> {
         let x = self.check_input(x, self.cfg.in_channels, "image", "in_channels")?;
+        let _heap = sd_core::alloc::HeapOnly::new();
         let (h, w) = (x.size()[2], x.size()[3]);
         let moments = match &self.tiling {
             Some(t) if h > t.tile_sample_min_size || w > t.tile_sample_min_size => {
@@ -147,6 +148,7 @@ impl AutoencoderKL {
     /// Raw latents (already divided by `scaling_factor`, shift undone) → image in ≈[-1, 1].
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         let z = self.check_input(z, self.cfg.latent_channels, "latents", "latent_channels")?;
+        let _heap = sd_core::alloc::HeapOnly::new();
         let (h, w) = (z.size()[2], z.size()[3]);
         match &self.tiling {
             Some(t)

@@ -57,7 +57,7 @@ impl Encoder {
             h = b.forward(&h)?;
         }
         h = self.mid_block.forward(&h)?;
-        Ok(self.conv_out.forward(&self.act.forward(&self.conv_norm_out.forward(&h))))
+        Ok(self.conv_out.forward(&self.act.forward_owned(self.conv_norm_out.forward(&h))))
     }
 }
 
@@ -110,6 +110,6 @@ impl Decoder {
         for b in &self.up_blocks {
             h = b.forward(&h)?;
         }
-        Ok(self.conv_out.forward(&self.act.forward(&self.conv_norm_out.forward(&h))))
+        Ok(self.conv_out.forward(&self.act.forward_owned(self.conv_norm_out.forward(&h))))
     }
 }

@@ -38,11 +38,19 @@ impl ResnetBlock {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let h = self.conv1.forward(&self.act.forward(&self.norm1.forward(x)));
-        let h = self.conv2.forward(&self.act.forward(&self.norm2.forward(&h)));
-        match &self.conv_shortcut {
-            Some(c) => c.forward(x) + h,
-            None => x + h,
+        let h = self.conv1.forward(&self.act.forward_owned(self.norm1.forward(x)));
+        let h = self.conv2.forward(&self.act.forward_owned(self.norm2.forward(&h)));
+        let skip = match &self.conv_shortcut {
+            Some(c) => c.forward(x),
+            None => x.shallow_clone(),
+        };
+        // in place into the fresh conv output when no gradient flows (one buffer fewer at the peak)
+        if h.requires_grad() {
+            skip + h
+        } else {
+            let mut h = h;
+            drop(h.g_add_(&skip));
+            h
         }
     }
 }

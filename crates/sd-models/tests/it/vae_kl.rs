@@ -142,3 +142,21 @@ fn unsupported_config_is_rejected() {
     let err = format!("{:#}", AutoencoderKL::load(dir.path(), Kind::Float, Device::Cpu).unwrap_err());
     assert!(err.contains("AttnUpDecoderBlock2D") && err.contains("config.json"), "{err}");
 }
+
+/// The VAE applies its activations in place on the norms' outputs: bit-identical to the copying form, and a tensor
+/// that records gradients keeps the copying form (its backward still works).
+#[test]
+fn activations_in_place_match_their_copies() {
+    use sd_models::nn::Activation;
+    let x = Tensor::randn([2, 8, 5, 5], (Kind::Float, Device::Cpu)) * 3.0;
+    for act in [Activation::Silu, Activation::Gelu, Activation::GeluTanh, Activation::QuickGelu, Activation::Relu] {
+        let want = act.forward(&x);
+        let got = act.forward_owned(x.copy());
+        assert!(got.equal(&want), "{act:?} in place differs");
+        let g = x.copy().set_requires_grad(true);
+        let y = act.forward_owned(g.shallow_clone());
+        assert!(y.equal(&want), "{act:?} with grad differs");
+        y.sum(Kind::Float).backward();
+        assert!(g.grad().defined(), "{act:?}: no gradient");
+    }
+}

@@ -101,6 +101,33 @@ fn prompts_encoded_once_give_the_same_image_after_the_text_encoder_is_freed() {
     assert!(err.contains("another request"), "{err}");
 }
 
+/// `sd generate`'s last batch: latents made, the UNet freed, then the decode; the same image as the one-call run,
+/// and a request after the release is refused with a message naming it.
+#[test]
+fn decoding_after_the_unet_is_freed_gives_the_same_image() {
+    let mut sd = load("sd1");
+    let mut req = GenerationRequest::txt2img("a red circle on a blue background", 64, 64);
+    req.steps = 3;
+    req.seed = 5;
+    req.batch_size = 2;
+    let quiet = &mut sd_pipeline::generate::quiet();
+    let whole = sd.generate(&req, quiet).unwrap();
+    let encoded = sd.encode_prompts(&req, quiet).unwrap();
+    let stage = sd_pipeline::stage::Stage { output_latents: true, ..Default::default() };
+    let (mut split, latents) = sd.generate_stage(&req, &encoded, &stage, quiet).unwrap();
+    assert!(split.images.is_empty(), "output_latents decodes nothing");
+    sd.release_denoiser();
+    assert!(sd.unet().is_err());
+    sd.decode_generated(&mut split, &latents, quiet).unwrap();
+    assert_eq!(split.images.len(), 2);
+    for (a, b) in whole.images.iter().zip(&split.images) {
+        assert!(a.equal(b), "decoding after the release must not change the image");
+    }
+    assert!(split.timings.decode_s > 0.0);
+    let err = format!("{:#}", sd.generate_encoded(&req, &encoded, quiet).err().expect("no UNet left"));
+    assert!(err.contains("UNet") && err.contains("released"), "{err}");
+}
+
 /// bf16 (the CPU default where it is native: channels-last, matmul/fused attention) against the f32 diffusers
 /// reference of the same request. bf16 keeps ~3 significant digits and CFG 7 multiplies the difference of two
 /// predictions by 7, so the bound is on the [0, 1] image: mean |Δ| ≤ 0.03, max |Δ| ≤ 0.25; and the fast paths
