@@ -403,7 +403,7 @@ pub fn run(args: Args) -> Result<()> {
             }
             // The last batch: its latents are all the UNet has left to make. It is freed before the VAE decode,
             // whose activations would otherwise sit on top of its weights at the run's peak (512 px SD1.5 bf16:
-            // 2.8-2.9 GB -> measured in README "Performance and memory").
+            // 2.86-2.90 GB before, 2.33 GB after; README, "Performance and memory").
             (None, None) if batch + 1 == args.batch_count => {
                 let stage = sd_pipeline::stage::Stage { output_latents: true, ..Default::default() };
                 let (mut generated, latents) = sd.generate_stage(&req, enc, &stage, &mut on_event)?;
