@@ -266,6 +266,26 @@ fn print_table(rows: &[Row], load_start: &str, load_end: &str, model: &Path) {
     }
 }
 
+/// The release build of the `sd-benches` example `name`: built now, or (with `build` false) required to exist.
+pub fn bench_example(root: &Path, name: &str, build: bool) -> Result<PathBuf> {
+    let bin = release_dir(root).join("examples").join(name);
+    if build {
+        cargo(root, &["build", "--release", "-p", "sd-benches", "--example", name])?;
+    } else if !bin.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p sd-benches --example {name}`, or drop --no-build",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Median, minimum and maximum of a row's timings, for the `median (min–max)` cells.
+pub fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    (median(v), lo, hi)
+}
+
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));

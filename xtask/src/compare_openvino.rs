@@ -21,8 +21,10 @@
 //! installs it into the fixtures virtualenv on first use (with `SD_BENCH_PYTHON`, it asks you to). CI never runs
 //! this task.
 
-use crate::compare::{bench_python, ensure_random_model, json_number, loadavg, median, release_dir, unet_step_line};
-use crate::util::{cargo, root, run_cmd};
+use crate::compare::{
+    bench_example, bench_python, ensure_random_model, json_number, loadavg, median, spread, unet_step_line,
+};
+use crate::util::{root, run_cmd};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,16 +65,7 @@ fn parse(args: &[String]) -> Result<Opts> {
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let root = root();
-    let step_bin = release_dir(&root).join("examples/unet_step");
-    if o.build {
-        cargo(&root, &["build", "--release", "-p", "sd-benches", "--example", "unet_step"])?;
-    } else if !step_bin.exists() {
-        bail!(
-            "{} is missing: build it with `cargo build --release -p sd-benches --example unet_step`, or drop \
-             --no-build",
-            step_bin.display()
-        );
-    }
+    let step_bin = bench_example(&root, "unet_step", o.build)?;
     let py = bench_python(&root)?;
     let openvino = ensure_openvino(&root, &py)?;
     let model = match &o.model {
@@ -149,8 +142,7 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     let ours = median(&rows[0].times);
     for r in &rows {
-        let med = median(&r.times);
-        let (lo, hi) = r.times.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        let (med, lo, hi) = spread(&r.times);
         let share = flops / med / (peak_gflops * 1e9);
         println!(
             "| {} | {med:.3} ({lo:.3}–{hi:.3}) | {} | {:.2} | {:.0} % | {} |",

@@ -14,9 +14,9 @@
 //! usage: cargo xtask compare --vae [--sizes 512,1024] [--rounds 2] [--repeats 2] [--threads 2] [--model DIR]
 //!        [--no-build]
 
-use crate::compare::{bench_python, ensure_random_model, json_number, loadavg, median, release_dir};
+use crate::compare::{bench_example, bench_python, ensure_random_model, json_number, loadavg, median, spread};
 use crate::compare_openvino::{host_line, json_numbers, tagged_line};
-use crate::util::{cargo, root};
+use crate::util::root;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
@@ -65,12 +65,7 @@ fn parse(args: &[String]) -> Result<Opts> {
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let root = root();
-    let bin = release_dir(&root).join("examples/vae_decode");
-    if o.build {
-        cargo(&root, &["build", "--release", "-p", "sd-benches", "--example", "vae_decode"])?;
-    } else if !bin.exists() {
-        bail!("{} is missing: build it with `cargo build --release -p sd-benches --example vae_decode`", bin.display());
-    }
+    let bin = bench_example(&root, "vae_decode", o.build)?;
     let py = bench_python(&root)?;
     let model = match &o.model {
         Some(m) => m.clone(),
@@ -117,8 +112,7 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         let reference = median(&rows[1].2);
         for (name, how, times) in &rows {
-            let med = median(times);
-            let (lo, hi) = times.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            let (med, lo, hi) = spread(times);
             let share = gflop / med / peak_gflops;
             t.push_str(&format!(
                 "| {name} | {med:.3} ({lo:.3}–{hi:.3}) | {} | {:.2} | {:.0} % | {how} |\n",
