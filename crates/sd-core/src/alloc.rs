@@ -91,7 +91,7 @@ mod heap_only {
 
 /// While alive, glibc serves even the largest blocks from the heap instead of fresh `mmap`s, so a layer's freed
 /// 64–128 MiB activation is reused by the next layer rather than unmapped and faulted in again (a 512 px SD1.5
-/// decode in bf16 on a 2-core EPYC: 6.5–6.9 → 5.96–6.21 s). Scoped to VAE decodes and encodes: made process-wide
+/// decode in bf16 on a 2-core EPYC: 6.4–6.9 → 6.0–6.3 s). Scoped to VAE decodes and encodes: made process-wide
 /// (glibc's `mmap_max=0` tunable), a whole `sd generate` peaked 4 % higher. When the last guard ends, the heap's
 /// free pages are handed back ([`release_free_memory`]). Nests; a no-op on other C libraries and platforms.
 #[must_use = "the heap-only setting ends when the guard is dropped"]

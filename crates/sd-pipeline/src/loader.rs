@@ -112,20 +112,21 @@ pub struct StableDiffusion {
     pub source_file: Option<PathBuf>,
 }
 
+/// What a request on a model whose UNet [`StableDiffusion::release_denoiser`] freed is told.
+fn released(name: &str) -> String {
+    format!("the UNet of {name} was released after its last run; load the model again to generate")
+}
+
 impl StableDiffusion {
     /// The UNet, unless [`Self::release_denoiser`] freed it.
     pub fn unet(&self) -> Result<&UNet2DConditionModel> {
-        self.unet.as_ref().with_context(|| {
-            format!("the UNet of {} was released after its last run; load the model again to generate", self.name)
-        })
+        self.unet.as_ref().with_context(|| released(&self.name))
     }
 
     /// [`Self::unet`], to change (bind adapters to its attention sites).
     pub fn unet_mut(&mut self) -> Result<&mut UNet2DConditionModel> {
         let name = &self.name;
-        self.unet.as_mut().with_context(|| {
-            format!("the UNet of {name} was released after its last run; load the model again to generate")
-        })
+        self.unet.as_mut().with_context(|| released(name))
     }
 
     /// Free the UNet and what runs beside it at every step (ControlNets, IP-Adapters and their image encoders):
