@@ -504,6 +504,9 @@ impl StableDiffusion {
     /// UNet latents → images in [0, 1], `[B, 3, H, W]` f32 on the CPU.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let _streaming = self.offload.activate(crate::offload::Group::Vae)?;
+        // One heap-only stretch for the whole decode: the automatic tiling below decodes tile by tile, and each
+        // tile's own guard would otherwise hand the heap back (and fault it in again) between tiles.
+        let _heap = sd_core::alloc::HeapOnly::new();
         let image = match &self.taesd {
             Some(taesd) => taesd.decode(&latents.to_kind(self.vae_kind()))?.to_kind(Kind::Float).clamp(0.0, 1.0),
             None => {

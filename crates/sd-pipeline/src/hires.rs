@@ -291,8 +291,7 @@ impl StableDiffusion {
         let (mut first, first_latents) = self.generate_stage(req, encoded, &first_stage, on_event)?;
         if first.interrupted || first.steps_done == 0 {
             if latent_mode.is_some() && first.steps_done > 0 {
-                let images = tch::no_grad(|| self.decode(&first_latents))?;
-                first.images = (0..req.batch_size).map(|i| images.get(i)).collect();
+                self.decode_generated(&mut first, &first_latents, on_event)?;
             }
             return Ok(first);
         }

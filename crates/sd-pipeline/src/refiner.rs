@@ -101,10 +101,7 @@ impl StableDiffusion {
         let base_stage = Stage { denoising_end: Some(switch), output_latents: true, ..Default::default() };
         let (mut first, latents) = self.generate_stage(req, encoded, &base_stage, on_event)?;
         if first.interrupted {
-            if first.steps_done > 0 {
-                let images = tch::no_grad(|| self.decode(&latents))?;
-                first.images = (0..req.batch_size).map(|i| images.get(i)).collect();
-            }
+            self.decode_generated(&mut first, &latents, on_event)?;
             return Ok(first);
         }
         let mut second = req.clone();
