@@ -1,12 +1,14 @@
 //! sd-rs against diffusers/transformers on a FULL-SIZE model folder (random weights), for
 //! `cargo xtask parity --full`: reads the inputs and reference outputs written by `scripts/bench/parity_full.py`,
-//! runs our UNet, VAE decoder and text encoder(s) in f32 and prints each max abs error. Exits non-zero when any
-//! error exceeds the tolerance (1e-3, f32: full-size networks accumulate more rounding than the tiny fixtures).
+//! runs our UNet (or, for an SD3 folder, the MMDiT transformer), VAE decoder and text encoder(s) in f32 and prints
+//! each max abs error. Exits non-zero when any error exceeds the tolerance (1e-3, f32: full-size networks
+//! accumulate more rounding than the tiny fixtures).
 //!
 //! usage: cargo run --release -p sd-benches --example parity_full -- --model DIR --reference FILE [--tolerance 1e-3]
 
 use anyhow::{bail, Context, Result};
 use sd_models::clip::ClipTextModel;
+use sd_models::transformer_sd3::SD3Transformer2DModel;
 use sd_models::unet::{AddedCond, UNet2DConditionModel};
 use sd_models::vae::AutoencoderKL;
 use std::collections::HashMap;
@@ -48,6 +50,21 @@ fn main() -> Result<()> {
     let (cpu, f32) = (Device::Cpu, Kind::Float);
     let mut results: Vec<(String, (f64, f64))> = Vec::new();
     tch::no_grad(|| -> Result<()> {
+        if model.join("transformer").is_dir() {
+            let tr = SD3Transformer2DModel::load(&model.join("transformer"), f32, cpu)?;
+            let out = tr.forward(
+                get("transformer.in.sample")?,
+                get("transformer.in.timestep")?,
+                get("transformer.in.context")?,
+                get("transformer.in.pooled")?,
+                &[],
+            )?;
+            results.push(("transformer (MMDiT)".into(), max_err(&out, get("transformer.out")?)?));
+            drop(tr);
+            let vae = AutoencoderKL::load(&model.join("vae"), f32, cpu)?;
+            results.push(("vae decode".into(), max_err(&vae.decode(get("vae.in.latents")?)?, get("vae.out")?)?));
+            return Ok(());
+        }
         let unet = UNet2DConditionModel::load(&model.join("unet"), f32, cpu)?;
         let added = match (r.get("unet.in.text_embeds"), r.get("unet.in.time_ids")) {
             (Some(te), Some(ti)) => Some(AddedCond { text_embeds: te.shallow_clone(), time_ids: ti.shallow_clone() }),

@@ -2,7 +2,7 @@
 
 usage: python diffusers_txt2img.py --model DIR [--steps 20] [--size 512] [--dtype f32|bf16|f16] [--seed 0]
                                    [--sampler euler|euler-a|ddim|dpmpp-2m|default] [--out FILE.png] [--threads N]
-                                   [--device cpu|cuda] [--images N] [--offload none|model|sequential]
+                                   [--device cpu|cuda] [--images N] [--offload none|model|sequential] [--no-t5]
 
 Run it under measure.py for whole-process wall time and peak RSS; this script prints its own phase timings
 (import, load, generate) as one `TIMINGS {json}` line on stderr. With `--images N` (N > 1) the first image is a
@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
     ap.add_argument("--out", help="save the image here")
+    ap.add_argument("--no-t5", action="store_true", help="SD3: load without T5 (text_encoder_3=None), as sd --no-t5")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -51,7 +52,8 @@ def main():
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
     cuda = a.device.startswith("cuda")
     t = time.perf_counter()
-    pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=dtype)
+    extra = {"text_encoder_3": None, "tokenizer_3": None} if a.no_t5 else {}
+    pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=dtype, **extra)
     if a.sampler != "default":
         pipe.scheduler = SAMPLERS[a.sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

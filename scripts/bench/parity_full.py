@@ -1,6 +1,9 @@
 """Reference outputs of diffusers/transformers for a FULL-SIZE model folder (made by random_model.py), for
 `cargo xtask parity --full`: UNet (one CFG-shaped step), VAE decode and the CLIP text encoder on fixed, seeded
 inputs at small spatial sizes (the networks are full size; only the images are small, to keep it fast). f32.
+For an SD3 folder: the MMDiT transformer (one CFG-shaped call on 77 CLIP + 256 T5 text tokens) and the 16-channel
+VAE decode, in f32 from the folder's bf16 weights (both sides widen the same values; T5-XXL in f32 would need
+19 GB, and its blocks are the tiny fixtures' T5 blocks at another width).
 
 usage: python parity_full.py --model DIR --out FILE.safetensors [--latent 16]
 
@@ -25,6 +28,34 @@ def main():
     torch.set_grad_enabled(False)
     g = torch.Generator().manual_seed(1234)
     t = {}
+    if os.path.isdir(os.path.join(a.model, "transformer")):
+        sd3(a, g, t)
+    else:
+        unet_family(a, g, t)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    save_file({k: v.contiguous().float() for k, v in t.items()}, a.out)
+    print("wrote", a.out, file=sys.stderr)
+
+
+def sd3(a, g, t):
+    from diffusers import SD3Transformer2DModel
+
+    tr = SD3Transformer2DModel.from_pretrained(os.path.join(a.model, "transformer"), torch_dtype=torch.float32).eval()
+    cfg = tr.config
+    t["transformer.in.sample"] = torch.randn(2, cfg.in_channels, a.latent, a.latent, generator=g)
+    t["transformer.in.timestep"] = torch.tensor([750.0, 750.0])
+    t["transformer.in.context"] = torch.randn(2, 77 + 256, cfg.joint_attention_dim, generator=g)
+    t["transformer.in.pooled"] = torch.randn(2, cfg.pooled_projection_dim, generator=g)
+    t["transformer.out"] = tr(hidden_states=t["transformer.in.sample"], timestep=t["transformer.in.timestep"],
+                              encoder_hidden_states=t["transformer.in.context"],
+                              pooled_projections=t["transformer.in.pooled"]).sample
+    del tr
+    vae = AutoencoderKL.from_pretrained(os.path.join(a.model, "vae"), torch_dtype=torch.float32).eval()
+    t["vae.in.latents"] = torch.randn(1, vae.config.latent_channels, a.latent, a.latent, generator=g)
+    t["vae.out"] = vae.decode(t["vae.in.latents"]).sample
+
+
+def unet_family(a, g, t):
     unet = UNet2DConditionModel.from_pretrained(os.path.join(a.model, "unet"), torch_dtype=torch.float32).eval()
     cfg = unet.config
     ctx_dim = cfg.cross_attention_dim if isinstance(cfg.cross_attention_dim, int) else cfg.cross_attention_dim[0]
@@ -56,9 +87,6 @@ def main():
         t[f"{name}.out.last_hidden_state"] = out.last_hidden_state
         t[f"{name}.out.penultimate"] = out.hidden_states[-2]
         del enc
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    save_file({k: v.contiguous().float() for k, v in t.items()}, a.out)
-    print("wrote", a.out, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,14 @@
 //! then whole-process txt2img (`sd generate` vs `scripts/bench/diffusers_txt2img.py`) under `scripts/bench/measure.py`
 //! (wall seconds, peak RSS). Prints a markdown table with medians, ratios (ours / theirs) and the load average.
 //!
-//! usage: cargo xtask compare [--family sd15|sdxl] [--quick] [--sizes 256,512] [--dtypes f32,bf16] [--steps 20]
-//!        [--repeats 3] [--unet-repeats 3] [--model DIR] [--skip-unet] [--skip-txt2img] [--no-build]
-//!        (`--family sdxl` defaults to 1024 px in bf16, SDXL's native size and the fast CPU dtype)
+//! usage: cargo xtask compare [--family sd15|sdxl|sd3|sd35m|sd35l] [--quick] [--sizes 256,512] [--dtypes f32,bf16]
+//!        [--steps 20] [--repeats 3] [--unet-repeats 3] [--model DIR] [--skip-unet] [--skip-txt2img] [--no-build]
+//!        [--no-t5] [--skip-diffusers]
+//!        (`--family sdxl` defaults to 1024 px in bf16, SDXL's native size and the fast CPU dtype; the SD3 families
+//!        (SD3 Medium, SD3.5 Medium, SD3.5 Large) to 512 px, 4 steps, bf16, whole process only: one step of
+//!        SD3.5 Large at 1024 px takes minutes on two cores. `--no-t5` runs both sides without T5 (diffusers with
+//!        `text_encoder_3=None`); `--skip-diffusers` measures sd-rs alone, for a model diffusers cannot hold:
+//!        SD3.5 Large with T5 is 27.7 GB of bf16 weights, which diffusers keeps loaded together)
 //!        cargo xtask compare --openvino [--size 512] [--rounds 3] [--threads 2] [--no-build]
 //!        (the UNet step against OpenVINO and PyTorch eager, as a share of the bf16 matmul peak: see
 //!        [`crate::compare_openvino`])
@@ -33,6 +38,8 @@ struct Opts {
     unet: bool,
     txt2img: bool,
     build: bool,
+    no_t5: bool,
+    diffusers: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -47,6 +54,8 @@ fn parse(args: &[String]) -> Result<Opts> {
         unet: true,
         txt2img: true,
         build: true,
+        no_t5: false,
+        diffusers: true,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -69,6 +78,8 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--skip-unet" => o.unet = false,
             "--skip-txt2img" => o.txt2img = false,
             "--no-build" => o.build = false,
+            "--no-t5" => o.no_t5 = true,
+            "--skip-diffusers" => o.diffusers = false,
             other => bail!("compare: unknown argument {other}"),
         }
     }
@@ -86,7 +97,29 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.dtypes = vec!["bf16".into()];
             }
         }
-        other => bail!("compare: --family {other}: expected sd15 or sdxl"),
+        "sd3" | "sd35m" | "sd35l" => {
+            if !args.iter().any(|a| a == "--sizes" || a == "--quick") {
+                o.sizes = vec![512];
+            }
+            if !args.iter().any(|a| a == "--dtypes") {
+                o.dtypes = vec!["bf16".into()];
+            }
+            if !args.iter().any(|a| a == "--steps") {
+                o.steps = 4;
+            }
+            if !args.iter().any(|a| a == "--repeats" || a == "--quick") {
+                o.repeats = 1;
+            }
+            // no UNet: the transformer's step is measured inside the whole process
+            o.unet = false;
+        }
+        other => bail!("compare: --family {other}: expected sd15, sdxl, sd3, sd35m or sd35l"),
+    }
+    if o.no_t5 && !o.family.starts_with("sd3") {
+        bail!("compare: --no-t5 is for the SD3 families");
+    }
+    if !o.diffusers && o.unet {
+        bail!("compare: --skip-diffusers measures the whole process only; add --skip-unet");
     }
     Ok(o)
 }
@@ -144,6 +177,7 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let m = model.to_string_lossy().into_owned();
     let measure = root.join("scripts/bench/measure.py").to_string_lossy().into_owned();
+    let sd3 = o.family.starts_with("sd3");
     let load_start = loadavg();
     let mut rows = Vec::new();
     for dtype in &o.dtypes {
@@ -193,9 +227,16 @@ pub fn run(args: &[String]) -> Result<()> {
                     ]
                     .map(String::from)
                     .to_vec();
+                    let mut sd_args = sd_args;
+                    if o.no_t5 {
+                        sd_args.push("--no-t5".into());
+                    }
                     let (w, rss) = measured(&py, &measure, &sd.to_string_lossy(), &sd_args)?;
                     ours.push(w);
                     rss_o.push(rss);
+                    if !o.diffusers {
+                        continue;
+                    }
                     let png = out_dir.join(format!("diffusers-{dtype}-{size}-{r}.png")).to_string_lossy().into_owned();
                     let script = root.join("scripts/bench/diffusers_txt2img.py").to_string_lossy().into_owned();
                     let py_args: Vec<String> = [
@@ -211,17 +252,23 @@ pub fn run(args: &[String]) -> Result<()> {
                         "--seed",
                         "0",
                         "--sampler",
-                        "euler",
+                        // the model's own FlowMatchEulerDiscreteScheduler is what `--sampler euler` runs on SD3
+                        if sd3 { "default" } else { "euler" },
                         "--out",
                         &png,
                     ]
                     .map(String::from)
                     .to_vec();
+                    let mut py_args = py_args;
+                    if o.no_t5 {
+                        py_args.push("--no-t5".into());
+                    }
                     let (w, rss) = measured(&py, &measure, &py.to_string_lossy(), &py_args)?;
                     theirs.push(w);
                     rss_t.push(rss);
                 }
-                let label = format!("txt2img {} steps {size} px (whole process)", o.steps);
+                let t5 = if o.no_t5 { ", no T5" } else { "" };
+                let label = format!("txt2img {} steps {size} px (whole process{t5})", o.steps);
                 rows.push(Row::new(label, dtype, &ours, &theirs, Some((median(&rss_o), median(&rss_t)))));
             }
         }
@@ -249,19 +296,21 @@ fn print_table(rows: &[Row], load_start: &str, load_end: &str, model: &Path) {
     println!("\nmodel: {} | load average at start: {load_start} | at end: {load_end}\n", model.display());
     println!("| measurement | dtype | runs | sd-rs (s) | diffusers (s) | time ratio | sd-rs peak RSS (MB) | diffusers peak RSS (MB) | RSS ratio |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    // a side that was not run (--skip-diffusers) has no median: its cells and ratios are dashes
+    let num = |v: f64, digits: usize| if v.is_finite() { format!("{v:.digits$}") } else { "–".into() };
     for r in rows {
         let (ro, rt, rr) = match r.rss {
-            Some((a, b)) => (format!("{a:.0}"), format!("{b:.0}"), format!("{:.2}", a / b)),
+            Some((a, b)) => (num(a, 0), num(b, 0), num(a / b, 2)),
             None => ("–".into(), "–".into(), "–".into()),
         };
         println!(
-            "| {} | {} | {} | {:.3} | {:.3} | {:.2} | {ro} | {rt} | {rr} |",
+            "| {} | {} | {} | {} | {} | {} | {ro} | {rt} | {rr} |",
             r.what,
             r.dtype,
             r.n,
-            r.ours,
-            r.theirs,
-            r.ours / r.theirs
+            num(r.ours, 3),
+            num(r.theirs, 3),
+            num(r.ours / r.theirs, 2)
         );
     }
 }

@@ -1,8 +1,11 @@
 //! `cargo xtask parity --full` (not run in CI): sd-rs against diffusers/transformers on full-size random-weight
-//! SD1.5 (and, with `--sdxl`, SDXL) folders under `target/bench/`. Python writes reference outputs for fixed
-//! inputs (`scripts/bench/parity_full.py`), then `benches/examples/parity_full.rs` (release) compares our models
-//! and prints the max abs errors (f32, tolerance 1e-3). The committed tiny-model fixtures are checked by the
-//! ordinary tests; this catches what only appears at full size (head counts, depths, shapes).
+//! SD1.5 (and, with `--sdxl`, SDXL; with `--sd3`, SD3.5 Medium's MMDiT-X transformer and 16-channel VAE) folders
+//! under `target/bench/`. Python writes reference outputs for fixed inputs (`scripts/bench/parity_full.py`), then
+//! `benches/examples/parity_full.rs` (release) compares our models and prints the max abs errors (f32, tolerance
+//! 1e-3). The committed tiny-model fixtures are checked by the ordinary tests; this catches what only appears at
+//! full size (head counts, depths, shapes). `--sd3` also writes the SD3.5 Medium folder as one original-layout
+//! checkpoint and checks `sd convert` against diffusers' `from_single_file`, tensor for tensor
+//! (`scripts/bench/sd3_single_file_full.py`).
 
 use crate::compare::{bench_python, ensure_random_model, release_dir};
 use crate::util::{cargo, root, run_cmd};
@@ -17,6 +20,7 @@ pub fn run(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--full" => full = true,
             "--sdxl" => families.push("sdxl"),
+            "--sd3" => families.push("sd35m"),
             "--latent" => latent = it.next().context("--latent needs a value")?.clone(),
             other => bail!("parity: unknown argument {other}"),
         }
@@ -41,6 +45,26 @@ pub fn run(args: &[String]) -> Result<()> {
             )?;
         }
         run_cmd(&root, bin.to_str().context("path")?, &["--model", m, "--reference", r])?;
+        if family == "sd35m" {
+            // the same folder as one original-layout checkpoint: `sd convert` against diffusers' from_single_file
+            cargo(&root, &["build", "--release", "-p", "sd-cli"])?;
+            let sd = release_dir(&root).join("sd");
+            let work = root.join("target/bench/sd3-single-file");
+            let script = root.join("scripts/bench/sd3_single_file_full.py");
+            run_cmd(
+                &root,
+                py.to_str().context("path")?,
+                &[
+                    script.to_str().context("path")?,
+                    "--model",
+                    m,
+                    "--sd",
+                    sd.to_str().context("path")?,
+                    "--work",
+                    work.to_str().context("path")?,
+                ],
+            )?;
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! | [`canny`] | Canny edge maps as OpenCV computes them (the `canny` preprocessor) |
 //! | [`request`] | [`request::GenerationRequest`]: everything one generation needs, validated |
 //! | [`sd3`] | Stable Diffusion 3 / 3.5 (`StableDiffusion3Pipeline`): MMDiT, CLIP-L + CLIP-G + T5, flow matching |
+//! | [`sd3_memory`] | whether an SD3 model's weights fit in memory (staged or all loaded), and the flag that makes them fit |
 //! | [`sd3_prompt`] | SD3 prompts with A1111 syntax: weighted, chunked CLIP-L + CLIP-G, T5 with the syntax stripped |
 //! | [`generate`] | encode prompts → prepare latents → loop { UNet, guidance, sampler step } → decode |
 //! | [`hires`] | A1111's hires fix: first pass, enlarge (image or latents), img2img second pass |
@@ -44,6 +45,7 @@ pub mod prompt;
 pub mod refiner;
 pub mod request;
 pub mod sd3;
+pub mod sd3_memory;
 pub mod sd3_prompt;
 pub mod single_file;
 pub mod stage;

@@ -23,6 +23,7 @@ use crate::generate::{Event, Flow, StepInfo};
 use crate::loras::{LoraMerger, MergedLora};
 use crate::prompt::lora::LoraTarget;
 use crate::prompt::Emphasis;
+use crate::sd3_memory::{check_fits, Residency, Sd3Weights};
 pub use crate::sd3_prompt::ClipEncoder;
 use anyhow::{bail, ensure, Context, Result};
 use sd_core::model_dir::ModelDir;
@@ -115,13 +116,26 @@ fn load_transformer_merged(
     Ok(model)
 }
 
-/// The loaded pipeline.
-pub struct Sd3Pipeline {
+/// SD3's three text encoders: loaded together, and freed together once the prompts are encoded.
+pub struct Sd3TextEncoders {
     pub clip_l: ClipEncoder,
     pub clip_g: ClipEncoder,
     /// `None`: run without T5 (zeros in its place).
     pub t5: Option<(T5Tokenizer, T5EncoderModel)>,
-    pub transformer: SD3Transformer2DModel,
+}
+
+/// The loaded pipeline. [`Sd3Pipeline::load`] loads every part; [`Sd3Pipeline::load_staged`] leaves the
+/// transformer for [`Sd3Pipeline::load_transformer`], so that a one-shot run can encode its prompts and
+/// [`Sd3Pipeline::release_text_encoders`] first: SD3.5 Large's transformer and T5 together (27.6 GB in bf16) do not
+/// fit a 24 GB machine, one after the other they do.
+pub struct Sd3Pipeline {
+    encoders: Option<Sd3TextEncoders>,
+    transformer: Option<SD3Transformer2DModel>,
+    /// Where the transformer loads from, with the LoRAs still to be merged into it, until it is loaded.
+    pending: Option<(PathBuf, Option<LoraMerger>)>,
+    /// The transformer's config, read before its weights: sizes are checked against it while it is not loaded.
+    pub config: SD3TransformerConfig,
+    has_t5: bool,
     pub vae: AutoencoderKL,
     pub scheduler_config: serde_json::Value,
     pub device: Device,
@@ -278,13 +292,33 @@ impl Sd3Pipeline {
     /// [`Self::load`] with LoRA files (path, multiplier) merged into the transformer and the CLIP encoders as
     /// diffusers' `load_lora_weights` + `fuse_lora(lora_scale)` merge them (`W += m · (alpha / rank) · B @ A`), so a
     /// LoRA costs nothing per step. diffusers' SD3 layout (`transformer.` and `text_encoder(_2).` PEFT keys) is read;
-    /// a file none of whose layers fits this model is refused.
+    /// a file none of whose layers fits this model is refused. Every part stays loaded (a server's residency): the
+    /// weights must fit in memory all at once ([`crate::sd3_memory`]).
     pub fn load_with_loras(
         root: &Path,
         kind: Kind,
         device: Device,
         no_t5: bool,
         loras: &[(PathBuf, f64)],
+    ) -> Result<Self> {
+        let mut pipe = Self::open(root, kind, device, no_t5, loras, Residency::AllLoaded)?;
+        pipe.load_transformer()?;
+        Ok(pipe)
+    }
+
+    /// Everything but the transformer, for a run that encodes its prompts, calls [`Self::release_text_encoders`]
+    /// and then [`Self::load_transformer`]: the weights must fit one stage at a time ([`crate::sd3_memory`]).
+    pub fn load_staged(root: &Path, kind: Kind, device: Device, no_t5: bool, loras: &[(PathBuf, f64)]) -> Result<Self> {
+        Self::open(root, kind, device, no_t5, loras, Residency::Staged)
+    }
+
+    fn open(
+        root: &Path,
+        kind: Kind,
+        device: Device,
+        no_t5: bool,
+        loras: &[(PathBuf, f64)],
+        residency: Residency,
     ) -> Result<Self> {
         let dir = ModelDir::open_folder(root)?;
         ensure!(is_sd3(&dir), "{} is not a Stable Diffusion 3 pipeline folder", root.display());
@@ -297,6 +331,12 @@ impl Sd3Pipeline {
                 root.display()
             );
         }
+        let transformer_dir = dir.component_dir("transformer")?;
+        let config = SD3TransformerConfig::from_file(&transformer_dir.join("config.json"))
+            .context("loading transformer/config.json")?;
+        let has_t5 = !no_t5 && root.join("text_encoder_3").is_dir();
+        let weights = Sd3Weights::of_folder(root, kind)?;
+        check_fits(&weights, kind, has_t5, residency, crate::memory::available_on(device))?;
         let mut merger = if loras.is_empty() { None } else { Some(LoraMerger::open(loras)?) };
         let clip_l = ClipEncoder::load(
             root,
@@ -312,8 +352,7 @@ impl Sd3Pipeline {
             kind,
             device,
         )?;
-        let has_t5 = root.join("text_encoder_3").is_dir();
-        let t5 = if no_t5 || !has_t5 {
+        let t5 = if !has_t5 {
             None
         } else {
             ensure!(
@@ -327,40 +366,85 @@ impl Sd3Pipeline {
                 T5EncoderModel::load(&root.join("text_encoder_3"), kind, device).context("loading text_encoder_3/")?;
             Some((tok, model))
         };
-        let transformer_dir = dir.component_dir("transformer")?;
-        let transformer = match merger.as_mut() {
-            None => SD3Transformer2DModel::load(&transformer_dir, kind, device),
-            Some(m) => load_transformer_merged(&transformer_dir, m, kind, device),
-        }
-        .context("loading transformer/")?;
-        let loras = match merger {
-            Some(m) => m.finish(&[LoraTarget::TextEncoder, LoraTarget::TextEncoder2, LoraTarget::Transformer])?,
-            None => Vec::new(),
-        };
         let vae = AutoencoderKL::load(&dir.component_dir("vae")?, kind, device).context("loading vae/")?;
-        let cfg = transformer.config.clone();
         let (l, g) = (clip_l.model.config().hidden_size, clip_g.model.config().hidden_size);
         ensure!(
-            l + g <= cfg.joint_attention_dim,
+            l + g <= config.joint_attention_dim,
             "the CLIP widths {l} + {g} exceed the transformer's joint_attention_dim {}",
-            cfg.joint_attention_dim
+            config.joint_attention_dim
         );
         if let Some((_, t5)) = &t5 {
             ensure!(
-                t5.config.d_model == cfg.joint_attention_dim,
+                t5.config.d_model == config.joint_attention_dim,
                 "T5's d_model {} differs from the transformer's joint_attention_dim {}",
                 t5.config.d_model,
-                cfg.joint_attention_dim
+                config.joint_attention_dim
             );
         }
         ensure!(
-            vae.config().latent_channels == cfg.in_channels,
+            vae.config().latent_channels == config.in_channels,
             "the VAE has {} latent channels, the transformer {}",
             vae.config().latent_channels,
-            cfg.in_channels
+            config.in_channels
         );
         let scheduler_config = dir.component_config("scheduler")?;
-        Ok(Self { clip_l, clip_g, t5, transformer, vae, scheduler_config, device, kind, loras })
+        Ok(Self {
+            encoders: Some(Sd3TextEncoders { clip_l, clip_g, t5 }),
+            transformer: None,
+            pending: Some((transformer_dir, merger)),
+            config,
+            has_t5,
+            vae,
+            scheduler_config,
+            device,
+            kind,
+            loras: Vec::new(),
+        })
+    }
+
+    /// Loads the transformer (with the LoRAs merged into it) if it is not loaded yet.
+    pub fn load_transformer(&mut self) -> Result<()> {
+        if self.transformer.is_some() {
+            return Ok(());
+        }
+        let (dir, mut merger) = self.pending.take().context("this pipeline's transformer was released")?;
+        let transformer = match merger.as_mut() {
+            None => SD3Transformer2DModel::load(&dir, self.kind, self.device),
+            Some(m) => load_transformer_merged(&dir, m, self.kind, self.device),
+        }
+        .context("loading transformer/")?;
+        self.config = transformer.config.clone();
+        if let Some(m) = merger {
+            self.loras = m.finish(&[LoraTarget::TextEncoder, LoraTarget::TextEncoder2, LoraTarget::Transformer])?;
+        }
+        self.transformer = Some(transformer);
+        Ok(())
+    }
+
+    /// Frees CLIP-L, CLIP-G and T5 (and hands their memory back to the system): prompts encoded before stay valid,
+    /// new ones cannot be encoded.
+    pub fn release_text_encoders(&mut self) {
+        if self.encoders.take().is_some() {
+            sd_core::alloc::release_free_memory();
+        }
+    }
+
+    /// The text encoders, unless [`Self::release_text_encoders`] freed them.
+    pub fn encoders(&self) -> Result<&Sd3TextEncoders> {
+        self.encoders.as_ref().context(
+            "this SD3 pipeline's text encoders were released after its prompts were encoded; encode prompts before \
+             release_text_encoders",
+        )
+    }
+
+    /// The transformer, once [`Self::load_transformer`] loaded it.
+    pub fn transformer(&self) -> Result<&SD3Transformer2DModel> {
+        self.transformer.as_ref().context("this SD3 pipeline's transformer is not loaded (load_transformer)")
+    }
+
+    /// Whether the prompts' T5 part comes from T5 (false: zeros, as with `--no-t5`).
+    pub fn has_t5(&self) -> bool {
+        self.has_t5
     }
 
     /// diffusers' `encode_prompt` for one prompt, with A1111's prompt syntax ("Original" emphasis).
@@ -384,9 +468,9 @@ impl Sd3Pipeline {
         let strip = |t: &str| crate::loras::strip_lora_tags(t).map(|(text, _)| text);
         let (text_l, text_g, text_t5) = (strip(&texts[0])?, strip(&texts[1])?, strip(&texts[2])?);
         tch::no_grad(|| {
-            let width = self.transformer.config.joint_attention_dim;
+            let width = self.config.joint_attention_dim;
             let clip = self.clip_part((&text_l, &text_g), emphasis)?;
-            let t5 = match &self.t5 {
+            let t5 = match &self.encoders()?.t5 {
                 Some((tok, model)) => {
                     let ids: Vec<i64> = crate::sd3_prompt::t5_ids(tok, &text_t5, max_sequence_length, emphasis)?
                         .into_iter()
@@ -411,8 +495,9 @@ impl Sd3Pipeline {
 
     /// The CLIP-L + CLIP-G part of the conditioning ([`crate::sd3_prompt::encode_clip`]).
     fn clip_part(&self, texts: (&str, &str), emphasis: Emphasis) -> Result<crate::sd3_prompt::ClipPart> {
-        let width = self.transformer.config.joint_attention_dim;
-        crate::sd3_prompt::encode_clip(&self.clip_l, &self.clip_g, texts, width, emphasis)
+        let width = self.config.joint_attention_dim;
+        let enc = self.encoders()?;
+        crate::sd3_prompt::encode_clip(&enc.clip_l, &enc.clip_g, texts, width, emphasis)
     }
 
     /// Completes the conditioning with fewer CLIP chunks with copies of the empty prompt's CLIP chunk, placed
@@ -474,15 +559,7 @@ impl Sd3Pipeline {
         prompts: &Sd3Prompts,
         on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<Sd3Generated> {
-        self.check(req)?;
-        ensure!(
-            prompts.uncond.is_some() == (req.guidance_scale > 1.0),
-            "the prompts were encoded for a request with{} classifier-free guidance",
-            if prompts.uncond.is_some() { "" } else { "out" }
-        );
-        let _ = on_event(Event::Phase("denoise"));
-        let (latents, done, interrupted) =
-            tch::no_grad(|| self.denoise(req, &prompts.cond, prompts.uncond.as_ref(), on_event))?;
+        let (latents, done, interrupted) = self.denoise_encoded(req, prompts, on_event)?;
         let images = if done > 0 {
             let _ = on_event(Event::Phase("decode"));
             Some(tch::no_grad(|| self.decode(&latents))?)
@@ -492,9 +569,36 @@ impl Sd3Pipeline {
         Ok(Sd3Generated { images, latents, steps_done: done, interrupted })
     }
 
+    /// The denoising half of [`Self::generate_encoded`]: (latents, steps run, whether `on_event` stopped the loop).
+    /// A one-shot run decodes them with [`Self::decode`] after [`Self::release_transformer`].
+    pub fn denoise_encoded(
+        &self,
+        req: &Sd3Request,
+        prompts: &Sd3Prompts,
+        on_event: &mut dyn FnMut(Event<'_>) -> Flow,
+    ) -> Result<(Tensor, usize, bool)> {
+        self.check(req)?;
+        ensure!(
+            prompts.uncond.is_some() == (req.guidance_scale > 1.0),
+            "the prompts were encoded for a request with{} classifier-free guidance",
+            if prompts.uncond.is_some() { "" } else { "out" }
+        );
+        let _ = on_event(Event::Phase("denoise"));
+        tch::no_grad(|| self.denoise(req, &prompts.cond, prompts.uncond.as_ref(), on_event))
+    }
+
+    /// Frees the transformer (and hands its memory back to the system) once the last latents are made, so the
+    /// VAE decode does not run beside it; it cannot be loaded again.
+    pub fn release_transformer(&mut self) {
+        self.pending = None;
+        if self.transformer.take().is_some() {
+            sd_core::alloc::release_free_memory();
+        }
+    }
+
     /// Whether the request can run on this model (sizes, counts, a flow-matching sampler), before any work.
     pub fn check(&self, req: &Sd3Request) -> Result<()> {
-        let f = self.vae.scale_factor() * self.transformer.config.patch_size;
+        let f = self.vae.scale_factor() * self.config.patch_size;
         for (v, what) in [(req.width, "width"), (req.height, "height")] {
             ensure!((f..=MAX_SIDE).contains(&v), "{what} {v} is outside {f}..={MAX_SIDE}");
             ensure!(v % f == 0, "{what} {v} must be a multiple of {f} (VAE factor × patch size)");
@@ -503,7 +607,7 @@ impl Sd3Pipeline {
         ensure!((1..=MAX_STEPS).contains(&req.steps), "steps {} is outside 1..={MAX_STEPS}", req.steps);
         ensure!(req.guidance_scale.is_finite(), "the guidance scale must be a finite number");
         if let Some(slg) = &req.slg {
-            let n = self.transformer.config.num_layers.max(0) as usize;
+            let n = self.config.num_layers.max(0) as usize;
             ensure!(!slg.layers.is_empty(), "skip-layer guidance needs at least one layer");
             if let Some(bad) = slg.layers.iter().find(|&&l| l >= n) {
                 bail!(
@@ -537,11 +641,11 @@ impl Sd3Pipeline {
                     m.height()
                 );
                 ensure!(
-                    self.transformer.config.in_channels == self.vae.config().latent_channels,
+                    self.config.in_channels == self.vae.config().latent_channels,
                     "inpainting needs a transformer with {} input channels (this one has {}: a dedicated inpainting \
                      transformer, not supported yet)",
                     self.vae.config().latent_channels,
-                    self.transformer.config.in_channels
+                    self.config.in_channels
                 );
             }
         }
@@ -558,7 +662,7 @@ impl Sd3Pipeline {
             req.sampler.build(&self.scheduler_config, &opts).with_context(|| format!("sampler `{}`", req.sampler))?;
         check_models(sched.descriptor(), Models::Flow, "sd3")?;
         if sched.config().use_dynamic_shifting {
-            let (f, p) = (self.vae.scale_factor(), self.transformer.config.patch_size);
+            let (f, p) = (self.vae.scale_factor(), self.config.patch_size);
             ensure!(f > 0 && p > 0, "the VAE scale factor and the patch size must be positive");
             let tokens = (req.height / f / p).max(0) * (req.width / f / p).max(0);
             let mu = calculate_shift(tokens as usize, sched.config())?;
@@ -575,6 +679,7 @@ impl Sd3Pipeline {
         uncond: Option<&Sd3Conditioning>,
         on_event: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<(Tensor, usize, bool)> {
+        let transformer = self.transformer()?;
         let b = req.batch_size;
         let rep = |t: &Tensor| -> Result<Tensor> {
             let mut shape = vec![b];
@@ -591,7 +696,7 @@ impl Sd3Pipeline {
         let mut sched = self.sampler(req)?;
         sched.set_timesteps(req.steps, self.device)?;
         let f = self.vae.scale_factor();
-        let c = self.transformer.config.in_channels;
+        let c = self.config.in_channels;
         let shape = [b, c, req.height / f, req.width / f];
         let mut gen = TorchGenerator::new(req.seed);
         let (mut latents, start, kept) = match &req.init {
@@ -651,7 +756,7 @@ impl Sd3Pipeline {
             let x = if uncond.is_some() { Tensor::f_cat(&[&latents, &latents], 0)? } else { latents.shallow_clone() };
             let n = x.size()[0] as usize;
             let ts = Tensor::from_slice(&vec![t as f32; n]).to_device(self.device);
-            let v = self.transformer.forward(&x, &ts, &embeds, &pooled, &[])?;
+            let v = transformer.forward(&x, &ts, &embeds, &pooled, &[])?;
             let v = match uncond {
                 Some(_) => {
                     let parts = v.f_chunk(2, 0)?;
@@ -659,7 +764,7 @@ impl Sd3Pipeline {
                     match &req.slg {
                         Some(slg) if slg.active(i, req.steps) => {
                             let ts = Tensor::from_slice(&vec![t as f32; b as usize]).to_device(self.device);
-                            let skipped = self.transformer.forward(
+                            let skipped = transformer.forward(
                                 &latents,
                                 &ts,
                                 &rep(&cond.prompt_embeds)?,
@@ -804,7 +909,7 @@ impl Sd3Pipeline {
             info.extra.push(("Emphasis".into(), name.into()));
         }
         info.watermark = Some(outcome.clone());
-        if self.t5.is_none() {
+        if !self.has_t5 {
             info.extra.push(("T5".into(), "off".into()));
         } else if req.max_sequence_length != DEFAULT_MAX_SEQUENCE_LENGTH {
             info.extra.push(("T5 max length".into(), req.max_sequence_length.to_string()));
@@ -820,10 +925,10 @@ impl Sd3Pipeline {
     /// The native resolution: the transformer's `sample_size` latents times the VAE factor (1024 for SD3).
     /// Image sides must be multiples of this (VAE factor × patch size).
     pub fn size_multiple(&self) -> i64 {
-        self.vae.scale_factor() * self.transformer.config.patch_size
+        self.vae.scale_factor() * self.config.patch_size
     }
 
     pub fn default_size(&self) -> i64 {
-        self.transformer.config.sample_size * self.vae.scale_factor()
+        self.config.sample_size * self.vae.scale_factor()
     }
 }

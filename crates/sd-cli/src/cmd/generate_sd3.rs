@@ -3,7 +3,7 @@
 
 use super::generate::{phase_spinner, random_seed, Args};
 use super::usage;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sd_pipeline::loader::LoadOptions;
 use sd_pipeline::output::OutputOptions;
 use sd_pipeline::request::Mode;
@@ -66,16 +66,10 @@ pub fn run(
         sd_core::model_dir::ModelDir::open(&args.load.model)?.root
     };
     let dtype = sd_pipeline::sd3::dtype_for(&opts);
-    let pipe = Sd3Pipeline::load_with_loras(&root, dtype, opts.device, args.load.no_t5, &opts.loras)?;
-    for l in pipe.loras.iter().filter(|l| !l.ignored.is_empty()) {
-        eprintln!(
-            "warning: LoRA {}: {} key(s) matched nothing in this model and were ignored: {}",
-            l.path.display(),
-            l.ignored.len(),
-            l.ignored.join(", ")
-        );
-    }
-    let load_s = t_load.elapsed().as_secs_f64();
+    // In stages, so SD3.5 Large fits a 24 GB machine: the text encoders encode the prompts (the same for every
+    // batch) and are freed, then the transformer loads; the last batch frees it before its VAE decode.
+    let mut pipe = Sd3Pipeline::load_staged(&root, dtype, opts.device, args.load.no_t5, &opts.loras)?;
+    let mut load_s = t_load.elapsed().as_secs_f64();
     if let Some(s) = spinner {
         s.finish_and_clear();
     }
@@ -98,6 +92,8 @@ pub fn run(
     let base_seed = args.seed.unwrap_or_else(random_seed);
     let mut summary = Vec::new();
     let mut counter = 0usize;
+    let mut prompts = None;
+    let mut encode_s = 0.0;
     for batch in 0..args.batch_count {
         let mut req = Sd3Request::new(&args.prompt);
         req.negative_prompt = args.negative_prompt.clone();
@@ -128,14 +124,38 @@ pub fn run(
         if !args.json {
             eprintln!("seed {}", req.seed);
         }
-        let t0 = Instant::now();
         pipe.check(&req).map_err(|e| super::UsageError(format!("{e:#}")))?;
-        if batch == 0 {
+        if prompts.is_none() {
             for w in pipe.sampler(&req)?.warnings() {
                 eprintln!("warning: {w}");
             }
+            let t = Instant::now();
+            prompts = Some(pipe.encode(&req)?);
+            pipe.release_text_encoders();
+            encode_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let spinner = (!args.quiet && !args.json).then(|| phase_spinner("loading the transformer"));
+            pipe.load_transformer()?;
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            load_s += t.elapsed().as_secs_f64();
+            for l in pipe.loras.iter().filter(|l| !l.ignored.is_empty()) {
+                eprintln!(
+                    "warning: LoRA {}: {} key(s) matched nothing in this model and were ignored: {}",
+                    l.path.display(),
+                    l.ignored.len(),
+                    l.ignored.join(", ")
+                );
+            }
         }
-        let (images, _) = pipe.generate(&req)?;
+        let encoded = prompts.as_ref().context("the prompts were not encoded")?;
+        let t0 = Instant::now();
+        let (latents, _, _) = pipe.denoise_encoded(&req, encoded, &mut sd_pipeline::generate::quiet())?;
+        if batch + 1 == args.batch_count {
+            pipe.release_transformer();
+        }
+        let images = tch::no_grad(|| pipe.decode(&latents))?;
         let gen_s = t0.elapsed().as_secs_f64();
         let saved = pipe.save_images(&name, &req, &images, &out_opts, &mut counter)?;
         for s in &saved {
@@ -149,9 +169,10 @@ pub fn run(
         let v = serde_json::json!({
             "model": name,
             "family": "sd3",
-            "t5": pipe.t5.is_some(),
+            "t5": pipe.has_t5(),
             "loras": pipe.loras.iter().map(|l| serde_json::json!({ "path": l.path, "weight": l.weight, "ignored_keys": l.ignored })).collect::<Vec<_>>(),
             "load_s": load_s,
+            "encode_s": encode_s,
             "batches": summary,
             "peak_rss_mb": sd_pipeline::output::peak_rss_mb(),
             "peak_gpu_mb": sd_pipeline::output::peak_gpu_mb(opts.device),

@@ -240,6 +240,19 @@ impl SafeTensorsFiles {
         let _ = entry;
     }
 
+    /// Bytes these tensors take once loaded with floating-point weights converted to `kind` (other tensors keep
+    /// their own width), read from the headers alone: what a load will cost before any of it is spent.
+    pub fn loaded_bytes(&self, kind: Kind) -> u64 {
+        self.entries
+            .values()
+            .map(|e| {
+                let numel: u64 = e.shape.iter().map(|&d| d.max(0) as u64).product();
+                let stored = kind_of(e.dtype).filter(|k| !is_float_kind(*k)).unwrap_or(kind);
+                numel * stored.elt_size_in_bytes() as u64
+            })
+            .sum()
+    }
+
     pub(crate) fn describe(&self) -> String {
         let names: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
         names.join(", ")

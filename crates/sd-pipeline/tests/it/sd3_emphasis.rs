@@ -58,7 +58,8 @@ fn encoded_prompts_match_a1111_reference() {
 #[test]
 fn plain_prompts_are_bit_identical_to_diffusers_encoding() {
     let pipe = Sd3Pipeline::load(&fixtures().join("models/sd3"), Kind::Float, Device::Cpu, false).unwrap();
-    let (tok5, t5) = pipe.t5.as_ref().unwrap();
+    let enc = pipe.encoders().unwrap();
+    let (tok5, t5) = enc.t5.as_ref().unwrap();
     let _guard = tch::no_grad_guard();
     for text in ["a photograph of an astronaut riding a horse", "", "blurry, low quality"] {
         let clip = |e: &sd_pipeline::sd3::ClipEncoder| {
@@ -66,9 +67,9 @@ fn plain_prompts_are_bit_identical_to_diffusers_encoding() {
             let out = e.model.forward(&ids).unwrap();
             (out.hidden_states[out.hidden_states.len() - 2].shallow_clone(), out.text_embeds.unwrap())
         };
-        let ((l, pl), (g, pg)) = (clip(&pipe.clip_l), clip(&pipe.clip_g));
+        let ((l, pl), (g, pg)) = (clip(&enc.clip_l), clip(&enc.clip_g));
         let lg = Tensor::cat(&[l, g], -1);
-        let lg = lg.constant_pad_nd([0, pipe.transformer.config.joint_attention_dim - lg.size()[2]]);
+        let lg = lg.constant_pad_nd([0, pipe.config.joint_attention_dim - lg.size()[2]]);
         let ids: Vec<i64> = tok5.encode(text, 16).unwrap().into_iter().map(i64::from).collect();
         let want = Tensor::cat(&[lg, t5.forward(&Tensor::from_slice(&ids).unsqueeze(0)).unwrap()], 1);
         let got = pipe.encode_prompt(text, 16).unwrap();

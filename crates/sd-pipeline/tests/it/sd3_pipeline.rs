@@ -76,7 +76,7 @@ fn encode_prompt_matches_diffusers() {
 fn txt2img_matches_diffusers() {
     let with_t5 = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, false).unwrap();
     let no_t5 = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, true).unwrap();
-    assert!(with_t5.t5.is_some() && no_t5.t5.is_none());
+    assert!(with_t5.has_t5() && !no_t5.has_t5());
     for c in meta()["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let pipe = if c["t5"].as_bool().unwrap() { &with_t5 } else { &no_t5 };
@@ -92,6 +92,59 @@ fn txt2img_matches_diffusers() {
         assert!(dl <= 1e-4, "{name}: latents off by {dl}");
         assert!(di <= 1e-3, "{name}: image off by {di}");
     }
+}
+
+/// `sd generate`'s order, which lets SD3.5 Large fit 24 GB: encode, free the encoders, load the transformer,
+/// denoise, free it, decode. The image is the resident pipeline's (checked against diffusers above), bit for bit,
+/// and a part used after it was freed is a clear error.
+#[test]
+fn staged_loading_gives_the_resident_pipelines_image() {
+    let c = &meta()["cases"][0];
+    assert!(c["t5"].as_bool().unwrap(), "the first case runs with T5");
+    let req = case_request(c);
+    let resident = Sd3Pipeline::load(&model(), Kind::Float, Device::Cpu, false).unwrap();
+    let (want_images, want_latents) = resident.generate(&req).unwrap();
+    drop(resident);
+    let mut staged = Sd3Pipeline::load_staged(&model(), Kind::Float, Device::Cpu, false, &[]).unwrap();
+    let e = staged.denoise_encoded(&req, &staged.encode(&req).unwrap(), &mut sd_pipeline::generate::quiet());
+    assert!(format!("{:#}", e.unwrap_err()).contains("transformer is not loaded"));
+    let prompts = staged.encode(&req).unwrap();
+    staged.release_text_encoders();
+    let Err(e) = staged.encode(&req) else { panic!("encoded with released text encoders") };
+    assert!(format!("{e:#}").contains("text encoders were released"), "{e:#}");
+    staged.load_transformer().unwrap();
+    let (latents, done, interrupted) =
+        staged.denoise_encoded(&req, &prompts, &mut sd_pipeline::generate::quiet()).unwrap();
+    assert_eq!((done, interrupted), (req.steps, false));
+    staged.release_transformer();
+    assert!(format!("{:#}", staged.load_transformer().unwrap_err()).contains("transformer was released"));
+    let images = staged.decode(&latents).unwrap();
+    assert!(latents.equal(&want_latents), "latents differ from the resident pipeline's");
+    assert!(images.equal(&want_images), "images differ from the resident pipeline's");
+}
+
+/// The memory check reads each part's size from the headers: every weight of the fixture is a float, so f32
+/// takes exactly twice bf16, and T5 is counted only where the folder has it.
+#[test]
+fn weight_sizes_come_from_the_headers() {
+    use sd_pipeline::sd3_memory::{Residency, Sd3Weights};
+    let f32w = Sd3Weights::of_folder(&model(), Kind::Float).unwrap();
+    let bf16 = Sd3Weights::of_folder(&model(), Kind::BFloat16).unwrap();
+    assert!(f32w.transformer > 0 && f32w.clips > 0 && f32w.t5 > 0 && f32w.vae > 0, "{f32w:?}");
+    assert_eq!(
+        (f32w.transformer, f32w.clips, f32w.t5, f32w.vae),
+        (2 * bf16.transformer, 2 * bf16.clips, 2 * bf16.t5, 2 * bf16.vae)
+    );
+    let all = f32w.peak(Residency::AllLoaded, true);
+    assert_eq!(all, f32w.transformer + f32w.clips + f32w.t5 + f32w.vae);
+    // the transformer's count is what its file holds: parameters × 4 bytes
+    let files =
+        sd_core::weights::SafeTensorsFiles::open_path(&model().join("transformer/diffusion_pytorch_model.safetensors"))
+            .unwrap();
+    let params: u64 = files.names().map(|n| files.entry(n).unwrap().shape.iter().product::<i64>() as u64).sum();
+    assert_eq!(f32w.transformer, 4 * params);
+    let e = sd_pipeline::sd3_memory::check_fits(&f32w, Kind::Float, true, Residency::AllLoaded, Some(all - 1));
+    assert!(e.unwrap_err().to_string().contains("run with --dtype bf16"));
 }
 
 #[test]

@@ -28,7 +28,7 @@ fn single_file_sd3_converts_once_and_renders_diffusers_latents() {
     assert!(sd_pipeline::single_file::is_sd3_file(&file));
     let folder = sd_pipeline::single_file::converted_folder(&file, Some(&dir().join("config"))).unwrap();
     let pipe = Sd3Pipeline::load(&folder, Kind::Float, Device::Cpu, false).unwrap();
-    assert!(pipe.t5.is_some());
+    assert!(pipe.has_t5());
 
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap();
