@@ -208,5 +208,8 @@ fn train_demo(extra: &[String]) -> Result<()> {
     let mut args = vec!["run", "--release", "-p", "sd-train", "--example", "train_demo", "--", work, out];
     args.extend(extra.iter().map(|s| s.as_str()));
     util::cargo(&root, &args)?;
-    util::cargo(&root, &["run", "--release", "-p", "sd-train", "--example", "shapes_eval", "--", out, "32", "20"])
+    util::cargo(
+        &root,
+        &["run", "--release", "-p", "sd-train", "--example", "shapes_eval", "--", out, "32", "20", "auto"],
+    )
 }

@@ -221,6 +221,13 @@ pub fn held_out_scenes() -> Vec<Scene> {
     scene_order()[..50].iter().map(|&n| Scene::nth(n)).collect()
 }
 
+/// 50 training scenes (the 50 after the held-out ones in [`scene_order`]'s order) for choosing sampling settings
+/// such as the guidance scale: they are drawn with other seeds than any evaluation uses, and choosing on them
+/// leaves the held-out prompts untouched until the one score they give.
+pub fn validation_scenes() -> Vec<Scene> {
+    scene_order()[50..100].iter().map(|&n| Scene::nth(n)).collect()
+}
+
 /// The distinct captions the training set uses (the 400 scenes not held out), in scene order: written next to
 /// the demo model so anyone can check that no held-out prompt was trained on as such.
 pub fn training_captions() -> Vec<String> {

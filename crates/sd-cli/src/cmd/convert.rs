@@ -7,7 +7,7 @@
 use crate::cmd::usage;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use sd_models::convert::{self, writer::WriteOptions, ConvertOptions, Family, Only, Prediction};
+use sd_models::convert::{self, sd3_encoders::Encoder, writer::WriteOptions, ConvertOptions, Family, Only, Prediction};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Kind;
@@ -43,6 +43,19 @@ pub struct Args {
     /// folder: its configs and tokenizers, and the text encoders the file lacks, are taken from it
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
+    /// SD3: the CLIP-L text encoder from a file of its own (ComfyUI's `clip_l.safetensors`; transformers layout)
+    #[arg(long, value_name = "FILE")]
+    pub clip_l: Option<PathBuf>,
+    /// SD3: the CLIP-G text encoder from a file of its own (ComfyUI's `clip_g.safetensors`)
+    #[arg(long, value_name = "FILE")]
+    pub clip_g: Option<PathBuf>,
+    /// SD3: the T5-XXL encoder from a file of its own (`t5xxl_fp16.safetensors`, `t5xxl_fp8_e4m3fn.safetensors`)
+    #[arg(long, value_name = "FILE")]
+    pub t5: Option<PathBuf>,
+    /// SD3: the T5 tokenizer (ComfyUI's `t5_tokenizer/` folder, or a `tokenizer.json` / `spiece.model` file), which
+    /// cannot be rebuilt from the weights
+    #[arg(long, value_name = "PATH")]
+    pub t5_tokenizer: Option<PathBuf>,
     /// Replace the output folder if it exists
     #[arg(long)]
     pub overwrite: bool,
@@ -118,6 +131,18 @@ fn report_left_out(ignored: &[(String, &str)], unknown: &[String]) {
 
 /// The checkpoint-only flags (`--family`, `--prediction`, `--ema`, `--only`, `--vae`) refused for a file that is
 /// `what` (a ControlNet, an SD3 checkpoint): usage error naming the first one given.
+/// The first SD3-only flag given, if any.
+fn sd3_flag(args: &Args) -> Option<&'static str> {
+    [
+        ("--clip-l", args.clip_l.is_some()),
+        ("--clip-g", args.clip_g.is_some()),
+        ("--t5", args.t5.is_some()),
+        ("--t5-tokenizer", args.t5_tokenizer.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(f, set)| set.then_some(f))
+}
+
 fn refuse_checkpoint_flags(args: &Args, opts: &ConvertOptions, what: &str) -> Result<()> {
     let stray = [
         ("--family", opts.family.is_some()),
@@ -173,6 +198,9 @@ pub fn run(args: Args) -> Result<()> {
     if convert::sd3::detect(&src.names()) {
         return run_sd3(&args, &opts, dtype, src.as_ref());
     }
+    if let Some(flag) = sd3_flag(&args) {
+        usage!("{flag} applies to SD3 / SD3.5 checkpoints; {} is not one", args.input.display());
+    }
     let vae = match &args.vae {
         Some(p) => Some(convert::open(p).with_context(|| format!("--vae {}", p.display()))?),
         None => None,
@@ -219,6 +247,9 @@ fn run_controlnet(
     layout: convert::controlnet::Layout,
 ) -> Result<()> {
     refuse_checkpoint_flags(args, opts, "a ControlNet, not a Stable Diffusion checkpoint")?;
+    if let Some(flag) = sd3_flag(args) {
+        usage!("{flag} applies to SD3 / SD3.5 checkpoints; {} is a ControlNet", args.input.display());
+    }
     let given = match &args.config_dir {
         Some(d) => Some(
             convert::controlnet::GivenConfig::read(&d.join("config.json"))
@@ -254,7 +285,24 @@ fn run_controlnet(
 /// file lacks (text encoders, the T5 tokenizer) is said after the conversion.
 fn run_sd3(args: &Args, opts: &ConvertOptions, dtype: Option<Kind>, src: &dyn convert::TensorSource) -> Result<()> {
     refuse_checkpoint_flags(args, opts, "an SD3 / SD3.5 checkpoint")?;
-    let plan = convert::sd3::plan(src, args.config_dir.as_deref(), opts.allow_unknown)?;
+    let mut opened = Vec::new();
+    for (enc, path) in [(Encoder::ClipL, &args.clip_l), (Encoder::ClipG, &args.clip_g), (Encoder::T5, &args.t5)] {
+        if let Some(p) = path {
+            opened.push((
+                enc,
+                p.as_path(),
+                convert::open(p).with_context(|| format!("{} {}", enc.flag(), p.display()))?,
+            ));
+        }
+    }
+    let files: Vec<(Encoder, &Path, &dyn convert::TensorSource)> =
+        opened.iter().map(|(e, p, s)| (*e, *p, s.as_ref())).collect();
+    let joined = convert::sd3_encoders::join(src, &files)?;
+    let src: &dyn convert::TensorSource = &joined;
+    let mut plan = convert::sd3::plan(src, args.config_dir.as_deref(), opts.allow_unknown)?;
+    if let Some(t) = &args.t5_tokenizer {
+        plan.use_t5_tokenizer(t).map_err(|e| super::UsageError(format!("{e:#}")))?;
+    }
     let cfg = &plan.configs[&convert::Component::Transformer];
     eprintln!(
         "{}: SD3 ({} blocks{}{}), {} tensors, transformer config {} → {}",
@@ -269,7 +317,9 @@ fn run_sd3(args: &Args, opts: &ConvertOptions, dtype: Option<Kind>, src: &dyn co
     for (c, from) in &plan.copied {
         eprintln!("  {} copied from {}", c.folder(), from.display());
     }
-    report_left_out(&plan.ignored, &plan.unknown);
+    let mut ignored = plan.ignored.clone();
+    ignored.extend(joined.dropped.iter().cloned());
+    report_left_out(&ignored, &plan.unknown);
     let wopts = WriteOptions {
         dtype,
         overwrite: args.overwrite,

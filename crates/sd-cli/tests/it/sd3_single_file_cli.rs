@@ -77,6 +77,74 @@ fn convert_then_generate_and_generate_from_the_file_match_diffusers() {
     assert_eq!(image::open(&png).unwrap().to_rgb8(), image::open(&png2).unwrap().to_rgb8());
 }
 
+/// The fixture as ComfyUI users hold SD3 (MMDiT + VAE, and `clip_l`, `clip_g`, `t5xxl` files of their own) converts
+/// with `--clip-l --clip-g --t5 --t5-tokenizer` into a folder that draws diffusers' image; those flags are refused
+/// for other checkpoints.
+#[test]
+fn separate_encoder_files_convert_to_the_single_files_image() {
+    use tch::Tensor;
+    let tmp = tempfile::tempdir().unwrap();
+    let all = Tensor::read_safetensors(dir().join("sd3_tiny.safetensors")).unwrap();
+    let write = |name: &str, keep: &dyn Fn(&str) -> Option<String>| {
+        let part: Vec<(String, Tensor)> =
+            all.iter().filter_map(|(n, t)| keep(n).map(|k| (k, t.shallow_clone()))).collect();
+        let p = tmp.path().join(name);
+        Tensor::write_safetensors(&part, &p).unwrap();
+        p
+    };
+    let main = write("mmdit.safetensors", &|n| (!n.starts_with("text_encoders.")).then(|| n.to_string()));
+    let strip = |prefix: &'static str| move |n: &str| n.strip_prefix(prefix).map(String::from);
+    let l = write("clip_l.safetensors", &strip("text_encoders.clip_l.transformer."));
+    let g = write("clip_g.safetensors", &strip("text_encoders.clip_g.transformer."));
+    let t5 = write("t5xxl_fp16.safetensors", &strip("text_encoders.t5xxl.transformer."));
+    let folder = tmp.path().join("from-four-files");
+    let (code, err) = run(sd()
+        .arg("convert")
+        .arg(&main)
+        .arg("-o")
+        .arg(&folder)
+        .arg("--clip-l")
+        .arg(&l)
+        .arg("--clip-g")
+        .arg(&g)
+        .arg("--t5")
+        .arg(&t5)
+        .arg("--t5-tokenizer")
+        .arg(dir().join("config/tokenizer_3/tokenizer.json"))
+        .arg("--config-dir")
+        .arg(dir().join("config")));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("note:"), "{err}");
+    assert!(folder.join("tokenizer_3/tokenizer.json").is_file() && folder.join("text_encoder_3").is_dir());
+    let png = tmp.path().join("four.png");
+    let (code, err) = run(&mut generate(&folder, &png));
+    assert_eq!(code, 0, "{err}");
+    let (off, n) = values_off(&png);
+    assert!(off * 1000 <= n, "{off} of {n} values off by more than 1");
+
+    // the checkpoint already has CLIP-L: exit 1, named
+    let (code, err) = run(sd()
+        .arg("convert")
+        .arg(dir().join("sd3_tiny.safetensors"))
+        .arg("-o")
+        .arg(tmp.path().join("x"))
+        .arg("--clip-l")
+        .arg(&l));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already holds a CLIP-L text encoder"), "{err}");
+    assert!(!tmp.path().join("x").exists());
+    // an SD3 flag on a checkpoint of another family: usage error
+    let (code, err) = run(sd()
+        .arg("convert")
+        .arg(dir().join("../convert/sd1.safetensors"))
+        .arg("-o")
+        .arg(tmp.path().join("y"))
+        .arg("--t5")
+        .arg(&t5));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--t5 applies to SD3"), "{err}");
+}
+
 #[test]
 fn a_file_without_text_encoders_converts_with_notes_and_unet_flags_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@
 //! | [`ldm`] | UNet and VAE name mapping |
 //! | [`clip`] | CLIP-L and OpenCLIP-H/bigG text encoder mapping |
 //! | [`sd3`] | single-file SD3 / SD3.5 (original MMDiT names, VAE, CLIP-L, CLIP-G, T5) and the configs inferred from shapes |
+//! | [`sd3_encoders`] | SD3 text encoders in files of their own (ComfyUI's `clip_l`, `clip_g`, `t5xxl`) joined to an MMDiT file |
 //! | [`controlnet`] | single-file ControlNets (original lllyasviel layout, 1.0 bundles, diffusers layout) and their config |
 //! | [`plan`] | the per-tensor conversion plan and its executor |
 //! | [`family`] | model family detection, ignore table, text-encoder planning |
@@ -30,6 +31,7 @@ pub mod ldm;
 pub mod pickle;
 pub mod plan;
 pub mod sd3;
+pub mod sd3_encoders;
 pub mod source;
 pub mod tokenizer;
 pub mod torch_zip;

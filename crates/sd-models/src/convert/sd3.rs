@@ -43,6 +43,8 @@ pub const CLIP_G_PREFIX: &str = "text_encoders.clip_g.transformer.";
 pub const T5_PREFIX: &str = "text_encoders.t5xxl.transformer.";
 /// The key that tells an SD3 MMDiT from anything else (diffusers' marker too).
 const MARKER: &str = "joint_blocks.0.context_block.adaLN_modulation.1.bias";
+/// How the note on a missing T5 tokenizer starts.
+const T5_TOKENIZER_NOTE: &str = "the T5 tokenizer cannot be made from the weights";
 /// The head width of every released SD3 / SD3.5 model, used when the shapes do not say (no qk norm).
 const DEFAULT_HEAD_DIM: i64 = 64;
 
@@ -80,12 +82,45 @@ pub struct Sd3Plan {
     pub unknown: Vec<String>,
     /// What the user should know about the result (text encoders missing, a tokenizer to supply).
     pub notes: Vec<String>,
+    /// T5 tokenizer files to write as `tokenizer_3/` (see [`Sd3Plan::use_t5_tokenizer`]).
+    pub t5_tokenizer: Vec<PathBuf>,
 }
 
 impl Sd3Plan {
     pub fn components(&self) -> Vec<Component> {
         let set: BTreeSet<Component> = self.items.iter().map(|i| i.component).collect();
         set.into_iter().collect()
+    }
+
+    /// Take the T5 tokenizer from `path` (`--t5-tokenizer`): a `tokenizer.json` or `spiece.model` file, or a
+    /// folder holding one (ComfyUI's `t5_tokenizer/`, a diffusers `tokenizer_3/`), whose files are copied.
+    pub fn use_t5_tokenizer(&mut self, path: &Path) -> Result<()> {
+        const NAMES: [&str; 2] = ["tokenizer.json", "spiece.model"];
+        let shown = path.display();
+        let files: Vec<PathBuf> = if path.is_dir() {
+            if !NAMES.iter().any(|n| path.join(n).is_file()) {
+                bail!("--t5-tokenizer {shown}: the folder has neither tokenizer.json nor spiece.model");
+            }
+            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("--t5-tokenizer {shown}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            v.sort();
+            v
+        } else if path.file_name().is_some_and(|n| NAMES.iter().any(|k| n == *k)) {
+            vec![path.to_path_buf()]
+        } else if path.is_file() {
+            bail!("--t5-tokenizer {shown}: a tokenizer.json or spiece.model file (or a folder with one) was expected");
+        } else {
+            bail!("--t5-tokenizer {shown}: no such file or folder");
+        };
+        if !self.has(Component::TextEncoder3) {
+            bail!("--t5-tokenizer {shown} was given, but the result has no T5 encoder (pass --t5 with its weights)");
+        }
+        self.notes.retain(|n| !n.starts_with(T5_TOKENIZER_NOTE));
+        self.t5_tokenizer = files;
+        Ok(())
     }
 
     /// Whether the written folder will have `c` (from the file or copied from `--config-dir`).
@@ -585,17 +620,17 @@ pub fn plan(src: &dyn TensorSource, config_dir: Option<&Path>, allow_unknown: bo
             ),
         }
     } else if config_dir.is_none_or(|d| !d.join("tokenizer_3").is_dir()) {
-        notes.push(
-            "the T5 tokenizer cannot be made from the weights: copy tokenizer_3/ from a diffusers SD3 folder into the \
-             result (or pass that folder as --config-dir), or run with --no-t5"
-                .into(),
-        );
+        notes.push(format!(
+            "{T5_TOKENIZER_NOTE}: pass --t5-tokenizer (ComfyUI's t5_tokenizer/ folder, a tokenizer.json or \
+             spiece.model), or a diffusers SD3 folder as --config-dir, or copy tokenizer_3/ from one into the result \
+             later; until then run it with --no-t5"
+        ));
     }
     let scheduler = match read_config(config_dir, "scheduler/scheduler_config.json")? {
         Some((_, v)) => v,
         None => canonical(include_str!("configs/scheduler_sd3.json")),
     };
-    Ok(Sd3Plan { items, configs, scheduler, copied, config_origin, ignored, unknown, notes })
+    Ok(Sd3Plan { items, configs, scheduler, copied, config_origin, ignored, unknown, notes, t5_tokenizer: Vec::new() })
 }
 
 /// T5-XXL's config patched with what the weights say (widths, heads, depth, vocabulary, position buckets).

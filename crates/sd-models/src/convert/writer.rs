@@ -101,7 +101,7 @@ pub fn write_controlnet_folder(
 /// Write a converted single-file SD3 checkpoint as a diffusers `StableDiffusion3Pipeline` folder at `out`,
 /// atomically like [`write_folder`]: each component's config and weights, text encoders the file lacks copied from
 /// `--config-dir` when it has them, the scheduler, the tokenizers (CLIP ones from `--config-dir` or built from the
-/// CLIP vocabulary; T5's only from `--config-dir`, since it cannot be built from the weights) and
+/// CLIP vocabulary; T5's from `--config-dir` or `--t5-tokenizer`, since it cannot be built from the weights) and
 /// `model_index.json` naming exactly the components written.
 pub fn write_sd3_folder(
     plan: &Sd3Plan,
@@ -139,6 +139,13 @@ pub fn write_sd3_folder(
             }
             let dest = tmp.join(folder);
             match (given(folder), pad, &opts.vocab) {
+                (_, None, _) if !plan.t5_tokenizer.is_empty() => {
+                    fs::create_dir_all(&dest)?;
+                    for f in &plan.t5_tokenizer {
+                        let name = f.file_name().ok_or_else(|| anyhow!("{} has no file name", f.display()))?;
+                        fs::copy(f, dest.join(name)).with_context(|| format!("copying {}", f.display()))?;
+                    }
+                }
                 (Some(d), _, _) => copy_dir(&d, &dest)?,
                 (None, Some(pad), Some(v)) => tokenizer::write_clip_tokenizer(v, &dest, pad)?,
                 (None, Some(_), None) => bail!(

@@ -7,7 +7,7 @@
 //! - the config inferred from the shapes alone equals the pipeline's;
 //! - bad files: truncated, missing or misshaped tensors, absurd block numbers, gaps — errors naming the problem.
 
-use sd_models::convert::{self, sd3, Component, TensorSource};
+use sd_models::convert::{self, sd3, sd3_encoders, Component, TensorSource};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -222,4 +222,104 @@ fn bad_truncated_and_lying_files_give_clear_errors() {
     let e = convert::open(&tmp).err().map(|e| format!("{e:#}")).unwrap_or_default();
     std::fs::remove_file(&tmp).unwrap();
     assert!(!e.is_empty(), "a truncated file opened");
+}
+
+/// The fixture file cut as ComfyUI users hold SD3: the MMDiT and VAE in one file, each text encoder in its own
+/// (CLIP-L bare, CLIP-G under `transformer.`, T5 bare with a stray decoder tensor, as a full T5 save has).
+fn split_fixture(tmp: &std::path::Path) -> [PathBuf; 4] {
+    let all = Tensor::read_safetensors(dir().join("sd3_tiny.safetensors")).unwrap();
+    let part = |prefix: &str, wrapper: &str| -> Vec<(String, Tensor)> {
+        all.iter()
+            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|l| (format!("{wrapper}{l}"), t.shallow_clone())))
+            .collect()
+    };
+    let main: Vec<(String, Tensor)> = all
+        .iter()
+        .filter(|(n, _)| !n.starts_with("text_encoders."))
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let mut t5 = part(sd3::T5_PREFIX, "");
+    t5.push(("decoder.final_layer_norm.weight".into(), Tensor::ones([8], (Kind::Float, tch::Device::Cpu))));
+    let files = [
+        (tmp.join("mmdit.safetensors"), main),
+        (tmp.join("clip_l.safetensors"), part(sd3::CLIP_L_PREFIX, "")),
+        (tmp.join("clip_g.safetensors"), part(sd3::CLIP_G_PREFIX, "transformer.")),
+        (tmp.join("t5xxl.safetensors"), t5),
+    ];
+    for (p, tensors) in &files {
+        assert!(!tensors.is_empty(), "{}", p.display());
+        Tensor::write_safetensors(tensors, p).unwrap();
+    }
+    files.map(|(p, _)| p)
+}
+
+#[test]
+fn separate_encoder_files_convert_as_the_single_file_does() {
+    use sd3_encoders::Encoder;
+    let tmp = tempfile::tempdir().unwrap();
+    let [main, l, g, t5] = split_fixture(tmp.path());
+    let srcs: Vec<Box<dyn TensorSource>> = [&main, &l, &g, &t5].iter().map(|p| convert::open(p).unwrap()).collect();
+    let files = [
+        (Encoder::ClipL, l.as_path(), srcs[1].as_ref()),
+        (Encoder::ClipG, g.as_path(), srcs[2].as_ref()),
+        (Encoder::T5, t5.as_path(), srcs[3].as_ref()),
+    ];
+    let joined = sd3_encoders::join(srcs[0].as_ref(), &files).unwrap();
+    assert_eq!(joined.dropped.len(), 1, "{:?}", joined.dropped);
+    assert!(joined.dropped[0].0.starts_with("decoder.final_layer_norm.weight"), "{:?}", joined.dropped);
+    let plan = sd3::plan(&joined, Some(&dir().join("config")), false).unwrap();
+    assert!(plan.unknown.is_empty() && plan.notes.is_empty(), "{:?} {:?}", plan.unknown, plan.notes);
+    assert!(plan.copied.is_empty(), "every encoder comes from its file, none from --config-dir: {:?}", plan.copied);
+    let got = sd3::load_tensors(&joined, &plan).unwrap();
+    assert_eq!(got.len(), 5);
+    let n = compare(&got, &expected()["sd3_tiny"], "sd3_tiny split into four files");
+    assert!(n > 150, "{n}");
+
+    // without --config-dir the T5 tokenizer is asked for, and --t5-tokenizer answers it
+    let mut plan = sd3::plan(&joined, None, false).unwrap();
+    assert!(plan.notes.iter().any(|n| n.contains("--t5-tokenizer")), "{:?}", plan.notes);
+    let tok_dir = dir().join("config/tokenizer_3");
+    plan.use_t5_tokenizer(&tok_dir).unwrap();
+    assert!(plan.notes.is_empty(), "{:?}", plan.notes);
+    assert!(plan.t5_tokenizer.iter().any(|p| p.ends_with("tokenizer.json") || p.ends_with("spiece.model")));
+    let e = plan.use_t5_tokenizer(&main).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json or spiece.model"), "{e}");
+}
+
+#[test]
+fn separate_encoder_files_are_refused_when_they_do_not_fit() {
+    use sd3_encoders::Encoder;
+    let tmp = tempfile::tempdir().unwrap();
+    let [main, l, g, t5] = split_fixture(tmp.path());
+    let whole = convert::open(&dir().join("sd3_tiny.safetensors")).unwrap();
+    let (srcm, srcl, srcg, srct) = (
+        convert::open(&main).unwrap(),
+        convert::open(&l).unwrap(),
+        convert::open(&g).unwrap(),
+        convert::open(&t5).unwrap(),
+    );
+    let err = |r: anyhow::Result<sd3_encoders::WithEncoders>| format!("{:#}", r.err().expect("an error"));
+    // the checkpoint already holds CLIP-L
+    let e = err(sd3_encoders::join(whole.as_ref(), &[(Encoder::ClipL, l.as_path(), srcl.as_ref())]));
+    assert!(e.contains("already holds a CLIP-L text encoder") && e.contains("--clip-l"), "{e}");
+    // a T5 file passed as CLIP-G
+    let e = err(sd3_encoders::join(srcm.as_ref(), &[(Encoder::ClipG, t5.as_path(), srct.as_ref())]));
+    assert!(
+        e.contains("--clip-g") && e.contains("not a transformers-layout CLIP-G") && e.contains("text_model."),
+        "{e}"
+    );
+    // the same flag twice
+    let e = err(sd3_encoders::join(
+        srcm.as_ref(),
+        &[(Encoder::ClipG, g.as_path(), srcg.as_ref()), (Encoder::ClipG, g.as_path(), srcg.as_ref())],
+    ));
+    assert!(e.contains("--clip-g is given twice"), "{e}");
+    // a file of two encoders: keys outside the encoder's prefix
+    let both = tmp.path().join("both.safetensors");
+    let mut tensors = Tensor::read_safetensors(&g).unwrap();
+    tensors.push(("shared.weight".into(), Tensor::zeros([4, 4], (Kind::Float, tch::Device::Cpu))));
+    Tensor::write_safetensors(&tensors, &both).unwrap();
+    let srcb = convert::open(&both).unwrap();
+    let e = err(sd3_encoders::join(srcm.as_ref(), &[(Encoder::ClipG, both.as_path(), srcb.as_ref())]));
+    assert!(e.contains("`shared.weight` is outside"), "{e}");
 }

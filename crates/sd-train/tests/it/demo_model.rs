@@ -34,7 +34,15 @@ fn held_out_prompts_get_their_colour_shape_and_position() {
         assert!(!trained.contains(scene.caption().as_str()), "held-out prompt {:?} was trained on", scene.caption());
     }
     let sd = load();
-    let score = sd_train::demo::evaluate(&sd, 32, 20, sd_train::demo::EVAL_CFG, |_, _, _, _| Ok(())).unwrap();
+    let score = sd_train::demo::evaluate(
+        &sd,
+        sd_train::demo::PromptSet::HeldOut,
+        32,
+        20,
+        sd_train::demo::EVAL_CFG,
+        |_, _, _, _| Ok(()),
+    )
+    .unwrap();
     println!("{score}");
     assert_eq!(score.prompts, 50);
     let pct = score.percent(score.all_three);
