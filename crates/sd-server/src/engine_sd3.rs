@@ -31,7 +31,10 @@ pub fn load(spec: &str, cfg: &EngineConfig, loras: &[(std::path::PathBuf, f64)])
     } else {
         std::path::PathBuf::from(spec)
     };
-    Sd3Pipeline::load_with_loras(&root, sd_pipeline::sd3::dtype_for(&cfg.load), cfg.load.device, cfg.no_t5, loras)
+    let mut pipe =
+        Sd3Pipeline::load_with_loras(&root, sd_pipeline::sd3::dtype_for(&cfg.load), cfg.load.device, cfg.no_t5, loras)?;
+    pipe.set_attention_mode(cfg.load.attention);
+    Ok(pipe)
 }
 
 /// The job fields SD3 cannot honour yet, as (API field, message); checked when a job is submitted (a 400 naming

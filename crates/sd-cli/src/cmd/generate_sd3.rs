@@ -69,6 +69,7 @@ pub fn run(
     // In stages, so SD3.5 Large fits a 24 GB machine: the text encoders encode the prompts (the same for every
     // batch) and are freed, then the transformer loads; the last batch frees it before its VAE decode.
     let mut pipe = Sd3Pipeline::load_staged(&root, dtype, opts.device, args.load.no_t5, &opts.loras)?;
+    pipe.set_attention_mode(opts.attention);
     let mut load_s = t_load.elapsed().as_secs_f64();
     if let Some(s) = spinner {
         s.finish_and_clear();
