@@ -158,7 +158,7 @@ fn demo(extra: &[String]) -> Result<()> {
         "--height",
         "32",
         "--cfg-scale",
-        "3",
+        "1.5",
         "--upscale",
         "8",
         "--visible-label",

@@ -1,7 +1,8 @@
 //! The committed demo model `models/sd-tiny-shapes` (trained by `cargo xtask train-demo`):
-//! - it draws what held-out prompts name: ≥ 76 % of the 50 held-out prompts give the named colour, shape **and**
-//!   position, read back from the pixels by `sd_train::shapes::read` (measured 78 %: colour and position 100 %,
-//!   the misses are squares drawn with pinched sides, read as circles; #18 asks for 80 %);
+//! - it draws what held-out prompts name: ≥ 80 % of the 50 held-out prompts give the named colour, shape **and**
+//!   position, read back from the pixels by `sd_train::shapes::read`, at the guidance scale chosen on 50 validation
+//!   prompts (trained-on captions, other seeds) before the held-out ones are generated (measured: CFG 1.5 chosen,
+//!   88 % held out; colour and position 100 %, the misses are squares drawn with pinched sides, read as circles);
 //! - diffusers' `StableDiffusionPipeline` draws the same pictures from it (fixtures/demo_model, made by
 //!   scripts/fixtures/gen_95_demo_model.py): float within 1e-3, 8-bit within 1/255 on ≥ 99.9 % of values.
 
@@ -11,7 +12,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
-const MIN_ADHERENCE_PERCENT: f64 = 76.0;
+const MIN_ADHERENCE_PERCENT: f64 = 80.0;
 const FLOAT_TOL: f64 = 1e-3;
 const MIN_FRACTION_WITHIN_ONE_LEVEL: f64 = 0.999;
 
@@ -34,16 +35,16 @@ fn held_out_prompts_get_their_colour_shape_and_position() {
         assert!(!trained.contains(scene.caption().as_str()), "held-out prompt {:?} was trained on", scene.caption());
     }
     let sd = load();
-    let score = sd_train::demo::evaluate(
-        &sd,
-        sd_train::demo::PromptSet::HeldOut,
-        32,
-        20,
-        sd_train::demo::EVAL_CFG,
-        |_, _, _, _| Ok(()),
-    )
-    .unwrap();
-    println!("{score}");
+    // The guidance scale is chosen on the validation prompts (trained-on captions, other seeds), as
+    // `cargo xtask train-demo` chooses it, and is the one the crate documents; the held-out prompts are scored once.
+    let (cfg, grid) = sd_train::demo::choose_cfg(&sd, 32, 20).unwrap();
+    for (c, s) in &grid {
+        println!("CFG {c}: {s}");
+    }
+    assert_eq!(cfg, sd_train::demo::EVAL_CFG, "the validation prompts choose CFG {cfg}, the crate documents another");
+    let score =
+        sd_train::demo::evaluate(&sd, sd_train::demo::PromptSet::HeldOut, 32, 20, cfg, |_, _, _, _| Ok(())).unwrap();
+    println!("CFG {cfg}: {score}");
     assert_eq!(score.prompts, 50);
     let pct = score.percent(score.all_three);
     assert!(

@@ -1,7 +1,7 @@
 //! The procedural shapes dataset and its adherence checker: the checker must read back every rendered scene
 //! (including jittered ones) exactly, and held-out scenes never appear in the training set.
 
-use sd_train::shapes::{dataset, held_out_scenes, read, Scene, COLOURS, POSITIONS, SHAPES};
+use sd_train::shapes::{dataset, held_out_scenes, read, validation_scenes, Scene, COLOURS, POSITIONS, SHAPES};
 
 #[test]
 fn checker_reads_every_scene_back() {
@@ -22,6 +22,19 @@ fn checker_reads_every_scene_back() {
         }
     }
     assert!(wrong.is_empty(), "{} misreadings, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+}
+
+/// The validation prompts (for choosing the guidance scale) are 50 distinct training captions, none held out.
+#[test]
+fn validation_scenes_are_training_captions() {
+    let held: Vec<String> = held_out_scenes().iter().map(Scene::caption).collect();
+    let val: std::collections::BTreeSet<String> = validation_scenes().iter().map(Scene::caption).collect();
+    assert_eq!(val.len(), 50);
+    let trained: std::collections::BTreeSet<String> = sd_train::shapes::training_captions().into_iter().collect();
+    assert!(
+        val.iter().all(|c| trained.contains(c) && !held.contains(c)),
+        "a validation caption is held out or untrained"
+    );
 }
 
 #[test]
