@@ -221,7 +221,7 @@ pub fn held_out_scenes() -> Vec<Scene> {
     scene_order()[..50].iter().map(|&n| Scene::nth(n)).collect()
 }
 
-/// 50 training scenes (the 50 after the held-out ones in [`scene_order`]'s order) for choosing sampling settings
+/// 50 training scenes (the 50 after the held-out ones in the fixed shuffled order) for choosing sampling settings
 /// such as the guidance scale: they are drawn with other seeds than any evaluation uses, and choosing on them
 /// leaves the held-out prompts untouched until the one score they give.
 pub fn validation_scenes() -> Vec<Scene> {
