@@ -3,7 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | [`config::TrainConfig`]: every setting of a run |
-//! | [`demo`] | the `sd-tiny-shapes` demo: base-folder scaffold and VAE training |
+//! | [`demo`] | the `sd-tiny-shapes` demo: base-folder scaffold, VAE training, prompt-adherence scoring and the guidance scale chosen on validation prompts |
 //! | [`dataset`] | image + caption folders / `metadata.jsonl`, resizing and cropping, epoch shuffling |
 //! | [`optout`] | rights holders' reservations against AI training: which images are left out, and why |
 //! | [`record`] | `dataset_manifest.jsonl` and the `README.md` model card written with every checkpoint |
@@ -14,7 +14,7 @@
 //! | [`trainer`] | [`trainer::Trainer`]: models, seeded batches, one optimizer step |
 //! | [`checkpoint`] | diffusers folders out, `training_state.*` for `--resume` |
 //! | [`run`] | the loop: steps, loss log, checkpoints, preview samples |
-//! | [`shapes`] | `procedural:shapes` demo dataset and the shape/colour/position adherence checker |
+//! | [`shapes`] | `procedural:shapes` demo dataset, its held-out and validation scenes, and the shape/colour/position adherence checker |
 
 pub mod checkpoint;
 pub mod config;
