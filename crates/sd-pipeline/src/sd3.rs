@@ -423,12 +423,11 @@ impl Sd3Pipeline {
             return Ok(());
         }
         let (dir, mut merger) = self.pending.take().context("this pipeline's transformer was released")?;
-        let transformer = match merger.as_mut() {
+        let mut transformer = match merger.as_mut() {
             None => SD3Transformer2DModel::load(&dir, self.kind, self.device),
             Some(m) => load_transformer_merged(&dir, m, self.kind, self.device),
         }
         .context("loading transformer/")?;
-        let mut transformer = transformer;
         transformer.set_attention_mode(self.attention);
         self.config = transformer.config.clone();
         if let Some(m) = merger {
