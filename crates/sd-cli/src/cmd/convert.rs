@@ -129,8 +129,6 @@ fn report_left_out(ignored: &[(String, &str)], unknown: &[String]) {
     }
 }
 
-/// The checkpoint-only flags (`--family`, `--prediction`, `--ema`, `--only`, `--vae`) refused for a file that is
-/// `what` (a ControlNet, an SD3 checkpoint): usage error naming the first one given.
 /// The first SD3-only flag given, if any.
 fn sd3_flag(args: &Args) -> Option<&'static str> {
     [
@@ -143,6 +141,8 @@ fn sd3_flag(args: &Args) -> Option<&'static str> {
     .find_map(|(f, set)| set.then_some(f))
 }
 
+/// The checkpoint-only flags (`--family`, `--prediction`, `--ema`, `--only`, `--vae`) refused for a file that is
+/// `what` (a ControlNet, an SD3 checkpoint): usage error naming the first one given.
 fn refuse_checkpoint_flags(args: &Args, opts: &ConvertOptions, what: &str) -> Result<()> {
     let stray = [
         ("--family", opts.family.is_some()),

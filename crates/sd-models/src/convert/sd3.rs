@@ -82,8 +82,9 @@ pub struct Sd3Plan {
     pub unknown: Vec<String>,
     /// What the user should know about the result (text encoders missing, a tokenizer to supply).
     pub notes: Vec<String>,
-    /// T5 tokenizer files to write as `tokenizer_3/` (see [`Sd3Plan::use_t5_tokenizer`]).
-    pub t5_tokenizer: Vec<PathBuf>,
+    /// A T5 tokenizer file, or a folder whose files are, to write as `tokenizer_3/` (see
+    /// [`Sd3Plan::use_t5_tokenizer`]).
+    pub t5_tokenizer: Option<PathBuf>,
 }
 
 impl Sd3Plan {
@@ -97,29 +98,20 @@ impl Sd3Plan {
     pub fn use_t5_tokenizer(&mut self, path: &Path) -> Result<()> {
         const NAMES: [&str; 2] = ["tokenizer.json", "spiece.model"];
         let shown = path.display();
-        let files: Vec<PathBuf> = if path.is_dir() {
+        if path.is_dir() {
             if !NAMES.iter().any(|n| path.join(n).is_file()) {
                 bail!("--t5-tokenizer {shown}: the folder has neither tokenizer.json nor spiece.model");
             }
-            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("--t5-tokenizer {shown}"))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect();
-            v.sort();
-            v
-        } else if path.file_name().is_some_and(|n| NAMES.iter().any(|k| n == *k)) {
-            vec![path.to_path_buf()]
-        } else if path.is_file() {
-            bail!("--t5-tokenizer {shown}: a tokenizer.json or spiece.model file (or a folder with one) was expected");
-        } else {
+        } else if !path.is_file() {
             bail!("--t5-tokenizer {shown}: no such file or folder");
-        };
+        } else if !path.file_name().is_some_and(|n| NAMES.iter().any(|k| n == *k)) {
+            bail!("--t5-tokenizer {shown}: a tokenizer.json or spiece.model file (or a folder with one) was expected");
+        }
         if !self.has(Component::TextEncoder3) {
             bail!("--t5-tokenizer {shown} was given, but the result has no T5 encoder (pass --t5 with its weights)");
         }
         self.notes.retain(|n| !n.starts_with(T5_TOKENIZER_NOTE));
-        self.t5_tokenizer = files;
+        self.t5_tokenizer = Some(path.to_path_buf());
         Ok(())
     }
 
@@ -630,7 +622,7 @@ pub fn plan(src: &dyn TensorSource, config_dir: Option<&Path>, allow_unknown: bo
         Some((_, v)) => v,
         None => canonical(include_str!("configs/scheduler_sd3.json")),
     };
-    Ok(Sd3Plan { items, configs, scheduler, copied, config_origin, ignored, unknown, notes, t5_tokenizer: Vec::new() })
+    Ok(Sd3Plan { items, configs, scheduler, copied, config_origin, ignored, unknown, notes, t5_tokenizer: None })
 }
 
 /// T5-XXL's config patched with what the weights say (widths, heads, depth, vocabulary, position buckets).

@@ -138,15 +138,10 @@ pub fn write_sd3_folder(
                 continue;
             }
             let dest = tmp.join(folder);
-            match (given(folder), pad, &opts.vocab) {
-                (_, None, _) if !plan.t5_tokenizer.is_empty() => {
-                    fs::create_dir_all(&dest)?;
-                    for f in &plan.t5_tokenizer {
-                        let name = f.file_name().ok_or_else(|| anyhow!("{} has no file name", f.display()))?;
-                        fs::copy(f, dest.join(name)).with_context(|| format!("copying {}", f.display()))?;
-                    }
-                }
-                (Some(d), _, _) => copy_dir(&d, &dest)?,
+            // T5's tokenizer from `--t5-tokenizer` first, then from `--config-dir`
+            let t5_given = if pad.is_none() { plan.t5_tokenizer.clone() } else { None };
+            match (t5_given.or_else(|| given(folder)), pad, &opts.vocab) {
+                (Some(d), _, _) => copy_dir_or_file(&d, &dest).with_context(|| format!("copying {}", d.display()))?,
                 (None, Some(pad), Some(v)) => tokenizer::write_clip_tokenizer(v, &dest, pad)?,
                 (None, Some(_), None) => bail!(
                     "the CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) is needed to write {folder}/; run `cargo \
@@ -300,6 +295,17 @@ pub fn write_safetensors(
     })?;
     let file = w.into_inner().map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error()))?;
     file.sync_all()?;
+    Ok(())
+}
+
+/// Copy the file `from` into the folder `to`, or, for a folder, its files ([`copy_dir`]).
+fn copy_dir_or_file(from: &Path, to: &Path) -> Result<()> {
+    if from.is_dir() {
+        return copy_dir(from, to);
+    }
+    let name = from.file_name().ok_or_else(|| anyhow!("{} has no file name", from.display()))?;
+    fs::create_dir_all(to)?;
+    fs::copy(from, to.join(name))?;
     Ok(())
 }
 
