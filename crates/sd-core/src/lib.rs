@@ -11,6 +11,7 @@
 //! | [`layout`] | channels-last (NHWC) memory order for convolution weights and activations |
 //! | [`model_dir`] | finding diffusers model folders on disk or in the offline Hugging Face cache |
 //! | [`onednn`] | bf16 convolutions and linear layers with weights packed once for oneDNN, residual adds and activations fused (C++ shim `shim/onednn.cpp`) |
+//! | [`winograd`] | 3×3 bf16 convolutions with 16 instead of 36 products per 2×2 outputs (Winograd F(2×2, 3×3)), where measured faster than oneDNN's direct kernel |
 //! | [`alloc`] | allocator tuning so activations reuse freed memory instead of fresh zeroed pages |
 //! | [`atomic`] | write-to-temp-then-rename, so no reader ever sees half a file |
 //! | [`hash`] | file hashes (A1111 "Model hash") |
@@ -32,6 +33,7 @@ pub mod onednn;
 pub mod resample;
 pub mod rng;
 pub mod weights;
+pub mod winograd;
 
 pub use device::{ComputeDevice, DTypeChoice};
 pub use rng::{NormalKernel, TorchGenerator};

@@ -12,6 +12,7 @@ use crate::stream;
 use anyhow::Result;
 use sd_core::onednn::{self, Unary};
 use sd_core::weights::{Init, VarBuilder};
+use sd_core::winograd;
 use tch::Tensor;
 
 /// `nn.Linear`: y = x·Wᵀ + b.
@@ -129,6 +130,9 @@ pub struct Conv2d {
     pub stride: i64,
     pub padding: i64,
     packed: bool,
+    /// The weight transformed for Winograd's F(2×2, 3×3) where that is faster ([`winograd::worth_it`]); `weight`
+    /// is then an empty placeholder.
+    winograd: Option<winograd::Weight>,
 }
 
 impl Conv2d {
@@ -149,8 +153,8 @@ impl Conv2d {
         } else {
             None
         };
-        let conv = Self { weight, bias, stride, padding, packed: false };
-        Ok(if vb.packs_weights() { conv.packed() } else { conv })
+        let conv = Self { weight, bias, stride, padding, packed: false, winograd: None };
+        Ok(if vb.packs_weights() { conv.packed(vb.uses_winograd()) } else { conv })
     }
 
     /// Whether the weight is packed for oneDNN.
@@ -159,7 +163,20 @@ impl Conv2d {
     }
 
     /// This layer with its weight packed for oneDNN, or unchanged if packing fails (the plain kernels then run).
-    fn packed(self) -> Self {
+    /// With `winograd`, 3×3 stride-1 layers that [`winograd::worth_it`] picks are transformed for it instead.
+    fn packed(self, winograd: bool) -> Self {
+        let size = self.weight.size();
+        if winograd
+            && size[2..] == [3, 3]
+            && (self.stride, self.padding) == (1, 1)
+            && winograd::worth_it(size[1], size[0])
+        {
+            if let Ok(w) = winograd::Weight::new(&self.weight) {
+                sd_core::weights::forget_captured(&self.weight);
+                let placeholder = Tensor::empty([0], (self.weight.kind(), self.weight.device()));
+                return Self { weight: placeholder, packed: true, winograd: Some(w), ..self };
+            }
+        }
         // oneDNN picks the weight layout from an example input; without one it picks a layout that is 4× slower for
         // 1×1 convolutions. Any input size then runs on the packed layout (measured 8×8 to 64×64 latents).
         let example = [2, self.weight.size()[1], 64, 64];
@@ -173,6 +190,16 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(w) = &self.winograd {
+            return match winograd::conv(x, w, self.bias.as_ref()) {
+                Ok(y) => y,
+                // Only an input the kernel cannot take (not bf16) gets here: the plain kernel on the recovered weight.
+                Err(_) => {
+                    let weight = w.plain().to_kind(x.kind());
+                    x.conv2d(&weight, self.bias.as_ref().map(|b| b.to_kind(x.kind())).as_ref(), [1], [1], [1], 1)
+                }
+            };
+        }
         if self.packed {
             if let Ok(y) = onednn::conv(x, &self.weight, self.bias.as_ref(), self.padding, self.stride, Unary::None) {
                 return y;

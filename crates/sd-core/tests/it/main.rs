@@ -7,3 +7,4 @@ mod resample;
 mod rng_torch;
 mod weights_errors;
 mod weights_layout;
+mod winograd;

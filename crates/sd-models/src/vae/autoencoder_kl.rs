@@ -65,11 +65,12 @@ impl AutoencoderKL {
     pub fn load_with(dir: &Path, kind: Kind, device: Device, channels_last: bool) -> Result<Self> {
         let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
         let weights = sd_core::model_dir::find_weights(dir, None)?;
-        // No packed weights: at the VAE's large images oneDNN's per-call weight reorder is lost in the convolution
-        // itself; the 512 px decode measured the same packed or not (6.4–6.9 s both, EPYC, 2026-12-07).
+        // Packed weights (bf16 on the CPU): oneDNN's per-call weight reorder is lost in the VAE's large convolutions
+        // (the 512 px decode measured the same packed or not), but packing is also where the 256- and 512-channel
+        // 3×3 layers switch to Winograd's F(2×2, 3×3) (`sd_core::winograd`), which is faster there.
         let vb = VarBuilder::from_safetensors(&[weights], kind, device)?
             .with_channels_last(channels_last)?
-            .with_packing(false)?;
+            .with_winograd(true)?;
         let vae = Self::from_varbuilder(&vb, &cfg)?;
         vb.finish("the VAE (AutoencoderKL)", &[])?;
         Ok(vae)
