@@ -14,6 +14,7 @@
 //! Work is done in chunks of tile rows, so the transformed input never exceeds [`MAX_CHUNK_TILES`] tiles whatever
 //! the image size.
 
+use crate::shared_out::SharedOut;
 use anyhow::{bail, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -22,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 /// slower, unchunked up to 2× slower), but at least [`MIN_CHUNK_TILES`], so that the weights, read again for every
 /// chunk, are read for enough tiles.
 const CHUNK_BYTES: usize = 1536 * 1024;
-/// See [`CHUNK_BYTES`].
+/// Fewest tiles per chunk, so that the weights, read again for every chunk, are read for enough tiles.
 pub const MIN_CHUNK_TILES: usize = 256;
 /// Most tiles per chunk, whatever the channels: bounds the scratch.
 pub const MAX_CHUNK_TILES: usize = 4096;
@@ -163,7 +164,7 @@ pub fn conv(x: &Tensor, weight: &Weight, bias: Option<&Tensor>) -> Result<Tensor
             x86::input_transform(
                 &d,
                 xin.data_ptr() as *const u16,
-                SendPtr(v.data_ptr() as *mut u16),
+                SharedOut::new(v.data_ptr() as *mut u16),
                 row0,
                 rows,
                 chunk_tiles,
@@ -179,7 +180,7 @@ pub fn conv(x: &Tensor, weight: &Weight, bias: Option<&Tensor>) -> Result<Tensor
         // SAFETY: each address holds a `[tiles, o]` bf16 product inside `m`; `out` is a contiguous
         // `n·h·w·o` bf16 tensor; each tile row writes only its own two output rows.
         unsafe {
-            x86::output_transform(&d, &addrs, &bias, SendPtr(out.data_ptr() as *mut u16), row0, rows);
+            x86::output_transform(&d, &addrs, &bias, SharedOut::new(out.data_ptr() as *mut u16), row0, rows);
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (&addrs, &bias, &xin);
@@ -200,23 +201,10 @@ struct Dims {
     tw: usize,
 }
 
-/// A tensor's data pointer shared by the workers; each writes only its own disjoint ranges.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut u16);
-impl SendPtr {
-    /// A method (not field access) so closures capture the whole `Sync` wrapper rather than the raw field.
-    fn get(self) -> *mut u16 {
-        self.0
-    }
-}
-// SAFETY: the pointer targets a tensor that outlives the parallel region, and work items write disjoint elements.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Dims, SendPtr};
+    use super::Dims;
+    use crate::shared_out::SharedOut;
     use rayon::prelude::*;
     use std::arch::x86_64::*;
 
@@ -240,7 +228,14 @@ mod x86 {
     /// V = Bᵀ d B for every tile of tile rows `row0..row0+rows` (row `r` = image `r / th`, tile row `r % th`), written
     /// to `v[p][tile][c]` with `tile` counted from the chunk's first tile and `stride` tiles per position.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(super) unsafe fn input_transform(d: &Dims, x: *const u16, v: SendPtr, row0: usize, rows: usize, stride: usize) {
+    pub(super) unsafe fn input_transform(
+        d: &Dims,
+        x: *const u16,
+        v: SharedOut,
+        row0: usize,
+        rows: usize,
+        stride: usize,
+    ) {
         let xp = x as usize;
         let d = *d;
         (0..rows).into_par_iter().for_each(move |i| {
@@ -302,7 +297,7 @@ mod x86 {
         d: &Dims,
         m: &[usize; 16],
         bias: &[f32],
-        out: SendPtr,
+        out: SharedOut,
         row0: usize,
         rows: usize,
     ) {

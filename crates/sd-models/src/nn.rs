@@ -132,7 +132,7 @@ pub struct Conv2d {
     packed: bool,
     /// The weight transformed for Winograd's F(2×2, 3×3) where that is faster ([`winograd::worth_it`]); `weight`
     /// is then an empty placeholder.
-    winograd: Option<winograd::Weight>,
+    winograd: Option<Box<winograd::Weight>>,
 }
 
 impl Conv2d {
@@ -174,7 +174,7 @@ impl Conv2d {
             if let Ok(w) = winograd::Weight::new(&self.weight) {
                 sd_core::weights::forget_captured(&self.weight);
                 let placeholder = Tensor::empty([0], (self.weight.kind(), self.weight.device()));
-                return Self { weight: placeholder, packed: true, winograd: Some(w), ..self };
+                return Self { weight: placeholder, packed: true, winograd: Some(Box::new(w)), ..self };
             }
         }
         // oneDNN picks the weight layout from an example input; without one it picks a layout that is 4× slower for

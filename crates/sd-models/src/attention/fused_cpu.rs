@@ -8,6 +8,7 @@
 //! `vdpbf16ps`. It has no backward pass: callers use a differentiable mode when gradients are needed.
 
 use anyhow::{bail, Context, Result};
+use sd_core::shared_out::SharedOut;
 use tch::{Device, Kind, Tensor};
 
 /// Whether this CPU can run the kernel (x86-64 with AVX-512 F/BW/VL and BF16); detected once.
@@ -66,7 +67,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
             std::slice::from_raw_parts(v.data_ptr() as *const u16, v.numel()),
         )
     };
-    let od = OutPtr(out.data_ptr() as *mut u16);
+    let od = SharedOut::new(out.data_ptr() as *mut u16);
     #[cfg(target_arch = "x86_64")]
     {
         x86::run(&dims, qd, kd, vd, od, scale as f32).context("fused attention")?;
@@ -115,25 +116,12 @@ impl Dims {
     }
 }
 
-/// The output's data pointer, shared by the workers; each writes only its own query rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut u16);
-impl OutPtr {
-    /// A method (not field access) so closures capture the whole `Sync` wrapper rather than the raw field.
-    fn get(self) -> *mut u16 {
-        self.0
-    }
-}
-// SAFETY: the pointer targets a tensor that outlives the parallel region, and work items write disjoint rows.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; no two threads ever touch the same element.
-unsafe impl Sync for OutPtr {}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Dims, OutPtr, KEY_TILE, MQ, ROWS};
+    use super::{Dims, KEY_TILE, MQ, ROWS};
     use anyhow::{bail, Result};
     use rayon::prelude::*;
+    use sd_core::shared_out::SharedOut;
     use std::arch::x86_64::*;
 
     /// Per-worker buffers, reused across work items.
@@ -183,7 +171,7 @@ mod x86 {
         lo as u32 | (hi as u32) << 16
     }
 
-    pub(super) fn run(d: &Dims, q: &[u16], k: &[u16], v: &[u16], out: OutPtr, scale: f32) -> Result<()> {
+    pub(super) fn run(d: &Dims, q: &[u16], k: &[u16], v: &[u16], out: SharedOut, scale: f32) -> Result<()> {
         if q.len() != d.bh * d.lq * d.d || k.len() != d.bh * d.lk * d.d || v.len() != d.bh * d.lk * d.dv {
             bail!("internal: tensor sizes disagree with {d:?}");
         }
