@@ -54,23 +54,23 @@ int guarded(at::Tensor** out, F&& f) {
 extern "C" {
 
 // A 2-D convolution weight (O, I, k, k) re-laid out into the blocked format oneDNN picks for an input of
-// `input_size` (N, C, H, W; null: oneDNN's default guess) with this padding and stride (groups 1, dilation 1).
-int sdrs_onednn_pack_conv_weight(const at::Tensor* weight, int64_t padding, int64_t stride, const int64_t* input_size,
-                                 at::Tensor** out) {
+// `input_size` (N, C, H, W; null: oneDNN's default guess) with this padding, stride and groups (dilation 1).
+int sdrs_onednn_pack_conv_weight(const at::Tensor* weight, int64_t padding, int64_t stride, int64_t groups,
+                                 const int64_t* input_size, at::Tensor** out) {
   return guarded(out, [&] {
     static const c10::OperatorHandle h = op("mkldnn::_reorder_convolution_weight", "");
     c10::IValue size = input_size == nullptr ? c10::IValue() : c10::IValue(std::vector<int64_t>(input_size, input_size + 4));
-    return call(h, {*weight, pair(padding), pair(stride), pair(1), int64_t{1}, size});
+    return call(h, {*weight, pair(padding), pair(stride), pair(1), groups, size});
   });
 }
 
 // y = unary(conv(x, packed) + bias): `unary` is "none", "swish", "gelu", … and `algorithm` its variant ("none" or
 // "tanh" for gelu; null when it has none).
 int sdrs_onednn_conv(const at::Tensor* x, const at::Tensor* weight, const at::Tensor* bias, int64_t padding,
-                     int64_t stride, const char* unary, const char* algorithm, at::Tensor** out) {
+                     int64_t stride, int64_t groups, const char* unary, const char* algorithm, at::Tensor** out) {
   return guarded(out, [&] {
     static const c10::OperatorHandle h = op("mkldnn::_convolution_pointwise", "");
-    return call(h, {*x, *weight, optional_tensor(bias), pair(padding), pair(stride), pair(1), int64_t{1},
+    return call(h, {*x, *weight, optional_tensor(bias), pair(padding), pair(stride), pair(1), groups,
                     std::string(unary), c10::List<std::optional<at::Scalar>>(), optional_string(algorithm)});
   });
 }

@@ -13,6 +13,7 @@
 //! | [`onednn`] | bf16 convolutions and linear layers with weights packed once for oneDNN, residual adds and activations fused (C++ shim `shim/onednn.cpp`) |
 //! | [`winograd`] | 3×3 bf16 convolutions with 16 instead of 36 products per 2×2 outputs (Winograd F(2×2, 3×3)), where measured faster than oneDNN's direct kernel |
 //! | [`shared_out`] | a tensor's data pointer shared by parallel workers that write disjoint elements |
+//! | [`parallel`] | parallel loops of sd-rs's own kernels on LibTorch's intra-op threads (C++ shim `shim/parallel.cpp`) |
 //! | [`alloc`] | allocator tuning so activations reuse freed memory instead of fresh zeroed pages |
 //! | [`atomic`] | write-to-temp-then-rename, so no reader ever sees half a file |
 //! | [`hash`] | file hashes (A1111 "Model hash") |
@@ -31,6 +32,7 @@ pub mod layout;
 pub mod limits;
 pub mod model_dir;
 pub mod onednn;
+pub mod parallel;
 pub mod resample;
 pub mod rng;
 pub mod shared_out;

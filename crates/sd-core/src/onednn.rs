@@ -21,6 +21,7 @@ extern "C" {
         weight: *const C_tensor,
         padding: i64,
         stride: i64,
+        groups: i64,
         input_size: *const i64,
         out: *mut *mut C_tensor,
     ) -> c_int;
@@ -30,6 +31,7 @@ extern "C" {
         bias: *const C_tensor,
         padding: i64,
         stride: i64,
+        groups: i64,
         unary: *const c_char,
         algorithm: *const c_char,
         out: *mut *mut C_tensor,
@@ -115,8 +117,40 @@ pub fn pack_conv_weight(weight: &Tensor, padding: i64, stride: i64, input_size: 
     let size = input_size.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
     let mut out = std::ptr::null_mut();
     // SAFETY: `weight` outlives the call; `size` is null or points at 4 integers.
-    let rc = unsafe { sdrs_onednn_pack_conv_weight(ptr(weight), padding, stride, size, &mut out) };
+    let rc = unsafe { sdrs_onednn_pack_conv_weight(ptr(weight), padding, stride, 1, size, &mut out) };
     finish(rc, out, "convolution weight packing")
+}
+
+/// Packs a 1×1 convolution weight of `groups` groups (`[groups · O, C, 1, 1]`, bf16, CPU) for inputs of `input_size`
+/// (`[N, groups · C, H, W]`): `groups` independent matrix products in one kernel (what `winograd` runs its 16
+/// products as).
+pub fn pack_grouped_conv_weight(weight: &Tensor, groups: i64, input_size: [i64; 4]) -> Result<Tensor> {
+    check_input(weight, "grouped convolution weight packing")?;
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `weight` outlives the call; `input_size` points at 4 integers.
+    let rc = unsafe { sdrs_onednn_pack_conv_weight(ptr(weight), 0, 1, groups, input_size.as_ptr(), &mut out) };
+    finish(rc, out, "grouped convolution weight packing")
+}
+
+/// `conv2d(x, W, groups)` for a packed 1×1 grouped weight (no bias, no padding).
+pub fn conv_grouped(x: &Tensor, packed: &Tensor, groups: i64) -> Result<Tensor> {
+    check_input(x, "grouped convolution")?;
+    let mut out = std::ptr::null_mut();
+    // SAFETY: both tensors are live for the call; the strings are static.
+    let rc = unsafe {
+        sdrs_onednn_conv(
+            ptr(x),
+            ptr(packed),
+            std::ptr::null(),
+            0,
+            1,
+            groups,
+            c"none".as_ptr(),
+            std::ptr::null(),
+            &mut out,
+        )
+    };
+    finish(rc, out, "grouped convolution")
 }
 
 /// `unary(conv2d(x, W, bias))` (groups 1, dilation 1) with a packed `W`.
@@ -139,6 +173,7 @@ pub fn conv(
             opt_ptr(bias),
             padding,
             stride,
+            1,
             attr.as_ptr(),
             opt_str(algorithm),
             &mut out,

@@ -2,17 +2,18 @@
 //! AVX-512 BF16.
 //!
 //! Why it exists: a direct bf16 3×3 convolution already runs at the cores' bf16 dot-product limit (oneDNN's packed
-//! kernels: 410–450 GFLOP/s on a 2-core Zen 5), so the only way to make it faster is to do fewer multiplications.
-//! F(2×2, 3×3) computes each 2×2 block of outputs from a 4×4 block of inputs with 16 products per channel pair
-//! instead of 36: the input tiles and the weights are transformed (`V = Bᵀ d B`, `U = G g Gᵀ`), the 16 transformed
-//! positions become 16 independent matrix products over the channels (`M[p] = V[p] · U[p]`, LibTorch's bf16
-//! `bmm`), and `Y = Aᵀ M A` folds each tile back. The transforms are additions only (exact in f32); the price is
-//! that `V` and `M` are rounded to bf16, which roughly doubles the rounding error of a plain bf16 convolution (the
-//! larger tiles F(4×4, 3×3) and F(3×3, 3×3) multiply it by 6–8 in bf16 and are not offered). Measured against the
-//! packed direct kernels, per layer shape, in [`worth_it`].
+//! kernels), so the only way to make it faster is to do fewer multiplications. F(2×2, 3×3) computes each 2×2 block
+//! of outputs from a 4×4 block of inputs with 16 products per channel pair instead of 36: the input tiles and the
+//! weights are transformed (`V = Bᵀ d B`, `U = G g Gᵀ`), the 16 transformed positions become 16 independent matrix
+//! products over the channels (`M[p] = V[p] · U[p]`, one grouped 1×1 oneDNN convolution), and `Y = Aᵀ M A` folds
+//! each tile back with the bias. The transforms are additions only (exact in f32, AVX-512, on LibTorch's threads);
+//! the price is that `V` and `M` are rounded to bf16: 1.3–2.2× the rounding error of a direct bf16 convolution (the
+//! larger tiles F(3×3, 3×3) and F(4×4, 3×3) multiply it by 5–8 in bf16 and are not offered). [`worth_it`] has the
+//! measured speeds.
 //!
-//! Work is done in chunks of tile rows, so the transformed input never exceeds [`MAX_CHUNK_TILES`] tiles whatever
-//! the image size.
+//! Work is done in chunks of a fixed number of tiles per channel count, so the transformed input stays in cache
+//! and never exceeds [`MAX_CHUNK_TILES`] tiles whatever the image size, and the grouped kernel always sees the
+//! input size its weight was packed for.
 
 use crate::shared_out::SharedOut;
 use anyhow::{bail, ensure, Context, Result};
@@ -20,17 +21,16 @@ use tch::{Device, Kind, Tensor};
 
 /// Tiles per chunk: as many as keep the larger of `V` and `M` (`16 · tiles · channels` bf16 values) near 1.5 MiB, so
 /// both stay in cache between the transforms and the products (measured on SD shapes: 1–2 MiB best, 4 MiB 5–30 %
-/// slower, unchunked up to 2× slower), but at least [`MIN_CHUNK_TILES`], so that the weights, read again for every
-/// chunk, are read for enough tiles.
+/// slower, unchunked up to 2× slower), but at least [`MIN_CHUNK_TILES`].
 const CHUNK_BYTES: usize = 1536 * 1024;
 /// Fewest tiles per chunk, so that the weights, read again for every chunk, are read for enough tiles.
 pub const MIN_CHUNK_TILES: usize = 256;
 /// Most tiles per chunk, whatever the channels: bounds the scratch.
 pub const MAX_CHUNK_TILES: usize = 4096;
 
-/// Whether this CPU runs the kernel: x86-64 with AVX-512 F/BW/VL and BF16 (native bf16 `bmm` and rounding), and no
-/// AMX, where the direct kernels run on the tile units and Winograd was not measured.
-/// `SD_RS_WINOGRAD=0` turns it off (the switch the benchmarks use to compare).
+/// Whether this CPU and LibTorch run the kernel: x86-64 with AVX-512 F/BW/VL and BF16, LibTorch's packed oneDNN
+/// kernels ([`crate::onednn::supported`]), and no AMX, where the direct kernels run on the tile units and Winograd
+/// was not measured. `SD_RS_WINOGRAD=0` turns it off (the switch the benchmarks use to compare).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
@@ -40,6 +40,7 @@ pub fn available() -> bool {
             && features.avx512_bf16
             && !features.amx_bf16
             && simd_available()
+            && crate::onednn::supported()
     })
 }
 
@@ -57,13 +58,13 @@ fn simd_available() -> bool {
     }
 }
 
-/// Whether a 3×3 convolution from `cin` to `cout` channels gains from Winograd here. Measured on a 2-core Zen 5
-/// (`cargo run --release -p sd-benches --example conv_call`, alternated, medians): the VAE decoder's 256- and
-/// 512-channel layers at 64²–256² take 0.73–0.82 of oneDNN's direct time, its 128-channel layers at 512² 1.1 (few
-/// channels: the 4× larger transformed input costs more than the products save). Which models use it at all is the
-/// loader's choice (`VarBuilder::with_winograd`).
+/// Whether a 3×3 convolution from `cin` to `cout` channels should run here rather than on oneDNN's direct kernel.
+/// Measured on a 2-core Zen 5 (`cargo run --release -p sd-benches --example conv_call`, alternated, medians):
+/// 0.52–0.58 of the direct time for the VAE's 256- and 512-channel layers at 64²–256² and the UNet's 320- and
+/// 640-channel layers at 32²–64² (batch 2), 0.67 for the VAE's 128-channel layers at 512². Not for 1280-channel
+/// outputs: those sit at SD UNets' smallest latents, where a chunk is mostly empty (16² at batch 2: 1.02; 8²: 3.8).
 pub fn worth_it(cin: i64, cout: i64) -> bool {
-    cin >= 256 && cout >= 256 && cin % 16 == 0 && cout % 16 == 0
+    cin >= 128 && (128..=640).contains(&cout) && cin % 16 == 0 && cout % 16 == 0
 }
 
 /// G of F(2, 3): the weight transform.
@@ -83,20 +84,33 @@ pub fn transform_weight(weight: &Tensor) -> Result<Tensor> {
     Ok(u.f_reshape([16, size[1], size[0]])?.f_to_kind(Kind::BFloat16)?.f_contiguous()?)
 }
 
-/// A 3×3 weight transformed for [`conv`]: the `[16, C, O]` bf16 matrices of [`transform_weight`].
+/// A 3×3 weight transformed for [`conv`]: the 16 `[C, O]` bf16 matrices of [`transform_weight`] as one 1×1
+/// convolution weight with 16 groups (`[16·O, C, 1, 1]`, group `p` holding `U[p]ᵀ`), packed by oneDNN for the chunk
+/// size [`conv`] runs it at. One grouped oneDNN kernel runs the 16 products 10–15 % faster than LibTorch's `bmm`.
 #[derive(Debug)]
 pub struct Weight {
-    u: Tensor,
+    packed: Tensor,
     cin: i64,
     cout: i64,
 }
 
 impl Weight {
-    /// Transforms a `[O, C, 3, 3]` weight; its memory is 16/9 of the plain bf16 weight's.
+    /// Transforms a `[O, C, 3, 3]` weight (channels multiples of 16); its memory is 16/9 of the plain bf16
+    /// weight's.
     pub fn new(weight: &Tensor) -> Result<Self> {
+        if !available() {
+            bail!("Winograd convolution needs a CPU with AVX-512 BF16 and LibTorch's oneDNN kernels");
+        }
         let u = transform_weight(weight)?;
         let (cin, cout) = (u.size()[1], u.size()[2]);
-        Ok(Self { u, cin, cout })
+        ensure!(
+            cin % 16 == 0 && cout % 16 == 0,
+            "Winograd convolution: channels {cin} → {cout} are not multiples of 16"
+        );
+        let grouped = u.f_transpose(1, 2)?.f_contiguous()?.f_reshape([16 * cout, cin, 1, 1])?;
+        let tiles = chunk_tiles_for(cin as usize, cout as usize) as i64;
+        let packed = crate::onednn::pack_grouped_conv_weight(&grouped, 16, [1, 16 * cin, tiles, 1])?;
+        Ok(Self { packed, cin, cout })
     }
 
     /// Input and output channels.
@@ -104,14 +118,24 @@ impl Weight {
         (self.cin, self.cout)
     }
 
+    /// The `[16, C, O]` transformed matrices, unpacked.
+    fn matrices(&self) -> Tensor {
+        self.packed.to_dense(None, false).reshape([16, self.cout, self.cin]).transpose(1, 2)
+    }
+
     /// The `[O, C, 3, 3]` f32 weight back from the transformed one, for a caller whose input [`conv`] cannot take:
     /// `L U Lᵀ` with `L = [[1, 0, 0, 0], [0, 1, −1, 0], [0, 0, 0, 1]]`, G's left inverse (exact but for `U`'s bf16
     /// rounding).
     pub fn plain(&self) -> Tensor {
         let l = Tensor::from_slice(&[1f32, 0., 0., 0., 0., 1., -1., 0., 0., 0., 0., 1.]).reshape([3, 4]);
-        let u = self.u.to_kind(Kind::Float).reshape([4, 4, self.cin, self.cout]);
+        let u = self.matrices().to_kind(Kind::Float).reshape([4, 4, self.cin, self.cout]);
         Tensor::einsum("ij,jkco,lk->ocil", &[&l, &u, &l], None::<&[i64]>)
     }
+}
+
+/// Tiles per chunk for these channel counts (before rounding to whole tile rows); see [`CHUNK_BYTES`].
+fn chunk_tiles_for(c: usize, o: usize) -> usize {
+    (CHUNK_BYTES / (32 * c.max(o))).clamp(MIN_CHUNK_TILES, MAX_CHUNK_TILES)
 }
 
 /// `conv2d(x, W, bias, stride 1, padding 1)` with `weight = Weight::new(W)`: bf16 `x` `[N, C, H, W]` (any layout)
@@ -145,48 +169,53 @@ pub fn conv(x: &Tensor, weight: &Weight, bias: Option<&Tensor>) -> Result<Tensor
         return Ok(out.f_permute([0, 3, 1, 2])?);
     }
     let d = Dims { n, c, h, w, o, th: h.div_ceil(2), tw: w.div_ceil(2) };
-    // Whole tile rows per chunk, at least one.
-    let chunk = (CHUNK_BYTES / (32 * d.c.max(d.o))).clamp(MIN_CHUNK_TILES, MAX_CHUNK_TILES);
-    let rows_per_chunk = (chunk / d.tw).max(1).min(d.n * d.th);
-    let chunk_tiles = rows_per_chunk * d.tw;
-    let v = Tensor::f_empty([16, chunk_tiles as i64, xs[1]], (Kind::BFloat16, Device::Cpu))?;
-    let m = Tensor::f_empty([16, chunk_tiles as i64, weight.cout], (Kind::BFloat16, Device::Cpu))?;
-    let total_rows = d.n * d.th;
-    let mut row0 = 0;
-    while row0 < total_rows {
-        let rows = rows_per_chunk.min(total_rows - row0);
-        let tiles = (rows * d.tw) as i64;
-        let vc = v.f_narrow(1, 0, tiles)?;
+    // Chunks of a fixed number of tiles for these channels (rows of tiles may straddle two chunks), so the grouped
+    // convolution always runs on the input size its weight was packed for: oneDNN re-lays out the weight, or falls to
+    // far slower kernels (180× at 32 tiles), for other sizes.
+    let total = d.n * d.th * d.tw;
+    let chunk_tiles = chunk_tiles_for(c, o);
+    let ct = chunk_tiles as i64;
+    // The transformed input, tile-major `[tile][16][C]`: a channels-last `[1, 16·C, tiles, 1]`.
+    let v = Tensor::f_empty([1, ct, 1, 16 * xs[1]], (Kind::BFloat16, Device::Cpu))?.f_permute([0, 3, 1, 2])?;
+    let vstride = Strides { p: c, t: 16 * c };
+    let mut t0 = 0;
+    while t0 < total {
+        let tiles = chunk_tiles.min(total - t0);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `xin` is a contiguous bf16 NHWC tensor of `n·h·w·c` values; `v` holds `16 · chunk_tiles · c`
-        // values of which rows `row0..row0+rows` (≤ chunk_tiles tiles) are written; `available()` checked the CPU.
+        // values, of which the first `tiles ≤ chunk_tiles` tiles are written; `available()` checked the CPU.
         unsafe {
-            x86::input_transform(
-                &d,
-                xin.data_ptr() as *const u16,
-                SharedOut::new(v.data_ptr() as *mut u16),
-                row0,
-                rows,
-                chunk_tiles,
-            );
+            let (x, vp) = (xin.data_ptr() as *const u16, SharedOut::new(v.data_ptr() as *mut u16));
+            x86::input_transform(&d, x, vp, vstride, t0, tiles)?;
         }
-        // The 16 products `[tiles, O]`, `chunk_tiles` rows apart.
-        let _ = vc.f_bmm_out(&m.f_narrow(1, 0, tiles)?, &weight.u)?;
-        let mut addrs = [0usize; 16];
-        for (p, a) in addrs.iter_mut().enumerate() {
-            *a = m.data_ptr() as usize + p * chunk_tiles * o * 2;
+        // The 16 products, tile-major `[tile][16][O]`.
+        if tiles < chunk_tiles {
+            // The last chunk's unused tiles: zeros rather than stale values (their products are not read).
+            let _ = v.f_narrow(2, tiles as i64, ct - tiles as i64)?.f_zero_()?;
         }
+        let product = crate::onednn::conv_grouped(&v, &weight.packed, 16)?;
+        let product =
+            if crate::layout::is_channels_last(&product) { product } else { crate::layout::to_channels_last(&product) };
+        let mstride = Strides { p: o, t: 16 * o };
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: each address holds a `[tiles, o]` bf16 product inside `m`; `out` is a contiguous
-        // `n·h·w·o` bf16 tensor; each tile row writes only its own two output rows.
+        // SAFETY: `product` holds the 16 `[tiles, o]` bf16 products at `mstride`; `out` is a contiguous `n·h·w·o`
+        // bf16 tensor; each tile writes only its own 2×2 outputs.
         unsafe {
-            x86::output_transform(&d, &addrs, &bias, SharedOut::new(out.data_ptr() as *mut u16), row0, rows);
+            let (m, out) = (product.data_ptr() as *const u16, SharedOut::new(out.data_ptr() as *mut u16));
+            x86::output_transform(&d, m, mstride, &bias, out, t0, tiles)?;
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (&addrs, &bias, &xin);
-        row0 += rows;
+        let _ = (&product, mstride, &bias, &xin);
+        t0 += tiles;
     }
     Ok(out.f_permute([0, 3, 1, 2])?)
+}
+
+/// Where position `p` of tile `t` starts in a transformed buffer: `p · p_stride + t · t_stride` elements.
+#[derive(Debug, Clone, Copy)]
+struct Strides {
+    p: usize,
+    t: usize,
 }
 
 /// Problem sizes: batch, channels in, height, width, channels out, tile rows and columns (2×2 outputs each).
@@ -201,12 +230,27 @@ struct Dims {
     tw: usize,
 }
 
+impl Dims {
+    /// Image, tile row and tile column of tile `t` (numbered image by image, row by row).
+    fn tile(&self, t: usize) -> (usize, usize, usize) {
+        let per_image = self.th * self.tw;
+        let rem = t % per_image;
+        (t / per_image, rem / self.tw, rem % self.tw)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Dims;
+    use super::{Dims, Strides};
     use crate::shared_out::SharedOut;
-    use rayon::prelude::*;
+    use anyhow::Result;
     use std::arch::x86_64::*;
+
+    /// Runs `body` over tiles `0..count` in parallel on LibTorch's threads (see `crate::parallel`: 5 % faster
+    /// decodes than on rayon's).
+    fn run(count: usize, body: impl Fn(usize, usize) + Sync) -> Result<()> {
+        crate::parallel::parallel_for(count, 16, body)
+    }
 
     /// 16 bf16 values → f32.
     #[inline]
@@ -225,33 +269,34 @@ mod x86 {
         _mm256_storeu_si256(p as *mut __m256i, bits);
     }
 
-    /// V = Bᵀ d B for every tile of tile rows `row0..row0+rows` (row `r` = image `r / th`, tile row `r % th`), written
-    /// to `v[p][tile][c]` with `tile` counted from the chunk's first tile and `stride` tiles per position.
+    /// V = Bᵀ d B for tiles `t0..t0+count` (tiles numbered image by image, row by row), tile `t0 + i` written at
+    /// `v + p · s.p + i · s.t`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn input_transform(
         d: &Dims,
         x: *const u16,
         v: SharedOut,
-        row0: usize,
-        rows: usize,
-        stride: usize,
-    ) {
+        s: Strides,
+        t0: usize,
+        count: usize,
+    ) -> Result<()> {
         let xp = x as usize;
         let d = *d;
-        (0..rows).into_par_iter().for_each(move |i| {
-            let r = row0 + i;
-            let (img, ty) = (r / d.th, r % d.th);
-            // SAFETY: the caller's contract; reads stay inside image `img`, writes inside this row's tiles.
-            unsafe { input_row(&d, xp as *const u16, v.get(), img, ty, i * d.tw, stride) }
-        });
+        run(count, move |begin, end| {
+            for i in begin..end {
+                let (img, ty, tx) = d.tile(t0 + i);
+                // SAFETY: the caller's contract; reads stay inside image `img`, writes inside tile `i`'s slots.
+                unsafe { input_tile(&d, xp as *const u16, v.get(), s, img, ty, tx, i) }
+            }
+        })
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn input_row(d: &Dims, x: *const u16, v: *mut u16, img: usize, ty: usize, tile0: usize, stride: usize) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn input_tile(d: &Dims, x: *const u16, v: *mut u16, s: Strides, img: usize, ty: usize, tx: usize, t: usize) {
         let zero = _mm512_setzero_ps();
         let image = x.add(img * d.h * d.w * d.c);
-        for tx in 0..d.tw {
-            let t = tile0 + tx;
+        {
             for c0 in (0..d.c).step_by(16) {
                 // The 4×4 input block starting one row and column before the tile's first output (zero padding).
                 let mut b = [[zero; 4]; 4];
@@ -283,51 +328,63 @@ mod x86 {
                         _mm512_sub_ps(row[1], row[3]),
                     ];
                     for (e, val) in vals.iter().enumerate() {
-                        store(v.add(((4 * a + e) * stride + t) * d.c + c0), *val);
+                        store(v.add((4 * a + e) * s.p + t * s.t + c0), *val);
                     }
                 }
             }
         }
     }
 
-    /// Y = Aᵀ M A + bias for the tiles of tile rows `row0..row0+rows`, from the products at `m[p]` (`[tile][o]` each),
-    /// written into the NHWC output.
+    /// Y = Aᵀ M A + bias for tiles `t0..t0+count`, tile `t0 + i`'s products at `m + p · s.p + i · s.t`, written
+    /// into the NHWC output.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn output_transform(
         d: &Dims,
-        m: &[usize; 16],
+        m: *const u16,
+        s: Strides,
         bias: &[f32],
         out: SharedOut,
-        row0: usize,
-        rows: usize,
-    ) {
-        let m = *m;
+        t0: usize,
+        count: usize,
+    ) -> Result<()> {
+        let mp = m as usize;
         let d = *d;
-        (0..rows).into_par_iter().for_each(move |i| {
-            let r = row0 + i;
-            let (img, ty) = (r / d.th, r % d.th);
-            // SAFETY: the caller's contract; this row writes output rows 2ty and 2ty + 1 of image `img` only.
-            unsafe { output_row(&d, &m, bias, out.get(), img, ty, i * d.tw) }
-        });
+        run(count, move |begin, end| {
+            for i in begin..end {
+                let (img, ty, tx) = d.tile(t0 + i);
+                // SAFETY: the caller's contract; tile `i` writes only its own 2×2 outputs of image `img`.
+                unsafe { output_tile(&d, mp as *const u16, s, bias, out.get(), img, ty, tx, i) }
+            }
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn output_row(d: &Dims, m: &[usize; 16], bias: &[f32], out: *mut u16, img: usize, ty: usize, tile0: usize) {
+    unsafe fn output_tile(
+        d: &Dims,
+        m: *const u16,
+        s: Strides,
+        bias: &[f32],
+        out: *mut u16,
+        img: usize,
+        ty: usize,
+        tx: usize,
+        t: usize,
+    ) {
         let image = out.add(img * d.h * d.w * d.o);
-        for tx in 0..d.tw {
-            let t = tile0 + tx;
+        {
             for o0 in (0..d.o).step_by(16) {
-                let mut s = [[_mm512_setzero_ps(); 4]; 2];
+                let mut rows = [[_mm512_setzero_ps(); 4]; 2];
                 // Aᵀ on the rows: (0 + 1 + 2, 1 − 2 − 3).
                 for e in 0..4 {
-                    let at = |a: usize| (m[4 * a + e] as *const u16).add(t * d.o + o0);
+                    let at = |a: usize| m.add((4 * a + e) * s.p + t * s.t + o0);
                     let (m0, m1, m2, m3) = (load(at(0)), load(at(1)), load(at(2)), load(at(3)));
-                    s[0][e] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-                    s[1][e] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+                    rows[0][e] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                    rows[1][e] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
                 }
                 let bv = _mm512_loadu_ps(bias.as_ptr().add(o0));
-                for (a, row) in s.iter().enumerate() {
+                for (a, row) in rows.iter().enumerate() {
                     let y = 2 * ty + a;
                     if y >= d.h {
                         continue;

@@ -315,7 +315,10 @@ fn load_unet_merged(
     nhwc: bool,
 ) -> Result<UNet2DConditionModel> {
     let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
-    let vb = merger.component(&find_weights(dir, None)?, LoraTarget::Unet, kind, device)?.with_channels_last(nhwc)?;
+    let vb = merger
+        .component(&find_weights(dir, None)?, LoraTarget::Unet, kind, device)?
+        .with_channels_last(nhwc)?
+        .with_winograd(true)?;
     let model = UNet2DConditionModel::from_varbuilder(&vb, &cfg)?;
     vb.finish("UNet2DConditionModel", &[])?;
     Ok(model)

@@ -3,6 +3,7 @@
 
 mod image_io;
 mod onednn;
+mod parallel;
 mod resample;
 mod rng_torch;
 mod weights_errors;

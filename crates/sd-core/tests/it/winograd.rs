@@ -1,7 +1,7 @@
 //! Winograd F(2×2, 3×3) convolutions (`sd_core::winograd`) against an f64 reference and LibTorch's direct bf16
 //! kernel. The transforms are exact in f32; what Winograd adds is the bf16 rounding of the transformed input and of
-//! the 16 products, so its error may exceed the direct kernel's, by a stated bound (measured 1.3–1.7× on random
-//! layers, `scripts/bench/winograd_error.py` style): mean ≤ 2.5×, largest ≤ 3× the direct kernel's.
+//! the 16 products, so its error may exceed the direct kernel's, by a stated bound: mean ≤ 2.5×, largest ≤ 3× the
+//! direct kernel's (measured 2.2× and 1.9× here, where the reference keeps the input's bf16 values).
 
 use sd_core::device::CpuFeatures;
 use sd_core::layout::to_channels_last;
@@ -73,9 +73,8 @@ fn winograd_convolution_matches_the_direct_kernel_within_its_bound() {
 #[test]
 fn winograd_refuses_what_it_cannot_run() {
     if !winograd::available() {
-        let x = Tensor::zeros([1, 16, 4, 4], (Kind::BFloat16, Device::Cpu));
-        let u = winograd::Weight::new(&Tensor::zeros([16, 16, 3, 3], (Kind::Float, Device::Cpu))).unwrap();
-        assert!(winograd::conv(&x, &u, None).is_err());
+        let err = winograd::Weight::new(&Tensor::zeros([16, 16, 3, 3], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert!(err.to_string().contains("AVX-512 BF16"), "{err}");
         return;
     }
     let x = Tensor::zeros([1, 16, 4, 4], (Kind::BFloat16, Device::Cpu));
@@ -84,9 +83,8 @@ fn winograd_refuses_what_it_cannot_run() {
     assert!(winograd::conv(&x.to_kind(Kind::Float), &u, None).unwrap_err().to_string().contains("bf16"));
     let x32 = Tensor::zeros([1, 32, 4, 4], (Kind::BFloat16, Device::Cpu));
     assert!(winograd::conv(&x32, &u, None).unwrap_err().to_string().contains("input channels"));
-    let u8 = winograd::Weight::new(&Tensor::zeros([8, 8, 3, 3], (Kind::Float, Device::Cpu))).unwrap();
-    let x8 = Tensor::zeros([1, 8, 4, 4], (Kind::BFloat16, Device::Cpu));
-    assert!(winograd::conv(&x8, &u8, None).unwrap_err().to_string().contains("multiples of 16"));
+    let err = winograd::Weight::new(&Tensor::zeros([8, 8, 3, 3], (Kind::Float, Device::Cpu))).unwrap_err();
+    assert!(err.to_string().contains("multiples of 16"), "{err}");
     assert!(winograd::transform_weight(&Tensor::zeros([8, 8, 1, 1], (Kind::Float, Device::Cpu))).is_err());
     let bias = Tensor::zeros([3], (Kind::BFloat16, Device::Cpu));
     assert!(winograd::conv(&x, &u, Some(&bias)).unwrap_err().to_string().contains("bias"));

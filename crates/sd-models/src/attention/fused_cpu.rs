@@ -208,44 +208,47 @@ mod x86 {
         let nqb = d.lq.div_ceil(MQ);
         // exp(x·scale) = 2^(x·scale·log2 e): scores are kept in the log2 domain so the softmax uses exp2.
         let c = scale * std::f32::consts::LOG2_E;
-        (0..d.bh * nqb).into_par_iter().for_each_init(
-            || Scratch::new(d),
-            |s, item| {
-                let (bh, qb) = (item / nqb, item % nqb);
-                let q0 = qb * MQ;
-                let rows = MQ.min(d.lq - q0);
-                s.q.fill(0);
-                for i in 0..rows {
-                    let row = &q[(bh * d.lq + q0 + i) * d.d..][..d.d];
-                    for p in 0..d.d2 {
-                        let hi = if 2 * p + 1 < d.d { row[2 * p + 1] } else { 0 };
-                        s.q[i * d.d2 + p] = pair(row[2 * p], hi);
-                    }
+        // On LibTorch's threads (`sd_core::parallel`), which are awake between its operations anyway.
+        let item_of = |s: &mut Scratch, item: usize| {
+            let (bh, qb) = (item / nqb, item % nqb);
+            let q0 = qb * MQ;
+            let rows = MQ.min(d.lq - q0);
+            s.q.fill(0);
+            for i in 0..rows {
+                let row = &q[(bh * d.lq + q0 + i) * d.d..][..d.d];
+                for p in 0..d.d2 {
+                    let hi = if 2 * p + 1 < d.d { row[2 * p + 1] } else { 0 };
+                    s.q[i * d.d2 + p] = pair(row[2 * p], hi);
                 }
-                s.o.fill(0.0);
-                s.m = [f32::NEG_INFINITY; MQ];
-                s.l = [0.0; MQ];
-                for blk in 0..d.nblocks {
-                    let valid = d.nk.min(d.lk - blk * d.nk);
-                    let kb = &kp[(bh * d.nblocks + blk) * kblock..][..kblock];
-                    let vb = &vp[bh * vhead + blk * d.nk / 2 * d.dvp..][..d.nk / 2 * d.dvp];
-                    // SAFETY: `available()` checked the CPU features; every buffer has the sizes the kernels index
-                    // (`Scratch::new`, the packing above), and `valid ≤ nk`.
-                    unsafe {
-                        scores(&s.q, d.d2, kb, d.nk, valid.div_ceil(KEY_TILE) * KEY_TILE, &mut s.s, c);
-                        softmax(&s.s, &mut s.p, d.nk, valid, &mut s.m, &mut s.l, &mut s.o, d.dvp);
-                        weighted_values(&s.p, d.nk / 2, vb, d.dvp, valid.div_ceil(2), &mut s.o);
-                    }
-                }
-                // SAFETY: as above; rows `q0..q0+rows` of head `bh` belong to this work item alone and lie inside
-                // the `[bh, lq, dv]` output.
+            }
+            s.o.fill(0.0);
+            s.m = [f32::NEG_INFINITY; MQ];
+            s.l = [0.0; MQ];
+            for blk in 0..d.nblocks {
+                let valid = d.nk.min(d.lk - blk * d.nk);
+                let kb = &kp[(bh * d.nblocks + blk) * kblock..][..kblock];
+                let vb = &vp[bh * vhead + blk * d.nk / 2 * d.dvp..][..d.nk / 2 * d.dvp];
+                // SAFETY: `available()` checked the CPU features; every buffer has the sizes the kernels index
+                // (`Scratch::new`, the packing above), and `valid ≤ nk`.
                 unsafe {
-                    let dst = out.get().add((bh * d.lq + q0) * d.dv);
-                    finish(&s.o, &s.l, rows, d.dvp, d.dv, dst);
+                    scores(&s.q, d.d2, kb, d.nk, valid.div_ceil(KEY_TILE) * KEY_TILE, &mut s.s, c);
+                    softmax(&s.s, &mut s.p, d.nk, valid, &mut s.m, &mut s.l, &mut s.o, d.dvp);
+                    weighted_values(&s.p, d.nk / 2, vb, d.dvp, valid.div_ceil(2), &mut s.o);
                 }
-            },
-        );
-        Ok(())
+            }
+            // SAFETY: as above; rows `q0..q0+rows` of head `bh` belong to this work item alone and lie inside
+            // the `[bh, lq, dv]` output.
+            unsafe {
+                let dst = out.get().add((bh * d.lq + q0) * d.dv);
+                finish(&s.o, &s.l, rows, d.dvp, d.dv, dst);
+            }
+        };
+        sd_core::parallel::parallel_for(d.bh * nqb, 1, |begin, end| {
+            let mut s = Scratch::new(d);
+            for item in begin..end {
+                item_of(&mut s, item);
+            }
+        })
     }
 
     /// S = Q·Kᵀ·c for the block's first `ncols` keys (a multiple of [`KEY_TILE`]); tiles of ROWS × 64 scores

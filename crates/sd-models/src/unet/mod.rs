@@ -85,7 +85,9 @@ impl UNet2DConditionModel {
     pub fn load_with(dir: &Path, kind: Kind, device: Device, channels_last: bool) -> Result<Self> {
         let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
         let weights = sd_core::model_dir::find_weights(dir, None)?;
-        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?.with_channels_last(channels_last)?;
+        let vb = VarBuilder::from_safetensors(&[weights], kind, device)?
+            .with_channels_last(channels_last)?
+            .with_winograd(true)?;
         let model = Self::from_varbuilder(&vb, &cfg)?;
         vb.finish("UNet2DConditionModel", &[])?;
         Ok(model)

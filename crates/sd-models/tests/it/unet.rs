@@ -282,3 +282,56 @@ fn from_init_builds_and_runs_a_fresh_model() {
         unet.forward(&x, &Tensor::from(10.0f32), &ctx, Some(&bad_added), None).expect_err("bad added").to_string();
     assert!(err.contains("text_embeds [1, 16]"), "{err}");
 }
+
+/// Winograd F(2×2, 3×3) in a UNet's 128–640-channel 3×3 layers (bf16, CPU with AVX-512 BF16): on a random UNet wide
+/// enough to use it (the committed fixtures are too narrow), one prediction must stay as close to the f32 prediction
+/// of the same weights as the direct bf16 kernels do, within a factor: mean |Δ| ≤ 2× and max |Δ| ≤ 3× theirs.
+#[test]
+fn winograd_prediction_stays_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(sd_test_support::fixtures().join("models/sd1/unet/config.json")).unwrap();
+    let start = text.find("\"block_out_channels\"").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    let text = format!("{}\"block_out_channels\": [128, 128]{}", &text[..start], &text[end..]);
+    let text = text.replace("\"norm_num_groups\": 4,", "\"norm_num_groups\": 32,");
+    assert!(text.contains("[128, 128]") && text.contains("\"norm_num_groups\": 32"));
+    std::fs::write(dir.path().join("config.json"), text).unwrap();
+    let cfg = UNetConfig::from_file(&dir.path().join("config.json")).unwrap();
+
+    tch::manual_seed(31);
+    let vs = std::sync::Arc::new(tch::nn::VarStore::new(Device::Cpu));
+    let init = VarBuilder::from_init(Kind::Float, Device::Cpu).trainable(vs.clone()).unwrap();
+    UNet2DConditionModel::from_varbuilder(&init, &cfg).unwrap();
+    let weights: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
+    let build = |kind: Kind, winograd: bool| {
+        let tensors = weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
+        let vb = VarBuilder::from_tensors(tensors, "random", kind, Device::Cpu)
+            .with_channels_last(kind == Kind::BFloat16)
+            .unwrap()
+            .with_winograd(winograd)
+            .unwrap();
+        let uses = vb.uses_winograd();
+        (UNet2DConditionModel::from_varbuilder(&vb, &cfg).unwrap(), uses)
+    };
+    let (direct, _) = build(Kind::BFloat16, false);
+    let (wino, uses) = build(Kind::BFloat16, true);
+    if !uses {
+        assert!(!sd_core::winograd::available(), "Winograd must be used where the CPU runs it");
+        return;
+    }
+    let (f32_unet, _) = build(Kind::Float, false);
+    let x = Tensor::randn([2, 4, 32, 32], (Kind::Float, Device::Cpu));
+    let ctx = Tensor::randn([2, 7, 16], (Kind::Float, Device::Cpu));
+    let t = Tensor::from(500.0f32);
+    let _no_grad = tch::no_grad_guard();
+    let reference = f32_unet.forward(&x, &t, &ctx, None, None).unwrap();
+    let errors = |unet: &UNet2DConditionModel| {
+        let y = unet.forward(&x.to_kind(Kind::BFloat16), &t, &ctx.to_kind(Kind::BFloat16), None, None).unwrap();
+        let d = (y.to_kind(Kind::Float) - &reference).abs();
+        (d.mean(Kind::Float).double_value(&[]), d.max().double_value(&[]))
+    };
+    let ((wmean, wmax), (dmean, dmax)) = (errors(&wino), errors(&direct));
+    println!("Winograd mean {wmean:.3e} max {wmax:.3e}; direct mean {dmean:.3e} max {dmax:.3e}");
+    assert!(wmean > 0.0 && (wmean, wmax) != (dmean, dmax), "the Winograd layers must be in use");
+    assert!(wmean <= 2.0 * dmean && wmax <= 3.0 * dmax, "Winograd error beyond its bound");
+}
