@@ -232,8 +232,9 @@ impl CpuFeatures {
     }
 }
 
-/// Use `n` threads for compute: LibTorch's intra-op pool and the rayon pool that sd-rs's own kernels (fused
-/// attention, watermarking) run on. The rayon pool can be sized once per process; later calls only change LibTorch's.
+/// Use `n` threads for compute: LibTorch's intra-op pool (which also runs sd-rs's fused attention and Winograd
+/// transforms, [`crate::parallel`]) and the rayon pool of the rest of sd-rs's own loops (key/value packing,
+/// watermarking). The rayon pool can be sized once per process; later calls only change LibTorch's.
 pub fn set_compute_threads(n: usize) {
     let n = n.max(1);
     tch::set_num_threads(n as i32);
