@@ -296,40 +296,38 @@ mod x86 {
     unsafe fn input_tile(d: &Dims, x: *const u16, v: *mut u16, s: Strides, img: usize, ty: usize, tx: usize, t: usize) {
         let zero = _mm512_setzero_ps();
         let image = x.add(img * d.h * d.w * d.c);
-        {
-            for c0 in (0..d.c).step_by(16) {
-                // The 4×4 input block starting one row and column before the tile's first output (zero padding).
-                let mut b = [[zero; 4]; 4];
-                for (a, row) in b.iter_mut().enumerate() {
-                    let y = (2 * ty + a) as isize - 1;
-                    if y < 0 || y >= d.h as isize {
-                        continue;
-                    }
-                    for (e, val) in row.iter_mut().enumerate() {
-                        let xx = (2 * tx + e) as isize - 1;
-                        if xx >= 0 && xx < d.w as isize {
-                            *val = load(image.add((y as usize * d.w + xx as usize) * d.c + c0));
-                        }
+        for c0 in (0..d.c).step_by(16) {
+            // The 4×4 input block starting one row and column before the tile's first output (zero padding).
+            let mut b = [[zero; 4]; 4];
+            for (a, row) in b.iter_mut().enumerate() {
+                let y = (2 * ty + a) as isize - 1;
+                if y < 0 || y >= d.h as isize {
+                    continue;
+                }
+                for (e, val) in row.iter_mut().enumerate() {
+                    let xx = (2 * tx + e) as isize - 1;
+                    if xx >= 0 && xx < d.w as isize {
+                        *val = load(image.add((y as usize * d.w + xx as usize) * d.c + c0));
                     }
                 }
-                // Bᵀ on the rows, then B on the columns: rows (0 − 2, 1 + 2, 2 − 1, 1 − 3).
-                let mut r = [[zero; 4]; 4];
-                for e in 0..4 {
-                    r[0][e] = _mm512_sub_ps(b[0][e], b[2][e]);
-                    r[1][e] = _mm512_add_ps(b[1][e], b[2][e]);
-                    r[2][e] = _mm512_sub_ps(b[2][e], b[1][e]);
-                    r[3][e] = _mm512_sub_ps(b[1][e], b[3][e]);
-                }
-                for (a, row) in r.iter().enumerate() {
-                    let vals = [
-                        _mm512_sub_ps(row[0], row[2]),
-                        _mm512_add_ps(row[1], row[2]),
-                        _mm512_sub_ps(row[2], row[1]),
-                        _mm512_sub_ps(row[1], row[3]),
-                    ];
-                    for (e, val) in vals.iter().enumerate() {
-                        store(v.add((4 * a + e) * s.p + t * s.t + c0), *val);
-                    }
+            }
+            // Bᵀ on the rows, then B on the columns: rows (0 − 2, 1 + 2, 2 − 1, 1 − 3).
+            let mut r = [[zero; 4]; 4];
+            for e in 0..4 {
+                r[0][e] = _mm512_sub_ps(b[0][e], b[2][e]);
+                r[1][e] = _mm512_add_ps(b[1][e], b[2][e]);
+                r[2][e] = _mm512_sub_ps(b[2][e], b[1][e]);
+                r[3][e] = _mm512_sub_ps(b[1][e], b[3][e]);
+            }
+            for (a, row) in r.iter().enumerate() {
+                let vals = [
+                    _mm512_sub_ps(row[0], row[2]),
+                    _mm512_add_ps(row[1], row[2]),
+                    _mm512_sub_ps(row[2], row[1]),
+                    _mm512_sub_ps(row[1], row[3]),
+                ];
+                for (e, val) in vals.iter().enumerate() {
+                    store(v.add((4 * a + e) * s.p + t * s.t + c0), *val);
                 }
             }
         }
@@ -373,31 +371,30 @@ mod x86 {
         t: usize,
     ) {
         let image = out.add(img * d.h * d.w * d.o);
-        {
-            for o0 in (0..d.o).step_by(16) {
-                let mut rows = [[_mm512_setzero_ps(); 4]; 2];
-                // Aᵀ on the rows: (0 + 1 + 2, 1 − 2 − 3).
-                for e in 0..4 {
-                    let at = |a: usize| m.add((4 * a + e) * s.p + t * s.t + o0);
-                    let (m0, m1, m2, m3) = (load(at(0)), load(at(1)), load(at(2)), load(at(3)));
-                    rows[0][e] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-                    rows[1][e] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        for o0 in (0..d.o).step_by(16) {
+            let mut rows = [[_mm512_setzero_ps(); 4]; 2];
+            let [top, bottom] = &mut rows;
+            // Aᵀ on the rows: (0 + 1 + 2, 1 − 2 − 3).
+            for (e, (top, bottom)) in top.iter_mut().zip(bottom.iter_mut()).enumerate() {
+                let at = |a: usize| m.add((4 * a + e) * s.p + t * s.t + o0);
+                let (m0, m1, m2, m3) = (load(at(0)), load(at(1)), load(at(2)), load(at(3)));
+                *top = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                *bottom = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            }
+            let bv = _mm512_loadu_ps(bias.as_ptr().add(o0));
+            for (a, row) in rows.iter().enumerate() {
+                let y = 2 * ty + a;
+                if y >= d.h {
+                    continue;
                 }
-                let bv = _mm512_loadu_ps(bias.as_ptr().add(o0));
-                for (a, row) in rows.iter().enumerate() {
-                    let y = 2 * ty + a;
-                    if y >= d.h {
-                        continue;
-                    }
-                    let vals = [
-                        _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(row[0], row[1]), row[2]), bv),
-                        _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(row[1], row[2]), row[3]), bv),
-                    ];
-                    for (e, val) in vals.iter().enumerate() {
-                        let xx = 2 * tx + e;
-                        if xx < d.w {
-                            store(image.add((y * d.w + xx) * d.o + o0), *val);
-                        }
+                let vals = [
+                    _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(row[0], row[1]), row[2]), bv),
+                    _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(row[1], row[2]), row[3]), bv),
+                ];
+                for (e, val) in vals.iter().enumerate() {
+                    let xx = 2 * tx + e;
+                    if xx < d.w {
+                        store(image.add((y * d.w + xx) * d.o + o0), *val);
                     }
                 }
             }

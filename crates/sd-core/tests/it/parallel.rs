@@ -15,8 +15,8 @@ fn every_index_is_visited_once_on_libtorch_threads() {
     parallel_for(n, 16, |begin, end| {
         threads.lock().unwrap().insert(std::thread::current().id());
         // Enough work per range that every thread takes part.
-        for i in begin..end {
-            seen[i].fetch_add(1, Ordering::Relaxed);
+        for s in &seen[begin..end] {
+            s.fetch_add(1, Ordering::Relaxed);
             std::hint::black_box((0..200).sum::<u64>());
         }
     })
@@ -24,7 +24,7 @@ fn every_index_is_visited_once_on_libtorch_threads() {
     assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
     let used = threads.lock().unwrap().len();
     println!("parallel_for used {used} threads of {}", tch::get_num_threads());
-    assert!(used >= 1 && used <= tch::get_num_threads().max(1) as usize);
+    assert!((1..=tch::get_num_threads().max(1) as usize).contains(&used));
     parallel_for(0, 1, |_, _| panic!("an empty loop runs nothing")).unwrap();
 }
 
