@@ -215,6 +215,25 @@ impl CpuFeatures {
         self.avx512_bf16 || self.amx_bf16
     }
 
+    /// Whether sd-rs's own AVX-512 BF16 kernels (fused attention, Winograd transforms) can run: x86-64 with
+    /// AVX-512 F, BW, VL and BF16, as the compiler's feature detection sees them; detected once.
+    pub fn bf16_kernels() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *DETECTED.get_or_init(|| {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512bf16")
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
     /// The names of the features present, for `sd doctor`.
     pub fn names(&self) -> Vec<&'static str> {
         let all = [

@@ -39,23 +39,9 @@ pub fn available() -> bool {
             && cfg!(target_arch = "x86_64")
             && features.avx512_bf16
             && !features.amx_bf16
-            && simd_available()
+            && crate::device::CpuFeatures::bf16_kernels()
             && crate::onednn::supported()
     })
-}
-
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// Whether a 3×3 convolution from `cin` to `cout` channels should run here rather than on oneDNN's direct kernel.

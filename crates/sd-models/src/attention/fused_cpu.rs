@@ -11,22 +11,9 @@ use anyhow::{bail, Context, Result};
 use sd_core::shared_out::SharedOut;
 use tch::{Device, Kind, Tensor};
 
-/// Whether this CPU can run the kernel (x86-64 with AVX-512 F/BW/VL and BF16); detected once.
+/// Whether this CPU can run the kernel (x86-64 with AVX-512 F/BW/VL and BF16).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vl")
-                && std::is_x86_feature_detected!("avx512bf16")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    sd_core::device::CpuFeatures::bf16_kernels()
 }
 
 /// Whether [`attention`] accepts these inputs: bf16 CPU tensors on a capable CPU, none requiring grad (the kernel
