@@ -119,7 +119,7 @@ impl Weight {
     }
 }
 
-/// Tiles per chunk for these channel counts (before rounding to whole tile rows); see [`CHUNK_BYTES`].
+/// Tiles per chunk for these channel counts; see [`CHUNK_BYTES`].
 fn chunk_tiles_for(c: usize, o: usize) -> usize {
     (CHUNK_BYTES / (32 * c.max(o))).clamp(MIN_CHUNK_TILES, MAX_CHUNK_TILES)
 }
