@@ -113,44 +113,35 @@ fn check_input(x: &Tensor, what: &str) -> Result<()> {
 /// default guess when `None`. Any input size still works; oneDNN re-lays the weight out per call where its
 /// preferred layout for that size differs.
 pub fn pack_conv_weight(weight: &Tensor, padding: i64, stride: i64, input_size: Option<[i64; 4]>) -> Result<Tensor> {
-    check_input(weight, "convolution weight packing")?;
-    let size = input_size.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-    let mut out = std::ptr::null_mut();
-    // SAFETY: `weight` outlives the call; `size` is null or points at 4 integers.
-    let rc = unsafe { sdrs_onednn_pack_conv_weight(ptr(weight), padding, stride, 1, size, &mut out) };
-    finish(rc, out, "convolution weight packing")
+    pack_conv(weight, padding, stride, 1, input_size, "convolution weight packing")
 }
 
 /// Packs a 1×1 convolution weight of `groups` groups (`[groups · O, C, 1, 1]`, bf16, CPU) for inputs of `input_size`
 /// (`[N, groups · C, H, W]`): `groups` independent matrix products in one kernel (what `winograd` runs its 16
 /// products as).
 pub fn pack_grouped_conv_weight(weight: &Tensor, groups: i64, input_size: [i64; 4]) -> Result<Tensor> {
-    check_input(weight, "grouped convolution weight packing")?;
+    pack_conv(weight, 0, 1, groups, Some(input_size), "grouped convolution weight packing")
+}
+
+fn pack_conv(
+    weight: &Tensor,
+    padding: i64,
+    stride: i64,
+    groups: i64,
+    input_size: Option<[i64; 4]>,
+    what: &str,
+) -> Result<Tensor> {
+    check_input(weight, what)?;
+    let size = input_size.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
     let mut out = std::ptr::null_mut();
-    // SAFETY: `weight` outlives the call; `input_size` points at 4 integers.
-    let rc = unsafe { sdrs_onednn_pack_conv_weight(ptr(weight), 0, 1, groups, input_size.as_ptr(), &mut out) };
-    finish(rc, out, "grouped convolution weight packing")
+    // SAFETY: `weight` outlives the call; `size` is null or points at 4 integers.
+    let rc = unsafe { sdrs_onednn_pack_conv_weight(ptr(weight), padding, stride, groups, size, &mut out) };
+    finish(rc, out, what)
 }
 
 /// `conv2d(x, W, groups)` for a packed 1×1 grouped weight (no bias, no padding).
 pub fn conv_grouped(x: &Tensor, packed: &Tensor, groups: i64) -> Result<Tensor> {
-    check_input(x, "grouped convolution")?;
-    let mut out = std::ptr::null_mut();
-    // SAFETY: both tensors are live for the call; the strings are static.
-    let rc = unsafe {
-        sdrs_onednn_conv(
-            ptr(x),
-            ptr(packed),
-            std::ptr::null(),
-            0,
-            1,
-            groups,
-            c"none".as_ptr(),
-            std::ptr::null(),
-            &mut out,
-        )
-    };
-    finish(rc, out, "grouped convolution")
+    run_conv(x, packed, None, 0, 1, groups, Unary::None, "grouped convolution")
 }
 
 /// `unary(conv2d(x, W, bias))` (groups 1, dilation 1) with a packed `W`.
@@ -162,7 +153,21 @@ pub fn conv(
     stride: i64,
     unary: Unary,
 ) -> Result<Tensor> {
-    check_input(x, "convolution")?;
+    run_conv(x, packed, bias, padding, stride, 1, unary, "convolution")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_conv(
+    x: &Tensor,
+    packed: &Tensor,
+    bias: Option<&Tensor>,
+    padding: i64,
+    stride: i64,
+    groups: i64,
+    unary: Unary,
+    what: &str,
+) -> Result<Tensor> {
+    check_input(x, what)?;
     let (attr, algorithm) = unary.names();
     let mut out = std::ptr::null_mut();
     // SAFETY: every pointer is a live tensor (or null for no bias) or a static C string for the call's duration.
@@ -173,13 +178,13 @@ pub fn conv(
             opt_ptr(bias),
             padding,
             stride,
-            1,
+            groups,
             attr.as_ptr(),
             opt_str(algorithm),
             &mut out,
         )
     };
-    finish(rc, out, "convolution")
+    finish(rc, out, what)
 }
 
 /// Packs a linear weight (O, I; bf16, CPU) for inputs of `rows` rows (leading dimensions flattened), or for
